@@ -1,0 +1,4 @@
+//! Test support for the krustlet workspace: a Kubernetes API server stand-in, a real OCI
+//! registry launcher, and wasm fixtures built from the repository's sources.
+
+pub mod apiserver;
