@@ -1,1 +1,167 @@
-fn main() {}
+//! `krustlet-wasi`: a Kubernetes node that runs WASI WebAssembly pods.
+
+use anyhow::Context;
+use clap::Parser;
+use kubelet::config::Config;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use tokio_util::sync::CancellationToken;
+
+/// A Kubernetes node that runs WebAssembly (WASI) pods with wasmtime.
+///
+/// With a kubeconfig it joins the cluster as a node tainted `krustlet/arch=wasm32-wasi:NoExecute`;
+/// with `--standalone` it runs the pods in `--pod-manifest-path` with no cluster at all.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Kubeconfig to join the cluster with (default: $KUBECONFIG, then ~/.kube/config).
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Run the pods of --pod-manifest-path without an API server, print their output, and exit
+    /// when they have all finished.
+    #[arg(long, env = "KRUSTLET_STANDALONE")]
+    standalone: bool,
+    /// A pod manifest file, or a directory of them, to run as static pods (with --standalone).
+    #[arg(long, env = "KRUSTLET_POD_MANIFEST_PATH", requires = "standalone")]
+    pod_manifest_path: Option<PathBuf>,
+    /// Name of the Node object (default: the hostname).
+    #[arg(long, env = "KRUSTLET_NODE_NAME")]
+    node_name: Option<String>,
+    /// IP address of the node, advertised as InternalIP and used as every pod's IP (default:
+    /// the address of the default route).
+    #[arg(long, env = "KRUSTLET_NODE_IP")]
+    node_ip: Option<IpAddr>,
+    /// Hostname to advertise (default: the machine's).
+    #[arg(long, env = "KRUSTLET_HOSTNAME")]
+    hostname: Option<String>,
+    /// Address the kubelet API listens on.
+    #[arg(long, env = "KRUSTLET_ADDR", default_value = "0.0.0.0")]
+    addr: IpAddr,
+    /// Port of the kubelet API (logs, pods), advertised in the Node's daemonEndpoints.
+    #[arg(long, env = "KRUSTLET_PORT", default_value_t = 10250)]
+    port: u16,
+    /// Directory for images, compiled modules, logs and pod files (default: ~/.krustlet).
+    #[arg(long, env = "KRUSTLET_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Most pods this node runs at once (the Node's pod capacity).
+    #[arg(long, env = "KRUSTLET_MAX_PODS", default_value_t = 110)]
+    max_pods: u32,
+    /// Extra node labels, `key=value[,key=value...]`.
+    #[arg(long, env = "KRUSTLET_NODE_LABELS", value_delimiter = ',', value_parser = parse_label)]
+    node_labels: Vec<(String, String)>,
+    /// Registries to reach over plain HTTP, `host[:port][,...]`.
+    #[arg(long, env = "KRUSTLET_INSECURE_REGISTRIES", value_delimiter = ',')]
+    insecure_registries: Vec<String>,
+    /// Serving certificate (PEM) of the kubelet API (default: a self-signed one).
+    #[arg(long, env = "KRUSTLET_CERT_FILE", requires = "private_key_file")]
+    cert_file: Option<PathBuf>,
+    /// Private key (PEM) of --cert-file.
+    #[arg(long, env = "KRUSTLET_PRIVATE_KEY_FILE", requires = "cert_file")]
+    private_key_file: Option<PathBuf>,
+    /// CA (PEM) whose client certificates the kubelet API requires (the API server's kubelet
+    /// client CA); unset, the API takes any client.
+    #[arg(long, env = "KRUSTLET_CLIENT_CA_FILE")]
+    client_ca_file: Option<PathBuf>,
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("{text:?} is not key=value"))
+}
+
+impl Args {
+    fn config(&self) -> anyhow::Result<Config> {
+        let hostname = self
+            .hostname
+            .clone()
+            .unwrap_or_else(Config::detect_hostname);
+        let data_dir = match &self.data_dir {
+            Some(dir) => dir.clone(),
+            None => std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .context("set --data-dir (there is no $HOME)")?
+                .join(".krustlet"),
+        };
+        Ok(Config {
+            node_name: self.node_name.clone().unwrap_or_else(|| hostname.clone()),
+            node_ip: self.node_ip.unwrap_or_else(Config::detect_ip),
+            hostname,
+            addr: self.addr,
+            port: self.port,
+            data_dir,
+            max_pods: self.max_pods,
+            node_labels: self.node_labels.clone(),
+            insecure_registries: self.insecure_registries.clone(),
+            tls: self.cert_file.clone().zip(self.private_key_file.clone()),
+            client_ca_file: self.client_ca_file.clone(),
+        })
+    }
+}
+
+async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("using kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no kubeconfig: pass --kubeconfig, set KUBECONFIG, or use --standalone")?,
+    };
+    kube::Client::try_from(config).context("creating the Kubernetes client")
+}
+
+fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        }
+        cancel.cancel();
+    });
+    token
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let args = Args::parse();
+    let config = args.config()?;
+    let runtime = wasi_runtime::WasiRuntime::new(config.data_dir.join("compiled"))?;
+    let shutdown = shutdown_on_signals();
+    if args.standalone {
+        let path = args.pod_manifest_path.as_ref().context(
+            "--standalone needs --pod-manifest-path (a pod manifest or a directory of them)",
+        )?;
+        let pods = kubelet::standalone::load_manifests(path)?;
+        let outcome = kubelet::standalone::run(config, runtime, pods, shutdown).await?;
+        if !outcome.failed.is_empty() {
+            anyhow::bail!("pods failed: {}", outcome.failed.join(", "));
+        }
+        return Ok(());
+    }
+    let client = client(args.kubeconfig.as_ref()).await?;
+    kubelet::run_node(config, runtime, client, shutdown).await?;
+    Ok(())
+}

@@ -1,1 +1,16 @@
-//! placeholder
+//! The provider-independent Kubernetes node agent. It owns everything that is Kubernetes (node
+//! registration and heartbeats, the pods bound to the node, images, logs, status, events and the
+//! kubelet API); a [`runtime::Runtime`] only prepares and runs WebAssembly.
+
+pub mod config;
+pub mod images;
+pub mod logs;
+pub mod node;
+pub mod pods;
+pub mod runtime;
+pub mod server;
+pub mod standalone;
+
+mod agent;
+
+pub use agent::{AgentError, run_node};

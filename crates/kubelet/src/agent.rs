@@ -1,0 +1,178 @@
+//! The node agent put together: a node in a cluster, or standalone with static pods.
+
+use crate::config::Config;
+use crate::images::ImageStore;
+use crate::logs::LogFiles;
+use crate::node::{self, Identity};
+use crate::pods::admission::NodeFacts;
+use crate::pods::host::{ApiHost, PodHost};
+use crate::pods::registry::PodRegistry;
+use crate::pods::{self, PodContext, Supervisors};
+use crate::runtime::Runtime;
+use crate::server::{self, ServerError, Tls};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// Errors that stop the node agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// Registering the node failed.
+    #[error(transparent)]
+    Node(#[from] node::NodeError),
+    /// The kubelet API could not start.
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    /// Reading configuration files or preparing the data dir failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError {
+    let what = what.into();
+    move |source| AgentError::Io { what, source }
+}
+
+/// The parts of the agent that do not depend on the API server.
+pub(crate) struct Parts<R: Runtime> {
+    pub config: Config,
+    pub identity: Identity,
+    pub runtime: Arc<R>,
+    pub images: Arc<ImageStore>,
+    pub logs: Arc<LogFiles>,
+    pub registry: Arc<PodRegistry>,
+}
+
+impl<R: Runtime> Parts<R> {
+    pub fn new(config: Config, runtime: R, local_files: bool) -> Result<Self, AgentError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(io(format!(
+            "creating data dir {}",
+            config.data_dir.display()
+        )))?;
+        let identity = Identity {
+            arch: runtime.arch().to_string(),
+            runtime_version: runtime.version(),
+        };
+        let images = Arc::new(ImageStore::new(
+            config.data_dir.join("images"),
+            config.insecure_registries.clone(),
+            local_files,
+        ));
+        Ok(Self {
+            config,
+            identity,
+            runtime: Arc::new(runtime),
+            images,
+            logs: Arc::default(),
+            registry: Arc::default(),
+        })
+    }
+
+    pub fn context<H: PodHost>(&self, host: Arc<H>) -> Arc<PodContext<R, H>> {
+        Arc::new(PodContext {
+            runtime: self.runtime.clone(),
+            images: self.images.clone(),
+            logs: self.logs.clone(),
+            host,
+            node: NodeFacts {
+                name: self.config.node_name.clone(),
+                labels: node::labels(&self.config, &self.identity),
+                taints: node::taints(&self.identity),
+                max_pods: self.config.max_pods as usize,
+            },
+            node_ip: self.config.node_ip.to_string(),
+            pods_dir: self.config.data_dir.join("pods"),
+            registry: self.registry.clone(),
+        })
+    }
+
+    fn tls(&self) -> Result<Tls, AgentError> {
+        let (cert_pem, key_pem) = match &self.config.tls {
+            Some((cert, key)) => (
+                std::fs::read_to_string(cert)
+                    .map_err(io(format!("reading --cert-file {}", cert.display())))?,
+                std::fs::read_to_string(key)
+                    .map_err(io(format!("reading --private-key-file {}", key.display())))?,
+            ),
+            None => server::self_signed(vec![
+                self.config.hostname.clone(),
+                self.config.node_ip.to_string(),
+            ])?,
+        };
+        let client_ca_pem = match &self.config.client_ca_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(io(format!("reading --client-ca-file {}", path.display())))?,
+            ),
+            None => None,
+        };
+        Ok(Tls {
+            cert_pem,
+            key_pem,
+            client_ca_pem,
+        })
+    }
+
+    /// Starts the kubelet API; returns its task.
+    pub fn serve(
+        &self,
+        shutdown: CancellationToken,
+    ) -> Result<tokio::task::JoinHandle<Result<(), ServerError>>, AgentError> {
+        let tls = self.tls()?;
+        let addr = SocketAddr::new(self.config.addr, self.config.port);
+        Ok(tokio::spawn(server::serve(
+            addr,
+            tls,
+            self.registry.clone(),
+            self.logs.clone(),
+            shutdown,
+        )))
+    }
+}
+
+/// Runs a node in the cluster `client` talks to, until `shutdown`.
+pub async fn run_node<R: Runtime>(
+    config: Config,
+    runtime: R,
+    client: kube::Client,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
+    let parts = Parts::new(config, runtime, false)?;
+    let registered = node::register(&client, &parts.config, &parts.identity).await?;
+    let mut server = parts.serve(shutdown.clone())?;
+    let host = Arc::new(ApiHost::new(client.clone(), parts.config.node_name.clone()));
+    let supervisors = Supervisors::new(parts.context(host));
+    let heartbeat = tokio::spawn(node::heartbeat(
+        client.clone(),
+        parts.config.clone(),
+        parts.identity.clone(),
+        registered,
+        shutdown.clone(),
+    ));
+    let pods = tokio::spawn(pods::watch_pods(
+        client,
+        parts.config.node_name.clone(),
+        supervisors,
+        shutdown.clone(),
+    ));
+    tracing::info!(node = %parts.config.node_name, port = parts.config.port, "node agent running");
+    let result = tokio::select! {
+        served = &mut server => match served {
+            Ok(Err(e)) => Err(AgentError::Server(e)),
+            _ => Ok(()),
+        },
+        _ = shutdown.cancelled() => Ok(()),
+    };
+    shutdown.cancel();
+    let _ = tokio::join!(heartbeat, pods);
+    if !server.is_finished() {
+        let _ = server.await;
+    }
+    tracing::info!("node agent stopped");
+    result
+}

@@ -1,0 +1,52 @@
+//! The node agent's configuration, filled by a binary from flags and `KRUSTLET_*` env vars.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+/// Everything the node agent needs to know.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The Node object's name.
+    pub node_name: String,
+    /// The address other nodes and the API server reach this node on.
+    pub node_ip: IpAddr,
+    /// The node's hostname (the `kubernetes.io/hostname` label and Hostname address).
+    pub hostname: String,
+    /// Address the kubelet API listens on.
+    pub addr: IpAddr,
+    /// Port of the kubelet API (advertised in `daemonEndpoints`).
+    pub port: u16,
+    /// Where images, compiled modules, logs and pod files live.
+    pub data_dir: PathBuf,
+    /// The node's `pods` capacity.
+    pub max_pods: u32,
+    /// Extra node labels.
+    pub node_labels: Vec<(String, String)>,
+    /// Registries reached over plain HTTP.
+    pub insecure_registries: Vec<String>,
+    /// Serving certificate and key (PEM); a self-signed pair is made when unset.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// CA that signs client certificates the kubelet API accepts.
+    pub client_ca_file: Option<PathBuf>,
+}
+
+impl Config {
+    /// The hostname of this machine, lowercased as Kubernetes wants node names.
+    pub fn detect_hostname() -> String {
+        rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .to_lowercase()
+    }
+
+    /// The address this machine uses to reach other hosts (the source of its default route),
+    /// found without sending anything; loopback when there is no route.
+    pub fn detect_ip() -> IpAddr {
+        let probe = || -> std::io::Result<IpAddr> {
+            let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+            socket.connect("192.0.2.1:9")?;
+            Ok(socket.local_addr()?.ip())
+        };
+        probe().unwrap_or(IpAddr::from([127, 0, 0, 1]))
+    }
+}

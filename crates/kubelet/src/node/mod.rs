@@ -1,0 +1,313 @@
+//! The Node object: registration (or taking over an existing Node), status with capacity,
+//! conditions and nodeInfo, the Lease heartbeat, and periodic status posts.
+
+mod lease;
+mod machine;
+
+pub use machine::Machine;
+
+use crate::config::Config;
+use k8s_openapi::api::core::v1::{
+    DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus,
+    NodeSystemInfo, Taint,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// How often the Lease is renewed and the status checked (the kubelet's defaults).
+pub const HEARTBEAT: Duration = Duration::from_secs(10);
+/// The longest time between status posts when nothing changes.
+pub const STATUS_REPORT: Duration = Duration::from_secs(300);
+/// The taint key every krustlet node carries.
+pub const ARCH_TAINT_KEY: &str = "krustlet/arch";
+
+/// Errors talking to the API server about the Node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// An API call failed.
+    #[error("{action} node {node}: {source}")]
+    Api {
+        /// What was being done.
+        action: &'static str,
+        /// The node.
+        node: String,
+        /// The API error.
+        source: kube::Error,
+    },
+}
+
+/// What identifies this node beyond the config.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The runtime's arch (`wasm32-wasi`).
+    pub arch: String,
+    /// The runtime and version (`wasmtime://48.0.8`).
+    pub runtime_version: String,
+}
+
+/// The labels a krustlet node carries.
+pub fn labels(config: &Config, identity: &Identity) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::from([
+        ("kubernetes.io/arch".to_string(), identity.arch.clone()),
+        ("kubernetes.io/os".to_string(), "linux".to_string()),
+        (
+            "kubernetes.io/hostname".to_string(),
+            config.hostname.clone(),
+        ),
+        ("beta.kubernetes.io/arch".to_string(), identity.arch.clone()),
+        ("beta.kubernetes.io/os".to_string(), "linux".to_string()),
+        ("type".to_string(), "krustlet".to_string()),
+    ]);
+    labels.extend(config.node_labels.iter().cloned());
+    labels
+}
+
+/// The taints a krustlet node registers with.
+pub fn taints(identity: &Identity) -> Vec<Taint> {
+    vec![Taint {
+        key: ARCH_TAINT_KEY.into(),
+        value: Some(identity.arch.clone()),
+        effect: "NoExecute".into(),
+        time_added: None,
+    }]
+}
+
+fn condition(kind: &str, status: bool, reason: &str, message: &str) -> NodeCondition {
+    NodeCondition {
+        type_: kind.into(),
+        status: if status { "True" } else { "False" }.into(),
+        reason: Some(reason.into()),
+        message: Some(message.into()),
+        last_heartbeat_time: None,
+        last_transition_time: None,
+    }
+}
+
+/// The node status as it is now (heartbeat and transition times left for [`stamp`]).
+pub fn status(config: &Config, identity: &Identity, machine: &Machine) -> NodeStatus {
+    let resources = BTreeMap::from([
+        ("cpu".to_string(), Quantity(machine.cpus.to_string())),
+        (
+            "memory".to_string(),
+            Quantity(format!("{}Ki", machine.memory_kib)),
+        ),
+        (
+            "ephemeral-storage".to_string(),
+            Quantity(machine.storage_bytes.to_string()),
+        ),
+        ("pods".to_string(), Quantity(config.max_pods.to_string())),
+    ]);
+    let memory_pressure =
+        machine.memory_available_kib > 0 && machine.memory_available_kib < 100 * 1024;
+    let disk_pressure =
+        machine.storage_bytes > 0 && machine.storage_free_bytes * 10 < machine.storage_bytes;
+    NodeStatus {
+        capacity: Some(resources.clone()),
+        allocatable: Some(resources),
+        conditions: Some(vec![
+            if memory_pressure {
+                condition(
+                    "MemoryPressure",
+                    true,
+                    "KubeletHasInsufficientMemory",
+                    "kubelet has insufficient memory available",
+                )
+            } else {
+                condition(
+                    "MemoryPressure",
+                    false,
+                    "KubeletHasSufficientMemory",
+                    "kubelet has sufficient memory available",
+                )
+            },
+            if disk_pressure {
+                condition(
+                    "DiskPressure",
+                    true,
+                    "KubeletHasDiskPressure",
+                    "kubelet has disk pressure",
+                )
+            } else {
+                condition(
+                    "DiskPressure",
+                    false,
+                    "KubeletHasNoDiskPressure",
+                    "kubelet has no disk pressure",
+                )
+            },
+            condition(
+                "PIDPressure",
+                false,
+                "KubeletHasSufficientPID",
+                "kubelet has sufficient PID available",
+            ),
+            condition(
+                "Ready",
+                true,
+                "KubeletReady",
+                "kubelet is posting ready status",
+            ),
+        ]),
+        addresses: Some(vec![
+            NodeAddress {
+                type_: "InternalIP".into(),
+                address: config.node_ip.to_string(),
+            },
+            NodeAddress {
+                type_: "Hostname".into(),
+                address: config.hostname.clone(),
+            },
+        ]),
+        daemon_endpoints: Some(NodeDaemonEndpoints {
+            kubelet_endpoint: Some(DaemonEndpoint {
+                port: i32::from(config.port),
+            }),
+        }),
+        node_info: Some(NodeSystemInfo {
+            architecture: identity.arch.clone(),
+            boot_id: machine.boot_id.clone(),
+            container_runtime_version: identity.runtime_version.clone(),
+            kernel_version: machine.kernel.clone(),
+            kube_proxy_version: String::new(),
+            kubelet_version: format!("v{}", env!("CARGO_PKG_VERSION")),
+            machine_id: machine.machine_id.clone(),
+            operating_system: "linux".into(),
+            os_image: machine.os_image.clone(),
+            system_uuid: machine.machine_id.clone(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Sets heartbeat times to now, and transition times to now where a condition changed since
+/// `previous` (kept otherwise).
+pub fn stamp(status: &mut NodeStatus, previous: Option<&NodeStatus>) {
+    let now = Time(jiff::Timestamp::now());
+    let old: Vec<NodeCondition> = previous
+        .and_then(|p| p.conditions.clone())
+        .unwrap_or_default();
+    for c in status.conditions.iter_mut().flatten() {
+        c.last_heartbeat_time = Some(now.clone());
+        c.last_transition_time = old
+            .iter()
+            .find(|o| o.type_ == c.type_ && o.status == c.status)
+            .and_then(|o| o.last_transition_time.clone())
+            .or(Some(now.clone()));
+    }
+}
+
+fn without_times(status: &NodeStatus) -> NodeStatus {
+    let mut s = status.clone();
+    for c in s.conditions.iter_mut().flatten() {
+        c.last_heartbeat_time = None;
+        c.last_transition_time = None;
+    }
+    s
+}
+
+/// Registers the node, or takes over the existing Node of that name; returns it.
+pub async fn register(
+    client: &kube::Client,
+    config: &Config,
+    identity: &Identity,
+) -> Result<Node, NodeError> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let mut node_status = status(config, identity, &Machine::read(&config.data_dir));
+    stamp(&mut node_status, None);
+    let node = Node {
+        metadata: ObjectMeta {
+            name: Some(config.node_name.clone()),
+            labels: Some(labels(config, identity)),
+            ..Default::default()
+        },
+        spec: Some(NodeSpec {
+            taints: Some(taints(identity)),
+            ..Default::default()
+        }),
+        status: Some(node_status.clone()),
+    };
+    let api_error = |action, source| NodeError::Api {
+        action,
+        node: config.node_name.clone(),
+        source,
+    };
+    match nodes.create(&PostParams::default(), &node).await {
+        Ok(created) => {
+            tracing::info!(node = %config.node_name, "registered node");
+            Ok(created)
+        }
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            tracing::info!(node = %config.node_name, "node already exists; taking it over");
+            let existing = nodes
+                .get(&config.node_name)
+                .await
+                .map_err(|e| api_error("reading existing", e))?;
+            let mut node_status = node_status;
+            stamp(&mut node_status, existing.status.as_ref());
+            let patch = serde_json::json!({"metadata": {"labels": labels(config, identity)}, "status": node_status});
+            nodes
+                .patch_status(
+                    &config.node_name,
+                    &PatchParams::default(),
+                    &Patch::Strategic(patch),
+                )
+                .await
+                .map_err(|e| api_error("updating the status of", e))
+        }
+        Err(e) => Err(api_error("registering", e)),
+    }
+}
+
+/// Renews the Lease every [`HEARTBEAT`] and posts the status when it changes or every
+/// [`STATUS_REPORT`], until `shutdown`.
+pub async fn heartbeat(
+    client: kube::Client,
+    config: Config,
+    identity: Identity,
+    registered: Node,
+    shutdown: CancellationToken,
+) {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let mut lease = lease::Lease::new(client, &registered);
+    let mut posted = registered.status.unwrap_or_default();
+    let mut posted_at = Instant::now();
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = lease.renew().await {
+            tracing::warn!(error = %e, "renewing the node lease failed; retrying at the next heartbeat");
+        }
+        let mut current = status(&config, &identity, &Machine::read(&config.data_dir));
+        if without_times(&current) == without_times(&posted) && posted_at.elapsed() < STATUS_REPORT
+        {
+            continue;
+        }
+        stamp(&mut current, Some(&posted));
+        let patch = serde_json::json!({"status": current});
+        match nodes
+            .patch_status(
+                &config.node_name,
+                &PatchParams::default(),
+                &Patch::Strategic(patch),
+            )
+            .await
+        {
+            Ok(_) => {
+                posted = current;
+                posted_at = Instant::now();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "posting node status failed; retrying at the next heartbeat")
+            }
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! Admission as the kubelet does it before running anything: the node's NoExecute taints must
+//! be tolerated, the node selector and required node affinity must match, and the node must
+//! have room under its pod capacity.
+
+use k8s_openapi::api::core::v1::{NodeSelectorRequirement, Pod, Taint, Toleration};
+use std::collections::BTreeMap;
+
+/// What the pod is admitted against.
+#[derive(Debug, Clone)]
+pub struct NodeFacts {
+    /// The node's name.
+    pub name: String,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// Its taints.
+    pub taints: Vec<Taint>,
+    /// Its pod capacity.
+    pub max_pods: usize,
+}
+
+/// A rejection: the pod ends Failed with this reason and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// `Taint`, `NodeAffinity` or `OutOfpods`, as the kubelet says.
+    pub reason: String,
+    /// The kubelet's message.
+    pub message: String,
+}
+
+/// Decides whether `pod` may run here, with `active` other pods already admitted.
+pub fn admit(pod: &Pod, node: &NodeFacts, active: usize) -> Result<(), Rejection> {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let tolerations = spec.tolerations.unwrap_or_default();
+    for taint in node.taints.iter().filter(|t| t.effect == "NoExecute") {
+        if !tolerations.iter().any(|t| tolerates(t, taint)) {
+            let value = taint.value.clone().unwrap_or_default();
+            return Err(Rejection {
+                reason: "Taint".into(),
+                message: format!(
+                    "Pod was rejected: Predicate TaintToleration failed: node(s) had untolerated taint {{{}: {value}}}",
+                    taint.key
+                ),
+            });
+        }
+    }
+    let selector_ok = spec
+        .node_selector
+        .unwrap_or_default()
+        .iter()
+        .all(|(k, v)| node.labels.get(k) == Some(v));
+    let affinity_ok = spec
+        .affinity
+        .and_then(|a| a.node_affinity)
+        .and_then(|a| a.required_during_scheduling_ignored_during_execution)
+        .is_none_or(|required| {
+            required.node_selector_terms.iter().any(|term| {
+                let fields = BTreeMap::from([("metadata.name".to_string(), node.name.clone())]);
+                term.match_expressions
+                    .iter()
+                    .flatten()
+                    .all(|e| requirement_matches(e, &node.labels))
+                    && term
+                        .match_fields
+                        .iter()
+                        .flatten()
+                        .all(|e| requirement_matches(e, &fields))
+            })
+        });
+    if !selector_ok || !affinity_ok {
+        return Err(Rejection {
+            reason: "NodeAffinity".into(),
+            message: "Pod was rejected: Predicate NodeAffinity failed: node(s) didn't match Pod's node affinity/selector".into(),
+        });
+    }
+    if active >= node.max_pods {
+        return Err(Rejection {
+            reason: "OutOfpods".into(),
+            message: format!(
+                "Pod was rejected: Node didn't have enough resource: pods, requested: 1, used: {active}, capacity: {}",
+                node.max_pods
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Whether a toleration tolerates a taint (the Kubernetes rules).
+pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
+    let effect_ok = toleration
+        .effect
+        .as_deref()
+        .is_none_or(|e| e.is_empty() || e == taint.effect);
+    let exists = toleration.operator.as_deref() == Some("Exists");
+    match toleration.key.as_deref() {
+        None | Some("") => exists && effect_ok,
+        Some(key) => {
+            effect_ok
+                && key == taint.key
+                && (exists
+                    || toleration.value.as_deref().unwrap_or_default()
+                        == taint.value.as_deref().unwrap_or_default())
+        }
+    }
+}
+
+fn requirement_matches(req: &NodeSelectorRequirement, labels: &BTreeMap<String, String>) -> bool {
+    let value = labels.get(&req.key).map(String::as_str);
+    let values: Vec<&str> = req.values.iter().flatten().map(String::as_str).collect();
+    let number = |s: Option<&str>| s.and_then(|s| s.parse::<i64>().ok());
+    match req.operator.as_str() {
+        "In" => value.is_some_and(|v| values.contains(&v)),
+        "NotIn" => value.is_none_or(|v| !values.contains(&v)),
+        "Exists" => value.is_some(),
+        "DoesNotExist" => value.is_none(),
+        "Gt" => {
+            matches!((number(value), number(values.first().copied())), (Some(a), Some(b)) if a > b)
+        }
+        "Lt" => {
+            matches!((number(value), number(values.first().copied())), (Some(a), Some(b)) if a < b)
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node() -> NodeFacts {
+        NodeFacts {
+            name: "n".into(),
+            labels: BTreeMap::from([("kubernetes.io/arch".into(), "wasm32-wasi".into())]),
+            taints: vec![Taint {
+                key: "krustlet/arch".into(),
+                value: Some("wasm32-wasi".into()),
+                effect: "NoExecute".into(),
+                time_added: None,
+            }],
+            max_pods: 2,
+        }
+    }
+
+    fn pod(yaml: &str) -> Pod {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn the_users_first_pod_is_admitted() {
+        let p = pod(
+            "spec: {containers: [{name: c, image: i}], tolerations: [{effect: NoExecute, key: krustlet/arch, operator: Equal, value: wasm32-wasi}], nodeSelector: {kubernetes.io/arch: wasm32-wasi}}",
+        );
+        assert_eq!(admit(&p, &node(), 0), Ok(()));
+        assert_eq!(admit(&p, &node(), 2).unwrap_err().reason, "OutOfpods");
+    }
+
+    #[test]
+    fn untolerated_taints_and_selectors_are_rejected() {
+        let no_toleration = pod("spec: {containers: [{name: c, image: i}]}");
+        let rejection = admit(&no_toleration, &node(), 0).unwrap_err();
+        assert_eq!(rejection.reason, "Taint");
+        assert!(
+            rejection.message.contains("{krustlet/arch: wasm32-wasi}"),
+            "{}",
+            rejection.message
+        );
+        let wrong_arch = pod(
+            "spec: {containers: [{name: c, image: i}], tolerations: [{operator: Exists}], nodeSelector: {kubernetes.io/arch: amd64}}",
+        );
+        assert_eq!(
+            admit(&wrong_arch, &node(), 0).unwrap_err().reason,
+            "NodeAffinity"
+        );
+    }
+}

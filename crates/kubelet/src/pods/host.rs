@@ -1,0 +1,203 @@
+//! Where a pod supervisor's effects go: the API server (status patches, events, the final
+//! delete) or, in standalone mode, the terminal.
+
+use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod, PodStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Mutex;
+
+/// An event about a pod (or one of its containers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodEvent {
+    /// `Normal` or `Warning`.
+    pub kind: &'static str,
+    /// The kubelet's reason (`Pulling`, `Started`, `BackOff`...).
+    pub reason: String,
+    /// The kubelet's message.
+    pub message: String,
+    /// The container, for `involvedObject.fieldPath`.
+    pub container: Option<String>,
+}
+
+impl PodEvent {
+    /// A Normal event about a container.
+    pub fn normal(container: &str, reason: &str, message: String) -> Self {
+        Self {
+            kind: "Normal",
+            reason: reason.into(),
+            message,
+            container: Some(container.into()),
+        }
+    }
+
+    /// A Warning event about a container, or the pod when `container` is empty.
+    pub fn warning(container: &str, reason: &str, message: String) -> Self {
+        Self {
+            kind: "Warning",
+            reason: reason.into(),
+            message,
+            container: (!container.is_empty()).then(|| container.into()),
+        }
+    }
+}
+
+/// What a pod supervisor does to the world.
+pub trait PodHost: Send + Sync + 'static {
+    /// Writes the pod's status; an error is retried by the caller.
+    fn write_status(
+        &self,
+        pod: &Pod,
+        status: &PodStatus,
+    ) -> impl Future<Output = Result<(), String>> + Send;
+    /// Records an event.
+    fn record(&self, pod: &Pod, event: PodEvent) -> impl Future<Output = ()> + Send;
+    /// Removes a pod whose containers have stopped (delete with grace 0).
+    fn finish_deletion(&self, pod: &Pod) -> impl Future<Output = ()> + Send;
+}
+
+/// Effects through the Kubernetes API, as the node's identity.
+pub struct ApiHost {
+    client: kube::Client,
+    node_name: String,
+    /// (pod uid, reason, message) -> (event name, count), to aggregate repeats as the kubelet does.
+    recorded: Mutex<HashMap<(String, String, String), (String, i32)>>,
+}
+
+impl ApiHost {
+    /// Effects through `client` on behalf of `node_name`.
+    pub fn new(client: kube::Client, node_name: String) -> Self {
+        Self {
+            client,
+            node_name,
+            recorded: Mutex::default(),
+        }
+    }
+}
+
+impl PodHost for ApiHost {
+    async fn write_status(&self, pod: &Pod, status: &PodStatus) -> Result<(), String> {
+        let api: Api<Pod> =
+            Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
+        // The uid makes the patch fail on a pod recreated under the same name.
+        let patch = serde_json::json!({"metadata": {"uid": pod.uid()}, "status": status});
+        api.patch_status(
+            &pod.name_any(),
+            &PatchParams::default(),
+            &Patch::Strategic(patch),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            format!(
+                "writing status of pod {}/{}: {e}",
+                pod.namespace().unwrap_or_default(),
+                pod.name_any()
+            )
+        })
+    }
+
+    async fn record(&self, pod: &Pod, event: PodEvent) {
+        let ns = pod.namespace().unwrap_or_default();
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
+        let key = (
+            pod.uid().unwrap_or_default(),
+            event.reason.clone(),
+            event.message.clone(),
+        );
+        let now = crate::pods::status::now();
+        let existing = self
+            .recorded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .cloned();
+        if let Some((name, count)) = existing {
+            let patch = serde_json::json!({"count": count + 1, "lastTimestamp": now});
+            if api
+                .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+                .await
+                .is_ok()
+            {
+                self.recorded
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(key, (name, count + 1));
+                return;
+            }
+        }
+        let name = format!(
+            "{}.{:x}",
+            pod.name_any(),
+            jiff::Timestamp::now().as_nanosecond()
+        );
+        let object = Event {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(ns.clone()),
+                ..Default::default()
+            },
+            involved_object: ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: Some(pod.name_any()),
+                namespace: Some(ns),
+                uid: pod.uid(),
+                field_path: event
+                    .container
+                    .as_ref()
+                    .map(|c| format!("spec.containers{{{c}}}")),
+                ..Default::default()
+            },
+            reason: Some(event.reason.clone()),
+            message: Some(event.message.clone()),
+            type_: Some(event.kind.into()),
+            count: Some(1),
+            first_timestamp: Some(now.clone()),
+            last_timestamp: Some(now),
+            source: Some(EventSource {
+                component: Some("kubelet".into()),
+                host: Some(self.node_name.clone()),
+            }),
+            reporting_component: Some("kubelet".into()),
+            reporting_instance: Some(self.node_name.clone()),
+            ..Default::default()
+        };
+        match api.create(&PostParams::default(), &object).await {
+            Ok(_) => {
+                self.recorded
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(key, (name, 1));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, reason = %event.reason, "recording an event failed")
+            }
+        }
+    }
+
+    async fn finish_deletion(&self, pod: &Pod) {
+        let api: Api<Pod> =
+            Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
+        let params = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: pod.uid(),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match api.delete(&pod.name_any(), &params).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+            Err(e) => tracing::warn!(error = %e, pod = %pod.name_any(), "deleting the pod failed"),
+        }
+        let uid = pod.uid().unwrap_or_default();
+        self.recorded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(u, _, _), _| *u != uid);
+    }
+}

@@ -1,0 +1,146 @@
+//! The pods bound to this node: a watch of them, one supervisor task per pod, and everything a
+//! supervisor needs.
+
+pub mod admission;
+mod backoff;
+pub mod container;
+pub mod host;
+pub mod registry;
+pub mod status;
+mod supervisor;
+
+use crate::images::ImageStore;
+use crate::logs::LogFiles;
+use crate::runtime::Runtime;
+use admission::NodeFacts;
+use futures::StreamExt;
+use host::PodHost;
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use registry::PodRegistry;
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// What every pod supervisor shares.
+pub struct PodContext<R: Runtime, H: PodHost> {
+    /// The wasm runtime.
+    pub runtime: Arc<R>,
+    /// The image store.
+    pub images: Arc<ImageStore>,
+    /// Open log files.
+    pub logs: Arc<LogFiles>,
+    /// Where effects go.
+    pub host: Arc<H>,
+    /// The node, for admission.
+    pub node: NodeFacts,
+    /// The node's IP, which is also every pod's.
+    pub node_ip: String,
+    /// `<data-dir>/pods`: per-pod logs and volumes.
+    pub pods_dir: PathBuf,
+    /// The pods known to the node.
+    pub registry: Arc<PodRegistry>,
+}
+
+/// Pods by uid, each with the channel to its supervisor.
+pub struct Supervisors<R: Runtime, H: PodHost> {
+    ctx: Arc<PodContext<R, H>>,
+    pods: HashMap<String, watch::Sender<Option<Pod>>>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl<R: Runtime, H: PodHost> Supervisors<R, H> {
+    /// No pods yet.
+    pub fn new(ctx: Arc<PodContext<R, H>>) -> Self {
+        Self {
+            ctx,
+            pods: HashMap::new(),
+            tasks: tokio::task::JoinSet::new(),
+        }
+    }
+
+    /// A new or changed pod: starts its supervisor or hands it the new version.
+    pub fn apply(&mut self, pod: Pod) {
+        let uid = pod.uid().unwrap_or_default();
+        match self.pods.get(&uid) {
+            Some(tx) => {
+                tx.send_replace(Some(pod));
+            }
+            None => {
+                let (tx, rx) = watch::channel(Some(pod.clone()));
+                self.pods.insert(uid, tx);
+                let supervisor = supervisor::Supervisor::new(self.ctx.clone(), pod, rx);
+                self.tasks.spawn(supervisor.run());
+            }
+        }
+    }
+
+    /// A pod that is gone from the API server.
+    pub fn remove(&mut self, uid: &str) {
+        if let Some(tx) = self.pods.remove(uid) {
+            tx.send_replace(None);
+        }
+    }
+
+    /// The uids of the pods being supervised.
+    pub fn uids(&self) -> Vec<String> {
+        self.pods.keys().cloned().collect()
+    }
+
+    /// Waits until every supervisor has ended.
+    pub async fn join_all(&mut self) {
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// Stops every pod's containers (the pods stay on the API server) and waits for the supervisors.
+    pub async fn shutdown(&mut self) {
+        self.tasks.abort_all();
+        self.join_all().await;
+    }
+}
+
+/// Watches the pods bound to `node_name` and supervises each, until `shutdown`.
+pub async fn watch_pods<R: Runtime, H: PodHost>(
+    client: kube::Client,
+    node_name: String,
+    mut supervisors: Supervisors<R, H>,
+    shutdown: CancellationToken,
+) {
+    let api: kube::Api<Pod> = kube::Api::all(client);
+    let config = watcher::Config::default().fields(&format!("spec.nodeName={node_name}"));
+    let mut events = watcher::watcher(api, config).default_backoff().boxed();
+    let mut relisted: HashSet<String> = HashSet::new();
+    loop {
+        let event = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            event = events.next() => event,
+        };
+        match event {
+            Some(Ok(Event::Apply(pod))) => supervisors.apply(pod),
+            Some(Ok(Event::Delete(pod))) => supervisors.remove(&pod.uid().unwrap_or_default()),
+            Some(Ok(Event::Init)) => relisted.clear(),
+            Some(Ok(Event::InitApply(pod))) => {
+                relisted.insert(pod.uid().unwrap_or_default());
+                supervisors.apply(pod);
+            }
+            Some(Ok(Event::InitDone)) => {
+                for uid in supervisors
+                    .uids()
+                    .into_iter()
+                    .filter(|u| !relisted.contains(u))
+                {
+                    supervisors.remove(&uid);
+                }
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "watching pods failed; retrying with backoff")
+            }
+            None => break,
+        }
+    }
+    supervisors.shutdown().await;
+}

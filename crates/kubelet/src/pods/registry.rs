@@ -1,0 +1,91 @@
+//! The pods this node runs, as the kubelet API serves them: the latest pod object and each
+//! container's log files.
+
+use k8s_openapi::api::core::v1::Pod;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::RwLock;
+
+/// One container's log files.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerLogs {
+    /// The current (or last) run's log.
+    pub current: Option<PathBuf>,
+    /// The run before it (`kubectl logs --previous`).
+    pub previous: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    pod: Pod,
+    logs: HashMap<String, ContainerLogs>,
+}
+
+/// Pods known to the node, by namespace and name.
+#[derive(Debug, Default)]
+pub struct PodRegistry {
+    pods: RwLock<BTreeMap<(String, String), Entry>>,
+}
+
+impl PodRegistry {
+    /// Records the latest version of a pod.
+    pub fn upsert(&self, ns: &str, name: &str, pod: Pod) {
+        let mut pods = self.pods.write().unwrap_or_else(|p| p.into_inner());
+        let entry = pods
+            .entry((ns.into(), name.into()))
+            .or_insert_with(|| Entry {
+                pod: pod.clone(),
+                logs: HashMap::new(),
+            });
+        entry.pod = pod;
+    }
+
+    /// Records a container's new log file.
+    pub fn new_log(&self, ns: &str, name: &str, container: &str, path: PathBuf) {
+        let mut pods = self.pods.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = pods.get_mut(&(ns.into(), name.into())) {
+            let logs = entry.logs.entry(container.into()).or_default();
+            logs.previous = logs.current.replace(path);
+        }
+    }
+
+    /// Forgets a pod.
+    pub fn remove(&self, ns: &str, name: &str) {
+        self.pods
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(ns.into(), name.into()));
+    }
+
+    /// The pod and a container's logs, if known.
+    pub fn logs(
+        &self,
+        ns: &str,
+        name: &str,
+        container: &str,
+    ) -> Option<(Pod, Option<ContainerLogs>)> {
+        let pods = self.pods.read().unwrap_or_else(|p| p.into_inner());
+        pods.get(&(ns.into(), name.into()))
+            .map(|e| (e.pod.clone(), e.logs.get(container).cloned()))
+    }
+
+    /// Every pod.
+    pub fn pods(&self) -> Vec<Pod> {
+        self.pods
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|e| e.pod.clone())
+            .collect()
+    }
+
+    /// How many pods are admitted.
+    pub fn len(&self) -> usize {
+        self.pods.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether no pod is admitted.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,729 @@
+//! One task per pod: admit it, pull images, prepare modules, start containers (init containers
+//! first, one at a time), follow their exits through the restart policy with backoff, keep the
+//! status true, and on deletion stop everything, write the final status and remove the pod.
+
+use super::PodContext;
+use super::admission::{self, Rejection};
+use super::backoff::Backoff;
+use super::container;
+use super::host::{PodEvent, PodHost};
+use super::status::{self, Snapshot, now};
+use crate::images::{PullError, PullPolicy, Source};
+use crate::logs::LogFile;
+use crate::runtime::{ContainerRun, Exit, Runtime};
+use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod, PodStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+/// How long to wait before retrying a failed status write.
+const STATUS_RETRY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SlotId {
+    init: bool,
+    index: usize,
+}
+
+struct Run {
+    id: u64,
+    stop: tokio::task::AbortHandle,
+    log: Arc<LogFile>,
+    started: Instant,
+    started_at: Time,
+}
+
+struct Slot {
+    spec: Container,
+    status: ContainerStatus,
+    restart_backoff: Backoff,
+    pull_failures: u32,
+    due: Option<Instant>,
+    run: Option<Run>,
+    runs: u64,
+}
+
+/// Why the supervisor stopped a step early.
+enum Interrupt {
+    /// The pod is being deleted or is gone.
+    Deleted,
+}
+
+/// Supervises one pod until it is removed.
+pub struct Supervisor<R: Runtime, H: PodHost> {
+    ctx: Arc<PodContext<R, H>>,
+    pod: Pod,
+    updates: watch::Receiver<Option<Pod>>,
+    init: Vec<Slot>,
+    app: Vec<Slot>,
+    start_time: Time,
+    published: Option<PodStatus>,
+    publish_retry: Option<Instant>,
+    exits_tx: mpsc::UnboundedSender<(SlotId, u64, Exit)>,
+    exits: mpsc::UnboundedReceiver<(SlotId, u64, Exit)>,
+    finished: bool,
+}
+
+fn slot(spec: &Container, reason: &str) -> Slot {
+    Slot {
+        status: ContainerStatus {
+            name: spec.name.clone(),
+            image: spec.image.clone().unwrap_or_default(),
+            image_id: String::new(),
+            ready: false,
+            started: Some(false),
+            restart_count: 0,
+            state: Some(status::waiting(reason, None)),
+            ..Default::default()
+        },
+        spec: spec.clone(),
+        restart_backoff: Backoff::default(),
+        pull_failures: 0,
+        due: None,
+        run: None,
+        runs: 0,
+    }
+}
+
+impl<R: Runtime, H: PodHost> Supervisor<R, H> {
+    /// A supervisor for `pod`; `updates` carries newer versions, and `None` once the pod is gone.
+    pub fn new(
+        ctx: Arc<PodContext<R, H>>,
+        pod: Pod,
+        updates: watch::Receiver<Option<Pod>>,
+    ) -> Self {
+        let spec = pod.spec.clone().unwrap_or_default();
+        let inits = spec.init_containers.unwrap_or_default();
+        let app_reason = if inits.is_empty() {
+            "ContainerCreating"
+        } else {
+            "PodInitializing"
+        };
+        let init: Vec<Slot> = inits.iter().map(|c| slot(c, "PodInitializing")).collect();
+        let app: Vec<Slot> = spec
+            .containers
+            .iter()
+            .map(|c| slot(c, app_reason))
+            .collect();
+        let (exits_tx, exits) = mpsc::unbounded_channel();
+        Self {
+            ctx,
+            pod,
+            updates,
+            init,
+            app,
+            start_time: now(),
+            published: None,
+            publish_retry: None,
+            exits_tx,
+            exits,
+            finished: false,
+        }
+    }
+
+    fn ns(&self) -> String {
+        self.pod.namespace().unwrap_or_default()
+    }
+
+    fn restart_policy(&self) -> String {
+        self.pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.restart_policy.clone())
+            .unwrap_or_else(|| "Always".into())
+    }
+
+    fn is_deleting(pod: &Pod) -> bool {
+        pod.metadata.deletion_timestamp.is_some()
+    }
+
+    /// Runs the pod to its removal.
+    pub async fn run(mut self) {
+        let (ns, name) = (self.ns(), self.pod.name_any());
+        let active = self.ctx.registry.len();
+        if let Err(rejection) = admission::admit(&self.pod, &self.ctx.node, active) {
+            self.reject(rejection).await;
+            return;
+        }
+        self.ctx.registry.upsert(&ns, &name, self.pod.clone());
+        if Self::is_deleting(&self.pod) {
+            self.terminate().await;
+            return;
+        }
+        self.publish().await;
+        match self.init.first_mut() {
+            Some(first) => first.due = Some(Instant::now()),
+            None => self
+                .app
+                .iter_mut()
+                .for_each(|s| s.due = Some(Instant::now())),
+        }
+        loop {
+            if let Err(Interrupt::Deleted) = self.start_due().await {
+                break;
+            }
+            self.update_finished();
+            self.publish().await;
+            let next_due = self
+                .init
+                .iter()
+                .chain(&self.app)
+                .filter_map(|s| s.due)
+                .min();
+            let wake = [next_due, self.publish_retry].into_iter().flatten().min();
+            tokio::select! {
+                changed = self.updates.changed() => {
+                    let latest = if changed.is_ok() { self.updates.borrow_and_update().clone() } else { None };
+                    match latest {
+                        Some(pod) if !Self::is_deleting(&pod) => {
+                            self.ctx.registry.upsert(&ns, &name, pod.clone());
+                            self.pod = pod;
+                        }
+                        Some(pod) => {
+                            self.pod = pod;
+                            break;
+                        }
+                        None => {
+                            self.stop_all(false).await;
+                            self.cleanup();
+                            return;
+                        }
+                    }
+                }
+                Some((id, run, exit)) = self.exits.recv() => self.on_exit(id, run, exit).await,
+                _ = sleep_until(wake) => {}
+            }
+        }
+        self.terminate().await;
+    }
+
+    async fn reject(&mut self, rejection: Rejection) {
+        tracing::info!(pod = %self.pod.name_any(), reason = %rejection.reason, "{}", rejection.message);
+        self.event(PodEvent::warning(
+            "",
+            &rejection.reason,
+            rejection.message.clone(),
+        ))
+        .await;
+        let status = PodStatus {
+            phase: Some("Failed".into()),
+            reason: Some(rejection.reason),
+            message: Some(rejection.message),
+            start_time: Some(self.start_time.clone()),
+            ..Default::default()
+        };
+        while let Err(e) = self.ctx.host.write_status(&self.pod, &status).await {
+            tracing::warn!(error = %e, "retrying");
+            tokio::select! {
+                _ = tokio::time::sleep(STATUS_RETRY) => {}
+                _ = self.updates.changed() => {}
+            }
+            if self.updates.borrow().is_none() {
+                return;
+            }
+        }
+        // A rejected pod stays Failed until it is deleted; then it is removed at once.
+        while self.updates.changed().await.is_ok() {
+            let latest = self.updates.borrow_and_update().clone();
+            match latest {
+                Some(pod) if Self::is_deleting(&pod) => {
+                    self.ctx.host.finish_deletion(&pod).await;
+                    return;
+                }
+                Some(_) => {}
+                None => return,
+            }
+        }
+    }
+
+    async fn event(&self, event: PodEvent) {
+        self.ctx.host.record(&self.pod, event).await;
+    }
+
+    fn slot_mut(&mut self, id: SlotId) -> &mut Slot {
+        if id.init {
+            &mut self.init[id.index]
+        } else {
+            &mut self.app[id.index]
+        }
+    }
+
+    async fn start_due(&mut self) -> Result<(), Interrupt> {
+        let now = Instant::now();
+        let due: Vec<SlotId> = self
+            .init
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                (
+                    SlotId {
+                        init: true,
+                        index: i,
+                    },
+                    s,
+                )
+            })
+            .chain(self.app.iter().enumerate().map(|(i, s)| {
+                (
+                    SlotId {
+                        init: false,
+                        index: i,
+                    },
+                    s,
+                )
+            }))
+            .filter(|(_, s)| s.run.is_none() && s.due.is_some_and(|d| d <= now))
+            .map(|(id, _)| id)
+            .collect();
+        for id in due {
+            self.slot_mut(id).due = None;
+            self.start(id).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for `fut` unless the pod is deleted first.
+    async fn unless_deleted<T>(
+        updates: &mut watch::Receiver<Option<Pod>>,
+        fut: impl std::future::Future<Output = T>,
+    ) -> Result<T, Interrupt> {
+        let deleted = async {
+            loop {
+                if updates.changed().await.is_err() {
+                    return;
+                }
+                let gone = updates.borrow().as_ref().is_none_or(Self::is_deleting);
+                if gone {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            value = fut => Ok(value),
+            () = deleted => Err(Interrupt::Deleted),
+        }
+    }
+
+    async fn start(&mut self, id: SlotId) -> Result<(), Interrupt> {
+        let spec = self.slot_mut(id).spec.clone();
+        let name = spec.name.clone();
+        let image = spec.image.clone().unwrap_or_default();
+        let policy = PullPolicy::for_container(spec.image_pull_policy.as_deref(), &image);
+        if policy == PullPolicy::Always
+            || !self.ctx.images.is_present(&image) && policy != PullPolicy::Never
+        {
+            self.event(PodEvent::normal(
+                &name,
+                "Pulling",
+                format!("Pulling image \"{image}\""),
+            ))
+            .await;
+        }
+        let began = Instant::now();
+        let images = self.ctx.images.clone();
+        let pulled = Self::unless_deleted(&mut self.updates, images.get(&image, policy)).await?;
+        let (pulled, source) = match pulled {
+            Ok(p) => p,
+            Err(e) => {
+                self.pull_failed(id, &image, e).await;
+                return Ok(());
+            }
+        };
+        self.slot_mut(id).pull_failures = 0;
+        let pulled_message = match source {
+            Source::Pulled => format!(
+                "Successfully pulled image \"{image}\" in {:.3}s. Image size: {} bytes.",
+                began.elapsed().as_secs_f64(),
+                pulled.module.bytes.len()
+            ),
+            Source::Present => format!("Container image \"{image}\" already present on machine"),
+        };
+        self.event(PodEvent::normal(&name, "Pulled", pulled_message))
+            .await;
+        self.slot_mut(id).status.image_id = pulled.image_id.clone();
+        let prepared = match self.ctx.runtime.prepare(pulled.module.clone()).await {
+            Ok(p) => p,
+            Err(e) => {
+                let message = format!("the image's module cannot run on this node: {e}");
+                self.failed_to_create(id, "CreateContainerError", message)
+                    .await;
+                return Ok(());
+            }
+        };
+        let uid = self.pod.uid().unwrap_or_default();
+        let pod_dir = self.ctx.pods_dir.join(&uid);
+        let resolved = container::process(&self.pod, &spec, &self.ctx.node_ip).and_then(|p| {
+            container::mounts(&self.pod, &spec, &pod_dir.join("volumes")).map(|m| (p, m))
+        });
+        let (process, mounts) = match resolved {
+            Ok(r) => r,
+            Err(e) => {
+                self.failed_to_create(id, "CreateContainerConfigError", e.0)
+                    .await;
+                return Ok(());
+            }
+        };
+        let restarts =
+            self.slot_mut(id).status.restart_count + i32::from(self.slot_mut(id).runs > 0);
+        let log_path = pod_dir
+            .join("logs")
+            .join(&name)
+            .join(format!("{restarts}.log"));
+        let log = match self.ctx.logs.create(&log_path) {
+            Ok(log) => log,
+            Err(e) => {
+                self.failed_to_create(
+                    id,
+                    "CreateContainerError",
+                    format!("creating log file {}: {e}", log_path.display()),
+                )
+                .await;
+                return Ok(());
+            }
+        };
+        let run = ContainerRun {
+            args: process.args,
+            env: process.env,
+            mounts,
+            stdout: log.writer("stdout"),
+            stderr: log.writer("stderr"),
+            memory_limit: None,
+        };
+        let mut running = match self.ctx.runtime.start(&prepared, run).await {
+            Ok(r) => r,
+            Err(e) => {
+                log.close();
+                self.failed_to_create(id, "CreateContainerError", e.to_string())
+                    .await;
+                return Ok(());
+            }
+        };
+        self.ctx
+            .registry
+            .new_log(&self.ns(), &self.pod.name_any(), &name, log_path);
+        let started_at = now();
+        let pod_key = format!("{}/{}", self.ns(), self.pod.name_any());
+        let exits = self.exits_tx.clone();
+        let slot = self.slot_mut(id);
+        slot.runs += 1;
+        let run_id = slot.runs;
+        if run_id > 1 {
+            slot.status.restart_count += 1;
+            slot.status.last_state = slot
+                .status
+                .state
+                .take()
+                .filter(|s| s.terminated.is_some())
+                .or(slot.status.last_state.take());
+        }
+        slot.status.container_id = Some(container_id(&pod_key, &uid, &name, run_id));
+        slot.status.state = Some(status::running(started_at.clone()));
+        slot.status.started = Some(true);
+        slot.status.ready = !id.init;
+        let waiter = tokio::spawn(async move {
+            let exit = running.wait().await;
+            let _ = exits.send((id, run_id, exit));
+            drop(running);
+        });
+        slot.run = Some(Run {
+            id: run_id,
+            stop: waiter.abort_handle(),
+            log,
+            started: Instant::now(),
+            started_at,
+        });
+        self.event(PodEvent::normal(
+            &name,
+            "Created",
+            format!("Created container: {name}"),
+        ))
+        .await;
+        self.event(PodEvent::normal(
+            &name,
+            "Started",
+            format!("Started container {name}"),
+        ))
+        .await;
+        Ok(())
+    }
+
+    async fn pull_failed(&mut self, id: SlotId, image: &str, error: PullError) {
+        let name = self.slot_mut(id).spec.name.clone();
+        let message = error.to_string();
+        let slot = self.slot_mut(id);
+        slot.pull_failures += 1;
+        let failures = slot.pull_failures;
+        let delay = Duration::from_secs(10 * 2u64.pow(failures.saturating_sub(1).min(5)))
+            .min(Duration::from_secs(300));
+        slot.due = Some(Instant::now() + delay);
+        let (reason, event_reason) = match error {
+            PullError::NeverPull(_) => ("ErrImageNeverPull", "ErrImageNeverPull"),
+            _ if failures > 1 => ("ImagePullBackOff", "BackOff"),
+            _ => ("ErrImagePull", "Failed"),
+        };
+        let state_message = if reason == "ImagePullBackOff" {
+            format!("Back-off pulling image \"{image}\": {message}")
+        } else {
+            message.clone()
+        };
+        slot.status.state = Some(status::waiting(reason, Some(state_message)));
+        match reason {
+            "ErrImageNeverPull" => {
+                self.event(PodEvent::warning(&name, "ErrImageNeverPull", message))
+                    .await
+            }
+            "ImagePullBackOff" => {
+                self.event(PodEvent::normal(
+                    &name,
+                    event_reason,
+                    format!("Back-off pulling image \"{image}\""),
+                ))
+                .await;
+                self.event(PodEvent::warning(
+                    &name,
+                    "Failed",
+                    "Error: ImagePullBackOff".into(),
+                ))
+                .await;
+            }
+            _ => {
+                self.event(PodEvent::warning(
+                    &name,
+                    "Failed",
+                    format!("Failed to pull image \"{image}\": {message}"),
+                ))
+                .await;
+                self.event(PodEvent::warning(
+                    &name,
+                    "Failed",
+                    "Error: ErrImagePull".into(),
+                ))
+                .await;
+            }
+        }
+    }
+
+    async fn failed_to_create(&mut self, id: SlotId, reason: &str, message: String) {
+        let slot = self.slot_mut(id);
+        let name = slot.spec.name.clone();
+        let delay = slot
+            .restart_backoff
+            .next(Duration::ZERO)
+            .max(Duration::from_secs(10));
+        slot.due = Some(Instant::now() + delay);
+        slot.status.state = Some(status::waiting(reason, Some(message.clone())));
+        tracing::info!(pod = %self.pod.name_any(), container = %name, reason, "{message}");
+        self.event(PodEvent::warning(
+            &name,
+            "Failed",
+            format!("Error: {message}"),
+        ))
+        .await;
+    }
+
+    async fn on_exit(&mut self, id: SlotId, run_id: u64, exit: Exit) {
+        let policy = self.restart_policy();
+        let pod_name = self.pod.name_any();
+        let (ns, uid) = (self.ns(), self.pod.uid().unwrap_or_default());
+        let slot = self.slot_mut(id);
+        if slot.run.as_ref().is_none_or(|r| r.id != run_id) {
+            return;
+        }
+        let run = slot.run.take().expect("checked above");
+        run.log.close();
+        let reason = exit.reason.clone().unwrap_or_else(|| {
+            if exit.code == 0 {
+                "Completed".into()
+            } else {
+                "Error".into()
+            }
+        });
+        slot.status.state = Some(status::terminated(
+            exit.code,
+            reason,
+            exit.message.clone(),
+            Some(run.started_at),
+            slot.status.container_id.clone(),
+        ));
+        slot.status.ready = false;
+        slot.status.started = Some(false);
+        let name = slot.spec.name.clone();
+        let failed = exit.code != 0;
+        let restart = match (id.init, policy.as_str()) {
+            (true, "Never") => false,
+            (true, _) => failed,
+            (false, "Always") => true,
+            (false, "OnFailure") => failed,
+            _ => false,
+        };
+        if !restart {
+            if id.init && !failed {
+                match self.init.get_mut(id.index + 1) {
+                    Some(next) => next.due = Some(Instant::now()),
+                    None => {
+                        for app in &mut self.app {
+                            app.due = Some(Instant::now());
+                            app.status.state = Some(status::waiting("ContainerCreating", None));
+                        }
+                    }
+                }
+            }
+            return;
+        }
+        let delay = slot.restart_backoff.next(run.started.elapsed());
+        slot.due = Some(Instant::now() + delay);
+        if delay.is_zero() {
+            return;
+        }
+        let last = slot.status.state.take();
+        slot.status.last_state = last;
+        slot.status.state = Some(status::waiting(
+            "CrashLoopBackOff",
+            Some(format!(
+                "back-off {}s restarting failed container={name} pod={pod_name}_{ns}({uid})",
+                delay.as_secs()
+            )),
+        ));
+        self.event(PodEvent::warning(
+            &name,
+            "BackOff",
+            format!("Back-off restarting failed container {name} in pod {pod_name}_{ns}({uid})"),
+        ))
+        .await;
+    }
+
+    fn update_finished(&mut self) {
+        let idle = |s: &Slot| s.run.is_none() && s.due.is_none();
+        let init_failed_for_good = self.init.iter().any(|s| {
+            idle(s)
+                && s.status
+                    .state
+                    .as_ref()
+                    .and_then(|st| st.terminated.as_ref())
+                    .is_some_and(|t| t.exit_code != 0)
+        });
+        let all_done = self.init.iter().chain(&self.app).all(|s| {
+            idle(s)
+                && s.status
+                    .state
+                    .as_ref()
+                    .is_some_and(|st| st.terminated.is_some())
+        });
+        self.finished = init_failed_for_good || all_done;
+    }
+
+    fn current_status(&self) -> PodStatus {
+        let init: Vec<ContainerStatus> = self.init.iter().map(|s| s.status.clone()).collect();
+        let app: Vec<ContainerStatus> = self.app.iter().map(|s| s.status.clone()).collect();
+        let policy = self.restart_policy();
+        status::pod_status(&Snapshot {
+            init: &init,
+            containers: &app,
+            restart_policy: &policy,
+            finished: self.finished,
+            node_ip: &self.ctx.node_ip,
+            start_time: &self.start_time,
+            previous: self.published.as_ref(),
+        })
+    }
+
+    async fn publish(&mut self) {
+        let status = self.current_status();
+        if self.published.as_ref() == Some(&status) {
+            return;
+        }
+        match self.ctx.host.write_status(&self.pod, &status).await {
+            Ok(()) => {
+                self.published = Some(status);
+                self.publish_retry = None;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "status write failed; retrying");
+                self.publish_retry = Some(Instant::now() + STATUS_RETRY);
+            }
+        }
+    }
+
+    async fn stop_all(&mut self, record: bool) {
+        let ids: Vec<SlotId> = (0..self.init.len())
+            .map(|i| SlotId {
+                init: true,
+                index: i,
+            })
+            .chain((0..self.app.len()).map(|i| SlotId {
+                init: false,
+                index: i,
+            }))
+            .collect();
+        for id in ids {
+            let slot = self.slot_mut(id);
+            slot.due = None;
+            let Some(run) = slot.run.take() else { continue };
+            run.stop.abort();
+            run.log.close();
+            let exit = Exit::killed();
+            slot.status.state = Some(status::terminated(
+                exit.code,
+                "Error".into(),
+                None,
+                Some(run.started_at),
+                slot.status.container_id.clone(),
+            ));
+            slot.status.ready = false;
+            slot.status.started = Some(false);
+            let name = slot.spec.name.clone();
+            if record {
+                self.event(PodEvent::normal(
+                    &name,
+                    "Killing",
+                    format!("Stopping container {name}"),
+                ))
+                .await;
+            }
+        }
+        self.finished = true;
+    }
+
+    /// Stops the containers, writes the final status and removes the pod (delete with grace 0).
+    async fn terminate(&mut self) {
+        self.stop_all(true).await;
+        let status = self.current_status();
+        for _ in 0..5 {
+            match self.ctx.host.write_status(&self.pod, &status).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "final status write failed; retrying");
+                    tokio::time::sleep(STATUS_RETRY).await;
+                }
+            }
+        }
+        self.ctx.host.finish_deletion(&self.pod).await;
+        self.cleanup();
+    }
+
+    fn cleanup(&mut self) {
+        self.ctx.registry.remove(&self.ns(), &self.pod.name_any());
+        let dir = self.ctx.pods_dir.join(self.pod.uid().unwrap_or_default());
+        if let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(error = %e, dir = %dir.display(), "removing the pod's files failed");
+        }
+    }
+}
+
+fn container_id(pod_key: &str, uid: &str, container: &str, run: u64) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("{pod_key}/{uid}/{container}/{run}"));
+    format!("wasm://{}", hex::encode(&digest[..16]))
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,138 @@
+//! The contract between the node agent and a WebAssembly runtime: the agent owns everything that
+//! is Kubernetes, a runtime only prepares and runs modules.
+
+use crate::logs::LogWriter;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// A module's bytes as pulled, identified by their content digest.
+#[derive(Debug, Clone)]
+pub struct ModuleBytes {
+    /// `sha256:<hex>` of the bytes.
+    pub digest: String,
+    /// The module or component.
+    pub bytes: Arc<[u8]>,
+}
+
+/// A directory the guest sees.
+#[derive(Debug, Clone)]
+pub struct Mount {
+    /// Directory on the node.
+    pub host_path: PathBuf,
+    /// Path inside the guest.
+    pub guest_path: String,
+    /// Whether the guest may only read.
+    pub read_only: bool,
+}
+
+/// Everything needed to start one container.
+#[derive(Debug)]
+pub struct ContainerRun {
+    /// argv, starting with the program name.
+    pub args: Vec<String>,
+    /// Environment variables, in order.
+    pub env: Vec<(String, String)>,
+    /// Directories to preopen.
+    pub mounts: Vec<Mount>,
+    /// Where the guest's stdout goes.
+    pub stdout: LogWriter,
+    /// Where the guest's stderr goes.
+    pub stderr: LogWriter,
+    /// Cap on the guest's linear memory and tables, in bytes.
+    pub memory_limit: Option<u64>,
+}
+
+/// Why a container stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exit {
+    /// The exit code (WASI `proc_exit`, 0 on a normal return, 134 for a trap, 137 when killed).
+    pub code: i32,
+    /// A reason that overrides the kubelet's default (`Completed`/`Error`), e.g. `OOMKilled`.
+    pub reason: Option<String>,
+    /// What went wrong, for the container status message.
+    pub message: Option<String>,
+}
+
+impl Exit {
+    /// A container the node agent stopped.
+    pub fn killed() -> Self {
+        Self {
+            code: 137,
+            reason: None,
+            message: Some("stopped by the node agent".into()),
+        }
+    }
+}
+
+/// A started container: wait for its exit or stop it.
+#[derive(Debug)]
+pub struct RunningContainer {
+    task: tokio::task::JoinHandle<Exit>,
+}
+
+impl RunningContainer {
+    /// Wraps the task that runs the guest and returns its exit.
+    pub fn new(task: tokio::task::JoinHandle<Exit>) -> Self {
+        Self { task }
+    }
+
+    /// Waits for the container to exit.
+    pub async fn wait(&mut self) -> Exit {
+        match (&mut self.task).await {
+            Ok(exit) => exit,
+            Err(e) if e.is_cancelled() => Exit::killed(),
+            Err(e) => Exit {
+                code: 134,
+                reason: None,
+                message: Some(format!("the runtime failed: {e}")),
+            },
+        }
+    }
+
+    /// Stops the container at once (a WASI guest cannot catch a signal, so there is no gentler way).
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for RunningContainer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The module could not be prepared to run (not WebAssembly, invalid, unsupported).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct PrepareError(pub String);
+
+/// The container could not be started.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StartError(pub String);
+
+/// What a WebAssembly runtime must provide to the node agent.
+pub trait Runtime: Send + Sync + 'static {
+    /// A module compiled and ready to instantiate; cheap to clone.
+    type Prepared: Clone + Send + Sync + 'static;
+
+    /// Node identity: `wasm32-wasi` or `wasm32-wascc`; used for the taint and the arch label.
+    fn arch(&self) -> &str;
+
+    /// The runtime and its version, for `nodeInfo.containerRuntimeVersion` (e.g. `wasmtime://48.0.8`).
+    fn version(&self) -> String;
+
+    /// Validates and compiles a module; the result is cached by digest.
+    fn prepare(
+        &self,
+        module: ModuleBytes,
+    ) -> impl Future<Output = Result<Self::Prepared, PrepareError>> + Send;
+
+    /// Starts one container.
+    fn start(
+        &self,
+        prepared: &Self::Prepared,
+        run: ContainerRun,
+    ) -> impl Future<Output = Result<RunningContainer, StartError>> + Send;
+}

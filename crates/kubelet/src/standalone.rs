@@ -1,0 +1,278 @@
+//! The embedded default: static pods from manifest files, run with no API server. Statuses and
+//! events go to the log, container output to stdout (prefixed with `pod/container`).
+
+use crate::agent::{AgentError, Parts};
+use crate::config::Config;
+use crate::logs::{self, LogOptions};
+use crate::pods::Supervisors;
+use crate::pods::host::{PodEvent, PodHost};
+use crate::runtime::Runtime;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Pod, PodStatus};
+use kube::ResourceExt;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// A manifest that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// The file or directory cannot be read.
+    #[error("reading pod manifests from {path}: {source}")]
+    Read {
+        /// The path.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A document is not a valid Pod.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Reads pods from a manifest file or a directory of `.yaml`/`.yml`/`.json` files (multi-document
+/// YAML allowed); every document must be a v1 Pod.
+pub fn load_manifests(path: &Path) -> Result<Vec<Pod>, ManifestError> {
+    let read_err = |source| ManifestError::Read {
+        path: path.display().to_string(),
+        source,
+    };
+    let files = if path.is_dir() {
+        let mut files: Vec<_> = std::fs::read_dir(path)
+            .map_err(read_err)?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                p.extension()
+                    .is_some_and(|e| e == "yaml" || e == "yml" || e == "json")
+            })
+            .collect();
+        files.sort();
+        files
+    } else {
+        vec![path.to_path_buf()]
+    };
+    let mut pods = Vec::new();
+    for file in files {
+        let name = file.display().to_string();
+        let text = std::fs::read_to_string(&file).map_err(|source| ManifestError::Read {
+            path: name.clone(),
+            source,
+        })?;
+        for document in serde_yaml::Deserializer::from_str(&text) {
+            let value =
+                serde_yaml::Value::deserialize(document).map_err(|e| ManifestError::Invalid {
+                    path: name.clone(),
+                    message: e.to_string(),
+                })?;
+            if value.is_null() {
+                continue;
+            }
+            let kind = value
+                .get("kind")
+                .and_then(|k| k.as_str())
+                .unwrap_or_default();
+            if kind != "Pod" {
+                return Err(ManifestError::Invalid {
+                    path: name,
+                    message: format!(
+                        "expected kind Pod, found {kind:?}; standalone mode runs pods only"
+                    ),
+                });
+            }
+            let pod: Pod = serde_yaml::from_value(value).map_err(|e| ManifestError::Invalid {
+                path: name.clone(),
+                message: e.to_string(),
+            })?;
+            if pod.metadata.name.as_deref().unwrap_or_default().is_empty() {
+                return Err(ManifestError::Invalid {
+                    path: name,
+                    message: "the pod has no metadata.name".into(),
+                });
+            }
+            pods.push(pod);
+        }
+    }
+    Ok(pods)
+}
+
+fn random_uid() -> String {
+    let b: [u8; 16] = rand::random();
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+/// Effects of a standalone node: printed, and phases tracked to know when every pod is done.
+struct LocalHost {
+    phases: watch::Sender<HashMap<String, String>>,
+    followers: Mutex<tokio::task::JoinSet<()>>,
+    logs_files: Arc<crate::logs::LogFiles>,
+    registry: Arc<crate::pods::registry::PodRegistry>,
+}
+
+impl PodHost for LocalHost {
+    async fn write_status(&self, pod: &Pod, status: &PodStatus) -> Result<(), String> {
+        let phase = status.phase.clone().unwrap_or_default();
+        let states: Vec<String> = status
+            .container_statuses
+            .iter()
+            .flatten()
+            .map(|c| {
+                let st = c.state.clone().unwrap_or_default();
+                let what = match (st.waiting, st.running, st.terminated) {
+                    (Some(w), _, _) => format!("waiting ({})", w.reason.unwrap_or_default()),
+                    (_, Some(_), _) => "running".to_string(),
+                    (_, _, Some(t)) => format!(
+                        "terminated ({}, exit code {})",
+                        t.reason.unwrap_or_default(),
+                        t.exit_code
+                    ),
+                    _ => "unknown".to_string(),
+                };
+                format!("{}: {what}", c.name)
+            })
+            .collect();
+        let detail = status
+            .message
+            .clone()
+            .map(|m| format!(" - {m}"))
+            .unwrap_or_default();
+        tracing::info!(pod = %pod.name_any(), "{phase} [{}]{detail}", states.join(", "));
+        self.phases.send_modify(|p| {
+            p.insert(pod.uid().unwrap_or_default(), phase);
+        });
+        Ok(())
+    }
+
+    async fn record(&self, pod: &Pod, event: PodEvent) {
+        let name = pod.name_any();
+        let container = event.container.clone().unwrap_or_default();
+        if event.kind == "Warning" {
+            tracing::warn!(pod = %name, container = %container, reason = %event.reason, "{}", event.message);
+        } else {
+            tracing::info!(pod = %name, container = %container, reason = %event.reason, "{}", event.message);
+        }
+        if event.reason != "Started" {
+            return;
+        }
+        let ns = pod.namespace().unwrap_or_default();
+        let Some(path) = self
+            .registry
+            .logs(&ns, &name, &container)
+            .and_then(|(_, l)| l)
+            .and_then(|l| l.current)
+        else {
+            return;
+        };
+        let progress = self.logs_files.progress(&path);
+        let prefix = format!("{name}/{container}: ");
+        let options = LogOptions {
+            follow: true,
+            ..Default::default()
+        };
+        self.followers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .spawn(async move {
+                let mut stream = Box::pin(logs::read(path, options, progress));
+                let mut pending = Vec::new();
+                while let Some(Ok(chunk)) = stream.next().await {
+                    pending.extend_from_slice(&chunk);
+                    let mut out = std::io::stdout().lock();
+                    while let Some(pos) = pending.iter().position(|b| *b == b'\n') {
+                        let line: Vec<u8> = pending.drain(..=pos).collect();
+                        let _ = out.write_all(prefix.as_bytes());
+                        let _ = out.write_all(&line);
+                    }
+                    let _ = out.flush();
+                }
+            });
+    }
+
+    async fn finish_deletion(&self, _pod: &Pod) {}
+}
+
+/// How a standalone run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Pods that ended Failed, by name.
+    pub failed: Vec<String>,
+}
+
+/// Runs the pods until every one has finished (Succeeded or Failed) or `shutdown`.
+pub async fn run<R: Runtime>(
+    config: Config,
+    runtime: R,
+    pods: Vec<Pod>,
+    shutdown: CancellationToken,
+) -> Result<Outcome, AgentError> {
+    let parts = Parts::new(config, runtime, true)?;
+    let server_stop = shutdown.child_token();
+    let server = parts.serve(server_stop.clone())?;
+    let (phases, mut watch_phases) = watch::channel(HashMap::new());
+    let host = Arc::new(LocalHost {
+        phases,
+        followers: Mutex::default(),
+        logs_files: parts.logs.clone(),
+        registry: parts.registry.clone(),
+    });
+    let mut supervisors = Supervisors::new(parts.context(host.clone()));
+    let mut names = HashMap::new();
+    for mut pod in pods {
+        let meta = &mut pod.metadata;
+        meta.namespace.get_or_insert_with(|| "default".into());
+        meta.uid = Some(random_uid());
+        meta.creation_timestamp = Some(crate::pods::status::now());
+        pod.spec.get_or_insert_with(Default::default).node_name =
+            Some(parts.config.node_name.clone());
+        names.insert(pod.uid().unwrap_or_default(), pod.name_any());
+        supervisors.apply(pod);
+    }
+    let terminal = |p: &HashMap<String, String>| {
+        names.keys().all(|uid| {
+            p.get(uid)
+                .is_some_and(|ph| ph == "Succeeded" || ph == "Failed")
+        })
+    };
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = watch_phases.wait_for(terminal) => {}
+    }
+    let phases = watch_phases.borrow().clone();
+    let mut followers =
+        std::mem::take(&mut *host.followers.lock().unwrap_or_else(|p| p.into_inner()));
+    if !shutdown.is_cancelled() {
+        // Every container has exited: let the log printers reach the end of each log first.
+        while followers.join_next().await.is_some() {}
+    }
+    for uid in names.keys() {
+        supervisors.remove(uid);
+    }
+    supervisors.join_all().await;
+    while followers.join_next().await.is_some() {}
+    server_stop.cancel();
+    let _ = server.await;
+    let mut failed: Vec<String> = names
+        .iter()
+        .filter(|(uid, _)| phases.get(*uid).is_some_and(|p| p == "Failed"))
+        .map(|(_, n)| n.clone())
+        .collect();
+    failed.sort();
+    Ok(Outcome { failed })
+}

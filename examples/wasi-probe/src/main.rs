@@ -1,0 +1,60 @@
+//! A guest driven by its arguments, one step after another:
+//!
+//! `print TEXT`, `eprint TEXT`, `args`, `env`, `sleep MS`, `forever` (sleep without end),
+//! `spin` (busy loop without end), `exit CODE`, `trap`, `write PATH TEXT`, `read PATH`, `ls DIR`.
+//! A step that fails prints why on stderr and exits 2.
+
+use std::io::Write;
+use std::time::Duration;
+
+fn fail(what: &str, error: impl std::fmt::Display) -> ! {
+    eprintln!("wasi-probe: {what}: {error}");
+    std::process::exit(2);
+}
+
+fn main() {
+    let mut steps = std::env::args().skip(1);
+    while let Some(step) = steps.next() {
+        let mut next = |what: &str| steps.next().unwrap_or_else(|| fail(what, "missing argument"));
+        match step.as_str() {
+            "print" => println!("{}", next("print")),
+            "eprint" => eprintln!("{}", next("eprint")),
+            "args" => println!("args: {:?}", std::env::args().collect::<Vec<_>>()),
+            "env" => std::env::vars().for_each(|(k, v)| println!("{k}={v}")),
+            "sleep" => std::thread::sleep(Duration::from_millis(next("sleep").parse().unwrap_or_else(|e| fail("sleep", e)))),
+            "forever" => loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            },
+            "spin" => {
+                let mut x: u64 = 0;
+                loop {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+            }
+            "exit" => std::process::exit(next("exit").parse().unwrap_or_else(|e| fail("exit", e))),
+            "trap" => core::arch::wasm32::unreachable(),
+            "write" => {
+                let path = next("write");
+                let text = next("write");
+                std::fs::write(&path, text).unwrap_or_else(|e| fail(&format!("write {path}"), e));
+            }
+            "read" => {
+                let path = next("read");
+                let text = std::fs::read_to_string(&path).unwrap_or_else(|e| fail(&format!("read {path}"), e));
+                println!("{text}");
+            }
+            "ls" => {
+                let dir = next("ls");
+                let mut names: Vec<String> = std::fs::read_dir(&dir)
+                    .unwrap_or_else(|e| fail(&format!("ls {dir}"), e))
+                    .filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect();
+                names.sort();
+                println!("{}", names.join(" "));
+            }
+            other => fail("unknown step", other),
+        }
+        let _ = std::io::stdout().flush();
+    }
+}
