@@ -2,3 +2,5 @@
 //! registry launcher, and wasm fixtures built from the repository's sources.
 
 pub mod apiserver;
+pub mod fixtures;
+pub mod registry;

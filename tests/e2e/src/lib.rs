@@ -1,1 +1,345 @@
-//! e2e
+//! The end-to-end harness: a cluster (the API server stand-in, or a real cluster when
+//! `KRUSTLET_E2E_KUBECONFIG` names one), a real registry with the wasm fixtures, node agents
+//! started as real `krustlet-wasi` processes, per-test namespaces, and waits with deadlines.
+
+use anyhow::{Context, bail};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use kube::api::{Api, PostParams};
+use kube::runtime::wait::{Condition, await_condition};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+use testkit::apiserver::{ApiServer, Options};
+use testkit::registry::Registry;
+
+/// How long a test waits for a condition before it fails.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// The process-wide cluster: the stand-in runs on its own runtime thread so every test can use it.
+struct Shared {
+    standin: Option<ApiServer>,
+    admin: PathBuf,
+    bootstrap: Option<PathBuf>,
+    registry: Registry,
+    _runtime: Option<tokio::runtime::Runtime>,
+}
+
+static SHARED: OnceLock<Shared> = OnceLock::new();
+
+fn shared() -> &'static Shared {
+    // Set up on a thread of its own: tests call this from inside their runtimes.
+    SHARED.get_or_init(|| std::thread::scope(|scope| scope.spawn(start_shared).join().expect("setting up the e2e cluster")))
+}
+
+fn start_shared() -> Shared {
+    {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let registry = Registry::start().expect("starting the test registry");
+        match std::env::var_os("KRUSTLET_E2E_KUBECONFIG") {
+            Some(path) => Shared {
+                standin: None,
+                admin: PathBuf::from(path),
+                bootstrap: std::env::var_os("KRUSTLET_E2E_BOOTSTRAP_KUBECONFIG").map(PathBuf::from),
+                registry,
+                _runtime: None,
+            },
+            None => {
+                let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime for the stand-in");
+                let standin = runtime.block_on(ApiServer::start(Options { scheduler: true })).expect("starting the API server stand-in");
+                Shared { admin: standin.admin_kubeconfig().to_path_buf(), standin: Some(standin), bootstrap: None, registry, _runtime: Some(runtime) }
+            }
+        }
+    }
+}
+
+/// The cluster under test, for one test.
+pub struct Cluster {
+    /// An admin client.
+    pub client: kube::Client,
+    /// The test's own namespace.
+    pub namespace: String,
+    /// A name unique to this test, for nodes and images.
+    pub id: String,
+}
+
+impl Cluster {
+    /// Connects as admin and creates a namespace for the test; `name` makes names readable.
+    pub async fn new(name: &str) -> anyhow::Result<Self> {
+        let shared = shared();
+        let client = client_for(&shared.admin).await?;
+        let id = format!("{name}-{}", hex_id());
+        let namespace = format!("e2e-{id}");
+        let ns = Namespace { metadata: kube::api::ObjectMeta { name: Some(namespace.clone()), ..Default::default() }, ..Default::default() };
+        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.context("creating the test namespace")?;
+        Ok(Self { client, namespace, id })
+    }
+
+    /// The stand-in, when the tests run against it.
+    pub fn standin(&self) -> Option<&'static ApiServer> {
+        shared().standin.as_ref()
+    }
+
+    /// The admin kubeconfig (for kubectl).
+    pub fn admin_kubeconfig(&self) -> &'static Path {
+        &shared().admin
+    }
+
+    /// The registry host (`127.0.0.1:<port>`).
+    pub fn registry(&self) -> &'static str {
+        shared().registry.host()
+    }
+
+    /// Pods of the test namespace.
+    pub fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// Pushes a guest from examples/ to the registry under this test's name; returns the image.
+    pub async fn push_guest(&self, guest: &str) -> anyhow::Result<String> {
+        let module = std::fs::read(testkit::fixtures::wasm_module(guest)?)?;
+        let image = format!("{}/{}/{guest}:v1", self.registry(), self.id);
+        testkit::fixtures::push_wasm(&image, &module).await?;
+        Ok(image)
+    }
+
+    /// Starts a node agent for this test (a real `krustlet-wasi` process).
+    pub async fn start_node(&self) -> anyhow::Result<NodeAgent> {
+        NodeAgent::start(self, &format!("node-{}", self.id)).await
+    }
+
+    /// Runs kubectl as admin in the test namespace; returns stdout, or fails with stderr.
+    pub fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
+        let output = self.kubectl_output(args)?;
+        if !output.status.success() {
+            bail!("kubectl {} failed: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// Runs kubectl and returns its whole output.
+    pub fn kubectl_output(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(self.admin_kubeconfig())
+            .args(["--namespace", &self.namespace, "--request-timeout", "30s"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .context("running kubectl")
+    }
+
+    /// Waits until the pod satisfies `condition`; returns it.
+    pub async fn wait_pod(&self, name: &str, what: &str, condition: impl Condition<Pod>) -> anyhow::Result<Pod> {
+        let found = tokio::time::timeout(DEADLINE, await_condition(self.pods(), name, condition))
+            .await
+            .map_err(|_| anyhow::anyhow!("pod {name} did not become {what} within {DEADLINE:?}"))?
+            .context("watching the pod")?;
+        found.with_context(|| format!("pod {name} was deleted while waiting for it to become {what}"))
+    }
+
+    /// Waits until `check` passes, polling the API every 100 ms (for things no watch can express,
+    /// such as events arriving).
+    pub async fn eventually<T>(&self, what: &str, mut check: impl AsyncFnMut() -> anyhow::Result<Option<T>>) -> anyhow::Result<T> {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        let mut last_error = None;
+        while tokio::time::Instant::now() < deadline {
+            match check().await {
+                Ok(Some(value)) => return Ok(value),
+                Ok(None) => {}
+                Err(e) => last_error = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("{what} did not happen within {DEADLINE:?}{}", last_error.map(|e| format!(" (last error: {e:#})")).unwrap_or_default())
+    }
+
+    /// The messages of events about a pod, as `reason: message`.
+    pub async fn pod_events(&self, pod: &str) -> anyhow::Result<Vec<String>> {
+        let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(self.client.clone(), &self.namespace);
+        let list = events.list(&kube::api::ListParams::default().fields(&format!("involvedObject.name={pod}"))).await?;
+        Ok(list.items.iter().map(|e| format!("{}: {}", e.reason.clone().unwrap_or_default(), e.message.clone().unwrap_or_default())).collect())
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(self.admin_kubeconfig())
+            .args(["delete", "namespace", &self.namespace, "--wait=false", "--ignore-not-found"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn hex_id() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or_default();
+    format!("{:06x}", (nanos ^ std::process::id().rotate_left(16)) & 0xff_ffff)
+}
+
+/// A client from a kubeconfig file.
+pub async fn client_for(path: &Path) -> anyhow::Result<kube::Client> {
+    let file = kube::config::Kubeconfig::read_from(path)?;
+    let config = kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default()).await?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// The `krustlet-wasi` binary, built by cargo if needed (a no-op when it is up to date).
+pub fn agent_binary() -> anyhow::Result<PathBuf> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let root = testkit::fixtures::repo_root();
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "--quiet", "-p", "krustlet-wasi", "--manifest-path"])
+                .arg(root.join("Cargo.toml"))
+                .status()
+                .map_err(|e| e.to_string())?;
+            if !status.success() {
+                return Err("building krustlet-wasi failed".into());
+            }
+            let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+            Ok(target.join("debug/krustlet-wasi"))
+        })
+        .clone()
+        .map_err(|e| anyhow::anyhow!(e))
+}
+
+/// A running node agent process; killed, and its Node deleted, when dropped.
+pub struct NodeAgent {
+    child: Child,
+    /// The node's name.
+    pub name: String,
+    /// The kubelet API port.
+    pub port: u16,
+    /// The agent's data dir.
+    pub data_dir: tempfile::TempDir,
+    admin: PathBuf,
+    log: PathBuf,
+}
+
+impl NodeAgent {
+    /// Starts `krustlet-wasi` as node `name`, with the node identity on the stand-in (or the
+    /// bootstrap/admin kubeconfig on a real cluster), and waits until its Node is Ready.
+    pub async fn start(cluster: &Cluster, name: &str) -> anyhow::Result<Self> {
+        let shared = shared();
+        let kubeconfig = match (&shared.standin, &shared.bootstrap) {
+            (Some(standin), _) => standin.node_kubeconfig(name)?,
+            (None, Some(bootstrap)) => bootstrap.clone(),
+            (None, None) => shared.admin.clone(),
+        };
+        let data_dir = tempfile::Builder::new().prefix("krustlet-node").tempdir()?;
+        let port = testkit::registry::free_port()?;
+        let log = data_dir.path().join("agent.log");
+        let mut command = Command::new(agent_binary()?);
+        command
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["--node-name", name, "--node-ip", "127.0.0.1", "--addr", "127.0.0.1"])
+            .args(["--port", &port.to_string(), "--insecure-registries", cluster.registry()])
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?);
+        if let Some(standin) = &shared.standin {
+            let ca = data_dir.path().join("client-ca.pem");
+            std::fs::write(&ca, standin.ca_pem())?;
+            command.arg("--client-ca-file").arg(ca);
+        }
+        let child = command.spawn().context("starting krustlet-wasi")?;
+        let agent = Self { child, name: name.to_string(), port, data_dir, admin: shared.admin.clone(), log };
+        let nodes: Api<Node> = Api::all(cluster.client.clone());
+        let ready = tokio::time::timeout(DEADLINE, await_condition(nodes, name, is_node_ready())).await;
+        if !matches!(ready, Ok(Ok(Some(_)))) {
+            bail!("node {name} did not become Ready within {DEADLINE:?}; agent log:\n{}", agent.log());
+        }
+        Ok(agent)
+    }
+
+    /// What the agent logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits (with a deadline) for the process to exit; returns its exit status.
+    pub fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status()?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("krustlet-wasi did not exit within 20s of SIGTERM")
+    }
+}
+
+impl Drop for NodeAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&self.admin)
+            .args(["delete", "node", &self.name, "--wait=false", "--ignore-not-found"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// The node's Ready condition is True.
+pub fn is_node_ready() -> impl Condition<Node> {
+    |node: Option<&Node>| {
+        node.and_then(|n| n.status.as_ref())
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    }
+}
+
+/// The pod's phase is `phase`.
+pub fn has_phase(phase: &'static str) -> impl Condition<Pod> {
+    move |pod: Option<&Pod>| pod.and_then(|p| p.status.as_ref()).and_then(|s| s.phase.as_deref()) == Some(phase)
+}
+
+/// The hello-wasm manifest from the shared examples, with its image replaced.
+pub fn hello_wasm_manifest(image: &str) -> anyhow::Result<String> {
+    let path = testkit::fixtures::repo_root().join("../shared/examples/hello-wasm.yaml");
+    let local = testkit::fixtures::repo_root().join("examples/hello-wasm/pod.yaml");
+    let text = std::fs::read_to_string(&path).or_else(|_| std::fs::read_to_string(&local)).context("reading hello-wasm.yaml")?;
+    Ok(text.replace("webassembly.azurecr.io/hello-wasm:v1", image))
+}
+
+/// A wasm pod bound to `node` (as a DaemonSet's pods are, without the scheduler) that tolerates
+/// the node's taint and runs `image` with `args`.
+pub fn wasm_pod(name: &str, image: &str, node: &str, args: &[&str], restart_policy: &str) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "nodeName": node,
+            "restartPolicy": restart_policy,
+            "containers": [{"name": "main", "image": image, "args": args}],
+            "tolerations": [{"key": "krustlet/arch", "operator": "Equal", "value": "wasm32-wasi", "effect": "NoExecute"}],
+        }
+    }))
+    .expect("a valid pod")
+}
+
+/// The state of the pod's first container, as `(waiting reason, terminated exit code and reason)`.
+pub fn container_state(pod: &Pod) -> Option<k8s_openapi::api::core::v1::ContainerState> {
+    pod.status.as_ref()?.container_statuses.as_ref()?.first()?.state.clone()
+}
+
+/// The first container is waiting with `reason`.
+pub fn is_waiting(reason: &'static str) -> impl Condition<Pod> {
+    move |pod: Option<&Pod>| {
+        pod.and_then(container_state).and_then(|s| s.waiting).and_then(|w| w.reason).as_deref() == Some(reason)
+    }
+}

@@ -132,6 +132,18 @@ async fn send(
         .body(http_body_util::Empty::<bytes::Bytes>::new())?;
     let response = sender.send_request(request).await?;
     let (parts, body) = response.into_parts();
+    if !parts.status.is_success() {
+        // As the real server's response checker: the kubelet's error text becomes a Status.
+        let text = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, 64 * 1024)).await?.to_bytes();
+        let reason = match parts.status {
+            StatusCode::BAD_REQUEST => "BadRequest",
+            StatusCode::UNAUTHORIZED => "Unauthorized",
+            StatusCode::FORBIDDEN => "Forbidden",
+            StatusCode::NOT_FOUND => "NotFound",
+            _ => "InternalError",
+        };
+        return Ok(response::status(parts.status, reason, String::from_utf8_lossy(&text).trim().to_string(), None));
+    }
     Ok(Response::from_parts(parts, Body::new(body)))
 }
 

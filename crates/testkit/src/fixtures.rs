@@ -1,0 +1,96 @@
+//! WebAssembly fixtures built from the repository's Rust sources (examples/), and pushes of
+//! images to a registry: wasm artifacts in their media types, and ordinary container images.
+
+use anyhow::{Context, bail};
+use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Layer media type of Krustlet's wasm-to-oci images.
+pub const WASM_LAYER_V1: &str = "application/vnd.wasm.content.layer.v1+wasm";
+/// Config media type of Krustlet's wasm-to-oci images.
+pub const WASM_CONFIG_V1: &str = "application/vnd.wasm.config.v1+json";
+/// Layer media type of the CNCF wasm OCI artifact.
+pub const WASM_LAYER_CNCF: &str = "application/wasm";
+/// Config media type of the CNCF wasm OCI artifact.
+pub const WASM_CONFIG_CNCF: &str = "application/vnd.wasm.config.v0+json";
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("the testkit crate lives in the repository")
+}
+
+static BUILT: Mutex<bool> = Mutex::new(false);
+
+/// Builds the guests in examples/ for wasm32-wasip1 (once per process) and returns the path of
+/// `name`.wasm.
+pub fn wasm_module(name: &str) -> anyhow::Result<PathBuf> {
+    let root = repo_root();
+    let target_dir = root.join("target/wasm");
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if !*built {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let output = std::process::Command::new(cargo)
+            .args(["build", "--release", "--target", "wasm32-wasip1", "--manifest-path"])
+            .arg(root.join("examples/Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&target_dir)
+            .output()
+            .context("running cargo to build the wasm fixtures")?;
+        if !output.status.success() {
+            bail!(
+                "building the wasm fixtures failed (is the target installed? `rustup target add wasm32-wasip1`):\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        *built = true;
+    }
+    let path = target_dir.join(format!("wasm32-wasip1/release/{name}.wasm"));
+    if !path.is_file() {
+        bail!("{} was not built: no such guest in examples/", path.display());
+    }
+    Ok(path)
+}
+
+fn client() -> Client {
+    Client::new(ClientConfig { protocol: ClientProtocol::Http, ..Default::default() })
+}
+
+/// Pushes `bytes` as a one-layer image `reference` (`host/repo:tag`) with the given media types;
+/// returns the manifest URL.
+pub async fn push(reference: &str, layer: Vec<u8>, layer_type: &str, config: Vec<u8>, config_type: &str) -> anyhow::Result<String> {
+    let reference: Reference = reference.parse().with_context(|| format!("parsing {reference}"))?;
+    let layers = [ImageLayer::new(layer, layer_type.to_string(), None)];
+    let config = Config::new(config, config_type.to_string(), None);
+    let response = client().push(&reference, &layers, config, &RegistryAuth::Anonymous, None).await.context("pushing to the registry")?;
+    Ok(response.manifest_url)
+}
+
+/// Pushes a wasm module as Krustlet's wasm-to-oci artifact.
+pub async fn push_wasm(reference: &str, module: &[u8]) -> anyhow::Result<String> {
+    push(reference, module.to_vec(), WASM_LAYER_V1, b"{}".to_vec(), WASM_CONFIG_V1).await
+}
+
+/// Pushes an ordinary linux/amd64 container image (a gzipped tar layer) to `reference`.
+pub async fn push_container_image(reference: &str) -> anyhow::Result<String> {
+    let config = serde_json::json!({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}, "config": {"Cmd": ["/bin/sh"]}});
+    let layer = gzip_empty_tar();
+    push(
+        reference,
+        layer,
+        oci_client::manifest::IMAGE_LAYER_GZIP_MEDIA_TYPE,
+        serde_json::to_vec(&config)?,
+        oci_client::manifest::IMAGE_CONFIG_MEDIA_TYPE,
+    )
+    .await
+}
+
+fn gzip_empty_tar() -> Vec<u8> {
+    use std::io::Write;
+    // An empty tar archive is two zero blocks.
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(&[0u8; 1024]).expect("writing to memory cannot fail");
+    encoder.finish().expect("writing to memory cannot fail")
+}

@@ -1,0 +1,73 @@
+//! A real OCI registry for tests: Debian's `docker-registry` (Distribution 2.8) on 127.0.0.1 with
+//! an ephemeral port and a temporary storage dir, killed when dropped.
+
+use anyhow::{Context, bail};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where Debian installs the registry.
+pub const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
+const READY_DEADLINE: Duration = Duration::from_secs(20);
+
+/// A running registry.
+pub struct Registry {
+    child: Child,
+    host: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    /// Starts a registry without authentication.
+    pub fn start() -> anyhow::Result<Self> {
+        if !std::path::Path::new(REGISTRY_BIN).exists() {
+            bail!("{REGISTRY_BIN} is missing: install it with `apt-get install docker-registry` (.ci/run does)");
+        }
+        let dir = tempfile::Builder::new().prefix("krustlet-registry").tempdir()?;
+        let port = free_port()?;
+        let host = format!("127.0.0.1:{port}");
+        let config = format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n",
+            dir.path().join("data").display()
+        );
+        let config_path = dir.path().join("config.yml");
+        std::fs::write(&config_path, config)?;
+        let child = Command::new(REGISTRY_BIN)
+            .arg("serve")
+            .arg(&config_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {REGISTRY_BIN}"))?;
+        let registry = Self { child, host, _dir: dir };
+        registry.wait_ready()?;
+        Ok(registry)
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    fn wait_ready(&self) -> anyhow::Result<()> {
+        let started = Instant::now();
+        while started.elapsed() < READY_DEADLINE {
+            if std::net::TcpStream::connect(&self.host).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("the registry did not listen on {} within {READY_DEADLINE:?}", self.host)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
