@@ -19,7 +19,10 @@ pub const WASM_CONFIG_CNCF: &str = "application/vnd.wasm.config.v0+json";
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("the testkit crate lives in the repository")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("the testkit crate lives in the repository")
 }
 
 static BUILT: Mutex<bool> = Mutex::new(false);
@@ -33,7 +36,13 @@ pub fn wasm_module(name: &str) -> anyhow::Result<PathBuf> {
     if !*built {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let output = std::process::Command::new(cargo)
-            .args(["build", "--release", "--target", "wasm32-wasip1", "--manifest-path"])
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip1",
+                "--manifest-path",
+            ])
             .arg(root.join("examples/Cargo.toml"))
             .arg("--target-dir")
             .arg(&target_dir)
@@ -49,28 +58,52 @@ pub fn wasm_module(name: &str) -> anyhow::Result<PathBuf> {
     }
     let path = target_dir.join(format!("wasm32-wasip1/release/{name}.wasm"));
     if !path.is_file() {
-        bail!("{} was not built: no such guest in examples/", path.display());
+        bail!(
+            "{} was not built: no such guest in examples/",
+            path.display()
+        );
     }
     Ok(path)
 }
 
 fn client() -> Client {
-    Client::new(ClientConfig { protocol: ClientProtocol::Http, ..Default::default() })
+    Client::new(ClientConfig {
+        protocol: ClientProtocol::Http,
+        ..Default::default()
+    })
 }
 
 /// Pushes `bytes` as a one-layer image `reference` (`host/repo:tag`) with the given media types;
 /// returns the manifest URL.
-pub async fn push(reference: &str, layer: Vec<u8>, layer_type: &str, config: Vec<u8>, config_type: &str) -> anyhow::Result<String> {
-    let reference: Reference = reference.parse().with_context(|| format!("parsing {reference}"))?;
+pub async fn push(
+    reference: &str,
+    layer: Vec<u8>,
+    layer_type: &str,
+    config: Vec<u8>,
+    config_type: &str,
+) -> anyhow::Result<String> {
+    let reference: Reference = reference
+        .parse()
+        .with_context(|| format!("parsing {reference}"))?;
     let layers = [ImageLayer::new(layer, layer_type.to_string(), None)];
     let config = Config::new(config, config_type.to_string(), None);
-    let response = client().push(&reference, &layers, config, &RegistryAuth::Anonymous, None).await.context("pushing to the registry")?;
+    let response = client()
+        .push(&reference, &layers, config, &RegistryAuth::Anonymous, None)
+        .await
+        .context("pushing to the registry")?;
     Ok(response.manifest_url)
 }
 
 /// Pushes a wasm module as Krustlet's wasm-to-oci artifact.
 pub async fn push_wasm(reference: &str, module: &[u8]) -> anyhow::Result<String> {
-    push(reference, module.to_vec(), WASM_LAYER_V1, b"{}".to_vec(), WASM_CONFIG_V1).await
+    push(
+        reference,
+        module.to_vec(),
+        WASM_LAYER_V1,
+        b"{}".to_vec(),
+        WASM_CONFIG_V1,
+    )
+    .await
 }
 
 /// Pushes an ordinary linux/amd64 container image (a gzipped tar layer) to `reference`.
@@ -91,6 +124,8 @@ fn gzip_empty_tar() -> Vec<u8> {
     use std::io::Write;
     // An empty tar archive is two zero blocks.
     let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    encoder.write_all(&[0u8; 1024]).expect("writing to memory cannot fail");
+    encoder
+        .write_all(&[0u8; 1024])
+        .expect("writing to memory cannot fail");
     encoder.finish().expect("writing to memory cannot fail")
 }

@@ -20,9 +20,13 @@ impl Registry {
     /// Starts a registry without authentication.
     pub fn start() -> anyhow::Result<Self> {
         if !std::path::Path::new(REGISTRY_BIN).exists() {
-            bail!("{REGISTRY_BIN} is missing: install it with `apt-get install docker-registry` (.ci/run does)");
+            bail!(
+                "{REGISTRY_BIN} is missing: install it with `apt-get install docker-registry` (.ci/run does)"
+            );
         }
-        let dir = tempfile::Builder::new().prefix("krustlet-registry").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("krustlet-registry")
+            .tempdir()?;
         let port = free_port()?;
         let host = format!("127.0.0.1:{port}");
         let config = format!(
@@ -38,7 +42,11 @@ impl Registry {
             .stderr(Stdio::null())
             .spawn()
             .with_context(|| format!("starting {REGISTRY_BIN}"))?;
-        let registry = Self { child, host, _dir: dir };
+        let registry = Self {
+            child,
+            host,
+            _dir: dir,
+        };
         registry.wait_ready()?;
         Ok(registry)
     }
@@ -56,7 +64,10 @@ impl Registry {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        bail!("the registry did not listen on {} within {READY_DEADLINE:?}", self.host)
+        bail!(
+            "the registry did not listen on {} within {READY_DEADLINE:?}",
+            self.host
+        )
     }
 }
 
@@ -69,5 +80,7 @@ impl Drop for Registry {
 
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }

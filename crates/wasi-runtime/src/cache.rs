@@ -64,10 +64,10 @@ impl ModuleCache {
                 }
             }
             let m = Module::new(&engine, &bytes).map_err(|e| PrepareError(format!("the module is not valid WebAssembly: {e:#}")))?;
-            if let Ok(artifact) = m.serialize() {
-                if let Err(e) = kubelet::images::write_atomic(&path, &artifact) {
-                    tracing::warn!(error = %e, "caching the compiled module failed; it will be compiled again next time");
-                }
+            if let Ok(artifact) = m.serialize()
+                && let Err(e) = kubelet::images::write_atomic(&path, &artifact)
+            {
+                tracing::warn!(error = %e, "caching the compiled module failed; it will be compiled again next time");
             }
             Ok(m)
         })

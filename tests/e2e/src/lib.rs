@@ -29,7 +29,14 @@ static SHARED: OnceLock<Shared> = OnceLock::new();
 
 fn shared() -> &'static Shared {
     // Set up on a thread of its own: tests call this from inside their runtimes.
-    SHARED.get_or_init(|| std::thread::scope(|scope| scope.spawn(start_shared).join().expect("setting up the e2e cluster")))
+    SHARED.get_or_init(|| {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(start_shared)
+                .join()
+                .expect("setting up the e2e cluster")
+        })
+    })
 }
 
 fn start_shared() -> Shared {
@@ -45,9 +52,21 @@ fn start_shared() -> Shared {
                 _runtime: None,
             },
             None => {
-                let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime for the stand-in");
-                let standin = runtime.block_on(ApiServer::start(Options { scheduler: true })).expect("starting the API server stand-in");
-                Shared { admin: standin.admin_kubeconfig().to_path_buf(), standin: Some(standin), bootstrap: None, registry, _runtime: Some(runtime) }
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("a runtime for the stand-in");
+                let standin = runtime
+                    .block_on(ApiServer::start(Options { scheduler: true }))
+                    .expect("starting the API server stand-in");
+                Shared {
+                    admin: standin.admin_kubeconfig().to_path_buf(),
+                    standin: Some(standin),
+                    bootstrap: None,
+                    registry,
+                    _runtime: Some(runtime),
+                }
             }
         }
     }
@@ -70,9 +89,22 @@ impl Cluster {
         let client = client_for(&shared.admin).await?;
         let id = format!("{name}-{}", hex_id());
         let namespace = format!("e2e-{id}");
-        let ns = Namespace { metadata: kube::api::ObjectMeta { name: Some(namespace.clone()), ..Default::default() }, ..Default::default() };
-        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.context("creating the test namespace")?;
-        Ok(Self { client, namespace, id })
+        let ns = Namespace {
+            metadata: kube::api::ObjectMeta {
+                name: Some(namespace.clone()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .context("creating the test namespace")?;
+        Ok(Self {
+            client,
+            namespace,
+            id,
+        })
     }
 
     /// The stand-in, when the tests run against it.
@@ -112,7 +144,11 @@ impl Cluster {
     pub fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
         let output = self.kubectl_output(args)?;
         if !output.status.success() {
-            bail!("kubectl {} failed: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
+            bail!(
+                "kubectl {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr)
+            );
         }
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
@@ -130,17 +166,28 @@ impl Cluster {
     }
 
     /// Waits until the pod satisfies `condition`; returns it.
-    pub async fn wait_pod(&self, name: &str, what: &str, condition: impl Condition<Pod>) -> anyhow::Result<Pod> {
+    pub async fn wait_pod(
+        &self,
+        name: &str,
+        what: &str,
+        condition: impl Condition<Pod>,
+    ) -> anyhow::Result<Pod> {
         let found = tokio::time::timeout(DEADLINE, await_condition(self.pods(), name, condition))
             .await
             .map_err(|_| anyhow::anyhow!("pod {name} did not become {what} within {DEADLINE:?}"))?
             .context("watching the pod")?;
-        found.with_context(|| format!("pod {name} was deleted while waiting for it to become {what}"))
+        found.with_context(|| {
+            format!("pod {name} was deleted while waiting for it to become {what}")
+        })
     }
 
     /// Waits until `check` passes, polling the API every 100 ms (for things no watch can express,
     /// such as events arriving).
-    pub async fn eventually<T>(&self, what: &str, mut check: impl AsyncFnMut() -> anyhow::Result<Option<T>>) -> anyhow::Result<T> {
+    pub async fn eventually<T>(
+        &self,
+        what: &str,
+        mut check: impl AsyncFnMut() -> anyhow::Result<Option<T>>,
+    ) -> anyhow::Result<T> {
         let deadline = tokio::time::Instant::now() + DEADLINE;
         let mut last_error = None;
         while tokio::time::Instant::now() < deadline {
@@ -151,14 +198,32 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        bail!("{what} did not happen within {DEADLINE:?}{}", last_error.map(|e| format!(" (last error: {e:#})")).unwrap_or_default())
+        bail!(
+            "{what} did not happen within {DEADLINE:?}{}",
+            last_error
+                .map(|e| format!(" (last error: {e:#})"))
+                .unwrap_or_default()
+        )
     }
 
     /// The messages of events about a pod, as `reason: message`.
     pub async fn pod_events(&self, pod: &str) -> anyhow::Result<Vec<String>> {
-        let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(self.client.clone(), &self.namespace);
-        let list = events.list(&kube::api::ListParams::default().fields(&format!("involvedObject.name={pod}"))).await?;
-        Ok(list.items.iter().map(|e| format!("{}: {}", e.reason.clone().unwrap_or_default(), e.message.clone().unwrap_or_default())).collect())
+        let events: Api<k8s_openapi::api::core::v1::Event> =
+            Api::namespaced(self.client.clone(), &self.namespace);
+        let list = events
+            .list(&kube::api::ListParams::default().fields(&format!("involvedObject.name={pod}")))
+            .await?;
+        Ok(list
+            .items
+            .iter()
+            .map(|e| {
+                format!(
+                    "{}: {}",
+                    e.reason.clone().unwrap_or_default(),
+                    e.message.clone().unwrap_or_default()
+                )
+            })
+            .collect())
     }
 }
 
@@ -167,7 +232,13 @@ impl Drop for Cluster {
         let _ = Command::new("kubectl")
             .arg("--kubeconfig")
             .arg(self.admin_kubeconfig())
-            .args(["delete", "namespace", &self.namespace, "--wait=false", "--ignore-not-found"])
+            .args([
+                "delete",
+                "namespace",
+                &self.namespace,
+                "--wait=false",
+                "--ignore-not-found",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
@@ -175,14 +246,22 @@ impl Drop for Cluster {
 }
 
 fn hex_id() -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or_default();
-    format!("{:06x}", (nanos ^ std::process::id().rotate_left(16)) & 0xff_ffff)
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    format!(
+        "{:06x}",
+        (nanos ^ std::process::id().rotate_left(16)) & 0xff_ffff
+    )
 }
 
 /// A client from a kubeconfig file.
 pub async fn client_for(path: &Path) -> anyhow::Result<kube::Client> {
     let file = kube::config::Kubeconfig::read_from(path)?;
-    let config = kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default()).await?;
+    let config =
+        kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+            .await?;
     Ok(kube::Client::try_from(config)?)
 }
 
@@ -201,7 +280,9 @@ pub fn agent_binary() -> anyhow::Result<PathBuf> {
             if !status.success() {
                 return Err("building krustlet-wasi failed".into());
             }
-            let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| root.join("target"));
             Ok(target.join("debug/krustlet-wasi"))
         })
         .clone()
@@ -238,8 +319,20 @@ impl NodeAgent {
         command
             .arg("--kubeconfig")
             .arg(&kubeconfig)
-            .args(["--node-name", name, "--node-ip", "127.0.0.1", "--addr", "127.0.0.1"])
-            .args(["--port", &port.to_string(), "--insecure-registries", cluster.registry()])
+            .args([
+                "--node-name",
+                name,
+                "--node-ip",
+                "127.0.0.1",
+                "--addr",
+                "127.0.0.1",
+            ])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--insecure-registries",
+                cluster.registry(),
+            ])
             .arg("--data-dir")
             .arg(data_dir.path())
             .env("RUST_LOG", "info")
@@ -252,11 +345,22 @@ impl NodeAgent {
             command.arg("--client-ca-file").arg(ca);
         }
         let child = command.spawn().context("starting krustlet-wasi")?;
-        let agent = Self { child, name: name.to_string(), port, data_dir, admin: shared.admin.clone(), log };
+        let agent = Self {
+            child,
+            name: name.to_string(),
+            port,
+            data_dir,
+            admin: shared.admin.clone(),
+            log,
+        };
         let nodes: Api<Node> = Api::all(cluster.client.clone());
-        let ready = tokio::time::timeout(DEADLINE, await_condition(nodes, name, is_node_ready())).await;
+        let ready =
+            tokio::time::timeout(DEADLINE, await_condition(nodes, name, is_node_ready())).await;
         if !matches!(ready, Ok(Ok(Some(_)))) {
-            bail!("node {name} did not become Ready within {DEADLINE:?}; agent log:\n{}", agent.log());
+            bail!(
+                "node {name} did not become Ready within {DEADLINE:?}; agent log:\n{}",
+                agent.log()
+            );
         }
         Ok(agent)
     }
@@ -268,7 +372,9 @@ impl NodeAgent {
 
     /// Sends SIGTERM and waits (with a deadline) for the process to exit; returns its exit status.
     pub fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
-        Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status()?;
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while std::time::Instant::now() < deadline {
             if let Some(status) = self.child.try_wait()? {
@@ -287,7 +393,13 @@ impl Drop for NodeAgent {
         let _ = Command::new("kubectl")
             .arg("--kubeconfig")
             .arg(&self.admin)
-            .args(["delete", "node", &self.name, "--wait=false", "--ignore-not-found"])
+            .args([
+                "delete",
+                "node",
+                &self.name,
+                "--wait=false",
+                "--ignore-not-found",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
@@ -305,14 +417,20 @@ pub fn is_node_ready() -> impl Condition<Node> {
 
 /// The pod's phase is `phase`.
 pub fn has_phase(phase: &'static str) -> impl Condition<Pod> {
-    move |pod: Option<&Pod>| pod.and_then(|p| p.status.as_ref()).and_then(|s| s.phase.as_deref()) == Some(phase)
+    move |pod: Option<&Pod>| {
+        pod.and_then(|p| p.status.as_ref())
+            .and_then(|s| s.phase.as_deref())
+            == Some(phase)
+    }
 }
 
 /// The hello-wasm manifest from the shared examples, with its image replaced.
 pub fn hello_wasm_manifest(image: &str) -> anyhow::Result<String> {
     let path = testkit::fixtures::repo_root().join("../shared/examples/hello-wasm.yaml");
     let local = testkit::fixtures::repo_root().join("examples/hello-wasm/pod.yaml");
-    let text = std::fs::read_to_string(&path).or_else(|_| std::fs::read_to_string(&local)).context("reading hello-wasm.yaml")?;
+    let text = std::fs::read_to_string(&path)
+        .or_else(|_| std::fs::read_to_string(&local))
+        .context("reading hello-wasm.yaml")?;
     Ok(text.replace("webassembly.azurecr.io/hello-wasm:v1", image))
 }
 
@@ -334,12 +452,22 @@ pub fn wasm_pod(name: &str, image: &str, node: &str, args: &[&str], restart_poli
 
 /// The state of the pod's first container, as `(waiting reason, terminated exit code and reason)`.
 pub fn container_state(pod: &Pod) -> Option<k8s_openapi::api::core::v1::ContainerState> {
-    pod.status.as_ref()?.container_statuses.as_ref()?.first()?.state.clone()
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .first()?
+        .state
+        .clone()
 }
 
 /// The first container is waiting with `reason`.
 pub fn is_waiting(reason: &'static str) -> impl Condition<Pod> {
     move |pod: Option<&Pod>| {
-        pod.and_then(container_state).and_then(|s| s.waiting).and_then(|w| w.reason).as_deref() == Some(reason)
+        pod.and_then(container_state)
+            .and_then(|s| s.waiting)
+            .and_then(|w| w.reason)
+            .as_deref()
+            == Some(reason)
     }
 }

@@ -10,37 +10,90 @@ use kube::api::Api;
 async fn node_registers_with_taint_labels_capacity_and_conditions() -> anyhow::Result<()> {
     let cluster = Cluster::new("register").await?;
     let agent = cluster.start_node().await?;
-    let node = Api::<Node>::all(cluster.client.clone()).get(&agent.name).await?;
+    let node = Api::<Node>::all(cluster.client.clone())
+        .get(&agent.name)
+        .await?;
     let labels = node.metadata.labels.clone().unwrap_or_default();
-    assert_eq!(labels.get("kubernetes.io/arch").map(String::as_str), Some("wasm32-wasi"));
-    assert_eq!(labels.get("kubernetes.io/os").map(String::as_str), Some("linux"));
+    assert_eq!(
+        labels.get("kubernetes.io/arch").map(String::as_str),
+        Some("wasm32-wasi")
+    );
+    assert_eq!(
+        labels.get("kubernetes.io/os").map(String::as_str),
+        Some("linux")
+    );
     assert_eq!(labels.get("type").map(String::as_str), Some("krustlet"));
     assert!(labels.contains_key("kubernetes.io/hostname"));
-    let taints = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
+    let taints = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.clone())
+        .unwrap_or_default();
     assert!(
-        taints.iter().any(|t| t.key == "krustlet/arch" && t.value.as_deref() == Some("wasm32-wasi") && t.effect == "NoExecute"),
+        taints.iter().any(|t| t.key == "krustlet/arch"
+            && t.value.as_deref() == Some("wasm32-wasi")
+            && t.effect == "NoExecute"),
         "taints: {taints:?}"
     );
     let status = node.status.clone().unwrap_or_default();
     let capacity = status.capacity.clone().unwrap_or_default();
     for resource in ["cpu", "memory", "ephemeral-storage", "pods"] {
-        assert!(capacity.contains_key(resource), "capacity lacks {resource}: {capacity:?}");
+        assert!(
+            capacity.contains_key(resource),
+            "capacity lacks {resource}: {capacity:?}"
+        );
     }
     assert_eq!(capacity["pods"].0, "110");
-    assert_eq!(capacity["cpu"].0, std::thread::available_parallelism()?.get().to_string());
+    assert_eq!(
+        capacity["cpu"].0,
+        std::thread::available_parallelism()?.get().to_string()
+    );
     let info = status.node_info.clone().unwrap_or_default();
-    assert!(info.container_runtime_version.starts_with("wasmtime://"), "{info:?}");
-    assert_eq!(info.kubelet_version, format!("v{}", env!("CARGO_PKG_VERSION")));
+    assert!(
+        info.container_runtime_version.starts_with("wasmtime://"),
+        "{info:?}"
+    );
+    assert_eq!(
+        info.kubelet_version,
+        format!("v{}", env!("CARGO_PKG_VERSION"))
+    );
     assert!(!info.kernel_version.is_empty() && !info.os_image.is_empty());
-    let endpoint = status.daemon_endpoints.and_then(|d| d.kubelet_endpoint).map(|e| e.port);
+    let endpoint = status
+        .daemon_endpoints
+        .and_then(|d| d.kubelet_endpoint)
+        .map(|e| e.port);
     assert_eq!(endpoint, Some(i32::from(agent.port)));
     let addresses = status.addresses.unwrap_or_default();
-    assert!(addresses.iter().any(|a| a.type_ == "InternalIP" && a.address == "127.0.0.1"), "{addresses:?}");
-    let conditions: Vec<(String, String)> = status.conditions.unwrap_or_default().into_iter().map(|c| (c.type_, c.status)).collect();
-    for (kind, expected) in [("Ready", "True"), ("MemoryPressure", "False"), ("DiskPressure", "False"), ("PIDPressure", "False")] {
-        assert!(conditions.contains(&(kind.to_string(), expected.to_string())), "{kind} should be {expected}: {conditions:?}");
+    assert!(
+        addresses
+            .iter()
+            .any(|a| a.type_ == "InternalIP" && a.address == "127.0.0.1"),
+        "{addresses:?}"
+    );
+    let conditions: Vec<(String, String)> = status
+        .conditions
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| (c.type_, c.status))
+        .collect();
+    for (kind, expected) in [
+        ("Ready", "True"),
+        ("MemoryPressure", "False"),
+        ("DiskPressure", "False"),
+        ("PIDPressure", "False"),
+    ] {
+        assert!(
+            conditions.contains(&(kind.to_string(), expected.to_string())),
+            "{kind} should be {expected}: {conditions:?}"
+        );
     }
-    let wide = cluster.kubectl(&["get", "node", &agent.name, "-o", "jsonpath={.status.nodeInfo.architecture}"])?;
+    let wide = cluster.kubectl(&[
+        "get",
+        "node",
+        &agent.name,
+        "-o",
+        "jsonpath={.status.nodeInfo.architecture}",
+    ])?;
     assert_eq!(wide, "wasm32-wasi");
     Ok(())
 }
@@ -51,7 +104,9 @@ async fn lease_is_renewed_and_restart_takes_over_the_node() -> anyhow::Result<()
     let mut agent = cluster.start_node().await?;
     let leases: Api<Lease> = Api::namespaced(cluster.client.clone(), "kube-node-lease");
     let first = cluster
-        .eventually("the node's lease to appear", async || Ok(leases.get_opt(&agent.name).await?))
+        .eventually("the node's lease to appear", async || {
+            Ok(leases.get_opt(&agent.name).await?)
+        })
         .await?;
     let spec = first.spec.clone().unwrap_or_default();
     assert_eq!(spec.lease_duration_seconds, Some(40));
@@ -61,15 +116,27 @@ async fn lease_is_renewed_and_restart_takes_over_the_node() -> anyhow::Result<()
     cluster
         .eventually("the lease to be renewed", async || {
             let lease = leases.get(&agent.name).await?;
-            Ok(lease.spec.and_then(|s| s.renew_time).filter(|t| Some(t) != renewed_at.as_ref()).map(|_| ()))
+            Ok(lease
+                .spec
+                .and_then(|s| s.renew_time)
+                .filter(|t| Some(t) != renewed_at.as_ref())
+                .map(|_| ()))
         })
         .await?;
     let status = agent.terminate()?;
-    assert!(status.success(), "krustlet-wasi should exit cleanly on SIGTERM: {status:?}\n{}", agent.log());
+    assert!(
+        status.success(),
+        "krustlet-wasi should exit cleanly on SIGTERM: {status:?}\n{}",
+        agent.log()
+    );
     // A second agent with the same name takes over the existing Node.
     let nodes: Api<Node> = Api::all(cluster.client.clone());
     let uid = nodes.get(&agent.name).await?.metadata.uid;
     let again = e2e::NodeAgent::start(&cluster, &agent.name).await?;
-    assert_eq!(nodes.get(&again.name).await?.metadata.uid, uid, "the restarted agent should reuse its Node");
+    assert_eq!(
+        nodes.get(&again.name).await?.metadata.uid,
+        uid,
+        "the restarted agent should reuse its Node"
+    );
     Ok(())
 }

@@ -7,8 +7,14 @@ use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::wait::Condition;
 
 async fn node_still_ready(cluster: &Cluster, agent: &NodeAgent) -> anyhow::Result<()> {
-    let node = Api::<Node>::all(cluster.client.clone()).get(&agent.name).await?;
-    assert!(is_node_ready().matches_object(Some(&node)), "node {} should stay Ready", agent.name);
+    let node = Api::<Node>::all(cluster.client.clone())
+        .get(&agent.name)
+        .await?;
+    assert!(
+        is_node_ready().matches_object(Some(&node)),
+        "node {} should stay Ready",
+        agent.name
+    );
     Ok(())
 }
 
@@ -18,26 +24,82 @@ async fn exit_codes_and_traps_end_the_pod_with_the_kubelets_statuses() -> anyhow
     let agent = cluster.start_node().await?;
     let image = cluster.push_guest("wasi-probe").await?;
     let pods = cluster.pods();
-    pods.create(&PostParams::default(), &wasm_pod("exit3", &image, &agent.name, &["print", "bye", "exit", "3"], "Never")).await?;
-    pods.create(&PostParams::default(), &wasm_pod("ok", &image, &agent.name, &["print", "fine"], "Never")).await?;
-    pods.create(&PostParams::default(), &wasm_pod("trap", &image, &agent.name, &["trap"], "Never")).await?;
+    pods.create(
+        &PostParams::default(),
+        &wasm_pod(
+            "exit3",
+            &image,
+            &agent.name,
+            &["print", "bye", "exit", "3"],
+            "Never",
+        ),
+    )
+    .await?;
+    pods.create(
+        &PostParams::default(),
+        &wasm_pod("ok", &image, &agent.name, &["print", "fine"], "Never"),
+    )
+    .await?;
+    pods.create(
+        &PostParams::default(),
+        &wasm_pod("trap", &image, &agent.name, &["trap"], "Never"),
+    )
+    .await?;
 
-    let failed = cluster.wait_pod("exit3", "Failed", has_phase("Failed")).await?;
-    let terminated = container_state(&failed).and_then(|s| s.terminated).expect("terminated state");
-    assert_eq!((terminated.exit_code, terminated.reason.as_deref()), (3, Some("Error")));
+    let failed = cluster
+        .wait_pod("exit3", "Failed", has_phase("Failed"))
+        .await?;
+    let terminated = container_state(&failed)
+        .and_then(|s| s.terminated)
+        .expect("terminated state");
+    assert_eq!(
+        (terminated.exit_code, terminated.reason.as_deref()),
+        (3, Some("Error"))
+    );
     assert!(terminated.started_at.is_some() && terminated.finished_at.is_some());
-    let conditions: Vec<(String, String)> = failed.status.clone().and_then(|s| s.conditions).unwrap_or_default().into_iter().map(|c| (c.type_, c.status)).collect();
-    assert!(conditions.contains(&("Ready".into(), "False".into())), "{conditions:?}");
-    assert!(conditions.contains(&("Initialized".into(), "True".into())), "{conditions:?}");
+    let conditions: Vec<(String, String)> = failed
+        .status
+        .clone()
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| (c.type_, c.status))
+        .collect();
+    assert!(
+        conditions.contains(&("Ready".into(), "False".into())),
+        "{conditions:?}"
+    );
+    assert!(
+        conditions.contains(&("Initialized".into(), "True".into())),
+        "{conditions:?}"
+    );
 
-    let ok = cluster.wait_pod("ok", "Succeeded", has_phase("Succeeded")).await?;
-    let terminated = container_state(&ok).and_then(|s| s.terminated).expect("terminated state");
-    assert_eq!((terminated.exit_code, terminated.reason.as_deref()), (0, Some("Completed")));
+    let ok = cluster
+        .wait_pod("ok", "Succeeded", has_phase("Succeeded"))
+        .await?;
+    let terminated = container_state(&ok)
+        .and_then(|s| s.terminated)
+        .expect("terminated state");
+    assert_eq!(
+        (terminated.exit_code, terminated.reason.as_deref()),
+        (0, Some("Completed"))
+    );
 
-    let trapped = cluster.wait_pod("trap", "Failed", has_phase("Failed")).await?;
-    let terminated = container_state(&trapped).and_then(|s| s.terminated).expect("terminated state");
+    let trapped = cluster
+        .wait_pod("trap", "Failed", has_phase("Failed"))
+        .await?;
+    let terminated = container_state(&trapped)
+        .and_then(|s| s.terminated)
+        .expect("terminated state");
     assert_eq!(terminated.exit_code, 134);
-    assert!(terminated.message.as_deref().unwrap_or_default().contains("unreachable"), "{terminated:?}");
+    assert!(
+        terminated
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("unreachable"),
+        "{terminated:?}"
+    );
     node_still_ready(&cluster, &agent).await
 }
 
@@ -47,40 +109,80 @@ async fn deleting_a_running_pod_stops_it_and_removes_it() -> anyhow::Result<()> 
     let agent = cluster.start_node().await?;
     let image = cluster.push_guest("wasi-probe").await?;
     let pods = cluster.pods();
-    pods.create(&PostParams::default(), &wasm_pod("sleeper", &image, &agent.name, &["print", "started", "forever"], "Always")).await?;
-    cluster.wait_pod("sleeper", "Running", has_phase("Running")).await?;
+    pods.create(
+        &PostParams::default(),
+        &wasm_pod(
+            "sleeper",
+            &image,
+            &agent.name,
+            &["print", "started", "forever"],
+            "Always",
+        ),
+    )
+    .await?;
+    cluster
+        .wait_pod("sleeper", "Running", has_phase("Running"))
+        .await?;
     let started = std::time::Instant::now();
     cluster.kubectl(&["delete", "pod", "sleeper", "--timeout=30s"])?;
     assert!(pods.get_opt("sleeper").await?.is_none());
-    assert!(started.elapsed() < std::time::Duration::from_secs(20), "deletion took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "deletion took {:?}",
+        started.elapsed()
+    );
     node_still_ready(&cluster, &agent).await
 }
 
 #[tokio::test]
-async fn kubectl_logs_serves_tail_follow_and_previous_through_the_api_server() -> anyhow::Result<()> {
+async fn kubectl_logs_serves_tail_follow_and_previous_through_the_api_server() -> anyhow::Result<()>
+{
     let cluster = Cluster::new("logs").await?;
     let agent = cluster.start_node().await?;
     let image = cluster.push_guest("wasi-probe").await?;
     let pods = cluster.pods();
-    let args = ["print", "one", "eprint", "two", "print", "three", "sleep", "1500", "print", "four"];
-    pods.create(&PostParams::default(), &wasm_pod("talker", &image, &agent.name, &args, "Never")).await?;
-    cluster.wait_pod("talker", "Running", has_phase("Running")).await?;
+    let args = [
+        "print", "one", "eprint", "two", "print", "three", "sleep", "1500", "print", "four",
+    ];
+    pods.create(
+        &PostParams::default(),
+        &wasm_pod("talker", &image, &agent.name, &args, "Never"),
+    )
+    .await?;
+    cluster
+        .wait_pod("talker", "Running", has_phase("Running"))
+        .await?;
     // `-f` streams until the container exits, so it sees the line printed after the sleep.
     let followed = cluster.kubectl(&["logs", "-f", "talker"])?;
     assert_eq!(followed, "one\ntwo\nthree\nfour\n");
-    cluster.wait_pod("talker", "Succeeded", has_phase("Succeeded")).await?;
-    assert_eq!(cluster.kubectl(&["logs", "talker", "--tail", "2"])?, "three\nfour\n");
-    assert_eq!(cluster.kubectl(&["logs", "talker", "--limit-bytes", "6"])?, "one\ntw");
+    cluster
+        .wait_pod("talker", "Succeeded", has_phase("Succeeded"))
+        .await?;
+    assert_eq!(
+        cluster.kubectl(&["logs", "talker", "--tail", "2"])?,
+        "three\nfour\n"
+    );
+    assert_eq!(
+        cluster.kubectl(&["logs", "talker", "--limit-bytes", "6"])?,
+        "one\ntw"
+    );
     let stamped = cluster.kubectl(&["logs", "talker", "--timestamps", "--tail", "1"])?;
-    assert!(stamped.ends_with(" four\n") && stamped.starts_with("20"), "{stamped:?}");
+    assert!(
+        stamped.ends_with(" four\n") && stamped.starts_with("20"),
+        "{stamped:?}"
+    );
     let previous = cluster.kubectl_output(&["logs", "talker", "--previous"])?;
     assert!(!previous.status.success());
-    assert!(String::from_utf8_lossy(&previous.stderr).contains("previous terminated container"), "{previous:?}");
+    assert!(
+        String::from_utf8_lossy(&previous.stderr).contains("previous terminated container"),
+        "{previous:?}"
+    );
     Ok(())
 }
 
 #[tokio::test]
-async fn bad_images_end_in_clear_statuses_and_events_while_the_node_stays_ready() -> anyhow::Result<()> {
+async fn bad_images_end_in_clear_statuses_and_events_while_the_node_stays_ready()
+-> anyhow::Result<()> {
     let cluster = Cluster::new("badimages").await?;
     let agent = cluster.start_node().await?;
     let container_image = format!("{}/{}/nginx:1.27", cluster.registry(), cluster.id);
@@ -88,33 +190,99 @@ async fn bad_images_end_in_clear_statuses_and_events_while_the_node_stays_ready(
     let garbage = format!("{}/{}/garbage:v1", cluster.registry(), cluster.id);
     testkit::fixtures::push_wasm(&garbage, b"#!/bin/sh\necho this is not wasm\n").await?;
     let pods = cluster.pods();
-    pods.create(&PostParams::default(), &wasm_pod("oci", &container_image, &agent.name, &[], "Never")).await?;
-    pods.create(&PostParams::default(), &wasm_pod("garbage", &garbage, &agent.name, &[], "Never")).await?;
-    pods.create(&PostParams::default(), &wasm_pod("noregistry", "127.0.0.1:1/nothing/here:v1", &agent.name, &[], "Never")).await?;
+    pods.create(
+        &PostParams::default(),
+        &wasm_pod("oci", &container_image, &agent.name, &[], "Never"),
+    )
+    .await?;
+    pods.create(
+        &PostParams::default(),
+        &wasm_pod("garbage", &garbage, &agent.name, &[], "Never"),
+    )
+    .await?;
+    pods.create(
+        &PostParams::default(),
+        &wasm_pod(
+            "noregistry",
+            "127.0.0.1:1/nothing/here:v1",
+            &agent.name,
+            &[],
+            "Never",
+        ),
+    )
+    .await?;
 
-    let oci = cluster.wait_pod("oci", "ErrImagePull", is_waiting("ErrImagePull")).await?;
-    let message = container_state(&oci).and_then(|s| s.waiting).and_then(|w| w.message).unwrap_or_default();
-    assert!(message.contains("is an OCI container image (linux/amd64), not a WebAssembly module"), "{message}");
-    assert!(message.contains("schedule this pod to a node that runs containers"), "{message}");
-    let events = cluster.eventually("a Failed event for the container image", async || {
-        let events = cluster.pod_events("oci").await?;
-        Ok(events.iter().any(|e| e.starts_with("Failed: Failed to pull image") && e.contains("not a WebAssembly module")).then_some(events))
-    }).await?;
-    assert!(events.iter().any(|e| e == "Failed: Error: ErrImagePull"), "{events:?}");
+    let oci = cluster
+        .wait_pod("oci", "ErrImagePull", is_waiting("ErrImagePull"))
+        .await?;
+    let message = container_state(&oci)
+        .and_then(|s| s.waiting)
+        .and_then(|w| w.message)
+        .unwrap_or_default();
+    assert!(
+        message.contains("is an OCI container image (linux/amd64), not a WebAssembly module"),
+        "{message}"
+    );
+    assert!(
+        message.contains("schedule this pod to a node that runs containers"),
+        "{message}"
+    );
+    let events = cluster
+        .eventually("a Failed event for the container image", async || {
+            let events = cluster.pod_events("oci").await?;
+            Ok(events
+                .iter()
+                .any(|e| {
+                    e.starts_with("Failed: Failed to pull image")
+                        && e.contains("not a WebAssembly module")
+                })
+                .then_some(events))
+        })
+        .await?;
+    assert!(
+        events.iter().any(|e| e == "Failed: Error: ErrImagePull"),
+        "{events:?}"
+    );
 
-    let bad = cluster.wait_pod("garbage", "CreateContainerError", is_waiting("CreateContainerError")).await?;
-    let message = container_state(&bad).and_then(|s| s.waiting).and_then(|w| w.message).unwrap_or_default();
+    let bad = cluster
+        .wait_pod(
+            "garbage",
+            "CreateContainerError",
+            is_waiting("CreateContainerError"),
+        )
+        .await?;
+    let message = container_state(&bad)
+        .and_then(|s| s.waiting)
+        .and_then(|w| w.message)
+        .unwrap_or_default();
     assert!(message.contains("not a WebAssembly module"), "{message}");
 
-    let missing = cluster.wait_pod("noregistry", "ErrImagePull", is_waiting("ErrImagePull")).await?;
-    let message = container_state(&missing).and_then(|s| s.waiting).and_then(|w| w.message).unwrap_or_default();
+    let missing = cluster
+        .wait_pod("noregistry", "ErrImagePull", is_waiting("ErrImagePull"))
+        .await?;
+    let message = container_state(&missing)
+        .and_then(|s| s.waiting)
+        .and_then(|w| w.message)
+        .unwrap_or_default();
     assert!(message.contains("127.0.0.1:1/nothing/here:v1"), "{message}");
     for name in ["oci", "garbage", "noregistry"] {
-        assert_eq!(pods.get(name).await?.status.and_then(|s| s.phase).as_deref(), Some("Pending"), "{name}");
+        assert_eq!(
+            pods.get(name)
+                .await?
+                .status
+                .and_then(|s| s.phase)
+                .as_deref(),
+            Some("Pending"),
+            "{name}"
+        );
     }
     node_still_ready(&cluster, &agent).await?;
     pods.delete("oci", &DeleteParams::default()).await?;
-    cluster.eventually("the pending pod to be removed by the node", async || Ok(pods.get_opt("oci").await?.is_none().then_some(()))).await?;
+    cluster
+        .eventually("the pending pod to be removed by the node", async || {
+            Ok(pods.get_opt("oci").await?.is_none().then_some(()))
+        })
+        .await?;
     Ok(())
 }
 
@@ -123,13 +291,34 @@ async fn a_pod_bound_without_the_toleration_is_rejected_by_the_node() -> anyhow:
     let cluster = Cluster::new("rejected").await?;
     let agent = cluster.start_node().await?;
     let image = cluster.push_guest("wasi-probe").await?;
-    let mut pod = wasm_pod("intruder", &image, &agent.name, &["print", "should not run"], "Never");
+    let mut pod = wasm_pod(
+        "intruder",
+        &image,
+        &agent.name,
+        &["print", "should not run"],
+        "Never",
+    );
     pod.spec.as_mut().expect("spec").tolerations = None;
     cluster.pods().create(&PostParams::default(), &pod).await?;
-    let rejected = cluster.wait_pod("intruder", "Failed", has_phase("Failed")).await?;
+    let rejected = cluster
+        .wait_pod("intruder", "Failed", has_phase("Failed"))
+        .await?;
     let status = rejected.status.unwrap_or_default();
     assert_eq!(status.reason.as_deref(), Some("Taint"));
-    assert!(status.message.as_deref().unwrap_or_default().contains("untolerated taint {krustlet/arch: wasm32-wasi}"), "{status:?}");
-    assert!(status.container_statuses.unwrap_or_default().iter().all(|c| c.state.as_ref().and_then(|s| s.running.as_ref()).is_none()));
+    assert!(
+        status
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("untolerated taint {krustlet/arch: wasm32-wasi}"),
+        "{status:?}"
+    );
+    assert!(
+        status
+            .container_statuses
+            .unwrap_or_default()
+            .iter()
+            .all(|c| c.state.as_ref().and_then(|s| s.running.as_ref()).is_none())
+    );
     node_still_ready(&cluster, &agent).await
 }

@@ -146,9 +146,7 @@ pub fn read(
             if !follow {
                 s.done = true;
             } else if out.is_empty() {
-                let Some(progress) = s.progress.as_mut() else {
-                    return None;
-                };
+                let progress = s.progress.as_mut()?;
                 let current = *progress.borrow_and_update();
                 if current.closed && current.len <= s.offset {
                     return None;

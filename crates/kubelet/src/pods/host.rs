@@ -58,12 +58,15 @@ pub trait PodHost: Send + Sync + 'static {
     fn finish_deletion(&self, pod: &Pod) -> impl Future<Output = ()> + Send;
 }
 
+/// An event's identity for aggregation: (pod uid, reason, message).
+type EventKey = (String, String, String);
+
 /// Effects through the Kubernetes API, as the node's identity.
 pub struct ApiHost {
     client: kube::Client,
     node_name: String,
     /// (pod uid, reason, message) -> (event name, count), to aggregate repeats as the kubelet does.
-    recorded: Mutex<HashMap<(String, String, String), (String, i32)>>,
+    recorded: Mutex<HashMap<EventKey, (String, i32)>>,
 }
 
 impl ApiHost {

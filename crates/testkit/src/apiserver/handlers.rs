@@ -3,7 +3,7 @@
 use super::auth::{self, Attributes, Decision, Identity};
 use super::objects::{self, DeleteOptions};
 use super::resources::{self, ResourceDef};
-use super::response::{self, Reply, bad_request, not_found};
+use super::response::{self, ApiError, Reply, bad_request, not_found};
 use super::selectors::{FieldSelector, LabelSelector};
 use super::{Shared, convert, proxy, reviews, semantics, watch};
 use axum::body::Body;
@@ -55,7 +55,8 @@ pub async fn handle(
                 "Unauthorized",
                 "Unauthorized",
                 None,
-            );
+            )
+            .into();
         }
     };
     let (parts, body) = req.into_parts();
@@ -70,7 +71,8 @@ pub async fn handle(
                 "NotFound",
                 "the server could not find the requested resource",
                 None,
-            );
+            )
+            .into();
         }
     };
     let target = match route {
@@ -99,7 +101,8 @@ pub async fn handle(
             "MethodNotAllowed",
             "the server does not allow this method on the requested resource",
             None,
-        );
+        )
+        .into();
     };
     let mut attrs = Attributes {
         verb: verb.to_string(),
@@ -135,9 +138,10 @@ pub async fn handle(
                 "RequestEntityTooLarge",
                 "the server has received a request that is too large",
                 None,
-            );
+            )
+            .into();
         }
-        Err(e) => return bad_request(format!("reading the request body: {e}")),
+        Err(e) => return bad_request(format!("reading the request body: {e}")).into(),
     };
     let ctx = Ctx {
         shared,
@@ -158,7 +162,7 @@ pub async fn handle(
         "patch" => ctx.patch(&body, &content_type),
         "delete" => ctx.delete(&body),
         "deletecollection" => ctx.delete_collection(),
-        _ => bad_request("unsupported verb"),
+        _ => bad_request("unsupported verb").into(),
     }
 }
 
@@ -261,7 +265,7 @@ fn forbidden(who: &Identity, attrs: &Attributes, why: &str) -> Reply {
     let message = auth::forbidden_message(who, attrs, why);
     let details = (!attrs.resource.is_empty())
         .then(|| response::details(&attrs.name, &attrs.group, &attrs.resource));
-    response::status(StatusCode::FORBIDDEN, "Forbidden", message, details)
+    response::status(StatusCode::FORBIDDEN, "Forbidden", message, details).into()
 }
 
 /// One resource request being served.
@@ -281,7 +285,7 @@ impl Ctx {
         self.target.def
     }
 
-    fn not_found(&self) -> Reply {
+    fn not_found(&self) -> ApiError {
         not_found(self.def().group, self.def().plural, &self.target.name)
     }
 
@@ -297,12 +301,12 @@ impl Ctx {
                 .cloned()
         }) {
             Some(object) => response::json(StatusCode::OK, &self.present(&object)),
-            None => self.not_found(),
+            None => self.not_found().into(),
         }
     }
 
     /// Parses the label and field selectors of the query.
-    pub fn selectors(&self) -> Result<(LabelSelector, FieldSelector), Reply> {
+    pub fn selectors(&self) -> Result<(LabelSelector, FieldSelector), ApiError> {
         let labels = LabelSelector::parse(
             self.query
                 .get("labelSelector")
@@ -325,7 +329,7 @@ impl Ctx {
         let def = self.def();
         let (labels, fields) = match self.selectors() {
             Ok(s) => s,
-            Err(reply) => return reply,
+            Err(reply) => return reply.into(),
         };
         let ns = (!self.target.namespace.is_empty()).then_some(self.target.namespace.as_str());
         let limit: usize = self
@@ -337,7 +341,7 @@ impl Ctx {
         let (start, continue_rv) = match self.query.get("continue").filter(|c| !c.is_empty()) {
             Some(token) => match parse_continue(token) {
                 Some(parsed) => parsed,
-                None => return bad_request("continue key is not valid"),
+                None => return bad_request("continue key is not valid").into(),
             },
             None => (0, None),
         };
@@ -377,7 +381,7 @@ impl Ctx {
     }
 
     /// Decodes, prunes and checks a request body; returns the object and any warnings.
-    pub fn decode(&self, body: &[u8], def: &ResourceDef) -> Result<(Value, Vec<String>), Reply> {
+    pub fn decode(&self, body: &[u8], def: &ResourceDef) -> Result<(Value, Vec<String>), ApiError> {
         let value: Value = serde_json::from_slice(body).map_err(|e| {
             bad_request(format!(
                 "the object provided is unrecognized (json parse error: {e})"
@@ -391,7 +395,7 @@ impl Ctx {
         &self,
         value: Value,
         def: &ResourceDef,
-    ) -> Result<(Value, Vec<String>), Reply> {
+    ) -> Result<(Value, Vec<String>), ApiError> {
         if !value.is_object() {
             return Err(bad_request(
                 "the object provided is unrecognized (expected a JSON object)",
@@ -456,13 +460,14 @@ impl Ctx {
                     "MethodNotAllowed",
                     "the server does not allow this method on the requested resource",
                     None,
-                );
+                )
+                .into();
             }
             _ => {}
         }
         let (object, warnings) = match self.decode(body, def) {
             Ok(decoded) => decoded,
-            Err(reply) => return reply,
+            Err(reply) => return reply.into(),
         };
         let created = self
             .shared
@@ -478,13 +483,13 @@ impl Ctx {
         let def = self.def();
         let (object, warnings) = match self.decode(body, def) {
             Ok(decoded) => decoded,
-            Err(reply) => return reply,
+            Err(reply) => return reply.into(),
         };
         if object["metadata"]["name"]
             .as_str()
             .is_some_and(|n| n != self.target.name)
         {
-            return bad_request("the name of the object does not match the name on the URL");
+            return bad_request("the name of the object does not match the name on the URL").into();
         }
         let updated = self.shared.store.write(|state| {
             objects::update(
@@ -512,11 +517,11 @@ impl Ctx {
                     "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json; got {content_type}"
                 ),
                 None,
-            );
+            ).into();
         };
         let patch: Value = match serde_json::from_slice(body) {
             Ok(p) => p,
-            Err(e) => return bad_request(format!("error decoding patch: {e}")),
+            Err(e) => return bad_request(format!("error decoding patch: {e}")).into(),
         };
         let patched = self.shared.store.write(|state| {
             let current = state
@@ -542,11 +547,11 @@ impl Ctx {
                 Ok(response::json(StatusCode::OK, &self.present(&object))),
                 &warnings,
             ),
-            Err(reply) => reply,
+            Err(reply) => reply.into(),
         }
     }
 
-    fn delete_options(&self, body: &[u8]) -> Result<DeleteOptions, Reply> {
+    fn delete_options(&self, body: &[u8]) -> Result<DeleteOptions, ApiError> {
         let mut options = if body.iter().all(u8::is_ascii_whitespace) {
             DeleteOptions::default()
         } else {
@@ -567,7 +572,7 @@ impl Ctx {
         let def = self.def();
         let options = match self.delete_options(body) {
             Ok(o) => o,
-            Err(reply) => return reply,
+            Err(reply) => return reply.into(),
         };
         let result = self.shared.store.write(|state| {
             objects::delete(
@@ -580,7 +585,7 @@ impl Ctx {
         });
         match result {
             Ok(object) => response::json(StatusCode::OK, &self.present(&object)),
-            Err(reply) => reply,
+            Err(reply) => reply.into(),
         }
     }
 
@@ -588,7 +593,7 @@ impl Ctx {
         let def = self.def();
         let (labels, fields) = match self.selectors() {
             Ok(s) => s,
-            Err(reply) => return reply,
+            Err(reply) => return reply.into(),
         };
         let ns = (!self.target.namespace.is_empty()).then_some(self.target.namespace.as_str());
         let deleted: Vec<Value> = self.shared.store.write(|state| {
@@ -629,8 +634,8 @@ fn parse_continue(token: &str) -> Option<(usize, Option<u64>)> {
     Some((offset.parse().ok()?, Some(rv.parse().ok()?)))
 }
 
-fn with_warnings(reply: Result<Reply, Reply>, warnings: &[String]) -> Reply {
-    let mut reply = reply.unwrap_or_else(|e| e);
+fn with_warnings(reply: Result<Reply, ApiError>, warnings: &[String]) -> Reply {
+    let mut reply = reply.unwrap_or_else(Reply::from);
     for w in warnings {
         if let Ok(value) = format!("299 - \"{}\"", w.replace('"', "\\\"")).parse() {
             reply.headers_mut().append(header::WARNING, value);

@@ -5,7 +5,7 @@
 use super::auth::Identity;
 use super::handlers::Target;
 use super::resources::{self, ResourceDef};
-use super::response::{self, Reply, conflict, not_found};
+use super::response::{self, ApiError, conflict, not_found};
 use super::semantics;
 use super::store::State;
 use http::StatusCode;
@@ -62,7 +62,7 @@ pub fn create(
     namespace: &str,
     who: &Identity,
     mut object: Value,
-) -> Result<Value, Reply> {
+) -> Result<Value, ApiError> {
     let meta = &mut object["metadata"];
     if !meta.is_object() {
         *meta = json!({});
@@ -160,7 +160,7 @@ pub fn update(
     who: &Identity,
     mut object: Value,
     precondition: Precondition,
-) -> Result<Value, Reply> {
+) -> Result<Value, ApiError> {
     let name = &target.name;
     let old = state
         .get(def.storage, &target.namespace, name)
@@ -252,7 +252,7 @@ pub fn delete(
     ns: &str,
     name: &str,
     options: &DeleteOptions,
-) -> Result<Value, Reply> {
+) -> Result<Value, ApiError> {
     let old = state
         .get(def.storage, ns, name)
         .cloned()

@@ -27,7 +27,7 @@ const LOG_PARAMS: &[&str] = &[
 pub async fn pod_log(ctx: &Ctx) -> Reply {
     let (ns, name) = (&ctx.target.namespace, &ctx.target.name);
     let Some(pod) = ctx.shared.store.read(|s| s.get("pods", ns, name).cloned()) else {
-        return not_found("", "pods", name);
+        return not_found("", "pods", name).into();
     };
     let containers: Vec<String> = ["initContainers", "containers"]
         .iter()
@@ -40,7 +40,7 @@ pub async fn pod_log(ctx: &Ctx) -> Reply {
         .unwrap_or_default();
     let container = match ctx.query.get("container") {
         Some(c) if containers.contains(c) => c.clone(),
-        Some(c) => return bad_request(format!("container {c} is not valid for pod {name}")),
+        Some(c) => return bad_request(format!("container {c} is not valid for pod {name}")).into(),
         None if app_containers == 1 => pod["spec"]["containers"][0]["name"]
             .as_str()
             .unwrap_or_default()
@@ -49,11 +49,12 @@ pub async fn pod_log(ctx: &Ctx) -> Reply {
             return bad_request(format!(
                 "a container name must be specified for pod {name}, choose one of: [{}]",
                 containers.join(" ")
-            ));
+            ))
+            .into();
         }
     };
     let Some(node_name) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) else {
-        return bad_request(format!("pod {name} does not have a host assigned"));
+        return bad_request(format!("pod {name} does not have a host assigned")).into();
     };
     let query: Vec<(&str, &str)> = LOG_PARAMS
         .iter()
@@ -82,7 +83,7 @@ async fn forward(ctx: &Ctx, node_name: &str, path: &str) -> Reply {
         .store
         .read(|s| s.get("nodes", "", node_name).cloned())
     else {
-        return not_found("", "nodes", node_name);
+        return not_found("", "nodes", node_name).into();
     };
     let Some((host, port)) = kubelet_endpoint(&node) else {
         return response::status(
@@ -90,7 +91,8 @@ async fn forward(ctx: &Ctx, node_name: &str, path: &str) -> Reply {
             "ServiceUnavailable",
             format!("node {node_name} has no address and kubelet port in its status"),
             None,
-        );
+        )
+        .into();
     };
     match send(ctx.shared.kubelet_client.clone(), &host, port, path).await {
         Ok(reply) => reply,
@@ -99,7 +101,8 @@ async fn forward(ctx: &Ctx, node_name: &str, path: &str) -> Reply {
             "InternalError",
             format!("Get \"https://{host}:{port}{path}\": {e}"),
             None,
-        ),
+        )
+        .into(),
     }
 }
 
@@ -134,7 +137,9 @@ async fn send(
     let (parts, body) = response.into_parts();
     if !parts.status.is_success() {
         // As the real server's response checker: the kubelet's error text becomes a Status.
-        let text = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, 64 * 1024)).await?.to_bytes();
+        let text = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, 64 * 1024))
+            .await?
+            .to_bytes();
         let reason = match parts.status {
             StatusCode::BAD_REQUEST => "BadRequest",
             StatusCode::UNAUTHORIZED => "Unauthorized",
@@ -142,7 +147,13 @@ async fn send(
             StatusCode::NOT_FOUND => "NotFound",
             _ => "InternalError",
         };
-        return Ok(response::status(parts.status, reason, String::from_utf8_lossy(&text).trim().to_string(), None));
+        return Ok(response::status(
+            parts.status,
+            reason,
+            String::from_utf8_lossy(&text).trim().to_string(),
+            None,
+        )
+        .into());
     }
     Ok(Response::from_parts(parts, Body::new(body)))
 }

@@ -4,8 +4,21 @@ use axum::body::Body;
 use http::{Response, StatusCode, header};
 use serde_json::{Value, json};
 
-/// A response, or an error response; handlers return `Reply` and use `?` on `Result<_, Reply>`.
+/// A response.
 pub type Reply = Response<Body>;
+
+/// An error answer in the real server's shape (`kind: Status`), turned into a response at the edge.
+#[derive(Debug)]
+pub struct ApiError {
+    code: StatusCode,
+    body: Box<Value>,
+}
+
+impl From<ApiError> for Reply {
+    fn from(error: ApiError) -> Self {
+        json(error.code, &error.body)
+    }
+}
 
 /// A JSON response.
 pub fn json(code: StatusCode, value: &Value) -> Reply {
@@ -24,7 +37,7 @@ pub fn status(
     reason: &str,
     message: impl Into<String>,
     details: Option<Value>,
-) -> Reply {
+) -> ApiError {
     let mut body = json!({
         "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
         "message": message.into(), "reason": reason, "code": code.as_u16(),
@@ -32,7 +45,10 @@ pub fn status(
     if let Some(details) = details {
         body["details"] = details;
     }
-    json(code, &body)
+    ApiError {
+        code,
+        body: Box::new(body),
+    }
 }
 
 /// Details naming one object of a resource.
@@ -45,12 +61,12 @@ pub fn details(name: &str, group: &str, plural: &str) -> Value {
 }
 
 /// 400 BadRequest.
-pub fn bad_request(message: impl Into<String>) -> Reply {
+pub fn bad_request(message: impl Into<String>) -> ApiError {
     status(StatusCode::BAD_REQUEST, "BadRequest", message, None)
 }
 
 /// 404 NotFound for one object.
-pub fn not_found(group: &str, plural: &str, name: &str) -> Reply {
+pub fn not_found(group: &str, plural: &str, name: &str) -> ApiError {
     let qualified = qualified(group, plural);
     status(
         StatusCode::NOT_FOUND,
@@ -61,7 +77,7 @@ pub fn not_found(group: &str, plural: &str, name: &str) -> Reply {
 }
 
 /// 409 Conflict for a stale resourceVersion or failed precondition.
-pub fn conflict(group: &str, plural: &str, name: &str, why: &str) -> Reply {
+pub fn conflict(group: &str, plural: &str, name: &str, why: &str) -> ApiError {
     let qualified = qualified(group, plural);
     status(
         StatusCode::CONFLICT,
@@ -72,7 +88,7 @@ pub fn conflict(group: &str, plural: &str, name: &str, why: &str) -> Reply {
 }
 
 /// 422 Invalid with field causes.
-pub fn invalid(kind: &str, group: &str, name: &str, errors: &[(String, String)]) -> Reply {
+pub fn invalid(kind: &str, group: &str, name: &str, errors: &[(String, String)]) -> ApiError {
     let causes: Vec<Value> = errors
         .iter()
         .map(|(field, msg)| json!({"reason": "FieldValueInvalid", "message": msg, "field": field}))

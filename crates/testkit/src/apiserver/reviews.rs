@@ -4,11 +4,11 @@ use super::auth::{self, Attributes, Decision, Identity};
 use super::handlers::Ctx;
 use super::objects::now;
 use super::resources;
-use super::response::{self, Reply, bad_request, not_found};
+use super::response::{self, ApiError, Reply, bad_request, not_found};
 use http::StatusCode;
 use serde_json::{Value, json};
 
-fn decode(body: &[u8]) -> Result<Value, Reply> {
+fn decode(body: &[u8]) -> Result<Value, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
         bad_request(format!(
             "the object provided is unrecognized (json parse error: {e})"
@@ -20,7 +20,7 @@ fn decode(body: &[u8]) -> Result<Value, Reply> {
 pub fn bind(ctx: &Ctx, body: &[u8]) -> Reply {
     let binding = match decode(body) {
         Ok(b) => b,
-        Err(reply) => return reply,
+        Err(reply) => return reply.into(),
     };
     let pod_name = if ctx.target.name.is_empty() {
         binding["metadata"]["name"]
@@ -40,7 +40,8 @@ pub fn bind(ctx: &Ctx, body: &[u8]) -> Reply {
             "",
             &pod_name,
             &[("target.name".into(), "Required value".into())],
-        );
+        )
+        .into();
     }
     let ns = ctx.target.namespace.clone();
     let result = ctx.shared.store.write(|state| {
@@ -64,7 +65,7 @@ pub fn bind(ctx: &Ctx, body: &[u8]) -> Reply {
             StatusCode::CREATED,
             &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
         ),
-        Err(reply) => reply,
+        Err(reply) => reply.into(),
     }
 }
 
@@ -72,7 +73,7 @@ pub fn bind(ctx: &Ctx, body: &[u8]) -> Reply {
 pub fn token_request(ctx: &Ctx, body: &[u8]) -> Reply {
     let mut request = match decode(body) {
         Ok(b) => b,
-        Err(reply) => return reply,
+        Err(reply) => return reply.into(),
     };
     let (ns, name) = (&ctx.target.namespace, &ctx.target.name);
     if ctx
@@ -80,7 +81,7 @@ pub fn token_request(ctx: &Ctx, body: &[u8]) -> Reply {
         .store
         .read(|s| s.get("serviceaccounts", ns, name).is_none())
     {
-        return not_found("", "serviceaccounts", name);
+        return not_found("", "serviceaccounts", name).into();
     }
     let seconds = request["spec"]["expirationSeconds"]
         .as_i64()
@@ -109,7 +110,7 @@ pub fn token_request(ctx: &Ctx, body: &[u8]) -> Reply {
 pub fn token_review(ctx: &Ctx, body: &[u8]) -> Reply {
     let mut review = match decode(body) {
         Ok(b) => b,
-        Err(reply) => return reply,
+        Err(reply) => return reply.into(),
     };
     let token = review["spec"]["token"].as_str().unwrap_or_default();
     review["status"] = match ctx.shared.identity_for_token(token) {
@@ -127,7 +128,7 @@ pub fn token_review(ctx: &Ctx, body: &[u8]) -> Reply {
 pub fn access_review(ctx: &Ctx, body: &[u8]) -> Reply {
     let mut review = match decode(body) {
         Ok(b) => b,
-        Err(reply) => return reply,
+        Err(reply) => return reply.into(),
     };
     let spec = &review["spec"];
     let subject = if ctx.target.def.plural == "selfsubjectaccessreviews" {
@@ -176,7 +177,7 @@ pub fn access_review(ctx: &Ctx, body: &[u8]) -> Reply {
             ..Default::default()
         }
     } else {
-        return response::invalid(ctx.target.def.kind, ctx.target.def.group, "", &[("spec".into(), "Invalid value: exactly one of nonResourceAttributes or resourceAttributes must be specified".into())]);
+        return response::invalid(ctx.target.def.kind, ctx.target.def.group, "", &[("spec".into(), "Invalid value: exactly one of nonResourceAttributes or resourceAttributes must be specified".into())]).into();
     };
     if attrs.path.is_none()
         && resources::RESOURCES

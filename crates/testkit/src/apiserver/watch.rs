@@ -20,13 +20,15 @@ pub fn serve(ctx: &Ctx) -> Reply {
     let def = ctx.target.def;
     let (labels, fields) = match ctx.selectors() {
         Ok(s) => s,
-        Err(reply) => return reply,
+        Err(reply) => return reply.into(),
     };
     let requested: Option<u64> = match ctx.query.get("resourceVersion").map(String::as_str) {
         None | Some("") | Some("0") => None,
         Some(rv) => match rv.parse() {
             Ok(rv) => Some(rv),
-            Err(_) => return response::bad_request(format!("invalid resource version: {rv}")),
+            Err(_) => {
+                return response::bad_request(format!("invalid resource version: {rv}")).into();
+            }
         },
     };
     let bookmarks = ctx
