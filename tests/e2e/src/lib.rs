@@ -20,7 +20,6 @@ pub const DEADLINE: Duration = Duration::from_secs(60);
 struct Shared {
     standin: Option<ApiServer>,
     admin: PathBuf,
-    bootstrap: Option<PathBuf>,
     registry: Registry,
     _runtime: Option<tokio::runtime::Runtime>,
 }
@@ -47,7 +46,6 @@ fn start_shared() -> Shared {
             Some(path) => Shared {
                 standin: None,
                 admin: PathBuf::from(path),
-                bootstrap: std::env::var_os("KRUSTLET_E2E_BOOTSTRAP_KUBECONFIG").map(PathBuf::from),
                 registry,
                 _runtime: None,
             },
@@ -63,7 +61,6 @@ fn start_shared() -> Shared {
                 Shared {
                     admin: standin.admin_kubeconfig().to_path_buf(),
                     standin: Some(standin),
-                    bootstrap: None,
                     registry,
                     _runtime: Some(runtime),
                 }
@@ -303,16 +300,12 @@ pub struct NodeAgent {
 }
 
 impl NodeAgent {
-    /// Starts `krustlet-wasi` as node `name`, with the node identity on the stand-in (or the
-    /// bootstrap/admin kubeconfig on a real cluster), and waits until its Node is Ready.
+    /// Starts `krustlet-wasi` as node `name` with the node identity `system:node:<name>` (see
+    /// [`node_credentials`]), and waits until its Node is Ready.
     pub async fn start(cluster: &Cluster, name: &str) -> anyhow::Result<Self> {
         let shared = shared();
-        let kubeconfig = match (&shared.standin, &shared.bootstrap) {
-            (Some(standin), _) => standin.node_kubeconfig(name)?,
-            (None, Some(bootstrap)) => bootstrap.clone(),
-            (None, None) => shared.admin.clone(),
-        };
         let data_dir = tempfile::Builder::new().prefix("krustlet-node").tempdir()?;
+        let kubeconfig = node_credentials(cluster, name, data_dir.path()).await?;
         let port = testkit::registry::free_port()?;
         let log = data_dir.path().join("agent.log");
         let mut command = Command::new(agent_binary()?);
@@ -470,4 +463,97 @@ pub fn is_waiting(reason: &'static str) -> impl Condition<Pod> {
             .as_deref()
             == Some(reason)
     }
+}
+
+/// Credentials for `system:node:<name>` obtained the way any client can: a CSR to the
+/// `kubernetes.io/kube-apiserver-client-kubelet` signer, approved by the admin, then signed by
+/// the cluster. Returns a kubeconfig path.
+pub async fn node_credentials(
+    cluster: &Cluster,
+    name: &str,
+    dir: &Path,
+) -> anyhow::Result<PathBuf> {
+    use base64::Engine;
+    use k8s_openapi::api::certificates::v1::{
+        CertificateSigningRequest, CertificateSigningRequestCondition,
+    };
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("system:node:{name}"));
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "system:nodes");
+    let csr_pem = params.serialize_request(&key)?.pem()?;
+    let csr_name = format!("e2e-{name}");
+    let csrs: Api<CertificateSigningRequest> = Api::all(cluster.client.clone());
+    let csr: CertificateSigningRequest = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": csr_name},
+        "spec": {
+            "request": base64::engine::general_purpose::STANDARD.encode(&csr_pem),
+            "signerName": "kubernetes.io/kube-apiserver-client-kubelet",
+            "usages": ["digital signature", "client auth"],
+        }
+    }))?;
+    csrs.create(&PostParams::default(), &csr)
+        .await
+        .context("creating the CSR")?;
+    let mut approved = csrs.get_approval(&csr_name).await?;
+    approved
+        .status
+        .get_or_insert_with(Default::default)
+        .conditions = Some(vec![CertificateSigningRequestCondition {
+        type_: "Approved".into(),
+        status: "True".into(),
+        reason: Some("E2E".into()),
+        message: Some("approved by the e2e suite".into()),
+        ..Default::default()
+    }]);
+    csrs.patch_approval(
+        &csr_name,
+        &Default::default(),
+        &kube::api::Patch::Merge(&approved),
+    )
+    .await
+    .context("approving the CSR")?;
+    let signed = tokio::time::timeout(
+        DEADLINE,
+        await_condition(
+            csrs.clone(),
+            &csr_name,
+            |c: Option<&CertificateSigningRequest>| {
+                c.and_then(|c| c.status.as_ref())
+                    .and_then(|s| s.certificate.as_ref())
+                    .is_some()
+            },
+        ),
+    )
+    .await
+    .context("the CSR was not signed in time")??
+    .context("the CSR disappeared")?;
+    let cert = signed
+        .status
+        .and_then(|s| s.certificate)
+        .context("no certificate")?;
+    let _ = csrs.delete(&csr_name, &Default::default()).await;
+    let admin = kube::config::Kubeconfig::read_from(&shared().admin)?;
+    let cluster_entry = admin
+        .clusters
+        .first()
+        .context("the admin kubeconfig names no cluster")?
+        .cluster
+        .clone()
+        .context("empty cluster")?;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let config = serde_json::json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "e2e", "cluster": cluster_entry}],
+        "users": [{"name": name, "user": {"client-certificate-data": b64(&cert.0), "client-key-data": b64(key.serialize_pem().as_bytes())}}],
+        "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": name}}],
+        "current-context": "e2e",
+    });
+    let path = dir.join(format!("{name}.kubeconfig"));
+    std::fs::write(&path, serde_yaml::to_string(&config)?)?;
+    Ok(path)
 }

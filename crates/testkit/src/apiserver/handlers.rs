@@ -8,7 +8,7 @@ use super::selectors::{FieldSelector, LabelSelector};
 use super::{Shared, convert, proxy, reviews, semantics, watch};
 use axum::body::Body;
 use http::{Method, Request, StatusCode, header};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -130,13 +130,13 @@ pub async fn handle(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json")
         .to_string();
-    let body = match Limited::new(body, MAX_BODY).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.to_string().contains("length limit exceeded") => {
+    let body = match read_body(body).await {
+        Ok(Some(body)) => body,
+        Ok(None) => {
             return response::status(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "RequestEntityTooLarge",
-                "the server has received a request that is too large",
+                format!("Request entity too large: limit is {MAX_BODY}"),
                 None,
             )
             .into();
@@ -164,6 +164,22 @@ pub async fn handle(
         "deletecollection" => ctx.delete_collection(),
         _ => bad_request("unsupported verb").into(),
     }
+}
+
+/// Reads a request body; `None` when it is over [`MAX_BODY`] (the rest is read and dropped, so
+/// the client receives the answer instead of a reset connection).
+async fn read_body(mut body: hyper::body::Incoming) -> Result<Option<bytes::Bytes>, hyper::Error> {
+    let mut buf = Vec::new();
+    let mut too_large = false;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            too_large |= buf.len() + data.len() > MAX_BODY;
+            if !too_large {
+                buf.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok((!too_large).then(|| buf.into()))
 }
 
 fn authenticate<B>(shared: &Shared, peer: Option<Identity>, req: &Request<B>) -> Option<Identity> {

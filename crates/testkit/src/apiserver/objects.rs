@@ -105,16 +105,19 @@ pub fn create(
         }
     }
     if let Some(node) = who.node_name()
-        && def.kind == "Node"
+        && matches!(def.kind, "Node" | "Lease")
         && name != node
     {
+        // NodeRestriction: a node creates only its own Node and its own Lease.
+        let qualified = response::qualified(def.group, def.plural);
         return Err(response::status(
             StatusCode::FORBIDDEN,
             "Forbidden",
             format!(
-                "nodes \"{name}\" is forbidden: node \"{node}\" is not allowed to modify node \"{name}\""
+                "{qualified} \"{name}\" is forbidden: node \"{node}\" can only create its own {}",
+                def.kind
             ),
-            None,
+            Some(response::details(&name, def.group, def.plural)),
         ));
     }
     if state.get(def.storage, namespace, &name).is_some() {

@@ -1,0 +1,572 @@
+//! The API server semantics the node agent relies on. Against the stand-in these are its
+//! conformance tests; with KRUSTLET_E2E_KUBECONFIG set they run unchanged against a real cluster,
+//! which is what keeps the stand-in honest.
+
+use e2e::{Cluster, node_credentials};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod};
+use kube::api::{
+    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
+use serde_json::json;
+
+fn api_code(result: Result<impl std::fmt::Debug, kube::Error>) -> (u16, String) {
+    match result {
+        Err(kube::Error::Api(e)) => (e.code, e.reason),
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+fn rv(meta: &kube::api::ObjectMeta) -> u64 {
+    meta.resource_version
+        .as_deref()
+        .unwrap_or_default()
+        .parse()
+        .expect("numeric resourceVersion")
+}
+
+fn configmap(name: &str, labels: serde_json::Value) -> ConfigMap {
+    serde_json::from_value(
+        json!({"metadata": {"name": name, "labels": labels}, "data": {"k": "v"}}),
+    )
+    .expect("valid")
+}
+
+/// A pod no scheduler acts on (kube-scheduler ignores other scheduler names, so does the stand-in's).
+fn parked_pod(name: &str, node: Option<&str>) -> Pod {
+    serde_json::from_value(json!({"metadata": {"name": name}, "spec": {
+        "schedulerName": "e2e-none", "nodeName": node,
+        "containers": [{"name": "c", "image": "registry.invalid/x:v1"}]}}))
+    .expect("valid")
+}
+
+/// A Node object with no agent behind it.
+async fn fake_node(cluster: &Cluster, name: &str, taint: &str) -> anyhow::Result<Node> {
+    let node: Node = serde_json::from_value(
+        json!({"metadata": {"name": name}, "spec": {"taints": [{"key": taint, "effect": "NoSchedule"}]}}),
+    )?;
+    Ok(Api::<Node>::all(cluster.client.clone())
+        .create(&PostParams::default(), &node)
+        .await?)
+}
+
+/// Deletes a Node when dropped (also when the test fails).
+struct DeleteNode<'a>(&'a Cluster, String);
+
+impl Drop for DeleteNode<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.kubectl(&[
+            "delete",
+            "node",
+            &self.1,
+            "--wait=false",
+            "--ignore-not-found",
+        ]);
+    }
+}
+
+#[tokio::test]
+async fn crud_with_resource_versions_uids_and_conflicts() -> anyhow::Result<()> {
+    let cluster = Cluster::new("crud").await?;
+    let cms: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    let created = cms
+        .create(&PostParams::default(), &configmap("a", json!({})))
+        .await?;
+    assert!(created.metadata.uid.is_some() && created.metadata.creation_timestamp.is_some());
+    assert_eq!(
+        api_code(
+            cms.create(&PostParams::default(), &configmap("a", json!({})))
+                .await
+        ),
+        (409, "AlreadyExists".into())
+    );
+    assert_eq!(api_code(cms.get("missing").await), (404, "NotFound".into()));
+
+    let mut stale = created.clone();
+    let mut fresh = created.clone();
+    fresh.data = Some([("k".to_string(), "w".to_string())].into());
+    let updated = cms.replace("a", &PostParams::default(), &fresh).await?;
+    assert!(
+        rv(&updated.metadata) > rv(&created.metadata),
+        "resourceVersion increases"
+    );
+    stale.data = Some([("k".to_string(), "x".to_string())].into());
+    assert_eq!(
+        api_code(cms.replace("a", &PostParams::default(), &stale).await),
+        (409, "Conflict".into())
+    );
+    assert_eq!(cms.get("a").await?.data.unwrap_or_default()["k"], "w");
+
+    let generated: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"generateName": "gen-"}}))?;
+    let generated = cms.create(&PostParams::default(), &generated).await?;
+    assert!(
+        generated
+            .metadata
+            .name
+            .unwrap_or_default()
+            .starts_with("gen-")
+    );
+    cms.delete("a", &DeleteParams::default()).await?;
+    assert_eq!(api_code(cms.get("a").await), (404, "NotFound".into()));
+    Ok(())
+}
+
+#[tokio::test]
+async fn status_is_a_separate_subresource() -> anyhow::Result<()> {
+    let cluster = Cluster::new("status").await?;
+    let pods = cluster.pods();
+    let pod = pods
+        .create(&PostParams::default(), &parked_pod("p", None))
+        .await?;
+    assert_eq!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Pending")
+    );
+    // A write to the object ignores its status...
+    let patch = json!({"metadata": {"labels": {"a": "1"}}, "status": {"phase": "Running"}});
+    let patched = pods
+        .patch("p", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    assert_eq!(
+        patched.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Pending")
+    );
+    assert_eq!(patched.metadata.labels.unwrap_or_default()["a"], "1");
+    // ...and a write to the status ignores the spec.
+    let patch = json!({"spec": {"activeDeadlineSeconds": 5}, "status": {"phase": "Running", "message": "hi"}});
+    let patched = pods
+        .patch_status("p", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    assert_eq!(
+        patched.status.as_ref().and_then(|s| s.message.as_deref()),
+        Some("hi")
+    );
+    assert_eq!(patched.spec.and_then(|s| s.active_deadline_seconds), None);
+    Ok(())
+}
+
+#[tokio::test]
+async fn json_merge_and_strategic_merge_patches() -> anyhow::Result<()> {
+    let cluster = Cluster::new("patches").await?;
+    let pods = cluster.pods();
+    pods.create(&PostParams::default(), &parked_pod("p", None))
+        .await?;
+    let json_patch: json_patch::Patch = serde_json::from_value(
+        json!([{"op": "add", "path": "/metadata/labels", "value": {"x": "1"}}]),
+    )?;
+    let patched = pods
+        .patch("p", &PatchParams::default(), &Patch::Json::<()>(json_patch))
+        .await?;
+    assert_eq!(patched.metadata.labels.unwrap_or_default()["x"], "1");
+    // Strategic merge: containers merge by name (the image changes, the rest stays)...
+    let patch = json!({"spec": {"containers": [{"name": "c", "image": "registry.invalid/x:v2"}]}});
+    let patched = pods
+        .patch("p", &PatchParams::default(), &Patch::Strategic(&patch))
+        .await?;
+    let container = &patched.spec.as_ref().expect("spec").containers[0];
+    assert_eq!(
+        (
+            container.image.as_deref(),
+            container.image_pull_policy.as_deref()
+        ),
+        (Some("registry.invalid/x:v2"), Some("IfNotPresent"))
+    );
+    // ...status conditions merge by type.
+    let condition = |kind: &str| json!({"type": kind, "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"});
+    pods.patch_status(
+        "p",
+        &PatchParams::default(),
+        &Patch::Strategic(&json!({"status": {"conditions": [condition("Alpha")]}})),
+    )
+    .await?;
+    let patched = pods
+        .patch_status(
+            "p",
+            &PatchParams::default(),
+            &Patch::Strategic(&json!({"status": {"conditions": [condition("Ready")]}})),
+        )
+        .await?;
+    let types: Vec<String> = patched
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.type_)
+        .collect();
+    assert!(
+        types.contains(&"Alpha".to_string()) && types.contains(&"Ready".to_string()),
+        "{types:?}"
+    );
+    // Node taints are replaced, not merged.
+    let name = format!("patch-{}", cluster.id);
+    fake_node(&cluster, &name, "a").await?;
+    let _cleanup = DeleteNode(&cluster, name.clone());
+    let nodes: Api<Node> = Api::all(cluster.client.clone());
+    let patch = json!({"spec": {"taints": [{"key": "b", "effect": "NoSchedule"}]}});
+    let node = nodes
+        .patch(&name, &PatchParams::default(), &Patch::Strategic(&patch))
+        .await?;
+    let keys: Vec<String> = node
+        .spec
+        .and_then(|s| s.taints)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|t| t.key)
+        .collect();
+    assert!(
+        !keys.contains(&"a".to_string()) && keys.contains(&"b".to_string()),
+        "{keys:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn list_and_watch_with_selectors_from_a_resource_version() -> anyhow::Result<()> {
+    let cluster = Cluster::new("watch").await?;
+    let cms: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    cms.create(
+        &PostParams::default(),
+        &configmap("blue", json!({"color": "blue"})),
+    )
+    .await?;
+    cms.create(
+        &PostParams::default(),
+        &configmap("red", json!({"color": "red"})),
+    )
+    .await?;
+    let blue = cms
+        .list(&ListParams::default().labels("color=blue"))
+        .await?;
+    assert_eq!(blue.items.len(), 1);
+    let named = cms
+        .list(&ListParams::default().fields("metadata.name=red"))
+        .await?;
+    assert_eq!(named.items[0].metadata.name.as_deref(), Some("red"));
+    assert_eq!(
+        cms.list(&ListParams::default().labels("color in (blue,red)"))
+            .await?
+            .items
+            .len(),
+        2
+    );
+
+    let from = blue.metadata.resource_version.clone().unwrap_or_default();
+    let mut stream = cms
+        .watch(
+            &WatchParams::default().labels("color=blue").timeout(30),
+            &from,
+        )
+        .await?
+        .boxed();
+    cms.create(
+        &PostParams::default(),
+        &configmap("blue2", json!({"color": "blue"})),
+    )
+    .await?;
+    cms.create(
+        &PostParams::default(),
+        &configmap("green", json!({"color": "green"})),
+    )
+    .await?;
+    cms.patch(
+        "blue",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"data": {"k": "changed"}})),
+    )
+    .await?;
+    cms.patch(
+        "blue2",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"metadata": {"labels": {"color": "green"}}})),
+    )
+    .await?;
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let event = tokio::time::timeout(e2e::DEADLINE, stream.try_next())
+            .await??
+            .expect("watch ended early");
+        match event {
+            WatchEvent::Added(o) => {
+                seen.push(format!("ADDED {}", o.metadata.name.unwrap_or_default()))
+            }
+            WatchEvent::Modified(o) => {
+                seen.push(format!("MODIFIED {}", o.metadata.name.unwrap_or_default()))
+            }
+            WatchEvent::Deleted(o) => {
+                seen.push(format!("DELETED {}", o.metadata.name.unwrap_or_default()))
+            }
+            WatchEvent::Bookmark(_) => {}
+            WatchEvent::Error(e) => panic!("watch error {e:?}"),
+        }
+    }
+    // blue2 leaving the selector is a DELETED for this watch; green never matched.
+    assert_eq!(seen, ["ADDED blue2", "MODIFIED blue", "DELETED blue2"]);
+    assert_eq!(
+        api_code(
+            cms.list(&ListParams::default().fields("spec.bogus=1"))
+                .await
+        )
+        .0,
+        400
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_watch_from_a_compacted_resource_version_gets_410_gone() -> anyhow::Result<()> {
+    let cluster = Cluster::new("gone").await?;
+    let cms: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    let created = cms
+        .create(&PostParams::default(), &configmap("c", json!({})))
+        .await?;
+    let old = match cluster.standin() {
+        Some(standin) => {
+            cms.patch(
+                "c",
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"data": {"k": "2"}})),
+            )
+            .await?;
+            standin.compact();
+            created.metadata.resource_version.unwrap_or_default()
+        }
+        // A real cluster compacts every few minutes; version 1 is always gone.
+        None => "1".to_string(),
+    };
+    let mut stream = cms
+        .watch(&WatchParams::default().timeout(30), &old)
+        .await?
+        .boxed();
+    let event = tokio::time::timeout(e2e::DEADLINE, stream.next())
+        .await?
+        .expect("an event");
+    match event {
+        Ok(WatchEvent::Error(e)) => assert_eq!(e.code, 410, "{e:?}"),
+        Err(kube::Error::Api(e)) => assert_eq!(e.code, 410, "{e:?}"),
+        other => panic!("expected 410 Gone, got {other:?}"),
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn pods_bound_to_a_node_are_deleted_gracefully_and_unbound_ones_at_once() -> anyhow::Result<()>
+{
+    let cluster = Cluster::new("graceful").await?;
+    let node = format!("graceful-{}", cluster.id);
+    fake_node(&cluster, &node, "e2e").await?;
+    let _cleanup = DeleteNode(&cluster, node.clone());
+    let pods = cluster.pods();
+    pods.create(&PostParams::default(), &parked_pod("bound", Some(&node)))
+        .await?;
+    pods.create(&PostParams::default(), &parked_pod("unbound", None))
+        .await?;
+    pods.delete("unbound", &DeleteParams::default()).await?;
+    assert!(pods.get_opt("unbound").await?.is_none());
+    pods.delete("bound", &DeleteParams::default()).await?;
+    let marked = pods.get("bound").await?;
+    assert!(marked.metadata.deletion_timestamp.is_some());
+    assert_eq!(marked.metadata.deletion_grace_period_seconds, Some(30));
+    // The node's final delete: grace 0 with the uid as precondition.
+    let wrong_uid = DeleteParams {
+        grace_period_seconds: Some(0),
+        preconditions: Some(kube::api::Preconditions {
+            uid: Some("0".into()),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    assert_eq!(api_code(pods.delete("bound", &wrong_uid).await).0, 409);
+    pods.delete(
+        "bound",
+        &DeleteParams {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        },
+    )
+    .await?;
+    assert!(pods.get_opt("bound").await?.is_none());
+    Ok(())
+}
+
+#[tokio::test]
+async fn deleting_a_namespace_removes_what_it_holds() -> anyhow::Result<()> {
+    let cluster = Cluster::new("nsdelete").await?;
+    let namespaces: Api<Namespace> = Api::all(cluster.client.clone());
+    let name = format!("doomed-{}", cluster.id);
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}}))?;
+    namespaces.create(&PostParams::default(), &ns).await?;
+    let cms: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), &name);
+    cms.create(&PostParams::default(), &configmap("c", json!({})))
+        .await?;
+    namespaces.delete(&name, &DeleteParams::default()).await?;
+    let creating = cms
+        .create(&PostParams::default(), &configmap("late", json!({})))
+        .await;
+    assert!(
+        matches!(creating, Err(kube::Error::Api(ref e)) if e.code == 403 || e.code == 404),
+        "{creating:?}"
+    );
+    cluster
+        .eventually("the namespace to go", async || {
+            Ok(namespaces.get_opt(&name).await?.is_none().then_some(()))
+        })
+        .await?;
+    assert_eq!(api_code(cms.get("c").await).0, 404);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_node_may_write_its_own_objects_and_no_other_nodes() -> anyhow::Result<()> {
+    let cluster = Cluster::new("nodeauthz").await?;
+    let dir = tempfile::tempdir()?;
+    let (mine, theirs) = (
+        format!("mine-{}", cluster.id),
+        format!("theirs-{}", cluster.id),
+    );
+    fake_node(&cluster, &theirs, "e2e").await?;
+    let _cleanup = (
+        DeleteNode(&cluster, theirs.clone()),
+        DeleteNode(&cluster, mine.clone()),
+    );
+    let as_node = e2e::client_for(&node_credentials(&cluster, &mine, dir.path()).await?).await?;
+    let nodes: Api<Node> = Api::all(as_node.clone());
+    let node: Node = serde_json::from_value(json!({"metadata": {"name": mine}}))?;
+    nodes.create(&PostParams::default(), &node).await?;
+    let status = json!({"status": {"conditions": [{"type": "Ready", "status": "False", "reason": "E2E", "message": "testing"}]}});
+    nodes
+        .patch_status(&mine, &PatchParams::default(), &Patch::Strategic(&status))
+        .await?;
+    assert_eq!(
+        api_code(
+            nodes
+                .patch_status(&theirs, &PatchParams::default(), &Patch::Strategic(&status))
+                .await
+        )
+        .0,
+        403
+    );
+    let leases: Api<Lease> = Api::namespaced(as_node.clone(), "kube-node-lease");
+    let lease = |name: &str| -> Lease {
+        serde_json::from_value(json!({"metadata": {"name": name}, "spec": {"holderIdentity": name, "leaseDurationSeconds": 40}})).expect("valid")
+    };
+    leases.create(&PostParams::default(), &lease(&mine)).await?;
+    assert_eq!(
+        api_code(leases.create(&PostParams::default(), &lease(&theirs)).await).0,
+        403
+    );
+    // Pods bound elsewhere are not the node's to touch.
+    let admin_pods = cluster.pods();
+    admin_pods
+        .create(
+            &PostParams::default(),
+            &parked_pod("elsewhere", Some(&theirs)),
+        )
+        .await?;
+    let node_pods: Api<Pod> = Api::namespaced(as_node, &cluster.namespace);
+    let patch = json!({"status": {"message": "mine now"}});
+    assert_eq!(
+        api_code(
+            node_pods
+                .patch_status(
+                    "elsewhere",
+                    &PatchParams::default(),
+                    &Patch::Strategic(&patch)
+                )
+                .await
+        )
+        .0,
+        403
+    );
+    Api::<Lease>::namespaced(cluster.client.clone(), "kube-node-lease")
+        .delete(&mine, &DeleteParams::default())
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_requests_get_the_real_servers_codes() -> anyhow::Result<()> {
+    let cluster = Cluster::new("badreq").await?;
+    let path = format!("/api/v1/namespaces/{}/configmaps", cluster.namespace);
+    let post = |body: Vec<u8>, query: &str| {
+        http::Request::post(format!("{path}{query}"))
+            .header("content-type", "application/json")
+            .body(body)
+            .expect("request")
+    };
+    let code = |r: Result<String, kube::Error>| match r {
+        Err(kube::Error::Api(e)) => e.code,
+        other => panic!("expected an API error, got {other:?}"),
+    };
+    assert_eq!(
+        code(
+            cluster
+                .client
+                .request_text(post(b"{not json".to_vec(), ""))
+                .await
+        ),
+        400
+    );
+    let wrong_kind = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "x"}});
+    assert_eq!(
+        code(
+            cluster
+                .client
+                .request_text(post(serde_json::to_vec(&wrong_kind)?, ""))
+                .await
+        ),
+        400
+    );
+    let unknown =
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}, "bogus": 1});
+    assert_eq!(
+        code(
+            cluster
+                .client
+                .request_text(post(
+                    serde_json::to_vec(&unknown)?,
+                    "?fieldValidation=Strict"
+                ))
+                .await
+        ),
+        400
+    );
+    let huge = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "huge"}, "data": {"k": "x".repeat(4 * 1024 * 1024)}});
+    assert_eq!(
+        code(
+            cluster
+                .client
+                .request_text(post(serde_json::to_vec(&huge)?, ""))
+                .await
+        ),
+        413
+    );
+    let nameless = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {}});
+    assert_eq!(
+        code(
+            cluster
+                .client
+                .request_text(post(serde_json::to_vec(&nameless)?, ""))
+                .await
+        ),
+        422
+    );
+    // The stand-in is still serving.
+    assert!(
+        cluster
+            .kubectl(&["get", "--raw", "/version"])?
+            .contains("gitVersion")
+    );
+    let resources = cluster.kubectl(&["api-resources", "--no-headers"])?;
+    for kind in [
+        "pods",
+        "nodes",
+        "leases",
+        "certificatesigningrequests",
+        "events",
+    ] {
+        assert!(resources.contains(kind), "api-resources lacks {kind}");
+    }
+    Ok(())
+}
