@@ -1,0 +1,70 @@
+//! The embedded default: `krustlet-wasi --standalone` runs pod manifests with no API server,
+//! prints their output, and exits with the pods' outcome.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn run_standalone(manifest: &str, dir: &std::path::Path) -> anyhow::Result<std::process::Output> {
+    let path = dir.join("pods.yaml");
+    std::fs::write(&path, manifest)?;
+    let mut child = Command::new(e2e::agent_binary()?)
+        .args(["--standalone", "--port", "0", "--node-name", "standalone"])
+        .arg("--pod-manifest-path")
+        .arg(&path)
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let deadline = std::time::Instant::now() + e2e::DEADLINE;
+    while child.try_wait()?.is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill()?;
+            anyhow::bail!("standalone run did not finish within {:?}", e2e::DEADLINE);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(child.wait_with_output()?)
+}
+
+fn pod(name: &str, image: &str, args: &[&str]) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  restartPolicy: Never\n  containers:\n  - name: main\n    image: file://{image}\n    args: {args:?}\n  tolerations:\n  - {{key: krustlet/arch, operator: Equal, value: wasm32-wasi, effect: NoExecute}}\n"
+    )
+}
+
+#[test]
+fn standalone_runs_manifests_without_an_api_server() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let probe = testkit::fixtures::wasm_module("wasi-probe")?;
+    let probe = probe.display().to_string();
+    let manifest = format!("{}---\n{}", pod("first", &probe, &["print", "one"]), pod("second", &probe, &["print", "two", "eprint", "to stderr"]));
+    let output = run_standalone(&manifest, dir.path())?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "exit {:?}\n{stdout}\n{}", output.status, String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("first/main: one\n"), "{stdout}");
+    assert!(stdout.contains("second/main: two\n") && stdout.contains("second/main: to stderr\n"), "{stdout}");
+    Ok(())
+}
+
+#[test]
+fn standalone_exits_non_zero_when_a_pod_fails() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let probe = testkit::fixtures::wasm_module("wasi-probe")?.display().to_string();
+    let output = run_standalone(&pod("failing", &probe, &["exit", "3"]), dir.path())?;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("exit code 3") && stderr.contains("pods failed: failing"), "{stderr}");
+    Ok(())
+}
+
+#[test]
+fn standalone_refuses_a_manifest_that_is_not_a_pod() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let output = run_standalone("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: d\n", dir.path())?;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("expected kind Pod, found \"Deployment\""), "{stderr}");
+    Ok(())
+}
