@@ -262,6 +262,12 @@ pub async fn client_for(path: &Path) -> anyhow::Result<kube::Client> {
     Ok(kube::Client::try_from(config)?)
 }
 
+/// The address node agents advertise: `KRUSTLET_E2E_NODE_IP`, or 127.0.0.1 (enough for the
+/// stand-in, and for a real API server on this host).
+pub fn node_ip() -> String {
+    std::env::var("KRUSTLET_E2E_NODE_IP").unwrap_or_else(|_| "127.0.0.1".into())
+}
+
 /// The `krustlet-wasi` binary, built by cargo if needed (a no-op when it is up to date).
 pub fn agent_binary() -> anyhow::Result<PathBuf> {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();

@@ -57,7 +57,7 @@ async fn hello_wasm_runs_from_apply_to_succeeded_with_logs() -> anyhow::Result<(
             .unwrap_or_default()
             .starts_with("wasm://")
     );
-    assert_eq!(status.host_ip.as_deref(), Some("127.0.0.1"));
+    assert_eq!(status.host_ip, Some(e2e::node_ip()));
     let logs = cluster.kubectl(&["logs", "hello-wasm"])?;
     assert!(
         logs.contains("Hello, world! This is WebAssembly running as a Kubernetes pod."),

@@ -67,7 +67,7 @@ async fn node_registers_with_taint_labels_capacity_and_conditions() -> anyhow::R
     assert!(
         addresses
             .iter()
-            .any(|a| a.type_ == "InternalIP" && a.address == "127.0.0.1"),
+            .any(|a| a.type_ == "InternalIP" && a.address == e2e::node_ip()),
         "{addresses:?}"
     );
     let conditions: Vec<(String, String)> = status

@@ -39,32 +39,55 @@ fn standalone_runs_manifests_without_an_api_server() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let probe = testkit::fixtures::wasm_module("wasi-probe")?;
     let probe = probe.display().to_string();
-    let manifest = format!("{}---\n{}", pod("first", &probe, &["print", "one"]), pod("second", &probe, &["print", "two", "eprint", "to stderr"]));
+    let manifest = format!(
+        "{}---\n{}",
+        pod("first", &probe, &["print", "one"]),
+        pod("second", &probe, &["print", "two", "eprint", "to stderr"])
+    );
     let output = run_standalone(&manifest, dir.path())?;
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "exit {:?}\n{stdout}\n{}", output.status, String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "exit {:?}\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(stdout.contains("first/main: one\n"), "{stdout}");
-    assert!(stdout.contains("second/main: two\n") && stdout.contains("second/main: to stderr\n"), "{stdout}");
+    assert!(
+        stdout.contains("second/main: two\n") && stdout.contains("second/main: to stderr\n"),
+        "{stdout}"
+    );
     Ok(())
 }
 
 #[test]
 fn standalone_exits_non_zero_when_a_pod_fails() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let probe = testkit::fixtures::wasm_module("wasi-probe")?.display().to_string();
+    let probe = testkit::fixtures::wasm_module("wasi-probe")?
+        .display()
+        .to_string();
     let output = run_standalone(&pod("failing", &probe, &["exit", "3"]), dir.path())?;
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("exit code 3") && stderr.contains("pods failed: failing"), "{stderr}");
+    assert!(
+        stderr.contains("exit code 3") && stderr.contains("pods failed: failing"),
+        "{stderr}"
+    );
     Ok(())
 }
 
 #[test]
 fn standalone_refuses_a_manifest_that_is_not_a_pod() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let output = run_standalone("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: d\n", dir.path())?;
+    let output = run_standalone(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: d\n",
+        dir.path(),
+    )?;
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("expected kind Pod, found \"Deployment\""), "{stderr}");
+    assert!(
+        stderr.contains("expected kind Pod, found \"Deployment\""),
+        "{stderr}"
+    );
     Ok(())
 }
