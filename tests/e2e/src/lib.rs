@@ -301,6 +301,8 @@ pub struct NodeAgent {
     pub port: u16,
     /// The agent's data dir.
     pub data_dir: tempfile::TempDir,
+    kubeconfig: PathBuf,
+    client: kube::Client,
     admin: PathBuf,
     log: PathBuf,
 }
@@ -309,59 +311,105 @@ impl NodeAgent {
     /// Starts `krustlet-wasi` as node `name` with the node identity `system:node:<name>` (see
     /// [`node_credentials`]), and waits until its Node is Ready.
     pub async fn start(cluster: &Cluster, name: &str) -> anyhow::Result<Self> {
-        let shared = shared();
         let data_dir = tempfile::Builder::new().prefix("krustlet-node").tempdir()?;
         let kubeconfig = node_credentials(cluster, name, data_dir.path()).await?;
         let port = testkit::registry::free_port()?;
         let log = data_dir.path().join("agent.log");
+        if let Some(standin) = &shared().standin {
+            std::fs::write(data_dir.path().join("client-ca.pem"), standin.ca_pem())?;
+        }
+        let mut agent = Self {
+            child: Self::spawn(name, port, data_dir.path(), &kubeconfig, &log)?,
+            name: name.to_string(),
+            port,
+            data_dir,
+            kubeconfig,
+            client: cluster.client.clone(),
+            admin: shared().admin.clone(),
+            log,
+        };
+        agent.wait_ready().await?;
+        Ok(agent)
+    }
+
+    fn spawn(
+        name: &str,
+        port: u16,
+        data_dir: &Path,
+        kubeconfig: &Path,
+        log: &Path,
+    ) -> anyhow::Result<Child> {
         let mut command = Command::new(agent_binary()?);
         command
             .arg("--kubeconfig")
-            .arg(&kubeconfig)
+            .arg(kubeconfig)
             .args([
                 "--node-name",
                 name,
                 "--node-ip",
-                "127.0.0.1",
+                &node_ip(),
                 "--addr",
-                "127.0.0.1",
+                "0.0.0.0",
             ])
             .args([
                 "--port",
                 &port.to_string(),
                 "--insecure-registries",
-                cluster.registry(),
+                shared().registry.host(),
             ])
             .arg("--data-dir")
-            .arg(data_dir.path())
+            .arg(data_dir)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?);
-        if let Some(standin) = &shared.standin {
-            let ca = data_dir.path().join("client-ca.pem");
-            std::fs::write(&ca, standin.ca_pem())?;
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(log)?,
+            );
+        let ca = data_dir.join("client-ca.pem");
+        if ca.exists() {
             command.arg("--client-ca-file").arg(ca);
         }
-        let child = command.spawn().context("starting krustlet-wasi")?;
-        let agent = Self {
-            child,
-            name: name.to_string(),
-            port,
-            data_dir,
-            admin: shared.admin.clone(),
-            log,
-        };
-        let nodes: Api<Node> = Api::all(cluster.client.clone());
-        let ready =
-            tokio::time::timeout(DEADLINE, await_condition(nodes, name, is_node_ready())).await;
+        command.spawn().context("starting krustlet-wasi")
+    }
+
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let ready = tokio::time::timeout(
+            DEADLINE,
+            await_condition(nodes, &self.name, is_node_ready()),
+        )
+        .await;
         if !matches!(ready, Ok(Ok(Some(_)))) {
             bail!(
-                "node {name} did not become Ready within {DEADLINE:?}; agent log:\n{}",
-                agent.log()
+                "node {} did not become Ready within {DEADLINE:?}; agent log:\n{}",
+                self.name,
+                self.log()
             );
         }
-        Ok(agent)
+        Ok(())
+    }
+
+    /// Stops the agent with SIGTERM and starts it again with the same name, port and data dir,
+    /// as an operator's restart would.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        let status = self.terminate()?;
+        if !status.success() {
+            bail!(
+                "krustlet-wasi exited with {status:?} on SIGTERM:\n{}",
+                self.log()
+            );
+        }
+        self.child = Self::spawn(
+            &self.name,
+            self.port,
+            self.data_dir.path(),
+            &self.kubeconfig,
+            &self.log,
+        )?;
+        self.wait_ready().await
     }
 
     /// What the agent logged so far.

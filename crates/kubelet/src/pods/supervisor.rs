@@ -143,23 +143,39 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
     /// Runs the pod to its removal.
     pub async fn run(mut self) {
         let (ns, name) = (self.ns(), self.pod.name_any());
-        let active = self.ctx.registry.len();
-        if let Err(rejection) = admission::admit(&self.pod, &self.ctx.node, active) {
-            self.reject(rejection).await;
+        let recorded = self.pod.status.clone().unwrap_or_default();
+        let ran_before = recorded
+            .container_statuses
+            .as_ref()
+            .is_some_and(|c| !c.is_empty());
+        if recorded.phase.as_deref() == Some("Failed") && !ran_before {
+            // Rejected before this agent restarted: it stays rejected.
+            self.await_deletion_of_rejected().await;
             return;
+        }
+        if !ran_before {
+            let active = self.ctx.registry.len();
+            if let Err(rejection) = admission::admit(&self.pod, &self.ctx.node, active) {
+                self.reject(rejection).await;
+                return;
+            }
         }
         self.ctx.registry.upsert(&ns, &name, self.pod.clone());
         if Self::is_deleting(&self.pod) {
             self.terminate().await;
             return;
         }
-        self.publish().await;
-        match self.init.first_mut() {
-            Some(first) => first.due = Some(Instant::now()),
-            None => self
-                .app
-                .iter_mut()
-                .for_each(|s| s.due = Some(Instant::now())),
+        if ran_before {
+            self.adopt(&recorded);
+        } else {
+            self.publish().await;
+            match self.init.first_mut() {
+                Some(first) => first.due = Some(Instant::now()),
+                None => self
+                    .app
+                    .iter_mut()
+                    .for_each(|s| s.due = Some(Instant::now())),
+            }
         }
         loop {
             if let Err(Interrupt::Deleted) = self.start_due().await {
@@ -225,7 +241,15 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
                 return;
             }
         }
-        // A rejected pod stays Failed until it is deleted; then it is removed at once.
+        self.await_deletion_of_rejected().await;
+    }
+
+    /// A rejected pod stays Failed until it is deleted; then it is removed at once.
+    async fn await_deletion_of_rejected(&mut self) {
+        if Self::is_deleting(&self.pod) {
+            self.ctx.host.finish_deletion(&self.pod).await;
+            return;
+        }
         while self.updates.changed().await.is_ok() {
             let latest = self.updates.borrow_and_update().clone();
             match latest {
@@ -235,6 +259,107 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
                 }
                 Some(_) => {}
                 None => return,
+            }
+        }
+    }
+
+    /// Takes over a pod this node ran before the agent restarted: restart counts, image ids and
+    /// finished containers are kept; containers that were running are gone (their process was
+    /// this agent) and go through the restart policy as the kubelet treats lost containers.
+    fn adopt(&mut self, recorded: &PodStatus) {
+        if let Some(start) = &recorded.start_time {
+            self.start_time = start.clone();
+        }
+        let policy = self.restart_policy();
+        for (slots, statuses, init) in [
+            (&mut self.init, &recorded.init_container_statuses, true),
+            (&mut self.app, &recorded.container_statuses, false),
+        ] {
+            for slot in slots.iter_mut() {
+                let Some(old) = statuses.iter().flatten().find(|c| c.name == slot.spec.name) else {
+                    continue;
+                };
+                slot.status.restart_count = old.restart_count;
+                slot.status.image_id = old.image_id.clone();
+                slot.status.container_id = old.container_id.clone();
+                slot.status.last_state = old.last_state.clone();
+                let state = old.state.clone().unwrap_or_default();
+                if state.running.is_some()
+                    || state.terminated.is_some()
+                    || old
+                        .last_state
+                        .as_ref()
+                        .is_some_and(|l| l.terminated.is_some())
+                {
+                    slot.runs = 1;
+                }
+                slot.status.state = match (state.running, state.terminated) {
+                    (Some(running), _) => Some(status::terminated(
+                        137,
+                        "ContainerStatusUnknown".into(),
+                        Some("The container could not be located: the node agent restarted while it ran".into()),
+                        running.started_at,
+                        old.container_id.clone(),
+                    )),
+                    _ => old.state.clone(),
+                };
+                let exit_code = slot
+                    .status
+                    .state
+                    .as_ref()
+                    .and_then(|s| s.terminated.as_ref())
+                    .map(|t| t.exit_code);
+                slot.due = match exit_code {
+                    Some(code) if !should_restart(init, &policy, code) => None,
+                    _ => Some(Instant::now()),
+                };
+            }
+        }
+        // Only the first unfinished init container may run, and app containers only after them.
+        let mut blocked = false;
+        for slot in self.init.iter_mut() {
+            if blocked {
+                slot.due = None;
+            }
+            let succeeded = slot
+                .status
+                .state
+                .as_ref()
+                .and_then(|s| s.terminated.as_ref())
+                .is_some_and(|t| t.exit_code == 0);
+            blocked |= !succeeded;
+        }
+        if blocked {
+            self.app.iter_mut().for_each(|s| s.due = None);
+        }
+        self.update_finished();
+        if self.finished {
+            self.published = Some(recorded.clone());
+        }
+        self.register_existing_logs();
+    }
+
+    /// Makes the logs of earlier runs (still in the data dir) readable again.
+    fn register_existing_logs(&self) {
+        let logs_dir = self
+            .ctx
+            .pods_dir
+            .join(self.pod.uid().unwrap_or_default())
+            .join("logs");
+        for slot in self.init.iter().chain(&self.app) {
+            let Ok(entries) = std::fs::read_dir(logs_dir.join(&slot.spec.name)) else {
+                continue;
+            };
+            let mut runs: Vec<(u64, std::path::PathBuf)> = entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter_map(|p| Some((p.file_stem()?.to_str()?.parse().ok()?, p)))
+                .collect();
+            runs.sort();
+            for (_, path) in runs.into_iter().rev().take(2).rev() {
+                self.ctx
+                    .registry
+                    .new_log(&self.ns(), &self.pod.name_any(), &slot.spec.name, path);
             }
         }
     }
@@ -552,13 +677,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         slot.status.started = Some(false);
         let name = slot.spec.name.clone();
         let failed = exit.code != 0;
-        let restart = match (id.init, policy.as_str()) {
-            (true, "Never") => false,
-            (true, _) => failed,
-            (false, "Always") => true,
-            (false, "OnFailure") => failed,
-            _ => false,
-        };
+        let restart = should_restart(id.init, &policy, exit.code);
         if !restart {
             if id.init && !failed {
                 match self.init.get_mut(id.index + 1) {
@@ -712,6 +831,15 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         {
             tracing::warn!(error = %e, dir = %dir.display(), "removing the pod's files failed");
         }
+    }
+}
+
+/// Whether a container that exited with `code` runs again under the pod's restart policy.
+fn should_restart(init: bool, policy: &str, code: i32) -> bool {
+    match (init, policy) {
+        (_, "Never") => false,
+        (true, _) | (false, "OnFailure") => code != 0,
+        _ => true,
     }
 }
 

@@ -1,0 +1,247 @@
+//! Pod lifecycle as on any kubelet: restart policies with backoff, init containers, and pods
+//! that survive a restart of the node agent.
+
+use e2e::{Cluster, container_state, has_phase, is_waiting, wasm_pod};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::PostParams;
+
+fn with_init(mut pod: Pod, image: &str, inits: &[(&str, &[&str])]) -> Pod {
+    let containers = inits
+        .iter()
+        .map(|(name, args)| {
+            serde_json::from_value(serde_json::json!({"name": name, "image": image, "args": args}))
+                .expect("valid")
+        })
+        .collect();
+    pod.spec.as_mut().expect("spec").init_containers = Some(containers);
+    pod
+}
+
+#[tokio::test]
+async fn a_crashing_container_restarts_with_backoff_and_keeps_its_last_state() -> anyhow::Result<()>
+{
+    let cluster = Cluster::new("crashloop").await?;
+    let agent = cluster.start_node().await?;
+    let image = cluster.push_guest("wasi-probe").await?;
+    let pods = cluster.pods();
+    pods.create(
+        &PostParams::default(),
+        &wasm_pod(
+            "crasher",
+            &image,
+            &agent.name,
+            &["print", "crashing", "exit", "1"],
+            "Always",
+        ),
+    )
+    .await?;
+    pods.create(
+        &PostParams::default(),
+        &wasm_pod("once", &image, &agent.name, &["exit", "0"], "OnFailure"),
+    )
+    .await?;
+    let looping = cluster
+        .wait_pod(
+            "crasher",
+            "CrashLoopBackOff",
+            is_waiting("CrashLoopBackOff"),
+        )
+        .await?;
+    let status = looping.status.clone().unwrap_or_default();
+    assert_eq!(
+        status.phase.as_deref(),
+        Some("Running"),
+        "a restarting pod is Running"
+    );
+    let container = &status.container_statuses.unwrap_or_default()[0];
+    assert!(container.restart_count >= 1, "{container:?}");
+    let last = container
+        .last_state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
+        .expect("lastState keeps the previous termination");
+    assert_eq!((last.exit_code, last.reason.as_deref()), (1, Some("Error")));
+    let message = container_state(&looping)
+        .and_then(|s| s.waiting)
+        .and_then(|w| w.message)
+        .unwrap_or_default();
+    assert!(
+        message.starts_with("back-off 10s restarting failed container=main pod=crasher_"),
+        "{message}"
+    );
+    let events = cluster
+        .eventually("a BackOff event", async || {
+            let events = cluster.pod_events("crasher").await?;
+            Ok(events
+                .iter()
+                .any(|e| e.starts_with("BackOff: Back-off restarting failed container main"))
+                .then_some(events))
+        })
+        .await?;
+    assert!(
+        events.iter().filter(|e| e.starts_with("Started")).count() >= 1,
+        "{events:?}"
+    );
+    let once = cluster
+        .wait_pod("once", "Succeeded", has_phase("Succeeded"))
+        .await?;
+    assert_eq!(
+        once.status
+            .and_then(|s| s.container_statuses)
+            .unwrap_or_default()[0]
+            .restart_count,
+        0
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn init_containers_run_in_order_before_the_app_and_a_failed_one_stops_the_pod()
+-> anyhow::Result<()> {
+    let cluster = Cluster::new("init").await?;
+    let agent = cluster.start_node().await?;
+    let image = cluster.push_guest("wasi-probe").await?;
+    let pods = cluster.pods();
+    let ordered = with_init(
+        wasm_pod("ordered", &image, &agent.name, &["print", "app"], "Never"),
+        &image,
+        &[
+            ("first", &["print", "1"]),
+            ("second", &["sleep", "200", "print", "2"]),
+        ],
+    );
+    pods.create(&PostParams::default(), &ordered).await?;
+    let broken = with_init(
+        wasm_pod("broken", &image, &agent.name, &["print", "never"], "Never"),
+        &image,
+        &[("fails", &["exit", "7"])],
+    );
+    pods.create(&PostParams::default(), &broken).await?;
+
+    let done = cluster
+        .wait_pod("ordered", "Succeeded", has_phase("Succeeded"))
+        .await?;
+    let status = done.status.unwrap_or_default();
+    let inits = status.init_container_statuses.unwrap_or_default();
+    let finished = |c: &k8s_openapi::api::core::v1::ContainerStatus| {
+        c.state
+            .clone()
+            .and_then(|s| s.terminated)
+            .expect("terminated")
+    };
+    assert_eq!(
+        inits
+            .iter()
+            .map(|c| finished(c).reason.unwrap_or_default())
+            .collect::<Vec<_>>(),
+        ["Completed", "Completed"]
+    );
+    let app = finished(&status.container_statuses.unwrap_or_default()[0]);
+    assert!(
+        finished(&inits[0]).finished_at <= finished(&inits[1]).started_at,
+        "init containers run one after the other"
+    );
+    assert!(
+        finished(&inits[1]).finished_at <= app.started_at,
+        "the app starts after the init containers"
+    );
+    assert_eq!(
+        cluster.kubectl(&["logs", "ordered", "-c", "second"])?,
+        "2\n"
+    );
+
+    let failed = cluster
+        .wait_pod("broken", "Failed", has_phase("Failed"))
+        .await?;
+    let status = failed.status.unwrap_or_default();
+    let init = status.init_container_statuses.unwrap_or_default();
+    assert_eq!(finished(&init[0]).exit_code, 7);
+    let app_state = status.container_statuses.unwrap_or_default()[0]
+        .state
+        .clone()
+        .unwrap_or_default();
+    assert_eq!(
+        app_state.waiting.and_then(|w| w.reason).as_deref(),
+        Some("PodInitializing"),
+        "the app never started"
+    );
+    let initialized = status
+        .conditions
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.type_ == "Initialized")
+        .expect("Initialized condition");
+    assert_eq!(
+        (initialized.status.as_str(), initialized.reason.as_deref()),
+        ("False", Some("ContainersNotInitialized"))
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_agent_restart_keeps_finished_pods_and_restarts_lost_containers() -> anyhow::Result<()> {
+    let cluster = Cluster::new("restart").await?;
+    let mut agent = cluster.start_node().await?;
+    let image = cluster.push_guest("wasi-probe").await?;
+    let pods = cluster.pods();
+    pods.create(
+        &PostParams::default(),
+        &wasm_pod("done", &image, &agent.name, &["print", "ran"], "Never"),
+    )
+    .await?;
+    pods.create(
+        &PostParams::default(),
+        &wasm_pod("server", &image, &agent.name, &["forever"], "Always"),
+    )
+    .await?;
+    let done = cluster
+        .wait_pod("done", "Succeeded", has_phase("Succeeded"))
+        .await?;
+    cluster
+        .wait_pod("server", "Running", has_phase("Running"))
+        .await?;
+    agent.restart().await?;
+    let server = cluster
+        .wait_pod(
+            "server",
+            "running again with restartCount 1",
+            |p: Option<&Pod>| {
+                let c = p
+                    .and_then(|p| p.status.as_ref())
+                    .and_then(|s| s.container_statuses.clone())
+                    .unwrap_or_default();
+                c.first().is_some_and(|c| {
+                    c.restart_count == 1 && c.state.as_ref().is_some_and(|s| s.running.is_some())
+                })
+            },
+        )
+        .await?;
+    let last = server
+        .status
+        .and_then(|s| s.container_statuses)
+        .unwrap_or_default()[0]
+        .last_state
+        .clone()
+        .and_then(|s| s.terminated)
+        .expect("lastState");
+    assert_eq!(
+        (last.exit_code, last.reason.as_deref()),
+        (137, Some("ContainerStatusUnknown"))
+    );
+    // The finished pod is not run again.
+    let still = pods.get("done").await?;
+    assert_eq!(
+        container_state(&still)
+            .and_then(|s| s.terminated)
+            .map(|t| t.finished_at),
+        container_state(&done)
+            .and_then(|s| s.terminated)
+            .map(|t| t.finished_at)
+    );
+    assert_eq!(
+        cluster.kubectl(&["logs", "done"])?,
+        "ran\n",
+        "logs of earlier runs stay readable"
+    );
+    Ok(())
+}
