@@ -14,3 +14,4 @@ pub mod standalone;
 mod agent;
 
 pub use agent::{AgentError, run_node};
+pub mod tls;

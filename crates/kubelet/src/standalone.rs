@@ -8,7 +8,7 @@ use crate::pods::Supervisors;
 use crate::pods::host::{PodEvent, PodHost};
 use crate::runtime::Runtime;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Pod, PodStatus};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodStatus, Secret};
 use kube::ResourceExt;
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -206,6 +206,27 @@ impl PodHost for LocalHost {
     }
 
     async fn finish_deletion(&self, _pod: &Pod) {}
+
+    async fn config_map(&self, ns: &str, name: &str) -> Result<Option<ConfigMap>, String> {
+        Err(format!(
+            "standalone mode has no API server to read configmap {ns}/{name} from"
+        ))
+    }
+
+    async fn secret(&self, ns: &str, name: &str) -> Result<Option<Secret>, String> {
+        Err(format!(
+            "standalone mode has no API server to read secret {ns}/{name} from"
+        ))
+    }
+
+    async fn service_account_token(
+        &self,
+        _pod: &Pod,
+        _audience: Option<String>,
+        _expiration_seconds: i64,
+    ) -> Result<String, String> {
+        Err("standalone mode has no API server to issue service account tokens; set automountServiceAccountToken: false".into())
+    }
 }
 
 /// How a standalone run ended.

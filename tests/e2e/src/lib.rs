@@ -5,7 +5,7 @@
 use anyhow::{Context, bail};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::{Api, PostParams};
-use kube::runtime::wait::{Condition, await_condition};
+use kube::runtime::wait::Condition;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -169,10 +169,9 @@ impl Cluster {
         what: &str,
         condition: impl Condition<Pod>,
     ) -> anyhow::Result<Pod> {
-        let found = tokio::time::timeout(DEADLINE, await_condition(self.pods(), name, condition))
+        let found = wait_for(self.pods(), name, condition)
             .await
-            .map_err(|_| anyhow::anyhow!("pod {name} did not become {what} within {DEADLINE:?}"))?
-            .context("watching the pod")?;
+            .with_context(|| format!("pod {name} did not become {what}"))?;
         found.with_context(|| {
             format!("pod {name} was deleted while waiting for it to become {what}")
         })
@@ -251,6 +250,42 @@ fn hex_id() -> String {
         "{:06x}",
         (nanos ^ std::process::id().rotate_left(16)) & 0xff_ffff
     )
+}
+
+/// Waits (up to [`DEADLINE`]) until the named object satisfies `condition`, watching it with a
+/// watcher that relists after errors such as 410 Gone, as any client of a real cluster must.
+pub async fn wait_for<K>(
+    api: Api<K>,
+    name: &str,
+    condition: impl Condition<K>,
+) -> anyhow::Result<Option<K>>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    use futures::StreamExt;
+    use kube::runtime::WatchStreamExt;
+    let mut stream = Box::pin(kube::runtime::watcher::watch_object(api, name).default_backoff());
+    let mut last_error = None;
+    let waited = tokio::time::timeout(DEADLINE, async {
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(object) if condition.matches_object(object.as_ref()) => return Some(object),
+                Ok(_) => {}
+                Err(e) => last_error = Some(e.to_string()),
+            }
+        }
+        None
+    })
+    .await;
+    match waited {
+        Ok(Some(object)) => Ok(object),
+        _ => bail!(
+            "not within {DEADLINE:?}{}",
+            last_error
+                .map(|e| format!(" (last watch error: {e})"))
+                .unwrap_or_default()
+        ),
+    }
 }
 
 /// A client from a kubeconfig file.
@@ -377,12 +412,10 @@ impl NodeAgent {
 
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
         let nodes: Api<Node> = Api::all(self.client.clone());
-        let ready = tokio::time::timeout(
-            DEADLINE,
-            await_condition(nodes, &self.name, is_node_ready()),
-        )
-        .await;
-        if !matches!(ready, Ok(Ok(Some(_)))) {
+        if !matches!(
+            wait_for(nodes, &self.name, is_node_ready()).await,
+            Ok(Some(_))
+        ) {
             bail!(
                 "node {} did not become Ready within {DEADLINE:?}; agent log:\n{}",
                 self.name,
@@ -571,20 +604,17 @@ pub async fn node_credentials(
     )
     .await
     .context("approving the CSR")?;
-    let signed = tokio::time::timeout(
-        DEADLINE,
-        await_condition(
-            csrs.clone(),
-            &csr_name,
-            |c: Option<&CertificateSigningRequest>| {
-                c.and_then(|c| c.status.as_ref())
-                    .and_then(|s| s.certificate.as_ref())
-                    .is_some()
-            },
-        ),
+    let signed = wait_for(
+        csrs.clone(),
+        &csr_name,
+        |c: Option<&CertificateSigningRequest>| {
+            c.and_then(|c| c.status.as_ref())
+                .and_then(|s| s.certificate.as_ref())
+                .is_some()
+        },
     )
     .await
-    .context("the CSR was not signed in time")??
+    .context("the CSR was not signed")?
     .context("the CSR disappeared")?;
     let cert = signed
         .status

@@ -3,7 +3,8 @@
 
 use crate::runtime::Mount;
 use k8s_openapi::api::core::v1::{Container, Pod};
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::PathBuf;
 
 /// The container's spec asks for something this node cannot give it (CreateContainerConfigError).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -63,7 +64,8 @@ pub fn process(pod: &Pod, container: &Container, node_ip: &str) -> Result<Proces
     Ok(Process { args, env })
 }
 
-fn field_value(pod: &Pod, path: &str, node_ip: &str) -> Option<String> {
+/// The value of a downward API field path for `pod`.
+pub fn field_value(pod: &Pod, path: &str, node_ip: &str) -> Option<String> {
     let meta = &pod.metadata;
     let spec = pod.spec.as_ref();
     if let Some(key) = path
@@ -129,12 +131,11 @@ pub fn expand(input: &str, env: &[(String, String)]) -> String {
     out
 }
 
-/// The directories the container sees: its volume mounts, for the volume types this node serves
-/// (emptyDir, hostPath); `volumes_dir` holds the pod's emptyDirs.
+/// The directories the container sees: its volume mounts, from the pod's prepared volumes.
 pub fn mounts(
     pod: &Pod,
     container: &Container,
-    volumes_dir: &Path,
+    prepared: &HashMap<String, PathBuf>,
 ) -> Result<Vec<Mount>, ConfigError> {
     let volumes = pod
         .spec
@@ -160,57 +161,21 @@ pub fn mounts(
                 mount.name
             )));
         }
-        let host_path = if volume.empty_dir.is_some() {
-            let dir = volumes_dir.join(&volume.name);
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| ConfigError(format!("creating emptyDir {:?}: {e}", volume.name)))?;
-            dir
-        } else if let Some(host) = &volume.host_path {
-            host_path(
-                &volume.name,
-                &host.path,
-                host.type_.as_deref().unwrap_or_default(),
-            )?
-        } else {
-            return Err(ConfigError(format!(
-                "volume {:?} cannot be mounted: this node serves emptyDir and hostPath volumes only",
+        let host_path = prepared.get(&volume.name).cloned().ok_or_else(|| {
+            ConfigError(format!(
+                "volume {:?} cannot be mounted: this node serves emptyDir, hostPath, configMap, secret, downwardAPI and projected volumes",
                 volume.name
-            )));
-        };
+            ))
+        })?;
+        let read_only =
+            mount.read_only.unwrap_or(false) || super::volumes::always_read_only(volume);
         out.push(Mount {
             host_path,
             guest_path: mount.mount_path.clone(),
-            read_only: mount.read_only.unwrap_or(false),
+            read_only,
         });
     }
     Ok(out)
-}
-
-fn host_path(volume: &str, path: &str, kind: &str) -> Result<std::path::PathBuf, ConfigError> {
-    let p = Path::new(path);
-    match kind {
-        "" => {}
-        "DirectoryOrCreate" => std::fs::create_dir_all(p).map_err(|e| {
-            ConfigError(format!("hostPath volume {volume:?}: creating {path}: {e}"))
-        })?,
-        "Directory" if p.is_dir() => {}
-        "Directory" => {
-            return Err(ConfigError(format!(
-                "hostPath type check failed: {path} is not a directory"
-            )));
-        }
-        other => {
-            return Err(ConfigError(format!(
-                "hostPath volume {volume:?}: type {other} is not supported on this node (use Directory or DirectoryOrCreate)"
-            )));
-        }
-    }
-    if !p.is_dir() {
-        return Err(ConfigError(format!(
-            "hostPath volume {volume:?}: {path} is not a directory; a WASI guest can only be given directories"
-        )));
-    }
-    Ok(p.to_path_buf())
 }
 
 #[cfg(test)]

@@ -1,7 +1,10 @@
 //! Where a pod supervisor's effects go: the API server (status patches, events, the final
 //! delete) or, in standalone mode, the terminal.
 
-use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod, PodStatus};
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Event, EventSource, ObjectReference, Pod, PodStatus, Secret, ServiceAccount,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
@@ -56,6 +59,25 @@ pub trait PodHost: Send + Sync + 'static {
     fn record(&self, pod: &Pod, event: PodEvent) -> impl Future<Output = ()> + Send;
     /// Removes a pod whose containers have stopped (delete with grace 0).
     fn finish_deletion(&self, pod: &Pod) -> impl Future<Output = ()> + Send;
+    /// A ConfigMap in the pod's namespace, `None` if it does not exist.
+    fn config_map(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<ConfigMap>, String>> + Send;
+    /// A Secret in the pod's namespace, `None` if it does not exist.
+    fn secret(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<Secret>, String>> + Send;
+    /// A token for the pod's service account, bound to the pod (TokenRequest).
+    fn service_account_token(
+        &self,
+        pod: &Pod,
+        audience: Option<String>,
+        expiration_seconds: i64,
+    ) -> impl Future<Output = Result<String, String>> + Send;
 }
 
 /// An event's identity for aggregation: (pod uid, reason, message).
@@ -202,5 +224,55 @@ impl PodHost for ApiHost {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|(u, _, _), _| *u != uid);
+    }
+
+    async fn config_map(&self, ns: &str, name: &str) -> Result<Option<ConfigMap>, String> {
+        Api::<ConfigMap>::namespaced(self.client.clone(), ns)
+            .get_opt(name)
+            .await
+            .map_err(|e| format!("reading configmap {ns}/{name}: {e}"))
+    }
+
+    async fn secret(&self, ns: &str, name: &str) -> Result<Option<Secret>, String> {
+        Api::<Secret>::namespaced(self.client.clone(), ns)
+            .get_opt(name)
+            .await
+            .map_err(|e| format!("reading secret {ns}/{name}: {e}"))
+    }
+
+    async fn service_account_token(
+        &self,
+        pod: &Pod,
+        audience: Option<String>,
+        expiration_seconds: i64,
+    ) -> Result<String, String> {
+        let ns = pod.namespace().unwrap_or_default();
+        let account = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_else(|| "default".into());
+        let request = TokenRequest {
+            spec: TokenRequestSpec {
+                audiences: audience.into_iter().collect(),
+                expiration_seconds: Some(expiration_seconds),
+                bound_object_ref: Some(BoundObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Pod".into()),
+                    name: Some(pod.name_any()),
+                    uid: pod.uid(),
+                }),
+            },
+            ..Default::default()
+        };
+        let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &ns);
+        let issued: TokenRequest = api
+            .create_subresource("token", &account, &PostParams::default(), &request)
+            .await
+            .map_err(|e| format!("requesting a token for service account {ns}/{account}: {e}"))?;
+        issued
+            .status
+            .map(|s| s.token)
+            .ok_or_else(|| format!("the TokenRequest for {ns}/{account} returned no token"))
     }
 }

@@ -8,6 +8,7 @@ pub mod host;
 pub mod registry;
 pub mod status;
 mod supervisor;
+pub mod volumes;
 
 use crate::images::ImageStore;
 use crate::logs::LogFiles;

@@ -5,15 +5,17 @@
 use super::PodContext;
 use super::admission::{self, Rejection};
 use super::backoff::Backoff;
-use super::container;
 use super::host::{PodEvent, PodHost};
 use super::status::{self, Snapshot, now};
+use super::{container, volumes};
 use crate::images::{PullError, PullPolicy, Source};
 use crate::logs::LogFile;
 use crate::runtime::{ContainerRun, Exit, Runtime};
 use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -65,6 +67,8 @@ pub struct Supervisor<R: Runtime, H: PodHost> {
     exits_tx: mpsc::UnboundedSender<(SlotId, u64, Exit)>,
     exits: mpsc::UnboundedReceiver<(SlotId, u64, Exit)>,
     finished: bool,
+    volumes: Option<HashMap<String, PathBuf>>,
+    mount_backoff: Backoff,
 }
 
 fn slot(spec: &Container, reason: &str) -> Slot {
@@ -121,6 +125,8 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             exits_tx,
             exits,
             finished: false,
+            volumes: None,
+            mount_backoff: Backoff::default(),
         }
     }
 
@@ -480,9 +486,28 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         };
         let uid = self.pod.uid().unwrap_or_default();
         let pod_dir = self.ctx.pods_dir.join(&uid);
-        let resolved = container::process(&self.pod, &spec, &self.ctx.node_ip).and_then(|p| {
-            container::mounts(&self.pod, &spec, &pod_dir.join("volumes")).map(|m| (p, m))
-        });
+        if self.volumes.is_none() {
+            let host = self.ctx.host.clone();
+            let (pod, node_ip) = (self.pod.clone(), self.ctx.node_ip.clone());
+            let volumes_dir = pod_dir.join("volumes");
+            let prepared = volumes::prepare(host.as_ref(), &pod, &volumes_dir, &node_ip);
+            match Self::unless_deleted(&mut self.updates, prepared).await? {
+                Ok(v) => self.volumes = Some(v),
+                Err(e) => {
+                    let delay = self
+                        .mount_backoff
+                        .next(Duration::ZERO)
+                        .max(Duration::from_secs(1));
+                    self.slot_mut(id).due = Some(Instant::now() + delay);
+                    self.event(PodEvent::warning("", "FailedMount", e.to_string()))
+                        .await;
+                    return Ok(());
+                }
+            }
+        }
+        let volume_dirs = self.volumes.clone().unwrap_or_default();
+        let resolved = container::process(&self.pod, &spec, &self.ctx.node_ip)
+            .and_then(|p| container::mounts(&self.pod, &spec, &volume_dirs).map(|m| (p, m)));
         let (process, mounts) = match resolved {
             Ok(r) => r,
             Err(e) => {

@@ -25,6 +25,7 @@ pub async fn run(shared: Arc<Shared>, scheduler: bool) {
         shared.store.write(|state| {
             collect_orphaned_pods(state);
             finish_namespaces(state);
+            publish_namespace_defaults(&shared, state);
             reconcile_csrs(&shared, state);
             if scheduler {
                 schedule(state);
@@ -53,6 +54,29 @@ fn collect_orphaned_pods(state: &mut State) {
         .collect();
     for (ns, name) in orphans {
         let _ = objects::delete(state, pods, &ns, &name, &force());
+    }
+}
+
+/// The service account controller's `default` ServiceAccount and the root CA publisher's
+/// `kube-root-ca.crt` ConfigMap, in every active namespace.
+fn publish_namespace_defaults(shared: &Shared, state: &mut State) {
+    let active: Vec<String> = state
+        .list("namespaces", None)
+        .filter(|n| n["metadata"]["deletionTimestamp"].is_null())
+        .filter_map(|n| n["metadata"]["name"].as_str().map(String::from))
+        .collect();
+    let system = super::auth::Identity::user("system:kube-controller-manager", &["system:masters"]);
+    for ns in active {
+        if state.get("serviceaccounts", &ns, "default").is_none() {
+            let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}});
+            let def = resources::find("", "v1", "serviceaccounts").expect("served");
+            let _ = objects::create(state, def, &ns, &system, sa);
+        }
+        if state.get("configmaps", &ns, "kube-root-ca.crt").is_none() {
+            let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kube-root-ca.crt"}, "data": {"ca.crt": shared.ca.cert_pem()}});
+            let def = resources::find("", "v1", "configmaps").expect("served");
+            let _ = objects::create(state, def, &ns, &system, cm);
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! authentication, the resources a kubelet touches, and the real server's semantics for them.
 //! It is a test double; the node agent never depends on it.
 
+mod admission;
 mod auth;
 mod controllers;
 mod convert;

@@ -147,6 +147,9 @@ pub fn create(
         object["metadata"]["generation"] = json!(1);
     }
     semantics::default_on_create(def, &mut object);
+    if def.kind == "Pod" {
+        super::admission::service_account(state, namespace, &name, &mut object)?;
+    }
     if def.kind == "CertificateSigningRequest" {
         super::csr::prepare_create(&mut object, who)
             .map_err(|e| response::invalid(def.kind, def.group, &name, &e.0))?;

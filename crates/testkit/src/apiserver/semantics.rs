@@ -86,7 +86,12 @@ pub fn default_on_create(def: &ResourceDef, object: &mut Value) {
             object["spec"]["finalizers"] = json!(["kubernetes"]);
             object["status"] = json!({"phase": "Active"});
         }
-        ("", "Secret") if object["type"].is_null() => object["type"] = json!("Opaque"),
+        ("", "Secret") => {
+            if object["type"].is_null() {
+                object["type"] = json!("Opaque");
+            }
+            fold_string_data(object);
+        }
         ("certificates.k8s.io", _) => object["status"] = json!({}),
         _ => {}
     }
@@ -305,6 +310,19 @@ pub fn validate_pod_update(old: &Value, new: &Value) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// Moves a Secret's write-only `stringData` into `data` (base64), as the real server does.
+pub fn fold_string_data(secret: &mut Value) {
+    use base64::Engine;
+    let Some(strings) = secret.as_object_mut().and_then(|o| o.remove("stringData")) else {
+        return;
+    };
+    for (key, value) in strings.as_object().into_iter().flatten() {
+        let encoded =
+            base64::engine::general_purpose::STANDARD.encode(value.as_str().unwrap_or_default());
+        secret["data"][key] = json!(encoded);
+    }
+}
+
 /// Applies the update strategy: a write to the object keeps the stored status, a write to the
 /// status subresource keeps the stored spec; system metadata always stays as stored.
 pub fn merge_update(def: &ResourceDef, old: &Value, new: &mut Value, status_write: bool) {
@@ -331,6 +349,9 @@ pub fn merge_update(def: &ResourceDef, old: &Value, new: &mut Value, status_writ
         "namespace",
     ] {
         new["metadata"][key] = old["metadata"][key].clone();
+    }
+    if def.kind == "Secret" {
+        fold_string_data(new);
     }
     if def.kind == "Pod" && !status_write && old["spec"] != new["spec"] {
         let generation = old["metadata"]["generation"].as_i64().unwrap_or(1);
