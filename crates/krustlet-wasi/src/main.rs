@@ -14,9 +14,15 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// Kubeconfig to join the cluster with (default: $KUBECONFIG, then ~/.kube/config).
+    /// Kubeconfig to join the cluster with (default: $KUBECONFIG, then ~/.kube/config; with
+    /// --bootstrap-file: <data-dir>/kubeconfig, written by the TLS bootstrap when missing).
     #[arg(long, env = "KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
+    /// A kubeconfig holding a bootstrap token. When the --kubeconfig file does not exist, the
+    /// node requests its client certificate with a CSR (signer
+    /// kubernetes.io/kube-apiserver-client-kubelet), waits until it is issued, and writes it.
+    #[arg(long, env = "KRUSTLET_BOOTSTRAP_FILE")]
+    bootstrap_file: Option<PathBuf>,
     /// Run the pods of --pod-manifest-path without an API server, print their output, and exit
     /// when they have all finished.
     #[arg(long, env = "KRUSTLET_STANDALONE")]
@@ -161,7 +167,24 @@ async fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let client = client(args.kubeconfig.as_ref()).await?;
+    let kubeconfig = match &args.bootstrap_file {
+        Some(bootstrap_file) => {
+            let path = args
+                .kubeconfig
+                .clone()
+                .unwrap_or_else(|| config.data_dir.join("kubeconfig"));
+            kubelet::tls::bootstrap(
+                bootstrap_file,
+                &path,
+                &config.node_name,
+                &config.data_dir.join("pki"),
+            )
+            .await?;
+            Some(path)
+        }
+        None => args.kubeconfig.clone(),
+    };
+    let client = client(kubeconfig.as_ref()).await?;
     kubelet::run_node(config, runtime, client, shutdown).await?;
     Ok(())
 }

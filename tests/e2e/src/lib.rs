@@ -327,6 +327,56 @@ pub fn agent_binary() -> anyhow::Result<PathBuf> {
         .map_err(|e| anyhow::anyhow!(e))
 }
 
+/// How a node agent authenticates.
+pub enum Credentials {
+    /// A kubeconfig for `system:node:<name>`.
+    Kubeconfig(PathBuf),
+    /// A bootstrap kubeconfig (`--bootstrap-file`); the agent writes its own kubeconfig.
+    Bootstrap(PathBuf),
+}
+
+/// Creates a bootstrap token the way kubeadm does (a `bootstrap.kubernetes.io/token` Secret in
+/// kube-system, group `system:bootstrappers:kubeadm:default-node-token`) and writes a
+/// kubeconfig that authenticates with it.
+pub async fn bootstrap_kubeconfig(cluster: &Cluster, dir: &Path) -> anyhow::Result<PathBuf> {
+    let id = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
+    let secret = format!("{:016x}", rand::random::<u64>());
+    let token_secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(
+        serde_json::json!({
+            "metadata": {"name": format!("bootstrap-token-{id}"), "namespace": "kube-system"},
+            "type": "bootstrap.kubernetes.io/token",
+            "stringData": {
+                "token-id": id, "token-secret": secret,
+                "usage-bootstrap-authentication": "true", "usage-bootstrap-signing": "true",
+                "auth-extra-groups": "system:bootstrappers:kubeadm:default-node-token",
+                "expiration": (jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1)).strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            }
+        }),
+    )?;
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(cluster.client.clone(), "kube-system")
+        .create(&PostParams::default(), &token_secret)
+        .await
+        .context("creating the bootstrap token")?;
+    let admin = kube::config::Kubeconfig::read_from(&shared().admin)?;
+    let cluster_entry = admin
+        .clusters
+        .first()
+        .context("the admin kubeconfig names no cluster")?
+        .cluster
+        .clone()
+        .context("empty cluster")?;
+    let config = serde_json::json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "e2e", "cluster": cluster_entry}],
+        "users": [{"name": "bootstrap", "user": {"token": format!("{id}.{secret}")}}],
+        "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": "bootstrap"}}],
+        "current-context": "e2e",
+    });
+    let path = dir.join("bootstrap.kubeconfig");
+    std::fs::write(&path, serde_yaml::to_string(&config)?)?;
+    Ok(path)
+}
+
 /// A running node agent process; killed, and its Node deleted, when dropped.
 pub struct NodeAgent {
     child: Child,
@@ -336,7 +386,7 @@ pub struct NodeAgent {
     pub port: u16,
     /// The agent's data dir.
     pub data_dir: tempfile::TempDir,
-    kubeconfig: PathBuf,
+    credentials: Credentials,
     client: kube::Client,
     admin: PathBuf,
     log: PathBuf,
@@ -347,18 +397,29 @@ impl NodeAgent {
     /// [`node_credentials`]), and waits until its Node is Ready.
     pub async fn start(cluster: &Cluster, name: &str) -> anyhow::Result<Self> {
         let data_dir = tempfile::Builder::new().prefix("krustlet-node").tempdir()?;
-        let kubeconfig = node_credentials(cluster, name, data_dir.path()).await?;
+        let credentials =
+            Credentials::Kubeconfig(node_credentials(cluster, name, data_dir.path()).await?);
+        Self::start_with(cluster, name, data_dir, credentials).await
+    }
+
+    /// Starts `krustlet-wasi` as node `name` with the given credentials and data dir.
+    pub async fn start_with(
+        cluster: &Cluster,
+        name: &str,
+        data_dir: tempfile::TempDir,
+        credentials: Credentials,
+    ) -> anyhow::Result<Self> {
         let port = testkit::registry::free_port()?;
         let log = data_dir.path().join("agent.log");
         if let Some(standin) = &shared().standin {
             std::fs::write(data_dir.path().join("client-ca.pem"), standin.ca_pem())?;
         }
         let mut agent = Self {
-            child: Self::spawn(name, port, data_dir.path(), &kubeconfig, &log)?,
+            child: Self::spawn(name, port, data_dir.path(), &credentials, &log)?,
             name: name.to_string(),
             port,
             data_dir,
-            kubeconfig,
+            credentials,
             client: cluster.client.clone(),
             admin: shared().admin.clone(),
             log,
@@ -371,13 +432,15 @@ impl NodeAgent {
         name: &str,
         port: u16,
         data_dir: &Path,
-        kubeconfig: &Path,
+        credentials: &Credentials,
         log: &Path,
     ) -> anyhow::Result<Child> {
         let mut command = Command::new(agent_binary()?);
+        match credentials {
+            Credentials::Kubeconfig(path) => command.arg("--kubeconfig").arg(path),
+            Credentials::Bootstrap(path) => command.arg("--bootstrap-file").arg(path),
+        };
         command
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
             .args([
                 "--node-name",
                 name,
@@ -439,7 +502,7 @@ impl NodeAgent {
             &self.name,
             self.port,
             self.data_dir.path(),
-            &self.kubeconfig,
+            &self.credentials,
             &self.log,
         )?;
         self.wait_ready().await

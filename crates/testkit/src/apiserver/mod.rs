@@ -174,34 +174,6 @@ impl ApiServer {
         self.write_kubeconfig(&user.replace(':', "-"), credentials)
     }
 
-    /// Writes a kubeconfig for the node identity `system:node:<name>` in `system:nodes`.
-    pub fn node_kubeconfig(&self, node: &str) -> anyhow::Result<PathBuf> {
-        self.kubeconfig_for(&format!("system:node:{node}"), &["system:nodes"])
-    }
-
-    /// Creates a bootstrap token (a Secret in kube-system, as kubeadm does) and writes a
-    /// kubeconfig that authenticates with it.
-    pub fn bootstrap_kubeconfig(&self) -> anyhow::Result<PathBuf> {
-        let id: String = hex::encode(rand::random::<[u8; 3]>());
-        let secret: String = hex::encode(rand::random::<[u8; 8]>());
-        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-        let object = json!({
-            "apiVersion": "v1", "kind": "Secret", "type": "bootstrap.kubernetes.io/token",
-            "metadata": {"name": format!("bootstrap-token-{id}"), "namespace": "kube-system"},
-            "data": {"token-id": b64(&id), "token-secret": b64(&secret), "usage-bootstrap-authentication": b64("true"), "usage-bootstrap-signing": b64("true")},
-        });
-        let secrets = resources::find("", "v1", "secrets").expect("secrets are served");
-        let admin = Identity::user("kubernetes-admin", &["system:masters"]);
-        self.shared
-            .store
-            .write(|s| objects::create(s, secrets, "kube-system", &admin, object))
-            .map_err(|_| anyhow::anyhow!("creating the bootstrap token secret failed"))?;
-        self.write_kubeconfig(
-            &format!("bootstrap-{id}"),
-            json!({"token": format!("{id}.{secret}")}),
-        )
-    }
-
     /// Forgets the watch history, as etcd compaction does: watches from older versions get 410.
     pub fn compact(&self) {
         self.shared.store.compact();
