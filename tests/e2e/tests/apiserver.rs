@@ -534,3 +534,210 @@ async fn bad_requests_get_the_real_servers_codes() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn anonymous_requests_are_refused_and_reviews_answer_for_the_authenticator()
+-> anyhow::Result<()> {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenReview};
+    use k8s_openapi::api::authorization::v1::SubjectAccessReview;
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let cluster = Cluster::new("reviews").await?;
+    // Anonymous: public endpoints only.
+    let file = kube::config::Kubeconfig::read_from(cluster.admin_kubeconfig())?;
+    let mut config = kube::Config::from_custom_kubeconfig(file, &Default::default()).await?;
+    config.auth_info = Default::default();
+    let anonymous = kube::Client::try_from(config)?;
+    let pods: Api<Pod> = Api::namespaced(anonymous.clone(), &cluster.namespace);
+    let (code, _) = api_code(pods.list(&ListParams::default()).await);
+    assert!(code == 401 || code == 403, "anonymous list got {code}");
+    assert!(
+        anonymous.apiserver_version().await.is_ok(),
+        "/version is public"
+    );
+
+    // TokenReview: a service account token authenticates as the account; garbage does not.
+    let sas: Api<ServiceAccount> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    let sa = cluster
+        .eventually("the default service account", async || {
+            Ok(sas.get_opt("default").await?)
+        })
+        .await?;
+    let request: TokenRequest =
+        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 600}}))?;
+    let issued: TokenRequest = sas
+        .create_subresource(
+            "token",
+            sa.metadata.name.as_deref().unwrap_or_default(),
+            &PostParams::default(),
+            &request,
+        )
+        .await?;
+    let token = issued.status.map(|s| s.token).unwrap_or_default();
+    let reviews: Api<TokenReview> = Api::all(cluster.client.clone());
+    let review = |token: &str| -> TokenReview {
+        serde_json::from_value(json!({"spec": {"token": token}})).expect("valid")
+    };
+    let answer = reviews
+        .create(&PostParams::default(), &review(&token))
+        .await?
+        .status
+        .unwrap_or_default();
+    assert_eq!(answer.authenticated, Some(true));
+    assert_eq!(
+        answer.user.and_then(|u| u.username),
+        Some(format!(
+            "system:serviceaccount:{}:default",
+            cluster.namespace
+        ))
+    );
+    let answer = reviews
+        .create(&PostParams::default(), &review("not-a-token"))
+        .await?
+        .status
+        .unwrap_or_default();
+    assert_ne!(answer.authenticated, Some(true));
+
+    // SubjectAccessReview answers as the Node authorizer would.
+    let sars: Api<SubjectAccessReview> = Api::all(cluster.client.clone());
+    let ask = |lease: &str| -> SubjectAccessReview {
+        serde_json::from_value(json!({"spec": {"user": "system:node:n1", "groups": ["system:nodes", "system:authenticated"],
+            "resourceAttributes": {"verb": "update", "group": "coordination.k8s.io", "resource": "leases", "namespace": "kube-node-lease", "name": lease}}}))
+        .expect("valid")
+    };
+    assert_eq!(
+        sars.create(&PostParams::default(), &ask("n1"))
+            .await?
+            .status
+            .map(|s| s.allowed),
+        Some(true)
+    );
+    assert_eq!(
+        sars.create(&PostParams::default(), &ask("n2"))
+            .await?
+            .status
+            .map(|s| s.allowed),
+        Some(false)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn events_are_served_by_both_event_apis() -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Event;
+    let cluster = Cluster::new("events").await?;
+    let core: Api<Event> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    let event: Event = serde_json::from_value(json!({
+        "metadata": {"name": "e1"}, "reason": "Pulled", "message": "pulled it", "type": "Normal",
+        "involvedObject": {"kind": "Pod", "name": "p", "namespace": cluster.namespace},
+        "source": {"component": "kubelet", "host": "n1"}, "count": 1,
+        "firstTimestamp": "2026-01-01T00:00:00Z", "lastTimestamp": "2026-01-01T00:00:00Z",
+    }))?;
+    core.create(&PostParams::default(), &event).await?;
+    let new: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    let seen = new.get("e1").await?;
+    assert_eq!(seen.note.as_deref(), Some("pulled it"));
+    assert_eq!(seen.regarding.and_then(|r| r.name).as_deref(), Some("p"));
+    assert_eq!(seen.reason.as_deref(), Some("Pulled"));
+    let described = cluster.kubectl(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=p",
+        "-o",
+        "jsonpath={.items[*].reason}",
+    ])?;
+    assert_eq!(described, "Pulled");
+    Ok(())
+}
+
+#[tokio::test]
+async fn serving_certificates_wait_for_approval_and_malformed_csrs_are_refused()
+-> anyhow::Result<()> {
+    use base64::Engine;
+    use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+    let cluster = Cluster::new("servingcsr").await?;
+    let csrs: Api<CertificateSigningRequest> = Api::all(cluster.client.clone());
+    let malformed: CertificateSigningRequest = serde_json::from_value(
+        json!({"metadata": {"name": format!("bad-{}", cluster.id)}, "spec": {
+        "request": base64::engine::general_purpose::STANDARD.encode("not a certificate request"),
+        "signerName": "kubernetes.io/kubelet-serving", "usages": ["server auth"]}}),
+    )?;
+    assert_eq!(
+        api_code(csrs.create(&PostParams::default(), &malformed).await),
+        (422, "Invalid".into())
+    );
+
+    let node = format!("serving-{}", cluster.id);
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), node.clone()])?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("system:node:{node}"));
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "system:nodes");
+    let pem = params.serialize_request(&key)?.pem()?;
+    let name = format!("serving-{}", cluster.id);
+    let csr: CertificateSigningRequest = serde_json::from_value(
+        json!({"metadata": {"name": name}, "spec": {
+        "request": base64::engine::general_purpose::STANDARD.encode(pem),
+        "signerName": "kubernetes.io/kubelet-serving", "usages": ["digital signature", "server auth"]}}),
+    )?;
+    let dir = tempfile::tempdir()?;
+    let as_node = e2e::client_for(&node_credentials(&cluster, &node, dir.path()).await?).await?;
+    let created = Api::<CertificateSigningRequest>::all(as_node)
+        .create(&PostParams::default(), &csr)
+        .await?;
+    assert!(
+        created.status.and_then(|s| s.certificate).is_none(),
+        "not signed before approval"
+    );
+    let mut approval = csrs.get_approval(&name).await?;
+    approval
+        .status
+        .get_or_insert_with(Default::default)
+        .conditions = Some(serde_json::from_value(
+        json!([{"type": "Approved", "status": "True", "reason": "E2E", "message": "ok"}]),
+    )?);
+    csrs.patch_approval(&name, &PatchParams::default(), &Patch::Merge(&approval))
+        .await?;
+    let signed = e2e::wait_for(
+        csrs.clone(),
+        &name,
+        |c: Option<&CertificateSigningRequest>| {
+            c.and_then(|c| c.status.as_ref())
+                .and_then(|s| s.certificate.as_ref())
+                .is_some()
+        },
+    )
+    .await?;
+    assert!(signed.is_some());
+    csrs.delete(&name, &DeleteParams::default()).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn watches_send_bookmarks_when_asked() -> anyhow::Result<()> {
+    let cluster = Cluster::new("bookmarks").await?;
+    let cms: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    let list = cms.list(&ListParams::default()).await?;
+    let from = list.metadata.resource_version.unwrap_or_default();
+    let mut stream = cms
+        .watch(&WatchParams::default().timeout(290), &from)
+        .await?
+        .boxed();
+    // Bookmarks are on by default in kube-rs; a real API server sends one about once a minute.
+    let bookmark = tokio::time::timeout(std::time::Duration::from_secs(130), async {
+        while let Some(event) = stream.try_next().await? {
+            if let WatchEvent::Bookmark(b) = event {
+                return Ok::<_, kube::Error>(Some(b));
+            }
+        }
+        Ok(None)
+    })
+    .await??;
+    let bookmark = bookmark.expect("a bookmark before the watch ended");
+    assert!(!bookmark.metadata.resource_version.is_empty());
+    Ok(())
+}
