@@ -9,4 +9,4 @@ cargo build --quiet --manifest-path examples/Cargo.toml --target wasm32-wasip1 -
 cargo build --quiet -p krustlet-wasi
 exec ./target/debug/krustlet-wasi --standalone \
   --pod-manifest-path examples/hello-wasm/standalone.yaml \
-  --data-dir target/standalone-data --port 0 --node-name standalone "$@"
+  --data-dir target/standalone-data --node-name standalone "$@"

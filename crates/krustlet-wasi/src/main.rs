@@ -64,10 +64,15 @@ struct Args {
     /// Private key (PEM) of --cert-file.
     #[arg(long, env = "KRUSTLET_PRIVATE_KEY_FILE", requires = "cert_file")]
     private_key_file: Option<PathBuf>,
-    /// CA (PEM) whose client certificates the kubelet API requires (the API server's kubelet
-    /// client CA); unset, the API takes any client.
+    /// CA (PEM) whose client certificates authenticate kubelet API clients (the CA of the API
+    /// server's kubelet client certificate); bearer tokens are checked with a TokenReview.
     #[arg(long, env = "KRUSTLET_CLIENT_CA_FILE")]
     client_ca_file: Option<PathBuf>,
+    /// Let requests to the kubelet API without credentials through as system:anonymous; they are
+    /// still authorized (SubjectAccessReview), so by default only /healthz answers them.
+    /// Without it they get 401.
+    #[arg(long, env = "KRUSTLET_ANONYMOUS_AUTH")]
+    anonymous_auth: bool,
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -102,6 +107,7 @@ impl Args {
             insecure_registries: self.insecure_registries.clone(),
             tls: self.cert_file.clone().zip(self.private_key_file.clone()),
             client_ca_file: self.client_ca_file.clone(),
+            anonymous_auth: self.anonymous_auth,
         })
     }
 }

@@ -118,16 +118,23 @@ impl<R: Runtime> Parts<R> {
         })
     }
 
-    /// Starts the kubelet API; returns its task.
+    /// Starts the kubelet API, checking requests through `client`; returns its task.
     pub fn serve(
         &self,
+        client: kube::Client,
         shutdown: CancellationToken,
     ) -> Result<tokio::task::JoinHandle<Result<(), ServerError>>, AgentError> {
         let tls = self.tls()?;
         let addr = SocketAddr::new(self.config.addr, self.config.port);
+        let auth = Arc::new(server::auth::Auth::new(
+            client,
+            self.config.node_name.clone(),
+            self.config.anonymous_auth,
+        ));
         Ok(tokio::spawn(server::serve(
             addr,
             tls,
+            auth,
             self.registry.clone(),
             self.logs.clone(),
             shutdown,
@@ -144,7 +151,7 @@ pub async fn run_node<R: Runtime>(
 ) -> Result<(), AgentError> {
     let parts = Parts::new(config, runtime, false)?;
     let registered = node::register(&client, &parts.config, &parts.identity).await?;
-    let mut server = parts.serve(shutdown.clone())?;
+    let mut server = parts.serve(client.clone(), shutdown.clone())?;
     let host = Arc::new(ApiHost::new(client.clone(), parts.config.node_name.clone()));
     let supervisors = Supervisors::new(parts.context(host));
     let heartbeat = tokio::spawn(node::heartbeat(

@@ -28,6 +28,9 @@ pub struct Config {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// CA that signs client certificates the kubelet API accepts.
     pub client_ca_file: Option<PathBuf>,
+    /// Whether the kubelet API lets requests without credentials through as `system:anonymous`
+    /// (they are still authorized, so only `/healthz` answers them).
+    pub anonymous_auth: bool,
 }
 
 impl Config {

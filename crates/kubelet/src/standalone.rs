@@ -244,8 +244,6 @@ pub async fn run<R: Runtime>(
     shutdown: CancellationToken,
 ) -> Result<Outcome, AgentError> {
     let parts = Parts::new(config, runtime, true)?;
-    let server_stop = shutdown.child_token();
-    let server = parts.serve(server_stop.clone())?;
     let (phases, mut watch_phases) = watch::channel(HashMap::new());
     let host = Arc::new(LocalHost {
         phases,
@@ -287,8 +285,6 @@ pub async fn run<R: Runtime>(
     }
     supervisors.join_all().await;
     while followers.join_next().await.is_some() {}
-    server_stop.cancel();
-    let _ = server.await;
     let mut failed: Vec<String> = names
         .iter()
         .filter(|(uid, _)| phases.get(*uid).is_some_and(|p| p == "Failed"))

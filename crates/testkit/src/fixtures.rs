@@ -67,6 +67,8 @@ pub fn wasm_module(name: &str) -> anyhow::Result<PathBuf> {
 }
 
 fn client() -> Client {
+    // The workspace uses ring; oci-client is built without a provider of its own.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     Client::new(ClientConfig {
         protocol: ClientProtocol::Http,
         ..Default::default()
@@ -82,13 +84,33 @@ pub async fn push(
     config: Vec<u8>,
     config_type: &str,
 ) -> anyhow::Result<String> {
+    push_as(
+        reference,
+        layer,
+        layer_type,
+        config,
+        config_type,
+        &RegistryAuth::Anonymous,
+    )
+    .await
+}
+
+/// [`push`] with registry credentials.
+pub async fn push_as(
+    reference: &str,
+    layer: Vec<u8>,
+    layer_type: &str,
+    config: Vec<u8>,
+    config_type: &str,
+    auth: &RegistryAuth,
+) -> anyhow::Result<String> {
     let reference: Reference = reference
         .parse()
         .with_context(|| format!("parsing {reference}"))?;
     let layers = [ImageLayer::new(layer, layer_type.to_string(), None)];
     let config = Config::new(config, config_type.to_string(), None);
     let response = client()
-        .push(&reference, &layers, config, &RegistryAuth::Anonymous, None)
+        .push(&reference, &layers, config, auth, None)
         .await
         .context("pushing to the registry")?;
     Ok(response.manifest_url)

@@ -19,6 +19,16 @@ pub struct Registry {
 impl Registry {
     /// Starts a registry without authentication.
     pub fn start() -> anyhow::Result<Self> {
+        Self::launch(None)
+    }
+
+    /// Starts a registry that requires HTTP basic auth with `user` and `password` (a bcrypt
+    /// htpasswd entry, the only kind Distribution 2.8 accepts).
+    pub fn start_with_auth(user: &str, password: &str) -> anyhow::Result<Self> {
+        Self::launch(Some((user, password)))
+    }
+
+    fn launch(auth: Option<(&str, &str)>) -> anyhow::Result<Self> {
         if !std::path::Path::new(REGISTRY_BIN).exists() {
             bail!(
                 "{REGISTRY_BIN} is missing: install it with `apt-get install docker-registry` (.ci/run does)"
@@ -29,10 +39,21 @@ impl Registry {
             .tempdir()?;
         let port = free_port()?;
         let host = format!("127.0.0.1:{port}");
-        let config = format!(
+        let mut config = format!(
             "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n",
             dir.path().join("data").display()
         );
+        if let Some((user, password)) = auth {
+            let htpasswd = dir.path().join("htpasswd");
+            std::fs::write(
+                &htpasswd,
+                format!("{user}:{}\n", bcrypt::hash(password, 5)?),
+            )?;
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: krustlet-test\n    path: {}\n",
+                htpasswd.display()
+            ));
+        }
         let config_path = dir.path().join("config.yml");
         std::fs::write(&config_path, config)?;
         let child = Command::new(REGISTRY_BIN)

@@ -252,6 +252,56 @@ fn hex_id() -> String {
     )
 }
 
+/// The cluster CA (PEM) from the admin kubeconfig: it signs the API server's kubelet client
+/// certificate, so node agents take it as `--client-ca-file`.
+pub fn cluster_ca() -> anyhow::Result<Vec<u8>> {
+    use base64::Engine;
+    let admin = kube::config::Kubeconfig::read_from(&shared().admin)?;
+    let cluster = admin
+        .clusters
+        .first()
+        .and_then(|c| c.cluster.clone())
+        .context("the admin kubeconfig names no cluster")?;
+    match (
+        cluster.certificate_authority_data,
+        cluster.certificate_authority,
+    ) {
+        (Some(data), _) => Ok(base64::engine::general_purpose::STANDARD.decode(data)?),
+        (None, Some(path)) => Ok(std::fs::read(path)?),
+        (None, None) => bail!("the admin kubeconfig has no certificate authority"),
+    }
+}
+
+/// Calls the node agent's kubelet API directly with `auth` (the kubelet's serving certificate is
+/// self-signed, so it is not verified, as the API server does not); returns the status code and
+/// body.
+pub async fn kubelet_get(
+    agent: &NodeAgent,
+    auth: kube::config::AuthInfo,
+    path: &str,
+) -> anyhow::Result<(u16, String)> {
+    let mut config = kube::Config::new(format!("https://{}:{}", node_ip(), agent.port).parse()?);
+    config.accept_invalid_certs = true;
+    config.auth_info = auth;
+    let client = kube::Client::try_from(config)?;
+    let request = http::Request::get(path).body(Vec::new())?;
+    match client.request_text(request).await {
+        Ok(body) => Ok((200, body)),
+        Err(kube::Error::Api(e)) => Ok((e.code, e.message)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The admin's credentials from the admin kubeconfig.
+pub fn admin_auth() -> anyhow::Result<kube::config::AuthInfo> {
+    let admin = kube::config::Kubeconfig::read_from(&shared().admin)?;
+    admin
+        .auth_infos
+        .first()
+        .and_then(|a| a.auth_info.clone())
+        .context("the admin kubeconfig has no user")
+}
+
 /// Waits (up to [`DEADLINE`]) until the named object satisfies `condition`, watching it with a
 /// watcher that relists after errors such as 410 Gone, as any client of a real cluster must.
 pub async fn wait_for<K>(
@@ -387,6 +437,7 @@ pub struct NodeAgent {
     /// The agent's data dir.
     pub data_dir: tempfile::TempDir,
     credentials: Credentials,
+    extra: Vec<String>,
     client: kube::Client,
     admin: PathBuf,
     log: PathBuf,
@@ -397,8 +448,13 @@ impl NodeAgent {
     /// [`node_credentials`]), and waits until its Node is Ready.
     pub async fn start(cluster: &Cluster, name: &str) -> anyhow::Result<Self> {
         let data_dir = tempfile::Builder::new().prefix("krustlet-node").tempdir()?;
-        let credentials =
-            Credentials::Kubeconfig(node_credentials(cluster, name, data_dir.path()).await?);
+        // On a real cluster, KRUSTLET_E2E_BOOTSTRAP_KUBECONFIG is what agents join with.
+        let credentials = match std::env::var_os("KRUSTLET_E2E_BOOTSTRAP_KUBECONFIG") {
+            Some(bootstrap) => Credentials::Bootstrap(PathBuf::from(bootstrap)),
+            None => {
+                Credentials::Kubeconfig(node_credentials(cluster, name, data_dir.path()).await?)
+            }
+        };
         Self::start_with(cluster, name, data_dir, credentials).await
     }
 
@@ -409,17 +465,28 @@ impl NodeAgent {
         data_dir: tempfile::TempDir,
         credentials: Credentials,
     ) -> anyhow::Result<Self> {
+        Self::start_with_args(cluster, name, data_dir, credentials, &[]).await
+    }
+
+    /// Starts `krustlet-wasi` with extra flags.
+    pub async fn start_with_args(
+        cluster: &Cluster,
+        name: &str,
+        data_dir: tempfile::TempDir,
+        credentials: Credentials,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
+        let extra: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
         let port = testkit::registry::free_port()?;
         let log = data_dir.path().join("agent.log");
-        if let Some(standin) = &shared().standin {
-            std::fs::write(data_dir.path().join("client-ca.pem"), standin.ca_pem())?;
-        }
+        std::fs::write(data_dir.path().join("client-ca.pem"), cluster_ca()?)?;
         let mut agent = Self {
-            child: Self::spawn(name, port, data_dir.path(), &credentials, &log)?,
+            child: Self::spawn(name, port, data_dir.path(), &credentials, &extra, &log)?,
             name: name.to_string(),
             port,
             data_dir,
             credentials,
+            extra,
             client: cluster.client.clone(),
             admin: shared().admin.clone(),
             log,
@@ -433,6 +500,7 @@ impl NodeAgent {
         port: u16,
         data_dir: &Path,
         credentials: &Credentials,
+        extra: &[String],
         log: &Path,
     ) -> anyhow::Result<Child> {
         let mut command = Command::new(agent_binary()?);
@@ -470,7 +538,10 @@ impl NodeAgent {
         if ca.exists() {
             command.arg("--client-ca-file").arg(ca);
         }
-        command.spawn().context("starting krustlet-wasi")
+        command
+            .args(extra)
+            .spawn()
+            .context("starting krustlet-wasi")
     }
 
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
@@ -503,6 +574,7 @@ impl NodeAgent {
             self.port,
             self.data_dir.path(),
             &self.credentials,
+            &self.extra,
             &self.log,
         )?;
         self.wait_ready().await

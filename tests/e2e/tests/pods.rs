@@ -322,3 +322,40 @@ async fn a_pod_bound_without_the_toleration_is_rejected_by_the_node() -> anyhow:
     );
     node_still_ready(&cluster, &agent).await
 }
+
+#[tokio::test]
+async fn cncf_wasm_artifacts_run_as_well_as_wasm_to_oci_ones() -> anyhow::Result<()> {
+    use testkit::fixtures::{WASM_CONFIG_CNCF, WASM_LAYER_CNCF, push, wasm_module};
+    let cluster = Cluster::new("cncf").await?;
+    let agent = cluster.start_node().await?;
+    let image = format!("{}/{}/cncf-probe:v1", cluster.registry(), cluster.id);
+    let module = std::fs::read(wasm_module("wasi-probe")?)?;
+    push(
+        &image,
+        module,
+        WASM_LAYER_CNCF,
+        b"{}".to_vec(),
+        WASM_CONFIG_CNCF,
+    )
+    .await?;
+    let pods = cluster.pods();
+    pods.create(
+        &PostParams::default(),
+        &wasm_pod(
+            "cncf",
+            &image,
+            &agent.name,
+            &["print", "from a CNCF artifact"],
+            "Never",
+        ),
+    )
+    .await?;
+    cluster
+        .wait_pod("cncf", "Succeeded", has_phase("Succeeded"))
+        .await?;
+    assert_eq!(
+        cluster.kubectl(&["logs", "cncf"])?,
+        "from a CNCF artifact\n"
+    );
+    Ok(())
+}

@@ -8,7 +8,7 @@ fn run_standalone(manifest: &str, dir: &std::path::Path) -> anyhow::Result<std::
     let path = dir.join("pods.yaml");
     std::fs::write(&path, manifest)?;
     let mut child = Command::new(e2e::agent_binary()?)
-        .args(["--standalone", "--port", "0", "--node-name", "standalone"])
+        .args(["--standalone", "--node-name", "standalone"])
         .arg("--pod-manifest-path")
         .arg(&path)
         .arg("--data-dir")

@@ -1,20 +1,27 @@
 //! The kubelet API on HTTPS: `/healthz`, `/pods` and `/containerLogs/{ns}/{pod}/{container}`
 //! (with follow, tailLines, timestamps, sinceSeconds, sinceTime, limitBytes and previous), which
-//! the API server proxies `kubectl logs` to.
+//! the API server proxies `kubectl logs` to. Every request is authenticated and authorized
+//! ([`auth`]) as on the kubelet.
+
+pub mod auth;
 
 use crate::logs::{self, LogFiles, LogOptions};
 use crate::pods::registry::PodRegistry;
+use auth::{Attributes, Auth, Refusal, User};
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 
 /// Errors starting the kubelet API.
 #[derive(Debug, thiserror::Error)]
@@ -22,9 +29,9 @@ pub enum ServerError {
     /// The TLS material is unusable.
     #[error("kubelet API TLS setup: {0}")]
     Tls(String),
-    /// Serving failed (for example the port is taken).
+    /// Listening failed (for example the port is taken).
     #[error("kubelet API on {addr}: {source}; pick another with --port or --addr")]
-    Serve {
+    Listen {
         /// The listen address.
         addr: SocketAddr,
         /// The cause.
@@ -38,7 +45,7 @@ pub struct Tls {
     pub cert_pem: String,
     /// Its private key (PEM).
     pub key_pem: String,
-    /// CA whose client certificates are required, when set.
+    /// CA whose client certificates authenticate their holders (`--client-ca-file`).
     pub client_ca_pem: Option<String>,
 }
 
@@ -48,15 +55,23 @@ struct Shared {
     logs: Arc<LogFiles>,
 }
 
+/// The user named by the connection's verified client certificate.
+#[derive(Clone)]
+struct PeerCertificate(Option<User>);
+
 /// Serves the kubelet API on `addr` until `shutdown`.
 pub async fn serve(
     addr: SocketAddr,
     tls: Tls,
+    auth: Arc<Auth>,
     registry: Arc<PodRegistry>,
     logs: Arc<LogFiles>,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
-    let config = rustls_config(&tls)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(rustls_config(&tls)?));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Listen { addr, source })?;
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/pods", get(pods))
@@ -64,21 +79,83 @@ pub async fn serve(
             "/containerLogs/{namespace}/{pod}/{container}",
             get(container_logs),
         )
-        .with_state(Shared { registry, logs });
-    let handle = axum_server::Handle::new();
-    let stopper = handle.clone();
-    tokio::spawn(async move {
-        shutdown.cancelled().await;
-        stopper.graceful_shutdown(Some(std::time::Duration::from_secs(1)));
-    });
-    axum_server::bind_rustls(
-        addr,
-        axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(config)),
-    )
-    .handle(handle)
-    .serve(app.into_make_service())
-    .await
-    .map_err(|source| ServerError::Serve { addr, source })
+        .with_state(Shared { registry, logs })
+        .layer(middleware::from_fn_with_state(
+            auth,
+            authenticate_and_authorize,
+        ));
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let (tcp, _) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a kubelet API connection failed");
+                    continue;
+                }
+            },
+        };
+        let (acceptor, app) = (acceptor.clone(), app.clone());
+        connections.spawn(async move {
+            let Ok(stream) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let peer = PeerCertificate(
+                stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|c| auth::user_of_certificate(c)),
+            );
+            let service = hyper::service::service_fn(
+                move |mut request: hyper::Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(peer.clone());
+                    app.clone().oneshot(request.map(Body::new))
+                },
+            );
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+        while connections.try_join_next().is_some() {}
+    }
+    connections.abort_all();
+    Ok(())
+}
+
+async fn authenticate_and_authorize(
+    State(auth): State<Arc<Auth>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let certificate = request
+        .extensions()
+        .get::<PeerCertificate>()
+        .and_then(|p| p.0.clone());
+    let bearer = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string);
+    let refused = |refusal: Refusal| match refusal {
+        Refusal::Unauthorized => text(StatusCode::UNAUTHORIZED, "Unauthorized".into()),
+        Refusal::Forbidden(message) => text(StatusCode::FORBIDDEN, message),
+        Refusal::Error(message) => text(StatusCode::INTERNAL_SERVER_ERROR, message),
+    };
+    let user = match auth.authenticate(certificate, bearer.as_deref()).await {
+        Ok(user) => user,
+        Err(refusal) => return refused(refusal),
+    };
+    if request.uri().path() != "/healthz" {
+        let attrs = Attributes::of(request.method(), request.uri().path());
+        if let Err(refusal) = auth.authorize(&user, &attrs).await {
+            return refused(refusal);
+        }
+    }
+    next.run(request).await
 }
 
 fn rustls_config(tls: &Tls) -> Result<rustls::ServerConfig, ServerError> {
@@ -96,7 +173,9 @@ fn rustls_config(tls: &Tls) -> Result<rustls::ServerConfig, ServerError> {
             for cert in rustls_pemfile::certs(&mut ca.as_bytes()) {
                 roots.add(cert.map_err(|e| err(&e))?).map_err(|e| err(&e))?;
             }
+            // Certificates are optional: a client may authenticate with a bearer token instead.
             let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+                .allow_unauthenticated()
                 .build()
                 .map_err(|e| err(&e))?;
             builder
