@@ -54,6 +54,15 @@ impl<R: Runtime> Parts<R> {
             "creating data dir {}",
             config.data_dir.display()
         )))?;
+        // Keys, tokens and pod files live here: the node agent's alone.
+        std::fs::set_permissions(
+            &config.data_dir,
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .map_err(io(format!(
+            "restricting data dir {}",
+            config.data_dir.display()
+        )))?;
         let identity = Identity {
             arch: runtime.arch().to_string(),
             runtime_version: runtime.version(),

@@ -52,6 +52,14 @@ async fn only_authorized_clients_reach_the_kubelet_api() -> anyhow::Result<()> {
         )) && body.contains("subresource(s)=[proxy]"),
         "{body}"
     );
+    // kubectl exec has nothing to enter in a wasm guest: a clear refusal.
+    let (code, body) =
+        kubelet_get(&agent, admin_auth()?, "/exec/ns/pod/container?command=sh").await?;
+    assert_eq!(code, 501, "{body}");
+    assert!(
+        body.contains("not supported for WebAssembly pods"),
+        "{body}"
+    );
     // A bad token is 401.
     let bad = AuthInfo {
         token: Some("not-a-token".to_string().into()),

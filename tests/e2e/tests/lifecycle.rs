@@ -245,3 +245,38 @@ async fn an_agent_restart_keeps_finished_pods_and_restarts_lost_containers() -> 
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn active_deadline_seconds_ends_the_pod_as_deadline_exceeded() -> anyhow::Result<()> {
+    let cluster = Cluster::new("deadline").await?;
+    let agent = cluster.start_node().await?;
+    let image = cluster.push_guest("wasi-probe").await?;
+    let mut pod = wasm_pod("bounded", &image, &agent.name, &["forever"], "Always");
+    pod.spec.as_mut().expect("spec").active_deadline_seconds = Some(2);
+    cluster.pods().create(&PostParams::default(), &pod).await?;
+    let ended = cluster
+        .wait_pod("bounded", "Failed", has_phase("Failed"))
+        .await?;
+    let status = ended.status.clone().unwrap_or_default();
+    assert_eq!(status.reason.as_deref(), Some("DeadlineExceeded"));
+    assert_eq!(
+        status.message.as_deref(),
+        Some("Pod was active on the node longer than the specified deadline")
+    );
+    assert!(
+        container_state(&ended).and_then(|s| s.terminated).is_some(),
+        "the container was stopped"
+    );
+    let events = cluster
+        .eventually("DeadlineExceeded and Killing events", async || {
+            let events = cluster.pod_events("bounded").await?;
+            let both = events.iter().any(|e| e.starts_with("DeadlineExceeded"))
+                && events
+                    .iter()
+                    .any(|e| e.starts_with("Killing: Stopping container main"));
+            Ok(both.then_some(events))
+        })
+        .await?;
+    assert!(!events.is_empty());
+    Ok(())
+}

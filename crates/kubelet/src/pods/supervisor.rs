@@ -69,6 +69,8 @@ pub struct Supervisor<R: Runtime, H: PodHost> {
     finished: bool,
     volumes: Option<HashMap<String, PathBuf>>,
     mount_backoff: Backoff,
+    /// A pod-level failure (reason, message), such as DeadlineExceeded.
+    failure: Option<(String, String)>,
 }
 
 fn slot(spec: &Container, reason: &str) -> Slot {
@@ -127,6 +129,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             finished: false,
             volumes: None,
             mount_backoff: Backoff::default(),
+            failure: None,
         }
     }
 
@@ -195,7 +198,15 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
                 .chain(&self.app)
                 .filter_map(|s| s.due)
                 .min();
-            let wake = [next_due, self.publish_retry].into_iter().flatten().min();
+            let deadline = self.active_deadline().filter(|_| !self.finished);
+            let wake = [next_due, self.publish_retry, deadline]
+                .into_iter()
+                .flatten()
+                .min();
+            if deadline.is_some_and(|d| d <= Instant::now()) {
+                self.exceed_deadline().await;
+                continue;
+            }
             tokio::select! {
                 changed = self.updates.changed() => {
                     let latest = if changed.is_ok() { self.updates.borrow_and_update().clone() } else { None };
@@ -275,6 +286,11 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
     fn adopt(&mut self, recorded: &PodStatus) {
         if let Some(start) = &recorded.start_time {
             self.start_time = start.clone();
+        }
+        if recorded.phase.as_deref() == Some("Failed")
+            && let Some(reason) = &recorded.reason
+        {
+            self.failure = Some((reason.clone(), recorded.message.clone().unwrap_or_default()));
         }
         let policy = self.restart_policy();
         for (slots, statuses, init) in [
@@ -759,11 +775,29 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         self.finished = init_failed_for_good || all_done;
     }
 
+    /// When `spec.activeDeadlineSeconds` (counted from the pod's start time) runs out.
+    fn active_deadline(&self) -> Option<Instant> {
+        let seconds = self.pod.spec.as_ref()?.active_deadline_seconds?;
+        let ends = self.start_time.0 + jiff::SignedDuration::from_secs(seconds);
+        let left = jiff::Timestamp::now().duration_until(ends);
+        Some(Instant::now() + Duration::try_from(left).unwrap_or(Duration::ZERO))
+    }
+
+    /// Ends the pod as the kubelet does when its active deadline passes.
+    async fn exceed_deadline(&mut self) {
+        self.stop_all(true).await;
+        let message = "Pod was active on the node longer than the specified deadline".to_string();
+        self.event(PodEvent::warning("", "DeadlineExceeded", message.clone()))
+            .await;
+        self.failure = Some(("DeadlineExceeded".into(), message));
+        self.publish().await;
+    }
+
     fn current_status(&self) -> PodStatus {
         let init: Vec<ContainerStatus> = self.init.iter().map(|s| s.status.clone()).collect();
         let app: Vec<ContainerStatus> = self.app.iter().map(|s| s.status.clone()).collect();
         let policy = self.restart_policy();
-        status::pod_status(&Snapshot {
+        let mut status = status::pod_status(&Snapshot {
             init: &init,
             containers: &app,
             restart_policy: &policy,
@@ -771,7 +805,13 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             node_ip: &self.ctx.node_ip,
             start_time: &self.start_time,
             previous: self.published.as_ref(),
-        })
+        });
+        if let Some((reason, message)) = &self.failure {
+            status.phase = Some("Failed".into());
+            status.reason = Some(reason.clone());
+            status.message = Some(message.clone());
+        }
+        status
     }
 
     async fn publish(&mut self) {

@@ -14,7 +14,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{any, get};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -79,6 +79,10 @@ pub async fn serve(
             "/containerLogs/{namespace}/{pod}/{container}",
             get(container_logs),
         )
+        .route("/exec/{*rest}", any(not_supported))
+        .route("/attach/{*rest}", any(not_supported))
+        .route("/portForward/{*rest}", any(not_supported))
+        .route("/run/{*rest}", any(not_supported))
         .with_state(Shared { registry, logs })
         .layer(middleware::from_fn_with_state(
             auth,
@@ -194,6 +198,15 @@ pub fn self_signed(names: Vec<String>) -> Result<(String, String), ServerError> 
     let cert =
         rcgen::generate_simple_self_signed(names).map_err(|e| ServerError::Tls(e.to_string()))?;
     Ok((cert.cert.pem(), cert.signing_key.serialize_pem()))
+}
+
+/// `kubectl exec/attach/port-forward` have nothing to reach in a WebAssembly guest: a clear
+/// refusal instead of a hang.
+async fn not_supported() -> Response {
+    text(
+        StatusCode::NOT_IMPLEMENTED,
+        "exec, attach, port-forward and run are not supported for WebAssembly pods: a wasm guest has no shell or process to enter".into(),
+    )
 }
 
 async fn pods(State(shared): State<Shared>) -> Response {
