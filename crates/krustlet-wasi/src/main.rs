@@ -73,6 +73,11 @@ struct Args {
     /// Without it they get 401.
     #[arg(long, env = "KRUSTLET_ANONYMOUS_AUTH")]
     anonymous_auth: bool,
+    /// On SIGTERM/SIGINT, mark the node unschedulable before stopping its pods (the agent undoes
+    /// its own cordon when it starts again). Without it, pods are stopped and reported, and the
+    /// node stays schedulable.
+    #[arg(long, env = "KRUSTLET_DRAIN_ON_SHUTDOWN")]
+    drain_on_shutdown: bool,
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -108,6 +113,7 @@ impl Args {
             tls: self.cert_file.clone().zip(self.private_key_file.clone()),
             client_ca_file: self.client_ca_file.clone(),
             anonymous_auth: self.anonymous_auth,
+            drain_on_shutdown: self.drain_on_shutdown,
         })
     }
 }

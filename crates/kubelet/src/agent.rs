@@ -97,6 +97,7 @@ impl<R: Runtime> Parts<R> {
             node_ip: self.config.node_ip.to_string(),
             pods_dir: self.config.data_dir.join("pods"),
             registry: self.registry.clone(),
+            stopping: CancellationToken::new(),
         })
     }
 
@@ -160,7 +161,10 @@ pub async fn run_node<R: Runtime>(
 ) -> Result<(), AgentError> {
     let parts = Parts::new(config, runtime, false)?;
     let registered = node::register(&client, &parts.config, &parts.identity).await?;
-    let mut server = parts.serve(client.clone(), shutdown.clone())?;
+    // Pods stop first (after the node is cordoned, with --drain-on-shutdown), then the rest.
+    let pods_stop = CancellationToken::new();
+    let rest_stop = CancellationToken::new();
+    let mut server = parts.serve(client.clone(), rest_stop.clone())?;
     let host = Arc::new(ApiHost::new(client.clone(), parts.config.node_name.clone()));
     let supervisors = Supervisors::new(parts.context(host));
     let heartbeat = tokio::spawn(node::heartbeat(
@@ -168,13 +172,13 @@ pub async fn run_node<R: Runtime>(
         parts.config.clone(),
         parts.identity.clone(),
         registered,
-        shutdown.clone(),
+        rest_stop.clone(),
     ));
     let pods = tokio::spawn(pods::watch_pods(
-        client,
+        client.clone(),
         parts.config.node_name.clone(),
         supervisors,
-        shutdown.clone(),
+        pods_stop.clone(),
     ));
     tracing::info!(node = %parts.config.node_name, port = parts.config.port, "node agent running");
     let result = tokio::select! {
@@ -184,8 +188,13 @@ pub async fn run_node<R: Runtime>(
         },
         _ = shutdown.cancelled() => Ok(()),
     };
-    shutdown.cancel();
-    let _ = tokio::join!(heartbeat, pods);
+    if parts.config.drain_on_shutdown {
+        node::cordon(&client, &parts.config.node_name).await;
+    }
+    pods_stop.cancel();
+    let _ = pods.await;
+    rest_stop.cancel();
+    let _ = heartbeat.await;
     if !server.is_finished() {
         let _ = server.await;
     }

@@ -31,6 +31,8 @@ pub struct Config {
     /// Whether the kubelet API lets requests without credentials through as `system:anonymous`
     /// (they are still authorized, so only `/healthz` answers them).
     pub anonymous_auth: bool,
+    /// Mark the node unschedulable before stopping pods at shutdown (undone at the next start).
+    pub drain_on_shutdown: bool,
 }
 
 impl Config {

@@ -556,7 +556,28 @@ impl NodeAgent {
                 self.log()
             );
         }
-        Ok(())
+        // The Node may still be Ready from an earlier run of the agent: wait for this process's
+        // kubelet API, which it serves once it has registered.
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("krustlet-wasi exited with {status:?}:\n{}", self.log());
+            }
+            if matches!(
+                kubelet_get(self, admin_auth()?, "/healthz").await,
+                Ok((200, _))
+            ) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "the kubelet API of {} did not answer within {DEADLINE:?}:\n{}",
+                    self.name,
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Stops the agent with SIGTERM and starts it again with the same name, port and data dir,
@@ -569,6 +590,19 @@ impl NodeAgent {
                 self.log()
             );
         }
+        self.start_again().await
+    }
+
+    /// Kills the agent with SIGKILL (a crash) and starts it again with the same name, port and
+    /// data dir.
+    pub async fn crash_and_restart(&mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        self.start_again().await
+    }
+
+    /// Starts the (stopped) agent again with the same name, port and data dir.
+    pub async fn start_again(&mut self) -> anyhow::Result<()> {
         self.child = Self::spawn(
             &self.name,
             self.port,

@@ -179,7 +179,7 @@ async fn init_containers_run_in_order_before_the_app_and_a_failed_one_stops_the_
 }
 
 #[tokio::test]
-async fn an_agent_restart_keeps_finished_pods_and_restarts_lost_containers() -> anyhow::Result<()> {
+async fn an_agent_crash_keeps_finished_pods_and_restarts_lost_containers() -> anyhow::Result<()> {
     let cluster = Cluster::new("restart").await?;
     let mut agent = cluster.start_node().await?;
     let image = cluster.push_guest("wasi-probe").await?;
@@ -200,7 +200,7 @@ async fn an_agent_restart_keeps_finished_pods_and_restarts_lost_containers() -> 
     cluster
         .wait_pod("server", "Running", has_phase("Running"))
         .await?;
-    agent.restart().await?;
+    agent.crash_and_restart().await?;
     let server = cluster
         .wait_pod(
             "server",
@@ -278,5 +278,93 @@ async fn active_deadline_seconds_ends_the_pod_as_deadline_exceeded() -> anyhow::
         })
         .await?;
     assert!(!events.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn sigterm_stops_and_reports_pods_and_drain_cordons_the_node() -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Node;
+    use kube::api::Api;
+    let cluster = Cluster::new("drain").await?;
+    let data_dir = tempfile::Builder::new().prefix("krustlet-node").tempdir()?;
+    let name = format!("node-{}", cluster.id);
+    let credentials = e2e::Credentials::Kubeconfig(
+        e2e::node_credentials(&cluster, &name, data_dir.path()).await?,
+    );
+    let mut agent = e2e::NodeAgent::start_with_args(
+        &cluster,
+        &name,
+        data_dir,
+        credentials,
+        &["--drain-on-shutdown"],
+    )
+    .await?;
+    let image = cluster.push_guest("wasi-probe").await?;
+    let pods = cluster.pods();
+    pods.create(
+        &PostParams::default(),
+        &wasm_pod("steady", &image, &agent.name, &["forever"], "Always"),
+    )
+    .await?;
+    pods.create(
+        &PostParams::default(),
+        &wasm_pod("oneshot", &image, &agent.name, &["forever"], "Never"),
+    )
+    .await?;
+    cluster
+        .wait_pod("steady", "Running", has_phase("Running"))
+        .await?;
+    cluster
+        .wait_pod("oneshot", "Running", has_phase("Running"))
+        .await?;
+    assert!(agent.terminate()?.success(), "{}", agent.log());
+    // Stopped and reported: no container is left reported as running.
+    let steady = pods.get("steady").await?;
+    let stopped = container_state(&steady)
+        .and_then(|s| s.terminated)
+        .expect("reported stopped");
+    assert_eq!(stopped.exit_code, 137);
+    assert_eq!(
+        steady.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Running"),
+        "restartPolicy Always: it runs again when the node is back"
+    );
+    let oneshot = pods.get("oneshot").await?;
+    assert_eq!(
+        oneshot.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Failed"),
+        "restartPolicy Never: stopped for good"
+    );
+    let nodes: Api<Node> = Api::all(cluster.client.clone());
+    assert_eq!(
+        nodes
+            .get(&agent.name)
+            .await?
+            .spec
+            .and_then(|s| s.unschedulable),
+        Some(true),
+        "drained before stopping"
+    );
+    // Back again: the agent's own cordon is undone and the pod restarts.
+    agent.start_again().await?;
+    assert_ne!(
+        nodes
+            .get(&agent.name)
+            .await?
+            .spec
+            .and_then(|s| s.unschedulable),
+        Some(true)
+    );
+    cluster
+        .wait_pod("steady", "running again", |p: Option<&Pod>| {
+            let c = p
+                .and_then(|p| p.status.as_ref())
+                .and_then(|s| s.container_statuses.clone())
+                .unwrap_or_default();
+            c.first().is_some_and(|c| {
+                c.restart_count == 1 && c.state.as_ref().is_some_and(|s| s.running.is_some())
+            })
+        })
+        .await?;
     Ok(())
 }

@@ -211,6 +211,43 @@ fn without_times(status: &NodeStatus) -> NodeStatus {
     s
 }
 
+/// Annotation on a node that this agent cordoned at shutdown, so that it uncordons it at start.
+pub const DRAINED_ANNOTATION: &str = "krustlet.dev/drained-on-shutdown";
+
+/// Marks the node unschedulable (a drain before shutdown), noting that the agent did it.
+pub async fn cordon(client: &kube::Client, node_name: &str) {
+    let patch = serde_json::json!({"metadata": {"annotations": {DRAINED_ANNOTATION: "true"}}, "spec": {"unschedulable": true}});
+    match Api::<Node>::all(client.clone())
+        .patch(node_name, &PatchParams::default(), &Patch::Strategic(patch))
+        .await
+    {
+        Ok(_) => tracing::info!(node = %node_name, "cordoned the node for shutdown"),
+        Err(e) => tracing::warn!(error = %e, "cordoning the node for shutdown failed"),
+    }
+}
+
+/// Undoes a cordon this agent made at its last shutdown (not one an operator made).
+async fn uncordon_if_drained(nodes: &Api<Node>, node: &Node) -> Result<(), kube::Error> {
+    let drained = node
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(DRAINED_ANNOTATION));
+    if !drained {
+        return Ok(());
+    }
+    let patch = serde_json::json!({"metadata": {"annotations": {DRAINED_ANNOTATION: null}}, "spec": {"unschedulable": null}});
+    nodes
+        .patch(
+            node.metadata.name.as_deref().unwrap_or_default(),
+            &PatchParams::default(),
+            &Patch::Strategic(patch),
+        )
+        .await?;
+    tracing::info!("uncordoned the node this agent drained at its last shutdown");
+    Ok(())
+}
+
 /// Registers the node, or takes over the existing Node of that name; returns it.
 pub async fn register(
     client: &kube::Client,
@@ -248,6 +285,9 @@ pub async fn register(
                 .get(&config.node_name)
                 .await
                 .map_err(|e| api_error("reading existing", e))?;
+            uncordon_if_drained(&nodes, &existing)
+                .await
+                .map_err(|e| api_error("uncordoning", e))?;
             let mut node_status = node_status;
             stamp(&mut node_status, existing.status.as_ref());
             let patch = serde_json::json!({"metadata": {"labels": labels(config, identity)}, "status": node_status});

@@ -27,6 +27,9 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+/// How long shutdown waits for pods to be stopped and reported.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What every pod supervisor shares.
 pub struct PodContext<R: Runtime, H: PodHost> {
     /// The wasm runtime.
@@ -45,6 +48,8 @@ pub struct PodContext<R: Runtime, H: PodHost> {
     pub pods_dir: PathBuf,
     /// The pods known to the node.
     pub registry: Arc<PodRegistry>,
+    /// Cancelled when the node agent shuts down: supervisors stop their containers and report.
+    pub stopping: CancellationToken,
 }
 
 /// Pods by uid, each with the channel to its supervisor.
@@ -97,10 +102,20 @@ impl<R: Runtime, H: PodHost> Supervisors<R, H> {
         while self.tasks.join_next().await.is_some() {}
     }
 
-    /// Stops every pod's containers (the pods stay on the API server) and waits for the supervisors.
+    /// Stops every pod's containers and reports them (the pods stay on the API server), waiting
+    /// up to [`SHUTDOWN_GRACE`] for the supervisors.
     pub async fn shutdown(&mut self) {
-        self.tasks.abort_all();
-        self.join_all().await;
+        self.ctx.stopping.cancel();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.join_all())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "some pods did not report within {SHUTDOWN_GRACE:?}; stopping them anyway"
+            );
+            self.tasks.abort_all();
+            self.join_all().await;
+        }
     }
 }
 

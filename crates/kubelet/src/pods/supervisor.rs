@@ -221,12 +221,17 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
                         }
                         None => {
                             self.stop_all(false).await;
+                            self.finished = true;
                             self.cleanup();
                             return;
                         }
                     }
                 }
                 Some((id, run, exit)) = self.exits.recv() => self.on_exit(id, run, exit).await,
+                _ = self.ctx.stopping.cancelled() => {
+                    self.shut_down().await;
+                    return;
+                }
                 _ = sleep_until(wake) => {}
             }
         }
@@ -786,6 +791,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
     /// Ends the pod as the kubelet does when its active deadline passes.
     async fn exceed_deadline(&mut self) {
         self.stop_all(true).await;
+        self.finished = true;
         let message = "Pod was active on the node longer than the specified deadline".to_string();
         self.event(PodEvent::warning("", "DeadlineExceeded", message.clone()))
             .await;
@@ -868,12 +874,23 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
                 .await;
             }
         }
-        self.finished = true;
+    }
+
+    /// The node agent is shutting down: stop the containers and report them stopped. The pod is
+    /// not finished: its restart policy applies when the agent is back.
+    async fn shut_down(&mut self) {
+        self.stop_all(true).await;
+        self.finished = false;
+        let status = self.current_status();
+        if let Err(e) = self.ctx.host.write_status(&self.pod, &status).await {
+            tracing::warn!(error = %e, pod = %self.pod.name_any(), "reporting the pod stopped at shutdown failed");
+        }
     }
 
     /// Stops the containers, writes the final status and removes the pod (delete with grace 0).
     async fn terminate(&mut self) {
         self.stop_all(true).await;
+        self.finished = true;
         let status = self.current_status();
         for _ in 0..5 {
             match self.ctx.host.write_status(&self.pod, &status).await {
