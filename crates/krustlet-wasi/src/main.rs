@@ -58,6 +58,10 @@ struct Args {
     /// Registries to reach over plain HTTP, `host[:port][,...]`.
     #[arg(long, env = "KRUSTLET_INSECURE_REGISTRIES", value_delimiter = ',')]
     insecure_registries: Vec<String>,
+    /// Docker config file(s) with the node's own registry credentials, used after a pod's
+    /// imagePullSecrets (default: ~/.docker/config.json when it exists).
+    #[arg(long, env = "KRUSTLET_IMAGE_CREDENTIALS", value_delimiter = ',')]
+    image_credentials: Vec<PathBuf>,
     /// Serving certificate (PEM) of the kubelet API (default: a self-signed one).
     #[arg(long, env = "KRUSTLET_CERT_FILE", requires = "private_key_file")]
     cert_file: Option<PathBuf>,
@@ -110,6 +114,15 @@ impl Args {
             max_pods: self.max_pods,
             node_labels: self.node_labels.clone(),
             insecure_registries: self.insecure_registries.clone(),
+            image_credentials: if self.image_credentials.is_empty() {
+                std::env::var_os("HOME")
+                    .map(|h| PathBuf::from(h).join(".docker/config.json"))
+                    .filter(|p| p.is_file())
+                    .into_iter()
+                    .collect()
+            } else {
+                self.image_credentials.clone()
+            },
             tls: self.cert_file.clone().zip(self.private_key_file.clone()),
             client_ca_file: self.client_ca_file.clone(),
             anonymous_auth: self.anonymous_auth,

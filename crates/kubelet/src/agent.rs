@@ -2,6 +2,7 @@
 
 use crate::config::Config;
 use crate::images::ImageStore;
+use crate::images::credentials::Keyring;
 use crate::logs::LogFiles;
 use crate::node::{self, Identity};
 use crate::pods::admission::NodeFacts;
@@ -23,6 +24,14 @@ pub enum AgentError {
     /// The kubelet API could not start.
     #[error(transparent)]
     Server(#[from] ServerError),
+    /// A docker config with registry credentials cannot be used.
+    #[error("registry credentials in {path}: {message}")]
+    Credentials {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// Reading configuration files or preparing the data dir failed.
     #[error("{what}: {source}")]
     Io {
@@ -46,6 +55,7 @@ pub(crate) struct Parts<R: Runtime> {
     pub images: Arc<ImageStore>,
     pub logs: Arc<LogFiles>,
     pub registry: Arc<PodRegistry>,
+    pub node_credentials: Keyring,
 }
 
 impl<R: Runtime> Parts<R> {
@@ -72,6 +82,19 @@ impl<R: Runtime> Parts<R> {
             config.insecure_registries.clone(),
             local_files,
         ));
+        let mut node_credentials = Keyring::default();
+        for path in &config.image_credentials {
+            let text = std::fs::read(path).map_err(io(format!(
+                "reading --image-credentials {}",
+                path.display()
+            )))?;
+            node_credentials
+                .add_docker_config(&text)
+                .map_err(|e| AgentError::Credentials {
+                    path: path.clone(),
+                    message: e.0,
+                })?;
+        }
         Ok(Self {
             config,
             identity,
@@ -79,6 +102,7 @@ impl<R: Runtime> Parts<R> {
             images,
             logs: Arc::default(),
             registry: Arc::default(),
+            node_credentials,
         })
     }
 
@@ -98,6 +122,7 @@ impl<R: Runtime> Parts<R> {
             pods_dir: self.config.data_dir.join("pods"),
             registry: self.registry.clone(),
             stopping: CancellationToken::new(),
+            node_credentials: self.node_credentials.clone(),
         })
     }
 

@@ -24,6 +24,8 @@ pub struct Config {
     pub node_labels: Vec<(String, String)>,
     /// Registries reached over plain HTTP.
     pub insecure_registries: Vec<String>,
+    /// Docker config files with the node's own registry credentials.
+    pub image_credentials: Vec<PathBuf>,
     /// Serving certificate and key (PEM); a self-signed pair is made when unset.
     pub tls: Option<(PathBuf, PathBuf)>,
     /// CA that signs client certificates the kubelet API accepts.

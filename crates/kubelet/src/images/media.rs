@@ -92,5 +92,16 @@ pub fn explain_registry_error(image: &str, error: &OciDistributionError) -> Stri
         text = format!("{text}: {cause}");
         source = cause.source();
     }
-    format!("failed to pull image \"{image}\": {text}")
+    let unauthorized = matches!(
+        error,
+        OciDistributionError::AuthenticationFailure(_)
+            | OciDistributionError::UnauthorizedError { .. }
+    ) || text.contains("401")
+        || text.to_lowercase().contains("unauthorized");
+    let hint = if unauthorized {
+        "; the registry wants credentials: reference a kubernetes.io/dockerconfigjson secret for it in the pod's imagePullSecrets, or give the node --image-credentials"
+    } else {
+        ""
+    };
+    format!("failed to pull image \"{image}\": {text}{hint}")
 }

@@ -2,6 +2,7 @@
 //! pull policies, coalesced concurrent pulls, and plain-spoken refusals of images that are not
 //! WebAssembly.
 
+pub mod credentials;
 mod media;
 
 use crate::runtime::ModuleBytes;
@@ -92,7 +93,10 @@ struct RefRecord {
 /// The node's image store.
 pub struct ImageStore {
     root: PathBuf,
-    client: Client,
+    insecure: Vec<String>,
+    /// One registry client per credential: a client keeps the first credentials it was given
+    /// for a registry, and one pod's credentials must never serve another pod's pull.
+    clients: Mutex<HashMap<String, Client>>,
     local_files: bool,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     modules: Mutex<HashMap<String, Arc<[u8]>>>,
@@ -102,13 +106,10 @@ impl ImageStore {
     /// A store under `root`; `insecure` lists registries reached over plain HTTP; `local_files`
     /// allows `file://` images (standalone mode).
     pub fn new(root: PathBuf, insecure: Vec<String>, local_files: bool) -> Self {
-        let config = ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(insecure),
-            ..Default::default()
-        };
         Self {
             root,
-            client: Client::new(config),
+            insecure,
+            clients: Mutex::default(),
             local_files,
             locks: Mutex::default(),
             modules: Mutex::default(),
@@ -120,6 +121,7 @@ impl ImageStore {
         &self,
         image: &str,
         policy: PullPolicy,
+        keyring: &credentials::Keyring,
     ) -> Result<(PulledImage, Source), PullError> {
         if let Some(path) = image.strip_prefix("file://") {
             return self.local_file(image, path).await;
@@ -138,8 +140,31 @@ impl ImageStore {
                 Ok((found, Source::Present))
             }
             (PullPolicy::Never, None) => Err(PullError::NeverPull(image.into())),
-            _ => self.pull(image, &reference).await,
+            _ => {
+                let auth = keyring.auth_for(reference.resolve_registry());
+                self.pull(image, &reference, auth).await
+            }
         }
+    }
+
+    fn client(&self, auth: &RegistryAuth) -> Client {
+        let key = match auth {
+            RegistryAuth::Anonymous => "anonymous".to_string(),
+            RegistryAuth::Basic(user, pass) => {
+                format!("basic:{user}:{}", digest_of(pass.as_bytes()))
+            }
+            RegistryAuth::Bearer(token) => format!("bearer:{}", digest_of(token.as_bytes())),
+        };
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        clients
+            .entry(key)
+            .or_insert_with(|| {
+                Client::new(ClientConfig {
+                    protocol: ClientProtocol::HttpsExcept(self.insecure.clone()),
+                    ..Default::default()
+                })
+            })
+            .clone()
     }
 
     /// Whether the image is in the store (for `file://` images: whether the file exists).
@@ -236,13 +261,13 @@ impl ImageStore {
         &self,
         image: &str,
         reference: &Reference,
+        auth: RegistryAuth,
     ) -> Result<(PulledImage, Source), PullError> {
-        let auth = RegistryAuth::Anonymous;
+        let client = self.client(&auth);
         let registry = |e: oci_client::errors::OciDistributionError| {
             PullError::Registry(media::explain_registry_error(image, &e))
         };
-        let (manifest, digest) = self
-            .client
+        let (manifest, digest) = client
             .pull_manifest(reference, &auth)
             .await
             .map_err(registry)?;
@@ -258,8 +283,7 @@ impl ImageStore {
             OciManifest::ImageIndex(index) => {
                 let entry = media::pick_wasm_platform(image, &index)?;
                 let by_digest = reference.clone_with_digest(entry.digest.clone());
-                let (m, d) = self
-                    .client
+                let (m, d) = client
                     .pull_image_manifest(&by_digest, &auth)
                     .await
                     .map_err(registry)?;
@@ -268,12 +292,16 @@ impl ImageStore {
         };
         let layer = match media::wasm_layer(&manifest) {
             Some(layer) => layer.clone(),
-            None => return Err(self.not_wasm(image, &manifest_ref, &manifest).await),
+            None => {
+                return Err(self
+                    .not_wasm(&client, image, &manifest_ref, &manifest)
+                    .await);
+            }
         };
         let module = match self.load_module(&layer.digest)? {
             Some(module) => module,
             None => self
-                .download(&manifest_ref, &layer)
+                .download(&client, &manifest_ref, &layer)
                 .await
                 .map_err(registry)??,
         };
@@ -295,13 +323,13 @@ impl ImageStore {
 
     async fn not_wasm(
         &self,
+        client: &Client,
         image: &str,
         reference: &Reference,
         manifest: &OciImageManifest,
     ) -> PullError {
         let mut config = Vec::new();
-        let platform = match self
-            .client
+        let platform = match client
             .pull_blob(reference, &manifest.config, &mut config)
             .await
         {
@@ -317,11 +345,12 @@ impl ImageStore {
 
     async fn download(
         &self,
+        client: &Client,
         reference: &Reference,
         layer: &OciDescriptor,
     ) -> Result<Result<ModuleBytes, PullError>, oci_client::errors::OciDistributionError> {
         let mut bytes = Vec::with_capacity(usize::try_from(layer.size).unwrap_or_default());
-        self.client.pull_blob(reference, layer, &mut bytes).await?;
+        client.pull_blob(reference, layer, &mut bytes).await?;
         let digest = digest_of(&bytes);
         if digest != layer.digest {
             return Ok(Err(PullError::Registry(format!(

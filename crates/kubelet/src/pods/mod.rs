@@ -50,6 +50,8 @@ pub struct PodContext<R: Runtime, H: PodHost> {
     pub registry: Arc<PodRegistry>,
     /// Cancelled when the node agent shuts down: supervisors stop their containers and report.
     pub stopping: CancellationToken,
+    /// Registry credentials of the node itself (`--image-credentials`, ~/.docker/config.json).
+    pub node_credentials: crate::images::credentials::Keyring,
 }
 
 /// Pods by uid, each with the channel to its supervisor.

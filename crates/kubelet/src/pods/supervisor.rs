@@ -8,6 +8,7 @@ use super::backoff::Backoff;
 use super::host::{PodEvent, PodHost};
 use super::status::{self, Snapshot, now};
 use super::{container, volumes};
+use crate::images::credentials::Keyring;
 use crate::images::{PullError, PullPolicy, Source};
 use crate::logs::LogFile;
 use crate::runtime::{ContainerRun, Exit, Runtime};
@@ -476,7 +477,9 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         }
         let began = Instant::now();
         let images = self.ctx.images.clone();
-        let pulled = Self::unless_deleted(&mut self.updates, images.get(&image, policy)).await?;
+        let keyring = self.keyring().await;
+        let pulled =
+            Self::unless_deleted(&mut self.updates, images.get(&image, policy, &keyring)).await?;
         let (pulled, source) = match pulled {
             Ok(p) => p,
             Err(e) => {
@@ -619,6 +622,52 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         ))
         .await;
         Ok(())
+    }
+
+    /// The pod's image pull secrets, then the node's credentials; read at every pull, as the
+    /// kubelet does, so a secret created later is used.
+    async fn keyring(&self) -> Keyring {
+        let mut keyring = Keyring::default();
+        let ns = self.ns();
+        let mut missing = Vec::new();
+        for reference in self
+            .pod
+            .spec
+            .iter()
+            .flat_map(|s| s.image_pull_secrets.iter().flatten())
+        {
+            let name = reference.name.clone();
+            let found = match self.ctx.host.secret(&ns, &name).await {
+                Ok(Some(secret)) => secret,
+                _ => {
+                    missing.push(name);
+                    continue;
+                }
+            };
+            let data = found.data.unwrap_or_default();
+            let config = data
+                .get(".dockerconfigjson")
+                .or_else(|| data.get(".dockercfg"));
+            match config.map(|c| keyring.add_docker_config(&c.0)) {
+                Some(Ok(())) => {}
+                Some(Err(e)) => missing.push(format!("{name}: {e}")),
+                None => missing.push(format!("{name}: no .dockerconfigjson or .dockercfg key")),
+            }
+        }
+        if !missing.is_empty() {
+            let message = format!(
+                "Unable to retrieve some image pull secrets ({}); attempting to pull the image may not succeed.",
+                missing.join(", ")
+            );
+            self.event(PodEvent::warning(
+                "",
+                "FailedToRetrieveImagePullSecret",
+                message,
+            ))
+            .await;
+        }
+        keyring.extend(&self.ctx.node_credentials);
+        keyring
     }
 
     async fn pull_failed(&mut self, id: SlotId, image: &str, error: PullError) {
