@@ -354,25 +354,40 @@ impl Ctx {
             .and_then(|l| l.parse().ok())
             .filter(|l| *l > 0)
             .unwrap_or(usize::MAX);
-        let (start, continue_rv) = match self.query.get("continue").filter(|c| !c.is_empty()) {
+        let continued = match self.query.get("continue").filter(|c| !c.is_empty()) {
             Some(token) => match parse_continue(token) {
-                Some(parsed) => parsed,
+                Some(parsed) => Some(parsed),
                 None => return bad_request("continue key is not valid").into(),
             },
-            None => (0, None),
+            None => None,
         };
-        let (items, rv, more) = self.shared.store.read(|s| {
+        let listed = self.shared.store.read(|s| {
+            if let Some((rv, _)) = &continued
+                && *rv < s.oldest_rv()
+            {
+                return Err(response::status(
+                    StatusCode::GONE,
+                    "Expired",
+                    "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+                    None,
+                ));
+            }
+            let after = continued.as_ref().map(|(_, key)| key.as_str());
             let matching: Vec<Value> = s
                 .list(def.storage, ns)
+                .filter(|o| after.is_none_or(|after| object_key(o).as_str() > after))
                 .filter(|o| labels.matches(o) && fields.matches(&present(def, o)))
                 .cloned()
                 .collect();
-            let rv = continue_rv.unwrap_or(s.rv());
-            let page: Vec<Value> = matching.iter().skip(start).take(limit).cloned().collect();
-            let more = start + page.len() < matching.len();
-            (page, rv, more)
+            let rv = continued.as_ref().map_or(s.rv(), |(rv, _)| *rv);
+            let page: Vec<Value> = matching.iter().take(limit).cloned().collect();
+            let more = page.len() < matching.len();
+            Ok((page, rv, more))
         });
-        let count = items.len();
+        let (items, rv, more) = match listed {
+            Ok(listed) => listed,
+            Err(e) => return e.into(),
+        };
         let items: Vec<Value> = items
             .iter()
             .map(|o| {
@@ -385,8 +400,8 @@ impl Ctx {
             })
             .collect();
         let mut metadata = json!({"resourceVersion": rv.to_string()});
-        if more {
-            metadata["continue"] = json!(format!("{}:{rv}", start + count));
+        if more && let Some(last) = items.last() {
+            metadata["continue"] = json!(continue_token(rv, &object_key(last)));
         }
         response::json(
             StatusCode::OK,
@@ -645,9 +660,31 @@ pub fn present(def: &ResourceDef, object: &Value) -> Value {
     v
 }
 
-fn parse_continue(token: &str) -> Option<(usize, Option<u64>)> {
-    let (offset, rv) = token.split_once(':')?;
-    Some((offset.parse().ok()?, Some(rv.parse().ok()?)))
+/// `namespace/name` of an object, the order lists are served in.
+fn object_key(object: &Value) -> String {
+    let (ns, name) = super::store::key_of(object);
+    format!("{ns}/{name}")
+}
+
+/// A continue token in the real server's format: base64url JSON with the list's
+/// resourceVersion and the key the next page starts after.
+fn continue_token(rv: u64, after: &str) -> String {
+    use base64::Engine;
+    let token = json!({"v": "meta.k8s.io/v1", "rv": rv, "start": format!("{after}\u{0}")});
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token.to_string())
+}
+
+fn parse_continue(token: &str) -> Option<(u64, String)> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token.trim_end_matches('='))
+        .ok()?;
+    let value: Value = serde_json::from_slice(&bytes).ok()?;
+    let start = value["start"]
+        .as_str()?
+        .trim_end_matches('\u{0}')
+        .to_string();
+    Some((value["rv"].as_u64()?, start))
 }
 
 fn with_warnings(reply: Result<Reply, ApiError>, warnings: &[String]) -> Reply {

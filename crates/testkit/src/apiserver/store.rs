@@ -141,6 +141,11 @@ impl State {
         self.rv
     }
 
+    /// The oldest resourceVersion a watch or a continued list may still name.
+    pub fn oldest_rv(&self) -> u64 {
+        self.oldest_rv
+    }
+
     /// One object.
     pub fn get(&self, storage: &str, ns: &str, name: &str) -> Option<&Value> {
         self.objects
