@@ -174,3 +174,72 @@ async fn config_maps_secrets_and_empty_dirs_become_files() -> anyhow::Result<()>
     assert_eq!(cluster.kubectl(&["logs", "waits"])?, "arrived\n");
     Ok(())
 }
+
+#[tokio::test]
+async fn environment_from_config_maps_and_secrets() -> anyhow::Result<()> {
+    let cluster = Cluster::new("envfrom").await?;
+    let agent = cluster.start_node().await?;
+    let image = cluster.push_guest("wasi-probe").await?;
+    let cms: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(
+            json!({"metadata": {"name": "app"}, "data": {"MODE": "fast", "LEVEL": "3"}}),
+        )?,
+    )
+    .await?;
+    let env_pod = |name: &str| -> anyhow::Result<Pod> {
+        let mut pod = wasm_pod(name, &image, &agent.name, &["env"], "Never");
+        let container = &mut pod.spec.as_mut().expect("spec").containers[0];
+        container.env_from = Some(serde_json::from_value(
+            json!([{"prefix": "APP_", "configMapRef": {"name": "app"}}]),
+        )?);
+        container.env = Some(serde_json::from_value(json!([
+            {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "later", "key": "token"}}},
+            {"name": "LEVEL_TWICE", "value": "$(APP_LEVEL)$(APP_LEVEL)"},
+        ]))?);
+        Ok(pod)
+    };
+    cluster
+        .pods()
+        .create(&PostParams::default(), &env_pod("envs")?)
+        .await?;
+    // The secret does not exist yet: CreateContainerConfigError with the kubelet's message.
+    let waiting = cluster
+        .wait_pod(
+            "envs",
+            "CreateContainerConfigError",
+            is_waiting("CreateContainerConfigError"),
+        )
+        .await?;
+    let message = container_state(&waiting)
+        .and_then(|s| s.waiting)
+        .and_then(|w| w.message)
+        .unwrap_or_default();
+    assert_eq!(message, "secret \"later\" not found");
+    let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(
+                json!({"metadata": {"name": "later"}, "stringData": {"token": "t0k3n"}}),
+            )?,
+        )
+        .await?;
+    cluster
+        .wait_pod("envs", "Succeeded", has_phase("Succeeded"))
+        .await?;
+    let logs = cluster.kubectl(&["logs", "envs"])?;
+    for line in [
+        "APP_MODE=fast",
+        "APP_LEVEL=3",
+        "TOKEN=t0k3n",
+        "LEVEL_TWICE=33",
+    ] {
+        assert!(
+            logs.lines().any(|l| l == line),
+            "{line} missing from:\n{logs}"
+        );
+    }
+    Ok(())
+}

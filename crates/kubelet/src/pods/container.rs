@@ -3,7 +3,7 @@
 
 use crate::runtime::Mount;
 use k8s_openapi::api::core::v1::{Container, Pod};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 /// The container's spec asks for something this node cannot give it (CreateContainerConfigError).
@@ -21,32 +21,150 @@ pub struct Process {
 }
 
 /// Resolves argv and env for `container` of `pod`.
-pub fn process(pod: &Pod, container: &Container, node_ip: &str) -> Result<Process, ConfigError> {
+/// The ConfigMaps and Secrets a container's environment refers to, read beforehand: by name,
+/// their data, or `None` when they do not exist.
+#[derive(Debug, Clone, Default)]
+pub struct EnvSources {
+    /// ConfigMaps by name.
+    pub config_maps: HashMap<String, Option<BTreeMap<String, String>>>,
+    /// Secrets by name (values decoded).
+    pub secrets: HashMap<String, Option<BTreeMap<String, String>>>,
+}
+
+/// The names of the ConfigMaps and Secrets `container`'s environment refers to.
+pub fn env_references(container: &Container) -> (Vec<String>, Vec<String>) {
+    let (mut config_maps, mut secrets) = (Vec::new(), Vec::new());
+    for from in container.env_from.iter().flatten() {
+        config_maps.extend(from.config_map_ref.as_ref().map(|r| r.name.clone()));
+        secrets.extend(from.secret_ref.as_ref().map(|r| r.name.clone()));
+    }
+    for var in container.env.iter().flatten() {
+        let from = var.value_from.as_ref();
+        config_maps.extend(
+            from.and_then(|f| f.config_map_key_ref.as_ref())
+                .map(|r| r.name.clone()),
+        );
+        secrets.extend(
+            from.and_then(|f| f.secret_key_ref.as_ref())
+                .map(|r| r.name.clone()),
+        );
+    }
+    config_maps.dedup();
+    secrets.dedup();
+    (config_maps, secrets)
+}
+
+fn lookup(
+    sources: &HashMap<String, Option<BTreeMap<String, String>>>,
+    kind: &str,
+    ns: &str,
+    name: &str,
+    key: &str,
+    optional: bool,
+) -> Result<Option<String>, ConfigError> {
+    match sources.get(name).cloned().flatten() {
+        None if optional => Ok(None),
+        None => Err(ConfigError(format!(
+            "{} \"{name}\" not found",
+            kind.to_lowercase()
+        ))),
+        Some(data) => match data.get(key) {
+            Some(value) => Ok(Some(value.clone())),
+            None if optional => Ok(None),
+            None => Err(ConfigError(format!(
+                "couldn't find key {key} in {kind} {ns}/{name}"
+            ))),
+        },
+    }
+}
+
+/// Resolves argv and env for `container` of `pod`: `envFrom` first, then `env` (which wins), as
+/// Kubernetes orders them.
+pub fn process(
+    pod: &Pod,
+    container: &Container,
+    node_ip: &str,
+    sources: &EnvSources,
+) -> Result<Process, ConfigError> {
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let mut env: Vec<(String, String)> = Vec::new();
+    let mut set = |env: &mut Vec<(String, String)>, name: String, value: String| {
+        env.retain(|(k, _)| *k != name);
+        env.push((name, value));
+    };
+    for from in container.env_from.iter().flatten() {
+        let prefix = from.prefix.clone().unwrap_or_default();
+        let (data, kind, name, optional) = match (&from.config_map_ref, &from.secret_ref) {
+            (Some(r), _) => (
+                sources.config_maps.get(&r.name).cloned().flatten(),
+                "ConfigMap",
+                r.name.clone(),
+                r.optional.unwrap_or(false),
+            ),
+            (None, Some(r)) => (
+                sources.secrets.get(&r.name).cloned().flatten(),
+                "Secret",
+                r.name.clone(),
+                r.optional.unwrap_or(false),
+            ),
+            (None, None) => continue,
+        };
+        match data {
+            Some(data) => data
+                .into_iter()
+                .for_each(|(k, v)| set(&mut env, format!("{prefix}{k}"), v)),
+            None if optional => {}
+            None => {
+                return Err(ConfigError(format!(
+                    "{} \"{name}\" not found",
+                    kind.to_lowercase()
+                )));
+            }
+        }
+    }
     for var in container.env.iter().flatten() {
         let value = match (&var.value, &var.value_from) {
             (_, Some(from)) => {
-                let Some(field) = from.field_ref.as_ref() else {
+                let resolved = if let Some(r) = &from.config_map_key_ref {
+                    lookup(
+                        &sources.config_maps,
+                        "ConfigMap",
+                        &ns,
+                        &r.name,
+                        &r.key,
+                        r.optional.unwrap_or(false),
+                    )?
+                } else if let Some(r) = &from.secret_key_ref {
+                    lookup(
+                        &sources.secrets,
+                        "Secret",
+                        &ns,
+                        &r.name,
+                        &r.key,
+                        r.optional.unwrap_or(false),
+                    )?
+                } else if let Some(field) = &from.field_ref {
+                    Some(field_value(pod, &field.field_path, node_ip).ok_or_else(|| {
+                        ConfigError(format!(
+                            "environment variable {}: unsupported fieldRef fieldPath {:?}",
+                            var.name, field.field_path
+                        ))
+                    })?)
+                } else {
                     return Err(ConfigError(format!(
-                        "environment variable {}: only value and valueFrom.fieldRef are supported on this node",
+                        "environment variable {}: resourceFieldRef is not supported on this node",
                         var.name
                     )));
                 };
-                field_value(pod, &field.field_path, node_ip).ok_or_else(|| {
-                    ConfigError(format!(
-                        "environment variable {}: unsupported fieldRef fieldPath {:?}",
-                        var.name, field.field_path
-                    ))
-                })?
+                match resolved {
+                    Some(value) => value,
+                    None => continue,
+                }
             }
             (Some(value), None) => expand(value, &env),
             (None, None) => String::new(),
         };
-        env.retain(|(k, _)| *k != var.name);
-        env.push((var.name.clone(), value));
-    }
-    if container.env_from.as_ref().is_some_and(|e| !e.is_empty()) {
-        return Err(ConfigError("envFrom is not supported on this node".into()));
+        set(&mut env, var.name.clone(), value);
     }
     let command: Vec<String> = container
         .command
@@ -189,10 +307,48 @@ mod tests {
     }
 
     #[test]
+    fn config_maps_and_secrets_feed_the_environment() {
+        let pod: Pod = serde_yaml::from_str("metadata: {name: p, namespace: ns}\nspec: {containers: [{name: c, image: i, envFrom: [{prefix: CFG_, configMapRef: {name: cm}}], env: [{name: CFG_A, value: overridden}, {name: PASS, valueFrom: {secretKeyRef: {name: s, key: pw}}}, {name: OPT, valueFrom: {configMapKeyRef: {name: nope, key: k, optional: true}}}]}]}").unwrap();
+        let container = &pod.spec.as_ref().unwrap().containers[0];
+        let mut sources = EnvSources::default();
+        sources.config_maps.insert(
+            "cm".into(),
+            Some(BTreeMap::from([
+                ("A".into(), "1".into()),
+                ("B".into(), "2".into()),
+            ])),
+        );
+        sources.config_maps.insert("nope".into(), None);
+        sources.secrets.insert(
+            "s".into(),
+            Some(BTreeMap::from([("pw".into(), "s3cret".into())])),
+        );
+        let p = process(&pod, container, "10.0.0.1", &sources).unwrap();
+        assert_eq!(
+            p.env,
+            [
+                ("CFG_B".into(), "2".into()),
+                ("CFG_A".into(), "overridden".into()),
+                ("PASS".into(), "s3cret".into())
+            ]
+        );
+        sources.secrets.insert("s".into(), Some(BTreeMap::new()));
+        assert_eq!(
+            process(&pod, container, "", &sources).unwrap_err().0,
+            "couldn't find key pw in Secret ns/s"
+        );
+        sources.secrets.insert("s".into(), None);
+        assert_eq!(
+            process(&pod, container, "", &sources).unwrap_err().0,
+            "secret \"s\" not found"
+        );
+    }
+
+    #[test]
     fn argv_and_env_from_the_spec() {
         let pod: Pod = serde_yaml::from_str("metadata: {name: p, namespace: ns}\nspec: {containers: [{name: c, image: i, args: [\"$(GREETING) there\"], env: [{name: GREETING, value: hi}, {name: POD, valueFrom: {fieldRef: {fieldPath: metadata.name}}}]}]}").unwrap();
         let container = &pod.spec.as_ref().unwrap().containers[0];
-        let p = process(&pod, container, "10.0.0.1").unwrap();
+        let p = process(&pod, container, "10.0.0.1", &EnvSources::default()).unwrap();
         assert_eq!(p.args, ["c", "hi there"]);
         assert_eq!(
             p.env,

@@ -530,7 +530,8 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             }
         }
         let volume_dirs = self.volumes.clone().unwrap_or_default();
-        let resolved = container::process(&self.pod, &spec, &self.ctx.node_ip)
+        let sources = self.env_sources(&spec).await;
+        let resolved = container::process(&self.pod, &spec, &self.ctx.node_ip, &sources)
             .and_then(|p| container::mounts(&self.pod, &spec, &volume_dirs).map(|m| (p, m)));
         let (process, mounts) = match resolved {
             Ok(r) => r,
@@ -622,6 +623,56 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         ))
         .await;
         Ok(())
+    }
+
+    /// Reads the ConfigMaps and Secrets the container's environment refers to (a read error
+    /// counts as absent, and the container retries with backoff).
+    async fn env_sources(
+        &self,
+        spec: &k8s_openapi::api::core::v1::Container,
+    ) -> container::EnvSources {
+        let ns = self.ns();
+        let (config_maps, secrets) = container::env_references(spec);
+        let mut sources = container::EnvSources::default();
+        for name in config_maps {
+            let data = self
+                .ctx
+                .host
+                .config_map(&ns, &name)
+                .await
+                .ok()
+                .flatten()
+                .map(|cm| {
+                    let mut data = cm.data.unwrap_or_default();
+                    data.extend(
+                        cm.binary_data
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned())),
+                    );
+                    data
+                });
+            sources.config_maps.insert(name, data);
+        }
+        for name in secrets {
+            let data = self
+                .ctx
+                .host
+                .secret(&ns, &name)
+                .await
+                .ok()
+                .flatten()
+                .map(|secret| {
+                    secret
+                        .data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+                        .collect()
+                });
+            sources.secrets.insert(name, data);
+        }
+        sources
     }
 
     /// The pod's image pull secrets, then the node's credentials; read at every pull, as the
