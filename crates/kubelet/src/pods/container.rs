@@ -88,7 +88,7 @@ pub fn process(
 ) -> Result<Process, ConfigError> {
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let mut env: Vec<(String, String)> = Vec::new();
-    let mut set = |env: &mut Vec<(String, String)>, name: String, value: String| {
+    let set = |env: &mut Vec<(String, String)>, name: String, value: String| {
         env.retain(|(k, _)| *k != name);
         env.push((name, value));
     };
