@@ -5,4 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --locked --workspace --bins
-cargo test --locked --workspace
+cargo test --locked --workspace --no-fail-fast

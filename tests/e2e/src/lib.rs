@@ -225,20 +225,22 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let _ = Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(self.admin_kubeconfig())
-            .args([
-                "delete",
-                "namespace",
-                &self.namespace,
-                "--wait=false",
-                "--ignore-not-found",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        delete_quietly(self.admin_kubeconfig(), &["namespace", &self.namespace]);
     }
+}
+
+/// `kubectl delete <what> --wait=false --ignore-not-found` as admin, for cleanup (also while a
+/// failed test unwinds); errors are ignored.
+fn delete_quietly(admin: &Path, what: &[&str]) {
+    let _ = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(admin)
+        .arg("delete")
+        .args(what)
+        .args(["--wait=false", "--ignore-not-found"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
 
 fn hex_id() -> String {
@@ -639,19 +641,7 @@ impl Drop for NodeAgent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(&self.admin)
-            .args([
-                "delete",
-                "node",
-                &self.name,
-                "--wait=false",
-                "--ignore-not-found",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        delete_quietly(&self.admin, &["node", &self.name]);
     }
 }
 
