@@ -151,3 +151,45 @@ fn gzip_empty_tar() -> Vec<u8> {
         .expect("writing to memory cannot fail");
     encoder.finish().expect("writing to memory cannot fail")
 }
+
+/// The digest and size of the manifest `reference` names.
+pub async fn manifest_digest(reference: &str) -> anyhow::Result<(String, i64)> {
+    let reference: Reference = reference
+        .parse()
+        .with_context(|| format!("parsing {reference}"))?;
+    let accepted = [
+        oci_client::manifest::OCI_IMAGE_MEDIA_TYPE,
+        oci_client::manifest::IMAGE_MANIFEST_MEDIA_TYPE,
+    ];
+    let (bytes, digest) = client()
+        .pull_manifest_raw(&reference, &RegistryAuth::Anonymous, &accepted)
+        .await
+        .context("reading the manifest")?;
+    Ok((digest, i64::try_from(bytes.len())?))
+}
+
+/// Pushes an image index to `reference` listing manifests of the same repository by
+/// `(digest, size, os, architecture)`.
+pub async fn push_index(
+    reference: &str,
+    entries: &[(String, i64, &str, &str)],
+) -> anyhow::Result<()> {
+    let manifests: Vec<serde_json::Value> = entries
+        .iter()
+        .map(|(digest, size, os, arch)| {
+            serde_json::json!({"mediaType": oci_client::manifest::OCI_IMAGE_MEDIA_TYPE, "digest": digest, "size": size,
+                "platform": {"os": os, "architecture": arch}})
+        })
+        .collect();
+    let index: oci_client::manifest::OciImageIndex = serde_json::from_value(serde_json::json!({
+        "schemaVersion": 2, "mediaType": oci_client::manifest::OCI_IMAGE_INDEX_MEDIA_TYPE, "manifests": manifests,
+    }))?;
+    let reference: Reference = reference
+        .parse()
+        .with_context(|| format!("parsing {reference}"))?;
+    client()
+        .push_manifest_list(&reference, &RegistryAuth::Anonymous, index)
+        .await
+        .context("pushing the index")?;
+    Ok(())
+}

@@ -139,3 +139,75 @@ async fn private_images_are_pulled_with_the_pods_pull_secrets() -> anyhow::Resul
     assert!(event.contains("no-such-secret"), "{event}");
     Ok(())
 }
+
+#[tokio::test]
+async fn image_indexes_and_digest_references() -> anyhow::Result<()> {
+    use testkit::fixtures::{manifest_digest, push_container_image, push_index, push_wasm};
+    let cluster = Cluster::new("indexes").await?;
+    let agent = cluster.start_node().await?;
+    let repo = format!("{}/{}/multi", cluster.registry(), cluster.id);
+    let module = std::fs::read(wasm_module("wasi-probe")?)?;
+    push_wasm(&format!("{repo}:wasm"), &module).await?;
+    push_container_image(&format!("{repo}:linux")).await?;
+    let (wasm_digest, wasm_size) = manifest_digest(&format!("{repo}:wasm")).await?;
+    let (linux_digest, linux_size) = manifest_digest(&format!("{repo}:linux")).await?;
+    push_index(
+        &format!("{repo}:v1"),
+        &[
+            (linux_digest.clone(), linux_size, "linux", "amd64"),
+            (wasm_digest.clone(), wasm_size, "wasi", "wasm"),
+        ],
+    )
+    .await?;
+    push_index(
+        &format!("{repo}:linux-only"),
+        &[
+            (linux_digest.clone(), linux_size, "linux", "amd64"),
+            (linux_digest, linux_size, "linux", "arm64"),
+        ],
+    )
+    .await?;
+    let pods = cluster.pods();
+    for (name, image) in [
+        ("indexed", format!("{repo}:v1")),
+        ("bydigest", format!("{repo}@{wasm_digest}")),
+        ("linuxonly", format!("{repo}:linux-only")),
+        ("wrongdigest", format!("{repo}@sha256:{}", "0".repeat(64))),
+    ] {
+        pods.create(
+            &PostParams::default(),
+            &wasm_pod(name, &image, &agent.name, &["print", name], "Never"),
+        )
+        .await?;
+    }
+
+    cluster
+        .wait_pod("indexed", "Succeeded", has_phase("Succeeded"))
+        .await?;
+    assert_eq!(cluster.kubectl(&["logs", "indexed"])?, "indexed\n");
+    let by_digest = cluster
+        .wait_pod("bydigest", "Succeeded", has_phase("Succeeded"))
+        .await?;
+    let image_id = by_digest
+        .status
+        .and_then(|s| s.container_statuses)
+        .unwrap_or_default()[0]
+        .image_id
+        .clone();
+    assert!(image_id.ends_with(&wasm_digest), "{image_id}");
+    let refused = cluster
+        .wait_pod("linuxonly", "ErrImagePull", is_waiting("ErrImagePull"))
+        .await?;
+    let message = container_state(&refused)
+        .and_then(|s| s.waiting)
+        .and_then(|w| w.message)
+        .unwrap_or_default();
+    assert!(
+        message.contains("multi-platform OCI container image (linux/amd64, linux/arm64)"),
+        "{message}"
+    );
+    cluster
+        .wait_pod("wrongdigest", "ErrImagePull", is_waiting("ErrImagePull"))
+        .await?;
+    Ok(())
+}
