@@ -119,6 +119,15 @@ impl Cluster {
         shared().registry.host()
     }
 
+    /// Creates a pod in the test namespace.
+    pub async fn create_pod(&self, pod: Pod) -> anyhow::Result<Pod> {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        self.pods()
+            .create(&PostParams::default(), &pod)
+            .await
+            .with_context(|| format!("creating pod {name}"))
+    }
+
     /// Pods of the test namespace.
     pub fn pods(&self) -> Api<Pod> {
         Api::namespaced(self.client.clone(), &self.namespace)
@@ -254,16 +263,21 @@ fn hex_id() -> String {
     )
 }
 
+/// The cluster entry (server, CA) of the admin kubeconfig.
+pub fn admin_cluster() -> anyhow::Result<kube::config::Cluster> {
+    let admin = kube::config::Kubeconfig::read_from(&shared().admin)?;
+    admin
+        .clusters
+        .first()
+        .and_then(|c| c.cluster.clone())
+        .context("the admin kubeconfig names no cluster")
+}
+
 /// The cluster CA (PEM) from the admin kubeconfig: it signs the API server's kubelet client
 /// certificate, so node agents take it as `--client-ca-file`.
 pub fn cluster_ca() -> anyhow::Result<Vec<u8>> {
     use base64::Engine;
-    let admin = kube::config::Kubeconfig::read_from(&shared().admin)?;
-    let cluster = admin
-        .clusters
-        .first()
-        .and_then(|c| c.cluster.clone())
-        .context("the admin kubeconfig names no cluster")?;
+    let cluster = admin_cluster()?;
     match (
         cluster.certificate_authority_data,
         cluster.certificate_authority,
@@ -409,14 +423,7 @@ pub async fn bootstrap_kubeconfig(cluster: &Cluster, dir: &Path) -> anyhow::Resu
         .create(&PostParams::default(), &token_secret)
         .await
         .context("creating the bootstrap token")?;
-    let admin = kube::config::Kubeconfig::read_from(&shared().admin)?;
-    let cluster_entry = admin
-        .clusters
-        .first()
-        .context("the admin kubeconfig names no cluster")?
-        .cluster
-        .clone()
-        .context("empty cluster")?;
+    let cluster_entry = admin_cluster()?;
     let config = serde_json::json!({
         "apiVersion": "v1", "kind": "Config",
         "clusters": [{"name": "e2e", "cluster": cluster_entry}],
@@ -780,14 +787,7 @@ pub async fn node_credentials(
         .and_then(|s| s.certificate)
         .context("no certificate")?;
     let _ = csrs.delete(&csr_name, &Default::default()).await;
-    let admin = kube::config::Kubeconfig::read_from(&shared().admin)?;
-    let cluster_entry = admin
-        .clusters
-        .first()
-        .context("the admin kubeconfig names no cluster")?
-        .cluster
-        .clone()
-        .context("empty cluster")?;
+    let cluster_entry = admin_cluster()?;
     let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
     let config = serde_json::json!({
         "apiVersion": "v1", "kind": "Config",

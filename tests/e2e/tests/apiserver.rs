@@ -117,9 +117,7 @@ async fn crud_with_resource_versions_uids_and_conflicts() -> anyhow::Result<()> 
 async fn status_is_a_separate_subresource() -> anyhow::Result<()> {
     let cluster = Cluster::new("status").await?;
     let pods = cluster.pods();
-    let pod = pods
-        .create(&PostParams::default(), &parked_pod("p", None))
-        .await?;
+    let pod = cluster.create_pod(parked_pod("p", None)).await?;
     assert_eq!(
         pod.status.as_ref().and_then(|s| s.phase.as_deref()),
         Some("Pending")
@@ -151,8 +149,7 @@ async fn status_is_a_separate_subresource() -> anyhow::Result<()> {
 async fn json_merge_and_strategic_merge_patches() -> anyhow::Result<()> {
     let cluster = Cluster::new("patches").await?;
     let pods = cluster.pods();
-    pods.create(&PostParams::default(), &parked_pod("p", None))
-        .await?;
+    cluster.create_pod(parked_pod("p", None)).await?;
     let json_patch: json_patch::Patch = serde_json::from_value(
         json!([{"op": "add", "path": "/metadata/labels", "value": {"x": "1"}}]),
     )?;
@@ -322,10 +319,8 @@ async fn pods_bound_to_a_node_are_deleted_gracefully_and_unbound_ones_at_once() 
     fake_node(&cluster, &node, "e2e").await?;
     let _cleanup = DeleteNode(&cluster, node.clone());
     let pods = cluster.pods();
-    pods.create(&PostParams::default(), &parked_pod("bound", Some(&node)))
-        .await?;
-    pods.create(&PostParams::default(), &parked_pod("unbound", None))
-        .await?;
+    cluster.create_pod(parked_pod("bound", Some(&node))).await?;
+    cluster.create_pod(parked_pod("unbound", None)).await?;
     pods.delete("unbound", &DeleteParams::default()).await?;
     assert!(pods.get_opt("unbound").await?.is_none());
     pods.delete("bound", &DeleteParams::default()).await?;
@@ -421,12 +416,8 @@ async fn a_node_may_write_its_own_objects_and_no_other_nodes() -> anyhow::Result
         403
     );
     // Pods bound elsewhere are not the node's to touch.
-    let admin_pods = cluster.pods();
-    admin_pods
-        .create(
-            &PostParams::default(),
-            &parked_pod("elsewhere", Some(&theirs)),
-        )
+    cluster
+        .create_pod(parked_pod("elsewhere", Some(&theirs)))
         .await?;
     let node_pods: Api<Pod> = Api::namespaced(as_node, &cluster.namespace);
     let patch = json!({"status": {"message": "mine now"}});

@@ -48,13 +48,16 @@ async fn private_images_are_pulled_with_the_pods_pull_secrets() -> anyhow::Resul
         &alice,
     )
     .await?;
-    let pods = cluster.pods();
 
-    pods.create(
-        &PostParams::default(),
-        &wasm_pod("nosecret", &image, &agent.name, &["print", "x"], "Never"),
-    )
-    .await?;
+    cluster
+        .create_pod(wasm_pod(
+            "nosecret",
+            &image,
+            &agent.name,
+            &["print", "x"],
+            "Never",
+        ))
+        .await?;
     let refused = cluster
         .wait_pod("nosecret", "ErrImagePull", is_waiting("ErrImagePull"))
         .await?;
@@ -79,9 +82,8 @@ async fn private_images_are_pulled_with_the_pods_pull_secrets() -> anyhow::Resul
         "metadata": {"name": "legacycred"}, "type": "kubernetes.io/dockercfg", "stringData": {".dockercfg": legacy}
     }))?).await?;
 
-    pods.create(
-        &PostParams::default(),
-        &with_pull_secret(
+    cluster
+        .create_pod(with_pull_secret(
             wasm_pod(
                 "withsecret",
                 &image,
@@ -90,12 +92,10 @@ async fn private_images_are_pulled_with_the_pods_pull_secrets() -> anyhow::Resul
                 "Never",
             ),
             "regcred",
-        ),
-    )
-    .await?;
-    pods.create(
-        &PostParams::default(),
-        &with_pull_secret(
+        ))
+        .await?;
+    cluster
+        .create_pod(with_pull_secret(
             wasm_pod(
                 "legacy",
                 &image,
@@ -104,9 +104,8 @@ async fn private_images_are_pulled_with_the_pods_pull_secrets() -> anyhow::Resul
                 "Never",
             ),
             "legacycred",
-        ),
-    )
-    .await?;
+        ))
+        .await?;
     cluster
         .wait_pod("withsecret", "Succeeded", has_phase("Succeeded"))
         .await?;
@@ -119,14 +118,12 @@ async fn private_images_are_pulled_with_the_pods_pull_secrets() -> anyhow::Resul
     );
     assert_eq!(cluster.kubectl(&["logs", "legacy"])?, "legacy format\n");
 
-    pods.create(
-        &PostParams::default(),
-        &with_pull_secret(
+    cluster
+        .create_pod(with_pull_secret(
             wasm_pod("missing", &image, &agent.name, &["print", "x"], "Never"),
             "no-such-secret",
-        ),
-    )
-    .await?;
+        ))
+        .await?;
     let event = cluster
         .eventually("a FailedToRetrieveImagePullSecret event", async || {
             Ok(cluster
@@ -167,18 +164,21 @@ async fn image_indexes_and_digest_references() -> anyhow::Result<()> {
         ],
     )
     .await?;
-    let pods = cluster.pods();
     for (name, image) in [
         ("indexed", format!("{repo}:v1")),
         ("bydigest", format!("{repo}@{wasm_digest}")),
         ("linuxonly", format!("{repo}:linux-only")),
         ("wrongdigest", format!("{repo}@sha256:{}", "0".repeat(64))),
     ] {
-        pods.create(
-            &PostParams::default(),
-            &wasm_pod(name, &image, &agent.name, &["print", name], "Never"),
-        )
-        .await?;
+        cluster
+            .create_pod(wasm_pod(
+                name,
+                &image,
+                &agent.name,
+                &["print", name],
+                "Never",
+            ))
+            .await?;
     }
 
     cluster

@@ -3,7 +3,6 @@
 
 use e2e::{Cluster, container_state, has_phase, is_waiting, wasm_pod};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::PostParams;
 
 fn with_init(mut pod: Pod, image: &str, inits: &[(&str, &[&str])]) -> Pod {
     let containers = inits
@@ -23,23 +22,24 @@ async fn a_crashing_container_restarts_with_backoff_and_keeps_its_last_state() -
     let cluster = Cluster::new("crashloop").await?;
     let agent = cluster.start_node().await?;
     let image = cluster.push_guest("wasi-probe").await?;
-    let pods = cluster.pods();
-    pods.create(
-        &PostParams::default(),
-        &wasm_pod(
+    cluster
+        .create_pod(wasm_pod(
             "crasher",
             &image,
             &agent.name,
             &["print", "crashing", "exit", "1"],
             "Always",
-        ),
-    )
-    .await?;
-    pods.create(
-        &PostParams::default(),
-        &wasm_pod("once", &image, &agent.name, &["exit", "0"], "OnFailure"),
-    )
-    .await?;
+        ))
+        .await?;
+    cluster
+        .create_pod(wasm_pod(
+            "once",
+            &image,
+            &agent.name,
+            &["exit", "0"],
+            "OnFailure",
+        ))
+        .await?;
     let looping = cluster
         .wait_pod(
             "crasher",
@@ -101,7 +101,6 @@ async fn init_containers_run_in_order_before_the_app_and_a_failed_one_stops_the_
     let cluster = Cluster::new("init").await?;
     let agent = cluster.start_node().await?;
     let image = cluster.push_guest("wasi-probe").await?;
-    let pods = cluster.pods();
     let ordered = with_init(
         wasm_pod("ordered", &image, &agent.name, &["print", "app"], "Never"),
         &image,
@@ -110,13 +109,13 @@ async fn init_containers_run_in_order_before_the_app_and_a_failed_one_stops_the_
             ("second", &["sleep", "200", "print", "2"]),
         ],
     );
-    pods.create(&PostParams::default(), &ordered).await?;
+    cluster.create_pod(ordered).await?;
     let broken = with_init(
         wasm_pod("broken", &image, &agent.name, &["print", "never"], "Never"),
         &image,
         &[("fails", &["exit", "7"])],
     );
-    pods.create(&PostParams::default(), &broken).await?;
+    cluster.create_pod(broken).await?;
 
     let done = cluster
         .wait_pod("ordered", "Succeeded", has_phase("Succeeded"))
@@ -184,16 +183,24 @@ async fn an_agent_crash_keeps_finished_pods_and_restarts_lost_containers() -> an
     let mut agent = cluster.start_node().await?;
     let image = cluster.push_guest("wasi-probe").await?;
     let pods = cluster.pods();
-    pods.create(
-        &PostParams::default(),
-        &wasm_pod("done", &image, &agent.name, &["print", "ran"], "Never"),
-    )
-    .await?;
-    pods.create(
-        &PostParams::default(),
-        &wasm_pod("server", &image, &agent.name, &["forever"], "Always"),
-    )
-    .await?;
+    cluster
+        .create_pod(wasm_pod(
+            "done",
+            &image,
+            &agent.name,
+            &["print", "ran"],
+            "Never",
+        ))
+        .await?;
+    cluster
+        .create_pod(wasm_pod(
+            "server",
+            &image,
+            &agent.name,
+            &["forever"],
+            "Always",
+        ))
+        .await?;
     let done = cluster
         .wait_pod("done", "Succeeded", has_phase("Succeeded"))
         .await?;
@@ -253,7 +260,7 @@ async fn active_deadline_seconds_ends_the_pod_as_deadline_exceeded() -> anyhow::
     let image = cluster.push_guest("wasi-probe").await?;
     let mut pod = wasm_pod("bounded", &image, &agent.name, &["forever"], "Always");
     pod.spec.as_mut().expect("spec").active_deadline_seconds = Some(2);
-    cluster.pods().create(&PostParams::default(), &pod).await?;
+    cluster.create_pod(pod).await?;
     let ended = cluster
         .wait_pod("bounded", "Failed", has_phase("Failed"))
         .await?;
@@ -301,16 +308,24 @@ async fn sigterm_stops_and_reports_pods_and_drain_cordons_the_node() -> anyhow::
     .await?;
     let image = cluster.push_guest("wasi-probe").await?;
     let pods = cluster.pods();
-    pods.create(
-        &PostParams::default(),
-        &wasm_pod("steady", &image, &agent.name, &["forever"], "Always"),
-    )
-    .await?;
-    pods.create(
-        &PostParams::default(),
-        &wasm_pod("oneshot", &image, &agent.name, &["forever"], "Never"),
-    )
-    .await?;
+    cluster
+        .create_pod(wasm_pod(
+            "steady",
+            &image,
+            &agent.name,
+            &["forever"],
+            "Always",
+        ))
+        .await?;
+    cluster
+        .create_pod(wasm_pod(
+            "oneshot",
+            &image,
+            &agent.name,
+            &["forever"],
+            "Never",
+        ))
+        .await?;
     cluster
         .wait_pod("steady", "Running", has_phase("Running"))
         .await?;

@@ -3,7 +3,7 @@
 
 use e2e::{Cluster, NodeAgent, container_state, has_phase, is_node_ready, is_waiting, wasm_pod};
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams};
 use kube::runtime::wait::Condition;
 
 async fn node_still_ready(cluster: &Cluster, agent: &NodeAgent) -> anyhow::Result<()> {
@@ -23,28 +23,27 @@ async fn exit_codes_and_traps_end_the_pod_with_the_kubelets_statuses() -> anyhow
     let cluster = Cluster::new("exits").await?;
     let agent = cluster.start_node().await?;
     let image = cluster.push_guest("wasi-probe").await?;
-    let pods = cluster.pods();
-    pods.create(
-        &PostParams::default(),
-        &wasm_pod(
+    cluster
+        .create_pod(wasm_pod(
             "exit3",
             &image,
             &agent.name,
             &["print", "bye", "exit", "3"],
             "Never",
-        ),
-    )
-    .await?;
-    pods.create(
-        &PostParams::default(),
-        &wasm_pod("ok", &image, &agent.name, &["print", "fine"], "Never"),
-    )
-    .await?;
-    pods.create(
-        &PostParams::default(),
-        &wasm_pod("trap", &image, &agent.name, &["trap"], "Never"),
-    )
-    .await?;
+        ))
+        .await?;
+    cluster
+        .create_pod(wasm_pod(
+            "ok",
+            &image,
+            &agent.name,
+            &["print", "fine"],
+            "Never",
+        ))
+        .await?;
+    cluster
+        .create_pod(wasm_pod("trap", &image, &agent.name, &["trap"], "Never"))
+        .await?;
 
     let failed = cluster
         .wait_pod("exit3", "Failed", has_phase("Failed"))
@@ -109,17 +108,15 @@ async fn deleting_a_running_pod_stops_it_and_removes_it() -> anyhow::Result<()> 
     let agent = cluster.start_node().await?;
     let image = cluster.push_guest("wasi-probe").await?;
     let pods = cluster.pods();
-    pods.create(
-        &PostParams::default(),
-        &wasm_pod(
+    cluster
+        .create_pod(wasm_pod(
             "sleeper",
             &image,
             &agent.name,
             &["print", "started", "forever"],
             "Always",
-        ),
-    )
-    .await?;
+        ))
+        .await?;
     cluster
         .wait_pod("sleeper", "Running", has_phase("Running"))
         .await?;
@@ -140,15 +137,12 @@ async fn kubectl_logs_serves_tail_follow_and_previous_through_the_api_server() -
     let cluster = Cluster::new("logs").await?;
     let agent = cluster.start_node().await?;
     let image = cluster.push_guest("wasi-probe").await?;
-    let pods = cluster.pods();
     let args = [
         "print", "one", "eprint", "two", "print", "three", "sleep", "1500", "print", "four",
     ];
-    pods.create(
-        &PostParams::default(),
-        &wasm_pod("talker", &image, &agent.name, &args, "Never"),
-    )
-    .await?;
+    cluster
+        .create_pod(wasm_pod("talker", &image, &agent.name, &args, "Never"))
+        .await?;
     cluster
         .wait_pod("talker", "Running", has_phase("Running"))
         .await?;
@@ -190,27 +184,21 @@ async fn bad_images_end_in_clear_statuses_and_events_while_the_node_stays_ready(
     let garbage = format!("{}/{}/garbage:v1", cluster.registry(), cluster.id);
     testkit::fixtures::push_wasm(&garbage, b"#!/bin/sh\necho this is not wasm\n").await?;
     let pods = cluster.pods();
-    pods.create(
-        &PostParams::default(),
-        &wasm_pod("oci", &container_image, &agent.name, &[], "Never"),
-    )
-    .await?;
-    pods.create(
-        &PostParams::default(),
-        &wasm_pod("garbage", &garbage, &agent.name, &[], "Never"),
-    )
-    .await?;
-    pods.create(
-        &PostParams::default(),
-        &wasm_pod(
+    cluster
+        .create_pod(wasm_pod("oci", &container_image, &agent.name, &[], "Never"))
+        .await?;
+    cluster
+        .create_pod(wasm_pod("garbage", &garbage, &agent.name, &[], "Never"))
+        .await?;
+    cluster
+        .create_pod(wasm_pod(
             "noregistry",
             "127.0.0.1:1/nothing/here:v1",
             &agent.name,
             &[],
             "Never",
-        ),
-    )
-    .await?;
+        ))
+        .await?;
 
     let oci = cluster
         .wait_pod("oci", "ErrImagePull", is_waiting("ErrImagePull"))
@@ -299,7 +287,7 @@ async fn a_pod_bound_without_the_toleration_is_rejected_by_the_node() -> anyhow:
         "Never",
     );
     pod.spec.as_mut().expect("spec").tolerations = None;
-    cluster.pods().create(&PostParams::default(), &pod).await?;
+    cluster.create_pod(pod).await?;
     let rejected = cluster
         .wait_pod("intruder", "Failed", has_phase("Failed"))
         .await?;
@@ -338,18 +326,15 @@ async fn cncf_wasm_artifacts_run_as_well_as_wasm_to_oci_ones() -> anyhow::Result
         WASM_CONFIG_CNCF,
     )
     .await?;
-    let pods = cluster.pods();
-    pods.create(
-        &PostParams::default(),
-        &wasm_pod(
+    cluster
+        .create_pod(wasm_pod(
             "cncf",
             &image,
             &agent.name,
             &["print", "from a CNCF artifact"],
             "Never",
-        ),
-    )
-    .await?;
+        ))
+        .await?;
     cluster
         .wait_pod("cncf", "Succeeded", has_phase("Succeeded"))
         .await?;

@@ -32,11 +32,7 @@ async fn the_service_account_volume_is_mounted_read_only() -> anyhow::Result<()>
         "nope",
     ];
     cluster
-        .pods()
-        .create(
-            &PostParams::default(),
-            &wasm_pod("reader", &image, &agent.name, &args, "Never"),
-        )
+        .create_pod(wasm_pod("reader", &image, &agent.name, &args, "Never"))
         .await?;
     let pod = cluster
         .wait_pod(
@@ -116,7 +112,7 @@ async fn config_maps_secrets_and_empty_dirs_become_files() -> anyhow::Result<()>
         volumes.clone(),
         mounts.clone(),
     );
-    cluster.pods().create(&PostParams::default(), &pod).await?;
+    cluster.create_pod(pod).await?;
     cluster
         .wait_pod("files", "Succeeded", has_phase("Succeeded"))
         .await?;
@@ -139,7 +135,7 @@ async fn config_maps_secrets_and_empty_dirs_become_files() -> anyhow::Result<()>
         late_volumes,
         late_mounts,
     );
-    cluster.pods().create(&PostParams::default(), &pod).await?;
+    cluster.create_pod(pod).await?;
     let event = cluster
         .eventually("a FailedMount event", async || {
             Ok(cluster
@@ -200,10 +196,7 @@ async fn environment_from_config_maps_and_secrets() -> anyhow::Result<()> {
         ]))?);
         Ok(pod)
     };
-    cluster
-        .pods()
-        .create(&PostParams::default(), &env_pod("envs")?)
-        .await?;
+    cluster.create_pod(env_pod("envs")?).await?;
     // The secret does not exist yet: CreateContainerConfigError with the kubelet's message.
     let waiting = cluster
         .wait_pod(
