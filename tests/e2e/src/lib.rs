@@ -97,6 +97,17 @@ impl Cluster {
             .create(&PostParams::default(), &ns)
             .await
             .context("creating the test namespace")?;
+        // Pods are refused until the namespace's default ServiceAccount exists (the
+        // ServiceAccount admission plugin), which a controller creates just after the namespace.
+        let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(client.clone(), &namespace);
+        wait_for(
+            accounts,
+            "default",
+            |sa: Option<&k8s_openapi::api::core::v1::ServiceAccount>| sa.is_some(),
+        )
+        .await
+        .context("the namespace's default service account did not appear")?;
         Ok(Self {
             client,
             namespace,
