@@ -32,7 +32,6 @@ pub struct WasiRuntime {
     engine: Engine,
     linker: Arc<Linker<WasiP1Ctx>>,
     cache: cache::ModuleCache,
-    ticker: std::thread::JoinHandle<()>,
     stop_ticker: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -51,7 +50,8 @@ impl WasiRuntime {
         wasmtime_wasi::p1::add_to_linker_async(&mut linker, |ctx| ctx)
             .map_err(|e| SetupError(e.to_string()))?;
         let stop_ticker = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let ticker = {
+        // The epoch ticker thread ends at the first tick after the runtime is dropped.
+        {
             let engine = engine.clone();
             let stop = stop_ticker.clone();
             std::thread::Builder::new()
@@ -62,14 +62,13 @@ impl WasiRuntime {
                         engine.increment_epoch();
                     }
                 })
-                .map_err(|e| SetupError(e.to_string()))?
-        };
+                .map_err(|e| SetupError(e.to_string()))?;
+        }
         let cache = cache::ModuleCache::new(engine.clone(), cache_dir);
         Ok(Self {
             engine,
             linker: Arc::new(linker),
             cache,
-            ticker,
             stop_ticker,
         })
     }
@@ -79,7 +78,6 @@ impl Drop for WasiRuntime {
     fn drop(&mut self) {
         self.stop_ticker
             .store(true, std::sync::atomic::Ordering::Relaxed);
-        let _ = &self.ticker;
     }
 }
 

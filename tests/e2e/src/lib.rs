@@ -718,6 +718,27 @@ pub fn container_state(pod: &Pod) -> Option<k8s_openapi::api::core::v1::Containe
         .clone()
 }
 
+/// The message of the first container's waiting state ("" when it is not waiting).
+pub fn waiting_message(pod: &Pod) -> String {
+    container_state(pod)
+        .and_then(|s| s.waiting)
+        .and_then(|w| w.message)
+        .unwrap_or_default()
+}
+
+/// The first container runs again after exactly `restarts` restarts.
+pub fn is_running_after_restarts(restarts: i32) -> impl Condition<Pod> {
+    move |pod: Option<&Pod>| {
+        let statuses = pod
+            .and_then(|p| p.status.as_ref())
+            .and_then(|s| s.container_statuses.clone())
+            .unwrap_or_default();
+        statuses.first().is_some_and(|c| {
+            c.restart_count == restarts && c.state.as_ref().is_some_and(|s| s.running.is_some())
+        })
+    }
+}
+
 /// The first container is waiting with `reason`.
 pub fn is_waiting(reason: &'static str) -> impl Condition<Pod> {
     move |pod: Option<&Pod>| {

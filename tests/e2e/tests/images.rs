@@ -3,7 +3,7 @@
 
 use base64::Engine;
 use e2e::{
-    Cluster, Credentials, NodeAgent, container_state, has_phase, is_waiting, node_credentials,
+    Cluster, Credentials, NodeAgent, has_phase, is_waiting, node_credentials, waiting_message,
     wasm_pod,
 };
 use k8s_openapi::api::core::v1::{LocalObjectReference, Pod, Secret};
@@ -61,10 +61,7 @@ async fn private_images_are_pulled_with_the_pods_pull_secrets() -> anyhow::Resul
     let refused = cluster
         .wait_pod("nosecret", "ErrImagePull", is_waiting("ErrImagePull"))
         .await?;
-    let message = container_state(&refused)
-        .and_then(|s| s.waiting)
-        .and_then(|w| w.message)
-        .unwrap_or_default();
+    let message = waiting_message(&refused);
     assert!(
         message.contains("imagePullSecrets"),
         "the message says what to do: {message}"
@@ -198,10 +195,7 @@ async fn image_indexes_and_digest_references() -> anyhow::Result<()> {
     let refused = cluster
         .wait_pod("linuxonly", "ErrImagePull", is_waiting("ErrImagePull"))
         .await?;
-    let message = container_state(&refused)
-        .and_then(|s| s.waiting)
-        .and_then(|w| w.message)
-        .unwrap_or_default();
+    let message = waiting_message(&refused);
     assert!(
         message.contains("multi-platform OCI container image (linux/amd64, linux/arm64)"),
         "{message}"

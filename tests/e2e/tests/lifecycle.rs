@@ -1,7 +1,10 @@
 //! Pod lifecycle as on any kubelet: restart policies with backoff, init containers, and pods
 //! that survive a restart of the node agent.
 
-use e2e::{Cluster, container_state, has_phase, is_waiting, wasm_pod};
+use e2e::{
+    Cluster, container_state, has_phase, is_running_after_restarts, is_waiting, waiting_message,
+    wasm_pod,
+};
 use k8s_openapi::api::core::v1::Pod;
 
 fn with_init(mut pod: Pod, image: &str, inits: &[(&str, &[&str])]) -> Pod {
@@ -61,10 +64,7 @@ async fn a_crashing_container_restarts_with_backoff_and_keeps_its_last_state() -
         .and_then(|s| s.terminated.as_ref())
         .expect("lastState keeps the previous termination");
     assert_eq!((last.exit_code, last.reason.as_deref()), (1, Some("Error")));
-    let message = container_state(&looping)
-        .and_then(|s| s.waiting)
-        .and_then(|w| w.message)
-        .unwrap_or_default();
+    let message = waiting_message(&looping);
     assert!(
         message.starts_with("back-off 10s restarting failed container=main pod=crasher_"),
         "{message}"
@@ -212,15 +212,7 @@ async fn an_agent_crash_keeps_finished_pods_and_restarts_lost_containers() -> an
         .wait_pod(
             "server",
             "running again with restartCount 1",
-            |p: Option<&Pod>| {
-                let c = p
-                    .and_then(|p| p.status.as_ref())
-                    .and_then(|s| s.container_statuses.clone())
-                    .unwrap_or_default();
-                c.first().is_some_and(|c| {
-                    c.restart_count == 1 && c.state.as_ref().is_some_and(|s| s.running.is_some())
-                })
-            },
+            is_running_after_restarts(1),
         )
         .await?;
     let last = server
@@ -371,15 +363,7 @@ async fn sigterm_stops_and_reports_pods_and_drain_cordons_the_node() -> anyhow::
         Some(true)
     );
     cluster
-        .wait_pod("steady", "running again", |p: Option<&Pod>| {
-            let c = p
-                .and_then(|p| p.status.as_ref())
-                .and_then(|s| s.container_statuses.clone())
-                .unwrap_or_default();
-            c.first().is_some_and(|c| {
-                c.restart_count == 1 && c.state.as_ref().is_some_and(|s| s.running.is_some())
-            })
-        })
+        .wait_pod("steady", "running again", is_running_after_restarts(1))
         .await?;
     Ok(())
 }

@@ -1,7 +1,10 @@
 //! Pods on a krustlet-wasi node, bound to it directly: exit codes, traps, deletion, logs, and
 //! bad input that must end in a clear status and event while the node stays Ready.
 
-use e2e::{Cluster, NodeAgent, container_state, has_phase, is_node_ready, is_waiting, wasm_pod};
+use e2e::{
+    Cluster, NodeAgent, container_state, has_phase, is_node_ready, is_waiting, waiting_message,
+    wasm_pod,
+};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DeleteParams};
 use kube::runtime::wait::Condition;
@@ -203,10 +206,7 @@ async fn bad_images_end_in_clear_statuses_and_events_while_the_node_stays_ready(
     let oci = cluster
         .wait_pod("oci", "ErrImagePull", is_waiting("ErrImagePull"))
         .await?;
-    let message = container_state(&oci)
-        .and_then(|s| s.waiting)
-        .and_then(|w| w.message)
-        .unwrap_or_default();
+    let message = waiting_message(&oci);
     assert!(
         message.contains("is an OCI container image (linux/amd64), not a WebAssembly module"),
         "{message}"
@@ -239,19 +239,13 @@ async fn bad_images_end_in_clear_statuses_and_events_while_the_node_stays_ready(
             is_waiting("CreateContainerError"),
         )
         .await?;
-    let message = container_state(&bad)
-        .and_then(|s| s.waiting)
-        .and_then(|w| w.message)
-        .unwrap_or_default();
+    let message = waiting_message(&bad);
     assert!(message.contains("not a WebAssembly module"), "{message}");
 
     let missing = cluster
         .wait_pod("noregistry", "ErrImagePull", is_waiting("ErrImagePull"))
         .await?;
-    let message = container_state(&missing)
-        .and_then(|s| s.waiting)
-        .and_then(|w| w.message)
-        .unwrap_or_default();
+    let message = waiting_message(&missing);
     assert!(message.contains("127.0.0.1:1/nothing/here:v1"), "{message}");
     for name in ["oci", "garbage", "noregistry"] {
         assert_eq!(

@@ -2,7 +2,7 @@
 //! configMap, secret and emptyDir volumes, read-only mounts, and a missing ConfigMap that
 //! holds the pod in ContainerCreating until it appears.
 
-use e2e::{Cluster, container_state, has_phase, is_waiting, wasm_pod};
+use e2e::{Cluster, container_state, has_phase, is_waiting, waiting_message, wasm_pod};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::api::{Api, PostParams};
 use serde_json::json;
@@ -205,10 +205,7 @@ async fn environment_from_config_maps_and_secrets() -> anyhow::Result<()> {
             is_waiting("CreateContainerConfigError"),
         )
         .await?;
-    let message = container_state(&waiting)
-        .and_then(|s| s.waiting)
-        .and_then(|w| w.message)
-        .unwrap_or_default();
+    let message = waiting_message(&waiting);
     assert_eq!(message, "secret \"later\" not found");
     let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
     secrets
