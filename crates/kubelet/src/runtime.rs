@@ -39,14 +39,39 @@ pub struct ContainerRun {
     pub stdout: LogWriter,
     /// Where the guest's stderr goes.
     pub stderr: LogWriter,
-    /// Cap on the guest's linear memory and tables, in bytes.
-    pub memory_limit: Option<u64>,
+    /// What the guest may use: memory and CPU (`resources.limits`).
+    pub limits: Limits,
+    /// Ports to serve and hosts the guest may reach.
+    pub network: Network,
+}
+
+/// A container's resource limits, from `resources.limits`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Limits {
+    /// Cap on the guest's linear memories and tables together, in bytes; growing past it ends
+    /// the container as OOMKilled.
+    pub memory_bytes: Option<u64>,
+    /// Share of one core the guest may use (`0.5` for `500m`), enforced per 100 ms period.
+    pub cpu_cores: Option<f64>,
+}
+
+/// The container's network: wasm guests share the node's network namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Network {
+    /// The address served ports bind to (the node's IP, which is also the pod's IP).
+    pub listen_ip: std::net::IpAddr,
+    /// TCP ports the container declares (`containerPort`), in order.
+    pub ports: Vec<u16>,
+    /// Outbound destinations the guest may reach: `host`, `host:port` or `*` (any); empty
+    /// means none.
+    pub allowed_outbound: Vec<String>,
 }
 
 /// Why a container stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exit {
-    /// The exit code (WASI `proc_exit`, 0 on a normal return, 134 for a trap, 137 when killed).
+    /// The exit code (WASI `proc_exit`, 0 on a normal return, 134 for a trap, 137 when killed
+    /// or out of memory).
     pub code: i32,
     /// A reason that overrides the kubelet's default (`Completed`/`Error`), e.g. `OOMKilled`.
     pub reason: Option<String>,
@@ -61,6 +86,17 @@ impl Exit {
             code: 137,
             reason: None,
             message: Some("stopped by the node agent".into()),
+        }
+    }
+
+    /// A container whose guest grew its memory past its limit.
+    pub fn out_of_memory(limit: u64) -> Self {
+        Self {
+            code: 137,
+            reason: Some("OOMKilled".into()),
+            message: Some(format!(
+                "the guest's memory grew past its limit of {limit} bytes (resources.limits.memory)"
+            )),
         }
     }
 }

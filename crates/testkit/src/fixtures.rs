@@ -27,36 +27,44 @@ pub fn repo_root() -> PathBuf {
 
 static BUILT: Mutex<bool> = Mutex::new(false);
 
-/// Builds the guests in examples/ for wasm32-wasip1 (once per process) and returns the path of
-/// `name`.wasm.
-pub fn wasm_module(name: &str) -> anyhow::Result<PathBuf> {
+/// Preview 1 modules and preview 2 components built from examples/ (package names).
+const BUILDS: [(&str, &[&str]); 2] = [
+    ("wasm32-wasip1", &["hello-wasm", "wasi-probe"]),
+    ("wasm32-wasip2", &["wasi-probe", "http-probe"]),
+];
+
+/// Builds the guests in examples/ (once per process) and returns the path of `name`.wasm for
+/// `target`.
+fn built(target: &str, name: &str) -> anyhow::Result<PathBuf> {
     let root = repo_root();
     let target_dir = root.join("target/wasm");
     let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
     if !*built {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let output = std::process::Command::new(cargo)
-            .args([
-                "build",
-                "--release",
-                "--target",
-                "wasm32-wasip1",
-                "--manifest-path",
-            ])
-            .arg(root.join("examples/Cargo.toml"))
-            .arg("--target-dir")
-            .arg(&target_dir)
-            .output()
-            .context("running cargo to build the wasm fixtures")?;
-        if !output.status.success() {
-            bail!(
-                "building the wasm fixtures failed (is the target installed? `rustup target add wasm32-wasip1`):\n{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
+        for (target, packages) in BUILDS {
+            let mut command = std::process::Command::new(&cargo);
+            command
+                .args(["build", "--locked", "--release", "--target", target])
+                .arg("--manifest-path")
+                .arg(root.join("examples/Cargo.toml"))
+                .arg("--target-dir")
+                .arg(&target_dir);
+            for package in packages {
+                command.args(["-p", package]);
+            }
+            let output = command
+                .output()
+                .context("running cargo to build the wasm fixtures")?;
+            if !output.status.success() {
+                bail!(
+                    "building the wasm fixtures failed (is the target installed? `rustup target add {target}`):\n{}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
         }
         *built = true;
     }
-    let path = target_dir.join(format!("wasm32-wasip1/release/{name}.wasm"));
+    let path = target_dir.join(format!("{target}/release/{name}.wasm"));
     if !path.is_file() {
         bail!(
             "{} was not built: no such guest in examples/",
@@ -64,6 +72,17 @@ pub fn wasm_module(name: &str) -> anyhow::Result<PathBuf> {
         );
     }
     Ok(path)
+}
+
+/// The WASI preview 1 module `name` (a package of examples/).
+pub fn wasm_module(name: &str) -> anyhow::Result<PathBuf> {
+    built("wasm32-wasip1", name)
+}
+
+/// The WASI preview 2 component `name` (a package of examples/; a library's name has `_` for
+/// `-`).
+pub fn wasm_component(name: &str) -> anyhow::Result<PathBuf> {
+    built("wasm32-wasip2", name)
 }
 
 fn client() -> Client {

@@ -1,12 +1,38 @@
-//! Compiled modules by digest: in memory, then on disk (precompiled artifacts, valid only for
-//! this wasmtime build and configuration), then compiled with Cranelift.
+//! Compiled modules and components by digest: in memory, then on disk (precompiled artifacts,
+//! valid only for this wasmtime build and configuration), then compiled with Cranelift.
 
 use kubelet::runtime::{ModuleBytes, PrepareError};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::Mutex;
-use wasmtime::{Engine, Module};
+use wasmtime::component::Component;
+use wasmtime::{Engine, Module, Precompiled};
+
+/// A compiled guest: a core module (WASI preview 1) or a component (WASI preview 2).
+#[derive(Clone)]
+pub enum Compiled {
+    /// A core WebAssembly module.
+    Module(Module),
+    /// A WebAssembly component.
+    Component(Component),
+}
+
+impl Compiled {
+    fn serialize(&self) -> wasmtime::Result<Vec<u8>> {
+        match self {
+            Self::Module(m) => m.serialize(),
+            Self::Component(c) => c.serialize(),
+        }
+    }
+}
+
+/// What the bytes hold, from the WebAssembly header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Module,
+    Component,
+}
 
 /// The wasmtime version this runtime is built with.
 pub const WASMTIME_VERSION: &str = "48";
@@ -15,7 +41,7 @@ pub const WASMTIME_VERSION: &str = "48";
 pub struct ModuleCache {
     engine: Engine,
     dir: PathBuf,
-    memory: Mutex<HashMap<String, Module>>,
+    memory: Mutex<HashMap<String, Compiled>>,
 }
 
 impl ModuleCache {
@@ -40,8 +66,8 @@ impl ModuleCache {
         ))
     }
 
-    /// The compiled module for `module`.
-    pub async fn get(&self, module: &ModuleBytes) -> Result<Module, PrepareError> {
+    /// The compiled module or component for `module`.
+    pub async fn get(&self, module: &ModuleBytes) -> Result<Compiled, PrepareError> {
         if let Some(m) = self
             .memory
             .lock()
@@ -50,26 +76,25 @@ impl ModuleCache {
         {
             return Ok(m.clone());
         }
-        check_magic(&module.bytes)?;
+        let kind = kind(&module.bytes)?;
         let path = self.artifact_path(&module.digest);
         let engine = self.engine.clone();
         let bytes = module.bytes.clone();
-        let compiled = tokio::task::spawn_blocking(move || -> Result<Module, PrepareError> {
-            if path.is_file() {
-                // SAFETY: the artifact was written by `Module::serialize` of this same engine
-                // configuration (the file name carries its compatibility hash) into the node's
-                // own data dir; wasmtime checks the header and version again on load.
-                if let Ok(m) = unsafe { Module::deserialize_file(&engine, &path) } {
-                    return Ok(m);
-                }
+        let compiled = tokio::task::spawn_blocking(move || -> Result<Compiled, PrepareError> {
+            if let Some(cached) = load(&engine, &path, kind) {
+                return Ok(cached);
             }
-            let m = Module::new(&engine, &bytes).map_err(|e| PrepareError(format!("the module is not valid WebAssembly: {e:#}")))?;
-            if let Ok(artifact) = m.serialize()
+            let compiled = match kind {
+                Kind::Module => Module::new(&engine, &bytes).map(Compiled::Module),
+                Kind::Component => Component::new(&engine, &bytes).map(Compiled::Component),
+            }
+            .map_err(|e| PrepareError(format!("the module is not valid WebAssembly: {e:#}")))?;
+            if let Ok(artifact) = compiled.serialize()
                 && let Err(e) = kubelet::images::write_atomic(&path, &artifact)
             {
                 tracing::warn!(error = %e, "caching the compiled module failed; it will be compiled again next time");
             }
-            Ok(m)
+            Ok(compiled)
         })
         .await
         .map_err(|e| PrepareError(format!("compiling the module failed: {e}")))??;
@@ -81,12 +106,32 @@ impl ModuleCache {
     }
 }
 
-fn check_magic(bytes: &[u8]) -> Result<(), PrepareError> {
+/// A precompiled artifact from an earlier run, when it is there and of the expected kind.
+fn load(engine: &Engine, path: &std::path::Path, kind: Kind) -> Option<Compiled> {
+    let found = Engine::detect_precompiled_file(path).ok().flatten()?;
+    // SAFETY: the artifact was written by `serialize` of this same engine configuration (the
+    // file name carries its compatibility hash) into the node's own data dir; wasmtime checks
+    // the header and version again on load.
+    unsafe {
+        match (kind, found) {
+            (Kind::Module, Precompiled::Module) => Module::deserialize_file(engine, path)
+                .ok()
+                .map(Compiled::Module),
+            (Kind::Component, Precompiled::Component) => Component::deserialize_file(engine, path)
+                .ok()
+                .map(Compiled::Component),
+            _ => None,
+        }
+    }
+}
+
+fn kind(bytes: &[u8]) -> Result<Kind, PrepareError> {
     match bytes.get(..8) {
-        Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => Ok(()),
-        Some([0, b'a', b's', b'm', _, _, 1, 0]) => Err(PrepareError(
-            "the image holds a WebAssembly component (WASI preview 2); this node runs WASI preview 1 modules".into(),
+        Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => Ok(Kind::Module),
+        Some([0, b'a', b's', b'm', _, _, 1, 0]) => Ok(Kind::Component),
+        _ => Err(PrepareError(
+            "the image's content is not WebAssembly (it does not start with the \\0asm header)"
+                .into(),
         )),
-        _ => Err(PrepareError("the image's content is not a WebAssembly module (it does not start with the \\0asm header)".into())),
     }
 }

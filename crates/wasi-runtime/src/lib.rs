@@ -1,38 +1,55 @@
-//! Runs WASI preview 1 modules for the node agent with wasmtime: one shared engine, modules
-//! compiled once per digest and cached in memory and on disk, each container in its own store
-//! with only the argv, environment and directories its pod spec grants.
+//! Runs WebAssembly for the node agent with wasmtime: WASI preview 1 modules, WASI preview 2
+//! command components (`wasi:cli/run`) and wasi-http components
+//! (`wasi:http/incoming-handler`, served on the pod's ports). One shared engine; guests
+//! compiled once per digest and cached in memory and on disk; each guest in its own store with
+//! only the argv, environment, directories, destinations and resources its pod spec grants.
 
 mod cache;
+mod guest;
+mod http;
+mod limits;
+mod outbound;
 
+use guest::{ComponentState, GuestSetup, ModuleState};
 use kubelet::runtime::{
     ContainerRun, Exit, ModuleBytes, PrepareError, RunningContainer, Runtime, StartError,
 };
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use wasmtime::component::Component;
 use wasmtime::{Config, Engine, InstancePre, Linker, Store};
-use wasmtime_wasi::p1::WasiP1Ctx;
-use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+use wasmtime_wasi::p2::bindings::CommandPre;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
-/// How often running guests yield to the scheduler (and can be stopped).
+/// How often running guests yield to the scheduler (and can be stopped or throttled).
 const EPOCH_TICK: Duration = Duration::from_millis(10);
-/// Bytes a guest may have buffered towards its log before its writes wait.
-const OUTPUT_BUDGET: usize = 64 * 1024;
-/// Exit code for a trap, as the wasmtime CLI reports it (128 + SIGABRT).
-const TRAP_EXIT_CODE: i32 = 134;
+/// The port a wasi-http component is served on when its container declares none.
+const DEFAULT_HTTP_PORT: u16 = 8080;
 
-/// A module compiled and linked against WASI preview 1, ready to instantiate.
+/// A guest compiled and linked, ready to instantiate.
 #[derive(Clone)]
-pub struct Prepared {
-    pre: InstancePre<WasiP1Ctx>,
+pub struct Prepared(Guest);
+
+#[derive(Clone)]
+enum Guest {
+    /// A WASI preview 1 command module.
+    Module(InstancePre<ModuleState>),
+    /// A component exporting `wasi:cli/run`.
+    Command(CommandPre<ComponentState>),
+    /// A component exporting `wasi:http/incoming-handler`.
+    Http(ProxyPre<ComponentState>),
 }
 
 /// The `wasm32-wasi` runtime.
 pub struct WasiRuntime {
     engine: Engine,
-    linker: Arc<Linker<WasiP1Ctx>>,
+    modules: Linker<ModuleState>,
+    components: wasmtime::component::Linker<ComponentState>,
     cache: cache::ModuleCache,
-    stop_ticker: Arc<std::sync::atomic::AtomicBool>,
+    stop_ticker: Arc<AtomicBool>,
 }
 
 /// The runtime could not be set up.
@@ -41,15 +58,18 @@ pub struct WasiRuntime {
 pub struct SetupError(String);
 
 impl WasiRuntime {
-    /// A runtime caching compiled modules under `cache_dir`.
+    /// A runtime caching compiled guests under `cache_dir`.
     pub fn new(cache_dir: PathBuf) -> Result<Self, SetupError> {
+        let setup = |e: wasmtime::Error| SetupError(format!("{e:#}"));
         let mut config = Config::new();
         config.epoch_interruption(true);
-        let engine = Engine::new(&config).map_err(|e| SetupError(e.to_string()))?;
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p1::add_to_linker_async(&mut linker, |ctx| ctx)
-            .map_err(|e| SetupError(e.to_string()))?;
-        let stop_ticker = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let engine = Engine::new(&config).map_err(setup)?;
+        let mut modules = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut modules, ModuleState::wasi).map_err(setup)?;
+        let mut components = wasmtime::component::Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut components).map_err(setup)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut components).map_err(setup)?;
+        let stop_ticker = Arc::new(AtomicBool::new(false));
         // The epoch ticker thread ends at the first tick after the runtime is dropped.
         {
             let engine = engine.clone();
@@ -57,7 +77,7 @@ impl WasiRuntime {
             std::thread::Builder::new()
                 .name("wasm-epoch".into())
                 .spawn(move || {
-                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    while !stop.load(Ordering::Relaxed) {
                         std::thread::sleep(EPOCH_TICK);
                         engine.increment_epoch();
                     }
@@ -67,17 +87,34 @@ impl WasiRuntime {
         let cache = cache::ModuleCache::new(engine.clone(), cache_dir);
         Ok(Self {
             engine,
-            linker: Arc::new(linker),
+            modules,
+            components,
             cache,
             stop_ticker,
         })
+    }
+
+    fn prepare_component(&self, component: &Component) -> Result<Guest, PrepareError> {
+        let pre = self.components.instantiate_pre(component).map_err(|e| {
+            PrepareError(format!(
+                "the component needs imports this node does not provide: {e:#}"
+            ))
+        })?;
+        if let Ok(command) = CommandPre::new(pre.clone()) {
+            return Ok(Guest::Command(command));
+        }
+        if let Ok(proxy) = ProxyPre::new(pre) {
+            return Ok(Guest::Http(proxy));
+        }
+        Err(PrepareError(
+            "the component exports neither wasi:cli/run (a command) nor wasi:http/incoming-handler (an HTTP handler), so there is nothing to run".into(),
+        ))
     }
 }
 
 impl Drop for WasiRuntime {
     fn drop(&mut self) {
-        self.stop_ticker
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.stop_ticker.store(true, Ordering::Relaxed);
     }
 }
 
@@ -93,13 +130,17 @@ impl Runtime for WasiRuntime {
     }
 
     async fn prepare(&self, module: ModuleBytes) -> Result<Prepared, PrepareError> {
-        let compiled = self.cache.get(&module).await?;
-        let pre = self.linker.instantiate_pre(&compiled).map_err(|e| {
-            PrepareError(format!(
-                "the module needs imports this node does not provide: {e:#}"
-            ))
-        })?;
-        Ok(Prepared { pre })
+        let guest = match self.cache.get(&module).await? {
+            cache::Compiled::Module(compiled) => {
+                Guest::Module(self.modules.instantiate_pre(&compiled).map_err(|e| {
+                    PrepareError(format!(
+                        "the module needs imports this node does not provide: {e:#}"
+                    ))
+                })?)
+            }
+            cache::Compiled::Component(component) => self.prepare_component(&component)?,
+        };
+        Ok(Prepared(guest))
     }
 
     async fn start(
@@ -107,63 +148,51 @@ impl Runtime for WasiRuntime {
         prepared: &Prepared,
         run: ContainerRun,
     ) -> Result<RunningContainer, StartError> {
-        let mut wasi = WasiCtxBuilder::new();
-        wasi.args(&run.args).envs(&run.env);
-        wasi.stdout(wasmtime_wasi::cli::AsyncStdoutStream::new(
-            OUTPUT_BUDGET,
-            run.stdout,
-        ));
-        wasi.stderr(wasmtime_wasi::cli::AsyncStdoutStream::new(
-            OUTPUT_BUDGET,
-            run.stderr,
-        ));
-        for mount in &run.mounts {
-            let perms = if mount.read_only {
-                FsPerms::ReadOnly
-            } else {
-                FsPerms::ReadWrite
-            };
-            wasi.preopened_dir(&mount.host_path, &mount.guest_path, perms)
-                .map_err(|e| {
-                    StartError(format!(
-                        "opening {} for {}: {e}",
-                        mount.host_path.display(),
-                        mount.guest_path
-                    ))
-                })?;
-        }
-        let mut store = Store::new(&self.engine, wasi.build_p1());
-        store.epoch_deadline_async_yield_and_update(1);
-        let pre = prepared.pre.clone();
-        let task = tokio::spawn(async move { run_to_exit(store, pre).await });
+        let network = run.network.clone();
+        let setup = GuestSetup::new(run);
+        let task = match &prepared.0 {
+            Guest::Module(pre) => {
+                let store = setup.module_store(&self.engine)?;
+                tokio::spawn(run_module(store, pre.clone()))
+            }
+            Guest::Command(pre) => {
+                let store = setup.component_store(&self.engine)?;
+                tokio::spawn(run_command(store, pre.clone()))
+            }
+            Guest::Http(pre) => {
+                let ports = if network.ports.is_empty() {
+                    vec![DEFAULT_HTTP_PORT]
+                } else {
+                    network.ports.clone()
+                };
+                let addrs: Vec<SocketAddr> = ports
+                    .iter()
+                    .map(|port| SocketAddr::new(network.listen_ip, *port))
+                    .collect();
+                let listeners = http::bind(&addrs).await?;
+                let server = http::Server::new(self.engine.clone(), pre.clone(), setup);
+                tokio::spawn(server.serve(listeners))
+            }
+        };
         Ok(RunningContainer::new(task))
     }
 }
 
-async fn run_to_exit(mut store: Store<WasiP1Ctx>, pre: InstancePre<WasiP1Ctx>) -> Exit {
+async fn run_module(mut store: Store<ModuleState>, pre: InstancePre<ModuleState>) -> Exit {
     let outcome = async {
         let instance = pre.instantiate_async(&mut store).await?;
         let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
         start.call_async(&mut store, ()).await
     }
     .await;
-    match outcome {
-        Ok(()) => Exit {
-            code: 0,
-            reason: None,
-            message: None,
-        },
-        Err(e) => match e.downcast_ref::<wasmtime_wasi::I32Exit>() {
-            Some(exit) => Exit {
-                code: exit.0,
-                reason: None,
-                message: None,
-            },
-            None => Exit {
-                code: TRAP_EXIT_CODE,
-                reason: None,
-                message: Some(format!("{e:#}")),
-            },
-        },
+    guest::exit(&mut store, outcome.map(|()| true))
+}
+
+async fn run_command(mut store: Store<ComponentState>, pre: CommandPre<ComponentState>) -> Exit {
+    let outcome = async {
+        let command = pre.instantiate_async(&mut store).await?;
+        command.wasi_cli_run().call_run(&mut store).await
     }
+    .await;
+    guest::exit(&mut store, outcome.map(|r| r.is_ok()))
 }

@@ -1,7 +1,8 @@
 //! A guest driven by its arguments, one step after another:
 //!
 //! `print TEXT`, `eprint TEXT`, `args`, `env`, `sleep MS`, `forever` (sleep without end),
-//! `spin` (busy loop without end), `exit CODE`, `trap`, `write PATH TEXT`, `read PATH`, `ls DIR`.
+//! `spin` (busy loop without end), `exit CODE`, `trap`, `write PATH TEXT`, `read PATH`, `ls DIR`,
+//! `alloc MIB` (allocate and touch that much memory, keeping it).
 //! A step that fails prints why on stderr and exits 2.
 
 use std::io::Write;
@@ -52,6 +53,12 @@ fn main() {
                     .collect();
                 names.sort();
                 println!("{}", names.join(" "));
+            }
+            "alloc" => {
+                let mib: usize = next("alloc").parse().unwrap_or_else(|e| fail("alloc", e));
+                let block = vec![1u8; mib << 20];
+                println!("allocated {} MiB", std::hint::black_box(&block).len() >> 20);
+                std::mem::forget(block);
             }
             other => fail("unknown step", other),
         }

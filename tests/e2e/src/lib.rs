@@ -152,6 +152,27 @@ impl Cluster {
         Ok(image)
     }
 
+    /// Pushes a WASI preview 2 component from examples/ as a CNCF wasm artifact (the layout
+    /// `wkg` and `wasm-pkg-tools` publish); returns the image.
+    pub async fn push_component(&self, guest: &str) -> anyhow::Result<String> {
+        let component = std::fs::read(testkit::fixtures::wasm_component(guest)?)?;
+        let image = format!(
+            "{}/{}/{}-component:v1",
+            self.registry(),
+            self.id,
+            guest.replace('_', "-")
+        );
+        testkit::fixtures::push(
+            &image,
+            component,
+            testkit::fixtures::WASM_LAYER_CNCF,
+            br#"{"architecture":"wasm","os":"wasip2"}"#.to_vec(),
+            testkit::fixtures::WASM_CONFIG_CNCF,
+        )
+        .await?;
+        Ok(image)
+    }
+
     /// Starts a node agent for this test (a real `krustlet-wasi` process).
     pub async fn start_node(&self) -> anyhow::Result<NodeAgent> {
         NodeAgent::start(self, &format!("node-{}", self.id)).await
@@ -378,6 +399,42 @@ pub async fn client_for(path: &Path) -> anyhow::Result<kube::Client> {
 /// stand-in, and for a real API server on this host).
 pub fn node_ip() -> String {
     std::env::var("KRUSTLET_E2E_NODE_IP").unwrap_or_else(|_| "127.0.0.1".into())
+}
+
+/// `N` distinct TCP ports free on the node's address right now (for pods to serve on).
+pub fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
+    let listeners = (0..N)
+        .map(|_| std::net::TcpListener::bind((node_ip().as_str(), 0)))
+        .collect::<Result<Vec<_>, _>>()
+        .context("finding free ports on the node's address")?;
+    let mut ports = [0; N];
+    for (port, listener) in ports.iter_mut().zip(&listeners) {
+        *port = listener.local_addr()?.port();
+    }
+    Ok(ports)
+}
+
+/// `GET http://<node ip>:<port><path>` with a 10 s deadline; returns the status and body.
+pub async fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
+    use http_body_util::BodyExt;
+    let exchange = async {
+        let stream = tokio::net::TcpStream::connect((node_ip(), port)).await?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        let connection = tokio::spawn(connection);
+        let request = http::Request::get(path)
+            .header(http::header::HOST, format!("{}:{port}", node_ip()))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+        let response = sender.send_request(request).await?;
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await?.to_bytes();
+        connection.abort();
+        anyhow::Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .with_context(|| format!("GET :{port}{path} did not answer within 10 s"))?
+        .with_context(|| format!("GET :{port}{path}"))
 }
 
 /// The `krustlet-wasi` binary, built by cargo if needed (a no-op when it is up to date).

@@ -107,7 +107,8 @@ impl PodHost for ApiHost {
         let api: Api<Pod> =
             Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
         // The uid makes the patch fail on a pod recreated under the same name.
-        let patch = serde_json::json!({"metadata": {"uid": pod.uid()}, "status": status});
+        let patch =
+            serde_json::json!({"metadata": {"uid": pod.uid()}, "status": status_patch(status)});
         api.patch_status(
             &pod.name_any(),
             &PatchParams::default(),
@@ -274,5 +275,63 @@ impl PodHost for ApiHost {
             .status
             .map(|s| s.token)
             .ok_or_else(|| format!("the TokenRequest for {ns}/{account} returned no token"))
+    }
+}
+
+/// The status as a strategic merge patch that replaces it: container states are one-of
+/// objects that a merge would combine (a `running` left beside the new `terminated`), so the
+/// states not set are sent as null, as the kubelet's two-way merge patch does.
+fn status_patch(status: &PodStatus) -> serde_json::Value {
+    let mut value = serde_json::to_value(status).unwrap_or_default();
+    for list in ["initContainerStatuses", "containerStatuses"] {
+        let Some(items) = value.get_mut(list).and_then(|l| l.as_array_mut()) else {
+            continue;
+        };
+        for item in items {
+            for field in ["state", "lastState"] {
+                let state = item
+                    .as_object_mut()
+                    .map(|o| o.entry(field).or_insert_with(|| serde_json::json!({})));
+                if let Some(state) = state.and_then(|s| s.as_object_mut()) {
+                    for kind in ["waiting", "running", "terminated"] {
+                        state.entry(kind).or_insert(serde_json::Value::Null);
+                    }
+                }
+            }
+        }
+    }
+    value
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_patch_clears_the_states_it_does_not_set() {
+        let status = PodStatus {
+            container_statuses: Some(vec![k8s_openapi::api::core::v1::ContainerStatus {
+                name: "main".into(),
+                state: Some(crate::pods::status::terminated(
+                    137,
+                    "OOMKilled".into(),
+                    None,
+                    None,
+                    None,
+                )),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        };
+        let patch = status_patch(&status);
+        let state = &patch["containerStatuses"][0]["state"];
+        assert!(state["running"].is_null() && state.get("running").is_some());
+        assert!(state["waiting"].is_null() && state.get("waiting").is_some());
+        assert_eq!(state["terminated"]["reason"], "OOMKilled");
+        assert!(
+            patch["containerStatuses"][0]["lastState"]
+                .get("terminated")
+                .is_some()
+        );
     }
 }

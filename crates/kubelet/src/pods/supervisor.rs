@@ -7,7 +7,7 @@ use super::admission::{self, Rejection};
 use super::backoff::Backoff;
 use super::host::{PodEvent, PodHost};
 use super::status::{self, Snapshot, now};
-use super::{container, volumes};
+use super::{container, network, resources, volumes};
 use crate::images::credentials::Keyring;
 use crate::images::{PullError, PullPolicy, Source};
 use crate::logs::LogFile;
@@ -565,7 +565,15 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             mounts,
             stdout: log.writer("stdout"),
             stderr: log.writer("stderr"),
-            memory_limit: None,
+            limits: resources::limits(&spec),
+            network: network::network(
+                &self.pod,
+                &spec,
+                self.ctx
+                    .node_ip
+                    .parse()
+                    .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into()),
+            ),
         };
         let mut running = match self.ctx.runtime.start(&prepared, run).await {
             Ok(r) => r,

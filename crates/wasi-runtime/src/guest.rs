@@ -1,0 +1,244 @@
+//! What one container's guests get: argv, environment, preopened directories, log streams,
+//! limits and network policy, turned into a wasmtime store for a preview 1 module or a
+//! component (one store per command run, one per HTTP request).
+
+use crate::limits::{CpuShare, MemoryLimit};
+use crate::outbound::OutboundPolicy;
+use kubelet::runtime::{ContainerRun, Exit, Limits, Mount, StartError};
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::component::ResourceTable;
+use wasmtime::{Engine, Store, UpdateDeadline};
+use wasmtime_wasi::cli::{AsyncStdoutStream, IsTerminal, StdoutStream};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+/// Bytes a guest may have buffered towards its log before its writes wait.
+const OUTPUT_BUDGET: usize = 64 * 1024;
+/// Exit code for a trap, as the wasmtime CLI reports it (128 + SIGABRT).
+const TRAP_EXIT_CODE: i32 = 134;
+
+/// A log stream that every store of the container writes to.
+#[derive(Clone)]
+struct SharedOutput(Arc<AsyncStdoutStream>);
+
+impl IsTerminal for SharedOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for SharedOutput {
+    fn p2_stream(&self) -> Box<dyn wasmtime_wasi::p2::OutputStream> {
+        self.0.p2_stream()
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        self.0.async_stream()
+    }
+}
+
+/// Everything a container's stores are made from.
+pub struct GuestSetup {
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    mounts: Vec<Mount>,
+    stdout: SharedOutput,
+    stderr: SharedOutput,
+    limits: Limits,
+    outbound: OutboundPolicy,
+}
+
+/// What a store's guest may use, and whether it ran out.
+pub struct GuestLimits {
+    memory: MemoryLimit,
+    cpu: Option<CpuShare>,
+}
+
+/// Store state of a preview 1 module.
+pub struct ModuleState {
+    wasi: WasiP1Ctx,
+    limits: GuestLimits,
+}
+
+/// Store state of a component: WASI preview 2 and wasi-http.
+pub struct ComponentState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    http: WasiHttpCtx,
+    outbound: OutboundPolicy,
+    limits: GuestLimits,
+}
+
+impl ModuleState {
+    /// The module's WASI context, for the preview 1 linker.
+    pub fn wasi(&mut self) -> &mut WasiP1Ctx {
+        &mut self.wasi
+    }
+}
+
+impl WasiView for ComponentState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for ComponentState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            hooks: &mut self.outbound,
+            table: &mut self.table,
+            ctx: &mut self.http,
+        }
+    }
+}
+
+/// Store state that carries limits.
+pub trait Limited: Send + 'static {
+    /// The store's limits.
+    fn limits(&mut self) -> &mut GuestLimits;
+}
+
+impl Limited for ModuleState {
+    fn limits(&mut self) -> &mut GuestLimits {
+        &mut self.limits
+    }
+}
+
+impl Limited for ComponentState {
+    fn limits(&mut self) -> &mut GuestLimits {
+        &mut self.limits
+    }
+}
+
+impl GuestSetup {
+    /// The setup for `run` (its log writers become the container's shared streams).
+    pub fn new(run: ContainerRun) -> Self {
+        Self {
+            args: run.args,
+            env: run.env,
+            mounts: run.mounts,
+            stdout: SharedOutput(Arc::new(AsyncStdoutStream::new(OUTPUT_BUDGET, run.stdout))),
+            stderr: SharedOutput(Arc::new(AsyncStdoutStream::new(OUTPUT_BUDGET, run.stderr))),
+            limits: run.limits,
+            outbound: OutboundPolicy::new(&run.network.allowed_outbound),
+        }
+    }
+
+    fn wasi(&self) -> Result<WasiCtxBuilder, StartError> {
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.args(&self.args).envs(&self.env);
+        wasi.stdout(self.stdout.clone()).stderr(self.stderr.clone());
+        for mount in &self.mounts {
+            let perms = if mount.read_only {
+                FsPerms::ReadOnly
+            } else {
+                FsPerms::ReadWrite
+            };
+            wasi.preopened_dir(&mount.host_path, &mount.guest_path, perms)
+                .map_err(|e| {
+                    StartError(format!(
+                        "opening {} for {}: {e}",
+                        mount.host_path.display(),
+                        mount.guest_path
+                    ))
+                })?;
+        }
+        if self.outbound.allows_any() {
+            let policy = self.outbound.clone();
+            wasi.allow_tcp(true)
+                .allow_udp(true)
+                .allow_ip_name_lookup(policy.allows_name_lookup())
+                .socket_addr_check(move |addr, usage| {
+                    let permitted = policy.permits_socket(addr, usage);
+                    Box::pin(async move { permitted })
+                });
+        }
+        Ok(wasi)
+    }
+
+    fn limits(&self) -> GuestLimits {
+        GuestLimits {
+            memory: MemoryLimit::new(self.limits.memory_bytes),
+            cpu: self.limits.cpu_cores.and_then(CpuShare::new),
+        }
+    }
+
+    /// A store for one run of a preview 1 module.
+    pub fn module_store(&self, engine: &Engine) -> Result<Store<ModuleState>, StartError> {
+        let state = ModuleState {
+            wasi: self.wasi()?.build_p1(),
+            limits: self.limits(),
+        };
+        Ok(limited_store(engine, state))
+    }
+
+    /// A store for one run of a component (a command, or one HTTP request).
+    pub fn component_store(&self, engine: &Engine) -> Result<Store<ComponentState>, StartError> {
+        let state = ComponentState {
+            wasi: self.wasi()?.build(),
+            table: ResourceTable::new(),
+            http: WasiHttpCtx::new(),
+            outbound: self.outbound.clone(),
+            limits: self.limits(),
+        };
+        Ok(limited_store(engine, state))
+    }
+}
+
+/// A store that enforces its state's limits and yields to other tasks at every epoch tick.
+fn limited_store<T: Limited>(engine: &Engine, state: T) -> Store<T> {
+    let mut store = Store::new(engine, state);
+    store.limiter(|state| &mut state.limits().memory);
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|mut cx| {
+        let pause = cx
+            .data_mut()
+            .limits()
+            .cpu
+            .as_mut()
+            .map_or(Duration::ZERO, CpuShare::tick);
+        Ok(if pause.is_zero() {
+            UpdateDeadline::Yield(1)
+        } else {
+            UpdateDeadline::YieldCustom(1, Box::pin(tokio::time::sleep(pause)))
+        })
+    });
+    store
+}
+
+/// How a guest's run ended: `outcome` of the call, `Ok(false)` for a command that returned
+/// failure.
+pub fn exit<T: Limited>(store: &mut Store<T>, outcome: wasmtime::Result<bool>) -> Exit {
+    if let Some(limit) = store.data_mut().limits().memory.exceeded() {
+        return Exit::out_of_memory(limit);
+    }
+    match outcome {
+        Ok(true) => Exit {
+            code: 0,
+            reason: None,
+            message: None,
+        },
+        Ok(false) => Exit {
+            code: 1,
+            reason: None,
+            message: None,
+        },
+        Err(e) => match e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+            Some(exit) => Exit {
+                code: exit.0,
+                reason: None,
+                message: None,
+            },
+            None => Exit {
+                code: TRAP_EXIT_CODE,
+                reason: None,
+                message: Some(format!("{e:#}")),
+            },
+        },
+    }
+}

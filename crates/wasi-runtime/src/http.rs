@@ -1,0 +1,167 @@
+//! Serves a wasi-http component on the pod's ports: every request gets a fresh instance from
+//! the pre-instantiated component, as `wasmtime serve` does. A trapping request answers 500 and
+//! is logged; the container keeps serving.
+
+use crate::guest::{ComponentState, GuestSetup};
+use hyper::server::conn::http1;
+use kubelet::runtime::{Exit, StartError};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::task::AbortOnDropHandle;
+use wasmtime::Engine;
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::io::TokioIo;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+/// How long to wait after a failed accept (e.g. out of file descriptors).
+const ACCEPT_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Binds every address; a port already taken fails the start with a clear message.
+pub async fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, StartError> {
+    let mut listeners = Vec::with_capacity(addrs.len());
+    for addr in addrs {
+        let listener = TcpListener::bind(addr).await.map_err(|e| {
+            StartError(if e.kind() == std::io::ErrorKind::AddrInUse {
+                format!(
+                    "port {} is already in use on {}: another pod (or process) on this node serves it; wasm pods share the node's network, so give this pod another containerPort or let it run on another node",
+                    addr.port(),
+                    addr.ip()
+                )
+            } else {
+                format!("listening on {addr}: {e}")
+            })
+        })?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+/// One HTTP server for a container.
+pub struct Server {
+    engine: Engine,
+    pre: ProxyPre<ComponentState>,
+    setup: GuestSetup,
+}
+
+impl Server {
+    /// A server handling requests with `pre`.
+    pub fn new(engine: Engine, pre: ProxyPre<ComponentState>, setup: GuestSetup) -> Arc<Self> {
+        Arc::new(Self { engine, pre, setup })
+    }
+
+    /// Accepts connections on `listeners` until the task is aborted, which also ends every
+    /// connection and every request in flight.
+    pub async fn serve(self: Arc<Self>, listeners: Vec<TcpListener>) -> Exit {
+        let mut accepts = JoinSet::new();
+        for listener in listeners {
+            accepts.spawn(self.clone().accept(listener));
+        }
+        while accepts.join_next().await.is_some() {}
+        Exit::killed()
+    }
+
+    async fn accept(self: Arc<Self>, listener: TcpListener) {
+        let mut connections = JoinSet::new();
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    connections.spawn(self.clone().connection(stream));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(ACCEPT_RETRY).await;
+                }
+            }
+            while connections.try_join_next().is_some() {}
+        }
+    }
+
+    async fn connection(self: Arc<Self>, stream: tokio::net::TcpStream) {
+        let service = hyper::service::service_fn(move |request| {
+            let server = self.clone();
+            async move { server.handle(request).await }
+        });
+        if let Err(e) = http1::Builder::new()
+            .keep_alive(true)
+            .serve_connection(TokioIo::new(stream), service)
+            .await
+        {
+            tracing::debug!(error = %e, "HTTP connection ended with an error");
+        }
+    }
+
+    async fn handle(
+        &self,
+        request: hyper::Request<hyper::body::Incoming>,
+    ) -> Result<hyper::Response<HyperOutgoingBody>, ErrorCode> {
+        let response = self.call(request).await;
+        match response {
+            Ok(r) => Ok(r),
+            Err(message) => {
+                tracing::warn!("{message}");
+                use http_body_util::BodyExt;
+                let body = http_body_util::Full::new(bytes::Bytes::from(message))
+                    .map_err(|never| match never {})
+                    .boxed_unsync();
+                Ok(hyper::Response::builder()
+                    .status(500)
+                    .body(body)
+                    .expect("a static response is valid"))
+            }
+        }
+    }
+
+    async fn call(
+        &self,
+        request: hyper::Request<hyper::body::Incoming>,
+    ) -> Result<hyper::Response<HyperOutgoingBody>, String> {
+        let mut store = self
+            .setup
+            .component_store(&self.engine)
+            .map_err(|e| e.to_string())?;
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let incoming = store
+            .data_mut()
+            .http()
+            .new_incoming_request(Scheme::Http, request)
+            .map_err(|e| format!("{e:#}"))?;
+        let outparam = store
+            .data_mut()
+            .http()
+            .new_response_outparam(sender)
+            .map_err(|e| format!("{e:#}"))?;
+        let pre = self.pre.clone();
+        let task = AbortOnDropHandle::new(tokio::spawn(async move {
+            let outcome = async {
+                let proxy = pre.instantiate_async(&mut store).await?;
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, incoming, outparam)
+                    .await
+            }
+            .await;
+            crate::guest::exit(&mut store, outcome.map(|()| true))
+        }));
+        match receiver.await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(code)) => Err(format!("the guest answered with an error: {code:?}")),
+            Err(_) => {
+                let exit = task.await.unwrap_or_else(|e| kubelet::runtime::Exit {
+                    code: 134,
+                    reason: None,
+                    message: Some(e.to_string()),
+                });
+                Err(format!(
+                    "the guest failed before responding (exit code {}{}): {}",
+                    exit.code,
+                    exit.reason.map(|r| format!(", {r}")).unwrap_or_default(),
+                    exit.message.unwrap_or_default()
+                ))
+            }
+        }
+    }
+}

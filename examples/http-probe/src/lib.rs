@@ -1,0 +1,65 @@
+//! A wasi-http component (`wasi:http/incoming-handler`) for tests. Paths:
+//! `/` answers `hello from wasi-http`; `/fetch/HOST:PORT/PATH` makes an outgoing request to
+//! `http://HOST:PORT/PATH` and answers with what came back (or the error, with status 502);
+//! `/trap` traps. Every request is logged on stdout.
+
+use std::io::{Read as _, Write as _};
+use wasip2::http::outgoing_handler;
+use wasip2::http::types::{
+    Fields, IncomingRequest, OutgoingBody, OutgoingRequest, OutgoingResponse, ResponseOutparam,
+    Scheme,
+};
+
+wasip2::http::proxy::export!(Probe);
+
+struct Probe;
+
+impl wasip2::exports::http::incoming_handler::Guest for Probe {
+    fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
+        let path = request.path_with_query().unwrap_or_default();
+        println!("http-probe: {:?} {path}", request.method());
+        let (status, body) = match path.as_str() {
+            "/trap" => core::arch::wasm32::unreachable(),
+            p if p.starts_with("/fetch/") => fetch(&p["/fetch/".len()..]),
+            _ => (200, "hello from wasi-http\n".to_string()),
+        };
+        respond(response_out, status, &body);
+    }
+}
+
+fn respond(out: ResponseOutparam, status: u16, text: &str) {
+    let response = OutgoingResponse::new(Fields::new());
+    response.set_status_code(status).expect("a valid status");
+    let body = response.body().expect("the body is taken once");
+    ResponseOutparam::set(out, Ok(response));
+    let mut stream = body.write().expect("the stream is taken once");
+    stream.write_all(text.as_bytes()).expect("writing the body");
+    stream.flush().expect("flushing the body");
+    drop(stream);
+    OutgoingBody::finish(body, None).expect("finishing the body");
+}
+
+/// Fetches `http://TARGET` where TARGET is `host:port/path`.
+fn fetch(target: &str) -> (u16, String) {
+    let (authority, path) = target.split_once('/').unwrap_or((target, ""));
+    let request = OutgoingRequest::new(Fields::new());
+    request.set_scheme(Some(&Scheme::Http)).expect("http is valid");
+    request.set_authority(Some(authority)).expect("a valid authority");
+    request.set_path_with_query(Some(&format!("/{path}"))).expect("a valid path");
+    let pending = match outgoing_handler::handle(request, None) {
+        Ok(pending) => pending,
+        Err(e) => return (502, format!("outgoing request refused: {e:?}\n")),
+    };
+    pending.subscribe().block();
+    let response = match pending.get() {
+        Some(Ok(Ok(response))) => response,
+        Some(Ok(Err(e))) => return (502, format!("outgoing request failed: {e:?}\n")),
+        _ => return (502, "outgoing request vanished\n".to_string()),
+    };
+    let status = response.status();
+    let body = response.consume().expect("the body is consumed once");
+    let mut stream = body.stream().expect("the stream is taken once");
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text);
+    (200, format!("fetched {status}: {text}"))
+}

@@ -1,0 +1,186 @@
+//! WASI preview 2: command components run like modules, and wasi-http components serve the
+//! pod's ports on the node's IP, with outbound HTTP only where the pod allows it.
+
+use e2e::{Cluster, container_state, free_ports, has_phase, http_get, node_ip, wasm_pod};
+use k8s_openapi::api::core::v1::Pod;
+
+/// A pod serving `image` (a wasi-http component) on `port`, with optional annotations.
+fn http_pod(name: &str, image: &str, node: &str, port: u16, annotations: serde_json::Value) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": name}, "annotations": annotations},
+        "spec": {
+            "nodeName": node,
+            "containers": [{"name": "web", "image": image, "ports": [{"containerPort": port}]}],
+            "tolerations": [{"key": "krustlet/arch", "operator": "Equal", "value": "wasm32-wasi", "effect": "NoExecute"}],
+        }
+    }))
+    .expect("a valid pod")
+}
+
+fn is_ready(pod: Option<&Pod>) -> bool {
+    pod.and_then(|p| p.status.as_ref())
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+#[tokio::test]
+async fn a_component_command_runs_with_args_env_and_logs() -> anyhow::Result<()> {
+    let cluster = Cluster::new("p2-command").await?;
+    let agent = cluster.start_node().await?;
+    let image = cluster.push_component("wasi-probe").await?;
+    let mut pod = wasm_pod(
+        "command",
+        &image,
+        &agent.name,
+        &["print", "hello from a component", "env"],
+        "Never",
+    );
+    pod.spec.as_mut().expect("spec").containers[0].env = Some(vec![serde_json::from_value(
+        serde_json::json!({"name": "GREETING", "value": "hi"}),
+    )?]);
+    cluster.create_pod(pod).await?;
+    let done = cluster
+        .wait_pod("command", "Succeeded", has_phase("Succeeded"))
+        .await?;
+    let terminated = container_state(&done)
+        .and_then(|s| s.terminated)
+        .expect("terminated");
+    assert_eq!(terminated.exit_code, 0);
+    assert_eq!(terminated.reason.as_deref(), Some("Completed"));
+    let logs = cluster.kubectl(&["logs", "command"])?;
+    assert!(logs.contains("hello from a component"), "{logs}");
+    assert!(logs.contains("GREETING=hi"), "{logs}");
+
+    // A component that fails reports an error (preview 2 carries no exit code beyond failure).
+    cluster
+        .create_pod(wasm_pod(
+            "failing",
+            &image,
+            &agent.name,
+            &["exit", "3"],
+            "Never",
+        ))
+        .await?;
+    let failed = cluster
+        .wait_pod("failing", "Failed", has_phase("Failed"))
+        .await?;
+    let terminated = container_state(&failed)
+        .and_then(|s| s.terminated)
+        .expect("terminated");
+    assert_ne!(terminated.exit_code, 0);
+    assert_eq!(terminated.reason.as_deref(), Some("Error"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_wasi_http_component_serves_its_port_and_frees_it_on_deletion() -> anyhow::Result<()> {
+    let cluster = Cluster::new("p2-http").await?;
+    let agent = cluster.start_node().await?;
+    let image = cluster.push_component("http_probe").await?;
+    let [port] = free_ports()?;
+    cluster
+        .create_pod(http_pod(
+            "web",
+            &image,
+            &agent.name,
+            port,
+            serde_json::json!({}),
+        ))
+        .await?;
+    let ready = cluster.wait_pod("web", "Ready", is_ready).await?;
+    let status = ready.status.clone().unwrap_or_default();
+    assert_eq!(status.pod_ip, Some(node_ip()), "the pod's IP is the node's");
+
+    let (code, body) = http_get(port, "/").await?;
+    assert_eq!((code, body.as_str()), (200, "hello from wasi-http\n"));
+    // A request that traps answers 500; the pod serves on.
+    let (code, body) = http_get(port, "/trap").await?;
+    assert_eq!(code, 500, "{body}");
+    assert!(body.contains("failed"), "{body}");
+    let (code, _) = http_get(port, "/again").await?;
+    assert_eq!(code, 200);
+    let logs = cluster.kubectl(&["logs", "web"])?;
+    assert!(logs.contains("/again"), "each request is logged: {logs}");
+
+    // A second pod wanting the same port on this node gets a clear status.
+    cluster
+        .create_pod(http_pod(
+            "clash",
+            &image,
+            &agent.name,
+            port,
+            serde_json::json!({}),
+        ))
+        .await?;
+    let clash = cluster
+        .wait_pod("clash", "refused its port", |p: Option<&Pod>| {
+            p.and_then(container_state)
+                .and_then(|s| s.waiting)
+                .is_some_and(|w| w.reason.as_deref() == Some("CreateContainerError"))
+        })
+        .await?;
+    let message = e2e::waiting_message(&clash);
+    assert!(
+        message.contains(&format!("port {port} is already in use")),
+        "{message}"
+    );
+    cluster.kubectl(&["delete", "pod", "clash", "--wait=true"])?;
+
+    // Deleting the pod frees the port at once.
+    cluster.kubectl(&["delete", "pod", "web", "--wait=true"])?;
+    assert!(
+        std::net::TcpListener::bind((node_ip().as_str(), port)).is_ok(),
+        "port {port} is still held after the pod was deleted"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn outbound_http_is_denied_unless_the_pod_allows_the_host() -> anyhow::Result<()> {
+    let cluster = Cluster::new("p2-outbound").await?;
+    let agent = cluster.start_node().await?;
+    let image = cluster.push_component("http_probe").await?;
+    let [target, closed, open] = free_ports()?;
+    let target_host = format!("{}:{target}", node_ip());
+    cluster
+        .create_pod(http_pod(
+            "target",
+            &image,
+            &agent.name,
+            target,
+            serde_json::json!({}),
+        ))
+        .await?;
+    cluster
+        .create_pod(http_pod(
+            "closed",
+            &image,
+            &agent.name,
+            closed,
+            serde_json::json!({}),
+        ))
+        .await?;
+    cluster
+        .create_pod(http_pod(
+            "open",
+            &image,
+            &agent.name,
+            open,
+            serde_json::json!({"krustlet.dev/allowed-outbound-hosts": target_host}),
+        ))
+        .await?;
+    for name in ["target", "closed", "open"] {
+        cluster.wait_pod(name, "Ready", is_ready).await?;
+    }
+    let (code, body) = http_get(closed, &format!("/fetch/{target_host}/")).await?;
+    assert_eq!(code, 502, "{body}");
+    assert!(body.contains("HttpRequestDenied"), "{body}");
+    let (code, body) = http_get(open, &format!("/fetch/{target_host}/")).await?;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body, "fetched 200: hello from wasi-http\n");
+    // Only the listed destination: another port on the same host stays closed.
+    let (code, body) = http_get(open, &format!("/fetch/{}:{closed}/", node_ip())).await?;
+    assert_eq!(code, 502, "{body}");
+    Ok(())
+}
