@@ -1,7 +1,9 @@
 //! A wasi-http component (`wasi:http/incoming-handler`) for tests. Paths:
 //! `/` answers `hello from wasi-http`; `/fetch/HOST:PORT/PATH` makes an outgoing request to
 //! `http://HOST:PORT/PATH` and answers with what came back (or the error, with status 502);
-//! `/trap` traps. Every request is logged on stdout.
+//! `/status/CODE` answers with that status; `/file/PATH` answers 200 when the file `/PATH`
+//! exists in the guest's filesystem (its mounts) and 503 when not; `/trap` traps. Every request
+//! is logged on stdout.
 
 use std::io::{Read as _, Write as _};
 use wasip2::http::outgoing_handler;
@@ -21,6 +23,17 @@ impl wasip2::exports::http::incoming_handler::Guest for Probe {
         let (status, body) = match path.as_str() {
             "/trap" => core::arch::wasm32::unreachable(),
             p if p.starts_with("/fetch/") => fetch(&p["/fetch/".len()..]),
+            p if p.starts_with("/status/") => match p["/status/".len()..].parse() {
+                Ok(code) => (code, format!("status {code}\n")),
+                Err(_) => (400, "not a status code\n".to_string()),
+            },
+            p if p.starts_with("/file/") => {
+                let path = &p["/file".len()..];
+                match std::fs::metadata(path) {
+                    Ok(_) => (200, format!("{path} exists\n")),
+                    Err(e) => (503, format!("{path}: {e}\n")),
+                }
+            }
             _ => (200, "hello from wasi-http\n".to_string()),
         };
         respond(response_out, status, &body);

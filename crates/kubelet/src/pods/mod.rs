@@ -6,6 +6,7 @@ mod backoff;
 pub mod container;
 pub mod host;
 pub mod network;
+pub mod probes;
 pub mod registry;
 pub mod resources;
 pub mod status;

@@ -6,6 +6,7 @@ use super::PodContext;
 use super::admission::{self, Rejection};
 use super::backoff::Backoff;
 use super::host::{PodEvent, PodHost};
+use super::probes::{self, ContainerProbes, Update};
 use super::status::{self, Snapshot, now};
 use super::{container, network, resources, volumes};
 use crate::images::credentials::Keyring;
@@ -22,6 +23,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+/// How long a postStart hook may take (the kubelet bounds it by the pod's grace period).
+const HOOK_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How long to wait before retrying a failed status write.
 const STATUS_RETRY: Duration = Duration::from_secs(1);
 
@@ -34,6 +38,8 @@ struct SlotId {
 struct Run {
     id: u64,
     stop: tokio::task::AbortHandle,
+    /// The container's hooks and probes; dropped (and so stopped) with the run.
+    _probes: tokio_util::task::AbortOnDropHandle<()>,
     log: Arc<LogFile>,
     started: Instant,
     started_at: Time,
@@ -67,6 +73,8 @@ pub struct Supervisor<R: Runtime, H: PodHost> {
     publish_retry: Option<Instant>,
     exits_tx: mpsc::UnboundedSender<(SlotId, u64, Exit)>,
     exits: mpsc::UnboundedReceiver<(SlotId, u64, Exit)>,
+    probes_tx: mpsc::UnboundedSender<(SlotId, u64, Update)>,
+    probes: mpsc::UnboundedReceiver<(SlotId, u64, Update)>,
     finished: bool,
     volumes: Option<HashMap<String, PathBuf>>,
     mount_backoff: Backoff,
@@ -116,6 +124,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             .map(|c| slot(c, app_reason))
             .collect();
         let (exits_tx, exits) = mpsc::unbounded_channel();
+        let (probes_tx, probes) = mpsc::unbounded_channel();
         Self {
             ctx,
             pod,
@@ -127,6 +136,8 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             publish_retry: None,
             exits_tx,
             exits,
+            probes_tx,
+            probes,
             finished: false,
             volumes: None,
             mount_backoff: Backoff::default(),
@@ -229,6 +240,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
                     }
                 }
                 Some((id, run, exit)) = self.exits.recv() => self.on_exit(id, run, exit).await,
+                Some((id, run, update)) = self.probes.recv() => self.on_probe(id, run, update).await,
                 _ = self.ctx.stopping.cancelled() => {
                     self.shut_down().await;
                     return;
@@ -590,6 +602,12 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         let started_at = now();
         let pod_key = format!("{}/{}", self.ns(), self.pod.name_any());
         let exits = self.exits_tx.clone();
+        let checks = ContainerProbes::of(&spec, &self.ctx.node_ip);
+        let post_start = spec
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.post_start.as_ref())
+            .map(|hook| probes::hook_action(hook, &spec, &self.ctx.node_ip));
         let slot = self.slot_mut(id);
         slot.runs += 1;
         let run_id = slot.runs;
@@ -604,16 +622,25 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         }
         slot.status.container_id = Some(container_id(&pod_key, &uid, &name, run_id));
         slot.status.state = Some(status::running(started_at.clone()));
-        slot.status.started = Some(true);
-        slot.status.ready = !id.init;
+        slot.status.started = Some(!checks.has_startup());
+        slot.status.ready = !id.init && !checks.has_startup() && !checks.has_readiness();
         let waiter = tokio::spawn(async move {
             let exit = running.wait().await;
             let _ = exits.send((id, run_id, exit));
             drop(running);
         });
+        let probe_task = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(watch_container(
+            post_start,
+            checks,
+            self.probes_tx.clone(),
+            id,
+            run_id,
+        )));
+        let slot = self.slot_mut(id);
         slot.run = Some(Run {
             id: run_id,
             stop: waiter.abort_handle(),
+            _probes: probe_task,
             log,
             started: Instant::now(),
             started_at,
@@ -868,6 +895,66 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         .await;
     }
 
+    /// Applies what a container's hooks and probes found.
+    async fn on_probe(&mut self, id: SlotId, run_id: u64, update: Update) {
+        let slot = self.slot_mut(id);
+        if slot.run.as_ref().is_none_or(|r| r.id != run_id) {
+            return;
+        }
+        let name = slot.spec.name.clone();
+        let has_readiness = slot.spec.readiness_probe.is_some();
+        match update {
+            Update::Started => {
+                slot.status.started = Some(true);
+                slot.status.ready = !id.init && !has_readiness;
+            }
+            Update::Ready(ready) => {
+                slot.status.ready = ready && slot.status.started == Some(true);
+            }
+            Update::Failed(kind, message) => {
+                self.event(PodEvent::warning(
+                    &name,
+                    "Unhealthy",
+                    format!("{} probe failed: {message}", kind.name()),
+                ))
+                .await;
+            }
+            Update::Kill(kind) => {
+                let message = format!(
+                    "Container {name} failed {} probe, will be restarted",
+                    kind.name().to_lowercase()
+                );
+                self.kill(id, run_id, message).await;
+            }
+            Update::PostStartFailed(message) => {
+                self.event(PodEvent::warning(
+                    &name,
+                    "FailedPostStartHook",
+                    format!("PostStartHook failed: {message}"),
+                ))
+                .await;
+                self.kill(id, run_id, format!("FailedPostStartHook: {message}"))
+                    .await;
+            }
+        }
+    }
+
+    /// Stops a running container as failed (exit code 137), then applies the restart policy.
+    async fn kill(&mut self, id: SlotId, run_id: u64, message: String) {
+        let name = self.slot_mut(id).spec.name.clone();
+        if let Some(run) = &self.slot_mut(id).run {
+            run.stop.abort();
+        }
+        self.event(PodEvent::normal(&name, "Killing", message.clone()))
+            .await;
+        let exit = Exit {
+            code: 137,
+            reason: None,
+            message: Some(message),
+        };
+        self.on_exit(id, run_id, exit).await;
+    }
+
     fn update_finished(&mut self) {
         let idle = |s: &Slot| s.run.is_none() && s.due.is_none();
         let init_failed_for_good = self.init.iter().any(|s| {
@@ -995,8 +1082,48 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         }
     }
 
-    /// Stops the containers, writes the final status and removes the pod (delete with grace 0).
+    /// The pod's grace period for this deletion, as the kubelet computes it.
+    fn grace_period(&self) -> Duration {
+        let seconds = self
+            .pod
+            .metadata
+            .deletion_grace_period_seconds
+            .or_else(|| self.pod.spec.as_ref()?.termination_grace_period_seconds)
+            .unwrap_or(30);
+        Duration::from_secs(u64::try_from(seconds).unwrap_or(0))
+    }
+
+    /// Runs the preStop hooks of the running containers, together, within the grace period.
+    async fn pre_stop(&mut self) {
+        let hooks: Vec<(String, probes::Action)> = self
+            .app
+            .iter()
+            .filter(|s| s.run.is_some())
+            .filter_map(|s| {
+                let hook = s.spec.lifecycle.as_ref()?.pre_stop.as_ref()?;
+                let action = probes::hook_action(hook, &s.spec, &self.ctx.node_ip);
+                Some((s.spec.name.clone(), action))
+            })
+            .collect();
+        let grace = self.grace_period();
+        let results =
+            futures::future::join_all(hooks.iter().map(|(_, hook)| probes::run(hook, grace))).await;
+        for ((name, _), result) in hooks.iter().zip(results) {
+            if let Err(message) = result {
+                self.event(PodEvent::warning(
+                    name,
+                    "FailedPreStopHook",
+                    format!("PreStopHook failed: {message}"),
+                ))
+                .await;
+            }
+        }
+    }
+
+    /// Runs preStop hooks, stops the containers, writes the final status and removes the pod
+    /// (delete with grace 0).
     async fn terminate(&mut self) {
+        self.pre_stop().await;
         self.stop_all(true).await;
         self.finished = true;
         let status = self.current_status();
@@ -1037,6 +1164,32 @@ fn container_id(pod_key: &str, uid: &str, container: &str, run: u64) -> String {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(format!("{pod_key}/{uid}/{container}/{run}"));
     format!("wasm://{}", hex::encode(&digest[..16]))
+}
+
+/// Runs a container's postStart hook, then its probes, forwarding what they find.
+async fn watch_container(
+    post_start: Option<probes::Action>,
+    checks: ContainerProbes,
+    to: mpsc::UnboundedSender<(SlotId, u64, Update)>,
+    id: SlotId,
+    run_id: u64,
+) {
+    if let Some(hook) = post_start
+        && let Err(message) = probes::run(&hook, HOOK_TIMEOUT).await
+    {
+        let _ = to.send((id, run_id, Update::PostStartFailed(message)));
+        return;
+    }
+    if checks.is_empty() {
+        return;
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let forward = async {
+        while let Some(update) = rx.recv().await {
+            let _ = to.send((id, run_id, update));
+        }
+    };
+    tokio::join!(checks.run(tx), forward);
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
