@@ -117,6 +117,7 @@ impl<R: Runtime> Parts<R> {
                 labels: node::labels(&self.config, &self.identity),
                 taints: node::taints(&self.identity),
                 max_pods: self.config.max_pods as usize,
+                allocatable: node::allocatable(&self.config),
             },
             node_ip: self.config.node_ip.to_string(),
             pods_dir: self.config.data_dir.join("pods"),

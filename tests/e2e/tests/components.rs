@@ -2,7 +2,10 @@
 //! pod's ports on the node's IP, with outbound HTTP only where the pod allows it.
 
 use e2e::{Cluster, container_state, free_ports, has_phase, http_get, node_ip, wasm_pod};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Api;
+use kube::api::{ListParams, PostParams};
 
 /// A pod serving `image` (a wasi-http component) on `port`, with optional annotations.
 fn http_pod(name: &str, image: &str, node: &str, port: u16, annotations: serde_json::Value) -> Pod {
@@ -11,7 +14,7 @@ fn http_pod(name: &str, image: &str, node: &str, port: u16, annotations: serde_j
         "metadata": {"name": name, "labels": {"app": name}, "annotations": annotations},
         "spec": {
             "nodeName": node,
-            "containers": [{"name": "web", "image": image, "ports": [{"containerPort": port}]}],
+            "containers": [{"name": "web", "image": image, "ports": [{"name": "http", "containerPort": port}]}],
             "tolerations": [{"key": "krustlet/arch", "operator": "Equal", "value": "wasm32-wasi", "effect": "NoExecute"}],
         }
     }))
@@ -94,6 +97,35 @@ async fn a_wasi_http_component_serves_its_port_and_frees_it_on_deletion() -> any
 
     let (code, body) = http_get(port, "/").await?;
     assert_eq!((code, body.as_str()), (200, "hello from wasi-http\n"));
+
+    // A Service selecting the pod gets it as a ready endpoint, at the node's IP and the named
+    // port (the cluster's EndpointSlice controller derives that from the pod's status).
+    let services: Api<Service> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    services
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({
+                "apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+                "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": "http"}]}
+            }))?,
+        )
+        .await?;
+    let slices: Api<EndpointSlice> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    let listed = cluster
+        .eventually("an EndpointSlice listing the pod", async || {
+            let list = slices
+                .list(&ListParams::default().labels("kubernetes.io/service-name=web"))
+                .await?;
+            Ok(list.items.into_iter().find(|slice| {
+                slice.endpoints.iter().any(|e| {
+                    e.addresses == [node_ip()]
+                        && e.conditions.as_ref().and_then(|c| c.ready) == Some(true)
+                })
+            }))
+        })
+        .await?;
+    let ports: Vec<Option<i32>> = listed.ports.iter().flatten().map(|p| p.port).collect();
+    assert_eq!(ports, [Some(i32::from(port))]);
     // A request that traps answers 500; the pod serves on.
     let (code, body) = http_get(port, "/trap").await?;
     assert_eq!(code, 500, "{body}");

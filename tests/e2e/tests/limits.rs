@@ -127,3 +127,32 @@ async fn busy_guests_do_not_delay_the_node_lease() -> anyhow::Result<()> {
     assert_eq!(code, 200);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_pod_whose_requests_do_not_fit_is_rejected_by_the_node() -> anyhow::Result<()> {
+    let cluster = Cluster::new("outofcpu").await?;
+    let agent = cluster.start_node().await?;
+    let image = cluster.push_guest("wasi-probe").await?;
+    let mut pod = wasm_pod("greedy", &image, &agent.name, &["print", "never"], "Never");
+    pod.spec.as_mut().expect("spec").containers[0].resources = Some(serde_json::from_value(
+        serde_json::json!({"requests": {"cpu": "100000", "memory": "1Mi"}}),
+    )?);
+    cluster.create_pod(pod).await?;
+    let rejected = cluster
+        .wait_pod("greedy", "Failed", e2e::has_phase("Failed"))
+        .await?;
+    let status = rejected.status.unwrap_or_default();
+    assert_eq!(status.reason.as_deref(), Some("OutOfcpu"));
+    let message = status.message.unwrap_or_default();
+    assert!(
+        message.starts_with(
+            "Pod was rejected: Node didn't have enough resource: cpu, requested: 100000000, used: 0, capacity: "
+        ),
+        "{message}"
+    );
+    assert!(
+        status.container_statuses.unwrap_or_default().is_empty(),
+        "nothing ran"
+    );
+    Ok(())
+}

@@ -88,6 +88,16 @@ fn condition(kind: &str, status: bool, reason: &str, message: &str) -> NodeCondi
     }
 }
 
+/// What pods may request of this node: all of its CPUs and memory (the node status's
+/// allocatable, which reserves nothing for the system, as the kubelet by default).
+pub fn allocatable(config: &Config) -> crate::pods::resources::Requests {
+    let machine = Machine::read(&config.data_dir);
+    crate::pods::resources::Requests {
+        cpu_millis: machine.cpus as u64 * 1000,
+        memory_bytes: machine.memory_kib * 1024,
+    }
+}
+
 /// The node status as it is now (heartbeat and transition times left for [`stamp`]).
 pub fn status(config: &Config, identity: &Identity, machine: &Machine) -> NodeStatus {
     let resources = BTreeMap::from([

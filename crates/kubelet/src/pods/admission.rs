@@ -1,6 +1,9 @@
 //! Admission as the kubelet does it before running anything: the node's NoExecute taints must
 //! be tolerated, the node selector and required node affinity must match, and the node must
-//! have room under its pod capacity.
+//! have room: under its pod capacity, and for the pod's CPU and memory requests beside those of
+//! the pods it already runs.
+
+use super::resources::{Requests, pod_requests};
 
 use k8s_openapi::api::core::v1::{NodeSelectorRequirement, Pod, Taint, Toleration};
 use std::collections::BTreeMap;
@@ -16,19 +19,22 @@ pub struct NodeFacts {
     pub taints: Vec<Taint>,
     /// Its pod capacity.
     pub max_pods: usize,
+    /// Its allocatable CPU and memory.
+    pub allocatable: Requests,
 }
 
 /// A rejection: the pod ends Failed with this reason and message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
-    /// `Taint`, `NodeAffinity` or `OutOfpods`, as the kubelet says.
+    /// `Taint`, `NodeAffinity`, `OutOfpods`, `OutOfcpu` or `OutOfmemory`, as the kubelet says.
     pub reason: String,
     /// The kubelet's message.
     pub message: String,
 }
 
-/// Decides whether `pod` may run here, with `active` other pods already admitted.
-pub fn admit(pod: &Pod, node: &NodeFacts, active: usize) -> Result<(), Rejection> {
+/// Decides whether `pod` may run here, beside the `admitted` pods still running.
+pub fn admit(pod: &Pod, node: &NodeFacts, admitted: &[Pod]) -> Result<(), Rejection> {
+    let active = admitted.len();
     let spec = pod.spec.clone().unwrap_or_default();
     let tolerations = spec.tolerations.unwrap_or_default();
     for taint in node.taints.iter().filter(|t| t.effect == "NoExecute") {
@@ -80,6 +86,36 @@ pub fn admit(pod: &Pod, node: &NodeFacts, active: usize) -> Result<(), Rejection
                 node.max_pods
             ),
         });
+    }
+    let requested = pod_requests(pod);
+    let used = admitted
+        .iter()
+        .map(pod_requests)
+        .fold(Requests::default(), |a, b| a + b);
+    for (resource, reason, requested, used, capacity) in [
+        (
+            "cpu",
+            "OutOfcpu",
+            requested.cpu_millis,
+            used.cpu_millis,
+            node.allocatable.cpu_millis,
+        ),
+        (
+            "memory",
+            "OutOfmemory",
+            requested.memory_bytes,
+            used.memory_bytes,
+            node.allocatable.memory_bytes,
+        ),
+    ] {
+        if requested > 0 && used + requested > capacity {
+            return Err(Rejection {
+                reason: reason.into(),
+                message: format!(
+                    "Pod was rejected: Node didn't have enough resource: {resource}, requested: {requested}, used: {used}, capacity: {capacity}"
+                ),
+            });
+        }
     }
     Ok(())
 }
@@ -137,6 +173,10 @@ mod tests {
                 time_added: None,
             }],
             max_pods: 2,
+            allocatable: Requests {
+                cpu_millis: 2000,
+                memory_bytes: 1 << 30,
+            },
         }
     }
 
@@ -149,14 +189,35 @@ mod tests {
         let p = pod(
             "spec: {containers: [{name: c, image: i}], tolerations: [{effect: NoExecute, key: krustlet/arch, operator: Equal, value: wasm32-wasi}], nodeSelector: {kubernetes.io/arch: wasm32-wasi}}",
         );
-        assert_eq!(admit(&p, &node(), 0), Ok(()));
-        assert_eq!(admit(&p, &node(), 2).unwrap_err().reason, "OutOfpods");
+        assert_eq!(admit(&p, &node(), &[]), Ok(()));
+        let two = [p.clone(), p.clone()];
+        assert_eq!(admit(&p, &node(), &two).unwrap_err().reason, "OutOfpods");
+    }
+
+    #[test]
+    fn requests_must_fit_beside_the_running_pods() {
+        let sized = |cpu: &str, memory: &str| {
+            pod(&format!(
+                "spec: {{containers: [{{name: c, image: i, resources: {{requests: {{cpu: {cpu}, memory: {memory}}}}}}}], tolerations: [{{operator: Exists}}]}}"
+            ))
+        };
+        let half = sized("1", "512Mi");
+        assert_eq!(admit(&half, &node(), &[]), Ok(()));
+        let rejection =
+            admit(&sized("1500m", "1Mi"), &node(), std::slice::from_ref(&half)).unwrap_err();
+        assert_eq!(rejection.reason, "OutOfcpu");
+        assert_eq!(
+            rejection.message,
+            "Pod was rejected: Node didn't have enough resource: cpu, requested: 1500, used: 1000, capacity: 2000"
+        );
+        let rejection = admit(&sized("100m", "600Mi"), &node(), &[half]).unwrap_err();
+        assert_eq!(rejection.reason, "OutOfmemory");
     }
 
     #[test]
     fn untolerated_taints_and_selectors_are_rejected() {
         let no_toleration = pod("spec: {containers: [{name: c, image: i}]}");
-        let rejection = admit(&no_toleration, &node(), 0).unwrap_err();
+        let rejection = admit(&no_toleration, &node(), &[]).unwrap_err();
         assert_eq!(rejection.reason, "Taint");
         assert!(
             rejection.message.contains("{krustlet/arch: wasm32-wasi}"),
@@ -167,7 +228,7 @@ mod tests {
             "spec: {containers: [{name: c, image: i}], tolerations: [{operator: Exists}], nodeSelector: {kubernetes.io/arch: amd64}}",
         );
         assert_eq!(
-            admit(&wrong_arch, &node(), 0).unwrap_err().reason,
+            admit(&wrong_arch, &node(), &[]).unwrap_err().reason,
             "NodeAffinity"
         );
     }

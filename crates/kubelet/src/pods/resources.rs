@@ -1,7 +1,8 @@
-//! A container's resource limits (`resources.limits`) as the runtime enforces them.
+//! Resources: a container's limits (`resources.limits`) as the runtime enforces them, and a
+//! pod's requests as admission counts them against the node's allocatable.
 
 use crate::runtime::Limits;
-use k8s_openapi::api::core::v1::Container;
+use k8s_openapi::api::core::v1::{Container, Pod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube_quantity::ParsedQuantity;
 
@@ -18,6 +19,65 @@ pub fn limits(container: &Container) -> Limits {
         memory_bytes: limit("memory").and_then(bytes),
         cpu_cores: limit("cpu").and_then(cores),
     }
+}
+
+/// What a pod asks of the node: CPU in millicores and memory in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Requests {
+    /// Millicores.
+    pub cpu_millis: u64,
+    /// Bytes.
+    pub memory_bytes: u64,
+}
+
+impl std::ops::Add for Requests {
+    type Output = Self;
+
+    fn add(self, other: Self) -> Self {
+        Self {
+            cpu_millis: self.cpu_millis + other.cpu_millis,
+            memory_bytes: self.memory_bytes + other.memory_bytes,
+        }
+    }
+}
+
+fn container_requests(container: &Container) -> Requests {
+    let get = |name: &str| {
+        let resources = container.resources.as_ref()?;
+        // A limit without a request is also the request (the API server defaults it so).
+        resources
+            .requests
+            .as_ref()
+            .and_then(|r| r.get(name))
+            .or_else(|| resources.limits.as_ref()?.get(name))
+    };
+    Requests {
+        cpu_millis: get("cpu")
+            .and_then(cores)
+            .map_or(0, |c| (c * 1000.0).ceil() as u64),
+        memory_bytes: get("memory").and_then(bytes).unwrap_or(0),
+    }
+}
+
+/// The pod's effective requests, as the scheduler and the kubelet count them: the larger of
+/// the app containers' sum and the largest init container, per resource.
+pub fn pod_requests(pod: &Pod) -> Requests {
+    let Some(spec) = &pod.spec else {
+        return Requests::default();
+    };
+    let app = spec
+        .containers
+        .iter()
+        .map(container_requests)
+        .fold(Requests::default(), |a, b| a + b);
+    spec.init_containers
+        .iter()
+        .flatten()
+        .map(container_requests)
+        .fold(app, |a, b| Requests {
+            cpu_millis: a.cpu_millis.max(b.cpu_millis),
+            memory_bytes: a.memory_bytes.max(b.memory_bytes),
+        })
 }
 
 /// A memory quantity in bytes (`128Mi`, `1G`, `1e9`); the API server has validated it.
@@ -59,6 +119,27 @@ mod tests {
         let l = limits(&container("1G", "2"));
         assert_eq!(l.memory_bytes, Some(1_000_000_000));
         assert_eq!(l.cpu_cores, Some(2.0));
+    }
+
+    #[test]
+    fn pod_requests_take_the_larger_of_apps_and_inits() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "spec": {
+                "containers": [
+                    {"name": "a", "resources": {"requests": {"cpu": "250m", "memory": "64Mi"}}},
+                    {"name": "b", "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}},
+                ],
+                "initContainers": [{"name": "i", "resources": {"requests": {"cpu": "2"}}}],
+            }
+        }))
+        .unwrap();
+        assert_eq!(
+            pod_requests(&pod),
+            Requests {
+                cpu_millis: 2000,
+                memory_bytes: (64 << 20) + (1 << 30)
+            }
+        );
     }
 
     #[test]

@@ -175,8 +175,20 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             return;
         }
         if !ran_before {
-            let active = self.ctx.registry.len();
-            if let Err(rejection) = admission::admit(&self.pod, &self.ctx.node, active) {
+            let admitted: Vec<Pod> = self
+                .ctx
+                .registry
+                .pods()
+                .into_iter()
+                .filter(|p| p.uid() != self.pod.uid())
+                .filter(|p| {
+                    !matches!(
+                        p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                        Some("Succeeded" | "Failed")
+                    )
+                })
+                .collect();
+            if let Err(rejection) = admission::admit(&self.pod, &self.ctx.node, &admitted) {
                 self.reject(rejection).await;
                 return;
             }

@@ -1,7 +1,9 @@
 //! The controllers the tests lean on: namespace deletion, orphaned-pod collection, CSR approval
-//! and signing, and an optional scheduler with kube-scheduler's filters for our users' cases.
+//! and signing, EndpointSlices for Services with selectors, and an optional scheduler with
+//! kube-scheduler's filters for our users' cases.
 
 use super::Shared;
+use super::endpoints;
 use super::objects::{self, DeleteOptions, now};
 use super::resources;
 use super::store::{State, key_of};
@@ -27,6 +29,7 @@ pub async fn run(shared: Arc<Shared>, scheduler: bool) {
             finish_namespaces(state);
             publish_namespace_defaults(&shared, state);
             reconcile_csrs(&shared, state);
+            endpoints::reconcile(state);
             if scheduler {
                 schedule(state);
             }

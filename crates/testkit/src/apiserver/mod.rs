@@ -7,6 +7,7 @@ mod auth;
 mod controllers;
 mod convert;
 mod csr;
+mod endpoints;
 mod handlers;
 mod objects;
 mod patch;

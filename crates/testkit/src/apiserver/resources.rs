@@ -155,6 +155,30 @@ pub static RESOURCES: &[ResourceDef] = &[
         "serviceaccounts"
     ),
     resource!(
+        "",
+        "v1",
+        "services",
+        "service",
+        "Service",
+        true,
+        &["status"],
+        &["svc"],
+        CRUD,
+        "services"
+    ),
+    resource!(
+        "discovery.k8s.io",
+        "v1",
+        "endpointslices",
+        "endpointslice",
+        "EndpointSlice",
+        true,
+        &[],
+        &[],
+        CRUD,
+        "endpointslices"
+    ),
+    resource!(
         "coordination.k8s.io",
         "v1",
         "leases",

@@ -31,6 +31,8 @@ pub fn prune(def: &ResourceDef, object: &Value) -> Result<(Value, Vec<String>), 
         ("", "Secret") => round::<core::Secret>(object),
         ("", "Event") => round::<core::Event>(object),
         ("", "ServiceAccount") => round::<core::ServiceAccount>(object),
+        ("", "Service") => round::<core::Service>(object),
+        ("discovery.k8s.io", _) => round::<k8s_openapi::api::discovery::v1::EndpointSlice>(object),
         ("coordination.k8s.io", _) => round::<coord::Lease>(object),
         ("events.k8s.io", _) => round::<k8s_openapi::api::events::v1::Event>(object),
         ("certificates.k8s.io", _) => round::<certs::CertificateSigningRequest>(object),
@@ -93,8 +95,43 @@ pub fn default_on_create(def: &ResourceDef, object: &mut Value) {
             fold_string_data(object);
         }
         ("certificates.k8s.io", _) => object["status"] = json!({}),
+        ("", "Service") => default_service(object),
         _ => {}
     }
+}
+
+/// The next ClusterIP from the default service range 10.96.0.0/12 (10.96.0.1 is `kubernetes`).
+fn allocate_cluster_ip() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(10);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(10, 96, 0, 0)) + n).to_string()
+}
+
+fn default_service(service: &mut Value) {
+    let spec = &mut service["spec"];
+    if spec["type"].is_null() {
+        spec["type"] = json!("ClusterIP");
+    }
+    if spec["sessionAffinity"].is_null() {
+        spec["sessionAffinity"] = json!("None");
+    }
+    if spec["clusterIP"].is_null() {
+        let ip = allocate_cluster_ip();
+        spec["clusterIP"] = json!(ip);
+        spec["clusterIPs"] = json!([ip]);
+    }
+    spec["ipFamilies"] = json!(["IPv4"]);
+    spec["ipFamilyPolicy"] = json!("SingleStack");
+    spec["internalTrafficPolicy"] = json!("Cluster");
+    for port in spec["ports"].as_array_mut().into_iter().flatten() {
+        if port["protocol"].is_null() {
+            port["protocol"] = json!("TCP");
+        }
+        if port["targetPort"].is_null() {
+            port["targetPort"] = port["port"].clone();
+        }
+    }
+    service["status"] = json!({"loadBalancer": {}});
 }
 
 fn default_pod(pod: &mut Value) {
