@@ -240,7 +240,7 @@ async fn bad_images_end_in_clear_statuses_and_events_while_the_node_stays_ready(
         )
         .await?;
     let message = waiting_message(&bad);
-    assert!(message.contains("not a WebAssembly module"), "{message}");
+    assert!(message.contains("is not WebAssembly"), "{message}");
 
     let missing = cluster
         .wait_pod("noregistry", "ErrImagePull", is_waiting("ErrImagePull"))
