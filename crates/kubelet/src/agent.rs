@@ -173,6 +173,7 @@ impl<R: Runtime> Parts<R> {
             auth,
             self.registry.clone(),
             self.logs.clone(),
+            self.config.node_name.clone(),
             shutdown,
         )))
     }

@@ -5,6 +5,7 @@ use crate::logs::LogWriter;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A module's bytes as pulled, identified by their content digest.
 #[derive(Debug, Clone)]
@@ -43,6 +44,47 @@ pub struct ContainerRun {
     pub limits: Limits,
     /// Ports to serve and hosts the guest may reach.
     pub network: Network,
+    /// Where the runtime accounts what the container uses.
+    pub usage: Arc<Usage>,
+}
+
+/// What a container uses, kept current by the runtime and read for the Summary API.
+#[derive(Debug, Default)]
+pub struct Usage {
+    cpu_nanos: AtomicU64,
+    memory_bytes: AtomicU64,
+}
+
+impl Usage {
+    /// Charges CPU time the guest ran.
+    pub fn add_cpu(&self, ran: std::time::Duration) {
+        let nanos = u64::try_from(ran.as_nanos()).unwrap_or(u64::MAX);
+        self.cpu_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// Records memory (linear memories, tables) the guest took.
+    pub fn grow_memory(&self, bytes: u64) {
+        self.memory_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Records memory the guest gave back (its instance ended).
+    pub fn release_memory(&self, bytes: u64) {
+        let _ = self
+            .memory_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |m| {
+                Some(m.saturating_sub(bytes))
+            });
+    }
+
+    /// CPU time used so far, in nanoseconds.
+    pub fn cpu_nanos(&self) -> u64 {
+        self.cpu_nanos.load(Ordering::Relaxed)
+    }
+
+    /// Memory held now, in bytes.
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory_bytes.load(Ordering::Relaxed)
+    }
 }
 
 /// A container's resource limits, from `resources.limits`.

@@ -2,11 +2,10 @@
 //! limits and network policy, turned into a wasmtime store for a preview 1 module or a
 //! component (one store per command run, one per HTTP request).
 
-use crate::limits::{CpuShare, MemoryLimit};
+use crate::limits::GuestLimits;
 use crate::outbound::OutboundPolicy;
-use kubelet::runtime::{ContainerRun, Exit, Limits, Mount, StartError};
+use kubelet::runtime::{ContainerRun, Exit, Limits, Mount, StartError, Usage};
 use std::sync::Arc;
-use std::time::Duration;
 use wasmtime::component::ResourceTable;
 use wasmtime::{Engine, Store, UpdateDeadline};
 use wasmtime_wasi::cli::{AsyncStdoutStream, IsTerminal, StdoutStream};
@@ -47,13 +46,8 @@ pub struct GuestSetup {
     stdout: SharedOutput,
     stderr: SharedOutput,
     limits: Limits,
+    usage: Arc<Usage>,
     outbound: OutboundPolicy,
-}
-
-/// What a store's guest may use, and whether it ran out.
-pub struct GuestLimits {
-    memory: MemoryLimit,
-    cpu: Option<CpuShare>,
 }
 
 /// Store state of a preview 1 module.
@@ -125,6 +119,7 @@ impl GuestSetup {
             stdout: SharedOutput(Arc::new(AsyncStdoutStream::new(OUTPUT_BUDGET, run.stdout))),
             stderr: SharedOutput(Arc::new(AsyncStdoutStream::new(OUTPUT_BUDGET, run.stderr))),
             limits: run.limits,
+            usage: run.usage,
             outbound: OutboundPolicy::new(&run.network.allowed_outbound),
         }
     }
@@ -162,10 +157,7 @@ impl GuestSetup {
     }
 
     fn limits(&self) -> GuestLimits {
-        GuestLimits {
-            memory: MemoryLimit::new(self.limits.memory_bytes),
-            cpu: self.limits.cpu_cores.and_then(CpuShare::new),
-        }
+        GuestLimits::new(self.limits, self.usage.clone())
     }
 
     /// A store for one run of a preview 1 module.
@@ -193,15 +185,10 @@ impl GuestSetup {
 /// A store that enforces its state's limits and yields to other tasks at every epoch tick.
 fn limited_store<T: Limited>(engine: &Engine, state: T) -> Store<T> {
     let mut store = Store::new(engine, state);
-    store.limiter(|state| &mut state.limits().memory);
+    store.limiter(|state| state.limits().memory());
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(|mut cx| {
-        let pause = cx
-            .data_mut()
-            .limits()
-            .cpu
-            .as_mut()
-            .map_or(Duration::ZERO, CpuShare::tick);
+        let pause = cx.data_mut().limits().tick();
         Ok(if pause.is_zero() {
             UpdateDeadline::Yield(1)
         } else {
@@ -214,7 +201,7 @@ fn limited_store<T: Limited>(engine: &Engine, state: T) -> Store<T> {
 /// How a guest's run ended: `outcome` of the call, `Ok(false)` for a command that returned
 /// failure.
 pub fn exit<T: Limited>(store: &mut Store<T>, outcome: wasmtime::Result<bool>) -> Exit {
-    if let Some(limit) = store.data_mut().limits().memory.exceeded() {
+    if let Some(limit) = store.data_mut().limits().memory().exceeded() {
         return Exit::out_of_memory(limit);
     }
     match outcome {

@@ -1,6 +1,8 @@
 //! What a guest may use: a memory cap checked as wasmtime grows its memories and tables, and a
 //! CPU share enforced at the epoch ticks where a running guest yields.
 
+use kubelet::runtime::{Limits, Usage};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::ResourceLimiter;
 
@@ -12,20 +14,70 @@ const CPU_PERIOD: Duration = Duration::from_millis(100);
 /// call (sleeping, waiting for input), not computing.
 const MAX_SLICE: Duration = Duration::from_millis(20);
 
+/// What one store's guest may use and has used; its memory is accounted to the container's
+/// [`Usage`] while the store lives.
+#[derive(Debug)]
+pub struct GuestLimits {
+    memory: MemoryLimit,
+    cpu: Option<CpuShare>,
+    usage: Arc<Usage>,
+    resumed: Instant,
+}
+
+impl GuestLimits {
+    /// Limits for one store of a container with `limits`, accounting to `usage`.
+    pub fn new(limits: Limits, usage: Arc<Usage>) -> Self {
+        Self {
+            memory: MemoryLimit::new(limits.memory_bytes, usage.clone()),
+            cpu: limits.cpu_cores.and_then(CpuShare::new),
+            usage,
+            resumed: Instant::now(),
+        }
+    }
+
+    /// The memory cap, for the store's limiter.
+    pub fn memory(&mut self) -> &mut MemoryLimit {
+        &mut self.memory
+    }
+
+    /// At an epoch tick: charges the run since the guest last resumed; returns how long it
+    /// must now pause to stay within its CPU share.
+    pub fn tick(&mut self) -> Duration {
+        let now = Instant::now();
+        let slice = now.saturating_duration_since(self.resumed).min(MAX_SLICE);
+        self.usage.add_cpu(slice);
+        let pause = self
+            .cpu
+            .as_mut()
+            .map_or(Duration::ZERO, |cpu| cpu.charge(slice, now));
+        self.resumed = now + pause;
+        pause
+    }
+}
+
 /// The memory a guest may hold: its linear memories and tables together.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemoryLimit {
     limit: Option<u64>,
     used: u64,
     exceeded: bool,
+    usage: Arc<Usage>,
+}
+
+impl Drop for MemoryLimit {
+    fn drop(&mut self) {
+        self.usage.release_memory(self.used);
+    }
 }
 
 impl MemoryLimit {
     /// A cap of `limit` bytes, or none.
-    pub fn new(limit: Option<u64>) -> Self {
+    pub fn new(limit: Option<u64>, usage: Arc<Usage>) -> Self {
         Self {
             limit,
-            ..Self::default()
+            used: 0,
+            exceeded: false,
+            usage,
         }
     }
 
@@ -42,6 +94,7 @@ impl MemoryLimit {
             wasmtime::bail!("the guest's memory limit of {limit} bytes is exhausted");
         }
         self.used = self.used.saturating_add(bytes);
+        self.usage.grow_memory(bytes);
         Ok(true)
     }
 }
@@ -73,7 +126,6 @@ pub struct CpuShare {
     quota: Duration,
     period_end: Instant,
     used: Duration,
-    resumed: Instant,
 }
 
 impl CpuShare {
@@ -83,34 +135,27 @@ impl CpuShare {
         if !(cores > 0.0 && cores < 1.0) {
             return None;
         }
-        let now = Instant::now();
         Some(Self {
             quota: CPU_PERIOD.mul_f64(cores),
-            period_end: now + CPU_PERIOD,
+            period_end: Instant::now() + CPU_PERIOD,
             used: Duration::ZERO,
-            resumed: now,
         })
     }
 
-    /// Charges the run since the last tick; returns how long the guest must now pause.
-    pub fn tick(&mut self) -> Duration {
-        let now = Instant::now();
-        let slice = now.saturating_duration_since(self.resumed).min(MAX_SLICE);
+    /// Charges `slice` of run time at `now`; returns how long the guest must now pause.
+    pub fn charge(&mut self, slice: Duration, now: Instant) -> Duration {
         if now >= self.period_end {
             self.period_end = now + CPU_PERIOD;
             self.used = slice;
         } else {
             self.used += slice;
         }
-        let pause = if self.used >= self.quota {
-            let pause = self.period_end.saturating_duration_since(now);
-            self.period_end += CPU_PERIOD;
-            self.used = Duration::ZERO;
-            pause
-        } else {
-            Duration::ZERO
-        };
-        self.resumed = now + pause;
+        if self.used < self.quota {
+            return Duration::ZERO;
+        }
+        let pause = self.period_end.saturating_duration_since(now);
+        self.period_end += CPU_PERIOD;
+        self.used = Duration::ZERO;
         pause
     }
 }
@@ -121,23 +166,31 @@ mod tests {
 
     #[test]
     fn memory_growth_past_the_limit_fails_and_is_remembered() {
-        let mut limit = MemoryLimit::new(Some(100 * 65536));
+        let usage = Arc::new(Usage::default());
+        let mut limit = MemoryLimit::new(Some(100 * 65536), usage.clone());
         assert!(limit.memory_growing(0, 17 * 65536, None).unwrap());
         assert_eq!(limit.exceeded(), None);
         assert!(limit.memory_growing(17 * 65536, 101 * 65536, None).is_err());
         assert_eq!(limit.exceeded(), Some(100 * 65536));
+        assert_eq!(usage.memory_bytes(), 17 * 65536);
+        drop(limit);
+        assert_eq!(
+            usage.memory_bytes(),
+            0,
+            "a dropped store gives its memory back"
+        );
     }
 
     #[test]
     fn tables_count_towards_the_limit() {
-        let mut limit = MemoryLimit::new(Some(800));
+        let mut limit = MemoryLimit::new(Some(800), Arc::default());
         assert!(limit.table_growing(0, 100, None).unwrap());
         assert!(limit.table_growing(100, 101, None).is_err());
     }
 
     #[test]
     fn no_limit_grows_freely() {
-        let mut limit = MemoryLimit::new(None);
+        let mut limit = MemoryLimit::new(None, Arc::default());
         assert!(limit.memory_growing(0, 1 << 32, None).unwrap());
         assert_eq!(limit.exceeded(), None);
     }
@@ -152,17 +205,22 @@ mod tests {
     #[test]
     fn a_share_pauses_once_its_quota_is_used() {
         let mut share = CpuShare::new(0.1).expect("a fraction of a core");
-        // Pretend the guest ran 15 ms (more than the 10 ms quota) since it resumed.
-        share.resumed -= Duration::from_millis(15);
-        let pause = share.tick();
+        // The guest ran 15 ms, more than its 10 ms quota.
+        let pause = share.charge(Duration::from_millis(15), Instant::now());
         assert!(pause > Duration::from_millis(50), "paused only {pause:?}");
         assert!(pause <= CPU_PERIOD);
     }
 
     #[test]
     fn a_blocked_guest_is_charged_one_slice_at_most() {
-        let mut share = CpuShare::new(0.5).expect("a fraction of a core");
-        share.resumed -= Duration::from_secs(5);
-        assert_eq!(share.tick(), Duration::ZERO);
+        let usage = Arc::new(Usage::default());
+        let limits = Limits {
+            memory_bytes: None,
+            cpu_cores: Some(0.5),
+        };
+        let mut guest = GuestLimits::new(limits, usage.clone());
+        guest.resumed -= Duration::from_secs(5);
+        assert_eq!(guest.tick(), Duration::ZERO);
+        assert_eq!(usage.cpu_nanos(), MAX_SLICE.as_nanos() as u64);
     }
 }

@@ -156,3 +156,84 @@ async fn a_pod_whose_requests_do_not_fit_is_rejected_by_the_node() -> anyhow::Re
     );
     Ok(())
 }
+
+/// The pod's entry in the node's Summary (`kubectl get --raw .../proxy/stats/summary`).
+fn pod_summary(
+    cluster: &Cluster,
+    node: &str,
+    pod: &str,
+) -> anyhow::Result<Option<serde_json::Value>> {
+    let raw = cluster.kubectl(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/nodes/{node}/proxy/stats/summary"),
+    ])?;
+    let summary: serde_json::Value = serde_json::from_str(&raw)?;
+    Ok(summary["pods"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| {
+            p["podRef"]["name"] == pod && p["podRef"]["namespace"] == cluster.namespace.as_str()
+        })
+        .cloned())
+}
+
+#[tokio::test]
+async fn usage_is_reported_in_the_summary_api_and_resource_metrics() -> anyhow::Result<()> {
+    let cluster = Cluster::new("stats").await?;
+    let agent = cluster.start_node().await?;
+    let image = cluster.push_guest("wasi-probe").await?;
+    cluster
+        .create_pod(wasm_pod(
+            "holder",
+            &image,
+            &agent.name,
+            &["alloc", "8", "forever"],
+            "Always",
+        ))
+        .await?;
+    cluster
+        .create_pod(with_limits(
+            wasm_pod("spinner", &image, &agent.name, &["spin"], "Always"),
+            "16Mi",
+            "200m",
+        ))
+        .await?;
+    let holder = cluster
+        .eventually("the holder's memory in the summary", async || {
+            Ok(pod_summary(&cluster, &agent.name, "holder")?
+                .filter(|p| p["memory"]["workingSetBytes"].as_u64().unwrap_or(0) >= 8 << 20))
+        })
+        .await?;
+    assert_eq!(holder["containers"][0]["name"], "main");
+    // The spinner's rate is measured between samples a second apart; its CPU limit holds.
+    let spinner = cluster
+        .eventually("the spinner's CPU rate in the summary", async || {
+            Ok(pod_summary(&cluster, &agent.name, "spinner")?
+                .filter(|p| p["cpu"]["usageNanoCores"].as_u64().unwrap_or(0) > 0))
+        })
+        .await?;
+    let nanocores = spinner["cpu"]["usageNanoCores"].as_u64().unwrap_or(0);
+    assert!(
+        nanocores <= 300_000_000,
+        "a guest limited to 200m used {nanocores} nanocores"
+    );
+    assert!(spinner["cpu"]["usageCoreNanoSeconds"].as_u64().unwrap_or(0) > 0);
+
+    let metrics = cluster.kubectl(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/nodes/{}/proxy/metrics/resource", agent.name),
+    ])?;
+    let line = format!(
+        "container_cpu_usage_seconds_total{{container=\"main\",namespace=\"{}\",pod=\"spinner\"}} ",
+        cluster.namespace
+    );
+    assert!(metrics.contains(&line), "{metrics}");
+    assert!(
+        metrics.contains("node_memory_working_set_bytes "),
+        "{metrics}"
+    );
+    Ok(())
+}

@@ -1,10 +1,11 @@
-//! The pods this node runs, as the kubelet API serves them: the latest pod object and each
-//! container's log files.
+//! The pods this node runs, as the kubelet API serves them: the latest pod object, each
+//! container's log files, and the usage of the containers running now.
 
+use crate::runtime::Usage;
 use k8s_openapi::api::core::v1::Pod;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock, Weak};
 
 /// One container's log files.
 #[derive(Debug, Clone, Default)]
@@ -19,6 +20,19 @@ pub struct ContainerLogs {
 struct Entry {
     pod: Pod,
     logs: HashMap<String, ContainerLogs>,
+    /// Per container: when its current run started, and its usage while the guest lives.
+    usage: HashMap<String, (jiff::Timestamp, Weak<Usage>)>,
+}
+
+/// A running container's usage, for the Summary API.
+#[derive(Debug, Clone)]
+pub struct ContainerUsage {
+    /// The container's name.
+    pub name: String,
+    /// When its current run started.
+    pub started: jiff::Timestamp,
+    /// What it uses.
+    pub usage: Arc<Usage>,
 }
 
 /// Pods known to the node, by namespace and name.
@@ -36,6 +50,7 @@ impl PodRegistry {
             .or_insert_with(|| Entry {
                 pod: pod.clone(),
                 logs: HashMap::new(),
+                usage: HashMap::new(),
             });
         entry.pod = pod;
     }
@@ -47,6 +62,39 @@ impl PodRegistry {
             let logs = entry.logs.entry(container.into()).or_default();
             logs.previous = logs.current.replace(path);
         }
+    }
+
+    /// Records a container's new run; its usage is reported while the runtime keeps it alive.
+    pub fn started(&self, ns: &str, name: &str, container: &str, usage: Arc<Usage>) {
+        let mut pods = self.pods.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = pods.get_mut(&(ns.into(), name.into())) {
+            entry.usage.insert(
+                container.into(),
+                (jiff::Timestamp::now(), Arc::downgrade(&usage)),
+            );
+        }
+    }
+
+    /// Every pod with the usage of its running containers.
+    pub fn usage(&self) -> Vec<(Pod, Vec<ContainerUsage>)> {
+        let pods = self.pods.read().unwrap_or_else(|p| p.into_inner());
+        pods.values()
+            .map(|entry| {
+                let mut running: Vec<ContainerUsage> = entry
+                    .usage
+                    .iter()
+                    .filter_map(|(name, (started, usage))| {
+                        Some(ContainerUsage {
+                            name: name.clone(),
+                            started: *started,
+                            usage: usage.upgrade()?,
+                        })
+                    })
+                    .collect();
+                running.sort_by(|a, b| a.name.cmp(&b.name));
+                (entry.pod.clone(), running)
+            })
+            .collect()
     }
 
     /// Forgets a pod.

@@ -12,7 +12,7 @@ use super::{container, network, resources, volumes};
 use crate::images::credentials::Keyring;
 use crate::images::{PullError, PullPolicy, Source};
 use crate::logs::LogFile;
-use crate::runtime::{ContainerRun, Exit, Runtime};
+use crate::runtime::{ContainerRun, Exit, Runtime, Usage};
 use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
@@ -583,6 +583,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
                 return Ok(());
             }
         };
+        let usage = Arc::new(Usage::default());
         let run = ContainerRun {
             args: process.args,
             env: process.env,
@@ -590,6 +591,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             stdout: log.writer("stdout"),
             stderr: log.writer("stderr"),
             limits: resources::limits(&spec),
+            usage: usage.clone(),
             network: network::network(
                 &self.pod,
                 &spec,
@@ -611,6 +613,9 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         self.ctx
             .registry
             .new_log(&self.ns(), &self.pod.name_any(), &name, log_path);
+        self.ctx
+            .registry
+            .started(&self.ns(), &self.pod.name_any(), &name, usage);
         let started_at = now();
         let pod_key = format!("{}/{}", self.ns(), self.pod.name_any());
         let exits = self.exits_tx.clone();

@@ -1,9 +1,11 @@
-//! The kubelet API on HTTPS: `/healthz`, `/pods` and `/containerLogs/{ns}/{pod}/{container}`
+//! The kubelet API on HTTPS: `/healthz`, `/pods`, `/containerLogs/{ns}/{pod}/{container}`
 //! (with follow, tailLines, timestamps, sinceSeconds, sinceTime, limitBytes and previous), which
-//! the API server proxies `kubectl logs` to. Every request is authenticated and authorized
+//! the API server proxies `kubectl logs` to, and resource usage ([`stats`]: `/stats/summary`,
+//! `/metrics/resource`). Every request is authenticated and authorized
 //! ([`auth`]) as on the kubelet.
 
 pub mod auth;
+pub mod stats;
 
 use crate::logs::{self, LogFiles, LogOptions};
 use crate::pods::registry::PodRegistry;
@@ -53,6 +55,9 @@ pub struct Tls {
 struct Shared {
     registry: Arc<PodRegistry>,
     logs: Arc<LogFiles>,
+    node_name: Arc<str>,
+    started: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+    rates: Arc<stats::Rates>,
 }
 
 /// The user named by the connection's verified client certificate.
@@ -66,6 +71,7 @@ pub async fn serve(
     auth: Arc<Auth>,
     registry: Arc<PodRegistry>,
     logs: Arc<LogFiles>,
+    node_name: String,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(rustls_config(&tls)?));
@@ -75,6 +81,8 @@ pub async fn serve(
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/pods", get(pods))
+        .route("/stats/summary", get(summary))
+        .route("/metrics/resource", get(resource_metrics))
         .route(
             "/containerLogs/{namespace}/{pod}/{container}",
             get(container_logs),
@@ -83,7 +91,13 @@ pub async fn serve(
         .route("/attach/{*rest}", any(not_supported))
         .route("/portForward/{*rest}", any(not_supported))
         .route("/run/{*rest}", any(not_supported))
-        .with_state(Shared { registry, logs })
+        .with_state(Shared {
+            registry,
+            logs,
+            node_name: node_name.into(),
+            started: crate::pods::status::now(),
+            rates: Arc::default(),
+        })
         .layer(middleware::from_fn_with_state(
             auth,
             authenticate_and_authorize,
@@ -207,6 +221,33 @@ async fn not_supported() -> Response {
         StatusCode::NOT_IMPLEMENTED,
         "exec, attach, port-forward and run are not supported for WebAssembly pods: a wasm guest has no shell or process to enter".into(),
     )
+}
+
+async fn summary(State(shared): State<Shared>) -> Response {
+    axum::Json(stats::summary(
+        &shared.node_name,
+        &shared.started,
+        &shared.registry,
+        &shared.rates,
+    ))
+    .into_response()
+}
+
+async fn resource_metrics(State(shared): State<Shared>) -> Response {
+    let summary = stats::summary(
+        &shared.node_name,
+        &shared.started,
+        &shared.registry,
+        &shared.rates,
+    );
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        stats::resource_metrics(&summary),
+    )
+        .into_response()
 }
 
 async fn pods(State(shared): State<Shared>) -> Response {
