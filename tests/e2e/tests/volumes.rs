@@ -233,3 +233,46 @@ async fn environment_from_config_maps_and_secrets() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn resource_fields_reach_env_and_downward_api_files() -> anyhow::Result<()> {
+    let cluster = Cluster::new("resourcefields").await?;
+    let agent = cluster.start_node().await?;
+    let image = cluster.push_guest("wasi-probe").await?;
+    let mut pod = with_volumes(
+        wasm_pod(
+            "sized",
+            &image,
+            &agent.name,
+            &["env", "read", "/etc/info/mem"],
+            "Never",
+        ),
+        json!([{"name": "info", "downwardAPI": {"items": [
+            {"path": "mem", "resourceFieldRef": {"containerName": "main", "resource": "limits.memory", "divisor": "1Mi"}}
+        ]}}]),
+        json!([{"name": "info", "mountPath": "/etc/info"}]),
+    );
+    let container = &mut pod.spec.as_mut().expect("spec").containers[0];
+    container.resources = Some(serde_json::from_value(
+        json!({"limits": {"cpu": "250m", "memory": "64Mi"}}),
+    )?);
+    container.env = Some(serde_json::from_value(json!([
+        {"name": "CPU_MILLIS", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu", "divisor": "1m"}}},
+        {"name": "CPU_CORES", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu"}}},
+        {"name": "MEM_REQUEST", "valueFrom": {"resourceFieldRef": {"resource": "requests.memory"}}},
+    ]))?);
+    cluster.create_pod(pod).await?;
+    cluster
+        .wait_pod("sized", "Succeeded", has_phase("Succeeded"))
+        .await?;
+    let logs = cluster.kubectl(&["logs", "sized"])?;
+    assert!(logs.contains("CPU_MILLIS=250\n"), "{logs}");
+    assert!(logs.contains("CPU_CORES=1\n"), "rounded up: {logs}");
+    // The API server defaults requests to the limits when only limits are set.
+    assert!(
+        logs.contains(&format!("MEM_REQUEST={}\n", 64 << 20)),
+        "{logs}"
+    );
+    assert!(logs.ends_with("64\n"), "{logs}");
+    Ok(())
+}

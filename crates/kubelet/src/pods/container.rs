@@ -1,6 +1,7 @@
 //! What a container's spec means to a WASI guest: argv, environment (with `$(VAR)` expansion
 //! as Kubernetes defines it) and the directories it sees.
 
+use super::resources;
 use crate::runtime::Mount;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use std::collections::{BTreeMap, HashMap};
@@ -20,7 +21,6 @@ pub struct Process {
     pub env: Vec<(String, String)>,
 }
 
-/// Resolves argv and env for `container` of `pod`.
 /// The ConfigMaps and Secrets a container's environment refers to, read beforehand: by name,
 /// their data, or `None` when they do not exist.
 #[derive(Debug, Clone, Default)]
@@ -78,14 +78,24 @@ fn lookup(
     }
 }
 
+/// What env resolution needs to know of the node.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeContext<'a> {
+    /// The node's IP (also the pod's).
+    pub ip: &'a str,
+    /// Allocatable CPU and memory, the value of limits a container does not set.
+    pub allocatable: resources::Requests,
+}
+
 /// Resolves argv and env for `container` of `pod`: `envFrom` first, then `env` (which wins), as
 /// Kubernetes orders them.
 pub fn process(
     pod: &Pod,
     container: &Container,
-    node_ip: &str,
+    node: &NodeContext<'_>,
     sources: &EnvSources,
 ) -> Result<Process, ConfigError> {
+    let node_ip = node.ip;
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let mut env: Vec<(String, String)> = Vec::new();
     let set = |env: &mut Vec<(String, String)>, name: String, value: String| {
@@ -150,9 +160,27 @@ pub fn process(
                             var.name, field.field_path
                         ))
                     })?)
+                } else if let Some(selector) = &from.resource_field_ref {
+                    let target = match selector.container_name.as_deref() {
+                        None | Some("") => Some(container),
+                        Some(name) => pod
+                            .spec
+                            .iter()
+                            .flat_map(|s| &s.containers)
+                            .find(|c| c.name == name),
+                    };
+                    let value = target
+                        .ok_or_else(|| format!("no container named {:?}", selector.container_name))
+                        .and_then(|c| resources::field_value(c, selector, node.allocatable));
+                    Some(value.map_err(|e| {
+                        ConfigError(format!(
+                            "environment variable {}: resourceFieldRef: {e}",
+                            var.name
+                        ))
+                    })?)
                 } else {
                     return Err(ConfigError(format!(
-                        "environment variable {}: resourceFieldRef is not supported on this node",
+                        "environment variable {}: valueFrom names no source",
                         var.name
                     )));
                 };
@@ -300,6 +328,13 @@ pub fn mounts(
 mod tests {
     use super::*;
 
+    fn node(ip: &str) -> NodeContext<'_> {
+        NodeContext {
+            ip,
+            allocatable: resources::Requests::default(),
+        }
+    }
+
     #[test]
     fn expansion_follows_kubernetes() {
         let env = vec![("A".to_string(), "x".to_string())];
@@ -323,7 +358,7 @@ mod tests {
             "s".into(),
             Some(BTreeMap::from([("pw".into(), "s3cret".into())])),
         );
-        let p = process(&pod, container, "10.0.0.1", &sources).unwrap();
+        let p = process(&pod, container, &node("10.0.0.1"), &sources).unwrap();
         assert_eq!(
             p.env,
             [
@@ -334,12 +369,12 @@ mod tests {
         );
         sources.secrets.insert("s".into(), Some(BTreeMap::new()));
         assert_eq!(
-            process(&pod, container, "", &sources).unwrap_err().0,
+            process(&pod, container, &node(""), &sources).unwrap_err().0,
             "couldn't find key pw in Secret ns/s"
         );
         sources.secrets.insert("s".into(), None);
         assert_eq!(
-            process(&pod, container, "", &sources).unwrap_err().0,
+            process(&pod, container, &node(""), &sources).unwrap_err().0,
             "secret \"s\" not found"
         );
     }
@@ -348,7 +383,7 @@ mod tests {
     fn argv_and_env_from_the_spec() {
         let pod: Pod = serde_yaml::from_str("metadata: {name: p, namespace: ns}\nspec: {containers: [{name: c, image: i, args: [\"$(GREETING) there\"], env: [{name: GREETING, value: hi}, {name: POD, valueFrom: {fieldRef: {fieldPath: metadata.name}}}]}]}").unwrap();
         let container = &pod.spec.as_ref().unwrap().containers[0];
-        let p = process(&pod, container, "10.0.0.1", &EnvSources::default()).unwrap();
+        let p = process(&pod, container, &node("10.0.0.1"), &EnvSources::default()).unwrap();
         assert_eq!(p.args, ["c", "hi there"]);
         assert_eq!(
             p.env,

@@ -2,7 +2,7 @@
 //! pod's requests as admission counts them against the node's allocatable.
 
 use crate::runtime::Limits;
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::{Container, Pod, ResourceFieldSelector};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube_quantity::ParsedQuantity;
 
@@ -80,6 +80,54 @@ pub fn pod_requests(pod: &Pod) -> Requests {
         })
 }
 
+/// The value of a downward API `resourceFieldRef` for `container`, as the kubelet computes it:
+/// the request or limit divided by `divisor` (default 1) and rounded up; a limit that is not
+/// set is the node's allocatable.
+pub fn field_value(
+    container: &Container,
+    selector: &ResourceFieldSelector,
+    allocatable: Requests,
+) -> Result<String, String> {
+    let (kind, resource) = selector
+        .resource
+        .split_once('.')
+        .ok_or_else(|| format!("unsupported resource {:?}", selector.resource))?;
+    let resources = container.resources.as_ref();
+    let declared = match kind {
+        "limits" => resources.and_then(|r| r.limits.as_ref()),
+        "requests" => resources.and_then(|r| r.requests.as_ref()),
+        _ => None,
+    }
+    .and_then(|m| m.get(resource));
+    let divisor = selector.divisor.as_ref();
+    match resource {
+        "cpu" => {
+            let millis = match declared {
+                Some(q) => cores(q).map(|c| (c * 1000.0).ceil() as u64),
+                None if kind == "limits" => Some(allocatable.cpu_millis),
+                None => Some(0),
+            }
+            .ok_or_else(|| format!("unreadable quantity for {}", selector.resource))?;
+            let divisor_millis = divisor
+                .and_then(cores)
+                .map_or(1000, |c| (c * 1000.0).round() as u64)
+                .max(1);
+            Ok(millis.div_ceil(divisor_millis).to_string())
+        }
+        "memory" | "ephemeral-storage" => {
+            let value = match declared {
+                Some(q) => bytes(q),
+                None if kind == "limits" && resource == "memory" => Some(allocatable.memory_bytes),
+                None => Some(0),
+            }
+            .ok_or_else(|| format!("unreadable quantity for {}", selector.resource))?;
+            let divisor = divisor.and_then(bytes).unwrap_or(1).max(1);
+            Ok(value.div_ceil(divisor).to_string())
+        }
+        _ => Err(format!("unsupported resource {:?}", selector.resource)),
+    }
+}
+
 /// A memory quantity in bytes (`128Mi`, `1G`, `1e9`); the API server has validated it.
 pub fn bytes(quantity: &Quantity) -> Option<u64> {
     ParsedQuantity::try_from(quantity).ok()?.to_bytes_u64()
@@ -140,6 +188,40 @@ mod tests {
                 memory_bytes: (64 << 20) + (1 << 30)
             }
         );
+    }
+
+    #[test]
+    fn resource_fields_divide_and_round_up_with_allocatable_for_missing_limits() {
+        let c = container("64Mi", "250m");
+        let node = Requests {
+            cpu_millis: 2000,
+            memory_bytes: 8 << 30,
+        };
+        let field = |resource: &str, divisor: Option<&str>| {
+            field_value(
+                &c,
+                &ResourceFieldSelector {
+                    resource: resource.into(),
+                    divisor: divisor.map(|d| Quantity(d.into())),
+                    container_name: None,
+                },
+                node,
+            )
+        };
+        assert_eq!(field("limits.cpu", None).unwrap(), "1");
+        assert_eq!(field("limits.cpu", Some("1m")).unwrap(), "250");
+        assert_eq!(field("limits.memory", Some("1Mi")).unwrap(), "64");
+        assert_eq!(field("requests.memory", None).unwrap(), "0");
+        let bare = field_value(
+            &Container::default(),
+            &ResourceFieldSelector {
+                resource: "limits.memory".into(),
+                ..Default::default()
+            },
+            node,
+        );
+        assert_eq!(bare.unwrap(), (8u64 << 30).to_string());
+        assert!(field("limits.gpu", None).is_err());
     }
 
     #[test]

@@ -537,8 +537,12 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         if self.volumes.is_none() {
             let host = self.ctx.host.clone();
             let (pod, node_ip) = (self.pod.clone(), self.ctx.node_ip.clone());
+            let node = container::NodeContext {
+                ip: &node_ip,
+                allocatable: self.ctx.node.allocatable,
+            };
             let volumes_dir = pod_dir.join("volumes");
-            let prepared = volumes::prepare(host.as_ref(), &pod, &volumes_dir, &node_ip);
+            let prepared = volumes::prepare(host.as_ref(), &pod, &volumes_dir, node);
             match Self::unless_deleted(&mut self.updates, prepared).await? {
                 Ok(v) => self.volumes = Some(v),
                 Err(e) => {
@@ -555,7 +559,11 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         }
         let volume_dirs = self.volumes.clone().unwrap_or_default();
         let sources = self.env_sources(&spec).await;
-        let resolved = container::process(&self.pod, &spec, &self.ctx.node_ip, &sources)
+        let node = container::NodeContext {
+            ip: &self.ctx.node_ip,
+            allocatable: self.ctx.node.allocatable,
+        };
+        let resolved = container::process(&self.pod, &spec, &node, &sources)
             .and_then(|p| container::mounts(&self.pod, &spec, &volume_dirs).map(|m| (p, m)));
         let (process, mounts) = match resolved {
             Ok(r) => r,

@@ -4,8 +4,9 @@
 //! directory, `..data` points at it, and each top-level name is a link through `..data`, so an
 //! update switches every file at once.
 
-use super::container::field_value;
+use super::container::{NodeContext, field_value};
 use super::host::PodHost;
+use super::resources;
 use k8s_openapi::api::core::v1::{
     ConfigMapProjection, DownwardAPIVolumeFile, KeyToPath, Pod, SecretProjection, Volume,
 };
@@ -42,7 +43,7 @@ pub async fn prepare<H: PodHost>(
     host: &H,
     pod: &Pod,
     dir: &Path,
-    node_ip: &str,
+    node: NodeContext<'_>,
 ) -> Result<HashMap<String, PathBuf>, MountError> {
     let mut out = HashMap::new();
     for volume in pod
@@ -98,7 +99,7 @@ pub async fn prepare<H: PodHost>(
                     pod,
                     downward.items.as_deref().unwrap_or_default(),
                     downward.default_mode,
-                    node_ip,
+                    node,
                 )
                 .map_err(err)?,
             )
@@ -126,7 +127,7 @@ pub async fn prepare<H: PodHost>(
                             pod,
                             downward.items.as_deref().unwrap_or_default(),
                             mode,
-                            node_ip,
+                            node,
                         )
                         .map_err(err)?,
                     );
@@ -250,20 +251,37 @@ fn downward_files(
     pod: &Pod,
     items: &[DownwardAPIVolumeFile],
     default_mode: Option<i32>,
-    node_ip: &str,
+    node: NodeContext<'_>,
 ) -> Result<Vec<File>, String> {
     let mut files = Vec::new();
     for item in items {
+        if let Some(selector) = &item.resource_field_ref {
+            let name = selector.container_name.as_deref().unwrap_or_default();
+            let value = pod
+                .spec
+                .iter()
+                .flat_map(|s| &s.containers)
+                .find(|c| c.name == name)
+                .ok_or_else(|| format!("no container named {name:?}"))
+                .and_then(|c| resources::field_value(c, selector, node.allocatable))
+                .map_err(|e| format!("downwardAPI item {:?}: {e}", item.path))?;
+            files.push((
+                item.path.clone(),
+                value.into_bytes(),
+                mode_of(item.mode, default_mode),
+            ));
+            continue;
+        }
         let Some(field) = &item.field_ref else {
             return Err(format!(
-                "downwardAPI item {:?}: only fieldRef items are supported on this node",
+                "downwardAPI item {:?}: neither fieldRef nor resourceFieldRef",
                 item.path
             ));
         };
         let value = match field.field_path.as_str() {
             "metadata.labels" => render_map(pod.metadata.labels.as_ref()),
             "metadata.annotations" => render_map(pod.metadata.annotations.as_ref()),
-            path => field_value(pod, path, node_ip).ok_or_else(|| {
+            path => field_value(pod, path, node.ip).ok_or_else(|| {
                 format!(
                     "downwardAPI item {:?}: unsupported fieldPath {path:?}",
                     item.path

@@ -180,6 +180,14 @@ fn default_pod(pod: &mut Value) {
 }
 
 fn default_container(c: &mut Value) {
+    // A limit without a request is also the request.
+    if let Some(limits) = c["resources"]["limits"].as_object().cloned() {
+        for (resource, quantity) in limits {
+            if c["resources"]["requests"][&resource].is_null() {
+                c["resources"]["requests"][&resource] = quantity;
+            }
+        }
+    }
     if c["imagePullPolicy"].is_null() {
         let image = c["image"].as_str().unwrap_or_default();
         let last = image.rsplit('/').next().unwrap_or_default();
