@@ -444,8 +444,22 @@ pub fn agent_binary() -> anyhow::Result<PathBuf> {
         .get_or_init(|| {
             let root = testkit::fixtures::repo_root();
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            // The agent is built with this harness's profile: release for the benchmark.
+            let profile = if cfg!(debug_assertions) {
+                "dev"
+            } else {
+                "release"
+            };
             let status = Command::new(cargo)
-                .args(["build", "--quiet", "-p", "krustlet-wasi", "--manifest-path"])
+                .args([
+                    "build",
+                    "--quiet",
+                    "-p",
+                    "krustlet-wasi",
+                    "--profile",
+                    profile,
+                ])
+                .arg("--manifest-path")
                 .arg(root.join("Cargo.toml"))
                 .status()
                 .map_err(|e| e.to_string())?;
@@ -455,7 +469,12 @@ pub fn agent_binary() -> anyhow::Result<PathBuf> {
             let target = std::env::var_os("CARGO_TARGET_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| root.join("target"));
-            Ok(target.join("debug/krustlet-wasi"))
+            let dir = if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "release"
+            };
+            Ok(target.join(dir).join("krustlet-wasi"))
         })
         .clone()
         .map_err(|e| anyhow::anyhow!(e))
@@ -570,6 +589,11 @@ impl NodeAgent {
         };
         agent.wait_ready().await?;
         Ok(agent)
+    }
+
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     fn spawn(

@@ -41,6 +41,21 @@ enum Route {
     Resource(Target),
 }
 
+/// Counts a request of `who` by kind.
+fn count(shared: &Shared, who: &Identity, method: &hyper::Method, query: &Query) {
+    let mut requests = shared.requests.lock().unwrap_or_else(|p| p.into_inner());
+    let counts = requests.entry(who.user.clone()).or_default();
+    match *method {
+        hyper::Method::GET
+            if matches!(query.get("watch").map(String::as_str), Some("true" | "1")) =>
+        {
+            counts.watches += 1
+        }
+        hyper::Method::GET | hyper::Method::HEAD => counts.reads += 1,
+        _ => counts.writes += 1,
+    }
+}
+
 /// Serves one request from an authenticated connection (`peer` is the client certificate's identity).
 pub async fn handle(
     shared: Arc<Shared>,
@@ -62,6 +77,7 @@ pub async fn handle(
     let (parts, body) = req.into_parts();
     let query: Query =
         serde_urlencoded::from_str(parts.uri.query().unwrap_or_default()).unwrap_or_default();
+    count(&shared, &who, &parts.method, &query);
     let path = parts.uri.path().to_string();
     let route = match route(&shared, &path) {
         Some(route) => route,

@@ -44,6 +44,18 @@ pub struct Shared {
     tokens: Mutex<HashMap<String, Identity>>,
     address: String,
     kubelet_client: Arc<rustls::ClientConfig>,
+    requests: Mutex<HashMap<String, RequestCounts>>,
+}
+
+/// Requests one user made, by kind (for measuring what a node agent costs the API server).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequestCounts {
+    /// GETs that are not watches (gets and lists).
+    pub reads: u64,
+    /// Watches opened.
+    pub watches: u64,
+    /// Creates, updates, patches and deletes.
+    pub writes: u64,
 }
 
 impl Shared {
@@ -116,6 +128,7 @@ impl ApiServer {
             ca,
             tokens: Mutex::new(HashMap::new()),
             address: addr.to_string(),
+            requests: Mutex::default(),
         });
         seed(&shared);
         let dir = tempfile::Builder::new()
@@ -138,6 +151,17 @@ impl ApiServer {
             .tasks
             .push(tokio::spawn(controllers::run(shared, options.scheduler)));
         Ok(server)
+    }
+
+    /// The requests `user` has made so far.
+    pub fn request_counts(&self, user: &str) -> RequestCounts {
+        self.shared
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(user)
+            .copied()
+            .unwrap_or_default()
     }
 
     /// The server's URL, `https://127.0.0.1:<port>`.

@@ -1,0 +1,427 @@
+//! The benchmark: starts the API server stand-in (or uses the cluster `KRUSTLET_E2E_KUBECONFIG`
+//! names), one `krustlet-wasi` node agent built in release mode and the test registry, runs the
+//! scenarios of BENCHMARKS.md and prints a table.
+//!
+//! `cargo run --release -p e2e --bin krustlet-bench -- --help`
+
+use anyhow::Context;
+use clap::Parser;
+use e2e::{Cluster, NodeAgent, wasm_pod};
+use futures::StreamExt;
+use kube::api::{DeleteParams, ListParams};
+use kube::runtime::watcher;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Benchmarks of the node agent: start latency, cold and warm starts, density, idle footprint,
+/// and the wasmtime baseline.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Pods per start-latency batch.
+    #[arg(long, default_value_t = 200)]
+    pods: usize,
+    /// Pod creations per second.
+    #[arg(long, default_value_t = 50.0)]
+    rate: f64,
+    /// Idle pods to ramp to, in steps (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1000")]
+    density: Vec<usize>,
+    /// Seconds to watch the idle agent.
+    #[arg(long, default_value_t = 60)]
+    idle_seconds: u64,
+    /// Runs of the plain-wasmtime baseline.
+    #[arg(long, default_value_t = 2000)]
+    baseline_runs: usize,
+}
+
+/// First times each pod was seen in a state, by the watch.
+#[derive(Default)]
+struct Seen {
+    running: HashMap<String, Instant>,
+    succeeded: HashMap<String, Instant>,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+/// `(p50, p90, p99, max)` as a table row.
+fn latency_row(name: &str, mut samples: Vec<Duration>) -> String {
+    samples.sort();
+    format!(
+        "| {name} | {} | {} | {} | {} | {} |",
+        samples.len(),
+        ms(percentile(&samples, 50.0)),
+        ms(percentile(&samples, 90.0)),
+        ms(percentile(&samples, 99.0)),
+        ms(samples.last().copied().unwrap_or_default())
+    )
+}
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// CPU time (user + system) of a process.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i)?.parse::<u64>().ok())
+        .sum();
+    Duration::from_millis(ticks * 10)
+}
+
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    let revision = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    format!(
+        "{cores} cores, {:.1} GiB memory, revision {revision}, command: {}",
+        memory as f64 / 1048576.0,
+        std::env::args().collect::<Vec<_>>().join(" ")
+    )
+}
+
+struct Bench {
+    cluster: Cluster,
+    agent: NodeAgent,
+    image: String,
+    seen: Arc<Mutex<Seen>>,
+    _watch: tokio::task::JoinHandle<()>,
+}
+
+impl Bench {
+    async fn start() -> anyhow::Result<Self> {
+        let cluster = Cluster::new("bench").await?;
+        let data_dir = tempfile::Builder::new()
+            .prefix("krustlet-bench")
+            .tempdir()?;
+        let kubeconfig = e2e::node_credentials(&cluster, "bench-node", data_dir.path()).await?;
+        let agent = NodeAgent::start_with_args(
+            &cluster,
+            "bench-node",
+            data_dir,
+            e2e::Credentials::Kubeconfig(kubeconfig),
+            &["--max-pods", "20000"],
+        )
+        .await?;
+        let image = cluster.push_guest("wasi-probe").await?;
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let watch = {
+            let seen = seen.clone();
+            let pods = cluster.pods();
+            tokio::spawn(async move {
+                let mut events = std::pin::pin!(watcher(pods, watcher::Config::default()));
+                while let Some(event) = events.next().await {
+                    let now = Instant::now();
+                    let (Ok(watcher::Event::Apply(pod)) | Ok(watcher::Event::InitApply(pod))) =
+                        event
+                    else {
+                        continue;
+                    };
+                    let name = pod.metadata.name.clone().unwrap_or_default();
+                    let phase = pod.status.as_ref().and_then(|s| s.phase.clone());
+                    let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+                    match phase.as_deref() {
+                        Some("Running") => {
+                            seen.running.entry(name).or_insert(now);
+                        }
+                        Some("Succeeded") => {
+                            seen.succeeded.entry(name).or_insert(now);
+                        }
+                        _ => {}
+                    }
+                }
+            })
+        };
+        Ok(Self {
+            cluster,
+            agent,
+            image,
+            seen,
+            _watch: watch,
+        })
+    }
+
+    /// Creates pods `prefix-0..n` at `rate` per second; returns their creation times.
+    async fn create(
+        &self,
+        prefix: &str,
+        n: usize,
+        rate: f64,
+        args: &[&str],
+    ) -> anyhow::Result<HashMap<String, Instant>> {
+        let interval = Duration::from_secs_f64(1.0 / rate);
+        let mut ticks = tokio::time::interval(interval);
+        let mut created = HashMap::new();
+        let mut creations = tokio::task::JoinSet::new();
+        for i in 0..n {
+            ticks.tick().await;
+            let name = format!("{prefix}-{i}");
+            let pod = wasm_pod(&name, &self.image, &self.agent.name, args, "Never");
+            created.insert(name, Instant::now());
+            let pods = self.cluster.pods();
+            creations.spawn(async move { pods.create(&Default::default(), &pod).await });
+        }
+        while let Some(result) = creations.join_next().await {
+            result?.context("creating a pod")?;
+        }
+        Ok(created)
+    }
+
+    /// Waits until every created pod reached the state; returns creation-to-state latencies.
+    async fn latencies(
+        &self,
+        created: &HashMap<String, Instant>,
+        succeeded: bool,
+        deadline: Duration,
+    ) -> anyhow::Result<Vec<Duration>> {
+        let until = Instant::now() + deadline;
+        loop {
+            {
+                let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+                let states = if succeeded {
+                    &seen.succeeded
+                } else {
+                    &seen.running
+                };
+                let done: Vec<Duration> = created
+                    .iter()
+                    .filter_map(|(name, at)| Some(states.get(name)?.duration_since(*at)))
+                    .collect();
+                if done.len() == created.len() {
+                    return Ok(done);
+                }
+                if Instant::now() > until {
+                    anyhow::bail!(
+                        "only {} of {} pods got there within {deadline:?}",
+                        done.len(),
+                        created.len()
+                    );
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn delete_all(&self) -> anyhow::Result<()> {
+        let pods = self.cluster.pods();
+        pods.delete_collection(&DeleteParams::default(), &ListParams::default())
+            .await?;
+        let until = Instant::now() + Duration::from_secs(600);
+        while !pods.list(&ListParams::default()).await?.items.is_empty() {
+            anyhow::ensure!(
+                Instant::now() < until,
+                "pods were not deleted in 10 minutes"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok(())
+    }
+
+    fn writes(&self) -> u64 {
+        self.cluster.standin().map_or(0, |s| {
+            s.request_counts(&format!("system:node:{}", self.agent.name))
+                .writes
+        })
+    }
+}
+
+/// One pod's time from creation to Succeeded, for the cold-path scenario.
+async fn one_pod(bench: &Bench, name: &str) -> anyhow::Result<Duration> {
+    let created = bench.create(name, 1, 1.0, &["exit", "0"]).await?;
+    Ok(bench
+        .latencies(&created, true, Duration::from_secs(120))
+        .await?[0])
+}
+
+/// The same module run by plain wasmtime embedding code: compile once, then instantiate and
+/// run to exit in a loop. Returns the median per run.
+fn baseline(path: &std::path::Path, runs: usize) -> wasmtime::Result<Duration> {
+    use wasmtime::{Config, Engine, Linker, Module, Store};
+    let engine = Engine::new(&Config::new())?;
+    let module = Module::from_file(&engine, path)?;
+    let mut linker: Linker<wasmtime_wasi::p1::WasiP1Ctx> = Linker::new(&engine);
+    wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |ctx| ctx)?;
+    let pre = linker.instantiate_pre(&module)?;
+    let mut samples = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let began = Instant::now();
+        let wasi = wasmtime_wasi::WasiCtxBuilder::new()
+            .args(&["wasi-probe", "exit", "0"])
+            .build_p1();
+        let mut store = Store::new(&engine, wasi);
+        let instance = pre.instantiate(&mut store)?;
+        let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+        if let Err(e) = start.call(&mut store, ())
+            && e.downcast_ref::<wasmtime_wasi::I32Exit>()
+                .is_none_or(|exit| exit.0 != 0)
+        {
+            return Err(e);
+        }
+        samples.push(began.elapsed());
+    }
+    samples.sort();
+    Ok(percentile(&samples, 50.0))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    anyhow::ensure!(
+        !cfg!(debug_assertions),
+        "run the benchmark in release mode: cargo run --release -p e2e --bin krustlet-bench"
+    );
+    println!("Machine: {}\n", machine());
+    let bench = Bench::start().await?;
+    let pid = bench.agent.pid();
+
+    // 4. Idle footprint.
+    let (cpu0, writes0) = (cpu_time(pid), bench.writes());
+    tokio::time::sleep(Duration::from_secs(args.idle_seconds)).await;
+    let idle_cpu = cpu_time(pid).saturating_sub(cpu0);
+    let idle_writes = bench.writes() - writes0;
+    let idle_rss = rss_kib(pid);
+
+    // 2. Cold path: the image was pushed but never pulled by the agent.
+    let cold = one_pod(&bench, "cold").await?;
+    let warm = one_pod(&bench, "warm").await?;
+
+    // 1. Start latency at a steady rate, module cached.
+    let writes_before = bench.writes();
+    let created = bench
+        .create("run", args.pods, args.rate, &["forever"])
+        .await?;
+    let running = bench
+        .latencies(&created, false, Duration::from_secs(600))
+        .await?;
+    let writes_per_start = (bench.writes() - writes_before) as f64 / args.pods as f64;
+    let created = bench
+        .create("exit", args.pods, args.rate, &["exit", "0"])
+        .await?;
+    let succeeded = bench
+        .latencies(&created, true, Duration::from_secs(600))
+        .await?;
+    bench.delete_all().await?;
+
+    // 2b. The first pod after an agent restart (compiled module cached on disk).
+    let mut bench = bench;
+    bench.agent.restart().await?;
+    let pid = bench.agent.pid();
+    let restarted = one_pod(&bench, "restarted").await?;
+    bench.delete_all().await?;
+
+    // 3. Density: idle pods in steps.
+    let base_rss = rss_kib(pid);
+    let mut density_rows = Vec::new();
+    let mut total = 0;
+    for (step, target) in args.density.iter().enumerate() {
+        let began = Instant::now();
+        let created = bench
+            .create(
+                &format!("idle{step}"),
+                target - total,
+                args.rate.max(100.0),
+                &["forever"],
+            )
+            .await?;
+        bench
+            .latencies(&created, false, Duration::from_secs(1800))
+            .await?;
+        total = *target;
+        let reached = began.elapsed();
+        let cpu_before = cpu_time(pid);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let cpu_share = cpu_time(pid).saturating_sub(cpu_before).as_secs_f64() / 10.0;
+        let rss = rss_kib(pid);
+        let per_pod = (rss.saturating_sub(base_rss)) as f64 / total as f64;
+        let node = kube::Api::<k8s_openapi::api::core::v1::Node>::all(bench.cluster.client.clone())
+            .get(&bench.agent.name)
+            .await?;
+        let ready =
+            kube::runtime::wait::Condition::matches_object(&e2e::is_node_ready(), Some(&node));
+        density_rows.push(format!(
+            "| {total} | {:.1} s | {:.1} MiB | {per_pod:.1} KiB | {:.0} % | {} |",
+            reached.as_secs_f64(),
+            rss as f64 / 1024.0,
+            cpu_share * 100.0,
+            if ready { "Ready" } else { "NOT Ready" }
+        ));
+    }
+    bench.delete_all().await?;
+
+    // 5. Baseline.
+    let module = testkit::fixtures::wasm_module("wasi-probe")?;
+    let baseline = baseline(&module, args.baseline_runs)
+        .map_err(|e| anyhow::anyhow!("the wasmtime baseline failed: {e:#}"))?;
+
+    println!(
+        "## Start latency ({} pods at {}/s, module cached)\n",
+        args.pods, args.rate
+    );
+    println!("| measure | pods | p50 | p90 | p99 | max |");
+    println!("|---|---|---|---|---|---|");
+    println!("{}", latency_row("creation -> Running (watch)", running));
+    println!(
+        "{}",
+        latency_row("creation -> Succeeded (exits at once)", succeeded)
+    );
+    println!("\nAPI writes by the agent per pod start (to Running): {writes_per_start:.2}\n");
+    println!("## Cold and warm starts (creation -> Succeeded)\n");
+    println!("| case | time |\n|---|---|");
+    println!(
+        "| first pod of a new image (pull + compile) | {} |",
+        ms(cold)
+    );
+    println!("| second pod of the image | {} |", ms(warm));
+    println!(
+        "| first pod after an agent restart (compiled module on disk) | {} |",
+        ms(restarted)
+    );
+    println!("\n## Density (idle pods)\n");
+    println!("| pods | time to reach | agent RSS | RSS per pod | agent CPU | node |");
+    println!("|---|---|---|---|---|---|");
+    for row in density_rows {
+        println!("{row}");
+    }
+    println!("\n## Idle agent, 0 pods, {} s\n", args.idle_seconds);
+    println!(
+        "RSS {:.1} MiB, CPU {:.2} % of a core, API writes {} ({:.1}/min)",
+        idle_rss as f64 / 1024.0,
+        idle_cpu.as_secs_f64() / args.idle_seconds as f64 * 100.0,
+        idle_writes,
+        idle_writes as f64 * 60.0 / args.idle_seconds as f64
+    );
+    println!("\n## Baseline: plain wasmtime, instantiate + run to exit\n");
+    println!("median {} over {} runs", ms(baseline), args.baseline_runs);
+    Ok(())
+}
