@@ -81,8 +81,16 @@ impl Server {
     }
 
     async fn connection(self: Arc<Self>, stream: tokio::net::TcpStream) {
-        let service = hyper::service::service_fn(move |request| {
+        let local = stream.local_addr().ok();
+        let service = hyper::service::service_fn(move |mut request| {
             let server = self.clone();
+            // An HTTP/1.0 request may name no host; the guest sees the address it reached.
+            if request.uri().authority().is_none()
+                && !request.headers().contains_key(http::header::HOST)
+                && let Some(value) = local.and_then(|a| a.to_string().parse().ok())
+            {
+                request.headers_mut().insert(http::header::HOST, value);
+            }
             async move { server.handle(request).await }
         });
         if let Err(e) = http1::Builder::new()

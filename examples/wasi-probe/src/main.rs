@@ -2,7 +2,8 @@
 //!
 //! `print TEXT`, `eprint TEXT`, `args`, `env`, `sleep MS`, `forever` (sleep without end),
 //! `spin` (busy loop without end), `exit CODE`, `trap`, `write PATH TEXT`, `read PATH`, `ls DIR`,
-//! `alloc MIB` (allocate and touch that much memory, keeping it).
+//! `alloc MIB` (allocate and touch that much memory, keeping it), `connect HOST:PORT` (open a
+//! TCP connection, send an HTTP/1.0 GET and print the status line).
 //! A step that fails prints why on stderr and exits 2.
 
 use std::io::Write;
@@ -59,6 +60,20 @@ fn main() {
                 let block = vec![1u8; mib << 20];
                 println!("allocated {} MiB", std::hint::black_box(&block).len() >> 20);
                 std::mem::forget(block);
+            }
+            "connect" => {
+                use std::io::{BufRead, BufReader};
+                let target = next("connect");
+                let mut stream = std::net::TcpStream::connect(&target)
+                    .unwrap_or_else(|e| fail(&format!("connect {target}"), e));
+                stream
+                    .write_all(b"GET / HTTP/1.0\r\n\r\n")
+                    .unwrap_or_else(|e| fail(&format!("write to {target}"), e));
+                let mut status = String::new();
+                BufReader::new(stream)
+                    .read_line(&mut status)
+                    .unwrap_or_else(|e| fail(&format!("read from {target}"), e));
+                println!("{}", status.trim_end());
             }
             other => fail("unknown step", other),
         }

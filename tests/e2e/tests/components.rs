@@ -216,3 +216,52 @@ async fn outbound_http_is_denied_unless_the_pod_allows_the_host() -> anyhow::Res
     assert_eq!(code, 502, "{body}");
     Ok(())
 }
+
+#[tokio::test]
+async fn sockets_are_denied_unless_the_pod_allows_the_destination() -> anyhow::Result<()> {
+    let cluster = Cluster::new("p2-sockets").await?;
+    let agent = cluster.start_node().await?;
+    let server = cluster.push_component("http_probe").await?;
+    let client = cluster.push_component("wasi-probe").await?;
+    let [port] = free_ports()?;
+    let target = format!("{}:{port}", node_ip());
+    cluster
+        .create_pod(http_pod(
+            "server",
+            &server,
+            &agent.name,
+            port,
+            serde_json::json!({}),
+        ))
+        .await?;
+    cluster.wait_pod("server", "Ready", is_ready).await?;
+    cluster
+        .create_pod(wasm_pod(
+            "closed",
+            &client,
+            &agent.name,
+            &["connect", &target],
+            "Never",
+        ))
+        .await?;
+    let mut open = wasm_pod("open", &client, &agent.name, &["connect", &target], "Never");
+    open.metadata.annotations = Some(
+        [(
+            "krustlet.dev/allowed-outbound-hosts".to_string(),
+            target.clone(),
+        )]
+        .into(),
+    );
+    cluster.create_pod(open).await?;
+    cluster
+        .wait_pod("closed", "Failed", has_phase("Failed"))
+        .await?;
+    let logs = cluster.kubectl(&["logs", "closed"])?;
+    assert!(logs.contains(&format!("connect {target}:")), "{logs}");
+    cluster
+        .wait_pod("open", "Succeeded", has_phase("Succeeded"))
+        .await?;
+    let logs = cluster.kubectl(&["logs", "open"])?;
+    assert_eq!(logs, "HTTP/1.0 200 OK\n");
+    Ok(())
+}
