@@ -168,6 +168,39 @@ fn shutdown_on_signals() -> CancellationToken {
     token
 }
 
+/// Raises the open-file limit as far as this process may: every running pod holds its log file
+/// and its preopened directories open. Up to the system's `fs.nr_open` when privileged (what the
+/// kubelet's and containerd's systemd units configure), else the soft limit to the hard one (what
+/// Go programs such as the kubelet do at start).
+fn raise_open_files_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let current = getrlimit(Resource::Nofile);
+    let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let privileged = ceiling.is_some_and(|max| {
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(max),
+                maximum: Some(max),
+            },
+        )
+        .is_ok()
+    });
+    if !privileged {
+        let raised = Rlimit {
+            current: current.maximum,
+            maximum: current.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::warn!(error = %e, "raising the open-file limit failed; pods may run out of file descriptors");
+        }
+    }
+    let limit = getrlimit(Resource::Nofile).current;
+    tracing::debug!(?limit, "open-file limit");
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -177,6 +210,7 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let _ = rustls::crypto::ring::default_provider().install_default();
+    raise_open_files_limit();
     let args = Args::parse();
     let config = args.config()?;
     let runtime = wasi_runtime::WasiRuntime::new(config.data_dir.join("compiled"))?;

@@ -3,4 +3,5 @@
 
 pub mod apiserver;
 pub mod fixtures;
+pub mod process;
 pub mod registry;

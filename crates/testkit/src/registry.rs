@@ -56,12 +56,13 @@ impl Registry {
         }
         let config_path = dir.path().join("config.yml");
         std::fs::write(&config_path, config)?;
-        let child = Command::new(REGISTRY_BIN)
+        let mut command = Command::new(REGISTRY_BIN);
+        command
             .arg("serve")
             .arg(&config_path)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
+            .stderr(Stdio::null());
+        let child = crate::process::spawn_owned(command)
             .with_context(|| format!("starting {REGISTRY_BIN}"))?;
         let registry = Self {
             child,

@@ -639,10 +639,8 @@ impl NodeAgent {
         if ca.exists() {
             command.arg("--client-ca-file").arg(ca);
         }
-        command
-            .args(extra)
-            .spawn()
-            .context("starting krustlet-wasi")
+        command.args(extra);
+        testkit::process::spawn_owned(command).context("starting krustlet-wasi")
     }
 
     async fn wait_ready(&mut self) -> anyhow::Result<()> {

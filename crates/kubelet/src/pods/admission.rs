@@ -32,9 +32,9 @@ pub struct Rejection {
     pub message: String,
 }
 
-/// Decides whether `pod` may run here, beside the `admitted` pods still running.
-pub fn admit(pod: &Pod, node: &NodeFacts, admitted: &[Pod]) -> Result<(), Rejection> {
-    let active = admitted.len();
+/// Decides whether `pod` may run here, beside the `active` pods (their number and requests).
+pub fn admit(pod: &Pod, node: &NodeFacts, active: (usize, Requests)) -> Result<(), Rejection> {
+    let (active, used) = active;
     let spec = pod.spec.clone().unwrap_or_default();
     let tolerations = spec.tolerations.unwrap_or_default();
     for taint in node.taints.iter().filter(|t| t.effect == "NoExecute") {
@@ -88,10 +88,6 @@ pub fn admit(pod: &Pod, node: &NodeFacts, admitted: &[Pod]) -> Result<(), Reject
         });
     }
     let requested = pod_requests(pod);
-    let used = admitted
-        .iter()
-        .map(pod_requests)
-        .fold(Requests::default(), |a, b| a + b);
     for (resource, reason, requested, used, capacity) in [
         (
             "cpu",
@@ -189,9 +185,13 @@ mod tests {
         let p = pod(
             "spec: {containers: [{name: c, image: i}], tolerations: [{effect: NoExecute, key: krustlet/arch, operator: Equal, value: wasm32-wasi}], nodeSelector: {kubernetes.io/arch: wasm32-wasi}}",
         );
-        assert_eq!(admit(&p, &node(), &[]), Ok(()));
-        let two = [p.clone(), p.clone()];
-        assert_eq!(admit(&p, &node(), &two).unwrap_err().reason, "OutOfpods");
+        assert_eq!(admit(&p, &node(), (0, Requests::default())), Ok(()));
+        assert_eq!(
+            admit(&p, &node(), (2, Requests::default()))
+                .unwrap_err()
+                .reason,
+            "OutOfpods"
+        );
     }
 
     #[test]
@@ -202,22 +202,22 @@ mod tests {
             ))
         };
         let half = sized("1", "512Mi");
-        assert_eq!(admit(&half, &node(), &[]), Ok(()));
-        let rejection =
-            admit(&sized("1500m", "1Mi"), &node(), std::slice::from_ref(&half)).unwrap_err();
+        assert_eq!(admit(&half, &node(), (0, Requests::default())), Ok(()));
+        let running = (1, pod_requests(&half));
+        let rejection = admit(&sized("1500m", "1Mi"), &node(), running).unwrap_err();
         assert_eq!(rejection.reason, "OutOfcpu");
         assert_eq!(
             rejection.message,
             "Pod was rejected: Node didn't have enough resource: cpu, requested: 1500, used: 1000, capacity: 2000"
         );
-        let rejection = admit(&sized("100m", "600Mi"), &node(), &[half]).unwrap_err();
+        let rejection = admit(&sized("100m", "600Mi"), &node(), running).unwrap_err();
         assert_eq!(rejection.reason, "OutOfmemory");
     }
 
     #[test]
     fn untolerated_taints_and_selectors_are_rejected() {
         let no_toleration = pod("spec: {containers: [{name: c, image: i}]}");
-        let rejection = admit(&no_toleration, &node(), &[]).unwrap_err();
+        let rejection = admit(&no_toleration, &node(), (0, Requests::default())).unwrap_err();
         assert_eq!(rejection.reason, "Taint");
         assert!(
             rejection.message.contains("{krustlet/arch: wasm32-wasi}"),
@@ -228,7 +228,9 @@ mod tests {
             "spec: {containers: [{name: c, image: i}], tolerations: [{operator: Exists}], nodeSelector: {kubernetes.io/arch: amd64}}",
         );
         assert_eq!(
-            admit(&wrong_arch, &node(), &[]).unwrap_err().reason,
+            admit(&wrong_arch, &node(), (0, Requests::default()))
+                .unwrap_err()
+                .reason,
             "NodeAffinity"
         );
     }

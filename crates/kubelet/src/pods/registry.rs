@@ -1,6 +1,7 @@
 //! The pods this node runs, as the kubelet API serves them: the latest pod object, each
 //! container's log files, and the usage of the containers running now.
 
+use super::resources::{Requests, pod_requests};
 use crate::runtime::Usage;
 use k8s_openapi::api::core::v1::Pod;
 use std::collections::{BTreeMap, HashMap};
@@ -19,6 +20,8 @@ pub struct ContainerLogs {
 #[derive(Debug, Clone)]
 struct Entry {
     pod: Pod,
+    /// The pod's CPU and memory requests (a pod's resources do not change).
+    requests: Requests,
     logs: HashMap<String, ContainerLogs>,
     /// Per container: when its current run started, and its usage while the guest lives.
     usage: HashMap<String, (jiff::Timestamp, Weak<Usage>)>,
@@ -48,6 +51,7 @@ impl PodRegistry {
         let entry = pods
             .entry((ns.into(), name.into()))
             .or_insert_with(|| Entry {
+                requests: pod_requests(&pod),
                 pod: pod.clone(),
                 logs: HashMap::new(),
                 usage: HashMap::new(),
@@ -127,13 +131,20 @@ impl PodRegistry {
             .collect()
     }
 
-    /// How many pods are admitted.
-    pub fn len(&self) -> usize {
-        self.pods.read().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    /// Whether no pod is admitted.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    /// The pods still running or due to (not Succeeded or Failed), other than the pod `uid`:
+    /// how many, and their requests together.
+    pub fn active(&self, uid: &str) -> (usize, Requests) {
+        let pods = self.pods.read().unwrap_or_else(|p| p.into_inner());
+        pods.values()
+            .filter(|e| e.pod.metadata.uid.as_deref() != Some(uid))
+            .filter(|e| {
+                !matches!(
+                    e.pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+                    Some("Succeeded" | "Failed")
+                )
+            })
+            .fold((0, Requests::default()), |(n, sum), e| {
+                (n + 1, sum + e.requests)
+            })
     }
 }

@@ -175,20 +175,11 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             return;
         }
         if !ran_before {
-            let admitted: Vec<Pod> = self
+            let active = self
                 .ctx
                 .registry
-                .pods()
-                .into_iter()
-                .filter(|p| p.uid() != self.pod.uid())
-                .filter(|p| {
-                    !matches!(
-                        p.status.as_ref().and_then(|s| s.phase.as_deref()),
-                        Some("Succeeded" | "Failed")
-                    )
-                })
-                .collect();
-            if let Err(rejection) = admission::admit(&self.pod, &self.ctx.node, &admitted) {
+                .active(&self.pod.uid().unwrap_or_default());
+            if let Err(rejection) = admission::admit(&self.pod, &self.ctx.node, active) {
                 self.reject(rejection).await;
                 return;
             }

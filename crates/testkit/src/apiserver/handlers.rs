@@ -42,7 +42,7 @@ enum Route {
 }
 
 /// Counts a request of `who` by kind.
-fn count(shared: &Shared, who: &Identity, method: &hyper::Method, query: &Query) {
+fn count(shared: &Shared, who: &Identity, method: &hyper::Method, path: &str, query: &Query) {
     let mut requests = shared.requests.lock().unwrap_or_else(|p| p.into_inner());
     let counts = requests.entry(who.user.clone()).or_default();
     match *method {
@@ -52,6 +52,7 @@ fn count(shared: &Shared, who: &Identity, method: &hyper::Method, query: &Query)
             counts.watches += 1
         }
         hyper::Method::GET | hyper::Method::HEAD => counts.reads += 1,
+        _ if path.contains("/events") => counts.event_writes += 1,
         _ => counts.writes += 1,
     }
 }
@@ -77,7 +78,7 @@ pub async fn handle(
     let (parts, body) = req.into_parts();
     let query: Query =
         serde_urlencoded::from_str(parts.uri.query().unwrap_or_default()).unwrap_or_default();
-    count(&shared, &who, &parts.method, &query);
+    count(&shared, &who, &parts.method, parts.uri.path(), &query);
     let path = parts.uri.path().to_string();
     let route = match route(&shared, &path) {
         Some(route) => route,

@@ -54,8 +54,10 @@ pub struct RequestCounts {
     pub reads: u64,
     /// Watches opened.
     pub watches: u64,
-    /// Creates, updates, patches and deletes.
+    /// Creates, updates, patches and deletes, except of events.
     pub writes: u64,
+    /// Events created or updated.
+    pub event_writes: u64,
 }
 
 impl Shared {

@@ -27,6 +27,9 @@ struct Args {
     /// Idle pods to ramp to, in steps (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "1000")]
     density: Vec<usize>,
+    /// Pod creations per second while ramping density.
+    #[arg(long, default_value_t = 200.0)]
+    density_rate: f64,
     /// Seconds to watch the idle agent.
     #[arg(long, default_value_t = 60)]
     idle_seconds: u64,
@@ -51,7 +54,11 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+    if d < Duration::from_millis(1) {
+        format!("{:.0} us", d.as_secs_f64() * 1e6)
+    } else {
+        format!("{:.1} ms", d.as_secs_f64() * 1e3)
+    }
 }
 
 /// `(p50, p90, p99, max)` as a table row.
@@ -248,10 +255,11 @@ impl Bench {
         Ok(())
     }
 
-    fn writes(&self) -> u64 {
-        self.cluster.standin().map_or(0, |s| {
-            s.request_counts(&format!("system:node:{}", self.agent.name))
-                .writes
+    /// Writes the agent has made so far: (to pods and the node, to events).
+    fn writes(&self) -> (u64, u64) {
+        self.cluster.standin().map_or((0, 0), |s| {
+            let counts = s.request_counts(&format!("system:node:{}", self.agent.name));
+            (counts.writes, counts.event_writes)
         })
     }
 }
@@ -302,29 +310,43 @@ async fn main() -> anyhow::Result<()> {
         "run the benchmark in release mode: cargo run --release -p e2e --bin krustlet-bench"
     );
     println!("Machine: {}\n", machine());
-    let bench = Bench::start().await?;
+    let mut bench = Bench::start().await?;
     let pid = bench.agent.pid();
 
     // 4. Idle footprint.
-    let (cpu0, writes0) = (cpu_time(pid), bench.writes());
+    let (cpu0, writes0) = (cpu_time(pid), bench.writes().0);
     tokio::time::sleep(Duration::from_secs(args.idle_seconds)).await;
     let idle_cpu = cpu_time(pid).saturating_sub(cpu0);
-    let idle_writes = bench.writes() - writes0;
-    let idle_rss = rss_kib(pid);
+    let idle_writes = bench.writes().0 - writes0;
+    println!("## Idle agent, 0 pods, {} s\n", args.idle_seconds);
+    println!(
+        "RSS {:.1} MiB, CPU {:.2} % of a core, API writes {} ({:.1}/min)\n",
+        rss_kib(pid) as f64 / 1024.0,
+        idle_cpu.as_secs_f64() / args.idle_seconds as f64 * 100.0,
+        idle_writes,
+        idle_writes as f64 * 60.0 / args.idle_seconds as f64
+    );
 
     // 2. Cold path: the image was pushed but never pulled by the agent.
+    println!("## Cold and warm starts (creation -> Succeeded)\n");
+    println!("| case | time |\n|---|---|");
     let cold = one_pod(&bench, "cold").await?;
+    println!(
+        "| first pod of a new image (pull + compile) | {} |",
+        ms(cold)
+    );
     let warm = one_pod(&bench, "warm").await?;
+    println!("| second pod of the image | {} |", ms(warm));
 
     // 1. Start latency at a steady rate, module cached.
-    let writes_before = bench.writes();
+    let before = bench.writes();
     let created = bench
         .create("run", args.pods, args.rate, &["forever"])
         .await?;
     let running = bench
         .latencies(&created, false, Duration::from_secs(600))
         .await?;
-    let writes_per_start = (bench.writes() - writes_before) as f64 / args.pods as f64;
+    let after = bench.writes();
     let created = bench
         .create("exit", args.pods, args.rate, &["exit", "0"])
         .await?;
@@ -334,15 +356,41 @@ async fn main() -> anyhow::Result<()> {
     bench.delete_all().await?;
 
     // 2b. The first pod after an agent restart (compiled module cached on disk).
-    let mut bench = bench;
     bench.agent.restart().await?;
     let pid = bench.agent.pid();
     let restarted = one_pod(&bench, "restarted").await?;
+    println!(
+        "| first pod after an agent restart (compiled module on disk) | {} |\n",
+        ms(restarted)
+    );
     bench.delete_all().await?;
 
+    println!(
+        "## Start latency ({} pods at {}/s, module cached)\n",
+        args.pods, args.rate
+    );
+    println!("| measure | pods | p50 | p90 | p99 | max |");
+    println!("|---|---|---|---|---|---|");
+    println!("{}", latency_row("creation -> Running (watch)", running));
+    println!(
+        "{}",
+        latency_row("creation -> Succeeded (exits at once)", succeeded)
+    );
+    let per_pod = |n: u64| n as f64 / args.pods as f64;
+    println!(
+        "\nAPI writes by the agent per pod start (to Running): {:.2} to the pod, {:.2} events\n",
+        per_pod(after.0 - before.0),
+        per_pod(after.1 - before.1)
+    );
+
     // 3. Density: idle pods in steps.
+    println!(
+        "## Density (idle pods, created at {}/s)\n",
+        args.density_rate
+    );
+    println!("| pods | time to reach | agent RSS | RSS per pod | agent CPU | node |");
+    println!("|---|---|---|---|---|---|");
     let base_rss = rss_kib(pid);
-    let mut density_rows = Vec::new();
     let mut total = 0;
     for (step, target) in args.density.iter().enumerate() {
         let began = Instant::now();
@@ -350,7 +398,7 @@ async fn main() -> anyhow::Result<()> {
             .create(
                 &format!("idle{step}"),
                 target - total,
-                args.rate.max(100.0),
+                args.density_rate,
                 &["forever"],
             )
             .await?;
@@ -369,13 +417,13 @@ async fn main() -> anyhow::Result<()> {
             .await?;
         let ready =
             kube::runtime::wait::Condition::matches_object(&e2e::is_node_ready(), Some(&node));
-        density_rows.push(format!(
+        println!(
             "| {total} | {:.1} s | {:.1} MiB | {per_pod:.1} KiB | {:.0} % | {} |",
             reached.as_secs_f64(),
             rss as f64 / 1024.0,
             cpu_share * 100.0,
             if ready { "Ready" } else { "NOT Ready" }
-        ));
+        );
     }
     bench.delete_all().await?;
 
@@ -383,44 +431,6 @@ async fn main() -> anyhow::Result<()> {
     let module = testkit::fixtures::wasm_module("wasi-probe")?;
     let baseline = baseline(&module, args.baseline_runs)
         .map_err(|e| anyhow::anyhow!("the wasmtime baseline failed: {e:#}"))?;
-
-    println!(
-        "## Start latency ({} pods at {}/s, module cached)\n",
-        args.pods, args.rate
-    );
-    println!("| measure | pods | p50 | p90 | p99 | max |");
-    println!("|---|---|---|---|---|---|");
-    println!("{}", latency_row("creation -> Running (watch)", running));
-    println!(
-        "{}",
-        latency_row("creation -> Succeeded (exits at once)", succeeded)
-    );
-    println!("\nAPI writes by the agent per pod start (to Running): {writes_per_start:.2}\n");
-    println!("## Cold and warm starts (creation -> Succeeded)\n");
-    println!("| case | time |\n|---|---|");
-    println!(
-        "| first pod of a new image (pull + compile) | {} |",
-        ms(cold)
-    );
-    println!("| second pod of the image | {} |", ms(warm));
-    println!(
-        "| first pod after an agent restart (compiled module on disk) | {} |",
-        ms(restarted)
-    );
-    println!("\n## Density (idle pods)\n");
-    println!("| pods | time to reach | agent RSS | RSS per pod | agent CPU | node |");
-    println!("|---|---|---|---|---|---|");
-    for row in density_rows {
-        println!("{row}");
-    }
-    println!("\n## Idle agent, 0 pods, {} s\n", args.idle_seconds);
-    println!(
-        "RSS {:.1} MiB, CPU {:.2} % of a core, API writes {} ({:.1}/min)",
-        idle_rss as f64 / 1024.0,
-        idle_cpu.as_secs_f64() / args.idle_seconds as f64 * 100.0,
-        idle_writes,
-        idle_writes as f64 * 60.0 / args.idle_seconds as f64
-    );
     println!("\n## Baseline: plain wasmtime, instantiate + run to exit\n");
     println!("median {} over {} runs", ms(baseline), args.baseline_runs);
     Ok(())
