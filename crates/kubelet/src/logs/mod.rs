@@ -24,24 +24,35 @@ pub struct Progress {
     pub closed: bool,
 }
 
-/// One container run's log file, open for appending.
+/// One container run's log file. It is opened for appending at the first output and closed
+/// when the run ends, so a quiet container holds no file descriptor (a node runs thousands).
 #[derive(Debug)]
 pub struct LogFile {
-    file: Mutex<std::fs::File>,
+    path: PathBuf,
+    file: Mutex<Option<std::fs::File>>,
     progress: watch::Sender<Progress>,
 }
 
 impl LogFile {
     fn append(&self, line: &[u8]) -> std::io::Result<()> {
         let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        let file = match &mut *file {
+            Some(file) => file,
+            None => file.insert(
+                std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&self.path)?,
+            ),
+        };
         file.write_all(line)?;
         let len = file.metadata().map(|m| m.len()).unwrap_or_default();
         self.progress.send_modify(|p| p.len = len);
         Ok(())
     }
 
-    /// Marks the log complete: followers stop at its end.
+    /// Marks the log complete (followers stop at its end) and closes the file.
     pub fn close(&self) {
+        self.file.lock().unwrap_or_else(|p| p.into_inner()).take();
         self.progress.send_modify(|p| p.closed = true);
     }
 
@@ -67,14 +78,16 @@ impl LogFiles {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let file = std::fs::OpenOptions::new()
+        let len = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(path)?;
-        let len = file.metadata()?.len();
+            .open(path)?
+            .metadata()?
+            .len();
         let (progress, _) = watch::channel(Progress { len, closed: false });
         let log = Arc::new(LogFile {
-            file: Mutex::new(file),
+            path: path.to_path_buf(),
+            file: Mutex::new(None),
             progress,
         });
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
