@@ -38,11 +38,7 @@ impl LogFile {
         let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
         let file = match &mut *file {
             Some(file) => file,
-            None => file.insert(
-                std::fs::OpenOptions::new()
-                    .append(true)
-                    .open(&self.path)?,
-            ),
+            None => file.insert(std::fs::OpenOptions::new().append(true).open(&self.path)?),
         };
         file.write_all(line)?;
         let len = file.metadata().map(|m| m.len()).unwrap_or_default();
