@@ -797,6 +797,18 @@ pub fn container_state(pod: &Pod) -> Option<k8s_openapi::api::core::v1::Containe
         .clone()
 }
 
+/// The first container's previous termination (`lastState.terminated`).
+pub fn last_terminated(pod: &Pod) -> Option<k8s_openapi::api::core::v1::ContainerStateTerminated> {
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .first()?
+        .last_state
+        .clone()?
+        .terminated
+}
+
 /// The message of the first container's waiting state ("" when it is not waiting).
 pub fn waiting_message(pod: &Pod) -> String {
     container_state(pod)

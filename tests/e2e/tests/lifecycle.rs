@@ -215,14 +215,7 @@ async fn an_agent_crash_keeps_finished_pods_and_restarts_lost_containers() -> an
             is_running_after_restarts(1),
         )
         .await?;
-    let last = server
-        .status
-        .and_then(|s| s.container_statuses)
-        .unwrap_or_default()[0]
-        .last_state
-        .clone()
-        .and_then(|s| s.terminated)
-        .expect("lastState");
+    let last = e2e::last_terminated(&server).expect("lastState");
     assert_eq!(
         (last.exit_code, last.reason.as_deref()),
         (137, Some("ContainerStatusUnknown"))

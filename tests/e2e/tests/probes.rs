@@ -128,14 +128,7 @@ async fn readiness_follows_its_probe_and_a_failing_liveness_probe_restarts() -> 
             |p: Option<&Pod>| restart_count(p) >= 1,
         )
         .await?;
-    let last = restarted
-        .status
-        .and_then(|s| s.container_statuses)
-        .unwrap_or_default()[0]
-        .last_state
-        .clone()
-        .and_then(|s| s.terminated)
-        .expect("the killed run is the last state");
+    let last = e2e::last_terminated(&restarted).expect("the killed run is the last state");
     assert_eq!(last.exit_code, 137);
     let events = cluster.pod_events("dying").await?;
     assert!(

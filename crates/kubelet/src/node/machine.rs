@@ -25,11 +25,20 @@ pub struct Machine {
     pub memory_available_kib: u64,
 }
 
-impl Machine {
-    /// Reads the machine; `data_dir` decides which filesystem counts as ephemeral storage.
-    pub fn read(data_dir: &Path) -> Self {
+/// Memory as /proc/meminfo says now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Memory {
+    /// MemTotal in KiB.
+    pub total_kib: u64,
+    /// MemAvailable in KiB.
+    pub available_kib: u64,
+}
+
+impl Memory {
+    /// Reads /proc/meminfo (zeros where it cannot be read).
+    pub fn read() -> Self {
         let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-        let mem = |key: &str| {
+        let field = |key: &str| {
             meminfo
                 .lines()
                 .find(|l| l.starts_with(key))
@@ -37,6 +46,17 @@ impl Machine {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0)
         };
+        Self {
+            total_kib: field("MemTotal:"),
+            available_kib: field("MemAvailable:"),
+        }
+    }
+}
+
+impl Machine {
+    /// Reads the machine; `data_dir` decides which filesystem counts as ephemeral storage.
+    pub fn read(data_dir: &Path) -> Self {
+        let memory = Memory::read();
         let (storage_bytes, storage_free_bytes) = rustix::fs::statvfs(data_dir)
             .map(|s| (s.f_blocks * s.f_frsize, s.f_bavail * s.f_frsize))
             .unwrap_or((0, 0));
@@ -55,8 +75,8 @@ impl Machine {
             cpus: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),
-            memory_kib: mem("MemTotal:"),
-            memory_available_kib: mem("MemAvailable:"),
+            memory_kib: memory.total_kib,
+            memory_available_kib: memory.available_kib,
             storage_bytes,
             storage_free_bytes,
             kernel: rustix::system::uname()

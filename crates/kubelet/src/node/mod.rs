@@ -2,7 +2,7 @@
 //! conditions and nodeInfo, the Lease heartbeat, and periodic status posts.
 
 mod lease;
-mod machine;
+pub(crate) mod machine;
 
 pub use machine::Machine;
 

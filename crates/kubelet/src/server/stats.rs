@@ -186,19 +186,11 @@ impl Machine {
             .filter(|(i, _)| *i != 3 && *i != 4 && *i < 8)
             .map(|(_, v)| v)
             .sum();
-        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-        let field = |name: &str| {
-            meminfo
-                .lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u64>().ok())
-                .map_or(0, |kib| kib * 1024)
-        };
+        let memory = crate::node::machine::Memory::read();
         Self {
             cpu_nanos: busy * NANOS_PER_TICK,
-            memory_total: field("MemTotal:"),
-            memory_available: field("MemAvailable:"),
+            memory_total: memory.total_kib * 1024,
+            memory_available: memory.available_kib * 1024,
         }
     }
 }
