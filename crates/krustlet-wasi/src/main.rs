@@ -201,28 +201,6 @@ fn raise_open_files_limit() {
     tracing::debug!(?limit, "open-file limit");
 }
 
-/// Memory mappings one running guest takes (linear memory reservation and its accessible part,
-/// async stack and its guard, ...), measured in BENCHMARKS.md.
-const MAPPINGS_PER_POD: u64 = 7;
-
-/// Warns when the kernel's map count limit cannot hold `max_pods` guests: past it, allocations
-/// fail and the agent aborts.
-fn check_map_count(max_pods: u64) {
-    let Some(limit) = std::fs::read_to_string("/proc/sys/vm/max_map_count")
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok())
-    else {
-        return;
-    };
-    let fits = limit / MAPPINGS_PER_POD;
-    if max_pods > fits {
-        tracing::warn!(
-            "--max-pods is {max_pods} but vm.max_map_count={limit} holds about {fits} running pods (each takes ~{MAPPINGS_PER_POD} memory mappings); raise it, e.g. `sysctl -w vm.max_map_count={}`",
-            (max_pods * MAPPINGS_PER_POD * 2).max(262_144)
-        );
-    }
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -235,7 +213,6 @@ async fn main() -> anyhow::Result<()> {
     raise_open_files_limit();
     let args = Args::parse();
     let config = args.config()?;
-    check_map_count(u64::from(config.max_pods));
     let runtime = wasi_runtime::WasiRuntime::new(config.data_dir.join("compiled"))?;
     let shutdown = shutdown_on_signals();
     if args.standalone {

@@ -47,6 +47,13 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError {
     move |source| AgentError::Io { what, source }
 }
 
+/// The node's pod capacity: `--max-pods`, or less when the runtime can hold fewer guests.
+fn pod_capacity(max_pods: u32, runtime_capacity: Option<usize>) -> u32 {
+    runtime_capacity.map_or(max_pods, |c| {
+        max_pods.min(u32::try_from(c).unwrap_or(u32::MAX))
+    })
+}
+
 /// The parts of the agent that do not depend on the API server.
 pub(crate) struct Parts<R: Runtime> {
     pub config: Config,
@@ -59,7 +66,16 @@ pub(crate) struct Parts<R: Runtime> {
 }
 
 impl<R: Runtime> Parts<R> {
-    pub fn new(config: Config, runtime: R, local_files: bool) -> Result<Self, AgentError> {
+    pub fn new(mut config: Config, runtime: R, local_files: bool) -> Result<Self, AgentError> {
+        let capacity = pod_capacity(config.max_pods, runtime.capacity());
+        if capacity < config.max_pods {
+            tracing::warn!(
+                max_pods = config.max_pods,
+                capacity,
+                "this machine holds fewer guests than --max-pods (for wasmtime, vm.max_map_count is the limit: raise it, e.g. `sysctl -w vm.max_map_count=262144`); the node's pod capacity is {capacity}"
+            );
+            config.max_pods = capacity;
+        }
         std::fs::create_dir_all(&config.data_dir).map_err(io(format!(
             "creating data dir {}",
             config.data_dir.display()
@@ -227,4 +243,16 @@ pub async fn run_node<R: Runtime>(
     }
     tracing::info!("node agent stopped");
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pod_capacity;
+
+    #[test]
+    fn the_runtime_can_lower_the_pod_capacity_but_not_raise_it() {
+        assert_eq!(pod_capacity(110, None), 110);
+        assert_eq!(pod_capacity(110, Some(8776)), 110);
+        assert_eq!(pod_capacity(20_000, Some(8776)), 8776);
+    }
 }

@@ -201,6 +201,12 @@ pub trait Runtime: Send + Sync + 'static {
     /// The runtime and its version, for `nodeInfo.containerRuntimeVersion` (e.g. `wasmtime://48.0.8`).
     fn version(&self) -> String;
 
+    /// How many containers the runtime can run at once on this machine, when it knows a limit
+    /// below what the node is configured for (the node's pod capacity is capped to it).
+    fn capacity(&self) -> Option<usize> {
+        None
+    }
+
     /// Validates and compiles a module; the result is cached by digest.
     fn prepare(
         &self,
