@@ -7,7 +7,8 @@ use std::time::Duration;
 fn run_standalone(manifest: &str, dir: &std::path::Path) -> anyhow::Result<std::process::Output> {
     let path = dir.join("pods.yaml");
     std::fs::write(&path, manifest)?;
-    let mut child = Command::new(e2e::agent_binary()?)
+    let mut command = Command::new(e2e::agent_binary()?);
+    command
         .args(["--standalone", "--node-name", "standalone"])
         .arg("--pod-manifest-path")
         .arg(&path)
@@ -15,8 +16,9 @@ fn run_standalone(manifest: &str, dir: &std::path::Path) -> anyhow::Result<std::
         .arg(dir.join("data"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
+        .stderr(Stdio::piped());
+    // Dies with the test process, also when an assertion fails first.
+    let mut child = testkit::process::spawn_owned(command)?;
     let deadline = std::time::Instant::now() + e2e::DEADLINE;
     while child.try_wait()?.is_none() {
         if std::time::Instant::now() > deadline {

@@ -57,6 +57,16 @@ pub struct PodContext<R: Runtime, H: PodHost> {
     pub node_credentials: crate::images::credentials::Keyring,
 }
 
+impl<R: Runtime, H: PodHost> PodContext<R, H> {
+    /// What env and volume resolution need to know of the node.
+    pub fn node_context(&self) -> container::NodeContext<'_> {
+        container::NodeContext {
+            ip: &self.node_ip,
+            allocatable: self.node.allocatable,
+        }
+    }
+}
+
 /// Pods by uid, each with the channel to its supervisor.
 pub struct Supervisors<R: Runtime, H: PodHost> {
     ctx: Arc<PodContext<R, H>>,

@@ -526,14 +526,10 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         let uid = self.pod.uid().unwrap_or_default();
         let pod_dir = self.ctx.pods_dir.join(&uid);
         if self.volumes.is_none() {
-            let host = self.ctx.host.clone();
-            let (pod, node_ip) = (self.pod.clone(), self.ctx.node_ip.clone());
-            let node = container::NodeContext {
-                ip: &node_ip,
-                allocatable: self.ctx.node.allocatable,
-            };
+            let (ctx, pod) = (self.ctx.clone(), self.pod.clone());
             let volumes_dir = pod_dir.join("volumes");
-            let prepared = volumes::prepare(host.as_ref(), &pod, &volumes_dir, node);
+            let prepared =
+                volumes::prepare(ctx.host.as_ref(), &pod, &volumes_dir, ctx.node_context());
             match Self::unless_deleted(&mut self.updates, prepared).await? {
                 Ok(v) => self.volumes = Some(v),
                 Err(e) => {
@@ -550,11 +546,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         }
         let volume_dirs = self.volumes.clone().unwrap_or_default();
         let sources = self.env_sources(&spec).await;
-        let node = container::NodeContext {
-            ip: &self.ctx.node_ip,
-            allocatable: self.ctx.node.allocatable,
-        };
-        let resolved = container::process(&self.pod, &spec, &node, &sources)
+        let resolved = container::process(&self.pod, &spec, &self.ctx.node_context(), &sources)
             .and_then(|p| container::mounts(&self.pod, &spec, &volume_dirs).map(|m| (p, m)));
         let (process, mounts) = match resolved {
             Ok(r) => r,

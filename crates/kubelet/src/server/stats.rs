@@ -259,10 +259,16 @@ fn pod_stats(
     }
 }
 
+/// One labelled subject of the resource metrics: the node, a pod or a container.
+struct Subject<'a> {
+    labels: String,
+    cpu: &'a CpuStats,
+    memory: &'a MemoryStats,
+}
+
 /// The resource metrics in Prometheus text format, as the kubelet's `/metrics/resource`.
 pub fn resource_metrics(summary: &Summary) -> String {
     let millis = |t: &Time| t.0.as_millisecond();
-    let seconds = |nanos: Option<u64>| nanos.unwrap_or(0) as f64 / 1e9;
     let mut out = String::new();
     let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, String)>| {
         let _ = writeln!(out, "# HELP {name} [STABLE] {help}");
@@ -271,134 +277,86 @@ pub fn resource_metrics(summary: &Summary) -> String {
             let _ = writeln!(out, "{name}{labels} {value}");
         }
     };
-    let node = &summary.node;
-    let containers = || {
-        summary.pods.iter().flat_map(|p| {
+    let node = vec![Subject {
+        labels: String::new(),
+        cpu: &summary.node.cpu,
+        memory: &summary.node.memory,
+    }];
+    let pods: Vec<Subject> = summary
+        .pods
+        .iter()
+        .map(|p| Subject {
+            labels: format!(
+                "{{namespace=\"{}\",pod=\"{}\"}}",
+                p.pod_ref.namespace, p.pod_ref.name
+            ),
+            cpu: &p.cpu,
+            memory: &p.memory,
+        })
+        .collect();
+    let containers: Vec<(Subject, &ContainerStats)> = summary
+        .pods
+        .iter()
+        .flat_map(|p| {
             p.containers.iter().map(move |c| {
                 let labels = format!(
                     "{{container=\"{}\",namespace=\"{}\",pod=\"{}\"}}",
                     c.name, p.pod_ref.namespace, p.pod_ref.name
                 );
-                (labels, c)
+                let subject = Subject {
+                    labels,
+                    cpu: &c.cpu,
+                    memory: &c.memory,
+                };
+                (subject, c)
             })
         })
-    };
-    let pods = || {
-        summary.pods.iter().map(|p| {
-            let labels = format!(
-                "{{namespace=\"{}\",pod=\"{}\"}}",
-                p.pod_ref.namespace, p.pod_ref.name
-            );
-            (labels, p)
-        })
-    };
-    family(
-        "container_cpu_usage_seconds_total",
-        "counter",
-        "Cumulative cpu time consumed by the container in core-seconds",
-        containers()
-            .map(|(l, c)| {
-                (
-                    l,
-                    format!(
-                        "{} {}",
-                        seconds(c.cpu.usage_core_nano_seconds),
-                        millis(&c.cpu.time)
-                    ),
-                )
-            })
-            .collect(),
-    );
-    family(
-        "container_memory_working_set_bytes",
-        "gauge",
-        "Current working set of the container in bytes",
-        containers()
-            .map(|(l, c)| {
-                (
-                    l,
-                    format!(
-                        "{} {}",
-                        c.memory.working_set_bytes.unwrap_or(0),
-                        millis(&c.memory.time)
-                    ),
-                )
-            })
-            .collect(),
-    );
+        .collect();
     family(
         "container_start_time_seconds",
         "gauge",
         "Start time of the container since unix epoch in seconds",
-        containers()
-            .map(|(l, c)| {
-                (
-                    l,
-                    format!("{} {}", c.start_time.0.as_second(), millis(&c.cpu.time)),
-                )
+        containers
+            .iter()
+            .map(|(s, c)| {
+                let value = format!("{} {}", c.start_time.0.as_second(), millis(&c.cpu.time));
+                (s.labels.clone(), value)
             })
             .collect(),
     );
-    family(
-        "node_cpu_usage_seconds_total",
-        "counter",
-        "Cumulative cpu time consumed by the node in core-seconds",
-        vec![(
-            String::new(),
-            format!(
-                "{} {}",
-                seconds(node.cpu.usage_core_nano_seconds),
-                millis(&node.cpu.time)
-            ),
-        )],
-    );
-    family(
-        "node_memory_working_set_bytes",
-        "gauge",
-        "Current working set of the node in bytes",
-        vec![(
-            String::new(),
-            format!(
-                "{} {}",
-                node.memory.working_set_bytes.unwrap_or(0),
-                millis(&node.memory.time)
-            ),
-        )],
-    );
-    family(
-        "pod_cpu_usage_seconds_total",
-        "counter",
-        "Cumulative cpu time consumed by the pod in core-seconds",
-        pods()
-            .map(|(l, p)| {
-                (
-                    l,
-                    format!(
-                        "{} {}",
-                        seconds(p.cpu.usage_core_nano_seconds),
-                        millis(&p.cpu.time)
-                    ),
-                )
-            })
-            .collect(),
-    );
-    family(
-        "pod_memory_working_set_bytes",
-        "gauge",
-        "Current working set of the pod in bytes",
-        pods()
-            .map(|(l, p)| {
-                (
-                    l,
-                    format!(
-                        "{} {}",
-                        p.memory.working_set_bytes.unwrap_or(0),
-                        millis(&p.memory.time)
-                    ),
-                )
-            })
-            .collect(),
-    );
+    let containers: Vec<Subject> = containers.into_iter().map(|(s, _)| s).collect();
+    for (scope, subjects) in [("container", &containers), ("node", &node), ("pod", &pods)] {
+        family(
+            &format!("{scope}_cpu_usage_seconds_total"),
+            "counter",
+            &format!("Cumulative cpu time consumed by the {scope} in core-seconds"),
+            subjects
+                .iter()
+                .map(|s| {
+                    let seconds = s.cpu.usage_core_nano_seconds.unwrap_or(0) as f64 / 1e9;
+                    (
+                        s.labels.clone(),
+                        format!("{seconds} {}", millis(&s.cpu.time)),
+                    )
+                })
+                .collect(),
+        );
+        family(
+            &format!("{scope}_memory_working_set_bytes"),
+            "gauge",
+            &format!("Current working set of the {scope} in bytes"),
+            subjects
+                .iter()
+                .map(|s| {
+                    let bytes = s.memory.working_set_bytes.unwrap_or(0);
+                    (
+                        s.labels.clone(),
+                        format!("{bytes} {}", millis(&s.memory.time)),
+                    )
+                })
+                .collect(),
+        );
+    }
     family(
         "resource_scrape_error",
         "gauge",
