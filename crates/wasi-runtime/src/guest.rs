@@ -2,12 +2,13 @@
 //! limits and network policy, turned into a wasmtime store for a preview 1 module or a
 //! component (one store per command run, one per HTTP request).
 
-use crate::limits::GuestLimits;
 use crate::outbound::OutboundPolicy;
 use kubelet::runtime::{ContainerRun, Exit, Limits, Mount, StartError, Usage};
+use wasm_host::limits::GuestLimits;
+use wasm_host::store::{Limited, limited_store};
 use std::sync::Arc;
 use wasmtime::component::ResourceTable;
-use wasmtime::{Engine, Store, UpdateDeadline};
+use wasmtime::{Engine, Store};
 use wasmtime_wasi::cli::{AsyncStdoutStream, IsTerminal, StdoutStream};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -15,8 +16,6 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 /// Bytes a guest may have buffered towards its log before its writes wait.
 const OUTPUT_BUDGET: usize = 64 * 1024;
-/// Exit code for a trap, as the wasmtime CLI reports it (128 + SIGABRT).
-const TRAP_EXIT_CODE: i32 = 134;
 
 /// A log stream that every store of the container writes to.
 #[derive(Clone)]
@@ -89,12 +88,6 @@ impl WasiHttpView for ComponentState {
             ctx: &mut self.http,
         }
     }
-}
-
-/// Store state that carries limits.
-pub trait Limited: Send + 'static {
-    /// The store's limits.
-    fn limits(&mut self) -> &mut GuestLimits;
 }
 
 impl Limited for ModuleState {
@@ -182,50 +175,12 @@ impl GuestSetup {
     }
 }
 
-/// A store that enforces its state's limits and yields to other tasks at every epoch tick.
-fn limited_store<T: Limited>(engine: &Engine, state: T) -> Store<T> {
-    let mut store = Store::new(engine, state);
-    store.limiter(|state| state.limits().memory());
-    store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(|mut cx| {
-        let pause = cx.data_mut().limits().tick();
-        Ok(if pause.is_zero() {
-            UpdateDeadline::Yield(1)
-        } else {
-            UpdateDeadline::YieldCustom(1, Box::pin(tokio::time::sleep(pause)))
-        })
+/// How a guest's run ended: `outcome` is its exit code, or the error that ended it (a WASI
+/// `proc_exit` arrives as an error carrying the code).
+pub fn exit<T: Limited>(store: &mut Store<T>, outcome: wasmtime::Result<i32>) -> Exit {
+    let outcome = outcome.or_else(|e| match e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        Some(exit) => Ok(exit.0),
+        None => Err(e),
     });
-    store
-}
-
-/// How a guest's run ended: `outcome` of the call, `Ok(false)` for a command that returned
-/// failure.
-pub fn exit<T: Limited>(store: &mut Store<T>, outcome: wasmtime::Result<bool>) -> Exit {
-    if let Some(limit) = store.data_mut().limits().memory().exceeded() {
-        return Exit::out_of_memory(limit);
-    }
-    match outcome {
-        Ok(true) => Exit {
-            code: 0,
-            reason: None,
-            message: None,
-        },
-        Ok(false) => Exit {
-            code: 1,
-            reason: None,
-            message: None,
-        },
-        Err(e) => match e.downcast_ref::<wasmtime_wasi::I32Exit>() {
-            Some(exit) => Exit {
-                code: exit.0,
-                reason: None,
-                message: None,
-            },
-            None => Exit {
-                code: TRAP_EXIT_CODE,
-                reason: None,
-                message: Some(format!("{e:#}")),
-            },
-        },
-    }
+    wasm_host::store::exit(store, outcome)
 }

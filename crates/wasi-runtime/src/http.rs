@@ -4,8 +4,7 @@
 
 use crate::guest::{ComponentState, GuestSetup};
 use hyper::server::conn::http1;
-use kubelet::runtime::{Exit, StartError};
-use std::net::SocketAddr;
+use kubelet::runtime::Exit;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -19,26 +18,6 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 /// How long to wait after a failed accept (e.g. out of file descriptors).
 const ACCEPT_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
-
-/// Binds every address; a port already taken fails the start with a clear message.
-pub async fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, StartError> {
-    let mut listeners = Vec::with_capacity(addrs.len());
-    for addr in addrs {
-        let listener = TcpListener::bind(addr).await.map_err(|e| {
-            StartError(if e.kind() == std::io::ErrorKind::AddrInUse {
-                format!(
-                    "port {} is already in use on {}: another pod (or process) on this node serves it; wasm pods share the node's network, so give this pod another containerPort or let it run on another node",
-                    addr.port(),
-                    addr.ip()
-                )
-            } else {
-                format!("listening on {addr}: {e}")
-            })
-        })?;
-        listeners.push(listener);
-    }
-    Ok(listeners)
-}
 
 /// One HTTP server for a container.
 pub struct Server {
@@ -152,7 +131,7 @@ impl Server {
                     .await
             }
             .await;
-            crate::guest::exit(&mut store, outcome.map(|()| true))
+            crate::guest::exit(&mut store, outcome.map(|()| 0))
         }));
         match receiver.await {
             Ok(Ok(response)) => Ok(response),

@@ -4,10 +4,8 @@
 //! compiled once per digest and cached in memory and on disk; each guest in its own store with
 //! only the argv, environment, directories, destinations and resources its pod spec grants.
 
-mod cache;
 mod guest;
 mod http;
-mod limits;
 mod outbound;
 
 use guest::{ComponentState, GuestSetup, ModuleState};
@@ -16,16 +14,12 @@ use kubelet::runtime::{
 };
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use wasm_host::{SetupError, TickingEngine, cache};
 use wasmtime::component::Component;
-use wasmtime::{Config, Engine, InstancePre, Linker, Store};
+use wasmtime::{Config, InstancePre, Linker, Store};
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
-/// How often running guests yield to the scheduler (and can be stopped or throttled).
-const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// Memory mappings one running guest takes (the linear memory's reservation and accessible
 /// part, the async stack and its guard...), measured in BENCHMARKS.md.
 const MAPPINGS_PER_GUEST: usize = 7;
@@ -50,52 +44,27 @@ enum Guest {
 
 /// The `wasm32-wasi` runtime.
 pub struct WasiRuntime {
-    engine: Engine,
+    engine: TickingEngine,
     modules: Linker<ModuleState>,
     components: wasmtime::component::Linker<ComponentState>,
     cache: cache::ModuleCache,
-    stop_ticker: Arc<AtomicBool>,
 }
-
-/// The runtime could not be set up.
-#[derive(Debug, thiserror::Error)]
-#[error("setting up wasmtime: {0}")]
-pub struct SetupError(String);
 
 impl WasiRuntime {
     /// A runtime caching compiled guests under `cache_dir`.
     pub fn new(cache_dir: PathBuf) -> Result<Self, SetupError> {
-        let setup = |e: wasmtime::Error| SetupError(format!("{e:#}"));
-        let mut config = Config::new();
-        config.epoch_interruption(true);
-        let engine = Engine::new(&config).map_err(setup)?;
-        let mut modules = Linker::new(&engine);
-        wasmtime_wasi::p1::add_to_linker_async(&mut modules, ModuleState::wasi).map_err(setup)?;
-        let mut components = wasmtime::component::Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut components).map_err(setup)?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut components).map_err(setup)?;
-        let stop_ticker = Arc::new(AtomicBool::new(false));
-        // The epoch ticker thread ends at the first tick after the runtime is dropped.
-        {
-            let engine = engine.clone();
-            let stop = stop_ticker.clone();
-            std::thread::Builder::new()
-                .name("wasm-epoch".into())
-                .spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        std::thread::sleep(EPOCH_TICK);
-                        engine.increment_epoch();
-                    }
-                })
-                .map_err(|e| SetupError(e.to_string()))?;
-        }
-        let cache = cache::ModuleCache::new(engine.clone(), cache_dir);
+        let engine = TickingEngine::new(Config::new())?;
+        let mut modules = Linker::new(engine.engine());
+        wasmtime_wasi::p1::add_to_linker_async(&mut modules, ModuleState::wasi)?;
+        let mut components = wasmtime::component::Linker::new(engine.engine());
+        wasmtime_wasi::p2::add_to_linker_async(&mut components)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut components)?;
+        let cache = cache::ModuleCache::new(engine.engine().clone(), cache_dir);
         Ok(Self {
             engine,
             modules,
             components,
             cache,
-            stop_ticker,
         })
     }
 
@@ -114,12 +83,6 @@ impl WasiRuntime {
         Err(PrepareError(
             "the component exports neither wasi:cli/run (a command) nor wasi:http/incoming-handler (an HTTP handler), so there is nothing to run".into(),
         ))
-    }
-}
-
-impl Drop for WasiRuntime {
-    fn drop(&mut self) {
-        self.stop_ticker.store(true, Ordering::Relaxed);
     }
 }
 
@@ -168,11 +131,11 @@ impl Runtime for WasiRuntime {
         let setup = GuestSetup::new(run);
         let task = match &prepared.0 {
             Guest::Module(pre) => {
-                let store = setup.module_store(&self.engine)?;
+                let store = setup.module_store(self.engine.engine())?;
                 tokio::spawn(run_module(store, pre.clone()))
             }
             Guest::Command(pre) => {
-                let store = setup.component_store(&self.engine)?;
+                let store = setup.component_store(self.engine.engine())?;
                 tokio::spawn(run_command(store, pre.clone()))
             }
             Guest::Http(pre) => {
@@ -185,8 +148,8 @@ impl Runtime for WasiRuntime {
                     .iter()
                     .map(|port| SocketAddr::new(network.listen_ip, *port))
                     .collect();
-                let listeners = http::bind(&addrs).await?;
-                let server = http::Server::new(self.engine.clone(), pre.clone(), setup);
+                let listeners = wasm_host::ports::bind(&addrs).await?;
+                let server = http::Server::new(self.engine.engine().clone(), pre.clone(), setup);
                 tokio::spawn(server.serve(listeners))
             }
         };
@@ -201,7 +164,7 @@ async fn run_module(mut store: Store<ModuleState>, pre: InstancePre<ModuleState>
         start.call_async(&mut store, ()).await
     }
     .await;
-    guest::exit(&mut store, outcome.map(|()| true))
+    guest::exit(&mut store, outcome.map(|()| 0))
 }
 
 async fn run_command(mut store: Store<ComponentState>, pre: CommandPre<ComponentState>) -> Exit {
@@ -210,5 +173,5 @@ async fn run_command(mut store: Store<ComponentState>, pre: CommandPre<Component
         command.wasi_cli_run().call_run(&mut store).await
     }
     .await;
-    guest::exit(&mut store, outcome.map(|r| r.is_ok()))
+    guest::exit(&mut store, outcome.map(|r| i32::from(r.is_err())))
 }

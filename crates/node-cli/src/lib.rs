@@ -1,0 +1,255 @@
+//! What the node binaries share at their edge: the kubelet's flags, the Kubernetes client (or
+//! the TLS bootstrap that makes one), signals, and start-up. A binary adds its runtime.
+
+use anyhow::Context;
+use kubelet::config::Config;
+use kubelet::runtime::Runtime;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use tokio_util::sync::CancellationToken;
+
+/// The node agent's flags, flattened into each binary's command line.
+#[derive(Debug, clap::Args)]
+pub struct NodeArgs {
+    /// Kubeconfig to join the cluster with (default: $KUBECONFIG, then ~/.kube/config; with
+    /// --bootstrap-file: <data-dir>/kubeconfig, written by the TLS bootstrap when missing).
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// A kubeconfig holding a bootstrap token. When the --kubeconfig file does not exist, the
+    /// node requests its client certificate with a CSR (signer
+    /// kubernetes.io/kube-apiserver-client-kubelet), waits until it is issued, and writes it.
+    #[arg(long, env = "KRUSTLET_BOOTSTRAP_FILE")]
+    bootstrap_file: Option<PathBuf>,
+    /// Run the pods of --pod-manifest-path without an API server, print their output, and exit
+    /// when they have all finished.
+    #[arg(long, env = "KRUSTLET_STANDALONE")]
+    standalone: bool,
+    /// A pod manifest file, or a directory of them, to run as static pods (with --standalone).
+    #[arg(long, env = "KRUSTLET_POD_MANIFEST_PATH", requires = "standalone")]
+    pod_manifest_path: Option<PathBuf>,
+    /// Name of the Node object (default: the hostname).
+    #[arg(long, env = "KRUSTLET_NODE_NAME")]
+    node_name: Option<String>,
+    /// IP address of the node, advertised as InternalIP and used as every pod's IP (default:
+    /// the address of the default route).
+    #[arg(long, env = "KRUSTLET_NODE_IP")]
+    node_ip: Option<IpAddr>,
+    /// Hostname to advertise (default: the machine's).
+    #[arg(long, env = "KRUSTLET_HOSTNAME")]
+    hostname: Option<String>,
+    /// Address the kubelet API listens on.
+    #[arg(long, env = "KRUSTLET_ADDR", default_value = "0.0.0.0")]
+    addr: IpAddr,
+    /// Port of the kubelet API (logs, pods), advertised in the Node's daemonEndpoints.
+    #[arg(long, env = "KRUSTLET_PORT", default_value_t = 10250)]
+    port: u16,
+    /// Directory for images, compiled modules, logs and pod files (default: ~/.krustlet).
+    #[arg(long, env = "KRUSTLET_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Most pods this node runs at once (the Node's pod capacity).
+    #[arg(long, env = "KRUSTLET_MAX_PODS", default_value_t = 110)]
+    max_pods: u32,
+    /// Extra node labels, `key=value[,key=value...]`.
+    #[arg(long, env = "KRUSTLET_NODE_LABELS", value_delimiter = ',', value_parser = parse_label)]
+    node_labels: Vec<(String, String)>,
+    /// Registries to reach over plain HTTP, `host[:port][,...]`.
+    #[arg(long, env = "KRUSTLET_INSECURE_REGISTRIES", value_delimiter = ',')]
+    insecure_registries: Vec<String>,
+    /// Docker config file(s) with the node's own registry credentials, used after a pod's
+    /// imagePullSecrets (default: ~/.docker/config.json when it exists).
+    #[arg(long, env = "KRUSTLET_IMAGE_CREDENTIALS", value_delimiter = ',')]
+    image_credentials: Vec<PathBuf>,
+    /// Serving certificate (PEM) of the kubelet API (default: a self-signed one).
+    #[arg(long, env = "KRUSTLET_CERT_FILE", requires = "private_key_file")]
+    cert_file: Option<PathBuf>,
+    /// Private key (PEM) of --cert-file.
+    #[arg(long, env = "KRUSTLET_PRIVATE_KEY_FILE", requires = "cert_file")]
+    private_key_file: Option<PathBuf>,
+    /// CA (PEM) whose client certificates authenticate kubelet API clients (the CA of the API
+    /// server's kubelet client certificate); bearer tokens are checked with a TokenReview.
+    #[arg(long, env = "KRUSTLET_CLIENT_CA_FILE")]
+    client_ca_file: Option<PathBuf>,
+    /// Let requests to the kubelet API without credentials through as system:anonymous; they are
+    /// still authorized (SubjectAccessReview), so by default only /healthz answers them.
+    /// Without it they get 401.
+    #[arg(long, env = "KRUSTLET_ANONYMOUS_AUTH")]
+    anonymous_auth: bool,
+    /// On SIGTERM/SIGINT, mark the node unschedulable before stopping its pods (the agent undoes
+    /// its own cordon when it starts again). Without it, pods are stopped and reported, and the
+    /// node stays schedulable.
+    #[arg(long, env = "KRUSTLET_DRAIN_ON_SHUTDOWN")]
+    drain_on_shutdown: bool,
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("{text:?} is not key=value"))
+}
+
+impl NodeArgs {
+    /// The node agent's configuration from the flags.
+    pub fn config(&self) -> anyhow::Result<Config> {
+        let hostname = self
+            .hostname
+            .clone()
+            .unwrap_or_else(Config::detect_hostname);
+        let data_dir = match &self.data_dir {
+            Some(dir) => dir.clone(),
+            None => std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .context("set --data-dir (there is no $HOME)")?
+                .join(".krustlet"),
+        };
+        Ok(Config {
+            node_name: self.node_name.clone().unwrap_or_else(|| hostname.clone()),
+            node_ip: self.node_ip.unwrap_or_else(Config::detect_ip),
+            hostname,
+            addr: self.addr,
+            port: self.port,
+            data_dir,
+            max_pods: self.max_pods,
+            node_labels: self.node_labels.clone(),
+            insecure_registries: self.insecure_registries.clone(),
+            image_credentials: if self.image_credentials.is_empty() {
+                std::env::var_os("HOME")
+                    .map(|h| PathBuf::from(h).join(".docker/config.json"))
+                    .filter(|p| p.is_file())
+                    .into_iter()
+                    .collect()
+            } else {
+                self.image_credentials.clone()
+            },
+            tls: self.cert_file.clone().zip(self.private_key_file.clone()),
+            client_ca_file: self.client_ca_file.clone(),
+            anonymous_auth: self.anonymous_auth,
+            drain_on_shutdown: self.drain_on_shutdown,
+        })
+    }
+}
+
+async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("using kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no kubeconfig: pass --kubeconfig, set KUBECONFIG, or use --standalone")?,
+    };
+    kube::Client::try_from(config).context("creating the Kubernetes client")
+}
+
+fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        }
+        cancel.cancel();
+    });
+    token
+}
+
+/// Raises the open-file limit as far as this process may: every running pod holds its log file
+/// and its preopened directories open. Up to the system's `fs.nr_open` when privileged (what the
+/// kubelet's and containerd's systemd units configure), else the soft limit to the hard one (what
+/// Go programs such as the kubelet do at start).
+fn raise_open_files_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let current = getrlimit(Resource::Nofile);
+    let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let privileged = ceiling.is_some_and(|max| {
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(max),
+                maximum: Some(max),
+            },
+        )
+        .is_ok()
+    });
+    if !privileged {
+        let raised = Rlimit {
+            current: current.maximum,
+            maximum: current.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::warn!(error = %e, "raising the open-file limit failed; pods may run out of file descriptors");
+        }
+    }
+    let limit = getrlimit(Resource::Nofile).current;
+    tracing::debug!(?limit, "open-file limit");
+}
+
+/// Sets up what every binary needs before parsing flags: logging to stderr (`RUST_LOG`,
+/// default `info`), the TLS crypto provider, the open-file limit.
+pub fn init() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    raise_open_files_limit();
+}
+
+/// Runs the node (or, with `--standalone`, its static pods) with the runtime `make_runtime`
+/// builds from the configuration, until a signal stops it.
+pub async fn run<R: Runtime>(
+    args: NodeArgs,
+    make_runtime: impl FnOnce(&Config) -> anyhow::Result<R>,
+) -> anyhow::Result<()> {
+    let config = args.config()?;
+    let runtime = make_runtime(&config)?;
+    let shutdown = shutdown_on_signals();
+    if args.standalone {
+        let path = args.pod_manifest_path.as_ref().context(
+            "--standalone needs --pod-manifest-path (a pod manifest or a directory of them)",
+        )?;
+        let pods = kubelet::standalone::load_manifests(path)?;
+        let outcome = kubelet::standalone::run(config, runtime, pods, shutdown).await?;
+        if !outcome.failed.is_empty() {
+            anyhow::bail!("pods failed: {}", outcome.failed.join(", "));
+        }
+        return Ok(());
+    }
+    let kubeconfig = match &args.bootstrap_file {
+        Some(bootstrap_file) => {
+            let path = args
+                .kubeconfig
+                .clone()
+                .unwrap_or_else(|| config.data_dir.join("kubeconfig"));
+            kubelet::tls::bootstrap(
+                bootstrap_file,
+                &path,
+                &config.node_name,
+                &config.data_dir.join("pki"),
+            )
+            .await?;
+            Some(path)
+        }
+        None => args.kubeconfig.clone(),
+    };
+    let client = client(kubeconfig.as_ref()).await?;
+    kubelet::run_node(config, runtime, client, shutdown).await?;
+    Ok(())
+}
