@@ -4,9 +4,9 @@
 
 use crate::outbound::OutboundPolicy;
 use kubelet::runtime::{ContainerRun, Exit, Limits, Mount, StartError, Usage};
+use std::sync::Arc;
 use wasm_host::limits::GuestLimits;
 use wasm_host::store::{Limited, limited_store};
-use std::sync::Arc;
 use wasmtime::component::ResourceTable;
 use wasmtime::{Engine, Store};
 use wasmtime_wasi::cli::{AsyncStdoutStream, IsTerminal, StdoutStream};

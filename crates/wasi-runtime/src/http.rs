@@ -3,21 +3,15 @@
 //! is logged; the container keeps serving.
 
 use crate::guest::{ComponentState, GuestSetup};
-use hyper::server::conn::http1;
 use kubelet::runtime::Exit;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 use tokio_util::task::AbortOnDropHandle;
 use wasmtime::Engine;
 use wasmtime_wasi_http::WasiHttpView;
-use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
-
-/// How long to wait after a failed accept (e.g. out of file descriptors).
-const ACCEPT_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// One HTTP server for a container.
 pub struct Server {
@@ -32,36 +26,10 @@ impl Server {
         Arc::new(Self { engine, pre, setup })
     }
 
-    /// Accepts connections on `listeners` until the task is aborted, which also ends every
-    /// connection and every request in flight.
+    /// Serves `listeners` until the task is aborted, which also ends every connection and
+    /// every request in flight.
     pub async fn serve(self: Arc<Self>, listeners: Vec<TcpListener>) -> Exit {
-        let mut accepts = JoinSet::new();
-        for listener in listeners {
-            accepts.spawn(self.clone().accept(listener));
-        }
-        while accepts.join_next().await.is_some() {}
-        Exit::killed()
-    }
-
-    async fn accept(self: Arc<Self>, listener: TcpListener) {
-        let mut connections = JoinSet::new();
-        loop {
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    connections.spawn(self.clone().connection(stream));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accepting a connection failed");
-                    tokio::time::sleep(ACCEPT_RETRY).await;
-                }
-            }
-            while connections.try_join_next().is_some() {}
-        }
-    }
-
-    async fn connection(self: Arc<Self>, stream: tokio::net::TcpStream) {
-        let local = stream.local_addr().ok();
-        let service = hyper::service::service_fn(move |mut request| {
+        wasm_host::ports::serve_http(listeners, move |mut request, local| {
             let server = self.clone();
             // An HTTP/1.0 request may name no host; the guest sees the address it reached.
             if request.uri().authority().is_none()
@@ -71,14 +39,9 @@ impl Server {
                 request.headers_mut().insert(http::header::HOST, value);
             }
             async move { server.handle(request).await }
-        });
-        if let Err(e) = http1::Builder::new()
-            .keep_alive(true)
-            .serve_connection(TokioIo::new(stream), service)
-            .await
-        {
-            tracing::debug!(error = %e, "HTTP connection ended with an error");
-        }
+        })
+        .await;
+        Exit::killed()
     }
 
     async fn handle(

@@ -20,11 +20,6 @@ use wasmtime::{Config, InstancePre, Linker, Store};
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
-/// Memory mappings one running guest takes (the linear memory's reservation and accessible
-/// part, the async stack and its guard...), measured in BENCHMARKS.md.
-const MAPPINGS_PER_GUEST: usize = 7;
-/// Mappings left for the agent itself (its heap, threads, libraries, compiled code).
-const MAPPINGS_RESERVED: usize = 4096;
 /// The port a wasi-http component is served on when its container declares none.
 const DEFAULT_HTTP_PORT: u16 = 8080;
 
@@ -97,15 +92,8 @@ impl Runtime for WasiRuntime {
         format!("wasmtime://{}", cache::WASMTIME_VERSION)
     }
 
-    /// Past `vm.max_map_count` the kernel refuses new mappings, an allocation fails and the
-    /// process aborts; so the guests that fit under it are the limit.
     fn capacity(&self) -> Option<usize> {
-        let limit: usize = std::fs::read_to_string("/proc/sys/vm/max_map_count")
-            .ok()?
-            .trim()
-            .parse()
-            .ok()?;
-        Some(limit.saturating_sub(MAPPINGS_RESERVED) / MAPPINGS_PER_GUEST)
+        wasm_host::capacity::guests()
     }
 
     async fn prepare(&self, module: ModuleBytes) -> Result<Prepared, PrepareError> {

@@ -2,6 +2,7 @@
 //! cached by digest, stores that enforce a container's limits, and the ports guests serve on.
 
 pub mod cache;
+pub mod capacity;
 pub mod limits;
 pub mod ports;
 pub mod store;

@@ -1,9 +1,15 @@
-//! The TCP ports a guest serves on: wasm pods share the node's network, so a port another pod
+//! The TCP ports a guest serves on, and the HTTP/1.1 server on them: wasm pods share the node's network, so a port another pod
 //! holds is a clear start failure rather than a surprise.
 
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
 use kubelet::runtime::StartError;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 
 /// Binds every address; a port already taken fails the start with a message saying what to do.
 pub async fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, StartError> {
@@ -23,4 +29,62 @@ pub async fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, StartError> 
         listeners.push(listener);
     }
     Ok(listeners)
+}
+
+/// How long to wait after a failed accept (e.g. out of file descriptors).
+const ACCEPT_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Serves HTTP/1.1 on every listener until the task is aborted, which also ends every
+/// connection and request in flight: `handle` answers each request, given the address the
+/// client reached.
+pub async fn serve_http<F, Fut, B, E>(listeners: Vec<TcpListener>, handle: F)
+where
+    F: Fn(Request<Incoming>, Option<SocketAddr>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<B>, E>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+{
+    let handle = Arc::new(handle);
+    let mut accepts = JoinSet::new();
+    for listener in listeners {
+        accepts.spawn(accept(listener, handle.clone()));
+    }
+    while accepts.join_next().await.is_some() {}
+}
+
+async fn accept<F, Fut, B, E>(listener: TcpListener, handle: Arc<F>)
+where
+    F: Fn(Request<Incoming>, Option<SocketAddr>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<B>, E>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+{
+    let mut connections = JoinSet::new();
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let local = stream.local_addr().ok();
+                let handle = handle.clone();
+                let service = hyper::service::service_fn(move |request| handle(request, local));
+                connections.spawn(async move {
+                    if let Err(e) = http1::Builder::new()
+                        .keep_alive(true)
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await
+                    {
+                        tracing::debug!(error = %e, "HTTP connection ended with an error");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting a connection failed");
+                tokio::time::sleep(ACCEPT_RETRY).await;
+            }
+        }
+        while connections.try_join_next().is_some() {}
+    }
 }

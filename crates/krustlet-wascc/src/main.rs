@@ -1,0 +1,28 @@
+//! `krustlet-wascc`: a Kubernetes node that runs waSCC actors.
+
+use clap::Parser;
+
+/// A Kubernetes node that runs waSCC actors (waPC modules with signed wascap claims) with
+/// wasmtime, and the capability providers they call: wascc:http_server, wascc:logging,
+/// wascc:keyvalue and wascc:blobstore.
+///
+/// With a kubeconfig it joins the cluster as a node tainted `krustlet/arch=wasm32-wascc:NoExecute`;
+/// with `--standalone` it runs the pods in `--pod-manifest-path` with no cluster at all.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    #[command(flatten)]
+    node: node_cli::NodeArgs,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    node_cli::init();
+    let cli = Cli::parse();
+    node_cli::run(cli.node, |config| {
+        Ok(wascc_runtime::WasccRuntime::new(
+            config.data_dir.join("compiled"),
+        )?)
+    })
+    .await
+}

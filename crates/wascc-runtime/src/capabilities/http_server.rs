@@ -1,0 +1,142 @@
+//! `wascc:http_server`: the pod's ports serve HTTP/1.1, and every request becomes a
+//! `HandleRequest` call of the actor with the waSCC codec's `Request`; its `Response` is the
+//! answer.
+
+use super::{Delivery, decode, encode};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::convert::Infallible;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+
+/// The largest request body an actor is handed.
+const MAX_BODY: usize = 16 * 1024 * 1024;
+
+/// The codec's HTTP request.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ActorRequest {
+    method: String,
+    path: String,
+    query_string: String,
+    header: HashMap<String, String>,
+    #[serde(with = "serde_bytes")]
+    body: Vec<u8>,
+}
+
+/// The codec's HTTP response.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ActorResponse {
+    status_code: u32,
+    #[serde(default)]
+    header: HashMap<String, String>,
+    #[serde(with = "serde_bytes", default)]
+    body: Vec<u8>,
+}
+
+/// Serves `listeners` until the task is aborted, handing requests to the actor through
+/// `deliveries`.
+pub async fn serve(listeners: Vec<TcpListener>, deliveries: mpsc::Sender<Delivery>) {
+    wasm_host::ports::serve_http(listeners, move |request, _| {
+        let deliveries = deliveries.clone();
+        async move { Ok::<_, Infallible>(handle(request, deliveries).await) }
+    })
+    .await;
+}
+
+async fn handle(
+    request: Request<Incoming>,
+    deliveries: mpsc::Sender<Delivery>,
+) -> Response<Full<Bytes>> {
+    match exchange(request, deliveries).await {
+        Ok(response) => response,
+        Err((status, message)) => {
+            tracing::debug!(%status, "{message}");
+            plain(status, message)
+        }
+    }
+}
+
+async fn exchange(
+    request: Request<Incoming>,
+    deliveries: mpsc::Sender<Delivery>,
+) -> Result<Response<Full<Bytes>>, (StatusCode, String)> {
+    let (parts, body) = request.into_parts();
+    let body = Limited::new(body, MAX_BODY).collect().await.map_err(|e| {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("reading the request body (at most {MAX_BODY} bytes): {e}"),
+        )
+    })?;
+    let mut header: HashMap<String, String> = HashMap::new();
+    for (name, value) in &parts.headers {
+        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        header
+            .entry(name.as_str().to_string())
+            .and_modify(|v| {
+                v.push_str(", ");
+                v.push_str(&value);
+            })
+            .or_insert(value);
+    }
+    let actor_request = ActorRequest {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_string(),
+        query_string: parts.uri.query().unwrap_or_default().to_string(),
+        header,
+        body: body.to_bytes().to_vec(),
+    };
+    let payload = encode(&actor_request).map_err(internal)?;
+    let (reply, answer) = oneshot::channel();
+    deliveries
+        .send(Delivery {
+            operation: "HandleRequest".into(),
+            payload,
+            reply: Some(reply),
+        })
+        .await
+        .map_err(|_| unavailable())?;
+    let response = answer
+        .await
+        .map_err(|_| unavailable())?
+        .map_err(|e| internal(format!("the actor failed to handle the request: {e}")))?;
+    let response: ActorResponse = decode(&response).map_err(internal)?;
+    let status = u16::try_from(response.status_code)
+        .ok()
+        .and_then(|code| StatusCode::from_u16(code).ok())
+        .ok_or_else(|| {
+            internal(format!(
+                "the actor answered with status code {}, which HTTP does not have",
+                response.status_code
+            ))
+        })?;
+    let mut builder = Response::builder().status(status);
+    for (name, value) in &response.header {
+        builder = builder.header(name, value);
+    }
+    builder
+        .body(Full::new(Bytes::from(response.body)))
+        .map_err(|e| internal(format!("the actor's response headers are invalid: {e}")))
+}
+
+fn internal(message: String) -> (StatusCode, String) {
+    (StatusCode::INTERNAL_SERVER_ERROR, message)
+}
+
+fn unavailable() -> (StatusCode, String) {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the actor stopped before it answered".into(),
+    )
+}
+
+fn plain(status: StatusCode, message: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(message + "\n")));
+    *response.status_mut() = status;
+    response
+}
