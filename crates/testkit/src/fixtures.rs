@@ -27,10 +27,12 @@ pub fn repo_root() -> PathBuf {
 
 static BUILT: Mutex<bool> = Mutex::new(false);
 
-/// Preview 1 modules and preview 2 components built from examples/ (package names).
-const BUILDS: [(&str, &[&str]); 2] = [
+/// Preview 1 modules, preview 2 components and waSCC actors built from examples/ (package
+/// names).
+const BUILDS: [(&str, &[&str]); 3] = [
     ("wasm32-wasip1", &["hello-wasm", "wasi-probe"]),
     ("wasm32-wasip2", &["wasi-probe", "http-probe"]),
+    ("wasm32-unknown-unknown", &["http-actor"]),
 ];
 
 /// Builds the guests in examples/ (once per process) and returns the path of `name`.wasm for
@@ -83,6 +85,26 @@ pub fn wasm_module(name: &str) -> anyhow::Result<PathBuf> {
 /// `-`).
 pub fn wasm_component(name: &str) -> anyhow::Result<PathBuf> {
     built("wasm32-wasip2", name)
+}
+
+/// The waSCC actor `name` (a package of examples/, with `_` for `-`), unsigned.
+pub fn wascc_actor(name: &str) -> anyhow::Result<PathBuf> {
+    built("wasm32-unknown-unknown", name)
+}
+
+/// `module` signed as an actor named `name` by a new account, its claims granting
+/// `capabilities` (what `wash claims sign` does).
+pub fn sign_actor(module: &[u8], name: &str, capabilities: &[&str]) -> anyhow::Result<Vec<u8>> {
+    let claims = wascc_runtime::claims::ActorClaims {
+        name: name.to_string(),
+        capabilities: capabilities.iter().map(|c| c.to_string()).collect(),
+        ..Default::default()
+    };
+    Ok(wascc_runtime::claims::sign(
+        module,
+        &nkeys::KeyPair::new_account(),
+        &claims,
+    )?)
 }
 
 fn client() -> Client {

@@ -20,10 +20,23 @@ pub async fn run(
     mut deliveries: mpsc::Receiver<Delivery>,
     server: Option<AbortOnDropHandle<()>>,
 ) -> Exit {
-    let _server = server;
-    let guest_call = match instantiate(&mut store, &pre).await {
+    let exit = serve(&mut store, &pre, &mut deliveries).await;
+    // The ports are free again before the container counts as ended (a restart binds them).
+    if let Some(server) = server {
+        server.abort();
+        let _ = server.await;
+    }
+    exit
+}
+
+async fn serve(
+    store: &mut Store<ActorState>,
+    pre: &InstancePre<ActorState>,
+    deliveries: &mut mpsc::Receiver<Delivery>,
+) -> Exit {
+    let guest_call = match instantiate(store, pre).await {
         Ok(guest_call) => guest_call,
-        Err(e) => return wasm_host::store::exit(&mut store, Err(e)),
+        Err(e) => return wasm_host::store::exit(store, Err(e)),
     };
     while let Some(delivery) = deliveries.recv().await {
         let operation = delivery.operation.clone();
@@ -33,7 +46,7 @@ pub async fn run(
         let len = |bytes: usize| i32::try_from(bytes).unwrap_or(i32::MAX);
         let op_len = len(operation.len());
         let msg_len = len(store.data().request_len());
-        match guest_call.call_async(&mut store, (op_len, msg_len)).await {
+        match guest_call.call_async(&mut *store, (op_len, msg_len)).await {
             Ok(status) => {
                 let answer = store.data_mut().end_call(status == 1);
                 if let Err(error) = &answer {
@@ -44,7 +57,7 @@ pub async fn run(
                 }
             }
             Err(e) => {
-                let exit = wasm_host::store::exit(&mut store, Err(e));
+                let exit = wasm_host::store::exit(store, Err(e));
                 if let Some(reply) = delivery.reply {
                     let _ = reply.send(Err(format!(
                         "the actor trapped handling {operation}: {}",

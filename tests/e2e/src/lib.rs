@@ -178,6 +178,29 @@ impl Cluster {
         NodeAgent::start(self, &format!("node-{}", self.id)).await
     }
 
+    /// Starts a `krustlet-wascc` node agent for this test.
+    pub async fn start_wascc_node(&self) -> anyhow::Result<NodeAgent> {
+        NodeAgent::start_provider(Provider::Wascc, self, &format!("wascc-{}", self.id)).await
+    }
+
+    /// Pushes the waSCC actor `actor` from examples/ signed by a new account with
+    /// `capabilities` (or unsigned, with `None`) as image `actor-<tag>`; returns the image.
+    pub async fn push_actor(
+        &self,
+        actor: &str,
+        tag: &str,
+        capabilities: Option<&[&str]>,
+    ) -> anyhow::Result<String> {
+        let module = std::fs::read(testkit::fixtures::wascc_actor(actor)?)?;
+        let module = match capabilities {
+            Some(capabilities) => testkit::fixtures::sign_actor(&module, actor, capabilities)?,
+            None => module,
+        };
+        let image = format!("{}/{}/actor-{tag}:v1", self.registry(), self.id);
+        testkit::fixtures::push_wasm(&image, &module).await?;
+        Ok(image)
+    }
+
     /// Runs kubectl as admin in the test namespace; returns stdout, or fails with stderr.
     pub fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
         let output = self.kubectl_output(args)?;
@@ -416,15 +439,30 @@ pub fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
 
 /// `GET http://<node ip>:<port><path>` with a 10 s deadline; returns the status and body.
 pub async fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
+    http_request(port, "GET", path, "").await
+}
+
+/// `method http://<node ip>:<port><path>` with `body` and a 10 s deadline; returns the status
+/// and body.
+pub async fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> anyhow::Result<(u16, String)> {
     use http_body_util::BodyExt;
     let exchange = async {
         let stream = tokio::net::TcpStream::connect((node_ip(), port)).await?;
         let (mut sender, connection) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
         let connection = tokio::spawn(connection);
-        let request = http::Request::get(path)
+        let request = http::Request::builder()
+            .method(method)
+            .uri(path)
             .header(http::header::HOST, format!("{}:{port}", node_ip()))
-            .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                body.to_string(),
+            )))?;
         let response = sender.send_request(request).await?;
         let status = response.status().as_u16();
         let body = response.into_body().collect().await?.to_bytes();
@@ -433,38 +471,65 @@ pub async fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
     };
     tokio::time::timeout(Duration::from_secs(10), exchange)
         .await
-        .with_context(|| format!("GET :{port}{path} did not answer within 10 s"))?
-        .with_context(|| format!("GET :{port}{path}"))
+        .with_context(|| format!("{method} :{port}{path} did not answer within 10 s"))?
+        .with_context(|| format!("{method} :{port}{path}"))
 }
 
-/// The `krustlet-wasi` binary, built by cargo if needed (a no-op when it is up to date).
-pub fn agent_binary() -> anyhow::Result<PathBuf> {
+/// Which node binary an agent runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provider {
+    /// `krustlet-wasi`: WASI modules and components.
+    Wasi,
+    /// `krustlet-wascc`: waSCC actors.
+    Wascc,
+}
+
+impl Provider {
+    /// The binary's name.
+    pub fn binary(self) -> &'static str {
+        match self {
+            Self::Wasi => "krustlet-wasi",
+            Self::Wascc => "krustlet-wascc",
+        }
+    }
+
+    /// The node's arch, the value of its `krustlet/arch` taint.
+    pub fn arch(self) -> &'static str {
+        match self {
+            Self::Wasi => "wasm32-wasi",
+            Self::Wascc => "wasm32-wascc",
+        }
+    }
+}
+
+/// The node binary of `provider`, built by cargo if needed (both binaries in one build, a
+/// no-op when they are up to date).
+pub fn agent_binary(provider: Provider) -> anyhow::Result<PathBuf> {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BUILT
+    let dir = BUILT
         .get_or_init(|| {
             let root = testkit::fixtures::repo_root();
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            // The agent is built with this harness's profile: release for the benchmark.
+            // The agents are built with this harness's profile: release for the benchmark.
             let profile = if cfg!(debug_assertions) {
                 "dev"
             } else {
                 "release"
             };
             let status = Command::new(cargo)
+                .args(["build", "--quiet", "--profile", profile])
                 .args([
-                    "build",
-                    "--quiet",
                     "-p",
-                    "krustlet-wasi",
-                    "--profile",
-                    profile,
+                    Provider::Wasi.binary(),
+                    "-p",
+                    Provider::Wascc.binary(),
                 ])
                 .arg("--manifest-path")
                 .arg(root.join("Cargo.toml"))
                 .status()
                 .map_err(|e| e.to_string())?;
             if !status.success() {
-                return Err("building krustlet-wasi failed".into());
+                return Err("building the node binaries failed".into());
             }
             let target = std::env::var_os("CARGO_TARGET_DIR")
                 .map(PathBuf::from)
@@ -474,10 +539,11 @@ pub fn agent_binary() -> anyhow::Result<PathBuf> {
             } else {
                 "release"
             };
-            Ok(target.join(dir).join("krustlet-wasi"))
+            Ok(target.join(dir))
         })
         .clone()
-        .map_err(|e| anyhow::anyhow!(e))
+        .map_err(|e| anyhow::anyhow!(e))?;
+    Ok(dir.join(provider.binary()))
 }
 
 /// How a node agent authenticates.
@@ -526,6 +592,8 @@ pub async fn bootstrap_kubeconfig(cluster: &Cluster, dir: &Path) -> anyhow::Resu
 /// A running node agent process; killed, and its Node deleted, when dropped.
 pub struct NodeAgent {
     child: Child,
+    /// The node binary it runs.
+    pub provider: Provider,
     /// The node's name.
     pub name: String,
     /// The kubelet API port.
@@ -543,15 +611,7 @@ impl NodeAgent {
     /// Starts `krustlet-wasi` as node `name` with the node identity `system:node:<name>` (see
     /// [`node_credentials`]), and waits until its Node is Ready.
     pub async fn start(cluster: &Cluster, name: &str) -> anyhow::Result<Self> {
-        let data_dir = tempfile::Builder::new().prefix("krustlet-node").tempdir()?;
-        // On a real cluster, KRUSTLET_E2E_BOOTSTRAP_KUBECONFIG is what agents join with.
-        let credentials = match std::env::var_os("KRUSTLET_E2E_BOOTSTRAP_KUBECONFIG") {
-            Some(bootstrap) => Credentials::Bootstrap(PathBuf::from(bootstrap)),
-            None => {
-                Credentials::Kubeconfig(node_credentials(cluster, name, data_dir.path()).await?)
-            }
-        };
-        Self::start_with(cluster, name, data_dir, credentials).await
+        Self::start_provider(Provider::Wasi, cluster, name).await
     }
 
     /// Starts `krustlet-wasi` as node `name` with the given credentials and data dir.
@@ -572,12 +632,50 @@ impl NodeAgent {
         credentials: Credentials,
         extra: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::launch(Provider::Wasi, cluster, name, data_dir, credentials, extra).await
+    }
+
+    /// Starts `provider`'s binary as node `name` with the node identity `system:node:<name>`
+    /// (see [`node_credentials`]; on a real cluster, KRUSTLET_E2E_BOOTSTRAP_KUBECONFIG is what
+    /// agents join with), and waits until its Node is Ready.
+    pub async fn start_provider(
+        provider: Provider,
+        cluster: &Cluster,
+        name: &str,
+    ) -> anyhow::Result<Self> {
+        let data_dir = tempfile::Builder::new().prefix("krustlet-node").tempdir()?;
+        let credentials = match std::env::var_os("KRUSTLET_E2E_BOOTSTRAP_KUBECONFIG") {
+            Some(bootstrap) => Credentials::Bootstrap(PathBuf::from(bootstrap)),
+            None => {
+                Credentials::Kubeconfig(node_credentials(cluster, name, data_dir.path()).await?)
+            }
+        };
+        Self::launch(provider, cluster, name, data_dir, credentials, &[]).await
+    }
+
+    async fn launch(
+        provider: Provider,
+        cluster: &Cluster,
+        name: &str,
+        data_dir: tempfile::TempDir,
+        credentials: Credentials,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let extra: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
         let port = testkit::registry::free_port()?;
         let log = data_dir.path().join("agent.log");
         std::fs::write(data_dir.path().join("client-ca.pem"), cluster_ca()?)?;
         let mut agent = Self {
-            child: Self::spawn(name, port, data_dir.path(), &credentials, &extra, &log)?,
+            child: Self::spawn(
+                provider,
+                name,
+                port,
+                data_dir.path(),
+                &credentials,
+                &extra,
+                &log,
+            )?,
+            provider,
             name: name.to_string(),
             port,
             data_dir,
@@ -597,6 +695,7 @@ impl NodeAgent {
     }
 
     fn spawn(
+        provider: Provider,
         name: &str,
         port: u16,
         data_dir: &Path,
@@ -604,7 +703,7 @@ impl NodeAgent {
         extra: &[String],
         log: &Path,
     ) -> anyhow::Result<Child> {
-        let mut command = Command::new(agent_binary()?);
+        let mut command = Command::new(agent_binary(provider)?);
         match credentials {
             Credentials::Kubeconfig(path) => command.arg("--kubeconfig").arg(path),
             Credentials::Bootstrap(path) => command.arg("--bootstrap-file").arg(path),
@@ -640,7 +739,8 @@ impl NodeAgent {
             command.arg("--client-ca-file").arg(ca);
         }
         command.args(extra);
-        testkit::process::spawn_owned(command).context("starting krustlet-wasi")
+        testkit::process::spawn_owned(command)
+            .with_context(|| format!("starting {}", provider.binary()))
     }
 
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
@@ -660,7 +760,11 @@ impl NodeAgent {
         let deadline = tokio::time::Instant::now() + DEADLINE;
         loop {
             if let Some(status) = self.child.try_wait()? {
-                bail!("krustlet-wasi exited with {status:?}:\n{}", self.log());
+                bail!(
+                    "{} exited with {status:?}:\n{}",
+                    self.provider.binary(),
+                    self.log()
+                );
             }
             if matches!(
                 kubelet_get(self, admin_auth()?, "/healthz").await,
@@ -703,6 +807,7 @@ impl NodeAgent {
     /// Starts the (stopped) agent again with the same name, port and data dir.
     pub async fn start_again(&mut self) -> anyhow::Result<()> {
         self.child = Self::spawn(
+            self.provider,
             &self.name,
             self.port,
             self.data_dir.path(),

@@ -7,7 +7,7 @@ use std::time::Duration;
 fn run_standalone(manifest: &str, dir: &std::path::Path) -> anyhow::Result<std::process::Output> {
     let path = dir.join("pods.yaml");
     std::fs::write(&path, manifest)?;
-    let mut command = Command::new(e2e::agent_binary()?);
+    let mut command = Command::new(e2e::agent_binary(e2e::Provider::Wasi)?);
     command
         .args(["--standalone", "--node-name", "standalone"])
         .arg("--pod-manifest-path")

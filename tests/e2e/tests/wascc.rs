@@ -1,0 +1,355 @@
+//! krustlet-wascc: signed waSCC actors served on the pod's ports, calling the capability
+//! providers their claims grant (logging, key-value, blob store) and refused the others.
+
+use e2e::{Cluster, Provider, container_state, free_ports, http_get, is_waiting, node_ip};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::Api;
+
+const ALL: &[&str] = &[
+    "wascc:http_server",
+    "wascc:logging",
+    "wascc:keyvalue",
+    "wascc:blobstore",
+];
+
+/// A pod running actor `image` on the wascc node, serving `port`; `extra` is merged into its
+/// container (env, volumeMounts) and `volumes` into its spec.
+fn actor_pod(
+    name: &str,
+    image: &str,
+    node: &str,
+    port: u16,
+    extra: serde_json::Value,
+    volumes: serde_json::Value,
+) -> Pod {
+    let mut container =
+        serde_json::json!({"name": "actor", "image": image, "ports": [{"containerPort": port}]});
+    if let (Some(container), Some(extra)) = (container.as_object_mut(), extra.as_object()) {
+        container.extend(extra.clone());
+    }
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "nodeName": node,
+            "containers": [container],
+            "volumes": volumes,
+            "tolerations": [{"key": "krustlet/arch", "operator": "Equal", "value": Provider::Wascc.arch(), "effect": "NoExecute"}],
+        }
+    }))
+    .expect("a valid pod")
+}
+
+fn is_ready(pod: Option<&Pod>) -> bool {
+    pod.and_then(|p| p.status.as_ref())
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+#[tokio::test]
+async fn an_http_actor_serves_logs_keeps_state_and_frees_its_port() -> anyhow::Result<()> {
+    let cluster = Cluster::new("wascc-http").await?;
+    let agent = cluster.start_wascc_node().await?;
+    let node: Node = Api::all(cluster.client.clone()).get(&agent.name).await?;
+    let taints = node.spec.and_then(|s| s.taints).unwrap_or_default();
+    assert!(
+        taints.iter().any(|t| t.key == "krustlet/arch"
+            && t.value.as_deref() == Some("wasm32-wascc")
+            && t.effect == "NoExecute"),
+        "{taints:?}"
+    );
+    let labels = node.metadata.labels.unwrap_or_default();
+    assert_eq!(
+        labels.get("kubernetes.io/arch").map(String::as_str),
+        Some("wasm32-wascc")
+    );
+
+    let image = cluster.push_actor("http_actor", "all", Some(ALL)).await?;
+    let [port] = free_ports()?;
+    cluster
+        .create_pod(actor_pod(
+            "web",
+            &image,
+            &agent.name,
+            port,
+            serde_json::json!({}),
+            serde_json::json!([]),
+        ))
+        .await?;
+    let ready = cluster.wait_pod("web", "Ready", is_ready).await?;
+    assert_eq!(
+        ready.status.and_then(|s| s.pod_ip),
+        Some(node_ip()),
+        "the pod's IP is the node's"
+    );
+
+    let (code, body) = http_get(port, "/").await?;
+    assert_eq!((code, body.as_str()), (200, "hello from a waSCC actor"));
+    // The key-value store keeps state across requests.
+    for expected in ["1", "2", "3"] {
+        let (code, body) = http_get(port, "/count").await?;
+        assert_eq!((code, body.as_str()), (200, expected));
+    }
+    // Logging (wascc:logging and the console) reaches `kubectl logs`.
+    let (code, _) = http_get(port, "/log/hello-from-the-actor").await?;
+    assert_eq!(code, 200);
+    let logs = cluster
+        .eventually("the actor's log lines", async || {
+            let logs = cluster.kubectl(&["logs", "web"])?;
+            Ok((logs.contains("INFO hello-from-the-actor")
+                && logs.contains("console: hello-from-the-actor"))
+            .then_some(logs))
+        })
+        .await?;
+    assert!(!logs.contains("not authorized"), "{logs}");
+
+    // Deleting the pod frees the port at once.
+    cluster.kubectl(&["delete", "pod", "web", "--wait=true"])?;
+    assert!(
+        std::net::TcpListener::bind((node_ip().as_str(), port)).is_ok(),
+        "port {port} is still held after the pod was deleted"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn two_actors_serve_two_ports_and_a_third_on_a_taken_port_is_refused() -> anyhow::Result<()> {
+    let cluster = Cluster::new("wascc-ports").await?;
+    let agent = cluster.start_wascc_node().await?;
+    let image = cluster.push_actor("http_actor", "all", Some(ALL)).await?;
+    let [first, second] = free_ports()?;
+    for (name, port) in [("one", first), ("two", second)] {
+        cluster
+            .create_pod(actor_pod(
+                name,
+                &image,
+                &agent.name,
+                port,
+                serde_json::json!({}),
+                serde_json::json!([]),
+            ))
+            .await?;
+    }
+    for name in ["one", "two"] {
+        cluster.wait_pod(name, "Ready", is_ready).await?;
+    }
+    // Each actor has its own instance and its own store.
+    assert_eq!(http_get(first, "/count").await?, (200, "1".to_string()));
+    assert_eq!(http_get(first, "/count").await?, (200, "2".to_string()));
+    assert_eq!(http_get(second, "/count").await?, (200, "1".to_string()));
+
+    cluster
+        .create_pod(actor_pod(
+            "clash",
+            &image,
+            &agent.name,
+            first,
+            serde_json::json!({}),
+            serde_json::json!([]),
+        ))
+        .await?;
+    let clash = cluster
+        .wait_pod(
+            "clash",
+            "refused its port",
+            is_waiting("CreateContainerError"),
+        )
+        .await?;
+    let message = e2e::waiting_message(&clash);
+    assert!(
+        message.contains(&format!("port {first} is already in use")),
+        "{message}"
+    );
+    // The others serve on.
+    assert_eq!(http_get(first, "/count").await?, (200, "3".to_string()));
+    Ok(())
+}
+
+#[tokio::test]
+async fn unsigned_and_tampered_actors_are_refused() -> anyhow::Result<()> {
+    let cluster = Cluster::new("wascc-claims").await?;
+    let agent = cluster.start_wascc_node().await?;
+    let unsigned = cluster.push_actor("http_actor", "unsigned", None).await?;
+    let [port] = free_ports()?;
+    cluster
+        .create_pod(actor_pod(
+            "unsigned",
+            &unsigned,
+            &agent.name,
+            port,
+            serde_json::json!({}),
+            serde_json::json!([]),
+        ))
+        .await?;
+    let pod = cluster
+        .wait_pod("unsigned", "refused", is_waiting("CreateContainerError"))
+        .await?;
+    let message = e2e::waiting_message(&pod);
+    assert!(message.contains("the actor is not signed"), "{message}");
+
+    // An actor changed after signing (a section added) fails its hash.
+    let module = std::fs::read(testkit::fixtures::wascc_actor("http_actor")?)?;
+    let mut tampered = testkit::fixtures::sign_actor(&module, "http_actor", ALL)?;
+    tampered.extend_from_slice(&[0, 6, 5, b'e', b'x', b't', b'r', b'a']);
+    let image = format!("{}/{}/actor-tampered:v1", cluster.registry(), cluster.id);
+    testkit::fixtures::push_wasm(&image, &tampered).await?;
+    cluster
+        .create_pod(actor_pod(
+            "tampered",
+            &image,
+            &agent.name,
+            port,
+            serde_json::json!({}),
+            serde_json::json!([]),
+        ))
+        .await?;
+    let pod = cluster
+        .wait_pod("tampered", "refused", is_waiting("CreateContainerError"))
+        .await?;
+    let message = e2e::waiting_message(&pod);
+    assert!(
+        message.contains("modified after it was signed"),
+        "{message}"
+    );
+    assert!(
+        std::net::TcpListener::bind((node_ip().as_str(), port)).is_ok(),
+        "a refused actor holds no port"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_capability_the_claims_do_not_grant_is_refused_at_call_time() -> anyhow::Result<()> {
+    let cluster = Cluster::new("wascc-caps").await?;
+    let agent = cluster.start_wascc_node().await?;
+    let image = cluster
+        .push_actor(
+            "http_actor",
+            "no-kv",
+            Some(&["wascc:http_server", "wascc:logging"]),
+        )
+        .await?;
+    let [port] = free_ports()?;
+    cluster
+        .create_pod(actor_pod(
+            "limited",
+            &image,
+            &agent.name,
+            port,
+            serde_json::json!({}),
+            serde_json::json!([]),
+        ))
+        .await?;
+    cluster.wait_pod("limited", "Ready", is_ready).await?;
+    // The actor sees the host's refusal as the error of its call.
+    let (code, body) = http_get(port, "/count").await?;
+    assert_eq!(code, 500, "{body}");
+    assert!(
+        body.contains("not authorized to use capability wascc:keyvalue"),
+        "{body}"
+    );
+    // The user sees it in the container's log.
+    cluster
+        .eventually("the refusal in the log", async || {
+            let logs = cluster.kubectl(&["logs", "limited"])?;
+            Ok(logs
+                .contains("not authorized to use capability wascc:keyvalue")
+                .then_some(()))
+        })
+        .await?;
+    // What it is granted still works.
+    assert_eq!(http_get(port, "/log/still-here").await?.0, 200);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_blob_store_keeps_blobs_on_a_pod_volume() -> anyhow::Result<()> {
+    let cluster = Cluster::new("wascc-blobs").await?;
+    let agent = cluster.start_wascc_node().await?;
+    let image = cluster.push_actor("http_actor", "all", Some(ALL)).await?;
+    let [port] = free_ports()?;
+    cluster
+        .create_pod(actor_pod(
+            "blobs",
+            &image,
+            &agent.name,
+            port,
+            serde_json::json!({
+                "env": [{"name": "BLOBSTORE_ROOT", "value": "/data"}],
+                "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+            }),
+            serde_json::json!([{"name": "data", "emptyDir": {}}]),
+        ))
+        .await?;
+    cluster.wait_pod("blobs", "Ready", is_ready).await?;
+    let put = e2e::http_request(port, "POST", "/blob/put/docs/greeting", "hello, blobs").await?;
+    assert_eq!(put, (200, "stored 12 bytes".to_string()));
+    assert_eq!(
+        http_get(port, "/blob/list/docs").await?,
+        (200, "greeting 12".to_string())
+    );
+    // A download arrives as chunks (calls of the actor) after the request that started it.
+    assert_eq!(
+        http_get(port, "/blob/get/docs/greeting").await?,
+        (202, "downloading".to_string())
+    );
+    cluster
+        .eventually("the downloaded blob", async || {
+            let (code, body) = http_get(port, "/kv/download:greeting").await?;
+            Ok((code == 200 && body == "hello, blobs").then_some(()))
+        })
+        .await?;
+    // Ids cannot reach outside the volume.
+    let (code, body) = http_get(port, "/blob/list/..").await?;
+    assert_eq!(code, 500, "{body}");
+    assert!(body.contains("not a plain name"), "{body}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_trapping_actor_restarts_and_serves_again() -> anyhow::Result<()> {
+    let cluster = Cluster::new("wascc-trap").await?;
+    let agent = cluster.start_wascc_node().await?;
+    let image = cluster.push_actor("http_actor", "all", Some(ALL)).await?;
+    let [port] = free_ports()?;
+    cluster
+        .create_pod(actor_pod(
+            "crashy",
+            &image,
+            &agent.name,
+            port,
+            serde_json::json!({}),
+            serde_json::json!([]),
+        ))
+        .await?;
+    cluster.wait_pod("crashy", "Ready", is_ready).await?;
+    assert_eq!(http_get(port, "/count").await?, (200, "1".to_string()));
+    let (code, body) = http_get(port, "/trap").await?;
+    assert_eq!(code, 500, "{body}");
+    let restarted = cluster
+        .wait_pod("crashy", "restarted", |p: Option<&Pod>| {
+            let restarted = p
+                .and_then(|p| p.status.as_ref())
+                .and_then(|s| s.container_statuses.as_ref())
+                .and_then(|c| c.first())
+                .is_some_and(|c| c.restart_count == 1);
+            restarted
+                && p.and_then(container_state)
+                    .is_some_and(|s| s.running.is_some())
+        })
+        .await?;
+    let last = e2e::last_terminated(&restarted).expect("the trap is the last termination");
+    assert_eq!(last.exit_code, 134);
+    assert!(
+        last.message.unwrap_or_default().contains("unreachable"),
+        "the trap's message is kept"
+    );
+    // A new instance: the counter starts again.
+    cluster
+        .eventually("the restarted actor to serve", async || {
+            Ok(http_get(port, "/count").await.ok().filter(|r| r.0 == 200))
+        })
+        .await
+        .map(|(_, body)| assert_eq!(body, "1"))?;
+    Ok(())
+}
