@@ -102,7 +102,8 @@ pub struct Limits {
 pub struct Network {
     /// The address served ports bind to (the node's IP, which is also the pod's IP).
     pub listen_ip: std::net::IpAddr,
-    /// TCP ports the container declares (`containerPort`), in order.
+    /// TCP ports the container declares (`containerPort`, and `hostPort` where it differs),
+    /// in order.
     pub ports: Vec<u16>,
     /// Outbound destinations the guest may reach: `host`, `host:port` or `*` (any); empty
     /// means none.

@@ -4,7 +4,7 @@
 use crate::capabilities::HTTP_SERVER;
 use crate::capabilities::blobstore::BlobStore;
 use crate::claims::Claims;
-use kubelet::runtime::{ContainerRun, StartError};
+use kubelet::runtime::{ContainerRun, Mount, StartError};
 use std::collections::BTreeSet;
 
 /// Env naming the capabilities of an actor whose claims list none (newer wasmCloud tokens),
@@ -32,9 +32,17 @@ pub struct ActorConfig {
 impl ActorConfig {
     /// The configuration of `run` for an actor with `claims`.
     pub fn new(claims: &Claims, run: &ContainerRun) -> Result<Self, StartError> {
+        Self::from_parts(claims, &run.env, &run.mounts, &run.network.ports)
+    }
+
+    fn from_parts(
+        claims: &Claims,
+        env: &[(String, String)],
+        mounts: &[Mount],
+        ports: &[u16],
+    ) -> Result<Self, StartError> {
         let env = |name: &str| {
-            run.env
-                .iter()
+            env.iter()
                 .rev()
                 .find(|(key, _)| key == name)
                 .map(|(_, value)| value.as_str())
@@ -51,8 +59,8 @@ impl ActorConfig {
         };
         let http_ports = if !granted.contains(HTTP_SERVER) {
             Vec::new()
-        } else if !run.network.ports.is_empty() {
-            run.network.ports.clone()
+        } else if !ports.is_empty() {
+            ports.to_vec()
         } else {
             match env(PORT) {
                 Some(port) => vec![port.parse().map_err(|_| {
@@ -63,7 +71,7 @@ impl ActorConfig {
         };
         let blobstore = env(BLOBSTORE_ROOT)
             .map(|root| {
-                run.mounts
+                mounts
                     .iter()
                     .find(|m| m.guest_path.trim_end_matches('/') == root.trim_end_matches('/'))
                     .map(|m| BlobStore::new(m.host_path.clone(), m.read_only))
@@ -79,5 +87,87 @@ impl ActorConfig {
             http_ports,
             blobstore,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(capabilities: Option<&[&str]>) -> Claims {
+        Claims {
+            name: "actor".into(),
+            issuer: "A".into(),
+            subject: "M".into(),
+            capabilities: capabilities.map(|c| c.iter().map(|c| c.to_string()).collect()),
+        }
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn claims_without_capabilities_take_them_from_the_env() {
+        let config = ActorConfig::from_parts(
+            &claims(None),
+            &env(&[
+                (CAPABILITIES, "wascc:http_server, wascc:logging"),
+                (PORT, "9000"),
+            ]),
+            &[],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            config.granted.iter().collect::<Vec<_>>(),
+            ["wascc:http_server", "wascc:logging"]
+        );
+        assert_eq!(config.http_ports, [9000]);
+    }
+
+    #[test]
+    fn the_claims_decide_over_the_env_and_container_ports_over_port() {
+        let config = ActorConfig::from_parts(
+            &claims(Some(&["wascc:http_server"])),
+            &env(&[(CAPABILITIES, "wascc:keyvalue"), (PORT, "9000")]),
+            &[],
+            &[8081],
+        )
+        .unwrap();
+        assert_eq!(
+            config.granted.iter().collect::<Vec<_>>(),
+            ["wascc:http_server"]
+        );
+        assert_eq!(config.http_ports, [8081]);
+        let quiet = ActorConfig::from_parts(&claims(Some(&[])), &[], &[], &[8081]).unwrap();
+        assert!(quiet.http_ports.is_empty(), "no http_server, no port");
+    }
+
+    #[test]
+    fn the_blob_store_root_must_be_a_mount() {
+        let mounts = [Mount {
+            host_path: "/var/lib/pod/data".into(),
+            guest_path: "/data".into(),
+            read_only: false,
+        }];
+        let ok = ActorConfig::from_parts(
+            &claims(Some(&[])),
+            &env(&[(BLOBSTORE_ROOT, "/data/")]),
+            &mounts,
+            &[],
+        );
+        assert!(ok.unwrap().blobstore.is_some());
+        let err = ActorConfig::from_parts(
+            &claims(Some(&[])),
+            &env(&[(BLOBSTORE_ROOT, "/elsewhere")]),
+            &mounts,
+            &[],
+        )
+        .unwrap_err();
+        assert!(err.0.contains("not the mountPath"), "{err}");
     }
 }

@@ -10,15 +10,27 @@ use std::net::IpAddr;
 /// nothing (outgoing HTTP and sockets are denied).
 pub const ALLOWED_OUTBOUND_HOSTS: &str = "krustlet.dev/allowed-outbound-hosts";
 
-/// The network for `container` of `pod` on a node with address `node_ip`.
+/// The network for `container` of `pod` on a node with address `node_ip`: its TCP
+/// containerPorts and hostPorts, in order.
 pub fn network(pod: &Pod, container: &Container, node_ip: IpAddr) -> Network {
-    let ports = container
+    // The pod shares the node's network, so its hostPort, when it declares a different one,
+    // is served too: clients of the node reach it there, Services at the containerPort.
+    let mut ports: Vec<u16> = Vec::new();
+    for port in container
         .ports
         .iter()
         .flatten()
         .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
-        .filter_map(|p| u16::try_from(p.container_port).ok())
-        .collect();
+    {
+        for number in std::iter::once(port.container_port).chain(port.host_port) {
+            if let Ok(number) = u16::try_from(number)
+                && number != 0
+                && !ports.contains(&number)
+            {
+                ports.push(number);
+            }
+        }
+    }
     let allowed_outbound = pod
         .metadata
         .annotations
@@ -60,6 +72,11 @@ mod tests {
                     ..Default::default()
                 },
                 ContainerPort {
+                    container_port: 9090,
+                    host_port: Some(19090),
+                    ..Default::default()
+                },
+                ContainerPort {
                     container_port: 53,
                     protocol: Some("UDP".into()),
                     ..Default::default()
@@ -68,7 +85,7 @@ mod tests {
             ..Default::default()
         };
         let net = network(&pod, &container, "10.1.2.3".parse().unwrap());
-        assert_eq!(net.ports, vec![8080]);
+        assert_eq!(net.ports, vec![8080, 9090, 19090]);
         assert_eq!(
             net.allowed_outbound,
             vec!["example.com:443", "10.0.0.5", "*.bad"]
