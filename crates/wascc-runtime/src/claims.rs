@@ -213,7 +213,19 @@ pub fn sign(
     account: &nkeys::KeyPair,
     claims: &ActorClaims,
 ) -> Result<Vec<u8>, ClaimsError> {
+    sign_into(module, account, claims, JWT_SECTION)
+}
+
+/// [`sign`] into the custom section `section`; the `wasmcloud_jwt` format lists no
+/// capabilities.
+fn sign_into(
+    module: &[u8],
+    account: &nkeys::KeyPair,
+    claims: &ActorClaims,
+    section: &str,
+) -> Result<Vec<u8>, ClaimsError> {
     let (_, mut signed) = split_claims(module)?;
+    let capabilities = (section == JWT_SECTION).then_some(&claims.capabilities);
     let subject = nkeys::KeyPair::new_module();
     let token = serde_json::json!({
         "jti": hex::encode(&Sha256::digest(&signed)[..8]),
@@ -226,7 +238,7 @@ pub fn sign(
             "name": claims.name,
             "hash": hex::encode_upper(Sha256::digest(&signed)),
             "tags": [],
-            "caps": claims.capabilities,
+            "caps": capabilities,
             "rev": 0,
             "ver": "0.1.0",
             "prov": false,
@@ -240,7 +252,7 @@ pub fn sign(
     let jwt = format!("{header}.{body}.{}", URL_SAFE_NO_PAD.encode(signature));
     wasm_encoder::Section::append_to(
         &wasm_encoder::CustomSection {
-            name: JWT_SECTION.into(),
+            name: section.into(),
             data: jwt.as_bytes().into(),
         },
         &mut signed,
@@ -284,6 +296,15 @@ mod tests {
             Some(vec!["wascc:http_server".to_string()])
         );
         assert!(claims.issuer.starts_with('A'));
+    }
+
+    #[test]
+    fn a_wasmcloud_token_verifies_without_capabilities() {
+        let account = nkeys::KeyPair::new_account();
+        let signed = sign_into(&module(), &account, &claims(&[]), WASMCLOUD_JWT_SECTION).unwrap();
+        let verified = verify(&signed, 1000).unwrap();
+        assert_eq!(verified.capabilities, None);
+        assert_eq!(verified.issuer, account.public_key());
     }
 
     #[test]
