@@ -49,42 +49,34 @@ where
     let handle = Arc::new(handle);
     let mut accepts = JoinSet::new();
     for listener in listeners {
-        accepts.spawn(accept(listener, handle.clone()));
+        let handle = handle.clone();
+        accepts.spawn(async move {
+            let mut connections = JoinSet::new();
+            loop {
+                match listener.accept().await {
+                    Ok((stream, _)) => {
+                        let local = stream.local_addr().ok();
+                        let handle = handle.clone();
+                        let service =
+                            hyper::service::service_fn(move |request| handle(request, local));
+                        connections.spawn(async move {
+                            if let Err(e) = http1::Builder::new()
+                                .keep_alive(true)
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await
+                            {
+                                tracing::debug!(error = %e, "HTTP connection ended with an error");
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accepting a connection failed");
+                        tokio::time::sleep(ACCEPT_RETRY).await;
+                    }
+                }
+                while connections.try_join_next().is_some() {}
+            }
+        });
     }
     while accepts.join_next().await.is_some() {}
-}
-
-async fn accept<F, Fut, B, E>(listener: TcpListener, handle: Arc<F>)
-where
-    F: Fn(Request<Incoming>, Option<SocketAddr>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<Response<B>, E>> + Send + 'static,
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
-{
-    let mut connections = JoinSet::new();
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                let local = stream.local_addr().ok();
-                let handle = handle.clone();
-                let service = hyper::service::service_fn(move |request| handle(request, local));
-                connections.spawn(async move {
-                    if let Err(e) = http1::Builder::new()
-                        .keep_alive(true)
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await
-                    {
-                        tracing::debug!(error = %e, "HTTP connection ended with an error");
-                    }
-                });
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "accepting a connection failed");
-                tokio::time::sleep(ACCEPT_RETRY).await;
-            }
-        }
-        while connections.try_join_next().is_some() {}
-    }
 }

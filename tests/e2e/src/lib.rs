@@ -856,6 +856,15 @@ pub fn is_node_ready() -> impl Condition<Node> {
     }
 }
 
+/// The pod's Ready condition is True.
+pub fn is_pod_ready() -> impl Condition<Pod> {
+    |pod: Option<&Pod>| {
+        pod.and_then(|p| p.status.as_ref())
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    }
+}
+
 /// The pod's phase is `phase`.
 pub fn has_phase(phase: &'static str) -> impl Condition<Pod> {
     move |pod: Option<&Pod>| {

@@ -21,12 +21,6 @@ fn http_pod(name: &str, image: &str, node: &str, port: u16, annotations: serde_j
     .expect("a valid pod")
 }
 
-fn is_ready(pod: Option<&Pod>) -> bool {
-    pod.and_then(|p| p.status.as_ref())
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
 #[tokio::test]
 async fn a_component_command_runs_with_args_env_and_logs() -> anyhow::Result<()> {
     let cluster = Cluster::new("p2-command").await?;
@@ -91,7 +85,9 @@ async fn a_wasi_http_component_serves_its_port_and_frees_it_on_deletion() -> any
             serde_json::json!({}),
         ))
         .await?;
-    let ready = cluster.wait_pod("web", "Ready", is_ready).await?;
+    let ready = cluster
+        .wait_pod("web", "Ready", e2e::is_pod_ready())
+        .await?;
     let status = ready.status.clone().unwrap_or_default();
     assert_eq!(status.pod_ip, Some(node_ip()), "the pod's IP is the node's");
 
@@ -203,7 +199,7 @@ async fn outbound_http_is_denied_unless_the_pod_allows_the_host() -> anyhow::Res
         ))
         .await?;
     for name in ["target", "closed", "open"] {
-        cluster.wait_pod(name, "Ready", is_ready).await?;
+        cluster.wait_pod(name, "Ready", e2e::is_pod_ready()).await?;
     }
     let (code, body) = http_get(closed, &format!("/fetch/{target_host}/")).await?;
     assert_eq!(code, 502, "{body}");
@@ -234,7 +230,9 @@ async fn sockets_are_denied_unless_the_pod_allows_the_destination() -> anyhow::R
             serde_json::json!({}),
         ))
         .await?;
-    cluster.wait_pod("server", "Ready", is_ready).await?;
+    cluster
+        .wait_pod("server", "Ready", e2e::is_pod_ready())
+        .await?;
     cluster
         .create_pod(wasm_pod(
             "closed",

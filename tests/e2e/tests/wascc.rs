@@ -40,10 +40,23 @@ fn actor_pod(
     .expect("a valid pod")
 }
 
-fn is_ready(pod: Option<&Pod>) -> bool {
-    pod.and_then(|p| p.status.as_ref())
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+/// Creates a pod running actor `image` on `port` with nothing else configured.
+async fn create_actor(
+    cluster: &Cluster,
+    name: &str,
+    image: &str,
+    node: &str,
+    port: u16,
+) -> anyhow::Result<Pod> {
+    let pod = actor_pod(
+        name,
+        image,
+        node,
+        port,
+        serde_json::json!({}),
+        serde_json::json!([]),
+    );
+    cluster.create_pod(pod).await
 }
 
 #[tokio::test]
@@ -66,17 +79,10 @@ async fn an_http_actor_serves_logs_keeps_state_and_frees_its_port() -> anyhow::R
 
     let image = cluster.push_actor("http_actor", "all", Some(ALL)).await?;
     let [port] = free_ports()?;
-    cluster
-        .create_pod(actor_pod(
-            "web",
-            &image,
-            &agent.name,
-            port,
-            serde_json::json!({}),
-            serde_json::json!([]),
-        ))
+    create_actor(&cluster, "web", &image, &agent.name, port).await?;
+    let ready = cluster
+        .wait_pod("web", "Ready", e2e::is_pod_ready())
         .await?;
-    let ready = cluster.wait_pod("web", "Ready", is_ready).await?;
     assert_eq!(
         ready.status.and_then(|s| s.pod_ip),
         Some(node_ip()),
@@ -119,35 +125,17 @@ async fn two_actors_serve_two_ports_and_a_third_on_a_taken_port_is_refused() -> 
     let image = cluster.push_actor("http_actor", "all", Some(ALL)).await?;
     let [first, second] = free_ports()?;
     for (name, port) in [("one", first), ("two", second)] {
-        cluster
-            .create_pod(actor_pod(
-                name,
-                &image,
-                &agent.name,
-                port,
-                serde_json::json!({}),
-                serde_json::json!([]),
-            ))
-            .await?;
+        create_actor(&cluster, name, &image, &agent.name, port).await?;
     }
     for name in ["one", "two"] {
-        cluster.wait_pod(name, "Ready", is_ready).await?;
+        cluster.wait_pod(name, "Ready", e2e::is_pod_ready()).await?;
     }
     // Each actor has its own instance and its own store.
     assert_eq!(http_get(first, "/count").await?, (200, "1".to_string()));
     assert_eq!(http_get(first, "/count").await?, (200, "2".to_string()));
     assert_eq!(http_get(second, "/count").await?, (200, "1".to_string()));
 
-    cluster
-        .create_pod(actor_pod(
-            "clash",
-            &image,
-            &agent.name,
-            first,
-            serde_json::json!({}),
-            serde_json::json!([]),
-        ))
-        .await?;
+    create_actor(&cluster, "clash", &image, &agent.name, first).await?;
     let clash = cluster
         .wait_pod(
             "clash",
@@ -171,16 +159,7 @@ async fn unsigned_and_tampered_actors_are_refused() -> anyhow::Result<()> {
     let agent = cluster.start_wascc_node().await?;
     let unsigned = cluster.push_actor("http_actor", "unsigned", None).await?;
     let [port] = free_ports()?;
-    cluster
-        .create_pod(actor_pod(
-            "unsigned",
-            &unsigned,
-            &agent.name,
-            port,
-            serde_json::json!({}),
-            serde_json::json!([]),
-        ))
-        .await?;
+    create_actor(&cluster, "unsigned", &unsigned, &agent.name, port).await?;
     let pod = cluster
         .wait_pod("unsigned", "refused", is_waiting("CreateContainerError"))
         .await?;
@@ -193,16 +172,7 @@ async fn unsigned_and_tampered_actors_are_refused() -> anyhow::Result<()> {
     tampered.extend_from_slice(&[0, 6, 5, b'e', b'x', b't', b'r', b'a']);
     let image = format!("{}/{}/actor-tampered:v1", cluster.registry(), cluster.id);
     testkit::fixtures::push_wasm(&image, &tampered).await?;
-    cluster
-        .create_pod(actor_pod(
-            "tampered",
-            &image,
-            &agent.name,
-            port,
-            serde_json::json!({}),
-            serde_json::json!([]),
-        ))
-        .await?;
+    create_actor(&cluster, "tampered", &image, &agent.name, port).await?;
     let pod = cluster
         .wait_pod("tampered", "refused", is_waiting("CreateContainerError"))
         .await?;
@@ -230,17 +200,10 @@ async fn a_capability_the_claims_do_not_grant_is_refused_at_call_time() -> anyho
         )
         .await?;
     let [port] = free_ports()?;
+    create_actor(&cluster, "limited", &image, &agent.name, port).await?;
     cluster
-        .create_pod(actor_pod(
-            "limited",
-            &image,
-            &agent.name,
-            port,
-            serde_json::json!({}),
-            serde_json::json!([]),
-        ))
+        .wait_pod("limited", "Ready", e2e::is_pod_ready())
         .await?;
-    cluster.wait_pod("limited", "Ready", is_ready).await?;
     // The actor sees the host's refusal as the error of its call.
     let (code, body) = http_get(port, "/count").await?;
     assert_eq!(code, 500, "{body}");
@@ -281,7 +244,9 @@ async fn the_blob_store_keeps_blobs_on_a_pod_volume() -> anyhow::Result<()> {
             serde_json::json!([{"name": "data", "emptyDir": {}}]),
         ))
         .await?;
-    cluster.wait_pod("blobs", "Ready", is_ready).await?;
+    cluster
+        .wait_pod("blobs", "Ready", e2e::is_pod_ready())
+        .await?;
     let put = e2e::http_request(port, "POST", "/blob/put/docs/greeting", "hello, blobs").await?;
     assert_eq!(put, (200, "stored 12 bytes".to_string()));
     assert_eq!(
@@ -312,17 +277,10 @@ async fn a_trapping_actor_restarts_and_serves_again() -> anyhow::Result<()> {
     let agent = cluster.start_wascc_node().await?;
     let image = cluster.push_actor("http_actor", "all", Some(ALL)).await?;
     let [port] = free_ports()?;
+    create_actor(&cluster, "crashy", &image, &agent.name, port).await?;
     cluster
-        .create_pod(actor_pod(
-            "crashy",
-            &image,
-            &agent.name,
-            port,
-            serde_json::json!({}),
-            serde_json::json!([]),
-        ))
+        .wait_pod("crashy", "Ready", e2e::is_pod_ready())
         .await?;
-    cluster.wait_pod("crashy", "Ready", is_ready).await?;
     assert_eq!(http_get(port, "/count").await?, (200, "1".to_string()));
     let (code, body) = http_get(port, "/trap").await?;
     assert_eq!(code, 500, "{body}");
