@@ -11,6 +11,7 @@ use crate::pods::registry::PodRegistry;
 use crate::pods::{self, PodContext, Supervisors};
 use crate::runtime::Runtime;
 use crate::server::{self, ServerError, Tls};
+use crate::tls::{self, csr::CertificateRequest, identity::NodeCertificate};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -21,6 +22,9 @@ pub enum AgentError {
     /// Registering the node failed.
     #[error(transparent)]
     Node(#[from] node::NodeError),
+    /// The serving certificate cannot be used.
+    #[error("kubelet API certificate: {0}")]
+    Certificate(#[from] tls::CertificateError),
     /// The kubelet API could not start.
     #[error(transparent)]
     Server(#[from] ServerError),
@@ -143,20 +147,42 @@ impl<R: Runtime> Parts<R> {
         })
     }
 
-    fn tls(&self) -> Result<Tls, AgentError> {
-        let (cert_pem, key_pem) = match &self.config.tls {
-            Some((cert, key)) => (
-                std::fs::read_to_string(cert)
+    /// The kubelet API's TLS: `--cert-file`; or with `--rotate-server-certificates` a
+    /// certificate from the `kubernetes.io/kubelet-serving` signer, kept renewed through
+    /// `client` until `shutdown`; or a self-signed one.
+    fn tls(&self, client: &kube::Client, shutdown: &CancellationToken) -> Result<Tls, AgentError> {
+        let config = &self.config;
+        let certificate = match &config.tls {
+            Some((cert, key)) => Arc::new(NodeCertificate::fixed(
+                &std::fs::read_to_string(cert)
                     .map_err(io(format!("reading --cert-file {}", cert.display())))?,
-                std::fs::read_to_string(key)
+                &std::fs::read_to_string(key)
                     .map_err(io(format!("reading --private-key-file {}", key.display())))?,
-            ),
-            None => server::self_signed(vec![
-                self.config.hostname.clone(),
-                self.config.node_ip.to_string(),
-            ])?,
+            )?),
+            None if config.rotate_server_certificates => {
+                let certificate = Arc::new(NodeCertificate::stored(
+                    config.data_dir.join("pki").join(tls::SERVING_CERT_FILE),
+                ));
+                let request = CertificateRequest::serving(
+                    &config.node_name,
+                    &config.hostname,
+                    vec![config.node_ip],
+                );
+                tokio::spawn(tls::rotation::keep_renewed(
+                    client.clone(),
+                    request,
+                    certificate.clone(),
+                    shutdown.clone(),
+                ));
+                certificate
+            }
+            None => {
+                let (cert_pem, key_pem) =
+                    server::self_signed(vec![config.hostname.clone(), config.node_ip.to_string()])?;
+                Arc::new(NodeCertificate::fixed(&cert_pem, &key_pem)?)
+            }
         };
-        let client_ca_pem = match &self.config.client_ca_file {
+        let client_ca_pem = match &config.client_ca_file {
             Some(path) => Some(
                 std::fs::read_to_string(path)
                     .map_err(io(format!("reading --client-ca-file {}", path.display())))?,
@@ -164,8 +190,7 @@ impl<R: Runtime> Parts<R> {
             None => None,
         };
         Ok(Tls {
-            cert_pem,
-            key_pem,
+            certificate,
             client_ca_pem,
         })
     }
@@ -176,7 +201,7 @@ impl<R: Runtime> Parts<R> {
         client: kube::Client,
         shutdown: CancellationToken,
     ) -> Result<tokio::task::JoinHandle<Result<(), ServerError>>, AgentError> {
-        let tls = self.tls()?;
+        let tls = self.tls(&client, &shutdown)?;
         let addr = SocketAddr::new(self.config.addr, self.config.port);
         let auth = Arc::new(server::auth::Auth::new(
             client,

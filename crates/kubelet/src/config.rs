@@ -28,6 +28,9 @@ pub struct Config {
     pub image_credentials: Vec<PathBuf>,
     /// Serving certificate and key (PEM); a self-signed pair is made when unset.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Request the kubelet API's serving certificate from the cluster's
+    /// `kubernetes.io/kubelet-serving` signer (and renew it) instead of a self-signed one.
+    pub rotate_server_certificates: bool,
     /// CA that signs client certificates the kubelet API accepts.
     pub client_ca_file: Option<PathBuf>,
     /// Whether the kubelet API lets requests without credentials through as `system:anonymous`

@@ -4,6 +4,9 @@
 use anyhow::Context;
 use kubelet::config::Config;
 use kubelet::runtime::Runtime;
+use kubelet::tls::csr::CertificateRequest;
+use kubelet::tls::identity::NodeCertificate;
+use std::sync::Arc;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
@@ -65,6 +68,11 @@ pub struct NodeArgs {
     /// Private key (PEM) of --cert-file.
     #[arg(long, env = "KRUSTLET_PRIVATE_KEY_FILE", requires = "cert_file")]
     private_key_file: Option<PathBuf>,
+    /// Request the kubelet API's serving certificate from the cluster (a CSR to the
+    /// kubernetes.io/kubelet-serving signer, which an operator or an approver approves) and
+    /// renew it before it expires, instead of a self-signed one.
+    #[arg(long, env = "KRUSTLET_ROTATE_SERVER_CERTIFICATES", conflicts_with = "cert_file")]
+    rotate_server_certificates: bool,
     /// CA (PEM) whose client certificates authenticate kubelet API clients (the CA of the API
     /// server's kubelet client certificate); bearer tokens are checked with a TokenReview.
     #[arg(long, env = "KRUSTLET_CLIENT_CA_FILE")]
@@ -122,6 +130,7 @@ impl NodeArgs {
                 self.image_credentials.clone()
             },
             tls: self.cert_file.clone().zip(self.private_key_file.clone()),
+            rotate_server_certificates: self.rotate_server_certificates,
             client_ca_file: self.client_ca_file.clone(),
             anonymous_auth: self.anonymous_auth,
             drain_on_shutdown: self.drain_on_shutdown,
@@ -129,20 +138,19 @@ impl NodeArgs {
     }
 }
 
-async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
-    let config = match kubeconfig {
+async fn kube_config(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Config> {
+    match kubeconfig {
         Some(path) => {
             let file = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("reading kubeconfig {}", path.display()))?;
             kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
                 .await
-                .with_context(|| format!("using kubeconfig {}", path.display()))?
+                .with_context(|| format!("using kubeconfig {}", path.display()))
         }
         None => kube::Config::infer()
             .await
-            .context("no kubeconfig: pass --kubeconfig, set KUBECONFIG, or use --standalone")?,
-    };
-    kube::Client::try_from(config).context("creating the Kubernetes client")
+            .context("no kubeconfig: pass --kubeconfig, set KUBECONFIG, or use --standalone"),
+    }
 }
 
 fn shutdown_on_signals() -> CancellationToken {
@@ -232,24 +240,34 @@ pub async fn run<R: Runtime>(
         }
         return Ok(());
     }
-    let kubeconfig = match &args.bootstrap_file {
+    let client = match &args.bootstrap_file {
+        // The node's own credentials: bootstrapped when missing or expired, then renewed
+        // before they expire, without a restart.
         Some(bootstrap_file) => {
             let path = args
                 .kubeconfig
                 .clone()
                 .unwrap_or_else(|| config.data_dir.join("kubeconfig"));
-            kubelet::tls::bootstrap(
-                bootstrap_file,
-                &path,
-                &config.node_name,
-                &config.data_dir.join("pki"),
-            )
-            .await?;
-            Some(path)
+            let cert_dir = config.data_dir.join("pki");
+            kubelet::tls::bootstrap(bootstrap_file, &path, &config.node_name, &cert_dir).await?;
+            let certificate = Arc::new(NodeCertificate::stored(
+                cert_dir.join(kubelet::tls::CLIENT_CERT_FILE),
+            ));
+            let client = kubelet::tls::client::rotating_client(
+                kube_config(Some(&path)).await?,
+                certificate.clone(),
+            )?;
+            tokio::spawn(kubelet::tls::rotation::keep_renewed(
+                client.clone(),
+                CertificateRequest::client(&config.node_name),
+                certificate,
+                shutdown.clone(),
+            ));
+            client
         }
-        None => args.kubeconfig.clone(),
+        None => kube::Client::try_from(kube_config(args.kubeconfig.as_ref()).await?)
+            .context("creating the Kubernetes client")?,
     };
-    let client = client(kubeconfig.as_ref()).await?;
     kubelet::run_node(config, runtime, client, shutdown).await?;
     Ok(())
 }

@@ -43,10 +43,8 @@ pub enum ServerError {
 
 /// TLS for the kubelet API.
 pub struct Tls {
-    /// Serving certificate chain (PEM).
-    pub cert_pem: String,
-    /// Its private key (PEM).
-    pub key_pem: String,
+    /// The serving certificate, read at every handshake (it may be renewed meanwhile).
+    pub certificate: Arc<crate::tls::identity::NodeCertificate>,
     /// CA whose client certificates authenticate their holders (`--client-ca-file`).
     pub client_ca_pem: Option<String>,
 }
@@ -178,14 +176,8 @@ async fn authenticate_and_authorize(
 
 fn rustls_config(tls: &Tls) -> Result<rustls::ServerConfig, ServerError> {
     let err = |e: &dyn std::fmt::Display| ServerError::Tls(e.to_string());
-    let certs: Vec<_> = rustls_pemfile::certs(&mut tls.cert_pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .map_err(|e| err(&e))?;
-    let key = rustls_pemfile::private_key(&mut tls.key_pem.as_bytes())
-        .map_err(|e| err(&e))?
-        .ok_or_else(|| ServerError::Tls("no private key in the key file".into()))?;
     let builder = rustls::ServerConfig::builder();
-    let mut config = match &tls.client_ca_pem {
+    let builder = match &tls.client_ca_pem {
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
             for cert in rustls_pemfile::certs(&mut ca.as_bytes()) {
@@ -196,13 +188,11 @@ fn rustls_config(tls: &Tls) -> Result<rustls::ServerConfig, ServerError> {
                 .allow_unauthenticated()
                 .build()
                 .map_err(|e| err(&e))?;
-            builder
-                .with_client_cert_verifier(verifier)
-                .with_single_cert(certs, key)
+            builder.with_client_cert_verifier(verifier)
         }
-        None => builder.with_no_client_auth().with_single_cert(certs, key),
-    }
-    .map_err(|e| err(&e))?;
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(tls.certificate.clone());
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
