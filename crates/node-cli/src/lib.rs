@@ -6,9 +6,9 @@ use kubelet::config::Config;
 use kubelet::runtime::Runtime;
 use kubelet::tls::csr::CertificateRequest;
 use kubelet::tls::identity::NodeCertificate;
-use std::sync::Arc;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// The node agent's flags, flattened into each binary's command line.
@@ -71,7 +71,11 @@ pub struct NodeArgs {
     /// Request the kubelet API's serving certificate from the cluster (a CSR to the
     /// kubernetes.io/kubelet-serving signer, which an operator or an approver approves) and
     /// renew it before it expires, instead of a self-signed one.
-    #[arg(long, env = "KRUSTLET_ROTATE_SERVER_CERTIFICATES", conflicts_with = "cert_file")]
+    #[arg(
+        long,
+        env = "KRUSTLET_ROTATE_SERVER_CERTIFICATES",
+        conflicts_with = "cert_file"
+    )]
     rotate_server_certificates: bool,
     /// CA (PEM) whose client certificates authenticate kubelet API clients (the CA of the API
     /// server's kubelet client certificate); bearer tokens are checked with a TokenReview.

@@ -25,6 +25,15 @@ struct Shared {
 }
 
 static SHARED: OnceLock<Shared> = OnceLock::new();
+static SIGNING_DURATION: OnceLock<Duration> = OnceLock::new();
+
+/// Makes the stand-in's kubelet signers issue certificates valid for `duration` at most (as
+/// kube-controller-manager's `--cluster-signing-duration`), for tests of certificate rotation.
+/// Call it before the first [`Cluster::new`] of the test binary; it changes nothing on a real
+/// cluster.
+pub fn use_cluster_signing_duration(duration: Duration) {
+    let _ = SIGNING_DURATION.set(duration);
+}
 
 fn shared() -> &'static Shared {
     // Set up on a thread of its own: tests call this from inside their runtimes.
@@ -56,7 +65,10 @@ fn start_shared() -> Shared {
                     .build()
                     .expect("a runtime for the stand-in");
                 let standin = runtime
-                    .block_on(ApiServer::start(Options { scheduler: true }))
+                    .block_on(ApiServer::start(Options {
+                        scheduler: true,
+                        cluster_signing_duration: SIGNING_DURATION.get().copied(),
+                    }))
                     .expect("starting the API server stand-in");
                 Shared {
                     admin: standin.admin_kubeconfig().to_path_buf(),
@@ -964,9 +976,7 @@ pub async fn node_credentials(
     dir: &Path,
 ) -> anyhow::Result<PathBuf> {
     use base64::Engine;
-    use k8s_openapi::api::certificates::v1::{
-        CertificateSigningRequest, CertificateSigningRequestCondition,
-    };
+    use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
     let key = rcgen::KeyPair::generate()?;
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
     params
@@ -989,24 +999,7 @@ pub async fn node_credentials(
     csrs.create(&PostParams::default(), &csr)
         .await
         .context("creating the CSR")?;
-    let mut approved = csrs.get_approval(&csr_name).await?;
-    approved
-        .status
-        .get_or_insert_with(Default::default)
-        .conditions = Some(vec![CertificateSigningRequestCondition {
-        type_: "Approved".into(),
-        status: "True".into(),
-        reason: Some("E2E".into()),
-        message: Some("approved by the e2e suite".into()),
-        ..Default::default()
-    }]);
-    csrs.patch_approval(
-        &csr_name,
-        &Default::default(),
-        &kube::api::Patch::Merge(&approved),
-    )
-    .await
-    .context("approving the CSR")?;
+    approve_csr(cluster, &csr_name).await?;
     let signed = wait_for(
         csrs.clone(),
         &csr_name,
@@ -1036,4 +1029,32 @@ pub async fn node_credentials(
     let path = dir.join(format!("{name}.kubeconfig"));
     std::fs::write(&path, serde_yaml::to_string(&config)?)?;
     Ok(path)
+}
+
+/// Approves the CSR `name` as an operator does (`kubectl certificate approve`, done through the
+/// approval subresource: kubectl sends protobuf there, which the stand-in does not speak).
+pub async fn approve_csr(cluster: &Cluster, name: &str) -> anyhow::Result<()> {
+    use k8s_openapi::api::certificates::v1::{
+        CertificateSigningRequest, CertificateSigningRequestCondition,
+    };
+    let csrs: Api<CertificateSigningRequest> = Api::all(cluster.client.clone());
+    let mut approved = csrs.get_approval(name).await?;
+    approved
+        .status
+        .get_or_insert_with(Default::default)
+        .conditions = Some(vec![CertificateSigningRequestCondition {
+        type_: "Approved".into(),
+        status: "True".into(),
+        reason: Some("E2E".into()),
+        message: Some("approved by the e2e suite".into()),
+        ..Default::default()
+    }]);
+    csrs.patch_approval(
+        name,
+        &Default::default(),
+        &kube::api::Patch::Merge(&approved),
+    )
+    .await
+    .with_context(|| format!("approving CSR {name}"))?;
+    Ok(())
 }

@@ -27,12 +27,17 @@ pub fn rotating_client(
         .https_or_http()
         .enable_http1()
         .wrap_connector(http);
-    let http_client = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(https);
+    let http_client =
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(https);
     let service = ServiceBuilder::new()
         .layer(config.base_uri_layer())
         .option_layer(config.auth_layer().map_err(kube_err)?)
         .layer(config.extra_headers_layer().map_err(kube_err)?)
-        .map_err(|e: hyper_util::client::legacy::Error| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })
+        .map_err(
+            |e: hyper_util::client::legacy::Error| -> Box<dyn std::error::Error + Send + Sync> {
+                Box::new(e)
+            },
+        )
         .service(http_client);
     Ok(kube::Client::new(service, config.default_namespace))
 }

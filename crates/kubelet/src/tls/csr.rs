@@ -81,9 +81,11 @@ impl CertificateRequest {
     fn csr_pem(&self, key: &rcgen::KeyPair) -> Result<String, CertificateError> {
         let key_err = |e: rcgen::Error| CertificateError::Key(e.to_string());
         let mut params = rcgen::CertificateParams::new(self.dns_names.clone()).map_err(key_err)?;
-        params
-            .subject_alt_names
-            .extend(self.ip_addresses.iter().map(|ip| rcgen::SanType::IpAddress(*ip)));
+        params.subject_alt_names.extend(
+            self.ip_addresses
+                .iter()
+                .map(|ip| rcgen::SanType::IpAddress(*ip)),
+        );
         params.distinguished_name.push(
             rcgen::DnType::CommonName,
             format!("system:node:{}", self.node_name),
@@ -130,8 +132,9 @@ pub async fn request_certificate(
     tracing::info!(csr = %name, signer = request.signer, "sent a certificate signing request for system:node:{}; waiting for it to be approved and issued", request.node_name);
     let certificate = wait_for_certificate(&csrs, &name, created).await?;
     Ok(Issued {
-        cert_pem: String::from_utf8(certificate)
-            .map_err(|_| CertificateError::Api(format!("CSR {name}: the certificate is not PEM")))?,
+        cert_pem: String::from_utf8(certificate).map_err(|_| {
+            CertificateError::Api(format!("CSR {name}: the certificate is not PEM"))
+        })?,
         key_pem: key.serialize_pem(),
     })
 }

@@ -104,7 +104,9 @@ impl ResolvesServerCert for NodeCertificate {
 }
 
 fn parse(cert_pem: &str, key_pem: &str) -> Result<Current, CertificateError> {
-    let invalid = |e: &dyn std::fmt::Display| CertificateError::Key(format!("the certificate or key is unusable: {e}"));
+    let invalid = |e: &dyn std::fmt::Display| {
+        CertificateError::Key(format!("the certificate or key is unusable: {e}"))
+    };
     let certs: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_bytes())
         .collect::<Result<_, _>>()
         .map_err(|e| invalid(&e))?;

@@ -29,12 +29,14 @@ pub async fn keep_renewed(
     shutdown: CancellationToken,
 ) {
     loop {
-        let wait = certificate.validity().map_or(Duration::ZERO, |(not_before, not_after)| {
-            let share = rand::random_range(0.7..0.9);
-            renewal_time(not_before, not_after, share)
-                .duration_since(SystemTime::now())
-                .unwrap_or(Duration::ZERO)
-        });
+        let wait = certificate
+            .validity()
+            .map_or(Duration::ZERO, |(not_before, not_after)| {
+                let share = rand::random_range(0.7..0.9);
+                renewal_time(not_before, not_after, share)
+                    .duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO)
+            });
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(wait) => {}
@@ -46,7 +48,11 @@ pub async fn keep_renewed(
         let installed = issued.and_then(|issued| certificate.install(&issued));
         match installed {
             Ok(()) => {
-                let until = certificate.validity().map(|(_, not_after)| jiff::Timestamp::try_from(not_after).map(|t| t.to_string()).unwrap_or_default());
+                let until = certificate.validity().map(|(_, not_after)| {
+                    jiff::Timestamp::try_from(not_after)
+                        .map(|t| t.to_string())
+                        .unwrap_or_default()
+                });
                 tracing::info!(signer = request.signer, valid_until = ?until, "certificate renewed");
             }
             Err(e) => {
@@ -68,7 +74,13 @@ mod tests {
     fn renewal_is_at_the_share_of_the_lifetime() {
         let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
         let end = start + Duration::from_secs(100);
-        assert_eq!(renewal_time(start, end, 0.7), start + Duration::from_secs(70));
-        assert_eq!(renewal_time(start, end, 0.9), start + Duration::from_secs(90));
+        assert_eq!(
+            renewal_time(start, end, 0.7),
+            start + Duration::from_secs(70)
+        );
+        assert_eq!(
+            renewal_time(start, end, 0.9),
+            start + Duration::from_secs(90)
+        );
     }
 }

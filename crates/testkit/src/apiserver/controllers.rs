@@ -110,7 +110,7 @@ fn reconcile_csrs(shared: &Shared, state: &mut State) {
     let updates: Vec<Value> = state
         .list("certificatesigningrequests", None)
         .filter_map(|csr| {
-            super::csr::reconcile(&shared.ca, csr).map(|status| {
+            super::csr::reconcile(&shared.ca, csr, shared.cluster_signing_duration).map(|status| {
                 let mut updated = csr.clone();
                 updated["status"] = status;
                 updated

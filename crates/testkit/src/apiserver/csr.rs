@@ -13,7 +13,6 @@ use std::time::Duration;
 pub const KUBELET_CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
 /// Signer of kubelet serving certificates.
 pub const KUBELET_SERVING_SIGNER: &str = "kubernetes.io/kubelet-serving";
-const DEFAULT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 const MIN_VALIDITY: Duration = Duration::from_secs(600);
 
 /// Records the requester and checks that the request is a PEM CSR, as on create.
@@ -52,8 +51,10 @@ fn condition(csr: &Value, kind: &str) -> bool {
         .any(|c| c["type"] == kind && c["status"] != "False")
 }
 
-/// What the controllers do next for a CSR, if anything: the new status.
-pub fn reconcile(ca: &Ca, csr: &Value) -> Option<Value> {
+/// What the controllers do next for a CSR, if anything: the new status. Certificates are
+/// valid for the requested `expirationSeconds` (at least 10 minutes) up to
+/// `cluster_signing_duration`.
+pub fn reconcile(ca: &Ca, csr: &Value, cluster_signing_duration: Duration) -> Option<Value> {
     if condition(csr, "Denied")
         || condition(csr, "Failed")
         || !csr["status"]["certificate"].is_null()
@@ -91,9 +92,10 @@ pub fn reconcile(ca: &Ca, csr: &Value) -> Option<Value> {
     };
     let validity = spec["expirationSeconds"]
         .as_u64()
-        .map(Duration::from_secs)
-        .unwrap_or(DEFAULT_VALIDITY)
-        .max(MIN_VALIDITY);
+        .map(|seconds| Duration::from_secs(seconds).max(MIN_VALIDITY))
+        .map_or(cluster_signing_duration, |requested| {
+            requested.min(cluster_signing_duration)
+        });
     match ca.sign_csr(&pem, usage, validity) {
         Ok(cert) => {
             status["certificate"] = json!(base64::engine::general_purpose::STANDARD.encode(cert))

@@ -174,6 +174,15 @@ pub async fn handle(
         "get" => ctx.get(),
         "list" => ctx.list(),
         "watch" => watch::serve(&ctx),
+        "create" | "update" if !is_json(&content_type) => response::status(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml; got {content_type}"
+            ),
+            None,
+        )
+        .into(),
         "create" => ctx.create(&body),
         "update" => ctx.update(&body),
         "patch" => ctx.patch(&body, &content_type),
@@ -712,4 +721,11 @@ fn with_warnings(reply: Result<Reply, ApiError>, warnings: &[String]) -> Reply {
         }
     }
     reply
+}
+
+/// Whether a create or update body is JSON (the only encoding the stand-in speaks; the real
+/// server also takes protobuf and CBOR, and answers 415 for what it does not know).
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    essence.eq_ignore_ascii_case("application/json") || essence.is_empty()
 }

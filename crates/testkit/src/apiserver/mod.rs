@@ -45,6 +45,7 @@ pub struct Shared {
     address: String,
     kubelet_client: Arc<rustls::ClientConfig>,
     requests: Mutex<HashMap<String, RequestCounts>>,
+    cluster_signing_duration: Duration,
 }
 
 /// Requests one user made, by kind (for measuring what a node agent costs the API server).
@@ -89,6 +90,9 @@ impl Shared {
 pub struct Options {
     /// Run a scheduler that binds pending pods to nodes.
     pub scheduler: bool,
+    /// The longest validity of certificates the kubelet signers issue, as
+    /// kube-controller-manager's `--cluster-signing-duration` (default one year).
+    pub cluster_signing_duration: Option<Duration>,
 }
 
 /// A running stand-in; stops when dropped.
@@ -131,6 +135,7 @@ impl ApiServer {
             tokens: Mutex::new(HashMap::new()),
             address: addr.to_string(),
             requests: Mutex::default(),
+            cluster_signing_duration: options.cluster_signing_duration.unwrap_or(year),
         });
         seed(&shared);
         let dir = tempfile::Builder::new()

@@ -3,9 +3,11 @@
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let server =
-        testkit::apiserver::ApiServer::start(testkit::apiserver::Options { scheduler: true })
-            .await?;
+    let options = testkit::apiserver::Options {
+        scheduler: true,
+        ..Default::default()
+    };
+    let server = testkit::apiserver::ApiServer::start(options).await?;
     println!("stand-in API server at {}", server.url());
     println!("export KUBECONFIG={}", server.admin_kubeconfig().display());
     tokio::signal::ctrl_c().await?;
