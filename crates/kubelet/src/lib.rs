@@ -5,6 +5,7 @@
 pub mod config;
 pub mod images;
 pub mod logs;
+pub mod metrics;
 pub mod node;
 pub mod pods;
 pub mod runtime;

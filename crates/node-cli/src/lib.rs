@@ -269,8 +269,12 @@ pub async fn run<R: Runtime>(
             ));
             client
         }
-        None => kube::Client::try_from(kube_config(args.kubeconfig.as_ref()).await?)
-            .context("creating the Kubernetes client")?,
+        None => kube::client::ClientBuilder::try_from(kube_config(args.kubeconfig.as_ref()).await?)
+            .context("creating the Kubernetes client")?
+            .with_layer(&tower::util::MapResultLayer::new(
+                kubelet::metrics::count_api_response,
+            ))
+            .build(),
     };
     kubelet::run_node(config, runtime, client, shutdown).await?;
     Ok(())

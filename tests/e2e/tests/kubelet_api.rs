@@ -94,3 +94,61 @@ async fn anonymous_auth_lets_only_healthz_through() -> anyhow::Result<()> {
     assert!(body.contains("user=system:anonymous"), "{body}");
     Ok(())
 }
+
+#[tokio::test]
+async fn the_agent_serves_its_own_metrics() -> anyhow::Result<()> {
+    let cluster = Cluster::new("agentmetrics").await?;
+    let agent = cluster.start_node().await?;
+    let image = cluster.push_guest("wasi-probe").await?;
+    cluster
+        .create_pod(e2e::wasm_pod(
+            "steady",
+            &image,
+            &agent.name,
+            &["forever"],
+            "Never",
+        ))
+        .await?;
+    cluster
+        .wait_pod("steady", "Running", e2e::has_phase("Running"))
+        .await?;
+    // Through the API server, as Prometheus scrapes nodes (nodes/metrics).
+    let path = format!("/api/v1/nodes/{}/proxy/metrics", agent.name);
+    let text = cluster.kubectl(&["get", "--raw", &path])?;
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(-1.0)
+    };
+    assert_eq!(value("kubelet_running_pods "), 1.0, "{text}");
+    assert_eq!(value("kubelet_running_containers "), 1.0, "{text}");
+    assert_eq!(
+        value("kubelet_started_containers_total{container_type=\"container\"}"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        value("kubelet_pod_start_duration_seconds_count"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        value("krustlet_image_pulls_total{outcome=\"pulled\"}"),
+        1.0,
+        "{text}"
+    );
+    assert!(
+        value("rest_client_requests_total{code=\"200\"}") > 0.0,
+        "the agent's API requests are counted: {text}"
+    );
+    // Without credentials, the node answers nothing.
+    assert_eq!(
+        kubelet_get(&agent, AuthInfo::default(), "/metrics")
+            .await?
+            .0,
+        401
+    );
+    Ok(())
+}

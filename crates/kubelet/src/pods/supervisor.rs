@@ -12,6 +12,7 @@ use super::{container, network, resources, volumes};
 use crate::images::credentials::Keyring;
 use crate::images::{PullError, PullPolicy, Source};
 use crate::logs::LogFile;
+use crate::metrics::metrics;
 use crate::runtime::{ContainerRun, Exit, Runtime, Usage};
 use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -80,6 +81,9 @@ pub struct Supervisor<R: Runtime, H: PodHost> {
     mount_backoff: Backoff,
     /// A pod-level failure (reason, message), such as DeadlineExceeded.
     failure: Option<(String, String)>,
+    /// When the supervisor first saw the pod, until its first app container ran (for the
+    /// pod start duration metric).
+    seen: Option<Instant>,
 }
 
 fn slot(spec: &Container, reason: &str) -> Slot {
@@ -142,6 +146,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             volumes: None,
             mount_backoff: Backoff::default(),
             failure: None,
+            seen: Some(Instant::now()),
         }
     }
 
@@ -498,10 +503,15 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         let (pulled, source) = match pulled {
             Ok(p) => p,
             Err(e) => {
+                metrics().image_pull_failed();
                 self.pull_failed(id, &image, e).await;
                 return Ok(());
             }
         };
+        match source {
+            Source::Pulled => metrics().image_pulled(began.elapsed()),
+            Source::Present => metrics().image_present(),
+        }
         self.slot_mut(id).pull_failures = 0;
         let pulled_message = match source {
             Source::Pulled => format!(
@@ -607,6 +617,12 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         self.ctx
             .registry
             .started(&self.ns(), &self.pod.name_any(), &name, usage);
+        metrics().container_started(id.init);
+        if !id.init
+            && let Some(seen) = self.seen.take()
+        {
+            metrics().pod_started(seen.elapsed());
+        }
         let started_at = now();
         let pod_key = format!("{}/{}", self.ns(), self.pod.name_any());
         let exits = self.exits_tx.clone();
@@ -821,6 +837,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
     }
 
     async fn failed_to_create(&mut self, id: SlotId, reason: &str, message: String) {
+        metrics().container_start_failed(id.init, reason);
         let slot = self.slot_mut(id);
         let name = slot.spec.name.clone();
         let delay = slot

@@ -1,7 +1,7 @@
 //! The kubelet API on HTTPS: `/healthz`, `/pods`, `/containerLogs/{ns}/{pod}/{container}`
 //! (with follow, tailLines, timestamps, sinceSeconds, sinceTime, limitBytes and previous), which
-//! the API server proxies `kubectl logs` to, and resource usage ([`stats`]: `/stats/summary`,
-//! `/metrics/resource`). Every request is authenticated and authorized
+//! the API server proxies `kubectl logs` to, the agent's own metrics (`/metrics`), and resource
+//! usage ([`stats`]: `/stats/summary`, `/metrics/resource`). Every request is authenticated and authorized
 //! ([`auth`]) as on the kubelet.
 
 pub mod auth;
@@ -80,6 +80,7 @@ pub async fn serve(
         .route("/healthz", get(|| async { "ok" }))
         .route("/pods", get(pods))
         .route("/stats/summary", get(summary))
+        .route("/metrics", get(agent_metrics))
         .route("/metrics/resource", get(resource_metrics))
         .route(
             "/containerLogs/{namespace}/{pod}/{container}",
@@ -211,6 +212,21 @@ async fn not_supported() -> Response {
         StatusCode::NOT_IMPLEMENTED,
         "exec, attach, port-forward and run are not supported for WebAssembly pods: a wasm guest has no shell or process to enter".into(),
     )
+}
+
+/// The agent's own metrics (`/metrics`), with the pods and containers running now.
+async fn agent_metrics(State(shared): State<Shared>) -> Response {
+    let usage = shared.registry.usage();
+    let running_pods = usage.iter().filter(|(_, c)| !c.is_empty()).count();
+    let running_containers = usage.iter().map(|(_, c)| c.len()).sum();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        crate::metrics::metrics().render(running_pods, running_containers),
+    )
+        .into_response()
 }
 
 async fn summary(State(shared): State<Shared>) -> Response {

@@ -33,6 +33,7 @@ pub fn rotating_client(
         .layer(config.base_uri_layer())
         .option_layer(config.auth_layer().map_err(kube_err)?)
         .layer(config.extra_headers_layer().map_err(kube_err)?)
+        .map_result(crate::metrics::count_api_response)
         .map_err(
             |e: hyper_util::client::legacy::Error| -> Box<dyn std::error::Error + Send + Sync> {
                 Box::new(e)
