@@ -144,6 +144,8 @@ impl<R: Runtime> Parts<R> {
             registry: self.registry.clone(),
             stopping: CancellationToken::new(),
             node_credentials: self.node_credentials.clone(),
+            sync_frequency: self.config.sync_frequency,
+            allowed_host_paths: self.config.allowed_host_paths.clone(),
         })
     }
 

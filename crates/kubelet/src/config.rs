@@ -38,6 +38,11 @@ pub struct Config {
     pub anonymous_auth: bool,
     /// Mark the node unschedulable before stopping pods at shutdown (undone at the next start).
     pub drain_on_shutdown: bool,
+    /// How often the pods' API-backed volumes (configMap, secret, downwardAPI, projected) are
+    /// written again from the current objects, and emptyDir size limits checked.
+    pub sync_frequency: std::time::Duration,
+    /// Directories hostPath volumes must lie in; empty allows any.
+    pub allowed_host_paths: Vec<PathBuf>,
 }
 
 impl Config {

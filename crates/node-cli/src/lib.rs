@@ -86,11 +86,26 @@ pub struct NodeArgs {
     /// Without it they get 401.
     #[arg(long, env = "KRUSTLET_ANONYMOUS_AUTH")]
     anonymous_auth: bool,
+    /// How often mounted ConfigMaps, Secrets, downward API files and service account tokens
+    /// are brought up to date (and emptyDir size limits checked), e.g. `1m`, `30s`.
+    #[arg(long, env = "KRUSTLET_SYNC_FREQUENCY", default_value = "1m", value_parser = parse_duration)]
+    sync_frequency: std::time::Duration,
+    /// Directories hostPath volumes must lie in, `dir[,dir...]`; a pod with a hostPath
+    /// elsewhere gets a FailedMount event saying so. Empty (the default) allows any.
+    #[arg(long, env = "KRUSTLET_ALLOWED_HOST_PATHS", value_delimiter = ',')]
+    allowed_host_paths: Vec<PathBuf>,
     /// On SIGTERM/SIGINT, mark the node unschedulable before stopping its pods (the agent undoes
     /// its own cordon when it starts again). Without it, pods are stopped and reported, and the
     /// node stays schedulable.
     #[arg(long, env = "KRUSTLET_DRAIN_ON_SHUTDOWN")]
     drain_on_shutdown: bool,
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let duration: jiff::SignedDuration = text
+        .parse()
+        .map_err(|e| format!("{text:?} is not a duration like 1m or 30s: {e}"))?;
+    std::time::Duration::try_from(duration).map_err(|_| format!("{text:?} is negative"))
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -138,6 +153,8 @@ impl NodeArgs {
             client_ca_file: self.client_ca_file.clone(),
             anonymous_auth: self.anonymous_auth,
             drain_on_shutdown: self.drain_on_shutdown,
+            sync_frequency: self.sync_frequency,
+            allowed_host_paths: self.allowed_host_paths.clone(),
         })
     }
 }

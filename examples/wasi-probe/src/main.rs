@@ -3,7 +3,9 @@
 //! `print TEXT`, `eprint TEXT`, `args`, `env`, `sleep MS`, `forever` (sleep without end),
 //! `spin` (busy loop without end), `exit CODE`, `trap`, `write PATH TEXT`, `read PATH`, `ls DIR`,
 //! `alloc MIB` (allocate and touch that much memory, keeping it), `connect HOST:PORT` (open a
-//! TCP connection, send an HTTP/1.0 GET and print the status line).
+//! TCP connection, send an HTTP/1.0 GET and print the status line), `fill PATH MIB` (write a
+//! file of that many MiB), `follow PATH` (print the file's content now and whenever it
+//! changes, without end).
 //! A step that fails prints why on stderr and exits 2.
 
 use std::io::Write;
@@ -74,6 +76,25 @@ fn main() {
                     .read_line(&mut status)
                     .unwrap_or_else(|e| fail(&format!("read from {target}"), e));
                 println!("{}", status.trim_end());
+            }
+            "fill" => {
+                let path = next("fill");
+                let mib: usize = next("fill").parse().unwrap_or_else(|e| fail("fill", e));
+                std::fs::write(&path, vec![b'x'; mib << 20]).unwrap_or_else(|e| fail(&format!("fill {path}"), e));
+                println!("filled {path} with {mib} MiB");
+            }
+            "follow" => {
+                let path = next("follow");
+                let mut last = None;
+                loop {
+                    let text = std::fs::read_to_string(&path).ok();
+                    if text != last {
+                        println!("{path}: {}", text.as_deref().unwrap_or("<missing>"));
+                        let _ = std::io::stdout().flush();
+                        last = text;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
             }
             other => fail("unknown step", other),
         }

@@ -190,6 +190,12 @@ impl Cluster {
         NodeAgent::start(self, &format!("node-{}", self.id)).await
     }
 
+    /// Starts a `krustlet-wasi` node agent for this test with extra flags.
+    pub async fn start_node_with(&self, extra: &[&str]) -> anyhow::Result<NodeAgent> {
+        let name = format!("node-{}", self.id);
+        NodeAgent::start_provider_with(Provider::Wasi, self, &name, extra).await
+    }
+
     /// Starts a `krustlet-wascc` node agent for this test.
     pub async fn start_wascc_node(&self) -> anyhow::Result<NodeAgent> {
         NodeAgent::start_provider(Provider::Wascc, self, &format!("wascc-{}", self.id)).await
@@ -655,6 +661,16 @@ impl NodeAgent {
         cluster: &Cluster,
         name: &str,
     ) -> anyhow::Result<Self> {
+        Self::start_provider_with(provider, cluster, name, &[]).await
+    }
+
+    /// [`NodeAgent::start_provider`] with extra flags.
+    pub async fn start_provider_with(
+        provider: Provider,
+        cluster: &Cluster,
+        name: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let data_dir = tempfile::Builder::new().prefix("krustlet-node").tempdir()?;
         let credentials = match std::env::var_os("KRUSTLET_E2E_BOOTSTRAP_KUBECONFIG") {
             Some(bootstrap) => Credentials::Bootstrap(PathBuf::from(bootstrap)),
@@ -662,7 +678,7 @@ impl NodeAgent {
                 Credentials::Kubeconfig(node_credentials(cluster, name, data_dir.path()).await?)
             }
         };
-        Self::launch(provider, cluster, name, data_dir, credentials, &[]).await
+        Self::launch(provider, cluster, name, data_dir, credentials, extra).await
     }
 
     async fn launch(

@@ -1,6 +1,7 @@
 //! Volumes as WASI preopened directories: the service account volume every cluster injects,
-//! configMap, secret and emptyDir volumes, read-only mounts, and a missing ConfigMap that
-//! holds the pod in ContainerCreating until it appears.
+//! configMap, secret and emptyDir volumes, read-only mounts, a missing ConfigMap that holds the
+//! pod in ContainerCreating until it appears, updates reaching running guests, subPath,
+//! subPathExpr and workingDir, refused escapes, and emptyDir size limits.
 
 use e2e::{Cluster, container_state, has_phase, is_waiting, waiting_message, wasm_pod};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
@@ -274,5 +275,248 @@ async fn resource_fields_reach_env_and_downward_api_files() -> anyhow::Result<()
         "{logs}"
     );
     assert!(logs.ends_with("64\n"), "{logs}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn mounted_config_maps_and_secrets_follow_their_updates() -> anyhow::Result<()> {
+    let cluster = Cluster::new("volume-updates").await?;
+    // The kubelet's --sync-frequency (default 1m), shortened for the test.
+    let agent = cluster.start_node_with(&["--sync-frequency", "1s"]).await?;
+    let image = cluster.push_guest("wasi-probe").await?;
+    let cms: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(
+            json!({"metadata": {"name": "live"}, "data": {"greeting": "hello"}}),
+        )?,
+    )
+    .await?;
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(
+                json!({"metadata": {"name": "live"}, "stringData": {"token": "one"}}),
+            )?,
+        )
+        .await?;
+    // Two containers, each following one file of its volume.
+    let mut pod = with_volumes(
+        wasm_pod(
+            "follower",
+            &image,
+            &agent.name,
+            &["follow", "/config/greeting"],
+            "Never",
+        ),
+        json!([
+            {"name": "config", "configMap": {"name": "live"}},
+            {"name": "secret", "secret": {"secretName": "live"}},
+        ]),
+        json!([{"name": "config", "mountPath": "/config"}]),
+    );
+    let spec = pod.spec.as_mut().expect("spec");
+    let mut second = spec.containers[0].clone();
+    second.name = "secret".into();
+    second.args = Some(vec!["follow".into(), "/secret/token".into()]);
+    second.volume_mounts = Some(serde_json::from_value(
+        json!([{"name": "secret", "mountPath": "/secret"}]),
+    )?);
+    spec.containers.push(second);
+    cluster.create_pod(pod).await?;
+    cluster
+        .wait_pod("follower", "Running", has_phase("Running"))
+        .await?;
+    let logged = async |container: &str, text: &str| {
+        cluster
+            .eventually(
+                &format!("{text:?} in the output of {container}"),
+                async || {
+                    let logs = cluster.kubectl(&["logs", "follower", "-c", container])?;
+                    Ok(logs.contains(text).then_some(()))
+                },
+            )
+            .await
+    };
+    logged("main", "/config/greeting: hello").await?;
+    logged("secret", "/secret/token: one").await?;
+    cms.patch(
+        "live",
+        &Default::default(),
+        &kube::api::Patch::Merge(json!({"data": {"greeting": "hola"}})),
+    )
+    .await?;
+    secrets
+        .patch(
+            "live",
+            &Default::default(),
+            &kube::api::Patch::Merge(json!({"stringData": {"token": "two"}})),
+        )
+        .await?;
+    // The running guests see the new content, switched atomically, without a restart.
+    logged("main", "/config/greeting: hola").await?;
+    logged("secret", "/secret/token: two").await?;
+    let pod = cluster.pods().get("follower").await?;
+    let restarts: Vec<i32> = pod
+        .status
+        .and_then(|s| s.container_statuses)
+        .unwrap_or_default()
+        .iter()
+        .map(|c| c.restart_count)
+        .collect();
+    assert_eq!(restarts, [0, 0]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn sub_paths_and_the_working_directory() -> anyhow::Result<()> {
+    let cluster = Cluster::new("subpaths").await?;
+    let agent = cluster.start_node().await?;
+    let image = cluster.push_guest("wasi-probe").await?;
+    let args = [
+        "write",
+        "/conf/setting",
+        "on", // into data/app/conf through the subPath
+        "write",
+        "/mine/note",
+        "mine", // into data/pods/<pod name> through the subPathExpr
+        "write",
+        "relative.txt",
+        "here", // into the workingDir
+        "ls",
+        "/data/app/conf",
+        "read",
+        "/data/pods/paths/note",
+        "read",
+        "/data/work/relative.txt",
+        "env",
+    ];
+    let mut pod = with_volumes(
+        wasm_pod("paths", &image, &agent.name, &args, "Never"),
+        json!([{"name": "data", "emptyDir": {}}]),
+        json!([
+            {"name": "data", "mountPath": "/data"},
+            {"name": "data", "mountPath": "/conf", "subPath": "app/conf"},
+            {"name": "data", "mountPath": "/mine", "subPathExpr": "pods/$(POD_NAME)"},
+        ]),
+    );
+    let container = &mut pod.spec.as_mut().expect("spec").containers[0];
+    container.working_dir = Some("/data/work".into());
+    container.env = Some(serde_json::from_value(json!([
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+    ]))?);
+    cluster.create_pod(pod).await?;
+    cluster
+        .wait_pod("paths", "Succeeded", has_phase("Succeeded"))
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{e}: {}",
+                cluster.kubectl(&["logs", "paths"]).unwrap_or_default()
+            )
+        })?;
+    let logs = cluster.kubectl(&["logs", "paths"])?;
+    assert!(logs.starts_with("setting\nmine\nhere\n"), "{logs}");
+    assert!(logs.contains("PWD=/data/work\n"), "{logs}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn escapes_from_volumes_and_disallowed_host_paths_are_refused() -> anyhow::Result<()> {
+    let cluster = Cluster::new("escapes").await?;
+    let allowed = tempfile::tempdir()?;
+    let allowed_arg = allowed.path().canonicalize()?.display().to_string();
+    let agent = cluster
+        .start_node_with(&["--allowed-host-paths", &allowed_arg])
+        .await?;
+    let image = cluster.push_guest("wasi-probe").await?;
+    // A symbolic link in an allowed host directory that points out of it.
+    std::os::unix::fs::symlink("/etc", allowed.path().join("out"))?;
+    let cases = [
+        (
+            "dotdot",
+            json!({"emptyDir": {}}),
+            json!({"subPath": "../../etc"}),
+            "must be a relative path without '..'",
+        ),
+        (
+            "symlink",
+            json!({"hostPath": {"path": allowed_arg, "type": "Directory"}}),
+            json!({"subPath": "out"}),
+            "resolves outside the volume",
+        ),
+    ];
+    for (name, volume, mount, expected) in cases {
+        let mut volume = volume;
+        volume["name"] = json!("v");
+        let mut mount = mount;
+        mount["name"] = json!("v");
+        mount["mountPath"] = json!("/v");
+        let pod = with_volumes(
+            wasm_pod(name, &image, &agent.name, &["ls", "/v"], "Never"),
+            json!([volume]),
+            json!([mount]),
+        );
+        cluster.create_pod(pod).await?;
+        let pod = cluster
+            .wait_pod(name, "refused", is_waiting("CreateContainerConfigError"))
+            .await?;
+        let message = waiting_message(&pod);
+        assert!(message.contains(expected), "{name}: {message}");
+    }
+    // A hostPath outside --allowed-host-paths is never mounted.
+    let pod = with_volumes(
+        wasm_pod("elsewhere", &image, &agent.name, &["ls", "/v"], "Never"),
+        json!([{"name": "v", "hostPath": {"path": "/etc"}}]),
+        json!([{"name": "v", "mountPath": "/v"}]),
+    );
+    cluster.create_pod(pod).await?;
+    let event = cluster
+        .eventually("a FailedMount event", async || {
+            Ok(cluster
+                .pod_events("elsewhere")
+                .await?
+                .into_iter()
+                .find(|e| e.starts_with("FailedMount")))
+        })
+        .await?;
+    assert!(event.contains("outside --allowed-host-paths"), "{event}");
+    let pod = cluster.pods().get("elsewhere").await?;
+    assert!(
+        container_state(&pod).and_then(|s| s.waiting).is_some(),
+        "nothing ran"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_empty_dir_past_its_size_limit_evicts_the_pod() -> anyhow::Result<()> {
+    let cluster = Cluster::new("sizelimit").await?;
+    let agent = cluster.start_node_with(&["--sync-frequency", "1s"]).await?;
+    let image = cluster.push_guest("wasi-probe").await?;
+    let pod = with_volumes(
+        wasm_pod(
+            "hoarder",
+            &image,
+            &agent.name,
+            &["fill", "/cache/blob", "2", "forever"],
+            "Always",
+        ),
+        json!([{"name": "cache", "emptyDir": {"sizeLimit": "1Mi"}}]),
+        json!([{"name": "cache", "mountPath": "/cache"}]),
+    );
+    cluster.create_pod(pod).await?;
+    let evicted = cluster
+        .wait_pod("hoarder", "Failed", has_phase("Failed"))
+        .await?;
+    let status = evicted.status.unwrap_or_default();
+    assert_eq!(status.reason.as_deref(), Some("Evicted"));
+    assert!(
+        status
+            .message
+            .unwrap_or_default()
+            .contains("Usage of EmptyDir volume \"cache\" exceeds the limit \"1Mi\""),
+    );
     Ok(())
 }

@@ -5,7 +5,7 @@ use super::resources;
 use crate::runtime::Mount;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The container's spec asks for something this node cannot give it (CreateContainerConfigError).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -207,6 +207,13 @@ pub fn process(
         None => vec![container.name.clone()],
     };
     args.extend(container.args.iter().flatten().map(|a| expand(a, &env)));
+    // WASI has no working directory of its own: the guest learns it from PWD (and relative
+    // paths resolve there when it lies in a mount, see `mounts`).
+    if let Some(dir) = container.working_dir.as_ref().filter(|d| !d.is_empty())
+        && !env.iter().any(|(k, _)| k == "PWD")
+    {
+        env.push(("PWD".into(), dir.clone()));
+    }
     Ok(Process { args, env })
 }
 
@@ -277,11 +284,15 @@ pub fn expand(input: &str, env: &[(String, String)]) -> String {
     out
 }
 
-/// The directories the container sees: its volume mounts, from the pod's prepared volumes.
+/// The container's mounts: each volumeMount at its mountPath (a `subPath`, or a `subPathExpr`
+/// expanded with the container's env, selects a directory of the volume), and, when
+/// `workingDir` lies in a mount, that directory again as `.`, where a WASI guest resolves
+/// relative paths.
 pub fn mounts(
     pod: &Pod,
     container: &Container,
     prepared: &HashMap<String, PathBuf>,
+    process: &Process,
 ) -> Result<Vec<Mount>, ConfigError> {
     let volumes = pod
         .spec
@@ -290,38 +301,125 @@ pub fn mounts(
         .unwrap_or_default();
     let mut out = Vec::new();
     for mount in container.volume_mounts.iter().flatten() {
+        let err =
+            |message: String| ConfigError(format!("volume mount {:?}: {message}", mount.name));
         let volume = volumes
             .iter()
             .find(|v| v.name == mount.name)
-            .ok_or_else(|| {
-                ConfigError(format!(
-                    "volume mount {:?} names no volume of the pod",
-                    mount.name
-                ))
-            })?;
-        if mount.sub_path.as_ref().is_some_and(|s| !s.is_empty())
-            || mount.sub_path_expr.as_ref().is_some_and(|s| !s.is_empty())
-        {
-            return Err(ConfigError(format!(
-                "volume mount {:?}: subPath is not supported on this node",
-                mount.name
-            )));
-        }
-        let host_path = prepared.get(&volume.name).cloned().ok_or_else(|| {
-            ConfigError(format!(
+            .ok_or_else(|| err("names no volume of the pod".into()))?;
+        let base = prepared.get(&volume.name).cloned().ok_or_else(|| {
+            err(format!(
                 "volume {:?} cannot be mounted: this node serves emptyDir, hostPath, configMap, secret, downwardAPI and projected volumes",
                 volume.name
             ))
         })?;
         let read_only =
             mount.read_only.unwrap_or(false) || super::volumes::always_read_only(volume);
+        let sub_path = match (&mount.sub_path, &mount.sub_path_expr) {
+            (Some(path), _) if !path.is_empty() => Some(path.clone()),
+            (_, Some(expr)) if !expr.is_empty() => Some(expand(expr, &process.env)),
+            _ => None,
+        };
+        let host_path = match sub_path {
+            Some(sub_path) => sub_directory(&base, &sub_path, !read_only)
+                .map_err(|m| err(format!("subPath {sub_path:?}: {m}")))?,
+            None => base,
+        };
         out.push(Mount {
             host_path,
             guest_path: mount.mount_path.clone(),
             read_only,
         });
     }
+    if let Some(dir) = container.working_dir.as_deref().filter(|d| !d.is_empty())
+        && let Some(cwd) = working_directory(&out, dir)?
+    {
+        out.push(cwd);
+    }
     Ok(out)
+}
+
+/// The directory `sub_path` of the volume at `base`: relative, without `..`, and (through any
+/// symbolic link) inside the volume; created when missing and the volume is writable. A file
+/// cannot be given to a WASI guest, so a subPath naming one is refused.
+fn sub_directory(base: &Path, sub_path: &str, create: bool) -> Result<PathBuf, String> {
+    let relative = Path::new(sub_path);
+    if !relative.components().all(|c| {
+        matches!(
+            c,
+            std::path::Component::Normal(_) | std::path::Component::CurDir
+        )
+    }) {
+        return Err("must be a relative path without '..'".into());
+    }
+    let root = base
+        .canonicalize()
+        .map_err(|e| format!("resolving the volume: {e}"))?;
+    let path = base.join(relative);
+    // The deepest part that exists must resolve inside the volume (a symbolic link in the
+    // volume cannot lead the mount out of it); the rest is created inside.
+    let mut existing = path.as_path();
+    while !existing.exists() {
+        existing = existing.parent().unwrap_or(base);
+    }
+    let resolved = existing
+        .canonicalize()
+        .map_err(|e| format!("resolving it: {e}"))?;
+    if !resolved.starts_with(&root) {
+        return Err("resolves outside the volume (through a symbolic link); it is refused".into());
+    }
+    if existing == path {
+        if !resolved.is_dir() {
+            return Err("is a file; a WASI guest can only be given directories, so mount the directory that holds it".into());
+        }
+        return Ok(resolved);
+    }
+    if !create {
+        return Err("does not exist in the read-only volume".into());
+    }
+    let rest = path.strip_prefix(existing).unwrap_or(relative);
+    let created = resolved.join(rest);
+    std::fs::create_dir_all(&created).map_err(|e| format!("creating it: {e}"))?;
+    Ok(created)
+}
+
+/// The mount of `.` for `working_dir`: the directory it names in the mount that holds it
+/// (created when missing in a writable mount); `None` when no mount holds it.
+fn working_directory(mounts: &[Mount], working_dir: &str) -> Result<Option<Mount>, ConfigError> {
+    let err = |message: &str| ConfigError(format!("workingDir {working_dir:?} {message}"));
+    let dir = Path::new(working_dir);
+    if !dir.is_absolute()
+        || dir
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(err("must be an absolute path without '..'"));
+    }
+    let holder = mounts
+        .iter()
+        .filter(|m| dir.starts_with(&m.guest_path))
+        .max_by_key(|m| Path::new(&m.guest_path).components().count());
+    let Some(holder) = holder else {
+        return Ok(None);
+    };
+    let relative = dir
+        .strip_prefix(&holder.guest_path)
+        .unwrap_or(Path::new(""));
+    let host_path = if relative.as_os_str().is_empty() {
+        holder.host_path.clone()
+    } else {
+        sub_directory(
+            &holder.host_path,
+            &relative.to_string_lossy(),
+            !holder.read_only,
+        )
+        .map_err(|m| err(&m))?
+    };
+    Ok(Some(Mount {
+        host_path,
+        guest_path: ".".into(),
+        read_only: holder.read_only,
+    }))
 }
 
 #[cfg(test)]
@@ -333,6 +431,40 @@ mod tests {
             ip,
             allocatable: resources::Requests::default(),
         }
+    }
+
+    #[test]
+    fn sub_paths_stay_inside_their_volume() {
+        let volume = tempfile::tempdir().unwrap();
+        let made = sub_directory(volume.path(), "a/b", true).unwrap();
+        assert!(made.is_dir() && made.ends_with("a/b"));
+        assert!(sub_directory(volume.path(), "../x", true).is_err());
+        assert!(sub_directory(volume.path(), "/etc", true).is_err());
+        std::os::unix::fs::symlink("/etc", volume.path().join("out")).unwrap();
+        let escape = sub_directory(volume.path(), "out/new", true).unwrap_err();
+        assert!(escape.contains("outside the volume"), "{escape}");
+        std::fs::write(volume.path().join("file"), "x").unwrap();
+        assert!(
+            sub_directory(volume.path(), "file", true)
+                .unwrap_err()
+                .contains("is a file")
+        );
+        assert!(sub_directory(volume.path(), "missing", false).is_err());
+    }
+
+    #[test]
+    fn the_working_directory_is_preopened_as_dot_from_its_mount() {
+        let volume = tempfile::tempdir().unwrap();
+        let mounts = [Mount {
+            host_path: volume.path().to_path_buf(),
+            guest_path: "/data".into(),
+            read_only: false,
+        }];
+        let cwd = working_directory(&mounts, "/data/work").unwrap().unwrap();
+        assert_eq!(cwd.guest_path, ".");
+        assert!(cwd.host_path.ends_with("work") && cwd.host_path.is_dir());
+        assert!(working_directory(&mounts, "/elsewhere").unwrap().is_none());
+        assert!(working_directory(&mounts, "relative").is_err());
     }
 
     #[test]

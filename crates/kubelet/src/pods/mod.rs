@@ -55,6 +55,11 @@ pub struct PodContext<R: Runtime, H: PodHost> {
     pub stopping: CancellationToken,
     /// Registry credentials of the node itself (`--image-credentials`, ~/.docker/config.json).
     pub node_credentials: crate::images::credentials::Keyring,
+    /// How often API-backed volumes are written again from the current objects
+    /// (`--sync-frequency`).
+    pub sync_frequency: std::time::Duration,
+    /// Directories hostPath volumes must lie in (`--allowed-host-paths`); empty: any.
+    pub allowed_host_paths: Vec<PathBuf>,
 }
 
 impl<R: Runtime, H: PodHost> PodContext<R, H> {

@@ -8,7 +8,8 @@ use super::backoff::Backoff;
 use super::host::{PodEvent, PodHost};
 use super::probes::{self, ContainerProbes, Update};
 use super::status::{self, Snapshot, now};
-use super::{container, network, resources, volumes};
+use super::volumes::PodVolumes;
+use super::{container, network, resources};
 use crate::images::credentials::Keyring;
 use crate::images::{PullError, PullPolicy, Source};
 use crate::logs::LogFile;
@@ -17,8 +18,6 @@ use crate::runtime::{ContainerRun, Exit, Runtime, Usage};
 use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
-use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -77,7 +76,9 @@ pub struct Supervisor<R: Runtime, H: PodHost> {
     probes_tx: mpsc::UnboundedSender<(SlotId, u64, Update)>,
     probes: mpsc::UnboundedReceiver<(SlotId, u64, Update)>,
     finished: bool,
-    volumes: Option<HashMap<String, PathBuf>>,
+    volumes: Option<PodVolumes>,
+    /// When the API-backed volumes are next written again (and emptyDir limits checked).
+    volume_sync: Option<Instant>,
     mount_backoff: Backoff,
     /// A pod-level failure (reason, message), such as DeadlineExceeded.
     failure: Option<(String, String)>,
@@ -144,6 +145,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             probes,
             finished: false,
             volumes: None,
+            volume_sync: None,
             mount_backoff: Backoff::default(),
             failure: None,
             seen: Some(Instant::now()),
@@ -219,12 +221,17 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
                 .filter_map(|s| s.due)
                 .min();
             let deadline = self.active_deadline().filter(|_| !self.finished);
-            let wake = [next_due, self.publish_retry, deadline]
+            let volume_sync = self.volume_sync.filter(|_| !self.finished);
+            let wake = [next_due, self.publish_retry, deadline, volume_sync]
                 .into_iter()
                 .flatten()
                 .min();
             if deadline.is_some_and(|d| d <= Instant::now()) {
                 self.exceed_deadline().await;
+                continue;
+            }
+            if volume_sync.is_some_and(|d| d <= Instant::now()) {
+                self.sync_volumes().await;
                 continue;
             }
             tokio::select! {
@@ -538,10 +545,18 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         if self.volumes.is_none() {
             let (ctx, pod) = (self.ctx.clone(), self.pod.clone());
             let volumes_dir = pod_dir.join("volumes");
-            let prepared =
-                volumes::prepare(ctx.host.as_ref(), &pod, &volumes_dir, ctx.node_context());
+            let prepared = PodVolumes::prepare(
+                ctx.host.as_ref(),
+                &pod,
+                &volumes_dir,
+                ctx.node_context(),
+                &ctx.allowed_host_paths,
+            );
             match Self::unless_deleted(&mut self.updates, prepared).await? {
-                Ok(v) => self.volumes = Some(v),
+                Ok(v) => {
+                    self.volumes = Some(v);
+                    self.volume_sync = Some(Instant::now() + self.ctx.sync_frequency);
+                }
                 Err(e) => {
                     let delay = self
                         .mount_backoff
@@ -554,10 +569,14 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
                 }
             }
         }
-        let volume_dirs = self.volumes.clone().unwrap_or_default();
+        let volume_dirs = self
+            .volumes
+            .as_ref()
+            .map(|v| v.dirs().clone())
+            .unwrap_or_default();
         let sources = self.env_sources(&spec).await;
         let resolved = container::process(&self.pod, &spec, &self.ctx.node_context(), &sources)
-            .and_then(|p| container::mounts(&self.pod, &spec, &volume_dirs).map(|m| (p, m)));
+            .and_then(|p| container::mounts(&self.pod, &spec, &volume_dirs, &p).map(|m| (p, m)));
         let (process, mounts) = match resolved {
             Ok(r) => r,
             Err(e) => {
@@ -1006,6 +1025,33 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         let ends = self.start_time.0 + jiff::SignedDuration::from_secs(seconds);
         let left = jiff::Timestamp::now().duration_until(ends);
         Some(Instant::now() + Duration::try_from(left).unwrap_or(Duration::ZERO))
+    }
+
+    /// The periodic volume sync: API-backed volumes written again from the current objects
+    /// (a failure is a FailedMount event; the files stay as they were), and the pod evicted
+    /// when an emptyDir outgrew its sizeLimit.
+    async fn sync_volumes(&mut self) {
+        self.volume_sync = Some(Instant::now() + self.ctx.sync_frequency);
+        let (ctx, pod) = (self.ctx.clone(), self.pod.clone());
+        let Some(volumes) = self.volumes.as_mut() else {
+            return;
+        };
+        let refreshed = volumes
+            .refresh(ctx.host.as_ref(), &pod, ctx.node_context())
+            .await;
+        let eviction = volumes.over_size_limit(&pod);
+        if let Err(e) = refreshed {
+            self.event(PodEvent::warning("", "FailedMount", e.to_string()))
+                .await;
+        }
+        if let Some(message) = eviction {
+            self.stop_all(true).await;
+            self.finished = true;
+            self.event(PodEvent::warning("", "Evicted", message.clone()))
+                .await;
+            self.failure = Some(("Evicted".into(), message));
+            self.publish().await;
+        }
     }
 
     /// Ends the pod as the kubelet does when its active deadline passes.

@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::{
 use kube::ResourceExt;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
 
 /// A volume could not be set up; reported as a FailedMount event and retried.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -38,111 +39,235 @@ pub fn always_read_only(volume: &Volume) -> bool {
         || volume.projected.is_some()
 }
 
-/// Sets up every volume of the pod this node supports under `dir`; returns their directories.
-pub async fn prepare<H: PodHost>(
-    host: &H,
-    pod: &Pod,
-    dir: &Path,
-    node: NodeContext<'_>,
-) -> Result<HashMap<String, PathBuf>, MountError> {
-    let mut out = HashMap::new();
-    for volume in pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.volumes.clone())
-        .unwrap_or_default()
-    {
-        let err = |message: String| MountError {
-            volume: volume.name.clone(),
-            message,
-        };
-        let path = dir.join(&volume.name);
-        let files = if volume.empty_dir.is_some() {
-            std::fs::create_dir_all(&path)
-                .map_err(|e| err(format!("creating {}: {e}", path.display())))?;
-            None
-        } else if let Some(host_path) = &volume.host_path {
-            out.insert(
-                volume.name.clone(),
-                check_host_path(
+/// The pod's volumes on this node: their directories, and what keeps the API-backed ones
+/// current (a digest of what was last written, service account tokens until they are due).
+#[derive(Debug, Default)]
+pub struct PodVolumes {
+    dirs: HashMap<String, PathBuf>,
+    written: HashMap<String, u64>,
+    tokens: HashMap<String, Token>,
+}
+
+/// A service account token written into a projected volume, and when to request a new one.
+#[derive(Debug, Clone)]
+struct Token {
+    value: String,
+    renew_at: std::time::Instant,
+}
+
+impl PodVolumes {
+    /// Sets up every volume of the pod this node supports under `dir`.
+    pub async fn prepare<H: PodHost>(
+        host: &H,
+        pod: &Pod,
+        dir: &Path,
+        node: NodeContext<'_>,
+        allowed_host_paths: &[PathBuf],
+    ) -> Result<Self, MountError> {
+        let mut volumes = Self::default();
+        for volume in pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.volumes.clone())
+            .unwrap_or_default()
+        {
+            let err = |message: String| MountError {
+                volume: volume.name.clone(),
+                message,
+            };
+            let path = dir.join(&volume.name);
+            if volume.empty_dir.is_some() {
+                std::fs::create_dir_all(&path)
+                    .map_err(|e| err(format!("creating {}: {e}", path.display())))?;
+            } else if let Some(host_path) = &volume.host_path {
+                let checked = check_host_path(
                     &host_path.path,
                     host_path.type_.as_deref().unwrap_or_default(),
+                    allowed_host_paths,
                 )
-                .map_err(err)?,
-            );
-            continue;
-        } else if let Some(cm) = &volume.config_map {
+                .map_err(err)?;
+                volumes.dirs.insert(volume.name.clone(), checked);
+                continue;
+            } else if !is_api_backed(&volume) {
+                continue;
+            }
+            volumes.dirs.insert(volume.name.clone(), path);
+        }
+        volumes.refresh(host, pod, node).await?;
+        Ok(volumes)
+    }
+
+    /// The directory of each volume, by name.
+    pub fn dirs(&self) -> &HashMap<String, PathBuf> {
+        &self.dirs
+    }
+
+    /// Writes the API-backed volumes (configMap, secret, downwardAPI, projected) again from the
+    /// current objects, as the kubelet's periodic sync does: a volume whose content changed is
+    /// switched atomically; tokens are requested again at 80 % of their lifetime.
+    pub async fn refresh<H: PodHost>(
+        &mut self,
+        host: &H,
+        pod: &Pod,
+        node: NodeContext<'_>,
+    ) -> Result<(), MountError> {
+        for volume in pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.volumes.clone())
+            .unwrap_or_default()
+            .iter()
+            .filter(|v| is_api_backed(v))
+        {
+            let err = |message: String| MountError {
+                volume: volume.name.clone(),
+                message,
+            };
+            let Some(path) = self.dirs.get(&volume.name).cloned() else {
+                continue;
+            };
+            let files = self.files(host, pod, volume, node).await.map_err(err)?;
+            let digest = digest(&files);
+            if self.written.get(&volume.name) != Some(&digest) {
+                write_atomically(&path, &files).map_err(err)?;
+                self.written.insert(volume.name.clone(), digest);
+            }
+        }
+        Ok(())
+    }
+
+    /// The eviction message when an emptyDir holds more than its `sizeLimit`, as the kubelet's
+    /// eviction manager words it.
+    pub fn over_size_limit(&self, pod: &Pod) -> Option<String> {
+        pod.spec
+            .as_ref()?
+            .volumes
+            .iter()
+            .flatten()
+            .find_map(|volume| {
+                let limit = volume.empty_dir.as_ref()?.size_limit.as_ref()?;
+                let bytes = resources::bytes(limit)?;
+                let used = disk_usage(self.dirs.get(&volume.name)?);
+                (used > bytes).then(|| {
+                    format!(
+                        "Usage of EmptyDir volume \"{}\" exceeds the limit \"{}\". ",
+                        volume.name, limit.0
+                    )
+                })
+            })
+    }
+
+    async fn files<H: PodHost>(
+        &mut self,
+        host: &H,
+        pod: &Pod,
+        volume: &Volume,
+        node: NodeContext<'_>,
+    ) -> Result<Vec<File>, String> {
+        if let Some(cm) = &volume.config_map {
             let projection = ConfigMapProjection {
                 name: cm.name.clone(),
                 items: cm.items.clone(),
                 optional: cm.optional,
             };
-            Some(
-                config_map_files(host, pod, &projection, cm.default_mode)
-                    .await
-                    .map_err(err)?,
-            )
-        } else if let Some(secret) = &volume.secret {
+            return config_map_files(host, pod, &projection, cm.default_mode).await;
+        }
+        if let Some(secret) = &volume.secret {
             let projection = SecretProjection {
                 name: secret.secret_name.clone().unwrap_or_default(),
                 items: secret.items.clone(),
                 optional: secret.optional,
             };
-            Some(
-                secret_files(host, pod, &projection, secret.default_mode)
-                    .await
-                    .map_err(err)?,
-            )
-        } else if let Some(downward) = &volume.downward_api {
-            Some(
-                downward_files(
+            return secret_files(host, pod, &projection, secret.default_mode).await;
+        }
+        if let Some(downward) = &volume.downward_api {
+            return downward_files(
+                pod,
+                downward.items.as_deref().unwrap_or_default(),
+                downward.default_mode,
+                node,
+            );
+        }
+        let mut files = Vec::new();
+        let Some(projected) = &volume.projected else {
+            return Ok(files);
+        };
+        let mode = projected.default_mode;
+        for source in projected.sources.iter().flatten() {
+            if let Some(token) = &source.service_account_token {
+                let key = format!("{}/{}", volume.name, token.path);
+                let value = match self.tokens.get(&key) {
+                    Some(current) if current.renew_at > std::time::Instant::now() => {
+                        current.value.clone()
+                    }
+                    _ => {
+                        let expiration = token.expiration_seconds.unwrap_or(TOKEN_EXPIRATION);
+                        let value = host
+                            .service_account_token(pod, token.audience.clone(), expiration)
+                            .await?;
+                        let lifetime = Duration::from_secs(u64::try_from(expiration).unwrap_or(0));
+                        self.tokens.insert(
+                            key,
+                            Token {
+                                value: value.clone(),
+                                renew_at: std::time::Instant::now() + lifetime.mul_f64(0.8),
+                            },
+                        );
+                        value
+                    }
+                };
+                files.push((token.path.clone(), value.into_bytes(), mode_of(None, mode)));
+            }
+            if let Some(cm) = &source.config_map {
+                files.extend(config_map_files(host, pod, cm, mode).await?);
+            }
+            if let Some(secret) = &source.secret {
+                files.extend(secret_files(host, pod, secret, mode).await?);
+            }
+            if let Some(downward) = &source.downward_api {
+                files.extend(downward_files(
                     pod,
                     downward.items.as_deref().unwrap_or_default(),
-                    downward.default_mode,
+                    mode,
                     node,
-                )
-                .map_err(err)?,
-            )
-        } else if let Some(projected) = &volume.projected {
-            let mode = projected.default_mode;
-            let mut files = Vec::new();
-            for source in projected.sources.iter().flatten() {
-                if let Some(token) = &source.service_account_token {
-                    let expiration = token.expiration_seconds.unwrap_or(TOKEN_EXPIRATION);
-                    let issued = host
-                        .service_account_token(pod, token.audience.clone(), expiration)
-                        .await
-                        .map_err(err)?;
-                    files.push((token.path.clone(), issued.into_bytes(), mode_of(None, mode)));
-                }
-                if let Some(cm) = &source.config_map {
-                    files.extend(config_map_files(host, pod, cm, mode).await.map_err(err)?);
-                }
-                if let Some(secret) = &source.secret {
-                    files.extend(secret_files(host, pod, secret, mode).await.map_err(err)?);
-                }
-                if let Some(downward) = &source.downward_api {
-                    files.extend(
-                        downward_files(
-                            pod,
-                            downward.items.as_deref().unwrap_or_default(),
-                            mode,
-                            node,
-                        )
-                        .map_err(err)?,
-                    );
-                }
+                )?);
             }
-            Some(files)
-        } else {
-            continue;
-        };
-        if let Some(files) = files {
-            write_atomically(&path, &files).map_err(err)?;
         }
-        out.insert(volume.name.clone(), path);
+        Ok(files)
     }
-    Ok(out)
+}
+
+/// Whether the volume's content comes from the API server (and is kept current).
+fn is_api_backed(volume: &Volume) -> bool {
+    always_read_only(volume)
+}
+
+/// A digest of a volume's files, to tell whether it changed.
+fn digest(files: &[File]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    files.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Bytes of the regular files under `dir` (not following symbolic links).
+fn disk_usage(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let metadata = std::fs::symlink_metadata(entry.path()).ok()?;
+            Some(if metadata.is_dir() {
+                disk_usage(&entry.path())
+            } else if metadata.is_file() {
+                metadata.len()
+            } else {
+                0
+            })
+        })
+        .sum()
 }
 
 fn mode_of(item: Option<i32>, default: Option<i32>) -> u32 {
@@ -304,28 +429,61 @@ fn render_map(map: Option<&BTreeMap<String, String>>) -> String {
         .collect()
 }
 
-fn check_host_path(path: &str, kind: &str) -> Result<PathBuf, String> {
+/// Checks a hostPath volume as the kubelet does for its `type`, and against the node's
+/// `--allowed-host-paths` (empty: any); only directories can be given to a WASI guest.
+fn check_host_path(path: &str, kind: &str, allowed: &[PathBuf]) -> Result<PathBuf, String> {
+    use std::os::unix::fs::FileTypeExt;
     let p = Path::new(path);
-    match kind {
-        "" => {}
-        "DirectoryOrCreate" => {
-            std::fs::create_dir_all(p).map_err(|e| format!("creating {path}: {e}"))?
-        }
-        "Directory" if p.is_dir() => {}
-        "Directory" => {
+    if !p.is_absolute() {
+        return Err(format!("hostPath {path:?} must be an absolute path"));
+    }
+    if !allowed.is_empty() {
+        // Resolved first: a symbolic link cannot lead past the list.
+        let resolved = p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+        if !allowed.iter().any(|prefix| resolved.starts_with(prefix)) {
+            let list: Vec<String> = allowed.iter().map(|a| a.display().to_string()).collect();
             return Err(format!(
-                "hostPath type check failed: {path} is not a directory"
-            ));
-        }
-        other => {
-            return Err(format!(
-                "hostPath type {other} is not supported on this node (use Directory or DirectoryOrCreate)"
+                "hostPath {path} is not allowed on this node: it is outside --allowed-host-paths ({})",
+                list.join(", ")
             ));
         }
     }
+    let file_type = std::fs::metadata(p).map(|m| m.file_type());
+    let expect = |ok: bool, what: &str| {
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "hostPath type check failed: {path} is not a {what}"
+            ))
+        }
+    };
+    match kind {
+        "" => Ok(()),
+        "DirectoryOrCreate" => {
+            std::fs::create_dir_all(p).map_err(|e| format!("creating {path}: {e}"))
+        }
+        "Directory" => expect(file_type.as_ref().is_ok_and(|t| t.is_dir()), "directory"),
+        "FileOrCreate" | "File" => expect(
+            kind == "FileOrCreate" || file_type.as_ref().is_ok_and(|t| t.is_file()),
+            "file",
+        ),
+        "Socket" => expect(file_type.as_ref().is_ok_and(|t| t.is_socket()), "socket"),
+        "CharDevice" => expect(
+            file_type.as_ref().is_ok_and(|t| t.is_char_device()),
+            "character device",
+        ),
+        "BlockDevice" => expect(
+            file_type.as_ref().is_ok_and(|t| t.is_block_device()),
+            "block device",
+        ),
+        other => Err(format!(
+            "hostPath type {other:?} is not a Kubernetes hostPath type"
+        )),
+    }?;
     if !p.is_dir() {
         return Err(format!(
-            "{path} is not a directory; a WASI guest can only be given directories"
+            "hostPath {path} is not a directory: a WASI guest can only be given directories (types File, FileOrCreate, Socket, CharDevice and BlockDevice cannot be mounted into a wasm pod)"
         ));
     }
     Ok(p.to_path_buf())
@@ -375,10 +533,22 @@ fn write_atomically(dir: &Path, files: &[File]) -> Result<(), String> {
     let _ = std::fs::remove_file(&tmp);
     symlink(&stamp, &tmp).map_err(|e| io("linking ..data", e))?;
     std::fs::rename(&tmp, dir.join("..data")).map_err(|e| io("switching ..data", e))?;
-    for name in top_level {
-        let link = dir.join(&name);
+    for name in &top_level {
+        let link = dir.join(name);
         if std::fs::symlink_metadata(&link).is_err() {
-            symlink(Path::new("..data").join(&name), &link).map_err(|e| io("linking a file", e))?;
+            symlink(Path::new("..data").join(name), &link).map_err(|e| io("linking a file", e))?;
+        }
+    }
+    // Names the update dropped: their links would dangle.
+    for entry in std::fs::read_dir(dir)
+        .map_err(|e| io("listing the volume", e))?
+        .flatten()
+    {
+        let name = entry.file_name();
+        let through_data =
+            std::fs::read_link(entry.path()).is_ok_and(|target| target.starts_with("..data"));
+        if through_data && !top_level.contains(&name) {
+            let _ = std::fs::remove_file(entry.path());
         }
     }
     for entry in std::fs::read_dir(dir)
@@ -404,6 +574,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn host_paths_are_checked_by_type_and_against_the_allowed_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_string_lossy().into_owned();
+        assert!(check_host_path(&path, "Directory", &[]).is_ok());
+        let file = dir.path().join("f");
+        std::fs::write(&file, "x").unwrap();
+        let file = file.to_string_lossy().into_owned();
+        let refused = check_host_path(&file, "File", &[]).unwrap_err();
+        assert!(refused.contains("only be given directories"), "{refused}");
+        let wrong = check_host_path(&file, "Directory", &[]).unwrap_err();
+        assert!(wrong.contains("is not a directory"), "{wrong}");
+        let outside = check_host_path(&path, "", &[PathBuf::from("/nonexistent")]).unwrap_err();
+        assert!(outside.contains("--allowed-host-paths"), "{outside}");
+        assert!(check_host_path(&path, "", &[dir.path().canonicalize().unwrap()]).is_ok());
+    }
+
+    #[test]
     fn item_paths_stay_inside_the_volume() {
         assert!(checked("a/b.txt").is_ok());
         for bad in ["/etc/passwd", "../x", "a/../../x", "..data/x", ""] {
@@ -427,6 +614,10 @@ mod tests {
         assert_eq!(std::fs::read_to_string(volume.join("sub/b")).unwrap(), "2");
         write_atomically(&volume, &[("a".into(), b"new".to_vec(), 0o644)]).unwrap();
         assert_eq!(std::fs::read_to_string(volume.join("a")).unwrap(), "new");
+        assert!(
+            std::fs::symlink_metadata(volume.join("sub")).is_err(),
+            "a name the update dropped is gone"
+        );
         let payloads = std::fs::read_dir(&volume)
             .unwrap()
             .flatten()
