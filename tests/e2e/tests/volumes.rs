@@ -465,6 +465,28 @@ async fn escapes_from_volumes_and_disallowed_host_paths_are_refused() -> anyhow:
         let message = waiting_message(&pod);
         assert!(message.contains(expected), "{name}: {message}");
     }
+    // A guest given the directory cannot follow the link out of it.
+    let pod = with_volumes(
+        wasm_pod(
+            "follows",
+            &image,
+            &agent.name,
+            &["read", "/v/out/hostname"],
+            "Never",
+        ),
+        json!([{"name": "v", "hostPath": {"path": allowed_arg, "type": "Directory"}}]),
+        json!([{"name": "v", "mountPath": "/v"}]),
+    );
+    cluster.create_pod(pod).await?;
+    let failed = cluster
+        .wait_pod("follows", "Failed", has_phase("Failed"))
+        .await?;
+    let exit = container_state(&failed)
+        .and_then(|s| s.terminated)
+        .map(|t| t.exit_code);
+    assert_eq!(exit, Some(2), "the read failed in the guest");
+    let logs = cluster.kubectl(&["logs", "follows"])?;
+    assert!(logs.contains("read /v/out/hostname"), "{logs}");
     // A hostPath outside --allowed-host-paths is never mounted.
     let pod = with_volumes(
         wasm_pod("elsewhere", &image, &agent.name, &["ls", "/v"], "Never"),
