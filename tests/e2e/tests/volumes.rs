@@ -542,3 +542,31 @@ async fn an_empty_dir_past_its_size_limit_evicts_the_pod() -> anyhow::Result<()>
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn command_and_args_become_argv_with_variables_expanded() -> anyhow::Result<()> {
+    let cluster = Cluster::new("argv").await?;
+    let agent = cluster.start_node().await?;
+    let image = cluster.push_guest("wasi-probe").await?;
+    let mut pod = wasm_pod(
+        "argv",
+        &image,
+        &agent.name,
+        &["print", "$(GREETING), $(NOBODY) $$(GREETING)"],
+        "Never",
+    );
+    let container = &mut pod.spec.as_mut().expect("spec").containers[0];
+    container.command = Some(vec!["my-entry".into(), "args".into()]);
+    container.env = Some(serde_json::from_value(
+        json!([{"name": "GREETING", "value": "hi"}]),
+    )?);
+    cluster.create_pod(pod).await?;
+    cluster
+        .wait_pod("argv", "Succeeded", has_phase("Succeeded"))
+        .await?;
+    assert_eq!(
+        cluster.kubectl(&["logs", "argv"])?,
+        "args: [\"my-entry\", \"args\", \"print\", \"hi, $(NOBODY) $(GREETING)\"]\nhi, $(NOBODY) $(GREETING)\n"
+    );
+    Ok(())
+}
