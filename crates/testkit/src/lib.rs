@@ -4,4 +4,5 @@
 pub mod apiserver;
 pub mod fixtures;
 pub mod process;
+pub mod proxy;
 pub mod registry;
