@@ -46,6 +46,11 @@ pub struct ContainerRun {
     pub network: Network,
     /// Where the runtime accounts what the container uses.
     pub usage: Arc<Usage>,
+    /// Cancelled when the container is asked to stop (its pod is being deleted). A container
+    /// that can stop gracefully (a server: stop accepting, finish the requests in flight, then
+    /// end) is started with [`RunningContainer::graceful`]; the agent waits for it up to the
+    /// pod's grace period, then stops it.
+    pub stop: tokio_util::sync::CancellationToken,
 }
 
 /// What a container uses, kept current by the runtime and read for the Summary API.
@@ -123,6 +128,15 @@ pub struct Exit {
 }
 
 impl Exit {
+    /// A container that stopped when asked to (it finished what was in flight).
+    pub fn stopped() -> Self {
+        Self {
+            code: 0,
+            reason: None,
+            message: Some("stopped gracefully when asked to".into()),
+        }
+    }
+
     /// A container the node agent stopped.
     pub fn killed() -> Self {
         Self {
@@ -148,12 +162,30 @@ impl Exit {
 #[derive(Debug)]
 pub struct RunningContainer {
     task: tokio::task::JoinHandle<Exit>,
+    graceful: bool,
 }
 
 impl RunningContainer {
-    /// Wraps the task that runs the guest and returns its exit.
+    /// Wraps the task that runs the guest and returns its exit; it cannot be asked to stop (a
+    /// WASI command has no signals), so it is stopped at once.
     pub fn new(task: tokio::task::JoinHandle<Exit>) -> Self {
-        Self { task }
+        Self {
+            task,
+            graceful: false,
+        }
+    }
+
+    /// Wraps a task that ends by itself soon after [`ContainerRun::stop`] is cancelled.
+    pub fn graceful(task: tokio::task::JoinHandle<Exit>) -> Self {
+        Self {
+            task,
+            graceful: true,
+        }
+    }
+
+    /// Whether the container ends by itself when asked to stop.
+    pub fn stops_gracefully(&self) -> bool {
+        self.graceful
     }
 
     /// Waits for the container to exit.

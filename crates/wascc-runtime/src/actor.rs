@@ -1,26 +1,30 @@
 //! One running actor: instantiated once, initialised (`_start`, `wapc_init`), then handed
-//! calls one at a time (as waSCC did) until the container is stopped. A trap ends the
+//! calls one at a time (as waSCC did) until the container is stopped (gracefully when asked:
+//! the requests in flight are answered first). A trap ends the
 //! container, as a crash ends a process; its restart policy decides what follows.
 
 use crate::capabilities::Delivery;
 use crate::wapc::ActorState;
 use kubelet::runtime::Exit;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use wasmtime::{InstancePre, Store, TypedFunc};
 
 /// The functions a waPC guest may export to initialise itself, called in this order.
 const INITIALISERS: [&str; 2] = ["_start", "wapc_init"];
 
-/// Runs the actor: instantiates it in `store`, then handles `deliveries` until the task is
-/// aborted (which also stops `server`) or the actor traps.
+/// Runs the actor: instantiates it in `store`, then handles `deliveries` until the actor
+/// traps, the task is aborted (which also stops `server`), or `stop` is cancelled: then the
+/// server stops accepting, the requests in flight are handled, and the run ends.
 pub async fn run(
     mut store: Store<ActorState>,
     pre: InstancePre<ActorState>,
     mut deliveries: mpsc::Receiver<Delivery>,
-    server: Option<AbortOnDropHandle<()>>,
+    mut server: Option<AbortOnDropHandle<()>>,
+    stop: CancellationToken,
 ) -> Exit {
-    let exit = serve(&mut store, &pre, &mut deliveries).await;
+    let exit = serve(&mut store, &pre, &mut deliveries, &mut server, &stop).await;
     // The ports are free again before the container counts as ended (a restart binds them).
     if let Some(server) = server {
         server.abort();
@@ -33,12 +37,24 @@ async fn serve(
     store: &mut Store<ActorState>,
     pre: &InstancePre<ActorState>,
     deliveries: &mut mpsc::Receiver<Delivery>,
+    server: &mut Option<AbortOnDropHandle<()>>,
+    stop: &CancellationToken,
 ) -> Exit {
     let guest_call = match instantiate(store, pre).await {
         Ok(guest_call) => guest_call,
         Err(e) => return wasm_host::store::exit(store, Err(e)),
     };
-    while let Some(delivery) = deliveries.recv().await {
+    loop {
+        let delivery = tokio::select! {
+            delivery = deliveries.recv() => delivery,
+            () = drained(server, stop) => {
+                *server = None;
+                return Exit::stopped();
+            }
+        };
+        let Some(delivery) = delivery else {
+            return Exit::killed();
+        };
         let operation = delivery.operation.clone();
         store
             .data_mut()
@@ -68,7 +84,15 @@ async fn serve(
             }
         }
     }
-    Exit::killed()
+}
+
+/// Completes once the actor was asked to stop and its server (if any) has finished the
+/// requests in flight.
+async fn drained(server: &mut Option<AbortOnDropHandle<()>>, stop: &CancellationToken) {
+    stop.cancelled().await;
+    if let Some(server) = server {
+        let _ = server.await;
+    }
 }
 
 async fn instantiate(

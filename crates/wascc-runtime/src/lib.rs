@@ -117,7 +117,7 @@ impl Runtime for WasccRuntime {
                 .collect();
             let listeners = wasm_host::ports::bind(&addrs).await?;
             Some(AbortOnDropHandle::new(tokio::spawn(
-                capabilities::http_server::serve(listeners, sender.clone()),
+                capabilities::http_server::serve(listeners, sender.clone(), run.stop.clone()),
             )))
         };
         let host = Host::new(
@@ -127,10 +127,17 @@ impl Runtime for WasccRuntime {
             config.blobstore,
             sender,
         );
+        let stop = run.stop.clone();
         let state = ActorState::new(GuestLimits::new(run.limits, run.usage), host);
         let store = wasm_host::store::limited_store(self.engine.engine(), state);
-        let task = tokio::spawn(actor::run(store, prepared.pre.clone(), receiver, server));
-        Ok(RunningContainer::new(task))
+        let task = tokio::spawn(actor::run(
+            store,
+            prepared.pre.clone(),
+            receiver,
+            server,
+            stop,
+        ));
+        Ok(RunningContainer::graceful(task))
     }
 }
 

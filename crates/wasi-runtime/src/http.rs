@@ -26,10 +26,14 @@ impl Server {
         Arc::new(Self { engine, pre, setup })
     }
 
-    /// Serves `listeners` until the task is aborted, which also ends every connection and
-    /// every request in flight.
-    pub async fn serve(self: Arc<Self>, listeners: Vec<TcpListener>) -> Exit {
-        wasm_host::ports::serve_http(listeners, move |mut request, local| {
+    /// Serves `listeners` until `stop` (the requests in flight are finished first, then the
+    /// run ends) or the task is aborted (which ends everything at once).
+    pub async fn serve(
+        self: Arc<Self>,
+        listeners: Vec<TcpListener>,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> Exit {
+        wasm_host::ports::serve_http(listeners, stop, move |mut request, local| {
             let server = self.clone();
             // An HTTP/1.0 request may name no host; the guest sees the address it reached.
             if request.uri().authority().is_none()
@@ -41,7 +45,7 @@ impl Server {
             async move { server.handle(request).await }
         })
         .await;
-        Exit::killed()
+        Exit::stopped()
     }
 
     async fn handle(

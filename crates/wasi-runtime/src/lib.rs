@@ -116,6 +116,7 @@ impl Runtime for WasiRuntime {
         run: ContainerRun,
     ) -> Result<RunningContainer, StartError> {
         let network = run.network.clone();
+        let stop = run.stop.clone();
         let setup = GuestSetup::new(run);
         let task = match &prepared.0 {
             Guest::Module(pre) => {
@@ -138,7 +139,9 @@ impl Runtime for WasiRuntime {
                     .collect();
                 let listeners = wasm_host::ports::bind(&addrs).await?;
                 let server = http::Server::new(self.engine.engine().clone(), pre.clone(), setup);
-                tokio::spawn(server.serve(listeners))
+                return Ok(RunningContainer::graceful(tokio::spawn(
+                    server.serve(listeners, stop),
+                )));
             }
         };
         Ok(RunningContainer::new(task))

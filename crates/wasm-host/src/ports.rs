@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 /// Binds every address; a port already taken fails the start with a message saying what to do.
 pub async fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, StartError> {
@@ -34,11 +35,15 @@ pub async fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, StartError> 
 /// How long to wait after a failed accept (e.g. out of file descriptors).
 const ACCEPT_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// Serves HTTP/1.1 on every listener until the task is aborted, which also ends every
-/// connection and request in flight: `handle` answers each request, given the address the
-/// client reached.
-pub async fn serve_http<F, Fut, B, E>(listeners: Vec<TcpListener>, handle: F)
-where
+/// Serves HTTP/1.1 on every listener: `handle` answers each request, given the address the
+/// client reached. When `stop` is cancelled the listeners close (the ports are free again),
+/// open connections finish the request in flight and close, and this returns; aborting the
+/// task ends everything at once.
+pub async fn serve_http<F, Fut, B, E>(
+    listeners: Vec<TcpListener>,
+    stop: CancellationToken,
+    handle: F,
+) where
     F: Fn(Request<Incoming>, Option<SocketAddr>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Response<B>, E>> + Send + 'static,
     B: hyper::body::Body + Send + 'static,
@@ -49,22 +54,34 @@ where
     let handle = Arc::new(handle);
     let mut accepts = JoinSet::new();
     for listener in listeners {
-        let handle = handle.clone();
+        let (handle, stop) = (handle.clone(), stop.clone());
         accepts.spawn(async move {
             let mut connections = JoinSet::new();
             loop {
-                match listener.accept().await {
+                let accepted = tokio::select! {
+                    accepted = listener.accept() => accepted,
+                    () = stop.cancelled() => break,
+                };
+                match accepted {
                     Ok((stream, _)) => {
                         let local = stream.local_addr().ok();
                         let handle = handle.clone();
                         let service =
                             hyper::service::service_fn(move |request| handle(request, local));
+                        let stop = stop.clone();
                         connections.spawn(async move {
-                            if let Err(e) = http1::Builder::new()
+                            let connection = http1::Builder::new()
                                 .keep_alive(true)
-                                .serve_connection(TokioIo::new(stream), service)
-                                .await
-                            {
+                                .serve_connection(TokioIo::new(stream), service);
+                            tokio::pin!(connection);
+                            let served = tokio::select! {
+                                served = connection.as_mut() => served,
+                                () = stop.cancelled() => {
+                                    connection.as_mut().graceful_shutdown();
+                                    connection.await
+                                }
+                            };
+                            if let Err(e) = served {
                                 tracing::debug!(error = %e, "HTTP connection ended with an error");
                             }
                         });
@@ -76,6 +93,8 @@ where
                 }
                 while connections.try_join_next().is_some() {}
             }
+            drop(listener);
+            while connections.join_next().await.is_some() {}
         });
     }
     while accepts.join_next().await.is_some() {}

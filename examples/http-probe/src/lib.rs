@@ -2,8 +2,8 @@
 //! `/` answers `hello from wasi-http`; `/fetch/HOST:PORT/PATH` makes an outgoing request to
 //! `http://HOST:PORT/PATH` and answers with what came back (or the error, with status 502);
 //! `/status/CODE` answers with that status; `/file/PATH` answers 200 when the file `/PATH`
-//! exists in the guest's filesystem (its mounts) and 503 when not; `/trap` traps. Every request
-//! is logged on stdout.
+//! exists in the guest's filesystem (its mounts) and 503 when not; `/sleep/MS` answers after
+//! that many milliseconds; `/trap` traps. Every request is logged on stdout.
 
 use std::io::{Read as _, Write as _};
 use wasip2::http::outgoing_handler;
@@ -26,6 +26,13 @@ impl wasip2::exports::http::incoming_handler::Guest for Probe {
             p if p.starts_with("/status/") => match p["/status/".len()..].parse() {
                 Ok(code) => (code, format!("status {code}\n")),
                 Err(_) => (400, "not a status code\n".to_string()),
+            },
+            p if p.starts_with("/sleep/") => match p["/sleep/".len()..].parse() {
+                Ok(ms) => {
+                    std::thread::sleep(std::time::Duration::from_millis(ms));
+                    (200, format!("slept {ms} ms\n"))
+                }
+                Err(_) => (400, "not a number of milliseconds\n".to_string()),
             },
             p if p.starts_with("/file/") => {
                 let path = &p["/file".len()..];

@@ -263,3 +263,50 @@ async fn sockets_are_denied_unless_the_pod_allows_the_destination() -> anyhow::R
     assert_eq!(logs, "HTTP/1.0 200 OK\n");
     Ok(())
 }
+
+#[tokio::test]
+async fn deleting_a_serving_pod_finishes_its_requests_in_flight() -> anyhow::Result<()> {
+    let cluster = Cluster::new("p2-graceful").await?;
+    let agent = cluster.start_node().await?;
+    let image = cluster.push_component("http_probe").await?;
+    let [port] = free_ports()?;
+    cluster
+        .create_pod(http_pod(
+            "web",
+            &image,
+            &agent.name,
+            port,
+            serde_json::json!({}),
+        ))
+        .await?;
+    cluster
+        .wait_pod("web", "Ready", e2e::is_pod_ready())
+        .await?;
+    // A slow request is in flight when the pod is deleted...
+    let slow = tokio::spawn(http_get(port, "/sleep/3000"));
+    cluster
+        .eventually("the slow request in the log", async || {
+            let logs = cluster.kubectl(&["logs", "web"])?;
+            Ok(logs.contains("/sleep/3000").then_some(()))
+        })
+        .await?;
+    cluster.kubectl(&["delete", "pod", "web", "--wait=false"])?;
+    // ...the port stops taking new connections...
+    cluster
+        .eventually("the port to close", async || {
+            Ok(tokio::net::TcpStream::connect((node_ip().as_str(), port))
+                .await
+                .is_err()
+                .then_some(()))
+        })
+        .await?;
+    // ...and the request still gets its answer: the container was asked to stop, not killed.
+    let (code, body) = slow.await??;
+    assert_eq!((code, body.as_str()), (200, "slept 3000 ms\n"));
+    let gone = e2e::wait_for(cluster.pods(), "web", |p: Option<&Pod>| p.is_none()).await;
+    assert!(
+        matches!(gone, Ok(None)),
+        "the pod is deleted once it stopped"
+    );
+    Ok(())
+}

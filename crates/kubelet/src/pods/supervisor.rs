@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// How long a postStart hook may take (the kubelet bounds it by the pod's grace period).
 const HOOK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -38,6 +39,9 @@ struct SlotId {
 struct Run {
     id: u64,
     stop: tokio::task::AbortHandle,
+    /// Asks the container to stop; `graceful` when it ends by itself once asked.
+    interrupt: CancellationToken,
+    graceful: bool,
     /// The container's hooks and probes; dropped (and so stopped) with the run.
     _probes: tokio_util::task::AbortOnDropHandle<()>,
     log: Arc<LogFile>,
@@ -604,7 +608,9 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             }
         };
         let usage = Arc::new(Usage::default());
+        let interrupt = CancellationToken::new();
         let run = ContainerRun {
+            stop: interrupt.clone(),
             args: process.args,
             env: process.env,
             mounts,
@@ -667,6 +673,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         slot.status.state = Some(status::running(started_at.clone()));
         slot.status.started = Some(!checks.has_startup());
         slot.status.ready = !id.init && !checks.has_startup() && !checks.has_readiness();
+        let graceful = running.stops_gracefully();
         let waiter = tokio::spawn(async move {
             let exit = running.wait().await;
             let _ = exits.send((id, run_id, exit));
@@ -683,6 +690,8 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         slot.run = Some(Run {
             id: run_id,
             stop: waiter.abort_handle(),
+            interrupt,
+            graceful,
             _probes: probe_task,
             log,
             started: Instant::now(),
@@ -1191,10 +1200,49 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         }
     }
 
-    /// Runs preStop hooks, stops the containers, writes the final status and removes the pod
-    /// (delete with grace 0).
+    /// Asks the running containers to stop and waits, until `deadline`, for those that end by
+    /// themselves when asked (servers finishing their requests in flight); their exits are
+    /// recorded as they come.
+    async fn interrupt_all(&mut self, deadline: Instant) {
+        let mut waiting = 0;
+        for slot in self.init.iter().chain(&self.app) {
+            if let Some(run) = &slot.run {
+                run.interrupt.cancel();
+                waiting += usize::from(run.graceful);
+            }
+        }
+        while waiting > 0 {
+            let (id, run_id, exit) = tokio::select! {
+                Some(ended) = self.exits.recv() => ended,
+                () = tokio::time::sleep_until(deadline) => return,
+            };
+            let slot = self.slot_mut(id);
+            if slot.run.as_ref().is_none_or(|r| r.id != run_id) {
+                continue;
+            }
+            let Some(run) = slot.run.take() else { continue };
+            run.log.close();
+            slot.status.state = Some(status::terminated(
+                exit.code,
+                exit.reason
+                    .unwrap_or_else(|| if exit.code == 0 { "Completed" } else { "Error" }.into()),
+                exit.message,
+                Some(run.started_at),
+                slot.status.container_id.clone(),
+            ));
+            slot.status.ready = false;
+            slot.status.started = Some(false);
+            waiting -= usize::from(run.graceful);
+        }
+    }
+
+    /// Runs preStop hooks, asks the containers to stop and waits for those that can (all within
+    /// the grace period), stops the rest, writes the final status and removes the pod (delete
+    /// with grace 0).
     async fn terminate(&mut self) {
+        let deadline = Instant::now() + self.grace_period();
         self.pre_stop().await;
+        self.interrupt_all(deadline).await;
         self.stop_all(true).await;
         self.finished = true;
         let status = self.current_status();

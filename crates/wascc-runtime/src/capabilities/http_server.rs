@@ -39,10 +39,14 @@ struct ActorResponse {
     body: Vec<u8>,
 }
 
-/// Serves `listeners` until the task is aborted, handing requests to the actor through
-/// `deliveries`.
-pub async fn serve(listeners: Vec<TcpListener>, deliveries: mpsc::Sender<Delivery>) {
-    wasm_host::ports::serve_http(listeners, move |request, _| {
+/// Serves `listeners`, handing requests to the actor through `deliveries`, until `stop` (then
+/// the requests in flight are finished) or the task is aborted.
+pub async fn serve(
+    listeners: Vec<TcpListener>,
+    deliveries: mpsc::Sender<Delivery>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    wasm_host::ports::serve_http(listeners, stop, move |request, _| {
         let deliveries = deliveries.clone();
         async move { Ok::<_, Infallible>(handle(request, deliveries).await) }
     })
