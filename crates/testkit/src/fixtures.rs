@@ -183,14 +183,51 @@ pub async fn push_container_image(reference: &str) -> anyhow::Result<String> {
     .await
 }
 
-fn gzip_empty_tar() -> Vec<u8> {
+/// Pushes `module` the way runwasi-style tooling builds wasm images (`docker buildx --platform
+/// wasi/wasm`): an ordinary OCI image for platform wasi/wasm whose gzipped filesystem layer
+/// holds the module at `path` (absolute), named by `entrypoint` in the image config.
+pub async fn push_wasi_platform_image(
+    reference: &str,
+    module: &[u8],
+    path: &str,
+    entrypoint: &[&str],
+) -> anyhow::Result<String> {
+    use sha2::Digest as _;
+    let mut archive = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(module.len() as u64);
+    header.set_mode(0o755);
+    header.set_cksum();
+    archive.append_data(&mut header, path.trim_start_matches('/'), module)?;
+    let tar = archive.into_inner()?;
+    let diff_id = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&tar)));
+    let config = serde_json::json!({
+        "architecture": "wasm", "os": "wasi",
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        "config": {"Entrypoint": entrypoint},
+    });
+    push(
+        reference,
+        gzip(&tar),
+        oci_client::manifest::IMAGE_LAYER_GZIP_MEDIA_TYPE,
+        serde_json::to_vec(&config)?,
+        oci_client::manifest::IMAGE_CONFIG_MEDIA_TYPE,
+    )
+    .await
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
     use std::io::Write;
-    // An empty tar archive is two zero blocks.
     let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     encoder
-        .write_all(&[0u8; 1024])
+        .write_all(bytes)
         .expect("writing to memory cannot fail");
     encoder.finish().expect("writing to memory cannot fail")
+}
+
+fn gzip_empty_tar() -> Vec<u8> {
+    // An empty tar archive is two zero blocks.
+    gzip(&[0u8; 1024])
 }
 
 /// The digest and size of the manifest `reference` names.

@@ -205,3 +205,71 @@ async fn image_indexes_and_digest_references() -> anyhow::Result<()> {
         .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn wasi_platform_images_run_their_wasm_entrypoint() -> anyhow::Result<()> {
+    use testkit::fixtures::{
+        manifest_digest, push_container_image, push_index, push_wasi_platform_image,
+    };
+    let cluster = Cluster::new("wasiplatform").await?;
+    let agent = cluster.start_node().await?;
+    let repo = format!("{}/{}/platform", cluster.registry(), cluster.id);
+    let module = std::fs::read(wasm_module("wasi-probe")?)?;
+    // As `docker buildx build --platform wasi/wasm` makes them for runwasi: a filesystem layer
+    // with the module, and the entrypoint naming it.
+    push_wasi_platform_image(
+        &format!("{repo}:wasi"),
+        &module,
+        "/app/probe.wasm",
+        &["/app/probe.wasm"],
+    )
+    .await?;
+    push_container_image(&format!("{repo}:linux")).await?;
+    let (wasi_digest, wasi_size) = manifest_digest(&format!("{repo}:wasi")).await?;
+    let (linux_digest, linux_size) = manifest_digest(&format!("{repo}:linux")).await?;
+    push_index(
+        &format!("{repo}:v1"),
+        &[
+            (linux_digest, linux_size, "linux", "amd64"),
+            (wasi_digest, wasi_size, "wasi", "wasm"),
+        ],
+    )
+    .await?;
+    push_wasi_platform_image(
+        &format!("{repo}:lost"),
+        &module,
+        "/app/probe.wasm",
+        &["/elsewhere.wasm"],
+    )
+    .await?;
+    for (name, image) in [
+        ("direct", format!("{repo}:wasi")),
+        ("indexed", format!("{repo}:v1")),
+        ("lost", format!("{repo}:lost")),
+    ] {
+        cluster
+            .create_pod(wasm_pod(
+                name,
+                &image,
+                &agent.name,
+                &["print", name],
+                "Never",
+            ))
+            .await?;
+    }
+    for name in ["direct", "indexed"] {
+        cluster
+            .wait_pod(name, "Succeeded", has_phase("Succeeded"))
+            .await?;
+        assert_eq!(cluster.kubectl(&["logs", name])?, format!("{name}\n"));
+    }
+    let lost = cluster
+        .wait_pod("lost", "ErrImagePull", is_waiting("ErrImagePull"))
+        .await?;
+    let message = waiting_message(&lost);
+    assert!(
+        message.contains("/elsewhere.wasm") && message.contains("not in the image's layers"),
+        "{message}"
+    );
+    Ok(())
+}

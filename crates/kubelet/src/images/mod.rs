@@ -1,8 +1,10 @@
-//! Images: pulls of wasm OCI artifacts (oci-client), a content-addressed store in the data dir,
+//! Images: pulls of wasm OCI artifacts (oci-client) and of ordinary images built for wasi/wasm
+//! ([`layers`]), a content-addressed store in the data dir,
 //! pull policies, coalesced concurrent pulls, and plain-spoken refusals of images that are not
 //! WebAssembly.
 
 pub mod credentials;
+mod layers;
 mod media;
 
 use crate::runtime::ModuleBytes;
@@ -290,20 +292,21 @@ impl ImageStore {
                 (m, by_digest, d)
             }
         };
-        let layer = match media::wasm_layer(&manifest) {
-            Some(layer) => layer.clone(),
+        let module = match media::wasm_layer(&manifest) {
+            Some(layer) => match self.load_module(&layer.digest)? {
+                Some(module) => module,
+                None => {
+                    let bytes = self
+                        .download_blob(&client, &manifest_ref, layer)
+                        .await
+                        .map_err(registry)??;
+                    self.store_module(bytes)?
+                }
+            },
             None => {
-                return Err(self
-                    .not_wasm(&client, image, &manifest_ref, &manifest)
-                    .await);
+                self.module_from_filesystem(&client, image, &manifest_ref, &manifest)
+                    .await?
             }
-        };
-        let module = match self.load_module(&layer.digest)? {
-            Some(module) => module,
-            None => self
-                .download(&client, &manifest_ref, &layer)
-                .await
-                .map_err(registry)??,
         };
         let image_id = format!(
             "{}/{}@{digest}",
@@ -312,7 +315,7 @@ impl ImageStore {
         );
         let record = RefRecord {
             image_id: image_id.clone(),
-            layer: layer.digest.clone(),
+            layer: module.digest.clone(),
         };
         write_atomic(
             &self.ref_path(reference),
@@ -321,34 +324,64 @@ impl ImageStore {
         Ok((PulledImage { image_id, module }, Source::Pulled))
     }
 
-    async fn not_wasm(
+    /// The module of an ordinary image: only one built for the wasi/wasm platform has one (a
+    /// file named by its entrypoint); any other is refused before its layers are downloaded.
+    async fn module_from_filesystem(
         &self,
         client: &Client,
         image: &str,
         reference: &Reference,
         manifest: &OciImageManifest,
-    ) -> PullError {
-        let mut config = Vec::new();
-        let platform = match client
-            .pull_blob(reference, &manifest.config, &mut config)
+    ) -> Result<ModuleBytes, PullError> {
+        let registry = |e: oci_client::errors::OciDistributionError| {
+            PullError::Registry(media::explain_registry_error(image, &e))
+        };
+        let mut raw = Vec::new();
+        let config: Option<serde_json::Value> = match client
+            .pull_blob(reference, &manifest.config, &mut raw)
             .await
         {
-            Ok(()) => media::platform_of_config(&config),
+            Ok(()) => serde_json::from_slice(&raw).ok(),
             Err(_) => None,
         };
-        PullError::NotWasm(media::not_wasm_message(
-            image,
-            manifest,
-            platform.as_deref(),
-        ))
+        let Some(config) = config.filter(layers::is_wasi_platform) else {
+            let platform = media::platform_of_config(&raw);
+            return Err(PullError::NotWasm(media::not_wasm_message(
+                image,
+                manifest,
+                platform.as_deref(),
+            )));
+        };
+        let entrypoint = layers::entrypoint(&config).ok_or_else(|| {
+            PullError::NotWasm(format!(
+                "image \"{image}\" is built for wasi/wasm but its config names no Entrypoint or Cmd, so the module in its layers is unknown; set ENTRYPOINT to the .wasm file"
+            ))
+        })?;
+        let mut blobs = Vec::with_capacity(manifest.layers.len());
+        for layer in &manifest.layers {
+            let blob = self
+                .download_blob(client, reference, layer)
+                .await
+                .map_err(registry)??;
+            blobs.push((layer.media_type.clone(), blob));
+        }
+        let module = layers::find_file(&blobs, &entrypoint)
+            .map_err(|e| PullError::Registry(format!("image \"{image}\": {e}")))?
+            .ok_or_else(|| {
+                PullError::NotWasm(format!(
+                    "image \"{image}\" names {entrypoint} as its entrypoint, but that file is not in the image's layers"
+                ))
+            })?;
+        self.store_module(module)
     }
 
-    async fn download(
+    /// Downloads a blob and checks its digest.
+    async fn download_blob(
         &self,
         client: &Client,
         reference: &Reference,
         layer: &OciDescriptor,
-    ) -> Result<Result<ModuleBytes, PullError>, oci_client::errors::OciDistributionError> {
+    ) -> Result<Result<Vec<u8>, PullError>, oci_client::errors::OciDistributionError> {
         let mut bytes = Vec::with_capacity(usize::try_from(layer.size).unwrap_or_default());
         client.pull_blob(reference, layer, &mut bytes).await?;
         let digest = digest_of(&bytes);
@@ -358,15 +391,19 @@ impl ImageStore {
                 layer.digest
             ))));
         }
-        if let Err(e) = write_atomic(&self.blob_path(&digest), &bytes) {
-            return Ok(Err(e.into()));
-        }
+        Ok(Ok(bytes))
+    }
+
+    /// Keeps a module in the store under its digest.
+    fn store_module(&self, bytes: Vec<u8>) -> Result<ModuleBytes, PullError> {
+        let digest = digest_of(&bytes);
+        write_atomic(&self.blob_path(&digest), &bytes)?;
         let bytes: Arc<[u8]> = bytes.into();
         self.modules
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(digest.clone(), bytes.clone());
-        Ok(Ok(ModuleBytes { digest, bytes }))
+        Ok(ModuleBytes { digest, bytes })
     }
 }
 
