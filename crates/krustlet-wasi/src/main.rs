@@ -11,12 +11,17 @@ use clap::Parser;
 struct Cli {
     #[command(flatten)]
     node: node_cli::NodeArgs,
+    #[command(subcommand)]
+    command: Option<node_cli::Command>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     node_cli::init();
     let cli = Cli::parse();
+    if let Some(command) = cli.command {
+        return node_cli::run_command(command, &cli.node).await;
+    }
     node_cli::run(cli.node, |config| {
         Ok(wasi_runtime::WasiRuntime::new(
             config.data_dir.join("compiled"),

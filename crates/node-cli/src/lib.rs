@@ -56,11 +56,21 @@ pub struct NodeArgs {
     #[arg(long, env = "KRUSTLET_NODE_LABELS", value_delimiter = ',', value_parser = parse_label)]
     node_labels: Vec<(String, String)>,
     /// Registries to reach over plain HTTP, `host[:port][,...]`.
-    #[arg(long, env = "KRUSTLET_INSECURE_REGISTRIES", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "KRUSTLET_INSECURE_REGISTRIES",
+        value_delimiter = ',',
+        global = true
+    )]
     insecure_registries: Vec<String>,
     /// Docker config file(s) with the node's own registry credentials, used after a pod's
     /// imagePullSecrets (default: ~/.docker/config.json when it exists).
-    #[arg(long, env = "KRUSTLET_IMAGE_CREDENTIALS", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "KRUSTLET_IMAGE_CREDENTIALS",
+        value_delimiter = ',',
+        global = true
+    )]
     image_credentials: Vec<PathBuf>,
     /// Serving certificate (PEM) of the kubelet API (default: a self-signed one).
     #[arg(long, env = "KRUSTLET_CERT_FILE", requires = "private_key_file")]
@@ -116,6 +126,19 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
 }
 
 impl NodeArgs {
+    /// The docker config files with registry credentials: --image-credentials, else
+    /// ~/.docker/config.json when it exists.
+    fn image_credentials(&self) -> Vec<PathBuf> {
+        if !self.image_credentials.is_empty() {
+            return self.image_credentials.clone();
+        }
+        std::env::var_os("HOME")
+            .map(|h| PathBuf::from(h).join(".docker/config.json"))
+            .filter(|p| p.is_file())
+            .into_iter()
+            .collect()
+    }
+
     /// The node agent's configuration from the flags.
     pub fn config(&self) -> anyhow::Result<Config> {
         let hostname = self
@@ -139,15 +162,7 @@ impl NodeArgs {
             max_pods: self.max_pods,
             node_labels: self.node_labels.clone(),
             insecure_registries: self.insecure_registries.clone(),
-            image_credentials: if self.image_credentials.is_empty() {
-                std::env::var_os("HOME")
-                    .map(|h| PathBuf::from(h).join(".docker/config.json"))
-                    .filter(|p| p.is_file())
-                    .into_iter()
-                    .collect()
-            } else {
-                self.image_credentials.clone()
-            },
+            image_credentials: self.image_credentials(),
             tls: self.cert_file.clone().zip(self.private_key_file.clone()),
             rotate_server_certificates: self.rotate_server_certificates,
             client_ca_file: self.client_ca_file.clone(),
@@ -226,6 +241,43 @@ fn raise_open_files_limit() {
     }
     let limit = getrlimit(Resource::Nofile).current;
     tracing::debug!(?limit, "open-file limit");
+}
+
+/// What a node binary can do besides running a node.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Push a .wasm module or component to a registry as a wasm OCI artifact (CNCF layout),
+    /// with the registry credentials of --image-credentials (default ~/.docker/config.json)
+    /// and the plain-HTTP registries of --insecure-registries.
+    Push {
+        /// The .wasm file.
+        module: PathBuf,
+        /// Where to push it, `registry/repository:tag`.
+        image: String,
+    },
+}
+
+/// Runs `command` with the flags it shares with the node.
+pub async fn run_command(command: Command, args: &NodeArgs) -> anyhow::Result<()> {
+    match command {
+        Command::Push { module, image } => {
+            let bytes =
+                std::fs::read(&module).with_context(|| format!("reading {}", module.display()))?;
+            let mut keyring = kubelet::images::credentials::Keyring::default();
+            for path in args.image_credentials() {
+                let text = std::fs::read(&path)
+                    .with_context(|| format!("reading --image-credentials {}", path.display()))?;
+                keyring.add_docker_config(&text).map_err(|e| {
+                    anyhow::anyhow!("registry credentials in {}: {}", path.display(), e.0)
+                })?;
+            }
+            let url =
+                kubelet::images::push_module(&image, bytes, &keyring, &args.insecure_registries)
+                    .await?;
+            println!("pushed {} to {image} ({url})", module.display());
+            Ok(())
+        }
+    }
 }
 
 /// Sets up what every binary needs before parsing flags: logging to stderr (`RUST_LOG`,

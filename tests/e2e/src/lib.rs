@@ -564,6 +564,30 @@ pub fn agent_binary(provider: Provider) -> anyhow::Result<PathBuf> {
     Ok(dir.join(provider.binary()))
 }
 
+/// Runs `provider`'s binary with `args` to its end (killed at [`DEADLINE`], and with the test
+/// process); returns its output.
+pub fn run_binary(
+    provider: Provider,
+    args: &[&std::ffi::OsStr],
+) -> anyhow::Result<std::process::Output> {
+    let mut command = Command::new(agent_binary(provider)?);
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = testkit::process::spawn_owned(command)?;
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while child.try_wait()?.is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill()?;
+            bail!("{} did not finish within {DEADLINE:?}", provider.binary());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(child.wait_with_output()?)
+}
+
 /// How a node agent authenticates.
 pub enum Credentials {
     /// A kubeconfig for `system:node:<name>`.

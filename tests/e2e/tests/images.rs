@@ -273,3 +273,90 @@ async fn wasi_platform_images_run_their_wasm_entrypoint() -> anyhow::Result<()> 
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn the_push_subcommand_round_trips_with_the_pull_path() -> anyhow::Result<()> {
+    let cluster = Cluster::new("push").await?;
+    let private = Registry::start_with_auth("bob", "builder")?;
+    let dir = tempfile::tempdir()?;
+    let docker_config = dir.path().join("config.json");
+    let auth = base64::engine::general_purpose::STANDARD.encode("bob:builder");
+    std::fs::write(
+        &docker_config,
+        json!({"auths": {private.host(): {"auth": auth}}}).to_string(),
+    )?;
+    let wrong_config = dir.path().join("wrong.json");
+    let wrong = base64::engine::general_purpose::STANDARD.encode("bob:nope");
+    std::fs::write(
+        &wrong_config,
+        json!({"auths": {private.host(): {"auth": wrong}}}).to_string(),
+    )?;
+    let module = wasm_module("wasi-probe")?;
+    let image = format!("{}/tools/probe:v1", private.host());
+    let push = |file: &std::path::Path, credentials: &std::path::Path| {
+        e2e::run_binary(
+            e2e::Provider::Wasi,
+            &[
+                "push".as_ref(),
+                file.as_os_str(),
+                image.as_ref(),
+                "--insecure-registries".as_ref(),
+                private.host().as_ref(),
+                "--image-credentials".as_ref(),
+                credentials.as_os_str(),
+            ],
+        )
+    };
+    let pushed = push(&module, &docker_config)?;
+    assert!(
+        pushed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pushed.stderr)
+    );
+    assert!(String::from_utf8_lossy(&pushed.stdout).contains("pushed"));
+    // Wrong credentials and a file that is not wasm fail with messages that say so.
+    let refused = push(&module, &wrong_config)?;
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("credentials"), "{stderr}");
+    let text = dir.path().join("not.wasm");
+    std::fs::write(&text, "hello")?;
+    let not_wasm = push(&text, &docker_config)?;
+    assert!(!not_wasm.status.success());
+    let stderr = String::from_utf8_lossy(&not_wasm.stderr);
+    assert!(stderr.contains("not WebAssembly"), "{stderr}");
+
+    // A node with the same credentials runs what was pushed.
+    let data_dir = tempfile::Builder::new().prefix("krustlet-node").tempdir()?;
+    let name = format!("node-{}", cluster.id);
+    let credentials =
+        Credentials::Kubeconfig(node_credentials(&cluster, &name, data_dir.path()).await?);
+    let config_arg = docker_config.display().to_string();
+    let agent = NodeAgent::start_with_args(
+        &cluster,
+        &name,
+        data_dir,
+        credentials,
+        &[
+            "--insecure-registries",
+            private.host(),
+            "--image-credentials",
+            &config_arg,
+        ],
+    )
+    .await?;
+    cluster
+        .create_pod(wasm_pod(
+            "pushed",
+            &image,
+            &agent.name,
+            &["print", "round trip"],
+            "Never",
+        ))
+        .await?;
+    cluster
+        .wait_pod("pushed", "Succeeded", has_phase("Succeeded"))
+        .await?;
+    assert_eq!(cluster.kubectl(&["logs", "pushed"])?, "round trip\n");
+    Ok(())
+}

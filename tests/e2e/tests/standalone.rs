@@ -1,33 +1,22 @@
 //! The embedded default: `krustlet-wasi --standalone` runs pod manifests with no API server,
 //! prints their output, and exits with the pods' outcome.
 
-use std::process::{Command, Stdio};
-use std::time::Duration;
-
 fn run_standalone(manifest: &str, dir: &std::path::Path) -> anyhow::Result<std::process::Output> {
     let path = dir.join("pods.yaml");
     std::fs::write(&path, manifest)?;
-    let mut command = Command::new(e2e::agent_binary(e2e::Provider::Wasi)?);
-    command
-        .args(["--standalone", "--node-name", "standalone"])
-        .arg("--pod-manifest-path")
-        .arg(&path)
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    // Dies with the test process, also when an assertion fails first.
-    let mut child = testkit::process::spawn_owned(command)?;
-    let deadline = std::time::Instant::now() + e2e::DEADLINE;
-    while child.try_wait()?.is_none() {
-        if std::time::Instant::now() > deadline {
-            child.kill()?;
-            anyhow::bail!("standalone run did not finish within {:?}", e2e::DEADLINE);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(child.wait_with_output()?)
+    let data = dir.join("data");
+    e2e::run_binary(
+        e2e::Provider::Wasi,
+        &[
+            "--standalone".as_ref(),
+            "--node-name".as_ref(),
+            "standalone".as_ref(),
+            "--pod-manifest-path".as_ref(),
+            path.as_os_str(),
+            "--data-dir".as_ref(),
+            data.as_os_str(),
+        ],
+    )
 }
 
 fn pod(name: &str, image: &str, args: &[&str]) -> String {

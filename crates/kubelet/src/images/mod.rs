@@ -6,6 +6,9 @@
 pub mod credentials;
 mod layers;
 mod media;
+mod push;
+
+pub use push::{PushError, push_module};
 
 use crate::runtime::ModuleBytes;
 use oci_client::client::{ClientConfig, ClientProtocol};
