@@ -13,7 +13,7 @@ const READY_DEADLINE: Duration = Duration::from_secs(20);
 pub struct Registry {
     child: Child,
     host: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Registry {
@@ -40,7 +40,7 @@ impl Registry {
         let port = free_port()?;
         let host = format!("127.0.0.1:{port}");
         let mut config = format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n",
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n",
             dir.path().join("data").display()
         );
         if let Some((user, password)) = auth {
@@ -56,19 +56,16 @@ impl Registry {
         }
         let config_path = dir.path().join("config.yml");
         std::fs::write(&config_path, config)?;
+        let log = std::fs::File::create(dir.path().join("access.log"))?;
         let mut command = Command::new(REGISTRY_BIN);
         command
             .arg("serve")
             .arg(&config_path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stdout(log.try_clone()?)
+            .stderr(log);
         let child = crate::process::spawn_owned(command)
             .with_context(|| format!("starting {REGISTRY_BIN}"))?;
-        let registry = Self {
-            child,
-            host,
-            _dir: dir,
-        };
+        let registry = Self { child, host, dir };
         registry.wait_ready()?;
         Ok(registry)
     }
@@ -76,6 +73,16 @@ impl Registry {
     /// `127.0.0.1:<port>`.
     pub fn host(&self) -> &str {
         &self.host
+    }
+
+    /// How many requests the registry has served whose line in its access log contains
+    /// `pattern` (e.g. `"GET /v2/repo/blobs/sha256:..."`).
+    pub fn requests(&self, pattern: &str) -> usize {
+        std::fs::read_to_string(self.dir.path().join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| line.contains(pattern))
+            .count()
     }
 
     fn wait_ready(&self) -> anyhow::Result<()> {

@@ -360,3 +360,76 @@ async fn the_push_subcommand_round_trips_with_the_pull_path() -> anyhow::Result<
     assert_eq!(cluster.kubectl(&["logs", "pushed"])?, "round trip\n");
     Ok(())
 }
+
+#[tokio::test]
+async fn one_download_per_layer_and_a_corrupt_store_file_is_fetched_again() -> anyhow::Result<()> {
+    let cluster = Cluster::new("coalesce").await?;
+    let registry = Registry::start()?;
+    let data_dir = tempfile::Builder::new().prefix("krustlet-node").tempdir()?;
+    let name = format!("node-{}", cluster.id);
+    let credentials =
+        Credentials::Kubeconfig(node_credentials(&cluster, &name, data_dir.path()).await?);
+    let mut agent = NodeAgent::start_with_args(
+        &cluster,
+        &name,
+        data_dir,
+        credentials,
+        &["--insecure-registries", registry.host()],
+    )
+    .await?;
+    let module = std::fs::read(wasm_module("wasi-probe")?)?;
+    let image = format!("{}/shared/probe:v1", registry.host());
+    testkit::fixtures::push_wasm(&image, &module).await?;
+    let digest = kubelet::images::digest_of(&module);
+    let blob_gets = || registry.requests(&format!("GET /v2/shared/probe/blobs/{digest}"));
+    assert_eq!(blob_gets(), 0);
+
+    // Five pods ask for the image at once: one download.
+    for i in 0..5 {
+        cluster
+            .create_pod(wasm_pod(
+                &format!("p{i}"),
+                &image,
+                &agent.name,
+                &["print", "ok"],
+                "Never",
+            ))
+            .await?;
+    }
+    for i in 0..5 {
+        cluster
+            .wait_pod(&format!("p{i}"), "Succeeded", has_phase("Succeeded"))
+            .await?;
+    }
+    assert_eq!(
+        blob_gets(),
+        1,
+        "concurrent pulls of one image share one download"
+    );
+
+    // A store file damaged while the agent was down is detected and fetched again, never run.
+    agent.terminate()?;
+    let stored = agent
+        .data_dir
+        .path()
+        .join("images/blobs")
+        .join(digest.replace(':', "/"));
+    std::fs::write(&stored, b"\0asm damaged")?;
+    agent.start_again().await?;
+    cluster
+        .create_pod(wasm_pod(
+            "after",
+            &image,
+            &agent.name,
+            &["print", "intact"],
+            "Never",
+        ))
+        .await?;
+    cluster
+        .wait_pod("after", "Succeeded", has_phase("Succeeded"))
+        .await?;
+    assert_eq!(cluster.kubectl(&["logs", "after"])?, "intact\n");
+    assert_eq!(blob_gets(), 2, "the damaged file was fetched again");
+    assert_eq!(std::fs::read(&stored)?, module);
+    Ok(())
+}
