@@ -2,7 +2,7 @@
 //! an ephemeral port and a temporary storage dir, killed when dropped.
 
 use anyhow::{Context, bail};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 /// Where Debian installs the registry.
