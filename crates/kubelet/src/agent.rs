@@ -250,6 +250,13 @@ pub async fn run_node<R: Runtime>(
         supervisors,
         pods_stop.clone(),
     ));
+    tokio::spawn(collect_images(
+        parts.images.clone(),
+        parts.runtime.clone(),
+        parts.registry.clone(),
+        parts.config.clone(),
+        rest_stop.clone(),
+    ));
     tracing::info!(node = %parts.config.node_name, port = parts.config.port, "node agent running");
     let result = tokio::select! {
         served = &mut server => match served {
@@ -270,6 +277,38 @@ pub async fn run_node<R: Runtime>(
     }
     tracing::info!("node agent stopped");
     result
+}
+
+/// Image garbage collection every `--image-gc-period` until `stop`: the images of the pods the
+/// node knows are kept; what is removed is forgotten by the runtime too.
+async fn collect_images<R: Runtime>(
+    images: Arc<ImageStore>,
+    runtime: Arc<R>,
+    registry: Arc<PodRegistry>,
+    config: Config,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(config.image_gc_period) => {}
+        }
+        let in_use: Vec<String> = registry
+            .pods()
+            .iter()
+            .filter_map(|pod| pod.spec.as_ref())
+            .flat_map(|spec| {
+                spec.containers
+                    .iter()
+                    .chain(spec.init_containers.iter().flatten())
+            })
+            .filter_map(|container| container.image.clone())
+            .collect();
+        match images.collect_garbage(&in_use, &config.image_gc) {
+            Ok(removed) => removed.iter().for_each(|digest| runtime.forget(digest)),
+            Err(e) => tracing::warn!(error = %e, "image garbage collection failed"),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -43,6 +43,10 @@ pub struct Config {
     pub sync_frequency: std::time::Duration,
     /// Directories hostPath volumes must lie in; empty allows any.
     pub allowed_host_paths: Vec<PathBuf>,
+    /// When unused images are removed.
+    pub image_gc: crate::images::gc::GcPolicy,
+    /// How often image garbage collection runs.
+    pub image_gc_period: std::time::Duration,
 }
 
 impl Config {

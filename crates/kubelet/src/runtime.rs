@@ -240,6 +240,10 @@ pub trait Runtime: Send + Sync + 'static {
         None
     }
 
+    /// Drops what the runtime keeps for the module `digest` (compiled code in memory and on
+    /// disk): its image was garbage-collected.
+    fn forget(&self, _digest: &str) {}
+
     /// Validates and compiles a module; the result is cached by digest.
     fn prepare(
         &self,

@@ -104,6 +104,22 @@ pub struct NodeArgs {
     /// elsewhere gets a FailedMount event saying so. Empty (the default) allows any.
     #[arg(long, env = "KRUSTLET_ALLOWED_HOST_PATHS", value_delimiter = ',')]
     allowed_host_paths: Vec<PathBuf>,
+    /// Disk use (percent) of the image store's filesystem above which unused images are
+    /// removed, least recently used first.
+    #[arg(long, env = "KRUSTLET_IMAGE_GC_HIGH_THRESHOLD", default_value_t = 85, value_parser = clap::value_parser!(u8).range(0..=100))]
+    image_gc_high_threshold: u8,
+    /// Disk use (percent) image garbage collection brings the filesystem down to.
+    #[arg(long, env = "KRUSTLET_IMAGE_GC_LOW_THRESHOLD", default_value_t = 80, value_parser = clap::value_parser!(u8).range(0..=100))]
+    image_gc_low_threshold: u8,
+    /// How long an image must be unused before it may be removed.
+    #[arg(long, env = "KRUSTLET_IMAGE_MINIMUM_GC_AGE", default_value = "2m", value_parser = parse_duration)]
+    image_minimum_gc_age: std::time::Duration,
+    /// Unused longer than this, an image is removed whatever the disk use (0s: never).
+    #[arg(long, env = "KRUSTLET_IMAGE_MAXIMUM_GC_AGE", default_value = "0s", value_parser = parse_duration)]
+    image_maximum_gc_age: std::time::Duration,
+    /// How often image garbage collection runs.
+    #[arg(long, env = "KRUSTLET_IMAGE_GC_PERIOD", default_value = "5m", value_parser = parse_duration)]
+    image_gc_period: std::time::Duration,
     /// On SIGTERM/SIGINT, mark the node unschedulable before stopping its pods (the agent undoes
     /// its own cordon when it starts again). Without it, pods are stopped and reported, and the
     /// node stays schedulable.
@@ -141,6 +157,13 @@ impl NodeArgs {
 
     /// The node agent's configuration from the flags.
     pub fn config(&self) -> anyhow::Result<Config> {
+        if self.image_gc_low_threshold > self.image_gc_high_threshold {
+            anyhow::bail!(
+                "--image-gc-low-threshold ({}) must not be above --image-gc-high-threshold ({})",
+                self.image_gc_low_threshold,
+                self.image_gc_high_threshold
+            );
+        }
         let hostname = self
             .hostname
             .clone()
@@ -170,6 +193,13 @@ impl NodeArgs {
             drain_on_shutdown: self.drain_on_shutdown,
             sync_frequency: self.sync_frequency,
             allowed_host_paths: self.allowed_host_paths.clone(),
+            image_gc: kubelet::images::gc::GcPolicy {
+                high_threshold: self.image_gc_high_threshold,
+                low_threshold: self.image_gc_low_threshold,
+                minimum_age: self.image_minimum_gc_age,
+                maximum_age: self.image_maximum_gc_age,
+            },
+            image_gc_period: self.image_gc_period,
         })
     }
 }

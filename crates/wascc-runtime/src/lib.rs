@@ -74,6 +74,10 @@ impl Runtime for WasccRuntime {
         wasm_host::capacity::guests()
     }
 
+    fn forget(&self, digest: &str) {
+        self.cache.forget(digest);
+    }
+
     async fn prepare(&self, module: ModuleBytes) -> Result<Prepared, PrepareError> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -96,6 +96,10 @@ impl Runtime for WasiRuntime {
         wasm_host::capacity::guests()
     }
 
+    fn forget(&self, digest: &str) {
+        self.cache.forget(digest);
+    }
+
     async fn prepare(&self, module: ModuleBytes) -> Result<Prepared, PrepareError> {
         let guest = match self.cache.get(&module).await? {
             cache::Compiled::Module(compiled) => {

@@ -66,6 +66,20 @@ impl ModuleCache {
         ))
     }
 
+    /// Drops the compiled module `digest` from memory and disk.
+    pub fn forget(&self, digest: &str) {
+        self.memory
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(digest);
+        let prefix = format!("{}-", digest.replace(':', "-"));
+        for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+
     /// The compiled module or component for `module`.
     pub async fn get(&self, module: &ModuleBytes) -> Result<Compiled, PrepareError> {
         if let Some(m) = self

@@ -433,3 +433,99 @@ async fn one_download_per_layer_and_a_corrupt_store_file_is_fetched_again() -> a
     assert_eq!(std::fs::read(&stored)?, module);
     Ok(())
 }
+
+#[tokio::test]
+async fn images_no_pod_uses_are_garbage_collected() -> anyhow::Result<()> {
+    let cluster = Cluster::new("imagegc").await?;
+    let registry = Registry::start()?;
+    let data_dir = tempfile::Builder::new().prefix("krustlet-node").tempdir()?;
+    let name = format!("node-{}", cluster.id);
+    let credentials =
+        Credentials::Kubeconfig(node_credentials(&cluster, &name, data_dir.path()).await?);
+    let agent = NodeAgent::start_with_args(
+        &cluster,
+        &name,
+        data_dir,
+        credentials,
+        &[
+            "--insecure-registries",
+            registry.host(),
+            "--image-gc-period",
+            "1s",
+            "--image-minimum-gc-age",
+            "0s",
+            "--image-maximum-gc-age",
+            "2s",
+        ],
+    )
+    .await?;
+    let kept_module = std::fs::read(wasm_module("wasi-probe")?)?;
+    let dropped_module = std::fs::read(wasm_module("hello-wasm")?)?;
+    let kept = format!("{}/gc/kept:v1", registry.host());
+    let dropped = format!("{}/gc/dropped:v1", registry.host());
+    testkit::fixtures::push_wasm(&kept, &kept_module).await?;
+    testkit::fixtures::push_wasm(&dropped, &dropped_module).await?;
+    let blob = |module: &[u8]| {
+        agent
+            .data_dir
+            .path()
+            .join("images/blobs")
+            .join(kubelet::images::digest_of(module).replace(':', "/"))
+    };
+    let compiled = |module: &[u8]| {
+        let prefix = kubelet::images::digest_of(module).replace(':', "-");
+        std::fs::read_dir(agent.data_dir.path().join("compiled"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .count()
+    };
+
+    cluster
+        .create_pod(wasm_pod(
+            "keeper",
+            &kept,
+            &agent.name,
+            &["forever"],
+            "Always",
+        ))
+        .await?;
+    cluster
+        .create_pod(wasm_pod("once", &dropped, &agent.name, &[], "Never"))
+        .await?;
+    cluster
+        .wait_pod("keeper", "Running", has_phase("Running"))
+        .await?;
+    cluster
+        .wait_pod("once", "Succeeded", has_phase("Succeeded"))
+        .await?;
+    assert!(blob(&dropped_module).exists() && compiled(&dropped_module) == 1);
+    cluster.kubectl(&["delete", "pod", "once", "--wait=true"])?;
+
+    // Unused for longer than the maximum age, the image goes, compiled code and all; the
+    // image of the running pod stays.
+    cluster
+        .eventually("the unused image to be removed", async || {
+            Ok((!blob(&dropped_module).exists()).then_some(()))
+        })
+        .await?;
+    assert_eq!(compiled(&dropped_module), 0);
+    assert!(blob(&kept_module).exists());
+    // Needed again, it is pulled again.
+    let gets = || {
+        registry.requests(&format!(
+            "GET /v2/gc/dropped/blobs/{}",
+            kubelet::images::digest_of(&dropped_module)
+        ))
+    };
+    assert_eq!(gets(), 1);
+    cluster
+        .create_pod(wasm_pod("again", &dropped, &agent.name, &[], "Never"))
+        .await?;
+    cluster
+        .wait_pod("again", "Succeeded", has_phase("Succeeded"))
+        .await?;
+    assert_eq!(gets(), 2);
+    Ok(())
+}

@@ -4,6 +4,7 @@
 //! WebAssembly.
 
 pub mod credentials;
+pub mod gc;
 mod layers;
 mod media;
 mod push;
@@ -93,6 +94,9 @@ pub enum Source {
 struct RefRecord {
     image_id: String,
     layer: String,
+    /// The reference it was pulled by (`Reference::whole`), for garbage collection.
+    #[serde(default)]
+    reference: String,
 }
 
 /// The node's image store.
@@ -105,6 +109,10 @@ pub struct ImageStore {
     local_files: bool,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     modules: Mutex<HashMap<String, Arc<[u8]>>>,
+    /// When each reference was last asked for; images not asked for since the store was opened
+    /// count from then.
+    last_used: Mutex<HashMap<String, std::time::Instant>>,
+    opened: std::time::Instant,
 }
 
 impl ImageStore {
@@ -118,6 +126,8 @@ impl ImageStore {
             local_files,
             locks: Mutex::default(),
             modules: Mutex::default(),
+            last_used: Mutex::default(),
+            opened: std::time::Instant::now(),
         }
     }
 
@@ -139,6 +149,10 @@ impl ImageStore {
             locks.entry(reference.whole()).or_default().clone()
         };
         let _guard = lock.lock().await;
+        self.last_used
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(reference.whole(), std::time::Instant::now());
         let stored = self.stored(&reference)?;
         match (policy, stored) {
             (PullPolicy::IfNotPresent | PullPolicy::Never, Some(found)) => {
@@ -150,6 +164,81 @@ impl ImageStore {
                 self.pull(image, &reference, auth).await
             }
         }
+    }
+
+    /// Removes the images no pod uses (`in_use` holds the pods' image references) as `policy`
+    /// says; returns the digests of the modules removed, for the runtime to forget.
+    pub fn collect_garbage(
+        &self,
+        in_use: &[String],
+        policy: &gc::GcPolicy,
+    ) -> Result<Vec<String>, PullError> {
+        let in_use: Vec<String> = in_use
+            .iter()
+            .filter_map(|image| image.parse::<Reference>().ok())
+            .map(|r| r.whole())
+            .collect();
+        let refs = self.root.join("refs");
+        let mut records = Vec::new();
+        for entry in std::fs::read_dir(&refs).into_iter().flatten().flatten() {
+            if let Ok(record) = serde_json::from_slice::<RefRecord>(&std::fs::read(entry.path())?) {
+                records.push((entry.path(), record));
+            }
+        }
+        let now = std::time::Instant::now();
+        let last_used = self
+            .last_used
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let unused = records
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, record))| !in_use.contains(&record.reference))
+            .map(|(index, (_, record))| gc::Unused {
+                key: index,
+                idle: now.saturating_duration_since(
+                    last_used
+                        .get(&record.reference)
+                        .copied()
+                        .unwrap_or(self.opened),
+                ),
+                bytes: std::fs::metadata(self.blob_path(&record.layer)).map_or(0, |m| m.len()),
+            })
+            .collect();
+        let disk = rustix::fs::statvfs(&self.root)
+            .map(|s| gc::Disk {
+                capacity: s.f_blocks.saturating_mul(s.f_frsize),
+                used: s
+                    .f_blocks
+                    .saturating_sub(s.f_bavail)
+                    .saturating_mul(s.f_frsize),
+            })
+            .map_err(std::io::Error::from)?;
+        let chosen = policy.select(unused, disk);
+        let mut removed = Vec::new();
+        for index in &chosen {
+            let (path, record) = &records[*index];
+            std::fs::remove_file(path)?;
+            self.last_used
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&record.reference);
+            tracing::info!(image = %record.image_id, "removed an unused image");
+            let shared = records
+                .iter()
+                .enumerate()
+                .any(|(i, (_, other))| !chosen.contains(&i) && other.layer == record.layer);
+            if !shared && !removed.contains(&record.layer) {
+                let _ = std::fs::remove_file(self.blob_path(&record.layer));
+                self.modules
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&record.layer);
+                removed.push(record.layer.clone());
+            }
+        }
+        Ok(removed)
     }
 
     fn client(&self, auth: &RegistryAuth) -> Client {
@@ -319,6 +408,7 @@ impl ImageStore {
         let record = RefRecord {
             image_id: image_id.clone(),
             layer: module.digest.clone(),
+            reference: reference.whole(),
         };
         write_atomic(
             &self.ref_path(reference),
