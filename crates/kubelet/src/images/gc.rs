@@ -56,7 +56,7 @@ impl GcPolicy {
     pub fn select<K: Clone>(&self, mut unused: Vec<Unused<K>>, disk: Disk) -> Vec<K> {
         unused.retain(|image| image.idle >= self.minimum_age);
         // Longest idle first, as the kubelet frees least recently used images first.
-        unused.sort_by(|a, b| b.idle.cmp(&a.idle));
+        unused.sort_by_key(|image| std::cmp::Reverse(image.idle));
         let mut chosen = Vec::new();
         let mut used = disk.used;
         let percent = |bytes: u64| bytes.saturating_mul(100) / disk.capacity.max(1);
