@@ -529,3 +529,94 @@ async fn images_no_pod_uses_are_garbage_collected() -> anyhow::Result<()> {
     assert_eq!(gets(), 2);
     Ok(())
 }
+
+#[tokio::test]
+async fn pull_policies_and_pull_failures_as_on_any_node() -> anyhow::Result<()> {
+    let cluster = Cluster::new("pullpolicy").await?;
+    let agent = cluster.start_node().await?;
+    let repo = format!("{}/{}/policy", cluster.registry(), cluster.id);
+    let first = std::fs::read(wasm_module("wasi-probe")?)?;
+    testkit::fixtures::push_wasm(&format!("{repo}:v1"), &first).await?;
+    let with_policy = |name: &str, image: &str, policy: &str| {
+        let mut pod = wasm_pod(name, image, &agent.name, &["print", name], "Never");
+        pod.spec.as_mut().expect("spec").containers[0].image_pull_policy = Some(policy.into());
+        pod
+    };
+    let events_of =
+        async |pod: &str| -> anyhow::Result<Vec<String>> { cluster.pod_events(pod).await };
+
+    // Never, with the image absent: ErrImageNeverPull and the kubelet's message.
+    cluster
+        .create_pod(with_policy("never", &format!("{repo}:v1"), "Never"))
+        .await?;
+    let never = cluster
+        .wait_pod(
+            "never",
+            "ErrImageNeverPull",
+            is_waiting("ErrImageNeverPull"),
+        )
+        .await?;
+    assert!(
+        waiting_message(&never).contains("is not present with pull policy of Never"),
+        "{}",
+        waiting_message(&never)
+    );
+    // IfNotPresent pulls once; the next pod finds it on the machine.
+    for name in ["first", "second"] {
+        cluster
+            .create_pod(with_policy(name, &format!("{repo}:v1"), "IfNotPresent"))
+            .await?;
+        cluster
+            .wait_pod(name, "Succeeded", has_phase("Succeeded"))
+            .await?;
+    }
+    let pulled = cluster
+        .eventually("the second pod's Pulled event", async || {
+            Ok(events_of("second")
+                .await?
+                .into_iter()
+                .find(|e| e.starts_with("Pulled")))
+        })
+        .await?;
+    assert!(pulled.contains("already present on machine"), "{pulled}");
+    // Always resolves the tag again: a new push under the same tag is what runs.
+    let second = std::fs::read(wasm_module("hello-wasm")?)?;
+    testkit::fixtures::push_wasm(&format!("{repo}:v1"), &second).await?;
+    cluster
+        .create_pod(with_policy("always", &format!("{repo}:v1"), "Always"))
+        .await?;
+    cluster
+        .wait_pod("always", "Succeeded", has_phase("Succeeded"))
+        .await?;
+    assert!(
+        cluster
+            .kubectl(&["logs", "always"])?
+            .contains("Hello, world!"),
+        "the tag's new image ran"
+    );
+    // A repository that does not exist: ErrImagePull, then ImagePullBackOff, with the cause.
+    cluster
+        .create_pod(with_policy(
+            "missing",
+            &format!("{repo}-nothing:v1"),
+            "IfNotPresent",
+        ))
+        .await?;
+    let missing = cluster
+        .wait_pod(
+            "missing",
+            "ImagePullBackOff",
+            is_waiting("ImagePullBackOff"),
+        )
+        .await?;
+    let message = waiting_message(&missing);
+    assert!(message.contains(&format!("{repo}-nothing:v1")), "{message}");
+    let events = events_of("missing").await?;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.starts_with("BackOff: Back-off pulling image")),
+        "{events:?}"
+    );
+    Ok(())
+}
