@@ -310,3 +310,57 @@ async fn deleting_a_serving_pod_finishes_its_requests_in_flight() -> anyhow::Res
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn the_scheduler_keeps_a_second_pod_off_a_taken_host_port() -> anyhow::Result<()> {
+    let cluster = Cluster::new("p2-hostport").await?;
+    let agent = cluster.start_node().await?;
+    let image = cluster.push_component("http_probe").await?;
+    let [port] = free_ports()?;
+    // Left to the scheduler (no nodeName), pinned to this node by affinity.
+    let pod = |name: &str| -> anyhow::Result<Pod> {
+        Ok(serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name},
+            "spec": {
+                "containers": [{"name": "web", "image": image, "ports": [{"containerPort": port, "hostPort": port}]}],
+                "tolerations": [{"key": "krustlet/arch", "operator": "Equal", "value": "wasm32-wasi", "effect": "NoExecute"}],
+                "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                    {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [agent.name]}]}
+                ]}}},
+            }
+        }))?)
+    };
+    cluster.create_pod(pod("first")?).await?;
+    cluster
+        .wait_pod("first", "Ready", e2e::is_pod_ready())
+        .await?;
+    assert_eq!(http_get(port, "/").await?.0, 200);
+    cluster.create_pod(pod("second")?).await?;
+    let pending = cluster
+        .wait_pod("second", "unschedulable", |p: Option<&Pod>| {
+            p.and_then(|p| p.status.as_ref())
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| {
+                    c.iter().any(|c| {
+                        c.type_ == "PodScheduled"
+                            && c.status == "False"
+                            && c.reason.as_deref() == Some("Unschedulable")
+                    })
+                })
+        })
+        .await?;
+    let message = pending
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.type_ == "PodScheduled")
+        .and_then(|c| c.message)
+        .unwrap_or_default();
+    assert!(
+        message.contains("didn't have free ports for the requested pod ports"),
+        "{message}"
+    );
+    Ok(())
+}

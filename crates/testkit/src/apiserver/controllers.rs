@@ -144,9 +144,9 @@ fn schedule(state: &mut State) {
         let mut reasons: Vec<String> = Vec::new();
         let mut fits: Vec<(usize, &Value)> = Vec::new();
         for node in &nodes {
-            let running = running_pods(state, node);
-            match filter(&pod, node, running) {
-                Ok(()) => fits.push((running, node)),
+            let active = active_pods(state, node);
+            match filter(&pod, node, &active) {
+                Ok(()) => fits.push((active.len(), node)),
                 Err(reason) => reasons.push(reason),
             }
         }
@@ -161,17 +161,39 @@ fn schedule(state: &mut State) {
     }
 }
 
-fn running_pods(state: &State, node: &Value) -> usize {
+/// The pods bound to `node` that have not finished.
+fn active_pods(state: &State, node: &Value) -> Vec<Value> {
     state
         .list("pods", None)
         .filter(|p| {
             p["spec"]["nodeName"] == node["metadata"]["name"]
                 && !matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
         })
-        .count()
+        .cloned()
+        .collect()
 }
 
-fn filter(pod: &Value, node: &Value, running: usize) -> Result<(), String> {
+/// The `(hostIP, protocol, hostPort)` a pod's containers claim on their node.
+fn host_ports(pod: &Value) -> Vec<(String, String, u64)> {
+    pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|c| c["ports"].as_array().cloned().unwrap_or_default())
+        .filter_map(|p| {
+            let port = p["hostPort"].as_u64().filter(|p| *p > 0)?;
+            let ip = p["hostIP"]
+                .as_str()
+                .filter(|i| !i.is_empty())
+                .unwrap_or("0.0.0.0");
+            let protocol = p["protocol"].as_str().unwrap_or("TCP");
+            Some((ip.to_string(), protocol.to_string(), port))
+        })
+        .collect()
+}
+
+/// The scheduler's filters: taints, selectors and affinity, pod capacity, host ports.
+fn filter(pod: &Value, node: &Value, active: &[Value]) -> Result<(), String> {
     let ready = node["status"]["conditions"]
         .as_array()
         .into_iter()
@@ -210,8 +232,20 @@ fn filter(pod: &Value, node: &Value, running: usize) -> Result<(), String> {
         .as_str()
         .and_then(|p| p.parse().ok())
         .unwrap_or(110);
-    if running >= capacity {
+    if active.len() >= capacity {
         return Err("Too many pods".into());
+    }
+    let wanted = host_ports(pod);
+    let taken: Vec<(String, String, u64)> = active.iter().flat_map(host_ports).collect();
+    let clash = wanted.iter().any(|(ip, protocol, port)| {
+        taken.iter().any(|(other_ip, other_protocol, other_port)| {
+            port == other_port
+                && protocol == other_protocol
+                && (ip == other_ip || ip == "0.0.0.0" || other_ip == "0.0.0.0")
+        })
+    });
+    if clash {
+        return Err("node(s) didn't have free ports for the requested pod ports".into());
     }
     Ok(())
 }
