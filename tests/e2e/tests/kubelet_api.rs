@@ -152,3 +152,55 @@ async fn the_agent_serves_its_own_metrics() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn secrets_and_tokens_stay_out_of_the_agents_log() -> anyhow::Result<()> {
+    let cluster = Cluster::new("nolog").await?;
+    let agent = cluster.start_node().await?;
+    let image = cluster.push_guest("wasi-probe").await?;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    let value = "s3cret-value-7f3a9c";
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "creds"}, "stringData": {"password": value}
+            }))?,
+        )
+        .await?;
+    let mut pod = e2e::wasm_pod(
+        "reader",
+        &image,
+        &agent.name,
+        &[
+            "env",
+            "read",
+            "/var/run/secrets/kubernetes.io/serviceaccount/token",
+        ],
+        "Never",
+    );
+    pod.spec.as_mut().expect("spec").containers[0].env = Some(serde_json::from_value(
+        serde_json::json!([{"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "password"}}}]),
+    )?);
+    cluster.create_pod(pod).await?;
+    cluster
+        .wait_pod("reader", "Succeeded", e2e::has_phase("Succeeded"))
+        .await?;
+    // The guest saw both (its own output may show them)...
+    let output = cluster.kubectl(&["logs", "reader"])?;
+    assert!(output.contains(&format!("PASSWORD={value}")), "{output}");
+    let token = output.lines().last().unwrap_or_default().trim().to_string();
+    assert!(token.len() > 20, "a token was mounted: {output}");
+    // ...the node agent's own log shows neither.
+    let log = agent.log();
+    assert!(
+        !log.contains(value),
+        "the secret leaked into the agent's log"
+    );
+    assert!(
+        !log.contains(&token),
+        "the token leaked into the agent's log"
+    );
+    Ok(())
+}
