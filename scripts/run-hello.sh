@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rustup target add wasm32-wasip1 >/dev/null
-cargo build --quiet --manifest-path examples/Cargo.toml --target wasm32-wasip1 --release --target-dir target/wasm
+cargo build --quiet --manifest-path examples/Cargo.toml --target wasm32-wasip1 --release --target-dir target/wasm -p hello-wasm
 cargo build --quiet -p krustlet-wasi
 exec ./target/debug/krustlet-wasi --standalone \
   --pod-manifest-path examples/hello-wasm/standalone.yaml \
