@@ -2,10 +2,7 @@
 //! when credentials are missing.
 
 use base64::Engine;
-use e2e::{
-    Cluster, Credentials, NodeAgent, has_phase, is_waiting, node_credentials, waiting_message,
-    wasm_pod,
-};
+use e2e::{Cluster, has_phase, is_waiting, waiting_message, wasm_pod};
 use k8s_openapi::api::core::v1::{LocalObjectReference, Pod, Secret};
 use kube::api::{Api, PostParams};
 use oci_client::secrets::RegistryAuth;
@@ -24,18 +21,9 @@ fn with_pull_secret(mut pod: Pod, secret: &str) -> Pod {
 async fn private_images_are_pulled_with_the_pods_pull_secrets() -> anyhow::Result<()> {
     let cluster = Cluster::new("pullsecrets").await?;
     let private = Registry::start_with_auth("alice", "wonderland")?;
-    let data_dir = tempfile::Builder::new().prefix("krustlet-node").tempdir()?;
-    let name = format!("node-{}", cluster.id);
-    let credentials =
-        Credentials::Kubeconfig(node_credentials(&cluster, &name, data_dir.path()).await?);
-    let agent = NodeAgent::start_with_args(
-        &cluster,
-        &name,
-        data_dir,
-        credentials,
-        &["--insecure-registries", private.host()],
-    )
-    .await?;
+    let agent = cluster
+        .start_node_with(&["--insecure-registries", private.host()])
+        .await?;
     let image = format!("{}/private/probe:v1", private.host());
     let module = std::fs::read(wasm_module("wasi-probe")?)?;
     let alice = RegistryAuth::Basic("alice".into(), "wonderland".into());
@@ -327,24 +315,15 @@ async fn the_push_subcommand_round_trips_with_the_pull_path() -> anyhow::Result<
     assert!(stderr.contains("not WebAssembly"), "{stderr}");
 
     // A node with the same credentials runs what was pushed.
-    let data_dir = tempfile::Builder::new().prefix("krustlet-node").tempdir()?;
-    let name = format!("node-{}", cluster.id);
-    let credentials =
-        Credentials::Kubeconfig(node_credentials(&cluster, &name, data_dir.path()).await?);
     let config_arg = docker_config.display().to_string();
-    let agent = NodeAgent::start_with_args(
-        &cluster,
-        &name,
-        data_dir,
-        credentials,
-        &[
+    let agent = cluster
+        .start_node_with(&[
             "--insecure-registries",
             private.host(),
             "--image-credentials",
             &config_arg,
-        ],
-    )
-    .await?;
+        ])
+        .await?;
     cluster
         .create_pod(wasm_pod(
             "pushed",
@@ -365,18 +344,9 @@ async fn the_push_subcommand_round_trips_with_the_pull_path() -> anyhow::Result<
 async fn one_download_per_layer_and_a_corrupt_store_file_is_fetched_again() -> anyhow::Result<()> {
     let cluster = Cluster::new("coalesce").await?;
     let registry = Registry::start()?;
-    let data_dir = tempfile::Builder::new().prefix("krustlet-node").tempdir()?;
-    let name = format!("node-{}", cluster.id);
-    let credentials =
-        Credentials::Kubeconfig(node_credentials(&cluster, &name, data_dir.path()).await?);
-    let mut agent = NodeAgent::start_with_args(
-        &cluster,
-        &name,
-        data_dir,
-        credentials,
-        &["--insecure-registries", registry.host()],
-    )
-    .await?;
+    let mut agent = cluster
+        .start_node_with(&["--insecure-registries", registry.host()])
+        .await?;
     let module = std::fs::read(wasm_module("wasi-probe")?)?;
     let image = format!("{}/shared/probe:v1", registry.host());
     testkit::fixtures::push_wasm(&image, &module).await?;
@@ -438,16 +408,8 @@ async fn one_download_per_layer_and_a_corrupt_store_file_is_fetched_again() -> a
 async fn images_no_pod_uses_are_garbage_collected() -> anyhow::Result<()> {
     let cluster = Cluster::new("imagegc").await?;
     let registry = Registry::start()?;
-    let data_dir = tempfile::Builder::new().prefix("krustlet-node").tempdir()?;
-    let name = format!("node-{}", cluster.id);
-    let credentials =
-        Credentials::Kubeconfig(node_credentials(&cluster, &name, data_dir.path()).await?);
-    let agent = NodeAgent::start_with_args(
-        &cluster,
-        &name,
-        data_dir,
-        credentials,
-        &[
+    let agent = cluster
+        .start_node_with(&[
             "--insecure-registries",
             registry.host(),
             "--image-gc-period",
@@ -456,9 +418,8 @@ async fn images_no_pod_uses_are_garbage_collected() -> anyhow::Result<()> {
             "0s",
             "--image-maximum-gc-age",
             "2s",
-        ],
-    )
-    .await?;
+        ])
+        .await?;
     let kept_module = std::fs::read(wasm_module("wasi-probe")?)?;
     let dropped_module = std::fs::read(wasm_module("hello-wasm")?)?;
     let kept = format!("{}/gc/kept:v1", registry.host());
