@@ -1071,6 +1071,26 @@ pub async fn node_credentials(
     Ok(path)
 }
 
+/// The cluster's CSRs to `signer` whose requester matches `requester`.
+pub async fn csrs(
+    cluster: &Cluster,
+    signer: &str,
+    requester: impl Fn(&str) -> bool,
+) -> anyhow::Result<Vec<k8s_openapi::api::certificates::v1::CertificateSigningRequest>> {
+    let api: Api<k8s_openapi::api::certificates::v1::CertificateSigningRequest> =
+        Api::all(cluster.client.clone());
+    Ok(api
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|c| {
+            c.spec.signer_name == signer
+                && requester(c.spec.username.as_deref().unwrap_or_default())
+        })
+        .collect())
+}
+
 /// Approves the CSR `name` as an operator does (`kubectl certificate approve`, done through the
 /// approval subresource: kubectl sends protobuf there, which the stand-in does not speak).
 pub async fn approve_csr(cluster: &Cluster, name: &str) -> anyhow::Result<()> {

@@ -3,24 +3,16 @@
 
 use e2e::{Cluster, Credentials, NodeAgent, bootstrap_kubeconfig};
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
-use kube::api::{Api, DeleteParams, ListParams};
+use kube::api::{Api, DeleteParams};
 use std::os::unix::fs::PermissionsExt;
 
 async fn bootstrap_csrs(cluster: &Cluster) -> anyhow::Result<Vec<CertificateSigningRequest>> {
-    let csrs: Api<CertificateSigningRequest> = Api::all(cluster.client.clone());
-    Ok(csrs
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .filter(|c| {
-            c.spec.signer_name == "kubernetes.io/kube-apiserver-client-kubelet"
-                && c.spec
-                    .username
-                    .as_deref()
-                    .is_some_and(|u| u.starts_with("system:bootstrap:"))
-        })
-        .collect())
+    e2e::csrs(
+        cluster,
+        "kubernetes.io/kube-apiserver-client-kubelet",
+        |user| user.starts_with("system:bootstrap:"),
+    )
+    .await
 }
 
 #[tokio::test]

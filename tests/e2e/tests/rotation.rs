@@ -8,7 +8,7 @@
 use e2e::{Cluster, Credentials, NodeAgent, bootstrap_kubeconfig, has_phase, node_ip, wasm_pod};
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::{Api, ListParams};
+use kube::api::Api;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -20,20 +20,15 @@ async fn pending_serving_csrs(
     cluster: &Cluster,
     node: &str,
 ) -> anyhow::Result<Vec<CertificateSigningRequest>> {
-    let csrs: Api<CertificateSigningRequest> = Api::all(cluster.client.clone());
     let user = format!("system:node:{node}");
-    Ok(csrs
-        .list(&ListParams::default())
-        .await?
-        .items
+    let all = e2e::csrs(cluster, "kubernetes.io/kubelet-serving", |u| u == user).await?;
+    Ok(all
         .into_iter()
         .filter(|c| {
-            c.spec.signer_name == "kubernetes.io/kubelet-serving"
-                && c.spec.username.as_deref() == Some(&user)
-                && c.status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_none_or(|c| c.is_empty())
+            c.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_none_or(|c| c.is_empty())
         })
         .collect())
 }
