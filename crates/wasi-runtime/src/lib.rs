@@ -16,7 +16,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use wasm_host::{SetupError, TickingEngine, cache};
 use wasmtime::component::Component;
-use wasmtime::{Config, InstancePre, Linker, Store};
+use wasmtime::{
+    Config, InstanceAllocationStrategy, InstancePre, Linker, PoolingAllocationConfig, Store,
+};
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
@@ -37,12 +39,37 @@ enum Guest {
     Http(ProxyPre<ComponentState>),
 }
 
+/// Concurrent instances the pooling allocator of wasi-http components holds (each request
+/// takes one component instance, and a core instance, memory and table per core module in it).
+const HTTP_POOL_INSTANCES: u32 = 1000;
+
 /// The `wasm32-wasi` runtime.
 pub struct WasiRuntime {
     engine: TickingEngine,
     modules: Linker<ModuleState>,
     components: wasmtime::component::Linker<ComponentState>,
     cache: cache::ModuleCache,
+    http: HttpEngine,
+}
+
+/// wasi-http components run on an engine of their own with the pooling allocator, as
+/// `wasmtime serve` runs them: an instance per request from pre-allocated slots, no mapping
+/// and unmapping of memory per request. Long-lived guests (modules, commands) stay on the
+/// on-demand engine, which holds any number of them.
+struct HttpEngine {
+    engine: TickingEngine,
+    linker: wasmtime::component::Linker<ComponentState>,
+    cache: cache::ModuleCache,
+}
+
+/// A component linker with WASI preview 2 and wasi-http.
+fn component_linker(
+    engine: &wasmtime::Engine,
+) -> wasmtime::Result<wasmtime::component::Linker<ComponentState>> {
+    let mut linker = wasmtime::component::Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    Ok(linker)
 }
 
 impl WasiRuntime {
@@ -51,28 +78,60 @@ impl WasiRuntime {
         let engine = TickingEngine::new(Config::new())?;
         let mut modules = Linker::new(engine.engine());
         wasmtime_wasi::p1::add_to_linker_async(&mut modules, ModuleState::wasi)?;
-        let mut components = wasmtime::component::Linker::new(engine.engine());
-        wasmtime_wasi::p2::add_to_linker_async(&mut components)?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut components)?;
-        let cache = cache::ModuleCache::new(engine.engine().clone(), cache_dir);
+        let components = component_linker(engine.engine())?;
+        let cache = cache::ModuleCache::new(engine.engine().clone(), cache_dir.clone());
+        let mut pooling = PoolingAllocationConfig::default();
+        pooling
+            .total_component_instances(HTTP_POOL_INSTANCES)
+            .total_core_instances(HTTP_POOL_INSTANCES)
+            .total_memories(HTTP_POOL_INSTANCES)
+            .total_tables(HTTP_POOL_INSTANCES)
+            .total_stacks(HTTP_POOL_INSTANCES);
+        let mut http_config = Config::new();
+        http_config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+        let http_engine = TickingEngine::new(http_config)?;
+        let http = HttpEngine {
+            linker: component_linker(http_engine.engine())?,
+            cache: cache::ModuleCache::new(http_engine.engine().clone(), cache_dir),
+            engine: http_engine,
+        };
         Ok(Self {
             engine,
             modules,
             components,
             cache,
+            http,
         })
     }
 
-    fn prepare_component(&self, component: &Component) -> Result<Guest, PrepareError> {
-        let pre = self.components.instantiate_pre(component).map_err(|e| {
+    async fn prepare_component(
+        &self,
+        module: &ModuleBytes,
+        component: &Component,
+    ) -> Result<Guest, PrepareError> {
+        let missing_imports = |e: wasmtime::Error| {
             PrepareError(format!(
                 "the component needs imports this node does not provide: {e:#}"
             ))
-        })?;
+        };
+        let pre = self
+            .components
+            .instantiate_pre(component)
+            .map_err(missing_imports)?;
         if let Ok(command) = CommandPre::new(pre.clone()) {
             return Ok(Guest::Command(command));
         }
-        if let Ok(proxy) = ProxyPre::new(pre) {
+        if ProxyPre::new(pre).is_ok() {
+            // Compiled again (once, then cached) for the pooling engine that serves it.
+            let cache::Compiled::Component(component) = self.http.cache.get(module).await? else {
+                return Err(PrepareError("the component compiled as a core module".into()));
+            };
+            let pre = self
+                .http
+                .linker
+                .instantiate_pre(&component)
+                .map_err(missing_imports)?;
+            let proxy = ProxyPre::new(pre).map_err(|e| PrepareError(format!("{e:#}")))?;
             return Ok(Guest::Http(proxy));
         }
         Err(PrepareError(
@@ -98,6 +157,7 @@ impl Runtime for WasiRuntime {
 
     fn forget(&self, digest: &str) {
         self.cache.forget(digest);
+        self.http.cache.forget(digest);
     }
 
     async fn prepare(&self, module: ModuleBytes) -> Result<Prepared, PrepareError> {
@@ -109,7 +169,9 @@ impl Runtime for WasiRuntime {
                     ))
                 })?)
             }
-            cache::Compiled::Component(component) => self.prepare_component(&component)?,
+            cache::Compiled::Component(component) => {
+                self.prepare_component(&module, &component).await?
+            }
         };
         Ok(Prepared(guest))
     }
@@ -142,7 +204,8 @@ impl Runtime for WasiRuntime {
                     .map(|port| SocketAddr::new(network.listen_ip, *port))
                     .collect();
                 let listeners = wasm_host::ports::bind(&addrs).await?;
-                let server = http::Server::new(self.engine.engine().clone(), pre.clone(), setup);
+                let server =
+                    http::Server::new(self.http.engine.engine().clone(), pre.clone(), setup);
                 return Ok(RunningContainer::graceful(tokio::spawn(
                     server.serve(listeners, stop),
                 )));
