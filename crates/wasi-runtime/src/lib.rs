@@ -124,7 +124,9 @@ impl WasiRuntime {
         if ProxyPre::new(pre).is_ok() {
             // Compiled again (once, then cached) for the pooling engine that serves it.
             let cache::Compiled::Component(component) = self.http.cache.get(module).await? else {
-                return Err(PrepareError("the component compiled as a core module".into()));
+                return Err(PrepareError(
+                    "the component compiled as a core module".into(),
+                ));
             };
             let pre = self
                 .http
