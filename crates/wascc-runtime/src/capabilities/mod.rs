@@ -5,6 +5,7 @@
 pub mod blobstore;
 pub mod http_server;
 pub mod keyvalue;
+pub mod logging;
 
 use kubelet::logs::LogWriter;
 use std::collections::BTreeSet;
@@ -88,26 +89,11 @@ impl Host {
             return Err(message);
         }
         match namespace {
-            LOGGING if operation == "WriteLog" => {
-                #[derive(serde::Deserialize)]
-                struct WriteLog {
-                    level: u32,
-                    body: String,
-                }
-                let WriteLog { level, body } = decode(&payload)?;
-                let level = match level {
-                    1 => "ERROR",
-                    2 => "WARN",
-                    3 => "INFO",
-                    4 => "DEBUG",
-                    _ => "TRACE",
-                };
-                write_line(&mut self.stdout, &format!("{level} {body}")).await;
+            LOGGING => {
+                let line = logging::line(operation, &payload)?;
+                write_line(&mut self.stdout, &line).await;
                 Ok(Vec::new())
             }
-            LOGGING => Err(format!(
-                "{LOGGING} has no operation {operation:?} (it has WriteLog)"
-            )),
             KEYVALUE => self.keyvalue.call(operation, &payload),
             BLOBSTORE => match &self.blobstore {
                 Some(store) => store.call(operation, &payload, &self.deliveries).await,
