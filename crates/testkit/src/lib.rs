@@ -6,3 +6,4 @@ pub mod fixtures;
 pub mod process;
 pub mod proxy;
 pub mod registry;
+pub mod scratch;

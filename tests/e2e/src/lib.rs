@@ -2,6 +2,8 @@
 //! `KRUSTLET_E2E_KUBECONFIG` names one), a real registry with the wasm fixtures, node agents
 //! started as real `krustlet-wasi` processes, per-test namespaces, and waits with deadlines.
 
+pub mod metrics_server;
+
 use anyhow::{Context, bail};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::{Api, PostParams};
@@ -695,7 +697,7 @@ impl NodeAgent {
         name: &str,
         extra: &[&str],
     ) -> anyhow::Result<Self> {
-        let data_dir = tempfile::Builder::new().prefix("krustlet-node").tempdir()?;
+        let data_dir = testkit::scratch::tempdir("krustlet-node")?;
         let credentials = match std::env::var_os("KRUSTLET_E2E_BOOTSTRAP_KUBECONFIG") {
             Some(bootstrap) => Credentials::Bootstrap(PathBuf::from(bootstrap)),
             None => {

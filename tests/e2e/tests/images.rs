@@ -581,3 +581,92 @@ async fn pull_policies_and_pull_failures_as_on_any_node() -> anyhow::Result<()> 
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn bearer_token_registries_are_pushed_to_and_pulled_from_with_credentials()
+-> anyhow::Result<()> {
+    let cluster = Cluster::new("tokens").await?;
+    // Every request to this registry needs a bearer token from its token server, which hands
+    // them out for carol's password only: the flow of Docker Hub, GHCR, ECR and Harbor.
+    let registry = Registry::start_with_token_auth("carol", "tokens")?;
+    let dir = tempfile::tempdir()?;
+    let docker_config = dir.path().join("config.json");
+    std::fs::write(
+        &docker_config,
+        json!({"auths": {registry.host(): {"username": "carol", "password": "tokens"}}})
+            .to_string(),
+    )?;
+    let image = format!("{}/team/probe:v1", registry.host());
+    let module = wasm_module("wasi-probe")?;
+    let pushed = e2e::run_binary(
+        e2e::Provider::Wasi,
+        &[
+            "push".as_ref(),
+            module.as_os_str(),
+            image.as_ref(),
+            "--insecure-registries".as_ref(),
+            registry.host().as_ref(),
+            "--image-credentials".as_ref(),
+            docker_config.as_os_str(),
+        ],
+    )?;
+    assert!(
+        pushed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pushed.stderr)
+    );
+
+    let agent = cluster
+        .start_node_with(&["--insecure-registries", registry.host()])
+        .await?;
+    let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    for (name, password) in [("carol", "tokens"), ("mallory", "guess")] {
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("carol:{password}"));
+        let config_json = json!({"auths": {registry.host(): {"auth": auth}}}).to_string();
+        secrets.create(&PostParams::default(), &serde_json::from_value(json!({
+            "metadata": {"name": name}, "type": "kubernetes.io/dockerconfigjson", "stringData": {".dockerconfigjson": config_json}
+        }))?).await?;
+    }
+    let pod = |name: &str, secret: Option<&str>, policy: &str| {
+        let mut pod = wasm_pod(name, &image, &agent.name, &["print", "token pull"], "Never");
+        pod.spec.as_mut().expect("spec").containers[0].image_pull_policy = Some(policy.into());
+        match secret {
+            Some(secret) => with_pull_secret(pod, secret),
+            None => pod,
+        }
+    };
+    let assert_refused = async |name: &str| -> anyhow::Result<()> {
+        let pod = cluster
+            .wait_pod(name, "ErrImagePull", is_waiting("ErrImagePull"))
+            .await?;
+        let message = waiting_message(&pod);
+        assert!(
+            message.contains(&image) && message.contains("imagePullSecrets"),
+            "{name}: the message names the image and says what to do: {message}"
+        );
+        Ok(())
+    };
+    cluster
+        .create_pod(pod("anonymous", None, "IfNotPresent"))
+        .await?;
+    cluster
+        .create_pod(pod("wrong", Some("mallory"), "IfNotPresent"))
+        .await?;
+    assert_refused("anonymous").await?;
+    assert_refused("wrong").await?;
+
+    cluster
+        .create_pod(pod("right", Some("carol"), "IfNotPresent"))
+        .await?;
+    cluster
+        .wait_pod("right", "Succeeded", has_phase("Succeeded"))
+        .await?;
+    assert_eq!(cluster.kubectl(&["logs", "right"])?, "token pull\n");
+    // With imagePullPolicy Always the registry is asked every time, with the pod's own
+    // credentials, even though the image is now on the node.
+    cluster
+        .create_pod(pod("always-wrong", Some("mallory"), "Always"))
+        .await?;
+    assert_refused("always-wrong").await?;
+    Ok(())
+}

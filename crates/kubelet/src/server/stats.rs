@@ -88,8 +88,10 @@ pub struct CpuStats {
     /// When it was measured.
     pub time: Time,
     /// Usage rate since the previous sample, in billionths of a core.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub usage_nano_cores: Option<u64>,
     /// Cumulative usage, in core-nanoseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub usage_core_nano_seconds: Option<u64>,
 }
 
@@ -100,12 +102,16 @@ pub struct MemoryStats {
     /// When it was measured.
     pub time: Time,
     /// Memory still available (node only).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub available_bytes: Option<u64>,
     /// Memory in use.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub usage_bytes: Option<u64>,
     /// The working set, which limits and eviction are measured against.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub working_set_bytes: Option<u64>,
     /// Resident memory.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub rss_bytes: Option<u64>,
 }
 

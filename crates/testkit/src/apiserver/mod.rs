@@ -138,9 +138,7 @@ impl ApiServer {
             cluster_signing_duration: options.cluster_signing_duration.unwrap_or(year),
         });
         seed(&shared);
-        let dir = tempfile::Builder::new()
-            .prefix("krustlet-standin")
-            .tempdir()?;
+        let dir = crate::scratch::tempdir("krustlet-standin")?;
         let mut server = Self {
             url,
             shared: shared.clone(),

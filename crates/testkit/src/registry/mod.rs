@@ -1,5 +1,8 @@
 //! A real OCI registry for tests: Debian's `docker-registry` (Distribution 2.8) on 127.0.0.1 with
-//! an ephemeral port and a temporary storage dir, killed when dropped.
+//! an ephemeral port and a temporary storage dir, killed when dropped; without auth, with basic
+//! auth, or with bearer tokens from a token server of its own.
+
+mod token;
 
 use anyhow::{Context, bail};
 use std::process::{Child, Command};
@@ -14,45 +17,78 @@ pub struct Registry {
     child: Child,
     host: String,
     dir: tempfile::TempDir,
+    _token_server: Option<token::TokenServer>,
+}
+
+/// How clients authenticate to a registry.
+enum Auth<'a> {
+    None,
+    /// HTTP basic auth against an htpasswd file.
+    Basic(&'a str, &'a str),
+    /// The token flow: basic credentials at the token server, then bearer tokens.
+    Token(&'a str, &'a str),
 }
 
 impl Registry {
     /// Starts a registry without authentication.
     pub fn start() -> anyhow::Result<Self> {
-        Self::launch(None)
+        Self::launch(Auth::None)
     }
 
     /// Starts a registry that requires HTTP basic auth with `user` and `password` (a bcrypt
     /// htpasswd entry, the only kind Distribution 2.8 accepts).
     pub fn start_with_auth(user: &str, password: &str) -> anyhow::Result<Self> {
-        Self::launch(Some((user, password)))
+        Self::launch(Auth::Basic(user, password))
     }
 
-    fn launch(auth: Option<(&str, &str)>) -> anyhow::Result<Self> {
+    /// Starts a registry that requires bearer tokens (`auth: token`), issued by a token server
+    /// of its own to `user` with `password`: a client follows the registry's
+    /// `WWW-Authenticate: Bearer realm=...` challenge as with Docker Hub or any hosted registry.
+    pub fn start_with_token_auth(user: &str, password: &str) -> anyhow::Result<Self> {
+        Self::launch(Auth::Token(user, password))
+    }
+
+    fn launch(auth: Auth) -> anyhow::Result<Self> {
         if !std::path::Path::new(REGISTRY_BIN).exists() {
             bail!(
                 "{REGISTRY_BIN} is missing: install it with `apt-get install docker-registry` (.ci/run does)"
             );
         }
-        let dir = tempfile::Builder::new()
-            .prefix("krustlet-registry")
-            .tempdir()?;
+        let dir = crate::scratch::tempdir("krustlet-registry")?;
         let port = free_port()?;
         let host = format!("127.0.0.1:{port}");
         let mut config = format!(
             "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n",
             dir.path().join("data").display()
         );
-        if let Some((user, password)) = auth {
-            let htpasswd = dir.path().join("htpasswd");
-            std::fs::write(
-                &htpasswd,
-                format!("{user}:{}\n", bcrypt::hash(password, 5)?),
-            )?;
-            config.push_str(&format!(
-                "auth:\n  htpasswd:\n    realm: krustlet-test\n    path: {}\n",
-                htpasswd.display()
-            ));
+        let mut token_server = None;
+        match auth {
+            Auth::None => {}
+            Auth::Basic(user, password) => {
+                let htpasswd = dir.path().join("htpasswd");
+                std::fs::write(
+                    &htpasswd,
+                    format!("{user}:{}\n", bcrypt::hash(password, 5)?),
+                )?;
+                config.push_str(&format!(
+                    "auth:\n  htpasswd:\n    realm: krustlet-test\n    path: {}\n",
+                    htpasswd.display()
+                ));
+            }
+            Auth::Token(user, password) => {
+                let issuer = std::sync::Arc::new(token::Issuer::new(user, password)?);
+                let bundle = dir.path().join("token-issuer.pem");
+                std::fs::write(&bundle, issuer.certificate_pem())?;
+                let server = token::TokenServer::start(issuer)?;
+                config.push_str(&format!(
+                    "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+                    server.realm(),
+                    token::SERVICE,
+                    token::ISSUER,
+                    bundle.display()
+                ));
+                token_server = Some(server);
+            }
         }
         let config_path = dir.path().join("config.yml");
         std::fs::write(&config_path, config)?;
@@ -65,7 +101,12 @@ impl Registry {
             .stderr(log);
         let child = crate::process::spawn_owned(command)
             .with_context(|| format!("starting {REGISTRY_BIN}"))?;
-        let registry = Self { child, host, dir };
+        let registry = Self {
+            child,
+            host,
+            dir,
+            _token_server: token_server,
+        };
         registry.wait_ready()?;
         Ok(registry)
     }
