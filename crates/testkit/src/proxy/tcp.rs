@@ -1,6 +1,5 @@
-//! A TCP proxy in front of the API server that a test can cut and restore, to give a node
-//! agent a real outage (connections reset, then refused) against the stand-in or a real
-//! cluster alike. TLS passes through untouched.
+//! A TCP proxy a test can cut and restore: connections reset, then refused. TLS passes through
+//! untouched.
 
 use anyhow::Context;
 use std::net::SocketAddr;
