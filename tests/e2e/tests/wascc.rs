@@ -311,3 +311,57 @@ async fn a_trapping_actor_restarts_and_serves_again() -> anyhow::Result<()> {
         .map(|(_, body)| assert_eq!(body, "1"))?;
     Ok(())
 }
+
+#[tokio::test]
+async fn deleting_an_actor_pod_finishes_the_request_in_flight() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cluster = Cluster::new("wascc-graceful").await?;
+    let agent = cluster.start_wascc_node().await?;
+    let image = cluster.push_actor("http_actor", "all", Some(ALL)).await?;
+    let [port] = free_ports()?;
+    let mut pod = actor_pod(
+        "web",
+        &image,
+        &agent.name,
+        port,
+        serde_json::json!({}),
+        serde_json::json!([]),
+    );
+    // Longer than the test's deadline: the pod must go because the actor stopped, not because
+    // the grace period ran out.
+    pod.spec.as_mut().expect("spec").termination_grace_period_seconds = Some(600);
+    cluster.create_pod(pod).await?;
+    cluster
+        .wait_pod("web", "Ready", e2e::is_pod_ready())
+        .await?;
+
+    // A request is in flight, its body half sent, when the pod is deleted...
+    let mut request = tokio::net::TcpStream::connect((node_ip().as_str(), port)).await?;
+    request
+        .write_all(b"POST /count HTTP/1.1\r\nHost: actor\r\nContent-Length: 10\r\nConnection: close\r\n\r\n12345")
+        .await?;
+    cluster.kubectl(&["delete", "pod", "web", "--wait=false"])?;
+    // ...the port stops taking new connections...
+    cluster
+        .eventually("the port to close", async || {
+            Ok(tokio::net::TcpStream::connect((node_ip().as_str(), port))
+                .await
+                .is_err()
+                .then_some(()))
+        })
+        .await?;
+    // ...and the request, completed now, is still handled by the actor.
+    request.write_all(b"67890").await?;
+    let mut response = String::new();
+    tokio::time::timeout(e2e::DEADLINE, request.read_to_string(&mut response)).await??;
+    assert!(
+        response.starts_with("HTTP/1.1 200") && response.ends_with("\r\n\r\n1"),
+        "{response}"
+    );
+    let gone = e2e::wait_for(cluster.pods(), "web", |p: Option<&Pod>| p.is_none()).await;
+    assert!(
+        matches!(gone, Ok(None)),
+        "the pod is deleted once the actor stopped"
+    );
+    Ok(())
+}
