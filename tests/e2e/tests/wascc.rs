@@ -329,7 +329,10 @@ async fn deleting_an_actor_pod_finishes_the_request_in_flight() -> anyhow::Resul
     );
     // Longer than the test's deadline: the pod must go because the actor stopped, not because
     // the grace period ran out.
-    pod.spec.as_mut().expect("spec").termination_grace_period_seconds = Some(600);
+    pod.spec
+        .as_mut()
+        .expect("spec")
+        .termination_grace_period_seconds = Some(600);
     cluster.create_pod(pod).await?;
     cluster
         .wait_pod("web", "Ready", e2e::is_pod_ready())

@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::Parser;
 use e2e::{Cluster, NodeAgent, wasm_pod};
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, ListParams};
 use kube::runtime::watcher;
 use std::collections::HashMap;
@@ -27,6 +28,10 @@ struct Args {
     /// Idle pods to ramp to, in steps (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "1000")]
     density: Vec<usize>,
+    /// Idle HTTP-serving pods (wasi-http components, a port each) to ramp to, in steps; then
+    /// each is sent one request. 0 skips the scenario.
+    #[arg(long, value_delimiter = ',', default_value = "1000")]
+    http_density: Vec<usize>,
     /// Pod creations per second while ramping density.
     #[arg(long, default_value_t = 200.0)]
     density_rate: f64,
@@ -179,7 +184,8 @@ impl Bench {
         })
     }
 
-    /// Creates pods `prefix-0..n` at `rate` per second; returns their creation times.
+    /// Creates pods `prefix-0..n` of the wasi-probe module with `args` at `rate` per second;
+    /// returns their creation times.
     async fn create(
         &self,
         prefix: &str,
@@ -187,14 +193,29 @@ impl Bench {
         rate: f64,
         args: &[&str],
     ) -> anyhow::Result<HashMap<String, Instant>> {
+        self.create_with(prefix, 0..n, rate, |name, _| {
+            wasm_pod(name, &self.image, &self.agent.name, args, "Never")
+        })
+        .await
+    }
+
+    /// Creates pod `prefix-i` = `pod(name, i)` for each i of `range` at `rate` per second;
+    /// returns their creation times.
+    async fn create_with(
+        &self,
+        prefix: &str,
+        range: std::ops::Range<usize>,
+        rate: f64,
+        pod: impl Fn(&str, usize) -> Pod,
+    ) -> anyhow::Result<HashMap<String, Instant>> {
         let interval = Duration::from_secs_f64(1.0 / rate);
         let mut ticks = tokio::time::interval(interval);
         let mut created = HashMap::new();
         let mut creations = tokio::task::JoinSet::new();
-        for i in 0..n {
+        for i in range {
             ticks.tick().await;
             let name = format!("{prefix}-{i}");
-            let pod = wasm_pod(&name, &self.image, &self.agent.name, args, "Never");
+            let pod = pod(&name, i);
             created.insert(name, Instant::now());
             let pods = self.cluster.pods();
             creations.spawn(async move { pods.create(&Default::default(), &pod).await });
@@ -302,6 +323,80 @@ fn baseline(path: &std::path::Path, runs: usize) -> wasmtime::Result<Duration> {
     Ok(percentile(&samples, 50.0))
 }
 
+/// A pod serving the wasi-http component `image` on `port` of the node.
+fn http_pod(name: &str, image: &str, node: &str, port: u16) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "nodeName": node,
+            "restartPolicy": "Never",
+            "containers": [{"name": "web", "image": image, "ports": [{"containerPort": port}]}],
+            "tolerations": [{"key": "krustlet/arch", "operator": "Equal", "value": "wasm32-wasi", "effect": "NoExecute"}],
+        }
+    }))
+    .expect("a valid pod")
+}
+
+/// `n` ports above 20000 that nothing listens on now.
+fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let ip = e2e::node_ip();
+    let ports: Vec<u16> = (20000..u16::MAX)
+        .filter(|&port| std::net::TcpListener::bind((ip.as_str(), port)).is_ok())
+        .take(n)
+        .collect();
+    anyhow::ensure!(ports.len() == n, "only {} free ports", ports.len());
+    Ok(ports)
+}
+
+/// Ramps pods made by `pod` (named `<prefix><step>-<i>`) to each of `steps` and prints, per step, the time it took, the
+/// agent's RSS (and per pod, over its RSS before), its CPU over the next 10 s and the node's
+/// readiness.
+async fn ramp(
+    bench: &Bench,
+    prefix: &str,
+    what: &str,
+    steps: &[usize],
+    rate: f64,
+    pod: impl Fn(&str, usize) -> Pod,
+) -> anyhow::Result<()> {
+    let pid = bench.agent.pid();
+    println!("## Density: {what}, created at {rate}/s\n");
+    println!("| pods | time to reach | agent RSS | RSS per pod | agent CPU | node |");
+    println!("|---|---|---|---|---|---|");
+    let base_rss = rss_kib(pid);
+    let mut total = 0;
+    for &target in steps.iter().filter(|&&n| n > 0) {
+        let began = Instant::now();
+        let created = bench
+            .create_with(&format!("{prefix}{target}"), total..target, rate, &pod)
+            .await?;
+        bench
+            .latencies(&created, false, Duration::from_secs(1800))
+            .await?;
+        total = target;
+        let reached = began.elapsed();
+        let cpu_before = cpu_time(pid);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let cpu_share = cpu_time(pid).saturating_sub(cpu_before).as_secs_f64() / 10.0;
+        let rss = rss_kib(pid);
+        let per_pod = (rss.saturating_sub(base_rss)) as f64 / total as f64;
+        let node = kube::Api::<k8s_openapi::api::core::v1::Node>::all(bench.cluster.client.clone())
+            .get(&bench.agent.name)
+            .await?;
+        let ready =
+            kube::runtime::wait::Condition::matches_object(&e2e::is_node_ready(), Some(&node));
+        println!(
+            "| {total} | {:.1} s | {:.1} MiB | {per_pod:.1} KiB | {:.0} % | {} |",
+            reached.as_secs_f64(),
+            rss as f64 / 1024.0,
+            cpu_share * 100.0,
+            if ready { "Ready" } else { "NOT Ready" }
+        );
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -357,7 +452,6 @@ async fn main() -> anyhow::Result<()> {
 
     // 2b. The first pod after an agent restart (compiled module cached on disk).
     bench.agent.restart().await?;
-    let pid = bench.agent.pid();
     let restarted = one_pod(&bench, "restarted").await?;
     println!(
         "| first pod after an agent restart (compiled module on disk) | {} |\n",
@@ -383,49 +477,46 @@ async fn main() -> anyhow::Result<()> {
         per_pod(after.1 - before.1)
     );
 
-    // 3. Density: idle pods in steps.
-    println!(
-        "## Density (idle pods, created at {}/s)\n",
-        args.density_rate
-    );
-    println!("| pods | time to reach | agent RSS | RSS per pod | agent CPU | node |");
-    println!("|---|---|---|---|---|---|");
-    let base_rss = rss_kib(pid);
-    let mut total = 0;
-    for (step, target) in args.density.iter().enumerate() {
-        let began = Instant::now();
-        let created = bench
-            .create(
-                &format!("idle{step}"),
-                target - total,
-                args.density_rate,
-                &["forever"],
-            )
-            .await?;
-        bench
-            .latencies(&created, false, Duration::from_secs(1800))
-            .await?;
-        total = *target;
-        let reached = began.elapsed();
-        let cpu_before = cpu_time(pid);
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        let cpu_share = cpu_time(pid).saturating_sub(cpu_before).as_secs_f64() / 10.0;
-        let rss = rss_kib(pid);
-        let per_pod = (rss.saturating_sub(base_rss)) as f64 / total as f64;
-        let node = kube::Api::<k8s_openapi::api::core::v1::Node>::all(bench.cluster.client.clone())
-            .get(&bench.agent.name)
-            .await?;
-        let ready =
-            kube::runtime::wait::Condition::matches_object(&e2e::is_node_ready(), Some(&node));
-        println!(
-            "| {total} | {:.1} s | {:.1} MiB | {per_pod:.1} KiB | {:.0} % | {} |",
-            reached.as_secs_f64(),
-            rss as f64 / 1024.0,
-            cpu_share * 100.0,
-            if ready { "Ready" } else { "NOT Ready" }
-        );
-    }
+    // 3. Density: idle pods in steps, then idle HTTP servers.
+    let image = bench.image.clone();
+    let node = bench.agent.name.clone();
+    ramp(
+        &bench,
+        "idle",
+        "idle pods (a module blocked in a sleep)",
+        &args.density,
+        args.density_rate,
+        |name, _| wasm_pod(name, &image, &node, &["forever"], "Never"),
+    )
+    .await?;
     bench.delete_all().await?;
+    if args.http_density.iter().any(|&n| n > 0) {
+        let server = bench.cluster.push_component("http_probe").await?;
+        let ports = free_ports(args.http_density.iter().copied().max().unwrap_or(0))?;
+        ramp(
+            &bench,
+            "http",
+            "idle HTTP servers (a wasi-http component serving a port each)",
+            &args.http_density,
+            args.density_rate,
+            |name, i| http_pod(name, &server, &node, ports[i]),
+        )
+        .await?;
+        let mut samples = Vec::with_capacity(ports.len());
+        for &port in &ports[..args.http_density.iter().copied().max().unwrap_or(0)] {
+            let began = Instant::now();
+            let (code, _) = e2e::http_get(port, "/").await?;
+            anyhow::ensure!(code == 200, "the server on port {port} answered {code}");
+            samples.push(began.elapsed());
+        }
+        println!("\n| measure | requests | p50 | p90 | p99 | max |");
+        println!("|---|---|---|---|---|---|");
+        println!(
+            "{}\n",
+            latency_row("first request to each idle server", samples)
+        );
+        bench.delete_all().await?;
+    }
 
     // 5. Baseline.
     let module = testkit::fixtures::wasm_module("wasi-probe")?;
