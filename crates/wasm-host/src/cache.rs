@@ -1,11 +1,13 @@
 //! Compiled modules and components by digest: in memory, then on disk (precompiled artifacts,
-//! valid only for this wasmtime build and configuration), then compiled with Cranelift.
+//! valid only for this wasmtime build and configuration), then compiled with Cranelift. Pods
+//! asking for the same digest at once share one compilation.
 
 use kubelet::runtime::{ModuleBytes, PrepareError};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use tokio::sync::OnceCell;
 use wasmtime::component::Component;
 use wasmtime::{Engine, Module, Precompiled};
 
@@ -41,7 +43,9 @@ pub const WASMTIME_VERSION: &str = "48";
 pub struct ModuleCache {
     engine: Engine,
     dir: PathBuf,
-    memory: Mutex<HashMap<String, Compiled>>,
+    /// One cell per digest: the first caller compiles, the others wait for its result; a
+    /// failure leaves the cell empty for the next caller to try again.
+    memory: Mutex<HashMap<String, Arc<OnceCell<Compiled>>>>,
 }
 
 impl ModuleCache {
@@ -82,19 +86,23 @@ impl ModuleCache {
 
     /// The compiled module or component for `module`.
     pub async fn get(&self, module: &ModuleBytes) -> Result<Compiled, PrepareError> {
-        if let Some(m) = self
+        let cell = self
             .memory
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&module.digest)
-        {
-            return Ok(m.clone());
-        }
+            .entry(module.digest.clone())
+            .or_default()
+            .clone();
+        cell.get_or_try_init(|| self.compile(module)).await.cloned()
+    }
+
+    /// Loads `module`'s artifact from disk, or compiles it and writes the artifact.
+    async fn compile(&self, module: &ModuleBytes) -> Result<Compiled, PrepareError> {
         let kind = kind(&module.bytes)?;
         let path = self.artifact_path(&module.digest);
         let engine = self.engine.clone();
         let bytes = module.bytes.clone();
-        let compiled = tokio::task::spawn_blocking(move || -> Result<Compiled, PrepareError> {
+        tokio::task::spawn_blocking(move || -> Result<Compiled, PrepareError> {
             if let Some(cached) = load(&engine, &path, kind) {
                 return Ok(cached);
             }
@@ -111,12 +119,7 @@ impl ModuleCache {
             Ok(compiled)
         })
         .await
-        .map_err(|e| PrepareError(format!("compiling the module failed: {e}")))??;
-        self.memory
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(module.digest.clone(), compiled.clone());
-        Ok(compiled)
+        .map_err(|e| PrepareError(format!("compiling the module failed: {e}")))?
     }
 }
 
@@ -147,5 +150,44 @@ fn kind(bytes: &[u8]) -> Result<Kind, PrepareError> {
             "the image's content is not WebAssembly (it does not start with the \\0asm header)"
                 .into(),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pods_asking_at_once_share_one_compilation() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Arc::new(ModuleCache::new(Engine::default(), dir.path().into()));
+        let module = ModuleBytes {
+            digest: "sha256:empty".into(),
+            bytes: Arc::from(&b"\0asm\x01\0\0\0"[..]),
+        };
+        let asks: Vec<_> = (0..8)
+            .map(|_| {
+                let (cache, module) = (cache.clone(), module.clone());
+                tokio::spawn(async move { cache.get(&module).await })
+            })
+            .collect();
+        let mut compiled = Vec::new();
+        for ask in asks {
+            let Ok(Compiled::Module(m)) = ask.await.unwrap() else {
+                panic!("a module");
+            };
+            compiled.push(m);
+        }
+        assert!(compiled.iter().all(|m| Module::same(m, &compiled[0])));
+
+        let garbage = ModuleBytes {
+            digest: "sha256:garbage".into(),
+            bytes: Arc::from(&b"\0asm\x01\0\0\0\xff"[..]),
+        };
+        assert!(cache.get(&garbage).await.is_err());
+        assert!(
+            cache.get(&garbage).await.is_err(),
+            "a failure is not cached"
+        );
     }
 }
