@@ -394,6 +394,7 @@ async fn ramp(
             if ready { "Ready" } else { "NOT Ready" }
         );
     }
+    println!();
     Ok(())
 }
 
