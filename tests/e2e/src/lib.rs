@@ -286,6 +286,18 @@ impl Cluster {
         )
     }
 
+    /// Waits until `port` of the node IP takes no new connections (a deleted pod's server
+    /// closing it).
+    pub async fn wait_port_closed(&self, port: u16) -> anyhow::Result<()> {
+        self.eventually("the port to close", async || {
+            Ok(tokio::net::TcpStream::connect((node_ip().as_str(), port))
+                .await
+                .is_err()
+                .then_some(()))
+        })
+        .await
+    }
+
     /// The messages of events about a pod, as `reason: message`.
     pub async fn pod_events(&self, pod: &str) -> anyhow::Result<Vec<String>> {
         let events: Api<k8s_openapi::api::core::v1::Event> =

@@ -292,14 +292,7 @@ async fn deleting_a_serving_pod_finishes_its_requests_in_flight() -> anyhow::Res
         .await?;
     cluster.kubectl(&["delete", "pod", "web", "--wait=false"])?;
     // ...the port stops taking new connections...
-    cluster
-        .eventually("the port to close", async || {
-            Ok(tokio::net::TcpStream::connect((node_ip().as_str(), port))
-                .await
-                .is_err()
-                .then_some(()))
-        })
-        .await?;
+    cluster.wait_port_closed(port).await?;
     // ...and the request still gets its answer: the container was asked to stop, not killed.
     let (code, body) = slow.await??;
     assert_eq!((code, body.as_str()), (200, "slept 3000 ms\n"));

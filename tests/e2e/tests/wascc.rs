@@ -345,14 +345,7 @@ async fn deleting_an_actor_pod_finishes_the_request_in_flight() -> anyhow::Resul
         .await?;
     cluster.kubectl(&["delete", "pod", "web", "--wait=false"])?;
     // ...the port stops taking new connections...
-    cluster
-        .eventually("the port to close", async || {
-            Ok(tokio::net::TcpStream::connect((node_ip().as_str(), port))
-                .await
-                .is_err()
-                .then_some(()))
-        })
-        .await?;
+    cluster.wait_port_closed(port).await?;
     // ...and the request, completed now, is still handled by the actor.
     request.write_all(b"67890").await?;
     let mut response = String::new();
