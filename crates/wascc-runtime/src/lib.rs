@@ -120,9 +120,16 @@ impl Runtime for WasccRuntime {
                 .map(|port| SocketAddr::new(run.network.listen_ip, *port))
                 .collect();
             let listeners = wasm_host::ports::bind(&addrs).await?;
-            Some(AbortOnDropHandle::new(tokio::spawn(
-                capabilities::http_server::serve(listeners, sender.clone(), run.stop.clone()),
-            )))
+            let stop = run.stop.child_token();
+            let task = tokio::spawn(capabilities::http_server::serve(
+                listeners,
+                sender.clone(),
+                stop.clone(),
+            ));
+            Some(actor::Server {
+                task: AbortOnDropHandle::new(task),
+                stop,
+            })
         };
         let host = Host::new(
             prepared.claims.name.clone(),
