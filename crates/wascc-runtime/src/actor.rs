@@ -148,7 +148,7 @@ mod tests {
     use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use wasm_host::limits::GuestLimits;
-    use wasmtime::{Config, Linker, Module};
+    use wasmtime::{Linker, Module};
 
     /// A waPC actor whose every call traps (`unreachable`).
     fn trapping_actor() -> Vec<u8> {
@@ -205,7 +205,7 @@ mod tests {
     // winding down gives the answer time whatever the order.
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn the_request_that_traps_the_actor_is_answered_before_the_port_closes() {
-        let engine = wasm_host::TickingEngine::new(Config::new()).unwrap();
+        let engine = wasm_host::TickingEngine::new(wasm_host::capacity::dense_config()).unwrap();
         let mut linker = Linker::new(engine.engine());
         crate::wapc::add_to_linker(&mut linker).unwrap();
         let module = Module::new(engine.engine(), trapping_actor()).unwrap();

@@ -25,7 +25,7 @@ use tokio_util::task::AbortOnDropHandle;
 use wapc::ActorState;
 use wasm_host::limits::GuestLimits;
 use wasm_host::{SetupError, TickingEngine, cache};
-use wasmtime::{Config, ExternType, InstancePre, Linker, Module, ValType};
+use wasmtime::{ExternType, InstancePre, Linker, Module, ValType};
 
 /// Calls that may wait for an actor busy with another.
 const PENDING_CALLS: usize = 1024;
@@ -47,7 +47,7 @@ pub struct WasccRuntime {
 impl WasccRuntime {
     /// A runtime caching compiled actors under `cache_dir`.
     pub fn new(cache_dir: PathBuf) -> Result<Self, SetupError> {
-        let engine = TickingEngine::new(Config::new())?;
+        let engine = TickingEngine::new(wasm_host::capacity::dense_config())?;
         let mut linker = Linker::new(engine.engine());
         wapc::add_to_linker(&mut linker)?;
         let cache = cache::ModuleCache::new(engine.engine().clone(), cache_dir);

@@ -75,7 +75,7 @@ fn component_linker(
 impl WasiRuntime {
     /// A runtime caching compiled guests under `cache_dir`.
     pub fn new(cache_dir: PathBuf) -> Result<Self, SetupError> {
-        let engine = TickingEngine::new(Config::new())?;
+        let engine = TickingEngine::new(wasm_host::capacity::dense_config())?;
         let mut modules = Linker::new(engine.engine());
         wasmtime_wasi::p1::add_to_linker_async(&mut modules, ModuleState::wasi)?;
         let components = component_linker(engine.engine())?;

@@ -4,6 +4,8 @@
 //!
 //! `cargo run --release -p e2e --bin krustlet-bench -- --help`
 
+mod lease;
+
 use anyhow::Context;
 use clap::Parser;
 use e2e::{Cluster, NodeAgent, wasm_pod};
@@ -11,6 +13,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, ListParams};
 use kube::runtime::watcher;
+use lease::LeaseWatch;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -80,6 +83,11 @@ fn latency_row(name: &str, mut samples: Vec<Duration>) -> String {
 }
 
 /// Resident memory of a process, in KiB.
+/// The memory mappings of process `pid` (what `vm.max_map_count` limits).
+fn mappings(pid: u32) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/maps")).map_or(0, |maps| maps.lines().count())
+}
+
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -111,14 +119,22 @@ fn machine() -> String {
         .find_map(|l| l.strip_prefix("MemTotal:"))
         .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
         .unwrap_or(0);
-    let revision = std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let mut revision = git(&["rev-parse", "--short", "HEAD"]);
+    if !git(&["status", "--porcelain", "--untracked-files=no"]).is_empty() {
+        revision.push_str(" with uncommitted changes");
+    }
+    let max_map_count = std::fs::read_to_string("/proc/sys/vm/max_map_count").unwrap_or_default();
     format!(
-        "{cores} cores, {:.1} GiB memory, revision {revision}, command: {}",
+        "{cores} cores, {:.1} GiB memory, vm.max_map_count {}, revision {revision}, command: {}",
         memory as f64 / 1048576.0,
+        max_map_count.trim(),
         std::env::args().collect::<Vec<_>>().join(" ")
     )
 }
@@ -350,8 +366,8 @@ fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
 }
 
 /// Ramps pods made by `pod` (named `<prefix><step>-<i>`) to each of `steps` and prints, per step, the time it took, the
-/// agent's RSS (and per pod, over its RSS before), its CPU over the next 10 s and the node's
-/// readiness.
+/// agent's RSS and memory mappings (and per pod, over those before), its CPU over the next
+/// 10 s, the node's readiness and the longest time between two renewals of its Lease.
 async fn ramp(
     bench: &Bench,
     prefix: &str,
@@ -362,9 +378,12 @@ async fn ramp(
 ) -> anyhow::Result<()> {
     let pid = bench.agent.pid();
     println!("## Density: {what}, created at {rate}/s\n");
-    println!("| pods | time to reach | agent RSS | RSS per pod | agent CPU | node |");
-    println!("|---|---|---|---|---|---|");
-    let base_rss = rss_kib(pid);
+    println!(
+        "| pods | time to reach | agent RSS | RSS per pod | mappings | mappings per pod | agent CPU | node | longest lease gap |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let lease = LeaseWatch::start(bench.cluster.client.clone(), &bench.agent.name);
+    let (base_rss, base_mappings) = (rss_kib(pid), mappings(pid));
     let mut total = 0;
     for &target in steps.iter().filter(|&&n| n > 0) {
         let began = Instant::now();
@@ -381,17 +400,20 @@ async fn ramp(
         let cpu_share = cpu_time(pid).saturating_sub(cpu_before).as_secs_f64() / 10.0;
         let rss = rss_kib(pid);
         let per_pod = (rss.saturating_sub(base_rss)) as f64 / total as f64;
+        let maps = mappings(pid);
+        let maps_per_pod = maps.saturating_sub(base_mappings) as f64 / total as f64;
         let node = kube::Api::<k8s_openapi::api::core::v1::Node>::all(bench.cluster.client.clone())
             .get(&bench.agent.name)
             .await?;
         let ready =
             kube::runtime::wait::Condition::matches_object(&e2e::is_node_ready(), Some(&node));
         println!(
-            "| {total} | {:.1} s | {:.1} MiB | {per_pod:.1} KiB | {:.0} % | {} |",
+            "| {total} | {:.1} s | {:.1} MiB | {per_pod:.1} KiB | {maps} | {maps_per_pod:.2} | {:.0} % | {} | {:.1} s |",
             reached.as_secs_f64(),
             rss as f64 / 1024.0,
             cpu_share * 100.0,
-            if ready { "Ready" } else { "NOT Ready" }
+            if ready { "Ready" } else { "NOT Ready" },
+            lease.take_longest_gap().as_secs_f64()
         );
     }
     println!();
