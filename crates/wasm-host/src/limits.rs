@@ -1,6 +1,8 @@
-//! What a guest may use: a memory cap checked as wasmtime grows its memories and tables, and a
-//! CPU share enforced at the epoch ticks where a running guest yields.
+//! What a guest may use: a memory cap checked as wasmtime grows its memories and tables (and
+//! the process's memory mappings charged as it creates memories), and a CPU share enforced at
+//! the epoch ticks where a running guest yields.
 
+use crate::capacity::{MAPPINGS_PER_MEMORY, MAPPINGS_PER_STACK, MappingBudget};
 use kubelet::runtime::{Limits, Usage};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,10 +27,11 @@ pub struct GuestLimits {
 }
 
 impl GuestLimits {
-    /// Limits for one store of a container with `limits`, accounting to `usage`.
+    /// Limits for one store of a container with `limits`, accounting to `usage` (and its
+    /// mappings to the process's budget).
     pub fn new(limits: Limits, usage: Arc<Usage>) -> Self {
         Self {
-            memory: MemoryLimit::new(limits.memory_bytes, usage.clone()),
+            memory: MemoryLimit::new(limits.memory_bytes, usage.clone(), MappingBudget::process()),
             cpu: limits.cpu_cores.and_then(CpuShare::new),
             usage,
             resumed: Instant::now(),
@@ -55,30 +58,51 @@ impl GuestLimits {
     }
 }
 
-/// The memory a guest may hold: its linear memories and tables together.
+/// The memory a guest may hold: its linear memories and tables together; and the mappings
+/// its memories (and its stack) take from the process's budget.
 #[derive(Debug)]
 pub struct MemoryLimit {
     limit: Option<u64>,
     used: u64,
     exceeded: bool,
     usage: Arc<Usage>,
+    budget: Arc<MappingBudget>,
+    mappings: usize,
 }
 
 impl Drop for MemoryLimit {
     fn drop(&mut self) {
         self.usage.release_memory(self.used);
+        self.budget.give_back(self.mappings);
     }
 }
 
 impl MemoryLimit {
-    /// A cap of `limit` bytes, or none.
-    pub fn new(limit: Option<u64>, usage: Arc<Usage>) -> Self {
+    /// A cap of `limit` bytes, or none; mappings charged to `budget`.
+    pub fn new(limit: Option<u64>, usage: Arc<Usage>, budget: Arc<MappingBudget>) -> Self {
         Self {
             limit,
             used: 0,
             exceeded: false,
             usage,
+            budget,
+            mappings: 0,
         }
+    }
+
+    /// Charges the mappings of a new memory (wasmtime asks to grow from 0 when it creates
+    /// one; a memory declared empty is charged again at its first growth, which errs on the
+    /// safe side), and the guest's stack with its first memory.
+    fn map_memory(&mut self) -> wasmtime::Result<()> {
+        let stack = if self.mappings == 0 {
+            MAPPINGS_PER_STACK
+        } else {
+            0
+        };
+        let n = MAPPINGS_PER_MEMORY + stack;
+        self.budget.take(n)?;
+        self.mappings += n;
+        Ok(())
     }
 
     /// The limit, when the guest tried to grow past it.
@@ -106,6 +130,9 @@ impl ResourceLimiter for MemoryLimit {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
+        if current == 0 {
+            self.map_memory()?;
+        }
         self.grow(desired.saturating_sub(current) as u64)
     }
 
@@ -164,10 +191,56 @@ impl CpuShare {
 mod tests {
     use super::*;
 
+    fn unbounded() -> Arc<MappingBudget> {
+        Arc::new(MappingBudget::new(usize::MAX, None))
+    }
+
+    /// A module with `n` memories of one page each.
+    fn module_with_memories(n: usize) -> Vec<u8> {
+        let mut memories = wasm_encoder::MemorySection::new();
+        for _ in 0..n {
+            memories.memory(wasm_encoder::MemoryType {
+                minimum: 1,
+                maximum: None,
+                memory64: false,
+                shared: false,
+                page_size_log2: None,
+            });
+        }
+        let mut module = wasm_encoder::Module::new();
+        module.section(&memories);
+        module.finish()
+    }
+
+    #[test]
+    fn memories_past_the_mapping_budget_fail_to_instantiate_with_a_clear_error() {
+        use wasmtime::{Engine, Instance, Module, Store};
+        let engine = Engine::new(&crate::capacity::dense_config()).unwrap();
+        let budget = Arc::new(MappingBudget::new(
+            MAPPINGS_PER_STACK + 2 * MAPPINGS_PER_MEMORY,
+            Some(65530),
+        ));
+        let instantiate = |memories| {
+            let module = Module::new(&engine, module_with_memories(memories)).unwrap();
+            let limit = MemoryLimit::new(None, Arc::default(), budget.clone());
+            let mut store = Store::new(&engine, limit);
+            store.limiter(|limit| limit);
+            Instance::new(&mut store, &module, &[]).map(|_| store)
+        };
+        let two = instantiate(2).expect("a guest with two memories fits");
+        let Err(refused) = instantiate(1) else {
+            panic!("no mappings are left for another guest");
+        };
+        let refused = format!("{refused:#}");
+        assert!(refused.contains("vm.max_map_count 65530"), "{refused}");
+        drop(two);
+        instantiate(2).expect("a dropped store gives its mappings back");
+    }
+
     #[test]
     fn memory_growth_past_the_limit_fails_and_is_remembered() {
         let usage = Arc::new(Usage::default());
-        let mut limit = MemoryLimit::new(Some(100 * 65536), usage.clone());
+        let mut limit = MemoryLimit::new(Some(100 * 65536), usage.clone(), unbounded());
         assert!(limit.memory_growing(0, 17 * 65536, None).unwrap());
         assert_eq!(limit.exceeded(), None);
         assert!(limit.memory_growing(17 * 65536, 101 * 65536, None).is_err());
@@ -183,14 +256,14 @@ mod tests {
 
     #[test]
     fn tables_count_towards_the_limit() {
-        let mut limit = MemoryLimit::new(Some(800), Arc::default());
+        let mut limit = MemoryLimit::new(Some(800), Arc::default(), unbounded());
         assert!(limit.table_growing(0, 100, None).unwrap());
         assert!(limit.table_growing(100, 101, None).is_err());
     }
 
     #[test]
     fn no_limit_grows_freely() {
-        let mut limit = MemoryLimit::new(None, Arc::default());
+        let mut limit = MemoryLimit::new(None, Arc::default(), unbounded());
         assert!(limit.memory_growing(0, 1 << 32, None).unwrap());
         assert_eq!(limit.exceeded(), None);
     }
