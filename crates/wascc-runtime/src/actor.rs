@@ -223,7 +223,7 @@ mod tests {
             None,
             sender.clone(),
         );
-        let limits = GuestLimits::new(Limits::default(), Arc::new(Usage::default()));
+        let limits = GuestLimits::new(Limits::default(), Arc::new(Usage::default())).unwrap();
         let store = wasm_host::store::limited_store(engine.engine(), ActorState::new(limits, host));
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -110,6 +110,8 @@ impl Runtime for WasccRuntime {
         run: ContainerRun,
     ) -> Result<RunningContainer, StartError> {
         let config = ActorConfig::new(&prepared.claims, &run)?;
+        let limits = GuestLimits::new(run.limits, run.usage.clone())
+            .map_err(|e| StartError(e.to_string()))?;
         let (sender, receiver) = mpsc::channel::<Delivery>(PENDING_CALLS);
         let server = if config.http_ports.is_empty() {
             None
@@ -139,7 +141,7 @@ impl Runtime for WasccRuntime {
             sender,
         );
         let stop = run.stop.clone();
-        let state = ActorState::new(GuestLimits::new(run.limits, run.usage), host);
+        let state = ActorState::new(limits, host);
         let store = wasm_host::store::limited_store(self.engine.engine(), state);
         let task = tokio::spawn(actor::run(
             store,

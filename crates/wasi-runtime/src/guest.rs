@@ -149,15 +149,15 @@ impl GuestSetup {
         Ok(wasi)
     }
 
-    fn limits(&self) -> GuestLimits {
-        GuestLimits::new(self.limits, self.usage.clone())
+    fn limits(&self) -> Result<GuestLimits, StartError> {
+        GuestLimits::new(self.limits, self.usage.clone()).map_err(|e| StartError(e.to_string()))
     }
 
     /// A store for one run of a preview 1 module.
     pub fn module_store(&self, engine: &Engine) -> Result<Store<ModuleState>, StartError> {
         let state = ModuleState {
             wasi: self.wasi()?.build_p1(),
-            limits: self.limits(),
+            limits: self.limits()?,
         };
         Ok(limited_store(engine, state))
     }
@@ -169,7 +169,7 @@ impl GuestSetup {
             table: ResourceTable::new(),
             http: WasiHttpCtx::new(),
             outbound: self.outbound.clone(),
-            limits: self.limits(),
+            limits: self.limits()?,
         };
         Ok(limited_store(engine, state))
     }

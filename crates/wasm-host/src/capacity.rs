@@ -13,9 +13,9 @@ use wasmtime::Config;
 /// the reservation with its guard regions before and after.
 pub const MAPPINGS_PER_MEMORY: usize = 3;
 /// Mappings a guest takes beside its memories: its async stack and the stack's guard page.
-pub const MAPPINGS_PER_STACK: usize = 2;
+const MAPPINGS_PER_STACK: usize = 2;
 /// Memory mappings one running guest (one memory) takes at most; BENCHMARKS.md measured 4.9.
-const MAPPINGS_PER_GUEST: usize = MAPPINGS_PER_MEMORY + MAPPINGS_PER_STACK;
+pub const MAPPINGS_PER_GUEST: usize = MAPPINGS_PER_MEMORY + MAPPINGS_PER_STACK;
 /// Mappings left for the agent itself (its heap, threads, libraries, compiled code).
 const MAPPINGS_RESERVED: usize = 4096;
 

@@ -2,7 +2,7 @@
 //! the process's memory mappings charged as it creates memories), and a CPU share enforced at
 //! the epoch ticks where a running guest yields.
 
-use crate::capacity::{MAPPINGS_PER_MEMORY, MAPPINGS_PER_STACK, MappingBudget};
+use crate::capacity::{MAPPINGS_PER_GUEST, MAPPINGS_PER_MEMORY, MappingBudget, MappingsExhausted};
 use kubelet::runtime::{Limits, Usage};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,15 +27,15 @@ pub struct GuestLimits {
 }
 
 impl GuestLimits {
-    /// Limits for one store of a container with `limits`, accounting to `usage` (and its
-    /// mappings to the process's budget).
-    pub fn new(limits: Limits, usage: Arc<Usage>) -> Self {
-        Self {
-            memory: MemoryLimit::new(limits.memory_bytes, usage.clone(), MappingBudget::process()),
+    /// Limits for one store of a container with `limits`, accounting to `usage`; fails when
+    /// the process's mapping budget has no room for another guest.
+    pub fn new(limits: Limits, usage: Arc<Usage>) -> Result<Self, MappingsExhausted> {
+        Ok(Self {
+            memory: MemoryLimit::new(limits.memory_bytes, usage.clone(), MappingBudget::process())?,
             cpu: limits.cpu_cores.and_then(CpuShare::new),
             usage,
             resumed: Instant::now(),
-        }
+        })
     }
 
     /// The memory cap, for the store's limiter.
@@ -59,7 +59,8 @@ impl GuestLimits {
 }
 
 /// The memory a guest may hold: its linear memories and tables together; and the mappings
-/// its memories (and its stack) take from the process's budget.
+/// it takes from the process's budget (a guest's worth up front, then each memory past its
+/// first).
 #[derive(Debug)]
 pub struct MemoryLimit {
     limit: Option<u64>,
@@ -68,6 +69,7 @@ pub struct MemoryLimit {
     usage: Arc<Usage>,
     budget: Arc<MappingBudget>,
     mappings: usize,
+    memories: usize,
 }
 
 impl Drop for MemoryLimit {
@@ -78,30 +80,34 @@ impl Drop for MemoryLimit {
 }
 
 impl MemoryLimit {
-    /// A cap of `limit` bytes, or none; mappings charged to `budget`.
-    pub fn new(limit: Option<u64>, usage: Arc<Usage>, budget: Arc<MappingBudget>) -> Self {
-        Self {
+    /// A cap of `limit` bytes, or none; takes a guest's mappings (its stack and first memory)
+    /// from `budget`, or fails when they are not there.
+    pub fn new(
+        limit: Option<u64>,
+        usage: Arc<Usage>,
+        budget: Arc<MappingBudget>,
+    ) -> Result<Self, MappingsExhausted> {
+        budget.take(MAPPINGS_PER_GUEST)?;
+        Ok(Self {
             limit,
             used: 0,
             exceeded: false,
             usage,
             budget,
-            mappings: 0,
-        }
+            mappings: MAPPINGS_PER_GUEST,
+            memories: 0,
+        })
     }
 
-    /// Charges the mappings of a new memory (wasmtime asks to grow from 0 when it creates
-    /// one; a memory declared empty is charged again at its first growth, which errs on the
-    /// safe side), and the guest's stack with its first memory.
+    /// Counts a new memory (wasmtime asks to grow from 0 when it creates one; a memory
+    /// declared empty counts again at its first growth, which errs on the safe side) and
+    /// charges its mappings past the first, which [`Self::new`] paid for.
     fn map_memory(&mut self) -> wasmtime::Result<()> {
-        let stack = if self.mappings == 0 {
-            MAPPINGS_PER_STACK
-        } else {
-            0
-        };
-        let n = MAPPINGS_PER_MEMORY + stack;
-        self.budget.take(n)?;
-        self.mappings += n;
+        if self.memories > 0 {
+            self.budget.take(MAPPINGS_PER_MEMORY)?;
+            self.mappings += MAPPINGS_PER_MEMORY;
+        }
+        self.memories += 1;
         Ok(())
     }
 
@@ -213,34 +219,36 @@ mod tests {
     }
 
     #[test]
-    fn memories_past_the_mapping_budget_fail_to_instantiate_with_a_clear_error() {
+    fn guests_and_memories_past_the_mapping_budget_are_refused_with_a_clear_error() {
         use wasmtime::{Engine, Instance, Module, Store};
         let engine = Engine::new(&crate::capacity::dense_config()).unwrap();
         let budget = Arc::new(MappingBudget::new(
-            MAPPINGS_PER_STACK + 2 * MAPPINGS_PER_MEMORY,
+            MAPPINGS_PER_GUEST + MAPPINGS_PER_MEMORY,
             Some(65530),
         ));
-        let instantiate = |memories| {
+        let guest = || MemoryLimit::new(None, Arc::default(), budget.clone());
+        let instantiate = |limit, memories| {
             let module = Module::new(&engine, module_with_memories(memories)).unwrap();
-            let limit = MemoryLimit::new(None, Arc::default(), budget.clone());
             let mut store = Store::new(&engine, limit);
             store.limiter(|limit| limit);
             Instance::new(&mut store, &module, &[]).map(|_| store)
         };
-        let two = instantiate(2).expect("a guest with two memories fits");
-        let Err(refused) = instantiate(1) else {
-            panic!("no mappings are left for another guest");
+        let Err(refused) = instantiate(guest().unwrap(), 3) else {
+            panic!("a third memory does not fit");
         };
         let refused = format!("{refused:#}");
         assert!(refused.contains("vm.max_map_count 65530"), "{refused}");
+        let two = instantiate(guest().unwrap(), 2).expect("the refused guest gave its share back");
+        let refused = guest().expect_err("no room is left for another guest");
+        assert!(refused.to_string().contains("sysctl -w"), "{refused}");
         drop(two);
-        instantiate(2).expect("a dropped store gives its mappings back");
+        instantiate(guest().unwrap(), 2).expect("a dropped store gives its mappings back");
     }
 
     #[test]
     fn memory_growth_past_the_limit_fails_and_is_remembered() {
         let usage = Arc::new(Usage::default());
-        let mut limit = MemoryLimit::new(Some(100 * 65536), usage.clone(), unbounded());
+        let mut limit = MemoryLimit::new(Some(100 * 65536), usage.clone(), unbounded()).unwrap();
         assert!(limit.memory_growing(0, 17 * 65536, None).unwrap());
         assert_eq!(limit.exceeded(), None);
         assert!(limit.memory_growing(17 * 65536, 101 * 65536, None).is_err());
@@ -256,14 +264,14 @@ mod tests {
 
     #[test]
     fn tables_count_towards_the_limit() {
-        let mut limit = MemoryLimit::new(Some(800), Arc::default(), unbounded());
+        let mut limit = MemoryLimit::new(Some(800), Arc::default(), unbounded()).unwrap();
         assert!(limit.table_growing(0, 100, None).unwrap());
         assert!(limit.table_growing(100, 101, None).is_err());
     }
 
     #[test]
     fn no_limit_grows_freely() {
-        let mut limit = MemoryLimit::new(None, Arc::default(), unbounded());
+        let mut limit = MemoryLimit::new(None, Arc::default(), unbounded()).unwrap();
         assert!(limit.memory_growing(0, 1 << 32, None).unwrap());
         assert_eq!(limit.exceeded(), None);
     }
@@ -291,7 +299,7 @@ mod tests {
             memory_bytes: None,
             cpu_cores: Some(0.5),
         };
-        let mut guest = GuestLimits::new(limits, usage.clone());
+        let mut guest = GuestLimits::new(limits, usage.clone()).unwrap();
         guest.resumed -= Duration::from_secs(5);
         assert_eq!(guest.tick(), Duration::ZERO);
         assert_eq!(usage.cpu_nanos(), MAX_SLICE.as_nanos() as u64);
