@@ -1,9 +1,9 @@
 //! How many guests this machine can run at once: past `vm.max_map_count` the kernel refuses
 //! new mappings, an allocation fails and the process aborts. So guests are set up to take as
 //! few mappings as they safely can ([`dense_config`]), the node's pod capacity is capped at
-//! what the limit holds ([`guests`]), and every linear memory is charged to one budget for the
-//! whole process ([`MappingBudget`]), so that guests with many memories or pods with many
-//! containers get a clear error instead of taking the node down.
+//! what the limit holds ([`guests`]), and every guest and every further linear memory is
+//! charged to one budget for the whole process ([`MappingBudget`]), so that guests with many
+//! memories or pods with many containers get a clear error instead of taking the node down.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
