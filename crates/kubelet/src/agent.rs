@@ -101,6 +101,7 @@ impl<R: Runtime> Parts<R> {
             config.data_dir.join("images"),
             config.insecure_registries.clone(),
             local_files,
+            config.image_pull,
         ));
         let mut node_credentials = Keyring::default();
         for path in &config.image_credentials {

@@ -47,6 +47,8 @@ pub struct Config {
     pub image_gc: crate::images::gc::GcPolicy,
     /// How often image garbage collection runs.
     pub image_gc_period: std::time::Duration,
+    /// The most an image may be, and how long a pull may go without progress.
+    pub image_pull: crate::images::PullLimits,
 }
 
 impl Config {

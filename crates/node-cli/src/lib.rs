@@ -120,6 +120,14 @@ pub struct NodeArgs {
     /// How often image garbage collection runs.
     #[arg(long, env = "KRUSTLET_IMAGE_GC_PERIOD", default_value = "5m", value_parser = parse_duration)]
     image_gc_period: std::time::Duration,
+    /// The most an image may be (its layers together, and what a compressed layer unpacks
+    /// to), as a Kubernetes quantity: `1Gi`, `512Mi`. A larger image fails with ErrImagePull.
+    #[arg(long, env = "KRUSTLET_MAX_IMAGE_SIZE", default_value = "1Gi", value_parser = parse_bytes, global = true)]
+    max_image_size: u64,
+    /// A pull that receives less than 64 KiB in this long is cancelled (ErrImagePull, then
+    /// back-off), as the kubelet's flag of the same name did.
+    #[arg(long, env = "KRUSTLET_IMAGE_PULL_PROGRESS_DEADLINE", default_value = "1m", value_parser = parse_duration, global = true)]
+    image_pull_progress_deadline: std::time::Duration,
     /// On SIGTERM/SIGINT, mark the node unschedulable before stopping its pods (the agent undoes
     /// its own cordon when it starts again). Without it, pods are stopped and reported, and the
     /// node stays schedulable.
@@ -132,6 +140,13 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
         .parse()
         .map_err(|e| format!("{text:?} is not a duration like 1m or 30s: {e}"))?;
     std::time::Duration::try_from(duration).map_err(|_| format!("{text:?} is negative"))
+}
+
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let quantity = k8s_openapi::apimachinery::pkg::api::resource::Quantity(text.to_string());
+    kubelet::pods::resources::bytes(&quantity)
+        .filter(|bytes| *bytes > 0)
+        .ok_or_else(|| format!("{text:?} is not a size like 1Gi or 500Mi"))
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -200,6 +215,10 @@ impl NodeArgs {
                 maximum_age: self.image_maximum_gc_age,
             },
             image_gc_period: self.image_gc_period,
+            image_pull: kubelet::images::PullLimits {
+                max_image_size: self.max_image_size,
+                progress_deadline: self.image_pull_progress_deadline,
+            },
         })
     }
 }

@@ -25,16 +25,54 @@ pub fn entrypoint(config: &serde_json::Value) -> Option<String> {
     })
 }
 
-/// A layer blob unpacked into a tar stream reader (gzip when its media type says so).
-fn archive<'a>(media_type: &str, blob: &'a [u8]) -> Result<Box<dyn Read + 'a>, String> {
-    match media_type {
+/// A layer unpacked into a tar stream reader (gzip when its media type says so), which fails
+/// once more than `limit` bytes came out of it: a small layer may not inflate without bound.
+fn archive<'a>(
+    media_type: &str,
+    blob: impl Read + 'a,
+    limit: u64,
+) -> Result<Box<dyn Read + 'a>, String> {
+    let unpacked: Box<dyn Read + 'a> = match media_type {
         IMAGE_LAYER_GZIP_MEDIA_TYPE | IMAGE_DOCKER_LAYER_GZIP_MEDIA_TYPE => {
-            Ok(Box::new(flate2::read::GzDecoder::new(blob)))
+            Box::new(flate2::read::GzDecoder::new(blob))
         }
-        IMAGE_LAYER_MEDIA_TYPE | IMAGE_DOCKER_LAYER_TAR_MEDIA_TYPE => Ok(Box::new(blob)),
-        other => Err(format!(
-            "a filesystem layer of type {other} cannot be read (tar and tar+gzip layers can)"
-        )),
+        IMAGE_LAYER_MEDIA_TYPE | IMAGE_DOCKER_LAYER_TAR_MEDIA_TYPE => Box::new(blob),
+        other => {
+            return Err(format!(
+                "a filesystem layer of type {other} cannot be read (tar and tar+gzip layers can)"
+            ));
+        }
+    };
+    Ok(Box::new(Capped {
+        inner: unpacked,
+        left: limit,
+        limit,
+    }))
+}
+
+/// A reader that fails past a number of bytes.
+struct Capped<R> {
+    inner: R,
+    left: u64,
+    limit: u64,
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        // One byte more than allowed tells an exact fit from an overflow.
+        let room = usize::try_from(self.left.saturating_add(1)).unwrap_or(usize::MAX);
+        let len = buf.len().min(room);
+        let n = self.inner.read(&mut buf[..len])?;
+        match self.left.checked_sub(n as u64) {
+            Some(left) => {
+                self.left = left;
+                Ok(n)
+            }
+            None => Err(std::io::Error::other(format!(
+                "it unpacks to more than {} bytes (--max-image-size)",
+                self.limit
+            ))),
+        }
     }
 }
 
@@ -52,8 +90,13 @@ enum Found {
     Absent,
 }
 
-fn search_layer(media_type: &str, blob: &[u8], target: &Path) -> Result<Found, String> {
-    let mut entries = tar::Archive::new(archive(media_type, blob)?);
+fn search_layer(
+    media_type: &str,
+    blob: impl Read,
+    target: &Path,
+    limit: u64,
+) -> Result<Found, String> {
+    let mut entries = tar::Archive::new(archive(media_type, blob, limit)?);
     let mut found = Found::Absent;
     for entry in entries
         .entries()
@@ -93,12 +136,17 @@ fn search_layer(media_type: &str, blob: &[u8], target: &Path) -> Result<Found, S
     Ok(found)
 }
 
-/// The file at `path` in the image whose layers (bottom first) are `layers`: the topmost layer
-/// that has or deletes it decides.
-pub fn find_file(layers: &[(String, Vec<u8>)], path: &str) -> Result<Option<Vec<u8>>, String> {
+/// The file at `path` in the image whose layers (bottom first) are `layers` (a media type and
+/// a reader of the blob): the topmost layer that has or deletes it decides. No layer may unpack
+/// to more than `limit` bytes.
+pub fn find_file<R: Read>(
+    layers: impl DoubleEndedIterator<Item = (String, R)>,
+    path: &str,
+    limit: u64,
+) -> Result<Option<Vec<u8>>, String> {
     let target = normalized(Path::new(path));
-    for (media_type, blob) in layers.iter().rev() {
-        match search_layer(media_type, blob, &target)? {
+    for (media_type, blob) in layers.rev() {
+        match search_layer(&media_type, blob, &target, limit)? {
             Found::File(bytes) => return Ok(Some(bytes)),
             Found::Deleted => return Ok(None),
             Found::Absent => {}
@@ -126,25 +174,24 @@ mod tests {
         )
     }
 
+    fn find(layers: &[(String, Vec<u8>)], path: &str) -> Result<Option<Vec<u8>>, String> {
+        let readers = layers.iter().map(|(t, b)| (t.clone(), b.as_slice()));
+        find_file(readers, path, 1 << 20)
+    }
+
     #[test]
     fn the_top_layer_decides() {
         let base = layer(&[("app/m.wasm", b"old"), ("other", b"x")]);
         let update = layer(&[("./app/m.wasm", b"new")]);
         assert_eq!(
-            find_file(&[base.clone(), update], "/app/m.wasm").unwrap(),
+            find(&[base.clone(), update], "/app/m.wasm").unwrap(),
             Some(b"new".to_vec())
         );
         let deleted = layer(&[("app/.wh.m.wasm", b"")]);
-        assert_eq!(
-            find_file(&[base.clone(), deleted], "/app/m.wasm").unwrap(),
-            None
-        );
+        assert_eq!(find(&[base.clone(), deleted], "/app/m.wasm").unwrap(), None);
         let opaque = layer(&[("app/.wh..wh..opq", b"")]);
-        assert_eq!(
-            find_file(&[base.clone(), opaque], "/app/m.wasm").unwrap(),
-            None
-        );
-        assert_eq!(find_file(&[base], "/missing.wasm").unwrap(), None);
+        assert_eq!(find(&[base.clone(), opaque], "/app/m.wasm").unwrap(), None);
+        assert_eq!(find(&[base], "/missing.wasm").unwrap(), None);
     }
 
     #[test]
@@ -154,5 +201,37 @@ mod tests {
         assert_eq!(entrypoint(&config).as_deref(), Some("/c.wasm"));
         let linux = serde_json::json!({"os": "linux", "architecture": "amd64"});
         assert!(!is_wasi_platform(&linux));
+    }
+}
+
+#[cfg(test)]
+mod bomb_tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn a_layer_that_inflates_past_the_limit_is_refused() {
+        let mut archive = tar::Builder::new(Vec::new());
+        let content = vec![0u8; 4 << 20];
+        let mut header = tar::Header::new_gnu();
+        header.set_size(content.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        archive
+            .append_data(&mut header, "app/m.wasm", content.as_slice())
+            .unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&archive.into_inner().unwrap()).unwrap();
+        let bomb = gz.finish().unwrap();
+        assert!(
+            bomb.len() < 64 << 10,
+            "4 MiB of zeros compress to {}",
+            bomb.len()
+        );
+        let layers = || [(IMAGE_LAYER_GZIP_MEDIA_TYPE.to_string(), bomb.as_slice())].into_iter();
+        let error = find_file(layers(), "/app/m.wasm", 1 << 20).unwrap_err();
+        assert!(error.contains("more than 1048576 bytes"), "{error}");
+        let found = find_file(layers(), "/app/m.wasm", 8 << 20).unwrap();
+        assert_eq!(found.map(|f| f.len()), Some(4 << 20));
     }
 }

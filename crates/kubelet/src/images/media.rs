@@ -1,6 +1,7 @@
 //! Which manifests and layers are WebAssembly, and messages for the ones that are not.
 
 use super::PullError;
+use super::registry::RegistryError;
 use oci_client::errors::OciDistributionError;
 use oci_client::manifest::{ImageIndexEntry, OciDescriptor, OciImageIndex, OciImageManifest};
 
@@ -84,24 +85,36 @@ pub fn not_wasm_message(
     )
 }
 
-/// Turns a registry error into a sentence that names the image and the cause.
-pub fn explain_registry_error(image: &str, error: &OciDistributionError) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text = format!("{text}: {cause}");
-        source = cause.source();
-    }
+/// Turns a failed pull into a sentence that names the image and the cause.
+pub fn explain_registry_error(image: &str, error: &RegistryError) -> String {
+    explain("pull", image, error, error.is_unauthorized())
+}
+
+/// Turns a failed push (oci-client's error) into a sentence that names the image and the cause.
+pub fn explain_push_error(image: &str, error: &OciDistributionError) -> String {
     let unauthorized = matches!(
         error,
         OciDistributionError::AuthenticationFailure(_)
             | OciDistributionError::UnauthorizedError { .. }
-    ) || text.contains("401")
-        || text.to_lowercase().contains("unauthorized");
+    );
+    explain("push", image, error, unauthorized)
+}
+
+fn explain(verb: &str, image: &str, error: &dyn std::error::Error, unauthorized: bool) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        if !text.contains(&cause.to_string()) {
+            text = format!("{text}: {cause}");
+        }
+        source = cause.source();
+    }
+    let unauthorized =
+        unauthorized || text.contains("401") || text.to_lowercase().contains("unauthorized");
     let hint = if unauthorized {
         "; the registry wants credentials: reference a kubernetes.io/dockerconfigjson secret for it in the pod's imagePullSecrets, or give the node --image-credentials"
     } else {
         ""
     };
-    format!("failed to pull image \"{image}\": {text}{hint}")
+    format!("failed to {verb} image \"{image}\": {text}{hint}")
 }

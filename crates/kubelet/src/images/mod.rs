@@ -1,23 +1,32 @@
-//! Images: pulls of wasm OCI artifacts (oci-client) and of ordinary images built for wasi/wasm
-//! ([`layers`]), a content-addressed store in the data dir,
+//! Images: pulls of wasm OCI artifacts and of ordinary images built for wasi/wasm ([`layers`])
+//! through a bounded registry client ([`registry`]), a content-addressed store in the data dir,
 //! pull policies, coalesced concurrent pulls, and plain-spoken refusals of images that are not
 //! WebAssembly.
+//!
+//! Everything a registry sends is hostile until checked: digests are validated before they name
+//! a path ([`digest`]), sizes are capped by [`PullLimits`] while streaming, downloads land in
+//! the store's `tmp/` and are renamed into place only once verified, and only regular files are
+//! ever opened from the store.
 
 pub mod credentials;
+pub mod digest;
 pub mod gc;
 mod layers;
 mod media;
 mod push;
+pub mod registry;
 
+pub use digest::Digest;
 pub use push::{PushError, push_module};
+pub use registry::PullLimits;
 
 use crate::runtime::ModuleBytes;
-use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::Reference;
 use oci_client::manifest::{OciDescriptor, OciImageManifest, OciManifest};
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
-use sha2::{Digest, Sha256};
+use registry::{RegistryClient, RegistryError, Session};
 use std::collections::HashMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -61,10 +70,10 @@ pub enum PullError {
     /// `imagePullPolicy: Never` and the image is not on the node.
     #[error("Container image \"{0}\" is not present with pull policy of Never")]
     NeverPull(String),
-    /// The reference does not parse.
+    /// The reference does not parse (the kubelet's `InvalidImageName`).
     #[error("invalid image reference \"{0}\": {1}")]
     InvalidReference(String, String),
-    /// The registry failed or refused.
+    /// The registry failed, refused, or sent something the node does not accept.
     #[error("{0}")]
     Registry(String),
     /// Reading or writing the store failed.
@@ -102,10 +111,8 @@ struct RefRecord {
 /// The node's image store.
 pub struct ImageStore {
     root: PathBuf,
-    insecure: Vec<String>,
-    /// One registry client per credential: a client keeps the first credentials it was given
-    /// for a registry, and one pod's credentials must never serve another pod's pull.
-    clients: Mutex<HashMap<String, Client>>,
+    /// Pulls; each pull authenticates with its own pod's credentials.
+    registry: RegistryClient,
     local_files: bool,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     modules: Mutex<HashMap<String, Arc<[u8]>>>,
@@ -117,12 +124,17 @@ pub struct ImageStore {
 
 impl ImageStore {
     /// A store under `root`; `insecure` lists registries reached over plain HTTP; `local_files`
-    /// allows `file://` images (standalone mode).
-    pub fn new(root: PathBuf, insecure: Vec<String>, local_files: bool) -> Self {
+    /// allows `file://` images (standalone mode). Downloads a crash left half done are removed.
+    pub fn new(
+        root: PathBuf,
+        insecure: Vec<String>,
+        local_files: bool,
+        limits: PullLimits,
+    ) -> Self {
+        let _ = std::fs::remove_dir_all(root.join("tmp"));
         Self {
             root,
-            insecure,
-            clients: Mutex::default(),
+            registry: RegistryClient::new(insecure, limits),
             local_files,
             locks: Mutex::default(),
             modules: Mutex::default(),
@@ -141,9 +153,7 @@ impl ImageStore {
         if let Some(path) = image.strip_prefix("file://") {
             return self.local_file(image, path).await;
         }
-        let reference: Reference = image.parse().map_err(|e: oci_client::ParseError| {
-            PullError::InvalidReference(image.into(), e.to_string())
-        })?;
+        let reference = parse_reference(image)?;
         let lock = {
             let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
             locks.entry(reference.whole()).or_default().clone()
@@ -203,7 +213,12 @@ impl ImageStore {
                         .copied()
                         .unwrap_or(self.opened),
                 ),
-                bytes: std::fs::metadata(self.blob_path(&record.layer)).map_or(0, |m| m.len()),
+                bytes: record
+                    .layer
+                    .parse::<Digest>()
+                    .ok()
+                    .and_then(|d| std::fs::symlink_metadata(self.blob_path(&d)).ok())
+                    .map_or(0, |m| m.len()),
             })
             .collect();
         let disk = rustix::fs::statvfs(&self.root)
@@ -230,7 +245,9 @@ impl ImageStore {
                 .enumerate()
                 .any(|(i, (_, other))| !chosen.contains(&i) && other.layer == record.layer);
             if !shared && !removed.contains(&record.layer) {
-                let _ = std::fs::remove_file(self.blob_path(&record.layer));
+                if let Ok(digest) = record.layer.parse::<Digest>() {
+                    let _ = std::fs::remove_file(self.blob_path(&digest));
+                }
                 self.modules
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -239,26 +256,6 @@ impl ImageStore {
             }
         }
         Ok(removed)
-    }
-
-    fn client(&self, auth: &RegistryAuth) -> Client {
-        let key = match auth {
-            RegistryAuth::Anonymous => "anonymous".to_string(),
-            RegistryAuth::Basic(user, pass) => {
-                format!("basic:{user}:{}", digest_of(pass.as_bytes()))
-            }
-            RegistryAuth::Bearer(token) => format!("bearer:{}", digest_of(token.as_bytes())),
-        };
-        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        clients
-            .entry(key)
-            .or_insert_with(|| {
-                Client::new(ClientConfig {
-                    protocol: ClientProtocol::HttpsExcept(self.insecure.clone()),
-                    ..Default::default()
-                })
-            })
-            .clone()
     }
 
     /// Whether the image is in the store (for `file://` images: whether the file exists).
@@ -284,8 +281,15 @@ impl ImageStore {
                 "file:// images are only allowed in standalone mode".into(),
             ));
         }
-        let bytes = tokio::fs::read(path)
-            .await
+        let limit = self.registry.limits().max_image_size;
+        let bytes = read_regular_file(Path::new(path), limit)
+            .and_then(|found| {
+                found.ok_or_else(|| {
+                    std::io::Error::other(format!(
+                        "not a regular file of at most {limit} bytes (--max-image-size)"
+                    ))
+                })
+            })
             .map_err(|e| PullError::Registry(format!("reading {path}: {e}")))?;
         let digest = digest_of(&bytes);
         let module = ModuleBytes {
@@ -302,53 +306,57 @@ impl ImageStore {
     }
 
     fn ref_path(&self, reference: &Reference) -> PathBuf {
-        self.root.join("refs").join(format!(
-            "{}.json",
-            hex::encode(Sha256::digest(reference.whole().as_bytes()))
-        ))
+        let digest = Digest::sha256_of(reference.whole().as_bytes());
+        let (_, hex) = digest.path_parts();
+        self.root.join("refs").join(format!("{hex}.json"))
     }
 
-    fn blob_path(&self, digest: &str) -> PathBuf {
-        self.root.join("blobs").join(digest.replace(':', "/"))
+    fn blob_path(&self, digest: &Digest) -> PathBuf {
+        let (algorithm, hex) = digest.path_parts();
+        self.root.join("blobs").join(algorithm).join(hex)
     }
 
     fn stored(&self, reference: &Reference) -> Result<Option<PulledImage>, PullError> {
-        let Ok(text) = std::fs::read(self.ref_path(reference)) else {
+        let Ok(Some(text)) = read_regular_file(&self.ref_path(reference), MAX_RECORD_BYTES) else {
             return Ok(None);
         };
         let Ok(record) = serde_json::from_slice::<RefRecord>(&text) else {
             return Ok(None);
         };
-        Ok(self.load_module(&record.layer)?.map(|module| PulledImage {
+        let Ok(layer) = record.layer.parse::<Digest>() else {
+            return Ok(None);
+        };
+        Ok(self.load_module(&layer)?.map(|module| PulledImage {
             image_id: record.image_id,
             module,
         }))
     }
 
-    fn load_module(&self, digest: &str) -> Result<Option<ModuleBytes>, PullError> {
+    /// The module stored under `digest`, if it is there whole (a damaged file counts as absent
+    /// and is fetched again).
+    fn load_module(&self, digest: &Digest) -> Result<Option<ModuleBytes>, PullError> {
+        let key = digest.to_string();
         if let Some(bytes) = self
             .modules
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(digest)
+            .get(&key)
         {
             return Ok(Some(ModuleBytes {
-                digest: digest.into(),
+                digest: key,
                 bytes: bytes.clone(),
             }));
         }
-        let bytes: Arc<[u8]> = match std::fs::read(self.blob_path(digest)) {
-            Ok(b) if digest_of(&b) == digest => b.into(),
+        let limit = self.registry.limits().max_image_size;
+        let bytes: Arc<[u8]> = match read_regular_file(&self.blob_path(digest), limit) {
+            Ok(Some(b)) if digest_of(&b) == key => b.into(),
             Ok(_) | Err(_) => return Ok(None),
         };
         self.modules
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(digest.into(), bytes.clone());
-        Ok(Some(ModuleBytes {
-            digest: digest.into(),
-            bytes,
-        }))
+            .insert(key.clone(), bytes.clone());
+        Ok(Some(ModuleBytes { digest: key, bytes }))
     }
 
     async fn pull(
@@ -357,46 +365,47 @@ impl ImageStore {
         reference: &Reference,
         auth: RegistryAuth,
     ) -> Result<(PulledImage, Source), PullError> {
-        let client = self.client(&auth);
-        let registry = |e: oci_client::errors::OciDistributionError| {
-            PullError::Registry(media::explain_registry_error(image, &e))
-        };
-        let (manifest, digest) = client
-            .pull_manifest(reference, &auth)
-            .await
-            .map_err(registry)?;
-        if let Some(wanted) = reference.digest()
-            && wanted != digest
-        {
-            return Err(PullError::Registry(format!(
-                "the registry served manifest {digest} for {image}, which names digest {wanted}"
-            )));
-        }
-        let (manifest, manifest_ref, digest) = match manifest {
-            OciManifest::Image(m) => (m, reference.clone(), digest),
+        let mut session = self.registry.session(reference, auth);
+        let registry =
+            |e: RegistryError| PullError::Registry(media::explain_registry_error(image, &e));
+        let name = reference
+            .digest()
+            .or(reference.tag())
+            .unwrap_or("latest")
+            .to_string();
+        let (manifest, digest) = session.manifest(&name).await.map_err(registry)?;
+        let (manifest, digest) = match manifest {
+            OciManifest::Image(m) => (m, digest),
             OciManifest::ImageIndex(index) => {
                 let entry = media::pick_wasm_platform(image, &index)?;
-                let by_digest = reference.clone_with_digest(entry.digest.clone());
-                let (m, d) = client
-                    .pull_image_manifest(&by_digest, &auth)
-                    .await
-                    .map_err(registry)?;
-                (m, by_digest, d)
+                match session.manifest(&entry.digest).await.map_err(registry)? {
+                    (OciManifest::Image(m), d) => (m, d),
+                    (OciManifest::ImageIndex(_), _) => {
+                        return Err(PullError::Registry(format!(
+                            "image \"{image}\": the index's wasi/wasm entry {} is another index, not an image manifest",
+                            entry.digest
+                        )));
+                    }
+                }
             }
         };
         let module = match media::wasm_layer(&manifest) {
-            Some(layer) => match self.load_module(&layer.digest)? {
-                Some(module) => module,
-                None => {
-                    let bytes = self
-                        .download_blob(&client, &manifest_ref, layer)
-                        .await
-                        .map_err(registry)??;
-                    self.store_module(bytes)?
+            Some(layer) => {
+                let stored = match layer.digest.parse::<Digest>() {
+                    Ok(d) => self.load_module(&d)?,
+                    Err(_) => None,
+                };
+                match stored {
+                    Some(module) => module,
+                    None => {
+                        let download =
+                            self.download(&mut session, layer).await.map_err(registry)?;
+                        self.keep_module(download)?
+                    }
                 }
-            },
+            }
             None => {
-                self.module_from_filesystem(&client, image, &manifest_ref, &manifest)
+                self.module_from_filesystem(&mut session, image, &manifest)
                     .await?
             }
         };
@@ -421,24 +430,17 @@ impl ImageStore {
     /// file named by its entrypoint); any other is refused before its layers are downloaded.
     async fn module_from_filesystem(
         &self,
-        client: &Client,
+        session: &mut Session<'_>,
         image: &str,
-        reference: &Reference,
         manifest: &OciImageManifest,
     ) -> Result<ModuleBytes, PullError> {
-        let registry = |e: oci_client::errors::OciDistributionError| {
-            PullError::Registry(media::explain_registry_error(image, &e))
-        };
-        let mut raw = Vec::new();
-        let config: Option<serde_json::Value> = match client
-            .pull_blob(reference, &manifest.config, &mut raw)
-            .await
-        {
-            Ok(()) => serde_json::from_slice(&raw).ok(),
-            Err(_) => None,
-        };
+        let registry =
+            |e: RegistryError| PullError::Registry(media::explain_registry_error(image, &e));
+        let raw = session.small_blob(&manifest.config).await.ok();
+        let config: Option<serde_json::Value> =
+            raw.as_deref().and_then(|r| serde_json::from_slice(r).ok());
         let Some(config) = config.filter(layers::is_wasi_platform) else {
-            let platform = media::platform_of_config(&raw);
+            let platform = raw.as_deref().and_then(media::platform_of_config);
             return Err(PullError::NotWasm(media::not_wasm_message(
                 image,
                 manifest,
@@ -450,74 +452,231 @@ impl ImageStore {
                 "image \"{image}\" is built for wasi/wasm but its config names no Entrypoint or Cmd, so the module in its layers is unknown; set ENTRYPOINT to the .wasm file"
             ))
         })?;
-        let mut blobs = Vec::with_capacity(manifest.layers.len());
-        for layer in &manifest.layers {
-            let blob = self
-                .download_blob(client, reference, layer)
-                .await
-                .map_err(registry)??;
-            blobs.push((layer.media_type.clone(), blob));
+        let limit = self.registry.limits().max_image_size;
+        let total = manifest.layers.iter().fold(0u64, |sum, l| {
+            sum.saturating_add(u64::try_from(l.size).unwrap_or(u64::MAX))
+        });
+        if total > limit {
+            return Err(registry(RegistryError::TooLarge {
+                what: format!("the image's layers ({total} bytes)"),
+                limit,
+                flag: "--max-image-size",
+            }));
         }
-        let module = layers::find_file(&blobs, &entrypoint)
-            .map_err(|e| PullError::Registry(format!("image \"{image}\": {e}")))?
-            .ok_or_else(|| {
-                PullError::NotWasm(format!(
-                    "image \"{image}\" names {entrypoint} as its entrypoint, but that file is not in the image's layers"
-                ))
-            })?;
+        let mut blobs = Vec::with_capacity(manifest.layers.len().min(256));
+        for layer in &manifest.layers {
+            let download = self.download(session, layer).await.map_err(registry)?;
+            blobs.push((layer.media_type.clone(), download));
+        }
+        let found = tokio::task::spawn_blocking(move || {
+            let readers = blobs
+                .iter()
+                .map(|(media_type, file)| Ok((media_type.clone(), file.reopen()?)))
+                .collect::<std::io::Result<Vec<_>>>()
+                .map_err(|e| format!("reading a downloaded layer: {e}"))?;
+            layers::find_file(readers.into_iter(), &entrypoint, limit)
+                .map(|found| (found, entrypoint))
+        })
+        .await
+        .map_err(|e| {
+            PullError::Registry(format!("image \"{image}\": reading its layers failed: {e}"))
+        })?;
+        let (module, entrypoint) =
+            found.map_err(|e| PullError::Registry(format!("image \"{image}\": {e}")))?;
+        let module = module.ok_or_else(|| {
+            PullError::NotWasm(format!(
+                "image \"{image}\" names {entrypoint} as its entrypoint, but that file is not in the image's layers"
+            ))
+        })?;
         self.store_module(module)
     }
 
-    /// Downloads a blob and checks its digest.
-    async fn download_blob(
+    /// Streams a blob into a file in the store's `tmp/`, checked against its descriptor; the
+    /// file is removed when dropped unless it is kept.
+    async fn download(
         &self,
-        client: &Client,
-        reference: &Reference,
-        layer: &OciDescriptor,
-    ) -> Result<Result<Vec<u8>, PullError>, oci_client::errors::OciDistributionError> {
-        let mut bytes = Vec::with_capacity(usize::try_from(layer.size).unwrap_or_default());
-        client.pull_blob(reference, layer, &mut bytes).await?;
-        let digest = digest_of(&bytes);
-        if digest != layer.digest {
-            return Ok(Err(PullError::Registry(format!(
-                "layer digest mismatch: the manifest says {}, the registry sent {digest}",
-                layer.digest
-            ))));
+        session: &mut Session<'_>,
+        descriptor: &OciDescriptor,
+    ) -> Result<tempfile::NamedTempFile, RegistryError> {
+        let dir = self.root.join("tmp");
+        std::fs::create_dir_all(&dir).map_err(RegistryError::Store)?;
+        let temp = tempfile::NamedTempFile::new_in(&dir).map_err(RegistryError::Store)?;
+        let mut file = tokio::fs::File::from_std(temp.reopen().map_err(RegistryError::Store)?);
+        session.blob_to_file(descriptor, &mut file).await?;
+        Ok(temp)
+    }
+
+    /// Keeps a downloaded module in the store under its sha256 digest.
+    fn keep_module(&self, download: tempfile::NamedTempFile) -> Result<ModuleBytes, PullError> {
+        let limit = self.registry.limits().max_image_size;
+        let mut bytes = Vec::new();
+        download
+            .reopen()?
+            .take(limit.saturating_add(1))
+            .read_to_end(&mut bytes)?;
+        let digest = Digest::sha256_of(&bytes);
+        let path = self.blob_path(&digest);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
         }
-        Ok(Ok(bytes))
+        download.persist(&path).map_err(|e| e.error)?;
+        let bytes: Arc<[u8]> = bytes.into();
+        self.modules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(digest.to_string(), bytes.clone());
+        Ok(ModuleBytes {
+            digest: digest.to_string(),
+            bytes,
+        })
     }
 
     /// Keeps a module in the store under its digest.
     fn store_module(&self, bytes: Vec<u8>) -> Result<ModuleBytes, PullError> {
-        let digest = digest_of(&bytes);
+        let digest = Digest::sha256_of(&bytes);
         write_atomic(&self.blob_path(&digest), &bytes)?;
         let bytes: Arc<[u8]> = bytes.into();
         self.modules
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(digest.clone(), bytes.clone());
-        Ok(ModuleBytes { digest, bytes })
+            .insert(digest.to_string(), bytes.clone());
+        Ok(ModuleBytes {
+            digest: digest.to_string(),
+            bytes,
+        })
     }
+}
+
+/// The most a reference record may be.
+const MAX_RECORD_BYTES: u64 = 64 << 10;
+
+/// Parses an image reference as the kubelet does before pulling: a reference that does not
+/// parse, or whose repository is not lowercase, is an `InvalidImageName`.
+fn parse_reference(image: &str) -> Result<Reference, PullError> {
+    let invalid = |why: String| PullError::InvalidReference(image.into(), why);
+    if image.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        return Err(invalid("it contains spaces or control characters".into()));
+    }
+    let reference: Reference = image
+        .parse()
+        .map_err(|e: oci_client::ParseError| invalid(e.to_string()))?;
+    if reference
+        .repository()
+        .bytes()
+        .any(|b| b.is_ascii_uppercase())
+    {
+        return Err(invalid(format!(
+            "repository name ({}) must be lowercase",
+            reference.repository()
+        )));
+    }
+    if let Some(digest) = reference.digest() {
+        digest
+            .parse::<Digest>()
+            .map_err(|e| invalid(e.to_string()))?;
+    }
+    Ok(reference)
+}
+
+/// Reads a file that must be a regular file of at most `limit` bytes: symbolic links are not
+/// followed, FIFOs and devices are not read (`Ok(None)`), and nothing past the limit is read.
+fn read_regular_file(path: &Path, limit: u64) -> std::io::Result<Option<Vec<u8>>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits() as i32)
+        .open(path)?;
+    let metadata = file.metadata()?;
+    if !metadata.is_file() || metadata.len() > limit {
+        return Ok(None);
+    }
+    let mut bytes = Vec::new();
+    file.take(limit.saturating_add(1)).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Ok(None);
+    }
+    Ok(Some(bytes))
 }
 
 /// `sha256:<hex>` of some bytes.
 pub fn digest_of(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+    Digest::sha256_of(bytes).to_string()
 }
 
-/// Writes a file through a temporary name and a rename, so readers never see half of it.
+/// Writes a file through a temporary name and a rename, so readers never see half of it; the
+/// temporary file is removed when the write fails (a full disk leaves nothing behind).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
     let tmp = path.with_extension(format!("tmp{}", rand::random::<u32>()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
+    let written = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 #[cfg(test)]
 mod tests {
     use super::PullPolicy::{self, *};
+    use super::{PullError, parse_reference, read_regular_file};
+    use std::path::Path;
+
+    #[test]
+    fn invalid_image_names_are_refused_before_any_registry() {
+        for bad in [
+            "UPPER/case:tag",
+            "registry.example/Repo:v1",
+            "r/x@sha256:00",
+            "r/x:v1\u{0}",
+            "r/x y",
+            "",
+        ] {
+            assert!(
+                matches!(parse_reference(bad), Err(PullError::InvalidReference(..))),
+                "{bad:?} must be an InvalidImageName"
+            );
+        }
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        assert!(parse_reference(&format!("Registry.Example:5000/x/y@{digest}")).is_ok());
+        assert!(parse_reference("r:5000/a/b-c_d:v1.2").is_ok());
+    }
+
+    #[test]
+    fn only_regular_files_are_read_from_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("blob");
+        std::fs::write(&file, b"module").unwrap();
+        assert_eq!(read_regular_file(&file, 6).unwrap().unwrap(), b"module");
+        assert_eq!(read_regular_file(&file, 5).unwrap(), None, "past the limit");
+        let fifo = dir.path().join("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        assert_eq!(
+            read_regular_file(&fifo, 100).unwrap(),
+            None,
+            "a FIFO never blocks"
+        );
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+        assert!(
+            read_regular_file(&link, 100).is_err(),
+            "links are not followed"
+        );
+        assert!(
+            read_regular_file(Path::new("/dev/zero"), 100)
+                .unwrap()
+                .is_none()
+        );
+    }
 
     #[test]
     fn default_pull_policy_follows_the_kubelet() {

@@ -55,12 +55,6 @@ pub async fn push_module(
     let pushed = client
         .push(&reference, &layers, config, &auth, None)
         .await
-        .map_err(|e| {
-            PushError(super::media::explain_registry_error(image, &e).replacen(
-                "failed to pull",
-                "failed to push",
-                1,
-            ))
-        })?;
+        .map_err(|e| PushError(super::media::explain_push_error(image, &e)))?;
     Ok(pushed.manifest_url)
 }

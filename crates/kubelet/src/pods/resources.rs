@@ -81,8 +81,9 @@ pub fn pod_requests(pod: &Pod) -> Requests {
 }
 
 /// The value of a downward API `resourceFieldRef` for `container`, as the kubelet computes it:
-/// the request or limit divided by `divisor` (default 1) and rounded up; a limit that is not
-/// set is the node's allocatable.
+/// the request or limit divided by `divisor` (default 1, and a zero divisor, which the API
+/// server defaults an unset one to, counts as 1) and rounded up; a limit that is not set is the
+/// node's allocatable.
 pub fn field_value(
     container: &Container,
     selector: &ResourceFieldSelector,
@@ -108,10 +109,12 @@ pub fn field_value(
                 None => Some(0),
             }
             .ok_or_else(|| format!("unreadable quantity for {}", selector.resource))?;
+            // The API server defaults an unset divisor to "0", which the kubelet reads as 1.
             let divisor_millis = divisor
                 .and_then(cores)
-                .map_or(1000, |c| (c * 1000.0).round() as u64)
-                .max(1);
+                .map(|c| (c * 1000.0).round() as u64)
+                .filter(|millis| *millis > 0)
+                .unwrap_or(1000);
             Ok(millis.div_ceil(divisor_millis).to_string())
         }
         "memory" | "ephemeral-storage" => {
@@ -210,6 +213,12 @@ mod tests {
         };
         assert_eq!(field("limits.cpu", None).unwrap(), "1");
         assert_eq!(field("limits.cpu", Some("1m")).unwrap(), "250");
+        // What the API server stores for an unset divisor.
+        assert_eq!(field("limits.cpu", Some("0")).unwrap(), "1");
+        assert_eq!(
+            field("limits.memory", Some("0")).unwrap(),
+            (64u64 << 20).to_string()
+        );
         assert_eq!(field("limits.memory", Some("1Mi")).unwrap(), "64");
         assert_eq!(field("requests.memory", None).unwrap(), "0");
         let bare = field_value(

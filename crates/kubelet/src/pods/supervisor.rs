@@ -819,6 +819,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         slot.due = Some(Instant::now() + delay);
         let (reason, event_reason) = match error {
             PullError::NeverPull(_) => ("ErrImageNeverPull", "ErrImageNeverPull"),
+            PullError::InvalidReference(..) => ("InvalidImageName", "InspectFailed"),
             _ if failures > 1 => ("ImagePullBackOff", "BackOff"),
             _ => ("ErrImagePull", "Failed"),
         };
@@ -829,6 +830,16 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         };
         slot.status.state = Some(status::waiting(reason, Some(state_message)));
         match reason {
+            "InvalidImageName" => {
+                self.event(PodEvent::warning(&name, event_reason, message))
+                    .await;
+                self.event(PodEvent::warning(
+                    &name,
+                    "Failed",
+                    "Error: InvalidImageName".into(),
+                ))
+                .await;
+            }
             "ErrImageNeverPull" => {
                 self.event(PodEvent::warning(&name, "ErrImageNeverPull", message))
                     .await
