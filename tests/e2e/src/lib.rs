@@ -989,6 +989,24 @@ pub fn last_terminated(pod: &Pod) -> Option<k8s_openapi::api::core::v1::Containe
         .terminated
 }
 
+/// Resident memory of process `pid`, in KiB (0 when it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The first container's waiting reason ("" when it is not waiting).
+pub fn waiting_reason(pod: &Pod) -> String {
+    container_state(pod)
+        .and_then(|s| s.waiting)
+        .and_then(|w| w.reason)
+        .unwrap_or_default()
+}
+
 /// The message of the first container's waiting state ("" when it is not waiting).
 pub fn waiting_message(pod: &Pod) -> String {
     container_state(pod)

@@ -2,6 +2,7 @@
 //! an ephemeral port and a temporary storage dir, killed when dropped; without auth, with basic
 //! auth, or with bearer tokens from a token server of its own.
 
+pub mod hostile;
 mod token;
 
 use anyhow::{Context, bail};

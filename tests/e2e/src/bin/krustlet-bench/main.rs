@@ -8,7 +8,7 @@ mod lease;
 
 use anyhow::Context;
 use clap::Parser;
-use e2e::{Cluster, NodeAgent, wasm_pod};
+use e2e::{Cluster, NodeAgent, rss_kib, wasm_pod};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, ListParams};
@@ -82,19 +82,9 @@ fn latency_row(name: &str, mut samples: Vec<Duration>) -> String {
     )
 }
 
-/// Resident memory of a process, in KiB.
 /// The memory mappings of process `pid` (what `vm.max_map_count` limits).
 fn mappings(pid: u32) -> usize {
     std::fs::read_to_string(format!("/proc/{pid}/maps")).map_or(0, |maps| maps.lines().count())
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 /// CPU time (user + system) of a process.

@@ -1,0 +1,130 @@
+//! Hostile input: registries that attack the node (crafted digests and sizes, endless and slow
+//! bodies, decompression bombs) and image references that are not names. Each fails its own pod
+//! with a status that says what was refused and why; the agent stays up, its RSS grows by less
+//! than a stated bound, the node stays Ready, and a pod already running is not touched.
+
+use e2e::{
+    Cluster, has_phase, is_node_ready, is_waiting, rss_kib, wait_for, waiting_message,
+    waiting_reason, wasm_pod,
+};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::Api;
+use testkit::registry::hostile::{Attack, HostileRegistry};
+
+/// How much the agent's resident memory may grow over all the attacks (the largest thing it
+/// may hold is one capped layer, 16 MiB here).
+const RSS_GROWTH_BOUND_KIB: u64 = 96 << 10;
+
+/// What each attack's pod must say.
+fn expected(attack: Attack) -> &'static str {
+    match attack {
+        Attack::TraversalDigest => "is not a valid content digest",
+        Attack::HugeLayer => "--max-image-size",
+        Attack::EndlessManifest => "OCI manifest limit",
+        Attack::EndlessBlob => "whose descriptor declares 1024",
+        Attack::DecompressionBomb => "unpacks to more than 16777216 bytes",
+        Attack::Trickle => "--image-pull-progress-deadline",
+    }
+}
+
+fn pull_failed(pod: Option<&Pod>) -> bool {
+    pod.map(waiting_reason)
+        .is_some_and(|r| r == "ErrImagePull" || r == "ImagePullBackOff")
+}
+
+fn started_at(pod: &Pod) -> Option<(i32, String)> {
+    let status = pod.status.as_ref()?.container_statuses.as_ref()?.first()?;
+    let running = status.state.as_ref()?.running.as_ref()?;
+    Some((status.restart_count, format!("{:?}", running.started_at)))
+}
+
+#[tokio::test]
+async fn hostile_registries_fail_only_their_own_pods() -> anyhow::Result<()> {
+    let cluster = Cluster::new("hostile").await?;
+    let registry = HostileRegistry::start().await?;
+    let host = registry.host();
+    let agent = cluster
+        .start_node_with(&[
+            "--insecure-registries",
+            &host,
+            "--max-image-size",
+            "16Mi",
+            "--image-pull-progress-deadline",
+            "3s",
+        ])
+        .await?;
+    let image = cluster.push_guest("wasi-probe").await?;
+    cluster
+        .create_pod(wasm_pod(
+            "steady",
+            &image,
+            &agent.name,
+            &["forever"],
+            "Always",
+        ))
+        .await?;
+    let steady = cluster
+        .wait_pod("steady", "Running", has_phase("Running"))
+        .await?;
+    let before = started_at(&steady);
+    let rss_before = rss_kib(agent.pid());
+
+    for attack in Attack::ALL {
+        let pod = wasm_pod(
+            attack.repository(),
+            &registry.image(attack),
+            &agent.name,
+            &[],
+            "Never",
+        );
+        cluster.create_pod(pod).await?;
+    }
+    let mut invalid = wasm_pod("invalid-name", "UPPER/case:tag", &agent.name, &[], "Never");
+    invalid.spec.as_mut().expect("spec").containers[0].image_pull_policy = Some("Always".into());
+    // A real API server takes the name (it does not parse images); the node refuses it.
+    cluster.create_pod(invalid).await?;
+
+    for attack in Attack::ALL {
+        let pod = cluster
+            .wait_pod(attack.repository(), "ErrImagePull", pull_failed)
+            .await?;
+        let message = waiting_message(&pod);
+        assert!(
+            message.contains(expected(attack)) && message.contains(&registry.image(attack)),
+            "{attack:?}: the status names the image and the cause: {message}"
+        );
+    }
+    let invalid = cluster
+        .wait_pod(
+            "invalid-name",
+            "InvalidImageName",
+            is_waiting("InvalidImageName"),
+        )
+        .await?;
+    assert!(
+        waiting_message(&invalid).contains("must be lowercase"),
+        "{}",
+        waiting_message(&invalid)
+    );
+
+    // The agent is alive and bounded, the node Ready, the running pod untouched.
+    let rss_after = rss_kib(agent.pid());
+    assert!(rss_after > 0, "the agent is alive");
+    assert!(
+        rss_after.saturating_sub(rss_before) < RSS_GROWTH_BOUND_KIB,
+        "the agent's RSS grew from {rss_before} KiB to {rss_after} KiB"
+    );
+    let nodes: Api<Node> = Api::all(cluster.client.clone());
+    wait_for(nodes, &agent.name, is_node_ready()).await?;
+    let steady = cluster.pods().get("steady").await?;
+    assert_eq!(
+        started_at(&steady),
+        before,
+        "the running pod was not touched"
+    );
+    // Nothing half-downloaded is left in the store.
+    let tmp = agent.data_dir.path().join("images/tmp");
+    let left = std::fs::read_dir(&tmp).map_or(0, |d| d.count());
+    assert_eq!(left, 0, "no download left in {}", tmp.display());
+    Ok(())
+}
