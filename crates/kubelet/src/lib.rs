@@ -11,6 +11,7 @@ pub mod pods;
 pub mod runtime;
 pub mod server;
 pub mod standalone;
+pub mod time;
 
 mod agent;
 

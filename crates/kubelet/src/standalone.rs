@@ -269,9 +269,12 @@ pub async fn run<R: Runtime>(
                 .is_some_and(|ph| ph == "Succeeded" || ph == "Failed")
         })
     };
-    tokio::select! {
-        _ = shutdown.cancelled() => {}
-        _ = watch_phases.wait_for(terminal) => {}
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = watch_phases.wait_for(terminal) => break,
+            () = supervisors.reap() => {}
+        }
     }
     let phases = watch_phases.borrow().clone();
     let mut followers =

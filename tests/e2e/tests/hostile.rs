@@ -128,3 +128,85 @@ async fn hostile_registries_fail_only_their_own_pods() -> anyhow::Result<()> {
     assert_eq!(left, 0, "no download left in {}", tmp.display());
     Ok(())
 }
+
+/// Creates `pod`; a refusal by the API server's validation (422) is the cluster's own defence
+/// and counts as a pass for that case (`false`).
+async fn create_or_refused(cluster: &Cluster, pod: Pod) -> anyhow::Result<bool> {
+    match cluster.pods().create(&Default::default(), &pod).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(status)) if status.code == 422 => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[tokio::test]
+async fn extreme_pod_specs_neither_panic_nor_wedge_their_pods() -> anyhow::Result<()> {
+    let cluster = Cluster::new("extremes").await?;
+    let agent = cluster.start_node().await?;
+    let image = cluster.push_guest("wasi-probe").await?;
+
+    // Durations near i64::MAX saturate: the pods run, and are deleted when asked.
+    let mut grace = wasm_pod("long-grace", &image, &agent.name, &["forever"], "Always");
+    grace
+        .spec
+        .as_mut()
+        .expect("spec")
+        .termination_grace_period_seconds = Some(i64::MAX);
+    let mut deadline = wasm_pod("long-deadline", &image, &agent.name, &["forever"], "Always");
+    deadline
+        .spec
+        .as_mut()
+        .expect("spec")
+        .active_deadline_seconds = Some(i64::MAX);
+    let mut created = Vec::new();
+    for pod in [grace, deadline] {
+        let name = pod.metadata.name.clone().expect("name");
+        if create_or_refused(&cluster, pod).await? {
+            cluster
+                .wait_pod(&name, "Running", has_phase("Running"))
+                .await?;
+            created.push(name);
+        }
+    }
+    assert!(
+        !created.is_empty(),
+        "terminationGracePeriodSeconds is only validated as non-negative"
+    );
+
+    // An argument with a NUL byte is refused, not cut short.
+    cluster
+        .create_pod(wasm_pod(
+            "nul",
+            &image,
+            &agent.name,
+            &["print", "cut\0here"],
+            "Never",
+        ))
+        .await?;
+    let nul = cluster
+        .wait_pod(
+            "nul",
+            "CreateContainerConfigError",
+            is_waiting("CreateContainerConfigError"),
+        )
+        .await?;
+    assert!(
+        waiting_message(&nul).contains("NUL byte"),
+        "{}",
+        waiting_message(&nul)
+    );
+
+    for name in &created {
+        cluster.kubectl(&["delete", "pod", name, "--wait=false"])?;
+    }
+    for name in &created {
+        let gone = wait_for(cluster.pods(), name, |p: Option<&Pod>| p.is_none()).await;
+        assert!(
+            matches!(gone, Ok(None)),
+            "{name} is deleted, not stuck Terminating"
+        );
+    }
+    let after = rss_kib(agent.pid());
+    assert!(after > 0, "the agent is alive");
+    Ok(())
+}

@@ -172,6 +172,9 @@ pub struct RegistryClient {
 impl RegistryClient {
     /// A client that reaches the registries in `insecure` over plain HTTP.
     pub fn new(insecure: Vec<String>, limits: PullLimits) -> Self {
+        // reqwest takes the process's rustls provider; the node's is ring (a binary installs it
+        // at start, this covers a library user that did not; an installed one is kept).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS))

@@ -214,7 +214,28 @@ pub fn process(
     {
         env.push(("PWD".into(), dir.clone()));
     }
+    refuse_nul_bytes(&args, &env)?;
     Ok(Process { args, env })
+}
+
+/// A NUL byte cannot be passed to a program (WASI strings end at one, as C strings do), so an
+/// argument or variable holding one is refused rather than cut short without a word.
+fn refuse_nul_bytes(args: &[String], env: &[(String, String)]) -> Result<(), ConfigError> {
+    if let Some(index) = args.iter().position(|a| a.contains('\0')) {
+        return Err(ConfigError(format!(
+            "argument {index} of the command line contains a NUL byte, which cannot be passed to a program"
+        )));
+    }
+    if let Some((name, _)) = env
+        .iter()
+        .find(|(name, value)| name.contains('\0') || value.contains('\0'))
+    {
+        return Err(ConfigError(format!(
+            "environment variable {:?} contains a NUL byte, which cannot be passed to a program",
+            name.replace('\0', "\\0")
+        )));
+    }
+    Ok(())
 }
 
 /// The value of a downward API field path for `pod`.
@@ -465,6 +486,46 @@ mod tests {
         assert!(cwd.host_path.ends_with("work") && cwd.host_path.is_dir());
         assert!(working_directory(&mounts, "/elsewhere").unwrap().is_none());
         assert!(working_directory(&mounts, "relative").is_err());
+    }
+
+    #[test]
+    fn nul_bytes_are_refused_not_cut() {
+        let pod: Pod = serde_yaml::from_str(
+            "metadata: {name: p, namespace: ns}\nspec: {containers: [{name: c, image: i}]}",
+        )
+        .unwrap();
+        let mut container = pod.spec.as_ref().unwrap().containers[0].clone();
+        container.args = Some(vec!["ok".into(), "cut\0here".into()]);
+        let sources = EnvSources::default();
+        let error = process(&pod, &container, &node("10.0.0.1"), &sources).unwrap_err();
+        assert!(
+            error.0.contains("argument 2") && error.0.contains("NUL"),
+            "{}",
+            error.0
+        );
+        container.args = None;
+        let mut secrets = HashMap::new();
+        secrets.insert(
+            "s".to_string(),
+            Some(BTreeMap::from([("k".to_string(), "a\0b".to_string())])),
+        );
+        container.env_from = Some(vec![k8s_openapi::api::core::v1::EnvFromSource {
+            secret_ref: Some(k8s_openapi::api::core::v1::SecretEnvSource {
+                name: "s".into(),
+                optional: None,
+            }),
+            ..Default::default()
+        }]);
+        let sources = EnvSources {
+            secrets,
+            ..Default::default()
+        };
+        let error = process(&pod, &container, &node("10.0.0.1"), &sources).unwrap_err();
+        assert!(
+            error.0.contains("\"k\"") && error.0.contains("NUL"),
+            "{}",
+            error.0
+        );
     }
 
     #[test]

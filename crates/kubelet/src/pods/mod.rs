@@ -13,6 +13,9 @@ pub mod status;
 mod supervisor;
 pub mod volumes;
 
+#[cfg(test)]
+mod tests;
+
 use crate::images::ImageStore;
 use crate::logs::LogFiles;
 use crate::runtime::Runtime;
@@ -72,11 +75,21 @@ impl<R: Runtime, H: PodHost> PodContext<R, H> {
     }
 }
 
+/// How long after a supervisor's panic the pod gets a new one, doubling with each further
+/// panic of the same pod up to [`MAX_RESPAWN_DELAY`].
+const RESPAWN_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+/// The longest wait before a pod whose supervisor keeps panicking gets a new one.
+const MAX_RESPAWN_DELAY: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Pods by uid, each with the channel to its supervisor.
 pub struct Supervisors<R: Runtime, H: PodHost> {
     ctx: Arc<PodContext<R, H>>,
     pods: HashMap<String, watch::Sender<Option<Pod>>>,
     tasks: tokio::task::JoinSet<()>,
+    /// Which pod each supervisor task runs.
+    owners: HashMap<tokio::task::Id, String>,
+    /// How often each pod's supervisor panicked.
+    panics: HashMap<String, u32>,
 }
 
 impl<R: Runtime, H: PodHost> Supervisors<R, H> {
@@ -86,6 +99,8 @@ impl<R: Runtime, H: PodHost> Supervisors<R, H> {
             ctx,
             pods: HashMap::new(),
             tasks: tokio::task::JoinSet::new(),
+            owners: HashMap::new(),
+            panics: HashMap::new(),
         }
     }
 
@@ -97,12 +112,78 @@ impl<R: Runtime, H: PodHost> Supervisors<R, H> {
                 tx.send_replace(Some(pod));
             }
             None => {
-                let (tx, rx) = watch::channel(Some(pod.clone()));
-                self.pods.insert(uid, tx);
-                let supervisor = supervisor::Supervisor::new(self.ctx.clone(), pod, rx);
-                self.tasks.spawn(supervisor.run());
+                let (tx, _) = watch::channel(Some(pod));
+                self.pods.insert(uid.clone(), tx);
+                self.spawn(uid, std::time::Duration::ZERO);
             }
         }
+    }
+
+    /// Starts a supervisor for the latest version of pod `uid` after `delay`.
+    fn spawn(&mut self, uid: String, delay: std::time::Duration) {
+        let Some(tx) = self.pods.get(&uid) else {
+            return;
+        };
+        let updates = tx.subscribe();
+        let Some(pod) = updates.borrow().clone() else {
+            return;
+        };
+        let supervisor = supervisor::Supervisor::new(self.ctx.clone(), pod, updates);
+        let task = self.tasks.spawn(async move {
+            tokio::time::sleep(delay).await;
+            supervisor.run().await;
+        });
+        self.owners.insert(task.id(), uid);
+    }
+
+    /// Waits until a supervisor ends (forever when none runs). A supervisor that panicked has
+    /// dropped its containers, which stops their guests, so none runs on unowned; the pod gets
+    /// a new supervisor (after a backoff) that reports it, runs it by its restart policy, and
+    /// deletes it when asked: a bug met by one pod never leaves it stuck.
+    pub async fn reap(&mut self) {
+        let Some(ended) = self.tasks.join_next_with_id().await else {
+            return std::future::pending().await;
+        };
+        let (id, panic) = match ended {
+            Ok((id, ())) => (id, None),
+            Err(e) => (e.id(), e.try_into_panic().ok()),
+        };
+        let Some(uid) = self.owners.remove(&id) else {
+            return;
+        };
+        let Some(panic) = panic else {
+            self.panics.remove(&uid);
+            return;
+        };
+        if self.ctx.stopping.is_cancelled() {
+            tracing::error!(
+                uid,
+                "a pod's supervisor panicked while the node was stopping"
+            );
+            return;
+        }
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".into());
+        let count = self.panics.entry(uid.clone()).or_default();
+        *count = count.saturating_add(1);
+        let delay = RESPAWN_DELAY
+            .saturating_mul(2u32.saturating_pow(count.saturating_sub(1).min(16)))
+            .min(MAX_RESPAWN_DELAY);
+        let pod = self.pods.get(&uid).and_then(|tx| {
+            tx.borrow()
+                .as_ref()
+                .map(|p| format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()))
+        });
+        tracing::error!(
+            pod = pod.as_deref().unwrap_or("(gone)"),
+            uid,
+            panic = message,
+            "a pod's supervisor panicked; its containers were stopped and it starts again in {delay:?}"
+        );
+        self.spawn(uid, delay);
     }
 
     /// A pod that is gone from the API server.
@@ -119,7 +200,9 @@ impl<R: Runtime, H: PodHost> Supervisors<R, H> {
 
     /// Waits until every supervisor has ended.
     pub async fn join_all(&mut self) {
-        while self.tasks.join_next().await.is_some() {}
+        while !self.tasks.is_empty() {
+            self.reap().await;
+        }
     }
 
     /// Stops every pod's containers and reports them (the pods stay on the API server), waiting
@@ -134,7 +217,7 @@ impl<R: Runtime, H: PodHost> Supervisors<R, H> {
                 "some pods did not report within {SHUTDOWN_GRACE:?}; stopping them anyway"
             );
             self.tasks.abort_all();
-            self.join_all().await;
+            while self.tasks.join_next().await.is_some() {}
         }
     }
 }
@@ -153,6 +236,7 @@ pub async fn watch_pods<R: Runtime, H: PodHost>(
     loop {
         let event = tokio::select! {
             _ = shutdown.cancelled() => break,
+            () = supervisors.reap() => continue,
             event = events.next() => event,
         };
         match event {

@@ -89,7 +89,9 @@ pub struct Settings {
 }
 
 fn seconds(value: Option<i32>, default: u64) -> Duration {
-    Duration::from_secs(value.and_then(|v| u64::try_from(v).ok()).unwrap_or(default))
+    value.map_or(Duration::from_secs(default), |v| {
+        crate::time::seconds(i64::from(v))
+    })
 }
 
 fn count(value: Option<i32>, default: u32) -> u32 {
@@ -190,9 +192,7 @@ pub fn hook_action(hook: &LifecycleHandler, container: &Container, pod_ip: &str)
     } else if let Some(tcp) = &hook.tcp_socket {
         tcp_action(tcp, container, pod_ip)
     } else if let Some(sleep) = &hook.sleep {
-        Action::Sleep(Duration::from_secs(
-            u64::try_from(sleep.seconds).unwrap_or(0),
-        ))
+        Action::Sleep(crate::time::seconds(sleep.seconds))
     } else if hook.exec.is_some() {
         Action::Unsupported(
             "exec hooks cannot run in a WebAssembly container (it has no processes to exec); use httpGet or sleep".into(),

@@ -38,7 +38,9 @@ struct SlotId {
 
 struct Run {
     id: u64,
-    stop: tokio::task::AbortHandle,
+    /// The task that owns the guest and waits for its exit: dropping the run (also when this
+    /// supervisor unwinds from a panic) stops the guest, so none is ever left unowned.
+    stop: tokio_util::task::AbortOnDropHandle<()>,
     /// Asks the container to stop; `graceful` when it ends by itself once asked.
     interrupt: CancellationToken,
     graceful: bool,
@@ -559,14 +561,14 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             match Self::unless_deleted(&mut self.updates, prepared).await? {
                 Ok(v) => {
                     self.volumes = Some(v);
-                    self.volume_sync = Some(Instant::now() + self.ctx.sync_frequency);
+                    self.volume_sync = Some(crate::time::deadline_in(self.ctx.sync_frequency));
                 }
                 Err(e) => {
                     let delay = self
                         .mount_backoff
                         .next(Duration::ZERO)
                         .max(Duration::from_secs(1));
-                    self.slot_mut(id).due = Some(Instant::now() + delay);
+                    self.slot_mut(id).due = Some(crate::time::deadline_in(delay));
                     self.event(PodEvent::warning("", "FailedMount", e.to_string()))
                         .await;
                     return Ok(());
@@ -689,7 +691,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         let slot = self.slot_mut(id);
         slot.run = Some(Run {
             id: run_id,
-            stop: waiter.abort_handle(),
+            stop: tokio_util::task::AbortOnDropHandle::new(waiter),
             interrupt,
             graceful,
             _probes: probe_task,
@@ -816,7 +818,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         let failures = slot.pull_failures;
         let delay = Duration::from_secs(10 * 2u64.pow(failures.saturating_sub(1).min(5)))
             .min(Duration::from_secs(300));
-        slot.due = Some(Instant::now() + delay);
+        slot.due = Some(crate::time::deadline_in(delay));
         let (reason, event_reason) = match error {
             PullError::NeverPull(_) => ("ErrImageNeverPull", "ErrImageNeverPull"),
             PullError::InvalidReference(..) => ("InvalidImageName", "InspectFailed"),
@@ -883,7 +885,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             .restart_backoff
             .next(Duration::ZERO)
             .max(Duration::from_secs(10));
-        slot.due = Some(Instant::now() + delay);
+        slot.due = Some(crate::time::deadline_in(delay));
         slot.status.state = Some(status::waiting(reason, Some(message.clone())));
         tracing::info!(pod = %self.pod.name_any(), container = %name, reason, "{message}");
         self.event(PodEvent::warning(
@@ -938,7 +940,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             return;
         }
         let delay = slot.restart_backoff.next(run.started.elapsed());
-        slot.due = Some(Instant::now() + delay);
+        slot.due = Some(crate::time::deadline_in(delay));
         if delay.is_zero() {
             return;
         }
@@ -1042,16 +1044,18 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
     /// When `spec.activeDeadlineSeconds` (counted from the pod's start time) runs out.
     fn active_deadline(&self) -> Option<Instant> {
         let seconds = self.pod.spec.as_ref()?.active_deadline_seconds?;
-        let ends = self.start_time.0 + jiff::SignedDuration::from_secs(seconds);
+        let ends = crate::time::timestamp_plus(self.start_time.0, seconds);
         let left = jiff::Timestamp::now().duration_until(ends);
-        Some(Instant::now() + Duration::try_from(left).unwrap_or(Duration::ZERO))
+        Some(crate::time::deadline_in(
+            Duration::try_from(left).unwrap_or(Duration::ZERO),
+        ))
     }
 
     /// The periodic volume sync: API-backed volumes written again from the current objects
     /// (a failure is a FailedMount event; the files stay as they were), and the pod evicted
     /// when an emptyDir outgrew its sizeLimit.
     async fn sync_volumes(&mut self) {
-        self.volume_sync = Some(Instant::now() + self.ctx.sync_frequency);
+        self.volume_sync = Some(crate::time::deadline_in(self.ctx.sync_frequency));
         let (ctx, pod) = (self.ctx.clone(), self.pod.clone());
         let Some(volumes) = self.volumes.as_mut() else {
             return;
@@ -1118,7 +1122,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "status write failed; retrying");
-                self.publish_retry = Some(Instant::now() + STATUS_RETRY);
+                self.publish_retry = Some(crate::time::deadline_in(STATUS_RETRY));
             }
         }
     }
@@ -1181,7 +1185,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             .deletion_grace_period_seconds
             .or_else(|| self.pod.spec.as_ref()?.termination_grace_period_seconds)
             .unwrap_or(30);
-        Duration::from_secs(u64::try_from(seconds).unwrap_or(0))
+        crate::time::seconds(seconds)
     }
 
     /// Runs the preStop hooks of the running containers, together, within the grace period.
@@ -1251,7 +1255,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
     /// the grace period), stops the rest, writes the final status and removes the pod (delete
     /// with grace 0).
     async fn terminate(&mut self) {
-        let deadline = Instant::now() + self.grace_period();
+        let deadline = crate::time::deadline_in(self.grace_period());
         self.pre_stop().await;
         self.interrupt_all(deadline).await;
         self.stop_all(true).await;

@@ -13,7 +13,6 @@ use k8s_openapi::api::core::v1::{
 use kube::ResourceExt;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Component, Path, PathBuf};
-use std::time::Duration;
 
 /// A volume could not be set up; reported as a FailedMount event and retried.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -205,12 +204,12 @@ impl PodVolumes {
                         let value = host
                             .service_account_token(pod, token.audience.clone(), expiration)
                             .await?;
-                        let lifetime = Duration::from_secs(u64::try_from(expiration).unwrap_or(0));
+                        let lifetime = crate::time::seconds(expiration);
                         self.tokens.insert(
                             key,
                             Token {
                                 value: value.clone(),
-                                renew_at: std::time::Instant::now() + lifetime.mul_f64(0.8),
+                                renew_at: crate::time::std_deadline_in(lifetime.mul_f64(0.8)),
                             },
                         );
                         value

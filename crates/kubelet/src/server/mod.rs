@@ -275,6 +275,26 @@ struct LogQuery {
     limit_bytes: Option<i64>,
 }
 
+impl LogQuery {
+    /// The API server's validation of `PodLogOptions`, which the kubelet applies again: a
+    /// request with an out-of-range value is answered 400 with the reason.
+    fn validate(&self) -> Result<(), String> {
+        if self.since_seconds.is_some() && self.since_time.is_some() {
+            return Err("at most one of sinceTime or sinceSeconds may be specified".into());
+        }
+        if self.since_seconds.is_some_and(|s| s < 1) {
+            return Err("sinceSeconds: must be greater than 0".into());
+        }
+        if self.tail_lines.is_some_and(|n| n < 0) {
+            return Err("tailLines: must be greater than or equal to 0".into());
+        }
+        if self.limit_bytes.is_some_and(|n| n < 1) {
+            return Err("limitBytes: must be greater than 0".into());
+        }
+        Ok(())
+    }
+}
+
 fn flag(value: &Option<String>) -> bool {
     value.as_deref().is_some_and(|v| v == "true" || v == "1")
 }
@@ -314,6 +334,9 @@ async fn container_logs(
             format!("container {container} is not valid for pod {pod_name}"),
         );
     }
+    if let Err(invalid) = q.validate() {
+        return text(StatusCode::BAD_REQUEST, invalid);
+    }
     let previous = flag(&q.previous);
     let path: Option<PathBuf> = logs.and_then(|l| if previous { l.previous } else { l.current });
     let Some(path) = path else {
@@ -338,7 +361,10 @@ async fn container_logs(
         );
     };
     let since = match (q.since_seconds, q.since_time.as_deref()) {
-        (Some(s), _) => Some(jiff::Timestamp::now() - jiff::SignedDuration::from_secs(s.max(0))),
+        (Some(s), _) => Some(crate::time::timestamp_plus(
+            jiff::Timestamp::now(),
+            s.saturating_neg(),
+        )),
         (None, Some(t)) => match t.parse::<jiff::Timestamp>() {
             Ok(t) => Some(t),
             Err(e) => {

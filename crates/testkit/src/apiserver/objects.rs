@@ -294,7 +294,10 @@ pub fn delete(
     let grace = graceful_period(def, &old, options);
     if grace > 0 || !finalizers(&old).is_empty() || def.kind == "Namespace" {
         let mut marked = old.clone();
-        let deadline = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(grace);
+        // Saturates: any non-negative grace period is valid, up to i64::MAX.
+        let deadline = jiff::Timestamp::now()
+            .checked_add(jiff::SignedDuration::from_secs(grace))
+            .unwrap_or(jiff::Timestamp::MAX);
         let deadline = deadline.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
         let meta = &mut marked["metadata"];
         let previous_grace = meta["deletionGracePeriodSeconds"].as_i64();

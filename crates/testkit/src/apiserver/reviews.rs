@@ -87,7 +87,9 @@ pub fn token_request(ctx: &Ctx, body: &[u8]) -> Reply {
         .as_i64()
         .unwrap_or(3600)
         .max(600);
-    let expires = (jiff::Timestamp::now() + jiff::SignedDuration::from_secs(seconds))
+    let expires = jiff::Timestamp::now()
+        .checked_add(jiff::SignedDuration::from_secs(seconds))
+        .unwrap_or(jiff::Timestamp::MAX)
         .strftime("%Y-%m-%dT%H:%M:%SZ")
         .to_string();
     let identity = Identity::user(

@@ -1,0 +1,230 @@
+//! Supervisors driven through a fake runtime and a fake host: what happens to a pod when the
+//! code that supervises it fails.
+
+use super::host::{PodEvent, PodHost};
+use super::{PodContext, Supervisors};
+use crate::images::ImageStore;
+use crate::pods::admission::NodeFacts;
+use crate::pods::resources::Requests;
+use crate::runtime::{
+    ContainerRun, ModuleBytes, PrepareError, RunningContainer, Runtime, StartError,
+};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, PodSpec, PodStatus, Secret};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// Counts the guests alive, and the most ever alive at once.
+#[derive(Default)]
+struct Guests {
+    live: AtomicUsize,
+    most: AtomicUsize,
+}
+
+/// One running fake guest; dropping it (its task ending or being aborted) counts it gone.
+struct Guest(Arc<Guests>);
+
+impl Guest {
+    fn new(guests: Arc<Guests>) -> Self {
+        let live = guests.live.fetch_add(1, Ordering::SeqCst) + 1;
+        guests.most.fetch_max(live, Ordering::SeqCst);
+        Self(guests)
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        self.0.live.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Guests that run until stopped; start number `panic_on` panics instead.
+struct FakeRuntime {
+    starts: AtomicUsize,
+    panic_on: usize,
+    guests: Arc<Guests>,
+}
+
+impl Runtime for FakeRuntime {
+    type Prepared = ();
+
+    fn arch(&self) -> &str {
+        "wasm32-fake"
+    }
+
+    fn version(&self) -> String {
+        "fake://0".into()
+    }
+
+    async fn prepare(&self, _module: ModuleBytes) -> Result<(), PrepareError> {
+        Ok(())
+    }
+
+    async fn start(&self, _: &(), _run: ContainerRun) -> Result<RunningContainer, StartError> {
+        let start = self.starts.fetch_add(1, Ordering::SeqCst) + 1;
+        assert_ne!(start, self.panic_on, "injected: start {start} panics");
+        let guest = Guest::new(self.guests.clone());
+        Ok(RunningContainer::new(tokio::spawn(async move {
+            let _guest = guest;
+            std::future::pending().await
+        })))
+    }
+}
+
+/// A host that keeps the last status written.
+#[derive(Default)]
+struct FakeHost {
+    status: std::sync::Mutex<Option<PodStatus>>,
+}
+
+impl PodHost for FakeHost {
+    async fn write_status(&self, _pod: &Pod, status: &PodStatus) -> Result<(), String> {
+        *self.status.lock().unwrap() = Some(status.clone());
+        Ok(())
+    }
+    async fn record(&self, _pod: &Pod, _event: PodEvent) {}
+    async fn finish_deletion(&self, _pod: &Pod) {}
+    async fn config_map(&self, _ns: &str, _name: &str) -> Result<Option<ConfigMap>, String> {
+        Ok(None)
+    }
+    async fn secret(&self, _ns: &str, _name: &str) -> Result<Option<Secret>, String> {
+        Ok(None)
+    }
+    async fn service_account_token(
+        &self,
+        _pod: &Pod,
+        _audience: Option<String>,
+        _expiration_seconds: i64,
+    ) -> Result<String, String> {
+        Err("no tokens here".into())
+    }
+}
+
+fn context(
+    dir: &std::path::Path,
+    runtime: FakeRuntime,
+    host: Arc<FakeHost>,
+) -> Arc<PodContext<FakeRuntime, FakeHost>> {
+    Arc::new(PodContext {
+        runtime: Arc::new(runtime),
+        images: Arc::new(ImageStore::new(
+            dir.join("images"),
+            Vec::new(),
+            true,
+            Default::default(),
+        )),
+        logs: Arc::default(),
+        host,
+        node: NodeFacts {
+            name: "node".into(),
+            labels: Default::default(),
+            taints: Vec::new(),
+            max_pods: 10,
+            allocatable: Requests {
+                cpu_millis: 4000,
+                memory_bytes: 8 << 30,
+            },
+        },
+        node_ip: "127.0.0.1".into(),
+        pods_dir: dir.join("pods"),
+        registry: Arc::default(),
+        stopping: Default::default(),
+        node_credentials: Default::default(),
+        sync_frequency: Duration::from_secs(60),
+        allowed_host_paths: Vec::new(),
+    })
+}
+
+fn pod(image: &str, containers: &[&str]) -> Pod {
+    Pod {
+        metadata: kube::api::ObjectMeta {
+            name: Some("p".into()),
+            namespace: Some("default".into()),
+            uid: Some("uid-1".into()),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            containers: containers
+                .iter()
+                .map(|name| Container {
+                    name: name.to_string(),
+                    image: Some(image.into()),
+                    ..Default::default()
+                })
+                .collect(),
+            node_name: Some("node".into()),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// Runs the supervisors until `done` holds, or fails after a deadline.
+async fn drive_until(
+    supervisors: &mut Supervisors<FakeRuntime, FakeHost>,
+    what: &str,
+    done: impl Fn() -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} did not happen"
+        );
+        tokio::select! {
+            () = supervisors.reap() => {}
+            () = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_supervisor_stops_its_guests_and_the_pod_runs_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("m.wasm");
+    std::fs::write(&module, b"\0asm\x01\0\0\0").unwrap();
+    let guests = Arc::new(Guests::default());
+    let runtime = FakeRuntime {
+        starts: AtomicUsize::new(0),
+        // The first container starts, the second's start panics in the supervisor's task.
+        panic_on: 2,
+        guests: guests.clone(),
+    };
+    let host = Arc::new(FakeHost::default());
+    let ctx = context(dir.path(), runtime, host.clone());
+    let mut supervisors = Supervisors::new(ctx.clone());
+    supervisors.apply(pod(&format!("file://{}", module.display()), &["a", "b"]));
+
+    drive_until(&mut supervisors, "both containers running again", || {
+        ctx.runtime.starts.load(Ordering::SeqCst) >= 4 && guests.live.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    assert_eq!(
+        guests.most.load(Ordering::SeqCst),
+        2,
+        "the guest started before the panic was stopped, never left running beside its successor"
+    );
+    let running = |host: &FakeHost| {
+        host.status
+            .lock()
+            .unwrap()
+            .as_ref()
+            .and_then(|s| s.container_statuses.clone())
+            .is_some_and(|c| {
+                c.len() == 2
+                    && c.iter()
+                        .all(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
+            })
+    };
+    drive_until(&mut supervisors, "both containers reported running", || {
+        running(&host)
+    })
+    .await;
+
+    // The new supervisor owns the pod: its removal stops every guest.
+    supervisors.remove("uid-1");
+    drive_until(&mut supervisors, "the guests stopped", || {
+        guests.live.load(Ordering::SeqCst) == 0
+    })
+    .await;
+}
