@@ -213,6 +213,7 @@ impl<R: Runtime> Parts<R> {
         ));
         Ok(tokio::spawn(server::serve(
             addr,
+            self.config.api_limits,
             tls,
             auth,
             self.registry.clone(),

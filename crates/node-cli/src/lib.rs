@@ -128,6 +128,14 @@ pub struct NodeArgs {
     /// back-off), as the kubelet's flag of the same name did.
     #[arg(long, env = "KRUSTLET_IMAGE_PULL_PROGRESS_DEADLINE", default_value = "1m", value_parser = parse_duration, global = true)]
     image_pull_progress_deadline: std::time::Duration,
+    /// The most kubelet API connections served at once; further clients wait in the listen
+    /// backlog until one ends.
+    #[arg(long, env = "KRUSTLET_KUBELET_API_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    kubelet_api_max_connections: u32,
+    /// How long a kubelet API client has to finish its TLS handshake, and then to send each
+    /// request's headers, before its connection is closed.
+    #[arg(long, env = "KRUSTLET_KUBELET_API_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    kubelet_api_handshake_timeout: std::time::Duration,
     /// On SIGTERM/SIGINT, mark the node unschedulable before stopping its pods (the agent undoes
     /// its own cordon when it starts again). Without it, pods are stopped and reported, and the
     /// node stays schedulable.
@@ -215,6 +223,10 @@ impl NodeArgs {
                 maximum_age: self.image_maximum_gc_age,
             },
             image_gc_period: self.image_gc_period,
+            api_limits: kubelet::server::ApiLimits {
+                max_connections: self.kubelet_api_max_connections as usize,
+                handshake_timeout: self.kubelet_api_handshake_timeout,
+            },
             image_pull: kubelet::images::PullLimits {
                 max_image_size: self.max_image_size,
                 progress_deadline: self.image_pull_progress_deadline,

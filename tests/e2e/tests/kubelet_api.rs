@@ -2,11 +2,15 @@
 //! against --client-ca-file, bearer tokens through TokenReview, SubjectAccessReview on
 //! nodes/proxy, 401 for anonymous requests unless --anonymous-auth.
 
-use e2e::{Cluster, admin_auth, kubelet_get};
+use e2e::{Cluster, admin_auth, kubelet_get, node_ip};
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, PostParams};
 use kube::config::AuthInfo;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 #[tokio::test]
 async fn only_authorized_clients_reach_the_kubelet_api() -> anyhow::Result<()> {
@@ -202,5 +206,89 @@ async fn secrets_and_tokens_stay_out_of_the_agents_log() -> anyhow::Result<()> {
         !log.contains(&token),
         "the token leaked into the agent's log"
     );
+    Ok(())
+}
+
+/// Waits until the agent closes `stream` (a read ends or fails); false after `within`.
+async fn closed_by_peer(mut stream: impl tokio::io::AsyncRead + Unpin, within: Duration) -> bool {
+    let mut buf = [0u8; 256];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn silent_and_slow_clients_are_cut_while_others_are_served() -> anyhow::Result<()> {
+    let cluster = Cluster::new("slowclients").await?;
+    let agent = cluster
+        .start_node_with(&["--kubelet-api-handshake-timeout", "2s"])
+        .await?;
+    let addr = format!("{}:{}", node_ip(), agent.port);
+    let connector =
+        tokio_rustls::TlsConnector::from(Arc::new(testkit::apiserver::anonymous_client_config()));
+    let server_name = rustls::pki_types::ServerName::try_from(node_ip())?;
+    // Clients that never start their TLS handshake...
+    let mut silent = Vec::new();
+    for _ in 0..50 {
+        silent.push(TcpStream::connect(&addr).await?);
+    }
+    // ...clients that finish it and then send nothing...
+    let mut idle = Vec::new();
+    for _ in 0..5 {
+        let tcp = TcpStream::connect(&addr).await?;
+        idle.push(connector.connect(server_name.clone(), tcp).await?);
+    }
+    // ...and one that sends half of a request's headers.
+    let tcp = TcpStream::connect(&addr).await?;
+    let mut partial = connector.connect(server_name.clone(), tcp).await?;
+    partial
+        .write_all(b"GET /pods HTTP/1.1\r\nHost: node\r\n")
+        .await?;
+    // Meanwhile the API answers everyone else.
+    assert_eq!(
+        kubelet_get(&agent, AuthInfo::default(), "/healthz")
+            .await?
+            .0,
+        401
+    );
+    let (code, _) = kubelet_get(&agent, admin_auth()?, "/pods").await?;
+    assert_eq!(code, 200);
+    // Every one of them is cut once the 2 s it had are over (with slack for a loaded machine).
+    let within = Duration::from_secs(10);
+    let started = std::time::Instant::now();
+    for (i, stream) in silent.into_iter().enumerate() {
+        assert!(
+            closed_by_peer(stream, within).await,
+            "silent client {i} was cut"
+        );
+    }
+    for (i, stream) in idle.into_iter().enumerate() {
+        assert!(
+            closed_by_peer(stream, within).await,
+            "idle TLS client {i} was cut"
+        );
+    }
+    assert!(
+        closed_by_peer(partial, within).await,
+        "the half-sent request was cut"
+    );
+    assert!(started.elapsed() < within, "all within the timeout's slack");
+    // Many distinct bad tokens are each refused (and their answers cached in a bounded cache).
+    for i in 0..50 {
+        let auth = AuthInfo {
+            token: Some(format!("not-a-token-{i}").into()),
+            ..Default::default()
+        };
+        assert_eq!(kubelet_get(&agent, auth, "/pods").await?.0, 401);
+    }
+    // Out-of-range log options are answered 400, as the kubelet does.
+    let query = "/containerLogs/default/none/c?sinceSeconds=-1";
+    let (code, _) = kubelet_get(&agent, admin_auth()?, query).await?;
+    assert!(code == 400 || code == 404, "{code}");
     Ok(())
 }

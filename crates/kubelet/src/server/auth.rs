@@ -4,18 +4,26 @@
 //! with a SubjectAccessReview on the `nodes` resource and the path's subresource. Answers are
 //! cached briefly, with the kubelet's TTLs.
 
+use super::cache::TtlCache;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
 use kube::api::{Api, PostParams};
-use std::collections::HashMap;
+use sha2::{Digest, Sha256};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+/// How long a TokenReview's answer is kept (the kubelet's `authentication.webhook.cacheTTL`).
 const AUTHENTICATED_TTL: Duration = Duration::from_secs(120);
+/// How long a token the API server refused is kept: a bad token costs one review per period.
+const UNAUTHENTICATED_TTL: Duration = Duration::from_secs(30);
+/// How long an allowing SubjectAccessReview is kept (`authorization.webhook.cacheAuthorizedTTL`).
 const AUTHORIZED_TTL: Duration = Duration::from_secs(300);
+/// How long a denying one is kept (`authorization.webhook.cacheUnauthorizedTTL`).
 const UNAUTHORIZED_TTL: Duration = Duration::from_secs(30);
+/// The most answers of each kind kept; past it the soonest to expire make room.
+pub const CACHE_ENTRIES: usize = 4096;
 
 /// Who is asking.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -79,8 +87,9 @@ pub struct Auth {
     client: kube::Client,
     node_name: String,
     anonymous: bool,
-    tokens: Mutex<HashMap<String, (Option<User>, Instant)>>,
-    decisions: Mutex<HashMap<(User, Attributes), (bool, Instant)>>,
+    /// Token reviews by the token's sha256 (the token itself is not kept).
+    tokens: Mutex<TtlCache<[u8; 32], Option<User>>>,
+    decisions: Mutex<TtlCache<(User, Attributes), bool>>,
 }
 
 /// The request may not proceed.
@@ -101,8 +110,8 @@ impl Auth {
             client,
             node_name,
             anonymous,
-            tokens: Mutex::default(),
-            decisions: Mutex::default(),
+            tokens: Mutex::new(TtlCache::new(CACHE_ENTRIES)),
+            decisions: Mutex::new(TtlCache::new(CACHE_ENTRIES)),
         }
     }
 
@@ -123,13 +132,12 @@ impl Auth {
     }
 
     async fn review_token(&self, token: &str) -> Result<Option<User>, Refusal> {
-        if let Some((user, at)) = self
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(user) = self
             .tokens
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(token)
-            .cloned()
-            && at.elapsed() < AUTHENTICATED_TTL
+            .get(&key)
         {
             return Ok(user);
         }
@@ -152,10 +160,15 @@ impl Auth {
                 groups: info.groups.unwrap_or_default(),
             }
         });
+        let ttl = if user.is_some() {
+            AUTHENTICATED_TTL
+        } else {
+            UNAUTHENTICATED_TTL
+        };
         self.tokens
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(token.into(), (user.clone(), Instant::now()));
+            .insert(key, user.clone(), ttl);
         Ok(user)
     }
 
@@ -166,25 +179,20 @@ impl Auth {
             .decisions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-            .cloned();
+            .get(&key);
         let allowed = match cached {
-            Some((allowed, at))
-                if at.elapsed()
-                    < if allowed {
-                        AUTHORIZED_TTL
-                    } else {
-                        UNAUTHORIZED_TTL
-                    } =>
-            {
-                allowed
-            }
-            _ => {
+            Some(allowed) => allowed,
+            None => {
                 let allowed = self.review_access(user, attrs).await?;
+                let ttl = if allowed {
+                    AUTHORIZED_TTL
+                } else {
+                    UNAUTHORIZED_TTL
+                };
                 self.decisions
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(key, (allowed, Instant::now()));
+                    .insert(key, allowed, ttl);
                 allowed
             }
         };

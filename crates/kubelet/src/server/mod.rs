@@ -5,7 +5,11 @@
 //! ([`auth`]) as on the kubelet.
 
 pub mod auth;
+mod cache;
+mod connection;
 pub mod stats;
+
+pub use connection::ApiLimits;
 
 use crate::logs::{self, LogFiles, LogOptions};
 use crate::pods::registry::PodRegistry;
@@ -17,13 +21,11 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
 
 /// Errors starting the kubelet API.
 #[derive(Debug, thiserror::Error)]
@@ -63,8 +65,10 @@ struct Shared {
 struct PeerCertificate(Option<User>);
 
 /// Serves the kubelet API on `addr` until `shutdown`.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     addr: SocketAddr,
+    limits: ApiLimits,
     tls: Tls,
     auth: Arc<Auth>,
     registry: Arc<PodRegistry>,
@@ -101,40 +105,46 @@ pub async fn serve(
             auth,
             authenticate_and_authorize,
         ));
+    let connections_allowed = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let mut connections = tokio::task::JoinSet::new();
+    let mut accept_errors = connection::AcceptBackoff::default();
     loop {
-        let (tcp, _) = tokio::select! {
+        // At the cap, nothing more is accepted until a connection ends: further clients wait
+        // in the listen backlog instead of costing the agent memory and descriptors.
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            permit = connections_allowed.clone().acquire_owned() => permit.expect("never closed"),
+        };
+        let tcp = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok(a) => a,
+                Ok((tcp, _)) => {
+                    accept_errors.succeeded();
+                    tcp
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "accepting a kubelet API connection failed");
+                    accept_errors.failed(&e).await;
                     continue;
                 }
             },
         };
-        let (acceptor, app) = (acceptor.clone(), app.clone());
+        let served = connection::serve(
+            tcp,
+            acceptor.clone(),
+            app.clone(),
+            limits,
+            |tls: &rustls::ServerConnection| {
+                PeerCertificate(
+                    tls.peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(|c| auth::user_of_certificate(c)),
+                )
+            },
+        );
         connections.spawn(async move {
-            let Ok(stream) = acceptor.accept(tcp).await else {
-                return;
-            };
-            let peer = PeerCertificate(
-                stream
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .and_then(|c| auth::user_of_certificate(c)),
-            );
-            let service = hyper::service::service_fn(
-                move |mut request: hyper::Request<hyper::body::Incoming>| {
-                    request.extensions_mut().insert(peer.clone());
-                    app.clone().oneshot(request.map(Body::new))
-                },
-            );
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            // The connection counts against the cap until its task ends.
+            let _permit = permit;
+            served.await;
         });
         while connections.try_join_next().is_some() {}
     }

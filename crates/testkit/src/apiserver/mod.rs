@@ -23,6 +23,7 @@ mod watch;
 
 pub use auth::Identity;
 pub use pki::{Ca, Usage};
+pub use proxy::anonymous_client_config;
 
 use anyhow::Context;
 use base64::Engine;

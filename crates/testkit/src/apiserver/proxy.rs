@@ -176,6 +176,15 @@ pub fn kubelet_client_config(
         .with_client_auth_cert(certs, key)
 }
 
+/// A client TLS configuration without a client certificate that accepts any server certificate:
+/// for tests that talk to a kubelet API as an unauthenticated (or hostile) client.
+pub fn anonymous_client_config() -> rustls::ClientConfig {
+    rustls::ClientConfig::builder()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer))
+        .with_no_client_auth()
+}
+
 #[derive(Debug)]
 struct AnyServer;
 
