@@ -116,12 +116,13 @@ impl<R: Runtime> Parts<R> {
                     message: e.0,
                 })?;
         }
+        let container_logs = config.container_logs;
         Ok(Self {
             config,
             identity,
             runtime: Arc::new(runtime),
             images,
-            logs: Arc::default(),
+            logs: Arc::new(crate::logs::LogFiles::new(container_logs)),
             registry: Arc::default(),
             node_credentials,
         })

@@ -128,6 +128,12 @@ pub struct NodeArgs {
     /// back-off), as the kubelet's flag of the same name did.
     #[arg(long, env = "KRUSTLET_IMAGE_PULL_PROGRESS_DEADLINE", default_value = "1m", value_parser = parse_duration, global = true)]
     image_pull_progress_deadline: std::time::Duration,
+    /// A container's log file at least this large is rotated (a Kubernetes quantity).
+    #[arg(long, env = "KRUSTLET_CONTAINER_LOG_MAX_SIZE", default_value = "10Mi", value_parser = parse_bytes)]
+    container_log_max_size: u64,
+    /// How many log files of a container are kept, the current one included.
+    #[arg(long, env = "KRUSTLET_CONTAINER_LOG_MAX_FILES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(2..))]
+    container_log_max_files: u32,
     /// The most kubelet API connections served at once; further clients wait in the listen
     /// backlog until one ends.
     #[arg(long, env = "KRUSTLET_KUBELET_API_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
@@ -223,6 +229,10 @@ impl NodeArgs {
                 maximum_age: self.image_maximum_gc_age,
             },
             image_gc_period: self.image_gc_period,
+            container_logs: kubelet::logs::LogPolicy {
+                max_size: self.container_log_max_size,
+                max_files: self.container_log_max_files as usize,
+            },
             api_limits: kubelet::server::ApiLimits {
                 max_connections: self.kubelet_api_max_connections as usize,
                 handshake_timeout: self.kubelet_api_handshake_timeout,

@@ -5,7 +5,8 @@
 //! `alloc MIB` (allocate and touch that much memory, keeping it), `connect HOST:PORT` (open a
 //! TCP connection, send an HTTP/1.0 GET and print the status line), `fill PATH MIB` (write a
 //! file of that many MiB), `follow PATH` (print the file's content now and whenever it
-//! changes, without end).
+//! changes, without end), `spew MIB` (write that many MiB to stdout as one line, without a
+//! newline until the end).
 //! A step that fails prints why on stderr and exits 2.
 
 use std::io::Write;
@@ -82,6 +83,15 @@ fn main() {
                 let mib: usize = next("fill").parse().unwrap_or_else(|e| fail("fill", e));
                 std::fs::write(&path, vec![b'x'; mib << 20]).unwrap_or_else(|e| fail(&format!("fill {path}"), e));
                 println!("filled {path} with {mib} MiB");
+            }
+            "spew" => {
+                let mib: usize = next("spew").parse().unwrap_or_else(|e| fail("spew", e));
+                let block = [b'x'; 64 << 10];
+                let mut out = std::io::stdout().lock();
+                for _ in 0..mib * 16 {
+                    out.write_all(&block).unwrap_or_else(|e| fail("spew", e));
+                }
+                out.write_all(b"\n").unwrap_or_else(|e| fail("spew", e));
             }
             "follow" => {
                 let path = next("follow");

@@ -210,3 +210,93 @@ async fn extreme_pod_specs_neither_panic_nor_wedge_their_pods() -> anyhow::Resul
     assert!(after > 0, "the agent is alive");
     Ok(())
 }
+
+/// The files of the log directory of container `name` under `dir`.
+fn container_log_files(dir: &std::path::Path, name: &str) -> Vec<std::fs::Metadata> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if !path.is_dir() {
+            continue;
+        }
+        if path.file_name().is_some_and(|n| n == name)
+            && path.parent().is_some_and(|p| p.ends_with("logs"))
+        {
+            found.extend(
+                std::fs::read_dir(&path)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter_map(|e| e.metadata().ok()),
+            );
+        } else {
+            found.extend(container_log_files(&path, name));
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn a_chatty_guest_neither_grows_the_agent_nor_fills_the_disk() -> anyhow::Result<()> {
+    let cluster = Cluster::new("chatty").await?;
+    let agent = cluster
+        .start_node_with(&[
+            "--container-log-max-size",
+            "1Mi",
+            "--container-log-max-files",
+            "3",
+        ])
+        .await?;
+    let image = cluster.push_guest("wasi-probe").await?;
+    let rss_before = rss_kib(agent.pid());
+    // 64 MiB on one line without a newline, then more lines: before, the agent held the whole
+    // line in memory and wrote one file without end.
+    cluster
+        .create_pod(wasm_pod(
+            "chatty",
+            &image,
+            &agent.name,
+            &["spew", "64", "print", "done", "forever"],
+            "Always",
+        ))
+        .await?;
+    cluster
+        .eventually("the last line in the log", async || {
+            let tail = cluster.kubectl(&["logs", "chatty", "--tail=1"])?;
+            Ok((tail == "done\n").then_some(()))
+        })
+        .await?;
+    let rss_after = rss_kib(agent.pid());
+    assert!(
+        rss_after.saturating_sub(rss_before) < 48 << 10,
+        "the agent's RSS grew from {rss_before} KiB to {rss_after} KiB"
+    );
+    // wasm_pod names its container "main".
+    let files = container_log_files(agent.data_dir.path(), "main");
+    assert!(
+        !files.is_empty() && files.len() <= 3,
+        "{} log files",
+        files.len()
+    );
+    for file in &files {
+        assert!(
+            file.len() < (1 << 20) + (64 << 10),
+            "a log file of {} bytes",
+            file.len()
+        );
+    }
+    let pod = cluster.pods().get("chatty").await?;
+    let status = pod
+        .status
+        .and_then(|s| s.container_statuses)
+        .unwrap_or_default();
+    assert_eq!(
+        status.first().map(|s| s.restart_count),
+        Some(0),
+        "the guest was never failed"
+    );
+    Ok(())
+}

@@ -1,6 +1,12 @@
 //! Per-container log files in the CRI format (`<time> <stream> <F|P> <text>`), the writers a
 //! runtime sends guest output to, and readers with the kubelet's options (follow, tail,
 //! timestamps, since, limit).
+//!
+//! Everything a guest can make the agent hold is bounded: a line longer than
+//! [`MAX_LINE_BYTES`] is written as partial (`P`) records of that size, a file is rotated past
+//! [`LogPolicy::max_size`] keeping [`LogPolicy::max_files`] files, as the kubelet's container log
+//! manager does, and readers read in blocks (a tail is found from the end). A write that fails
+//! (a full disk) drops the output and says so in the agent's log; the guest never sees it fail.
 
 mod reader;
 
@@ -15,13 +21,39 @@ use std::task::{Context, Poll};
 use tokio::io::AsyncWrite;
 use tokio::sync::watch;
 
-/// Where a file's writer is: bytes written so far, and whether the container has finished.
+/// The longest line written as one record; longer ones are split into partial records, as
+/// containerd's `max_container_log_line_size` (16 KiB) does.
+pub const MAX_LINE_BYTES: usize = 16 << 10;
+
+/// When container log files are rotated (`--container-log-max-size`,
+/// `--container-log-max-files`, with the kubelet's defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogPolicy {
+    /// A log file at least this large is rotated.
+    pub max_size: u64,
+    /// How many files of one container run are kept, the current one included (at least 2).
+    pub max_files: usize,
+}
+
+impl Default for LogPolicy {
+    fn default() -> Self {
+        Self {
+            max_size: 10 << 20,
+            max_files: 5,
+        }
+    }
+}
+
+/// Where a file's writer is: bytes written so far, whether the container has finished, and how
+/// often the file was rotated (a follower then goes on in the new file).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Progress {
-    /// Bytes in the file.
+    /// Bytes in the current file.
     pub len: u64,
     /// No more output will come.
     pub closed: bool,
+    /// How many times the file was rotated.
+    pub rotations: u64,
 }
 
 /// One container run's log file. It is opened for appending at the first output and closed
@@ -29,21 +61,56 @@ pub struct Progress {
 #[derive(Debug)]
 pub struct LogFile {
     path: PathBuf,
+    policy: LogPolicy,
     file: Mutex<Option<std::fs::File>>,
     progress: watch::Sender<Progress>,
+    /// Whether the last write failed (so a failing disk is reported once, not per line).
+    failing: std::sync::atomic::AtomicBool,
 }
 
 impl LogFile {
     fn append(&self, line: &[u8]) -> std::io::Result<()> {
-        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        let file = match &mut *file {
+        let mut guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        let file = match &mut *guard {
             Some(file) => file,
-            None => file.insert(std::fs::OpenOptions::new().append(true).open(&self.path)?),
+            None => guard.insert(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.path)?,
+            ),
         };
         file.write_all(line)?;
         let len = file.metadata().map(|m| m.len()).unwrap_or_default();
-        self.progress.send_modify(|p| p.len = len);
+        if len >= self.policy.max_size {
+            *guard = None;
+            rotate(&self.path, self.policy.max_files)?;
+            self.progress.send_modify(|p| {
+                p.len = 0;
+                p.rotations += 1;
+            });
+        } else {
+            self.progress.send_modify(|p| p.len = len);
+        }
         Ok(())
+    }
+
+    /// Appends a record; a failure drops it and is reported in the agent's log (once until
+    /// writes succeed again), never to the guest.
+    fn append_or_report(&self, line: &[u8]) {
+        use std::sync::atomic::Ordering;
+        match self.append(line) {
+            Ok(()) => self.failing.store(false, Ordering::Relaxed),
+            Err(e) => {
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        path = %self.path.display(),
+                        error = %e,
+                        "writing a container's log failed; its output is dropped until writes succeed again"
+                    );
+                }
+            }
+        }
     }
 
     /// Marks the log complete (followers stop at its end) and closes the file.
@@ -62,13 +129,71 @@ impl LogFile {
     }
 }
 
+/// Moves a full log file aside (`<path>.<time>`) and removes the oldest rotated files beyond
+/// `max_files - 1`.
+fn rotate(path: &Path, max_files: usize) -> std::io::Result<()> {
+    let stamp = jiff::Timestamp::now().strftime("%Y%m%d-%H%M%S.%f");
+    let rotated = PathBuf::from(format!("{}.{stamp}", path.display()));
+    std::fs::rename(path, &rotated)?;
+    let mut old = rotated_files(path)?;
+    old.sort();
+    let excess = old.len().saturating_sub(max_files.saturating_sub(1).max(1));
+    for file in &old[..excess] {
+        std::fs::remove_file(file)?;
+    }
+    Ok(())
+}
+
+/// The rotated files of the log at `path`, in no particular order.
+fn rotated_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Ok(Vec::new());
+    };
+    let prefix = format!("{}.", name.to_string_lossy());
+    Ok(std::fs::read_dir(dir)?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect())
+}
+
+/// Removes the logs (and their rotated files) of a container's runs before `keep_from` in
+/// `dir`, where run `n` logs to `<n>.log`: as the kubelet keeps only the current and the
+/// previous container's logs, so a container in a crash loop does not fill the disk.
+pub fn remove_runs_before(dir: &Path, keep_from: i64) -> std::io::Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let run = name
+            .to_string_lossy()
+            .split('.')
+            .next()
+            .and_then(|n| n.parse::<i64>().ok());
+        if run.is_some_and(|run| run < keep_from) {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
 /// Open log files, so that readers can follow the ones still being written.
 #[derive(Debug, Default)]
 pub struct LogFiles {
+    policy: LogPolicy,
     open: Mutex<HashMap<PathBuf, Weak<LogFile>>>,
 }
 
 impl LogFiles {
+    /// Log files rotated by `policy`.
+    pub fn new(policy: LogPolicy) -> Self {
+        Self {
+            policy,
+            open: Mutex::default(),
+        }
+    }
+
     /// Creates (or appends to) the log file at `path`.
     pub fn create(&self, path: &Path) -> std::io::Result<Arc<LogFile>> {
         if let Some(dir) = path.parent() {
@@ -80,11 +205,16 @@ impl LogFiles {
             .open(path)?
             .metadata()?
             .len();
-        let (progress, _) = watch::channel(Progress { len, closed: false });
+        let (progress, _) = watch::channel(Progress {
+            len,
+            ..Default::default()
+        });
         let log = Arc::new(LogFile {
             path: path.to_path_buf(),
+            policy: self.policy,
             file: Mutex::new(None),
             progress,
+            failing: Default::default(),
         });
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         open.retain(|_, weak| weak.strong_count() > 0);
@@ -123,23 +253,37 @@ pub struct LogWriter {
 }
 
 impl LogWriter {
-    fn write_lines(&mut self, mut buf: &[u8]) -> std::io::Result<()> {
-        while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-            self.partial.extend_from_slice(&buf[..pos]);
-            let text = std::mem::take(&mut self.partial);
-            self.file.append(&line(self.stream, true, &text))?;
-            buf = &buf[pos + 1..];
+    /// Writes the complete lines in `buf` as records and keeps the rest, at most
+    /// [`MAX_LINE_BYTES`] of it: a longer line goes out as partial records.
+    fn write_lines(&mut self, mut buf: &[u8]) {
+        while !buf.is_empty() {
+            let room = MAX_LINE_BYTES - self.partial.len();
+            match buf.iter().take(room).position(|b| *b == b'\n') {
+                Some(pos) => {
+                    self.partial.extend_from_slice(&buf[..pos]);
+                    let text = std::mem::take(&mut self.partial);
+                    self.file.append_or_report(&line(self.stream, true, &text));
+                    buf = &buf[pos + 1..];
+                }
+                None if buf.len() < room => {
+                    self.partial.extend_from_slice(buf);
+                    return;
+                }
+                None => {
+                    self.partial.extend_from_slice(&buf[..room]);
+                    self.flush_partial();
+                    buf = &buf[room..];
+                }
+            }
         }
-        self.partial.extend_from_slice(buf);
-        Ok(())
     }
 
-    fn flush_partial(&mut self) -> std::io::Result<()> {
+    fn flush_partial(&mut self) {
         if self.partial.is_empty() {
-            return Ok(());
+            return;
         }
         let text = std::mem::take(&mut self.partial);
-        self.file.append(&line(self.stream, false, &text))
+        self.file.append_or_report(&line(self.stream, false, &text));
     }
 }
 
@@ -149,8 +293,8 @@ impl AsyncWrite for LogWriter {
         _: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        let this = self.get_mut();
-        Poll::Ready(this.write_lines(buf).map(|()| buf.len()))
+        self.get_mut().write_lines(buf);
+        Poll::Ready(Ok(buf.len()))
     }
 
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -158,13 +302,101 @@ impl AsyncWrite for LogWriter {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(self.get_mut().flush_partial())
+        self.get_mut().flush_partial();
+        Poll::Ready(Ok(()))
     }
 }
 
 impl Drop for LogWriter {
     fn drop(&mut self) {
-        // Best effort: output that ended without a newline still reaches the log.
-        let _ = self.flush_partial();
+        // Output that ended without a newline still reaches the log.
+        self.flush_partial();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn records(path: &Path) -> Vec<(String, usize)> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut parts = l.splitn(4, ' ');
+                let tag = parts.nth(2).unwrap().to_string();
+                (tag, parts.next().unwrap_or_default().len())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn long_lines_become_partial_records_of_bounded_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        let log = LogFiles::default().create(&path).unwrap();
+        let mut writer = log.writer("stdout");
+        writer.write_lines(&vec![b'x'; 40 << 10]);
+        writer.write_lines(b"\nshort\ntail");
+        drop(writer);
+        let written = records(&path);
+        assert_eq!(
+            written,
+            [
+                ("P".to_string(), MAX_LINE_BYTES),
+                ("P".to_string(), MAX_LINE_BYTES),
+                ("F".to_string(), (40 << 10) - 2 * MAX_LINE_BYTES),
+                ("F".to_string(), 5),
+                ("P".to_string(), 4),
+            ]
+        );
+    }
+
+    #[test]
+    fn files_rotate_and_only_the_newest_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        let logs = LogFiles::new(LogPolicy {
+            max_size: 1000,
+            max_files: 3,
+        });
+        let log = logs.create(&path).unwrap();
+        let mut progress = logs.progress(&path).unwrap();
+        let mut writer = log.writer("stdout");
+        for i in 0..100 {
+            writer.write_lines(format!("line {i:04} {}\n", "y".repeat(50)).as_bytes());
+        }
+        let rotated = rotated_files(&path).unwrap();
+        assert_eq!(rotated.len(), 2, "{rotated:?}");
+        assert!(std::fs::metadata(&path).map_or(0, |m| m.len()) < 1000);
+        assert!(progress.borrow_and_update().rotations > 2);
+        let newest = rotated.iter().max().unwrap();
+        let kept = std::fs::read_to_string(newest).unwrap()
+            + &std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(kept.contains("line 0099"), "the newest output is kept");
+        assert!(!kept.contains("line 0000"), "the oldest is gone");
+        // Runs before the previous one are removed with their rotated files.
+        std::fs::write(dir.path().join("1.log"), "x").unwrap();
+        std::fs::write(dir.path().join("2.log"), "x").unwrap();
+        remove_runs_before(dir.path(), 1).unwrap();
+        let mut left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["1.log", "2.log"]);
+    }
+
+    #[test]
+    fn a_failing_write_never_fails_the_guest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        let log = LogFiles::default().create(&path).unwrap();
+        let mut writer = log.writer("stdout");
+        // The log's directory goes away: writes fail, the guest's writes still succeed.
+        std::fs::remove_dir_all(dir.path()).unwrap();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let written = Pin::new(&mut writer).poll_write(&mut cx, b"hello\n");
+        assert!(matches!(written, Poll::Ready(Ok(6))));
     }
 }

@@ -60,9 +60,8 @@ fn render(
     }
 }
 
-fn select<'a>(data: &'a [u8], options: &LogOptions, apply_tail: bool) -> Vec<Entry<'a>> {
-    let mut entries: Vec<Entry<'a>> = data
-        .split(|b| *b == b'\n')
+fn select<'a>(data: &'a [u8], options: &LogOptions) -> Vec<Entry<'a>> {
+    data.split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
         .filter_map(parse)
         .filter(|e| {
@@ -70,25 +69,16 @@ fn select<'a>(data: &'a [u8], options: &LogOptions, apply_tail: bool) -> Vec<Ent
                 .since
                 .is_none_or(|since| e.stamp.parse::<jiff::Timestamp>().is_ok_and(|t| t >= since))
         })
-        .collect();
-    if apply_tail && let Some(n) = options.tail_lines {
-        let mut lines = 0;
-        let mut start = entries.len();
-        while start > 0 {
-            if entries[start - 1].complete {
-                if lines == n {
-                    break;
-                }
-                lines += 1;
-            }
-            start -= 1;
-        }
-        entries.drain(..start);
-    }
-    entries
+        .collect()
 }
 
-/// Streams a log file. `progress` is the writer's progress when the file is still being written.
+/// How much of a log file is read at once.
+const BLOCK: usize = 64 << 10;
+/// The longest record a reader accepts; a longer run of bytes without a newline is skipped.
+const MAX_RECORD: usize = 1 << 20;
+
+/// Streams a log file. `progress` is the writer's progress when the file is still being written:
+/// a follower waits for more, and goes on in the new file when the writer rotates it.
 pub fn read(
     path: PathBuf,
     options: LogOptions,
@@ -98,19 +88,23 @@ pub fn read(
         path: PathBuf,
         options: LogOptions,
         progress: Option<watch::Receiver<Progress>>,
-        offset: u64,
+        file: Option<std::fs::File>,
+        rotations: u64,
+        /// Bytes read past the last complete record.
+        pending: Vec<u8>,
         sent: usize,
-        first: bool,
         at_line_start: bool,
         done: bool,
     }
+    let rotations = progress.as_ref().map_or(0, |p| p.borrow().rotations);
     let state = State {
         path,
         options,
         progress,
-        offset: 0,
+        file: None,
+        rotations,
+        pending: Vec::new(),
         sent: 0,
-        first: true,
         at_line_start: true,
         done: false,
     };
@@ -119,21 +113,30 @@ pub fn read(
             if s.done {
                 return None;
             }
-            let chunk = match read_from(&s.path, s.offset) {
+            // Seen before reading, so that output written after this read wakes the follower.
+            let seen = s.progress.as_mut().map(|p| *p.borrow_and_update());
+            let chunk = match next_block(&mut s.file, &s.path, s.options.tail_lines) {
                 Ok(chunk) => chunk,
                 Err(e) => {
                     s.done = true;
                     return Some((Err(e), s));
                 }
             };
-            let complete_len = chunk.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
             let mut out = Vec::new();
-            if complete_len > 0 {
-                s.offset += complete_len as u64;
-                let entries = select(&chunk[..complete_len], &s.options, s.first);
+            if !chunk.is_empty() {
+                s.pending.extend_from_slice(&chunk);
+                let complete = s
+                    .pending
+                    .iter()
+                    .rposition(|b| *b == b'\n')
+                    .map_or(0, |p| p + 1);
+                let entries = select(&s.pending[..complete], &s.options);
                 render(&entries, &s.options, &mut out, &mut s.at_line_start);
+                s.pending.drain(..complete);
+                if s.pending.len() > MAX_RECORD {
+                    s.pending.clear();
+                }
             }
-            s.first = false;
             if let Some(limit) = s.options.limit_bytes {
                 let room = limit.saturating_sub(s.sent);
                 if out.len() >= room {
@@ -142,35 +145,124 @@ pub fn read(
                 }
             }
             s.sent += out.len();
-            let follow = s.options.follow && !s.done;
-            if !follow {
-                s.done = true;
-            } else if out.is_empty() {
-                let progress = s.progress.as_mut()?;
-                let current = *progress.borrow_and_update();
-                if current.closed && current.len <= s.offset {
-                    return None;
-                }
-                if current.len <= s.offset && progress.changed().await.is_err() {
-                    // The writer is gone: read what is left, then stop.
-                    s.options.follow = false;
-                }
+            if !out.is_empty() {
+                return Some((Ok(Bytes::from(out)), s));
+            }
+            if !chunk.is_empty() {
                 continue;
             }
-            if out.is_empty() {
+            // At the end of the file.
+            let (Some(progress), Some(seen), true) = (s.progress.as_mut(), seen, s.options.follow)
+            else {
+                return None;
+            };
+            if seen.rotations != s.rotations {
+                // What is left of the old file was read; go on in the new one.
+                s.rotations = seen.rotations;
+                s.file = None;
+                s.pending.clear();
+                continue;
+            }
+            if seen.closed {
                 return None;
             }
-            return Some((Ok(Bytes::from(out)), s));
+            if progress.changed().await.is_err() {
+                // The writer is gone: read what is left, then stop.
+                s.options.follow = false;
+            }
         }
     })
 }
 
-fn read_from(path: &std::path::Path, offset: u64) -> std::io::Result<Vec<u8>> {
-    let mut file = std::fs::File::open(path)?;
-    file.seek(SeekFrom::Start(offset))?;
-    let mut buf = Vec::new();
-    file.read_to_end(&mut buf)?;
-    Ok(buf)
+/// The next block of the file, opening it first (at its last `tail` lines when asked).
+fn next_block(
+    file: &mut Option<std::fs::File>,
+    path: &std::path::Path,
+    tail: Option<usize>,
+) -> std::io::Result<Vec<u8>> {
+    let file = match file {
+        Some(file) => file,
+        None => {
+            let mut opened = match std::fs::File::open(path) {
+                Ok(f) => f,
+                // A rotation between the rename and the next write leaves no file for a moment.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => return Err(e),
+            };
+            if let Some(n) = tail {
+                let start = tail_start(&opened, n)?;
+                opened.seek(SeekFrom::Start(start))?;
+            }
+            file.insert(opened)
+        }
+    };
+    let mut block = vec![0; BLOCK];
+    let n = file.read(&mut block)?;
+    block.truncate(n);
+    Ok(block)
+}
+
+/// Where the last `n` complete lines of a CRI log file begin, found by reading backwards from
+/// its end a block at a time (a line is any number of `P` records and an `F` record).
+fn tail_start(file: &std::fs::File, n: usize) -> std::io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let len = file.metadata()?.len();
+    // Only complete records count: the end is just past the last newline.
+    let mut end = len;
+    let mut pos = len;
+    let mut head: Vec<u8> = Vec::new();
+    let mut ends_found = false;
+    let mut complete = 0usize;
+    // The start of the record after the one being looked at.
+    let mut next_start = len;
+    while pos > 0 {
+        let size = BLOCK.min(usize::try_from(pos).unwrap_or(BLOCK));
+        pos -= size as u64;
+        let mut data = vec![0; size];
+        file.read_exact_at(&mut data, pos)?;
+        data.extend_from_slice(&head);
+        for i in (0..size).rev() {
+            if data[i] != b'\n' {
+                continue;
+            }
+            let start = pos + i as u64 + 1;
+            if !ends_found {
+                // The last newline: whatever follows it is a record still being written.
+                ends_found = true;
+                end = start;
+                next_start = end;
+                continue;
+            }
+            if n == 0 {
+                return Ok(end);
+            }
+            if record_is_complete(&data[i + 1..]) {
+                complete += 1;
+                if complete == n + 1 {
+                    return Ok(next_start);
+                }
+            }
+            next_start = start;
+        }
+        head = data[..size.min(64)].to_vec();
+    }
+    if !ends_found || n == 0 {
+        return Ok(if n == 0 { end } else { 0 });
+    }
+    // The first record of the file.
+    if record_is_complete(&head) {
+        complete += 1;
+        if complete == n + 1 {
+            return Ok(next_start);
+        }
+    }
+    Ok(0)
+}
+
+/// Whether the record starting at `bytes` ends a line (its tag is `F`).
+fn record_is_complete(bytes: &[u8]) -> bool {
+    let mut fields = bytes.splitn(4, |b| *b == b' ');
+    fields.nth(2) == Some(b"F")
 }
 
 #[cfg(test)]
@@ -244,5 +336,99 @@ mod tests {
         })
         .await;
         assert_eq!(stamped, "2026-01-01T00:00:04.000000000Z three\n");
+    }
+
+    fn record(second: u32, tag: &str, text: &str) -> String {
+        format!("2026-01-01T00:00:{second:02}.000000000Z stdout {tag} {text}\n")
+    }
+
+    #[tokio::test]
+    async fn a_tail_is_found_from_the_end_across_blocks_and_partial_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        let mut text = String::new();
+        // Far more than a block of lines, then a line made of partial records.
+        for i in 0..5000 {
+            text += &record(1, "F", &format!("line {i}"));
+        }
+        text += &record(2, "P", "split ");
+        text += &record(2, "P", "across ");
+        text += &record(2, "F", "records");
+        text += "2026-01-01T00:00:03.000000000Z stdout F being writ";
+        std::fs::write(&path, &text).unwrap();
+        let tail = |n| {
+            let path = path.clone();
+            async move {
+                let options = LogOptions {
+                    tail_lines: Some(n),
+                    ..Default::default()
+                };
+                let chunks: Vec<_> = read(path, options, None).collect().await;
+                chunks
+                    .into_iter()
+                    .map(|c| String::from_utf8(c.unwrap().to_vec()).unwrap())
+                    .collect::<String>()
+            }
+        };
+        assert_eq!(tail(1).await, "split across records\n");
+        assert_eq!(tail(2).await, "line 4999\nsplit across records\n");
+        let all = tail(100_000).await;
+        assert!(all.starts_with("line 0\nline 1\n") && all.lines().count() == 5001);
+        assert_eq!(tail(0).await, "");
+    }
+
+    #[tokio::test]
+    async fn a_follower_goes_on_in_the_rotated_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        let logs = super::super::LogFiles::new(super::super::LogPolicy {
+            max_size: 4096,
+            max_files: 2,
+        });
+        let log = logs.create(&path).unwrap();
+        let follower = read(
+            path.clone(),
+            LogOptions {
+                follow: true,
+                ..Default::default()
+            },
+            logs.progress(&path),
+        );
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let mut out = log.writer("stdout");
+            for i in 0..300 {
+                out.write_all(format!("line {i:03} {}\n", "z".repeat(40)).as_bytes())
+                    .await
+                    .unwrap();
+                if i % 20 == 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                }
+            }
+            drop(out);
+            log.close();
+        });
+        let read_all = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            let chunks: Vec<_> = follower.collect().await;
+            chunks
+                .into_iter()
+                .map(|c| String::from_utf8(c.unwrap().to_vec()).unwrap())
+                .collect::<String>()
+        })
+        .await
+        .expect("the follower ends when the log is closed");
+        writer.await.unwrap();
+        let lines: Vec<&str> = read_all.lines().collect();
+        assert_eq!(
+            lines.len(),
+            300,
+            "every line once, in order, across rotations"
+        );
+        assert!(
+            lines
+                .iter()
+                .enumerate()
+                .all(|(i, l)| l.starts_with(&format!("line {i:03}")))
+        );
     }
 }

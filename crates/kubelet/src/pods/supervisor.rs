@@ -597,6 +597,11 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             .join("logs")
             .join(&name)
             .join(format!("{restarts}.log"));
+        if let Some(dir) = log_path.parent()
+            && let Err(e) = crate::logs::remove_runs_before(dir, i64::from(restarts) - 1)
+        {
+            tracing::warn!(error = %e, "removing the logs of earlier runs failed");
+        }
         let log = match self.ctx.logs.create(&log_path) {
             Ok(log) => log,
             Err(e) => {
