@@ -207,14 +207,18 @@ fn memory(caller: &mut Caller<'_, ActorState>) -> wasmtime::Result<Memory> {
     }
 }
 
-/// Reads `len` bytes at `ptr` of the guest's memory; out of bounds traps the guest.
+/// Reads `len` bytes at `ptr` of the guest's memory; out of bounds traps the guest. The bounds
+/// are checked before anything is allocated, so a guest can make the host copy at most what
+/// its own memory holds.
 fn read(caller: &mut Caller<'_, ActorState>, ptr: i32, len: i32) -> wasmtime::Result<Vec<u8>> {
     let memory = memory(caller)?;
-    let mut buffer = vec![0; len as u32 as usize];
+    let start = ptr as u32 as usize;
+    let end = start.saturating_add(len as u32 as usize);
     memory
-        .read(&caller, ptr as u32 as usize, &mut buffer)
-        .map_err(|_| wasmtime::format_err!("the actor passed a buffer outside its memory"))?;
-    Ok(buffer)
+        .data(&caller)
+        .get(start..end)
+        .map(<[u8]>::to_vec)
+        .ok_or_else(|| wasmtime::format_err!("the actor passed a buffer outside its memory"))
 }
 
 fn read_string(

@@ -5,6 +5,7 @@ pub mod admission;
 mod backoff;
 pub mod container;
 pub mod host;
+pub mod host_path;
 pub mod network;
 pub mod probes;
 pub mod registry;

@@ -43,6 +43,8 @@ pub fn always_read_only(volume: &Volume) -> bool {
 #[derive(Debug, Default)]
 pub struct PodVolumes {
     dirs: HashMap<String, PathBuf>,
+    /// hostPath directories, held open for as long as the pod has them.
+    host_dirs: Vec<super::host_path::HostDir>,
     written: HashMap<String, u64>,
     tokens: HashMap<String, Token>,
 }
@@ -79,13 +81,16 @@ impl PodVolumes {
                 std::fs::create_dir_all(&path)
                     .map_err(|e| err(format!("creating {}: {e}", path.display())))?;
             } else if let Some(host_path) = &volume.host_path {
-                let checked = check_host_path(
+                let opened = super::host_path::open(
                     &host_path.path,
                     host_path.type_.as_deref().unwrap_or_default(),
                     allowed_host_paths,
                 )
                 .map_err(err)?;
-                volumes.dirs.insert(volume.name.clone(), checked);
+                volumes
+                    .dirs
+                    .insert(volume.name.clone(), opened.path().to_path_buf());
+                volumes.host_dirs.push(opened);
                 continue;
             } else if !is_api_backed(&volume) {
                 continue;
@@ -428,66 +433,6 @@ fn render_map(map: Option<&BTreeMap<String, String>>) -> String {
         .collect()
 }
 
-/// Checks a hostPath volume as the kubelet does for its `type`, and against the node's
-/// `--allowed-host-paths` (empty: any); only directories can be given to a WASI guest.
-fn check_host_path(path: &str, kind: &str, allowed: &[PathBuf]) -> Result<PathBuf, String> {
-    use std::os::unix::fs::FileTypeExt;
-    let p = Path::new(path);
-    if !p.is_absolute() {
-        return Err(format!("hostPath {path:?} must be an absolute path"));
-    }
-    if !allowed.is_empty() {
-        // Resolved first: a symbolic link cannot lead past the list.
-        let resolved = p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
-        if !allowed.iter().any(|prefix| resolved.starts_with(prefix)) {
-            let list: Vec<String> = allowed.iter().map(|a| a.display().to_string()).collect();
-            return Err(format!(
-                "hostPath {path} is not allowed on this node: it is outside --allowed-host-paths ({})",
-                list.join(", ")
-            ));
-        }
-    }
-    let file_type = std::fs::metadata(p).map(|m| m.file_type());
-    let expect = |ok: bool, what: &str| {
-        if ok {
-            Ok(())
-        } else {
-            Err(format!(
-                "hostPath type check failed: {path} is not a {what}"
-            ))
-        }
-    };
-    match kind {
-        "" => Ok(()),
-        "DirectoryOrCreate" => {
-            std::fs::create_dir_all(p).map_err(|e| format!("creating {path}: {e}"))
-        }
-        "Directory" => expect(file_type.as_ref().is_ok_and(|t| t.is_dir()), "directory"),
-        "FileOrCreate" | "File" => expect(
-            kind == "FileOrCreate" || file_type.as_ref().is_ok_and(|t| t.is_file()),
-            "file",
-        ),
-        "Socket" => expect(file_type.as_ref().is_ok_and(|t| t.is_socket()), "socket"),
-        "CharDevice" => expect(
-            file_type.as_ref().is_ok_and(|t| t.is_char_device()),
-            "character device",
-        ),
-        "BlockDevice" => expect(
-            file_type.as_ref().is_ok_and(|t| t.is_block_device()),
-            "block device",
-        ),
-        other => Err(format!(
-            "hostPath type {other:?} is not a Kubernetes hostPath type"
-        )),
-    }?;
-    if !p.is_dir() {
-        return Err(format!(
-            "hostPath {path} is not a directory: a WASI guest can only be given directories (types File, FileOrCreate, Socket, CharDevice and BlockDevice cannot be mounted into a wasm pod)"
-        ));
-    }
-    Ok(p.to_path_buf())
-}
-
 /// A relative path that stays inside the volume: no absolute paths, no `..`.
 fn checked(path: &str) -> Result<&Path, String> {
     let p = Path::new(path);
@@ -571,23 +516,6 @@ fn write_atomically(dir: &Path, files: &[File]) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn host_paths_are_checked_by_type_and_against_the_allowed_list() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().to_string_lossy().into_owned();
-        assert!(check_host_path(&path, "Directory", &[]).is_ok());
-        let file = dir.path().join("f");
-        std::fs::write(&file, "x").unwrap();
-        let file = file.to_string_lossy().into_owned();
-        let refused = check_host_path(&file, "File", &[]).unwrap_err();
-        assert!(refused.contains("only be given directories"), "{refused}");
-        let wrong = check_host_path(&file, "Directory", &[]).unwrap_err();
-        assert!(wrong.contains("is not a directory"), "{wrong}");
-        let outside = check_host_path(&path, "", &[PathBuf::from("/nonexistent")]).unwrap_err();
-        assert!(outside.contains("--allowed-host-paths"), "{outside}");
-        assert!(check_host_path(&path, "", &[dir.path().canonicalize().unwrap()]).is_ok());
-    }
 
     #[test]
     fn item_paths_stay_inside_the_volume() {
