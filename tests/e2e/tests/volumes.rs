@@ -509,6 +509,58 @@ async fn escapes_from_volumes_and_disallowed_host_paths_are_refused() -> anyhow:
         container_state(&pod).and_then(|s| s.waiting).is_some(),
         "nothing ran"
     );
+    // Neither a link in the allowed directory (one a guest could have made) nor a path that
+    // climbs out with `..` and does not exist yet leads a hostPath out of it. A real API server
+    // refuses the `..` itself (422), which is as good.
+    let escaped = tempfile::tempdir()?;
+    let climbing = format!(
+        "{allowed_arg}/../{}/made",
+        escaped
+            .path()
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+    );
+    for (name, path, kind, expected) in [
+        (
+            "through-link",
+            format!("{allowed_arg}/out"),
+            "Directory",
+            "symbolic link",
+        ),
+        (
+            "climbing",
+            climbing,
+            "DirectoryOrCreate",
+            "must not contain '..'",
+        ),
+    ] {
+        let pod = with_volumes(
+            wasm_pod(name, &image, &agent.name, &["ls", "/v"], "Never"),
+            json!([{"name": "v", "hostPath": {"path": path, "type": kind}}]),
+            json!([{"name": "v", "mountPath": "/v"}]),
+        );
+        match cluster.pods().create(&Default::default(), &pod).await {
+            Err(kube::Error::Api(status)) if status.code == 422 => continue,
+            created => {
+                created?;
+            }
+        }
+        let event = cluster
+            .eventually("a FailedMount event", async || {
+                Ok(cluster
+                    .pod_events(name)
+                    .await?
+                    .into_iter()
+                    .find(|e| e.starts_with("FailedMount")))
+            })
+            .await?;
+        assert!(event.contains(expected), "{name}: {event}");
+    }
+    assert!(
+        std::fs::read_dir(escaped.path())?.next().is_none(),
+        "nothing was made outside the allowed directory"
+    );
     Ok(())
 }
 
