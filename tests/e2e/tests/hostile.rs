@@ -196,6 +196,31 @@ async fn extreme_pod_specs_neither_panic_nor_wedge_their_pods() -> anyhow::Resul
         waiting_message(&nul)
     );
 
+    // Two pods bound to the node directly (no scheduler to check) asking for one hostPort: the
+    // second is rejected at admission, as the kubelet's NodePorts predicate does.
+    let [port] = e2e::free_ports::<1>()?;
+    for name in ["port-first", "port-second"] {
+        let mut pod = wasm_pod(name, &image, &agent.name, &["forever"], "Always");
+        pod.spec.as_mut().expect("spec").containers[0].ports =
+            Some(vec![k8s_openapi::api::core::v1::ContainerPort {
+                container_port: i32::from(port),
+                host_port: Some(i32::from(port)),
+                ..Default::default()
+            }]);
+        cluster.create_pod(pod).await?;
+        if name == "port-first" {
+            cluster
+                .wait_pod(name, "Running", has_phase("Running"))
+                .await?;
+            created.push(name.to_string());
+        }
+    }
+    let second = cluster
+        .wait_pod("port-second", "Failed", has_phase("Failed"))
+        .await?;
+    let status = second.status.unwrap_or_default();
+    assert_eq!(status.reason.as_deref(), Some("NodePorts"), "{status:?}");
+
     for name in &created {
         cluster.kubectl(&["delete", "pod", name, "--wait=false"])?;
     }

@@ -32,9 +32,67 @@ pub struct Rejection {
     pub message: String,
 }
 
-/// Decides whether `pod` may run here, beside the `active` pods (their number and requests).
-pub fn admit(pod: &Pod, node: &NodeFacts, active: (usize, Requests)) -> Result<(), Rejection> {
-    let (active, used) = active;
+/// What the pods still running or due to run use of the node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Active {
+    /// How many there are.
+    pub pods: usize,
+    /// Their CPU and memory requests together.
+    pub requests: Requests,
+    /// The host ports they hold.
+    pub host_ports: Vec<HostPort>,
+}
+
+/// A port of the node a container asks for (`hostPort`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    /// TCP, UDP or SCTP.
+    pub protocol: String,
+    /// The node address, `0.0.0.0` for every one.
+    pub ip: String,
+    /// The port.
+    pub port: i32,
+}
+
+impl HostPort {
+    /// Whether two pods asking for these could not both have them (the scheduler's NodePorts
+    /// rule: the same protocol and port on the same address, or on every address).
+    fn conflicts(&self, other: &HostPort) -> bool {
+        let any = |ip: &str| ip.is_empty() || ip == "0.0.0.0" || ip == "::";
+        self.protocol == other.protocol
+            && self.port == other.port
+            && (self.ip == other.ip || any(&self.ip) || any(&other.ip))
+    }
+}
+
+/// The host ports `pod` asks for: those of its containers and of its sidecars (init containers
+/// that run beside them).
+pub fn host_ports(pod: &Pod) -> Vec<HostPort> {
+    let Some(spec) = pod.spec.as_ref() else {
+        return Vec::new();
+    };
+    let sidecars = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .filter(|c| c.restart_policy.as_deref() == Some("Always"));
+    spec.containers
+        .iter()
+        .chain(sidecars)
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| {
+            Some(HostPort {
+                protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                ip: p.host_ip.clone().unwrap_or_else(|| "0.0.0.0".into()),
+                port: p.host_port.filter(|port| *port > 0)?,
+            })
+        })
+        .collect()
+}
+
+/// Decides whether `pod` may run here, beside the `active` pods.
+pub fn admit(pod: &Pod, node: &NodeFacts, active: &Active) -> Result<(), Rejection> {
+    let (used, active_pods) = (active.requests, active.pods);
     let spec = pod.spec.clone().unwrap_or_default();
     let tolerations = spec.tolerations.unwrap_or_default();
     for taint in node.taints.iter().filter(|t| t.effect == "NoExecute") {
@@ -78,13 +136,23 @@ pub fn admit(pod: &Pod, node: &NodeFacts, active: (usize, Requests)) -> Result<(
             message: "Pod was rejected: Predicate NodeAffinity failed: node(s) didn't match Pod's node affinity/selector".into(),
         });
     }
-    if active >= node.max_pods {
+    if active_pods >= node.max_pods {
         return Err(Rejection {
             reason: "OutOfpods".into(),
             message: format!(
-                "Pod was rejected: Node didn't have enough resource: pods, requested: 1, used: {active}, capacity: {}",
+                "Pod was rejected: Node didn't have enough resource: pods, requested: 1, used: {active_pods}, capacity: {}",
                 node.max_pods
             ),
+        });
+    }
+    let wanted = host_ports(pod);
+    if wanted
+        .iter()
+        .any(|port| active.host_ports.iter().any(|held| port.conflicts(held)))
+    {
+        return Err(Rejection {
+            reason: "NodePorts".into(),
+            message: "Pod was rejected: Predicate NodePorts failed: node(s) didn't have free ports for the requested pod ports".into(),
         });
     }
     let requested = pod_requests(pod);
@@ -185,11 +253,18 @@ mod tests {
         let p = pod(
             "spec: {containers: [{name: c, image: i}], tolerations: [{effect: NoExecute, key: krustlet/arch, operator: Equal, value: wasm32-wasi}], nodeSelector: {kubernetes.io/arch: wasm32-wasi}}",
         );
-        assert_eq!(admit(&p, &node(), (0, Requests::default())), Ok(()));
+        assert_eq!(admit(&p, &node(), &Active::default()), Ok(()));
         assert_eq!(
-            admit(&p, &node(), (2, Requests::default()))
-                .unwrap_err()
-                .reason,
+            admit(
+                &p,
+                &node(),
+                &Active {
+                    pods: 2,
+                    ..Default::default()
+                }
+            )
+            .unwrap_err()
+            .reason,
             "OutOfpods"
         );
     }
@@ -202,8 +277,12 @@ mod tests {
             ))
         };
         let half = sized("1", "512Mi");
-        assert_eq!(admit(&half, &node(), (0, Requests::default())), Ok(()));
-        let running = (1, pod_requests(&half));
+        assert_eq!(admit(&half, &node(), &Active::default()), Ok(()));
+        let running = &Active {
+            pods: 1,
+            requests: pod_requests(&half),
+            host_ports: Vec::new(),
+        };
         let rejection = admit(&sized("1500m", "1Mi"), &node(), running).unwrap_err();
         assert_eq!(rejection.reason, "OutOfcpu");
         assert_eq!(
@@ -217,7 +296,7 @@ mod tests {
     #[test]
     fn untolerated_taints_and_selectors_are_rejected() {
         let no_toleration = pod("spec: {containers: [{name: c, image: i}]}");
-        let rejection = admit(&no_toleration, &node(), (0, Requests::default())).unwrap_err();
+        let rejection = admit(&no_toleration, &node(), &Active::default()).unwrap_err();
         assert_eq!(rejection.reason, "Taint");
         assert!(
             rejection.message.contains("{krustlet/arch: wasm32-wasi}"),
@@ -228,10 +307,36 @@ mod tests {
             "spec: {containers: [{name: c, image: i}], tolerations: [{operator: Exists}], nodeSelector: {kubernetes.io/arch: amd64}}",
         );
         assert_eq!(
-            admit(&wrong_arch, &node(), (0, Requests::default()))
+            admit(&wrong_arch, &node(), &Active::default())
                 .unwrap_err()
                 .reason,
             "NodeAffinity"
         );
+    }
+
+    #[test]
+    fn a_host_port_another_pod_holds_is_rejected() {
+        let with_port = |port: u16, ip: &str, protocol: &str| {
+            pod(&format!(
+                "spec: {{containers: [{{name: c, image: i, ports: [{{containerPort: 8080, hostPort: {port}, hostIP: '{ip}', protocol: {protocol}}}]}}], tolerations: [{{operator: Exists}}]}}"
+            ))
+        };
+        let first = with_port(8080, "0.0.0.0", "TCP");
+        let active = Active {
+            pods: 1,
+            host_ports: host_ports(&first),
+            ..Default::default()
+        };
+        let rejection = admit(&with_port(8080, "10.0.0.1", "TCP"), &node(), &active).unwrap_err();
+        assert_eq!(rejection.reason, "NodePorts");
+        assert!(admit(&with_port(8081, "0.0.0.0", "TCP"), &node(), &active).is_ok());
+        assert!(admit(&with_port(8080, "0.0.0.0", "UDP"), &node(), &active).is_ok());
+        let on_one = Active {
+            pods: 1,
+            host_ports: host_ports(&with_port(9000, "10.0.0.1", "TCP")),
+            ..Default::default()
+        };
+        assert!(admit(&with_port(9000, "10.0.0.2", "TCP"), &node(), &on_one).is_ok());
+        assert!(admit(&with_port(9000, "0.0.0.0", "TCP"), &node(), &on_one).is_err());
     }
 }

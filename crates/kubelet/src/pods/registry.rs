@@ -1,6 +1,7 @@
 //! The pods this node runs, as the kubelet API serves them: the latest pod object, each
 //! container's log files, and the usage of the containers running now.
 
+use super::admission::{self, Active, HostPort, Rejection};
 use super::resources::{Requests, pod_requests};
 use crate::runtime::Usage;
 use k8s_openapi::api::core::v1::Pod;
@@ -22,6 +23,8 @@ struct Entry {
     pod: Pod,
     /// The pod's CPU and memory requests (a pod's resources do not change).
     requests: Requests,
+    /// The host ports it asks for (neither do its ports).
+    host_ports: Vec<HostPort>,
     logs: HashMap<String, ContainerLogs>,
     /// Per container: when its current run started, and its usage while the guest lives.
     usage: HashMap<String, (jiff::Timestamp, Weak<Usage>)>,
@@ -52,6 +55,7 @@ impl PodRegistry {
             .entry((ns.into(), name.into()))
             .or_insert_with(|| Entry {
                 requests: pod_requests(&pod),
+                host_ports: admission::host_ports(&pod),
                 pod: pod.clone(),
                 logs: HashMap::new(),
                 usage: HashMap::new(),
@@ -131,20 +135,44 @@ impl PodRegistry {
             .collect()
     }
 
-    /// The pods still running or due to (not Succeeded or Failed), other than the pod `uid`:
-    /// how many, and their requests together.
-    pub fn active(&self, uid: &str) -> (usize, Requests) {
-        let pods = self.pods.read().unwrap_or_else(|p| p.into_inner());
-        pods.values()
-            .filter(|e| e.pod.metadata.uid.as_deref() != Some(uid))
-            .filter(|e| {
-                !matches!(
-                    e.pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-                    Some("Succeeded" | "Failed")
-                )
-            })
-            .fold((0, Requests::default()), |(n, sum), e| {
-                (n + 1, sum + e.requests)
-            })
+    /// Admits `pod` by `check` against what the other pods still running or due to run (not
+    /// Succeeded or Failed) use, and records it if admitted: one step under the registry's
+    /// lock, so that two pods admitted at once cannot both take the last place or port.
+    pub fn admit(
+        &self,
+        ns: &str,
+        name: &str,
+        pod: &Pod,
+        check: impl FnOnce(&Active) -> Result<(), Rejection>,
+    ) -> Result<(), Rejection> {
+        let mut pods = self.pods.write().unwrap_or_else(|p| p.into_inner());
+        let uid = pod.metadata.uid.as_deref();
+        let mut active = Active::default();
+        for entry in pods
+            .values()
+            .filter(|e| e.pod.metadata.uid.as_deref() != uid)
+        {
+            let finished = matches!(
+                entry.pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Succeeded" | "Failed")
+            );
+            if !finished {
+                active.pods += 1;
+                active.requests = active.requests + entry.requests;
+                active.host_ports.extend(entry.host_ports.iter().cloned());
+            }
+        }
+        check(&active)?;
+        pods.insert(
+            (ns.into(), name.into()),
+            Entry {
+                requests: pod_requests(pod),
+                host_ports: admission::host_ports(pod),
+                pod: pod.clone(),
+                logs: HashMap::new(),
+                usage: HashMap::new(),
+            },
+        );
+        Ok(())
     }
 }

@@ -188,11 +188,11 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             return;
         }
         if !ran_before {
-            let active = self
-                .ctx
-                .registry
-                .active(&self.pod.uid().unwrap_or_default());
-            if let Err(rejection) = admission::admit(&self.pod, &self.ctx.node, active) {
+            let node = &self.ctx.node;
+            let admitted = self.ctx.registry.admit(&ns, &name, &self.pod, |active| {
+                admission::admit(&self.pod, node, active)
+            });
+            if let Err(rejection) = admitted {
                 self.reject(rejection).await;
                 return;
             }
