@@ -25,6 +25,7 @@ async fn main() -> anyhow::Result<()> {
     node_cli::run(cli.node, |config| {
         Ok(wasi_runtime::WasiRuntime::new(
             config.data_dir.join("compiled"),
+            config.max_http_requests_per_container,
         )?)
     })
     .await

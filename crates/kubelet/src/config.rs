@@ -49,6 +49,8 @@ pub struct Config {
     pub image_gc_period: std::time::Duration,
     /// The most an image may be, and how long a pull may go without progress.
     pub image_pull: crate::images::PullLimits,
+    /// Requests one container serving HTTP may have in flight; more are answered 503.
+    pub max_http_requests_per_container: usize,
     /// When container log files are rotated.
     pub container_logs: crate::logs::LogPolicy,
     /// The kubelet API's connection cap and handshake timeout.

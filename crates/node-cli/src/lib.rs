@@ -128,6 +128,11 @@ pub struct NodeArgs {
     /// back-off), as the kubelet's flag of the same name did.
     #[arg(long, env = "KRUSTLET_IMAGE_PULL_PROGRESS_DEADLINE", default_value = "1m", value_parser = parse_duration, global = true)]
     image_pull_progress_deadline: std::time::Duration,
+    /// Requests one container serving HTTP (a wasi-http component) may have in flight, each
+    /// holding an instance of the node's pool of 1000; more are answered 503 at once, so that
+    /// one pod's clients cannot take every instance.
+    #[arg(long, env = "KRUSTLET_MAX_HTTP_REQUESTS_PER_CONTAINER", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    max_http_requests_per_container: u32,
     /// A container's log file at least this large is rotated (a Kubernetes quantity).
     #[arg(long, env = "KRUSTLET_CONTAINER_LOG_MAX_SIZE", default_value = "10Mi", value_parser = parse_bytes)]
     container_log_max_size: u64,
@@ -229,6 +234,7 @@ impl NodeArgs {
                 maximum_age: self.image_maximum_gc_age,
             },
             image_gc_period: self.image_gc_period,
+            max_http_requests_per_container: self.max_http_requests_per_container as usize,
             container_logs: kubelet::logs::LogPolicy {
                 max_size: self.container_log_max_size,
                 max_files: self.container_log_max_files as usize,

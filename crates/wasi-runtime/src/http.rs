@@ -1,6 +1,8 @@
 //! Serves a wasi-http component on the pod's ports: every request gets a fresh instance from
 //! the pre-instantiated component, as `wasmtime serve` does. A trapping request answers 500 and
-//! is logged; the container keeps serving.
+//! is logged; the container keeps serving. A container holds at most its share of the node's
+//! instance pool at once (`--max-http-requests-per-container`): a request past it is answered
+//! 503 at once, so one pod's slow clients cannot take the instances every pod shares.
 
 use crate::guest::{ComponentState, GuestSetup};
 use kubelet::runtime::Exit;
@@ -18,12 +20,34 @@ pub struct Server {
     engine: Engine,
     pre: ProxyPre<ComponentState>,
     setup: GuestSetup,
+    /// Instances this container may hold at once.
+    in_flight: Arc<tokio::sync::Semaphore>,
+    max_in_flight: usize,
+}
+
+/// What a request that could not be handled is answered.
+enum Refused {
+    /// 503: the container has as many requests in flight as it may.
+    Busy(usize),
+    /// 500: the guest failed.
+    Failed(String),
 }
 
 impl Server {
-    /// A server handling requests with `pre`.
-    pub fn new(engine: Engine, pre: ProxyPre<ComponentState>, setup: GuestSetup) -> Arc<Self> {
-        Arc::new(Self { engine, pre, setup })
+    /// A server handling requests with `pre`, at most `max_in_flight` at once.
+    pub fn new(
+        engine: Engine,
+        pre: ProxyPre<ComponentState>,
+        setup: GuestSetup,
+        max_in_flight: usize,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            engine,
+            pre,
+            setup,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(max_in_flight)),
+            max_in_flight,
+        })
     }
 
     /// Serves `listeners` until `stop` (the requests in flight are finished first, then the
@@ -52,44 +76,58 @@ impl Server {
         &self,
         request: hyper::Request<hyper::body::Incoming>,
     ) -> Result<hyper::Response<HyperOutgoingBody>, ErrorCode> {
-        let response = self.call(request).await;
-        match response {
-            Ok(r) => Ok(r),
-            Err(message) => {
+        let (status, message) = match self.call(request).await {
+            Ok(response) => return Ok(response),
+            Err(Refused::Busy(limit)) => (
+                503,
+                format!(
+                    "this container has {limit} requests in flight, the most it may (--max-http-requests-per-container); try again"
+                ),
+            ),
+            Err(Refused::Failed(message)) => {
                 tracing::warn!("{message}");
-                use http_body_util::BodyExt;
-                let body = http_body_util::Full::new(bytes::Bytes::from(message))
-                    .map_err(|never| match never {})
-                    .boxed_unsync();
-                Ok(hyper::Response::builder()
-                    .status(500)
-                    .body(body)
-                    .expect("a static response is valid"))
+                (500, message)
             }
-        }
+        };
+        use http_body_util::BodyExt;
+        let body = http_body_util::Full::new(bytes::Bytes::from(message))
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        Ok(hyper::Response::builder()
+            .status(status)
+            .body(body)
+            .expect("a static response is valid"))
     }
 
     async fn call(
         &self,
         request: hyper::Request<hyper::body::Incoming>,
-    ) -> Result<hyper::Response<HyperOutgoingBody>, String> {
+    ) -> Result<hyper::Response<HyperOutgoingBody>, Refused> {
+        // Held by the instance until it ends, streaming body included.
+        let permit = self
+            .in_flight
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Refused::Busy(self.max_in_flight))?;
+        let failed = |e: String| Refused::Failed(e);
         let mut store = self
             .setup
             .component_store(&self.engine)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| failed(e.to_string()))?;
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let incoming = store
             .data_mut()
             .http()
             .new_incoming_request(Scheme::Http, request)
-            .map_err(|e| format!("{e:#}"))?;
+            .map_err(|e| failed(format!("{e:#}")))?;
         let outparam = store
             .data_mut()
             .http()
             .new_response_outparam(sender)
-            .map_err(|e| format!("{e:#}"))?;
+            .map_err(|e| failed(format!("{e:#}")))?;
         let pre = self.pre.clone();
         let task = AbortOnDropHandle::new(tokio::spawn(async move {
+            let _permit = permit;
             let outcome = async {
                 let proxy = pre.instantiate_async(&mut store).await?;
                 proxy
@@ -102,19 +140,21 @@ impl Server {
         }));
         match receiver.await {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(code)) => Err(format!("the guest answered with an error: {code:?}")),
+            Ok(Err(code)) => Err(failed(format!(
+                "the guest answered with an error: {code:?}"
+            ))),
             Err(_) => {
                 let exit = task.await.unwrap_or_else(|e| kubelet::runtime::Exit {
                     code: 134,
                     reason: None,
                     message: Some(e.to_string()),
                 });
-                Err(format!(
+                Err(failed(format!(
                     "the guest failed before responding (exit code {}{}): {}",
                     exit.code,
                     exit.reason.map(|r| format!(", {r}")).unwrap_or_default(),
                     exit.message.unwrap_or_default()
-                ))
+                )))
             }
         }
     }

@@ -41,7 +41,7 @@ enum Guest {
 
 /// Concurrent instances the pooling allocator of wasi-http components holds (each request
 /// takes one component instance, and a core instance, memory and table per core module in it).
-const HTTP_POOL_INSTANCES: u32 = 1000;
+pub const HTTP_POOL_INSTANCES: u32 = 1000;
 
 /// The `wasm32-wasi` runtime.
 pub struct WasiRuntime {
@@ -50,6 +50,8 @@ pub struct WasiRuntime {
     components: wasmtime::component::Linker<ComponentState>,
     cache: cache::ModuleCache,
     http: HttpEngine,
+    /// Requests one wasi-http container may have in flight.
+    max_requests_per_container: usize,
 }
 
 /// wasi-http components run on an engine of their own with the pooling allocator, as
@@ -73,8 +75,10 @@ fn component_linker(
 }
 
 impl WasiRuntime {
-    /// A runtime caching compiled guests under `cache_dir`.
-    pub fn new(cache_dir: PathBuf) -> Result<Self, SetupError> {
+    /// A runtime caching compiled guests under `cache_dir`, where a wasi-http container may
+    /// have `max_requests_per_container` requests in flight (at most the node's pool of
+    /// [`HTTP_POOL_INSTANCES`]).
+    pub fn new(cache_dir: PathBuf, max_requests_per_container: usize) -> Result<Self, SetupError> {
         let engine = TickingEngine::new(wasm_host::capacity::dense_config())?;
         let mut modules = Linker::new(engine.engine());
         wasmtime_wasi::p1::add_to_linker_async(&mut modules, ModuleState::wasi)?;
@@ -101,6 +105,8 @@ impl WasiRuntime {
             components,
             cache,
             http,
+            max_requests_per_container: max_requests_per_container
+                .clamp(1, HTTP_POOL_INSTANCES as usize),
         })
     }
 
@@ -206,8 +212,12 @@ impl Runtime for WasiRuntime {
                     .map(|port| SocketAddr::new(network.listen_ip, *port))
                     .collect();
                 let listeners = wasm_host::ports::bind(&addrs).await?;
-                let server =
-                    http::Server::new(self.http.engine.engine().clone(), pre.clone(), setup);
+                let server = http::Server::new(
+                    self.http.engine.engine().clone(),
+                    pre.clone(),
+                    setup,
+                    self.max_requests_per_container,
+                );
                 return Ok(RunningContainer::graceful(tokio::spawn(
                     server.serve(listeners, stop),
                 )));

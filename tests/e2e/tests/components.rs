@@ -357,3 +357,46 @@ async fn the_scheduler_keeps_a_second_pod_off_a_taken_host_port() -> anyhow::Res
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn one_pods_slow_clients_hold_only_its_share_of_instances() -> anyhow::Result<()> {
+    let cluster = Cluster::new("http-share").await?;
+    let agent = cluster
+        .start_node_with(&["--max-http-requests-per-container", "2"])
+        .await?;
+    let image = cluster.push_component("http_probe").await?;
+    let [busy_port, other_port] = free_ports()?;
+    for (name, port) in [("busy", busy_port), ("other", other_port)] {
+        cluster
+            .create_pod(http_pod(
+                name,
+                &image,
+                &agent.name,
+                port,
+                serde_json::json!({}),
+            ))
+            .await?;
+        cluster.wait_pod(name, "Ready", e2e::is_pod_ready()).await?;
+    }
+    // Two slow requests take everything one container may hold...
+    let slow: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(http_get(busy_port, "/sleep/4000")))
+        .collect();
+    cluster
+        .eventually("both slow requests in the log", async || {
+            let logs = cluster.kubectl(&["logs", "busy"])?;
+            Ok((logs.matches("/sleep/4000").count() == 2).then_some(()))
+        })
+        .await?;
+    // ...so a third is answered 503 at once, saying why, while another pod serves as usual.
+    let (code, body) = http_get(busy_port, "/").await?;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("--max-http-requests-per-container"), "{body}");
+    assert_eq!(http_get(other_port, "/").await?.0, 200);
+    for request in slow {
+        assert_eq!(request.await??.0, 200);
+    }
+    // Once they are answered, the container serves again.
+    assert_eq!(http_get(busy_port, "/").await?.0, 200);
+    Ok(())
+}
