@@ -180,4 +180,21 @@ mod tests {
         verifier.update(b"x");
         assert!(verifier.finish().is_ok());
     }
+
+    proptest::proptest! {
+        #[test]
+        fn a_digest_parses_only_when_it_is_exactly_algorithm_and_hex(text in "(sha256|sha512|md5)?:?[0-9a-fA-F./]{0,130}") {
+            let valid = text.strip_prefix("sha256:").is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+                || text.strip_prefix("sha512:").is_some_and(|h| h.len() == 128 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+            match text.parse::<Digest>() {
+                Ok(digest) => {
+                    proptest::prop_assert!(valid);
+                    proptest::prop_assert_eq!(digest.to_string(), text);
+                    let (algorithm, hex) = digest.path_parts();
+                    proptest::prop_assert!(!algorithm.contains('/') && !hex.contains('/') && !hex.contains('.'));
+                }
+                Err(_) => proptest::prop_assert!(!valid),
+            }
+        }
+    }
 }

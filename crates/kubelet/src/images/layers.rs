@@ -234,4 +234,27 @@ mod bomb_tests {
         let found = find_file(layers(), "/app/m.wasm", 8 << 20).unwrap();
         assert_eq!(found.map(|f| f.len()), Some(4 << 20));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn the_capped_reader_never_gives_more_than_its_limit(
+            data in proptest::collection::vec(proptest::num::u8::ANY, 0..5000),
+            limit in 0u64..6000,
+            chunk in 1usize..700,
+        ) {
+            let mut reader = Capped { inner: data.as_slice(), left: limit, limit };
+            let mut out = Vec::new();
+            let mut buf = vec![0; chunk];
+            let outcome = loop {
+                match reader.read(&mut buf) {
+                    Ok(0) => break Ok(()),
+                    Ok(n) => out.extend_from_slice(&buf[..n]),
+                    Err(e) => break Err(e),
+                }
+            };
+            proptest::prop_assert!(out.len() as u64 <= limit);
+            proptest::prop_assert_eq!(outcome.is_err(), data.len() as u64 > limit);
+            proptest::prop_assert_eq!(&out[..], &data[..out.len()]);
+        }
+    }
 }

@@ -751,4 +751,28 @@ mod tests {
             .await;
         assert!(moving.is_ok(), "a full window of bytes resets the deadline");
     }
+
+    proptest::proptest! {
+        #[test]
+        fn no_challenge_or_manifest_makes_the_parsers_panic(
+            text in ".{0,200}",
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..400),
+        ) {
+            let _ = Challenge::parse(&text);
+            let _ = parse_manifest(&bytes);
+            let _ = parse_manifest(text.as_bytes());
+        }
+
+        #[test]
+        fn quoted_parameters_come_back_as_written(
+            realm in "[ -!#-\\[\\]-~]{0,40}",
+            service in "[a-z.:,=]{0,20}",
+        ) {
+            let quote = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"");
+            let header = format!(r#"Bearer realm="{}",service="{}""#, quote(&realm), quote(&service));
+            let challenge = Challenge::parse(&header);
+            proptest::prop_assert_eq!(challenge.param("realm"), Some(realm.as_str()));
+            proptest::prop_assert_eq!(challenge.param("service"), Some(service.as_str()));
+        }
+    }
 }

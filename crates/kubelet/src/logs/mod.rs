@@ -399,4 +399,37 @@ mod tests {
         let written = Pin::new(&mut writer).poll_write(&mut cx, b"hello\n");
         assert!(matches!(written, Poll::Ready(Ok(6))));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        #[test]
+        fn records_are_bounded_and_give_back_what_was_written(
+            chunks in proptest::collection::vec(
+                proptest::collection::vec(proptest::prop_oneof![9 => b'a'..=b'z', 1 => proptest::strategy::Just(b'\n')], 0..40_000),
+                0..4,
+            ),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("0.log");
+            let log = LogFiles::default().create(&path).unwrap();
+            let mut writer = log.writer("stdout");
+            for chunk in &chunks {
+                writer.write_lines(chunk);
+            }
+            drop(writer);
+            let written = std::fs::read(&path).unwrap_or_default();
+            let mut rebuilt = Vec::new();
+            for record in written.split(|b| *b == b'\n').filter(|r| !r.is_empty()) {
+                let mut fields = record.splitn(4, |b| *b == b' ');
+                let tag = fields.nth(2).unwrap();
+                let text = fields.next().unwrap_or_default();
+                proptest::prop_assert!(text.len() <= MAX_LINE_BYTES);
+                rebuilt.extend_from_slice(text);
+                if tag == b"F" {
+                    rebuilt.push(b'\n');
+                }
+            }
+            proptest::prop_assert_eq!(rebuilt, chunks.concat());
+        }
+    }
 }

@@ -431,4 +431,39 @@ mod tests {
                 .all(|(i, l)| l.starts_with(&format!("line {i:03}")))
         );
     }
+
+    proptest::proptest! {
+        #[test]
+        fn the_tail_found_from_the_end_is_the_tail_counted_from_the_start(
+            records in proptest::collection::vec((proptest::bool::ANY, "[a-z ]{0,40}"), 0..300),
+            trailing in proptest::option::of("[a-z]{1,10}"),
+            n in 0usize..12,
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("0.log");
+            let mut text = Vec::new();
+            // Where each record ends, and whether it ends a line.
+            let mut ends = Vec::new();
+            for (complete, body) in &records {
+                let tag = if *complete { "F" } else { "P" };
+                text.extend_from_slice(format!("2026-01-01T00:00:00Z stdout {tag} {body}\n").as_bytes());
+                ends.push((text.len() as u64, *complete));
+            }
+            if let Some(partial) = &trailing {
+                text.extend_from_slice(format!("2026-01-01T00:00:00Z stdout F {partial}").as_bytes());
+            }
+            std::fs::write(&path, &text).unwrap();
+            let lines: Vec<u64> = ends.iter().filter(|(_, c)| *c).map(|(end, _)| *end).collect();
+            let last_end = ends.last().map_or(0, |(end, _)| *end);
+            let expected = if n == 0 {
+                last_end
+            } else if lines.len() <= n {
+                0
+            } else {
+                lines[lines.len() - n - 1]
+            };
+            let file = std::fs::File::open(&path).unwrap();
+            proptest::prop_assert_eq!(tail_start(&file, n).unwrap(), expected);
+        }
+    }
 }
