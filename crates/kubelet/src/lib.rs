@@ -13,6 +13,9 @@ pub mod server;
 pub mod standalone;
 pub mod time;
 
+#[cfg(fuzzing)]
+pub mod fuzzing;
+
 mod agent;
 
 pub use agent::{AgentError, run_node};

@@ -11,7 +11,7 @@
 pub mod credentials;
 pub mod digest;
 pub mod gc;
-mod layers;
+pub(crate) mod layers;
 mod media;
 mod push;
 pub mod registry;

@@ -545,7 +545,7 @@ fn checked(descriptor: &OciDescriptor) -> Result<(Digest, u64), RegistryError> {
 }
 
 /// Parses a manifest or index and validates every descriptor in it.
-fn parse_manifest(body: &[u8]) -> Result<OciManifest, RegistryError> {
+pub(crate) fn parse_manifest(body: &[u8]) -> Result<OciManifest, RegistryError> {
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Versioned {
@@ -646,13 +646,13 @@ impl Progress {
 }
 
 /// A `WWW-Authenticate` challenge: a scheme and its `key="value"` parameters.
-struct Challenge {
+pub(crate) struct Challenge {
     scheme: String,
     params: Vec<(String, String)>,
 }
 
 impl Challenge {
-    fn parse(text: &str) -> Self {
+    pub(crate) fn parse(text: &str) -> Self {
         let text = text.trim();
         let (scheme, rest) = text.split_once(' ').unwrap_or((text, ""));
         let mut params = Vec::new();
@@ -686,7 +686,7 @@ impl Challenge {
         }
     }
 
-    fn param(&self, key: &str) -> Option<&str> {
+    pub(crate) fn param(&self, key: &str) -> Option<&str> {
         self.params
             .iter()
             .find(|(k, _)| k == key)

@@ -8,7 +8,7 @@
 //! manager does, and readers read in blocks (a tail is found from the end). A write that fails
 //! (a full disk) drops the output and says so in the agent's log; the guest never sees it fail.
 
-mod reader;
+pub(crate) mod reader;
 
 pub use reader::{LogOptions, read};
 

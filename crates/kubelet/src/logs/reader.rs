@@ -204,7 +204,7 @@ fn next_block(
 
 /// Where the last `n` complete lines of a CRI log file begin, found by reading backwards from
 /// its end a block at a time (a line is any number of `P` records and an `F` record).
-fn tail_start(file: &std::fs::File, n: usize) -> std::io::Result<u64> {
+pub(crate) fn tail_start(file: &std::fs::File, n: usize) -> std::io::Result<u64> {
     use std::os::unix::fs::FileExt;
     let len = file.metadata()?.len();
     // Only complete records count: the end is just past the last newline.

@@ -275,12 +275,12 @@ async fn pods(State(shared): State<Shared>) -> Response {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct LogQuery {
+pub(crate) struct LogQuery {
     follow: Option<String>,
     previous: Option<String>,
     timestamps: Option<String>,
     tail_lines: Option<i64>,
-    since_seconds: Option<i64>,
+    pub(crate) since_seconds: Option<i64>,
     since_time: Option<String>,
     limit_bytes: Option<i64>,
 }
@@ -288,7 +288,7 @@ struct LogQuery {
 impl LogQuery {
     /// The API server's validation of `PodLogOptions`, which the kubelet applies again: a
     /// request with an out-of-range value is answered 400 with the reason.
-    fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         if self.since_seconds.is_some() && self.since_time.is_some() {
             return Err("at most one of sinceTime or sinceSeconds may be specified".into());
         }

@@ -9,6 +9,9 @@ use tokio::sync::mpsc;
 
 /// Chunk size of a download that asks for none.
 const DEFAULT_CHUNK: u64 = 64 * 1024;
+/// The largest chunk a download is cut into, whatever the actor asks: a download is read from
+/// the file a chunk at a time, so this is all of it the agent holds at once (per queued call).
+const MAX_CHUNK: u64 = 1 << 20;
 
 #[derive(Deserialize, Serialize)]
 struct Container {
@@ -171,13 +174,18 @@ impl BlobStore {
             "StartDownload" => {
                 let request: StreamRequest = decode(payload)?;
                 let path = self.blob(&request.container, &request.id)?;
-                let bytes = tokio::fs::read(&path)
+                let file = tokio::fs::File::open(&path)
                     .await
                     .map_err(|e| io("reading blob", &request.id, e))?;
+                let total_bytes = file
+                    .metadata()
+                    .await
+                    .map_err(|e| io("reading blob", &request.id, e))?
+                    .len();
                 let deliveries = deliveries.clone();
                 // The chunks reach the actor after this call returns: it handles one call at
                 // a time.
-                tokio::spawn(send_chunks(bytes, request, deliveries));
+                tokio::spawn(send_chunks(file, total_bytes, request, deliveries));
                 Ok(Vec::new())
             }
             other => Err(format!(
@@ -240,23 +248,37 @@ fn io(doing: &str, id: &str, e: std::io::Error) -> String {
     format!("{doing} {id:?}: {e}")
 }
 
-async fn send_chunks(bytes: Vec<u8>, request: StreamRequest, deliveries: mpsc::Sender<Delivery>) {
-    let chunk_size = if request.chunk_size == 0 {
-        DEFAULT_CHUNK
-    } else {
-        request.chunk_size
+/// Reads the blob a chunk at a time and delivers each as a `ReceiveChunk` call.
+async fn send_chunks(
+    mut file: tokio::fs::File,
+    total_bytes: u64,
+    request: StreamRequest,
+    deliveries: mpsc::Sender<Delivery>,
+) {
+    use tokio::io::AsyncReadExt;
+    let chunk_size = match request.chunk_size {
+        0 => DEFAULT_CHUNK,
+        asked => asked.min(MAX_CHUNK),
     };
-    let total_bytes = bytes.len() as u64;
-    for (sequence_no, chunk) in bytes.chunks(chunk_size as usize).enumerate() {
+    let mut sequence_no = 0;
+    let mut sent = 0u64;
+    while sent < total_bytes {
+        let mut chunk_bytes = Vec::new();
+        let want = chunk_size.min(total_bytes - sent);
+        match (&mut file).take(want).read_to_end(&mut chunk_bytes).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => sent += n as u64,
+        }
         let chunk = FileChunk {
-            sequence_no: sequence_no as u64,
+            sequence_no,
             container: request.container.clone(),
             id: request.id.clone(),
             total_bytes,
             chunk_size,
             context: request.context.clone(),
-            chunk_bytes: chunk.to_vec(),
+            chunk_bytes,
         };
+        sequence_no += 1;
         let Ok(payload) = encode(&chunk) else { return };
         let delivery = Delivery {
             operation: "ReceiveChunk".into(),

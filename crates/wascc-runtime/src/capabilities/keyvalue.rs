@@ -81,16 +81,82 @@ enum Value {
     Set(BTreeSet<String>),
 }
 
-/// The key-value store of one actor.
-#[derive(Debug, Default)]
+/// The most one actor's key-value store may hold (keys, values and their bookkeeping), as
+/// host memory the actor makes the agent keep; past it a storing call fails in the actor.
+pub const MAX_STORE_BYTES: usize = 64 << 20;
+/// What the store counts for a key beside its bytes.
+const KEY_OVERHEAD: usize = 64;
+/// What the store counts for a list or set item beside its bytes.
+const ITEM_OVERHEAD: usize = 32;
+
+impl Value {
+    /// The bytes this value counts for.
+    fn size(&self) -> usize {
+        match self {
+            Value::Text { text, .. } => text.len(),
+            Value::List(items) => items.iter().map(|i| i.len() + ITEM_OVERHEAD).sum(),
+            Value::Set(items) => items.iter().map(|i| i.len() + ITEM_OVERHEAD).sum(),
+        }
+    }
+}
+
+/// The key-value store of one actor, holding at most [`MAX_STORE_BYTES`].
+#[derive(Debug)]
 pub struct KeyValueStore {
     entries: HashMap<String, Value>,
+    /// What the entries count for.
+    bytes: usize,
+    limit: usize,
+}
+
+impl Default for KeyValueStore {
+    fn default() -> Self {
+        Self::with_limit(MAX_STORE_BYTES)
+    }
 }
 
 impl KeyValueStore {
+    /// An empty store that holds at most `limit` bytes.
+    pub fn with_limit(limit: usize) -> Self {
+        Self {
+            entries: HashMap::new(),
+            bytes: 0,
+            limit,
+        }
+    }
+
+    /// Refuses a call that could store `growth` more bytes past the limit (a call cannot store
+    /// more than its payload brings, and an `Add` a number).
+    fn reserve(&self, growth: usize) -> Result<(), String> {
+        if self.bytes.saturating_add(growth) > self.limit {
+            return Err(format!(
+                "wascc:keyvalue: this actor's store holds {} bytes; storing {growth} more would pass its limit of {} bytes",
+                self.bytes, self.limit
+            ));
+        }
+        Ok(())
+    }
+
+    /// Replaces (or removes, with `None`) the value of `key`, keeping the count.
+    fn put(&mut self, key: String, value: Option<Value>) {
+        let added = value
+            .as_ref()
+            .map_or(0, |v| v.size() + key.len() + KEY_OVERHEAD);
+        let old = match value {
+            Some(value) => self.entries.insert(key.clone(), value),
+            None => self.entries.remove(&key),
+        };
+        let removed = old.map_or(0, |v| v.size() + key.len() + KEY_OVERHEAD);
+        self.bytes = self.bytes.saturating_sub(removed).saturating_add(added);
+    }
+
     /// Handles `operation` with its MessagePack `payload`.
     pub fn call(&mut self, operation: &str, payload: &[u8]) -> Result<Vec<u8>, String> {
         self.expire();
+        let storing = matches!(operation, "Set" | "Add" | "Push" | "SetAdd");
+        if storing {
+            self.reserve(payload.len() + KEY_OVERHEAD + ITEM_OVERHEAD + 16)?;
+        }
         match operation {
             "Get" => {
                 let Key { key } = decode(payload)?;
@@ -106,20 +172,15 @@ impl KeyValueStore {
                     .ok()
                     .filter(|s| *s > 0)
                     .map(|s| Instant::now() + Duration::from_secs(s));
-                self.entries.insert(
-                    request.key,
-                    Value::Text {
-                        text: request.value.clone(),
-                        expires,
-                    },
-                );
+                let text = request.value.clone();
+                self.put(request.key, Some(Value::Text { text, expires }));
                 encode(&ValueResponse {
                     value: request.value,
                 })
             }
             "Del" => {
                 let Key { key } = decode(payload)?;
-                self.entries.remove(&key);
+                self.put(key.clone(), None);
                 encode(&KeyResponse { key })
             }
             "Add" => {
@@ -133,12 +194,13 @@ impl KeyValueStore {
                 let sum = current
                     .checked_add(value)
                     .ok_or_else(|| format!("adding {value} to key {key:?} overflows"))?;
-                self.entries.insert(
+                let text = sum.to_string();
+                self.put(
                     key,
-                    Value::Text {
-                        text: sum.to_string(),
+                    Some(Value::Text {
+                        text,
                         expires: None,
-                    },
+                    }),
                 );
                 encode(&ValueResponse { value: sum })
             }
@@ -151,23 +213,31 @@ impl KeyValueStore {
             }
             "Push" => {
                 let KeyValue { key, value } = decode(payload)?;
+                let new = !self.entries.contains_key(&key);
+                let added =
+                    value.len() + ITEM_OVERHEAD + if new { key.len() + KEY_OVERHEAD } else { 0 };
                 let list = self.list(&key)?;
                 list.push(value);
-                encode(&CountResponse {
-                    new_count: count(list.len()),
-                })
+                let new_count = count(list.len());
+                self.bytes = self.bytes.saturating_add(added);
+                encode(&CountResponse { new_count })
             }
             "ListItemDelete" => {
                 let KeyValue { key, value } = decode(payload)?;
+                let new = !self.entries.contains_key(&key);
                 let list = self.list(&key)?;
+                let before = list.len();
                 list.retain(|item| *item != value);
-                encode(&CountResponse {
-                    new_count: count(list.len()),
-                })
+                let new_count = count(list.len());
+                let freed = (before - list.len()) * (value.len() + ITEM_OVERHEAD);
+                let made = if new { key.len() + KEY_OVERHEAD } else { 0 };
+                self.bytes = self.bytes.saturating_sub(freed).saturating_add(made);
+                encode(&CountResponse { new_count })
             }
             "Clear" => {
                 let Key { key } = decode(payload)?;
-                self.list(&key)?.clear();
+                self.list(&key)?;
+                self.put(key.clone(), Some(Value::List(Vec::new())));
                 encode(&KeyResponse { key })
             }
             "Range" => {
@@ -181,15 +251,23 @@ impl KeyValueStore {
             }
             "SetAdd" | "SetRemove" => {
                 let KeyValue { key, value } = decode(payload)?;
+                let new = !self.entries.contains_key(&key);
+                let made = if new { key.len() + KEY_OVERHEAD } else { 0 };
+                let item = value.len() + ITEM_OVERHEAD;
                 let set = self.set(&key)?;
-                if operation == "SetAdd" {
-                    set.insert(value);
+                let changed = if operation == "SetAdd" {
+                    set.insert(value)
                 } else {
-                    set.remove(&value);
+                    set.remove(&value)
+                };
+                let new_count = count(set.len());
+                self.bytes = self.bytes.saturating_add(made);
+                if changed && operation == "SetAdd" {
+                    self.bytes = self.bytes.saturating_add(item);
+                } else if changed {
+                    self.bytes = self.bytes.saturating_sub(item);
                 }
-                encode(&CountResponse {
-                    new_count: count(set.len()),
-                })
+                encode(&CountResponse { new_count })
             }
             "SetQuery" => {
                 let Key { key } = decode(payload)?;
@@ -220,9 +298,15 @@ impl KeyValueStore {
 
     fn expire(&mut self) {
         let now = Instant::now();
-        self.entries.retain(
-            |_, value| !matches!(value, Value::Text { expires: Some(at), .. } if *at <= now),
-        );
+        let mut freed = 0;
+        self.entries.retain(|key, value| {
+            let expired = matches!(value, Value::Text { expires: Some(at), .. } if *at <= now);
+            if expired {
+                freed += value.size() + key.len() + KEY_OVERHEAD;
+            }
+            !expired
+        });
+        self.bytes = self.bytes.saturating_sub(freed);
     }
 
     fn text(&self, key: &str) -> Result<Option<String>, String> {
@@ -377,5 +461,43 @@ mod tests {
             call(&mut store, "SetUnion", json!({"keys": ["s1", "s2"]}))["values"],
             json!(["x", "y"])
         );
+    }
+
+    #[test]
+    fn the_store_holds_at_most_its_limit_and_counts_what_is_freed() {
+        let mut store = KeyValueStore::with_limit(4096);
+        let big = "x".repeat(1000);
+        for i in 0..3 {
+            call(
+                &mut store,
+                "Set",
+                json!({"key": format!("k{i}"), "value": big, "expires": 0}),
+            );
+        }
+        let payload =
+            rmp_serde::to_vec_named(&json!({"key": "k3", "value": big, "expires": 0})).unwrap();
+        let refused = store.call("Set", &payload).unwrap_err();
+        assert!(refused.contains("limit of 4096 bytes"), "{refused}");
+        call(&mut store, "Del", json!({"key": "k0"}));
+        assert!(store.call("Set", &payload).is_ok(), "deleting made room");
+        let item = rmp_serde::to_vec_named(&json!({"key": "l", "value": big})).unwrap();
+        assert!(
+            store.call("Push", &item).is_err(),
+            "a list grows within the limit too"
+        );
+        call(&mut store, "Del", json!({"key": "k1"}));
+        call(&mut store, "Del", json!({"key": "k2"}));
+        call(&mut store, "Del", json!({"key": "k3"}));
+        assert_eq!(store.bytes, 0, "everything stored was given back");
+        for _ in 0..3 {
+            store.call("Push", &item).unwrap();
+        }
+        call(&mut store, "Clear", json!({"key": "l"}));
+        let members = rmp_serde::to_vec_named(&json!({"key": "s", "value": "m"})).unwrap();
+        store.call("SetAdd", &members).unwrap();
+        store.call("SetRemove", &members).unwrap();
+        call(&mut store, "Del", json!({"key": "l"}));
+        call(&mut store, "Del", json!({"key": "s"}));
+        assert_eq!(store.bytes, 0);
     }
 }
