@@ -256,6 +256,10 @@ pub async fn run<R: Runtime>(
     for mut pod in pods {
         let meta = &mut pod.metadata;
         meta.namespace.get_or_insert_with(|| "default".into());
+        // Static pods, as the kubelet marks the pods it reads from files.
+        meta.annotations
+            .get_or_insert_with(Default::default)
+            .insert(crate::pods::admission::CONFIG_SOURCE.into(), "file".into());
         meta.uid = Some(random_uid());
         meta.creation_timestamp = Some(crate::pods::status::now());
         pod.spec.get_or_insert_with(Default::default).node_name =

@@ -52,6 +52,31 @@ fn standalone_runs_manifests_without_an_api_server() -> anyhow::Result<()> {
 }
 
 #[test]
+fn standalone_runs_static_pods_without_the_taint_toleration() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let probe = testkit::fixtures::wasm_module("wasi-probe")?
+        .display()
+        .to_string();
+    // A static pod never passes a scheduler, so the kubelet admits it whatever the node's
+    // taints: a manifest needs no toleration.
+    let manifest = pod("plain", &probe, &["print", "untolerated"])
+        .replace(
+            "  tolerations:\n  - {key: krustlet/arch, operator: Equal, value: wasm32-wasi, effect: NoExecute}\n",
+            "",
+        );
+    assert!(!manifest.contains("tolerations"), "{manifest}");
+    let output = run_standalone(&manifest, dir.path())?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("plain/main: untolerated\n"), "{stdout}");
+    Ok(())
+}
+
+#[test]
 fn standalone_exits_non_zero_when_a_pod_fails() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let probe = testkit::fixtures::wasm_module("wasi-probe")?

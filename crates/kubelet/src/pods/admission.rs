@@ -90,12 +90,27 @@ pub fn host_ports(pod: &Pod) -> Vec<HostPort> {
         .collect()
 }
 
+/// The annotation the kubelet gives a pod saying where it came from (`file` for a static pod
+/// read from a manifest, `api` for one from the API server).
+pub const CONFIG_SOURCE: &str = "kubernetes.io/config.source";
+
+/// Whether `pod` is a static pod (read from a manifest on the node, not from the API server):
+/// it never passed a scheduler, and the kubelet exempts it from taint admission.
+pub fn is_static(pod: &Pod) -> bool {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(CONFIG_SOURCE))
+        .is_some_and(|source| source != "api")
+}
+
 /// Decides whether `pod` may run here, beside the `active` pods.
 pub fn admit(pod: &Pod, node: &NodeFacts, active: &Active) -> Result<(), Rejection> {
     let (used, active_pods) = (active.requests, active.pods);
     let spec = pod.spec.clone().unwrap_or_default();
     let tolerations = spec.tolerations.unwrap_or_default();
-    for taint in node.taints.iter().filter(|t| t.effect == "NoExecute") {
+    let taints = node.taints.iter().filter(|_| !is_static(pod));
+    for taint in taints.filter(|t| t.effect == "NoExecute") {
         if !tolerations.iter().any(|t| tolerates(t, taint)) {
             let value = taint.value.clone().unwrap_or_default();
             return Err(Rejection {
@@ -298,6 +313,14 @@ mod tests {
         let no_toleration = pod("spec: {containers: [{name: c, image: i}]}");
         let rejection = admit(&no_toleration, &node(), &Active::default()).unwrap_err();
         assert_eq!(rejection.reason, "Taint");
+        let mut static_pod = no_toleration.clone();
+        static_pod.metadata.annotations =
+            Some([(CONFIG_SOURCE.to_string(), "file".to_string())].into());
+        assert_eq!(
+            admit(&static_pod, &node(), &Active::default()),
+            Ok(()),
+            "a static pod never passed a scheduler: no taint admission"
+        );
         assert!(
             rejection.message.contains("{krustlet/arch: wasm32-wasi}"),
             "{}",
