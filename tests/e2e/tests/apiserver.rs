@@ -684,15 +684,7 @@ async fn serving_certificates_wait_for_approval_and_malformed_csrs_are_refused()
         created.status.and_then(|s| s.certificate).is_none(),
         "not signed before approval"
     );
-    let mut approval = csrs.get_approval(&name).await?;
-    approval
-        .status
-        .get_or_insert_with(Default::default)
-        .conditions = Some(serde_json::from_value(
-        json!([{"type": "Approved", "status": "True", "reason": "E2E", "message": "ok"}]),
-    )?);
-    csrs.patch_approval(&name, &PatchParams::default(), &Patch::Merge(&approval))
-        .await?;
+    e2e::approve_csr(&cluster, &name).await?;
     let signed = e2e::wait_for(
         csrs.clone(),
         &name,

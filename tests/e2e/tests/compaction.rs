@@ -17,20 +17,21 @@ async fn a_watch_from_a_compacted_resource_version_gets_410_gone() -> anyhow::Re
             &serde_json::from_value::<ConfigMap>(json!({"metadata": {"name": "c"}}))?,
         )
         .await?;
-    let old = match cluster.standin() {
-        Some(standin) => {
-            cms.patch(
-                "c",
-                &PatchParams::default(),
-                &Patch::Merge(&json!({"data": {"k": "2"}})),
-            )
-            .await?;
-            standin.compact();
-            created.metadata.resource_version.unwrap_or_default()
-        }
-        // A real cluster compacts every few minutes; version 1 is always gone.
-        None => "1".to_string(),
+    let Some(standin) = cluster.standin() else {
+        // A real cluster compacts on its own schedule (every five minutes), so a test cannot
+        // make a version old enough without waiting for it, nor know that version 1 is gone
+        // on a young cluster.
+        eprintln!("skipped on a real cluster: compaction happens on the cluster's schedule");
+        return Ok(());
     };
+    cms.patch(
+        "c",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"data": {"k": "2"}})),
+    )
+    .await?;
+    standin.compact();
+    let old = created.metadata.resource_version.unwrap_or_default();
     let mut stream = cms
         .watch(&WatchParams::default().timeout(30), &old)
         .await?
@@ -74,6 +75,11 @@ async fn lists_are_paged_and_an_expired_continue_token_gets_410_gone() -> anyhow
     }
     for name in ["a", "b", "c"] {
         assert_eq!(names.iter().filter(|n| *n == name).count(), 1, "{names:?}");
+    }
+    if cluster.standin().is_none() {
+        // Whether version 1 is compacted yet depends on the cluster's age (see above).
+        eprintln!("the expired token is checked on the stand-in only");
+        return Ok(());
     }
     // A token from before the compaction window (resourceVersion 1, in the real server's format).
     let stale = base64::engine::general_purpose::URL_SAFE_NO_PAD

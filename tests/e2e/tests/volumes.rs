@@ -458,7 +458,14 @@ async fn escapes_from_volumes_and_disallowed_host_paths_are_refused() -> anyhow:
             json!([volume]),
             json!([mount]),
         );
-        cluster.create_pod(pod).await?;
+        // A real API server refuses a subPath with '..' itself (422): the node's defence is
+        // then not reached, and the refusal is as good.
+        match cluster.pods().create(&Default::default(), &pod).await {
+            Err(kube::Error::Api(status)) if status.code == 422 => continue,
+            created => {
+                created?;
+            }
+        }
         let pod = cluster
             .wait_pod(name, "refused", is_waiting("CreateContainerConfigError"))
             .await?;
