@@ -520,30 +520,27 @@ impl ImageStore {
             std::fs::create_dir_all(dir)?;
         }
         download.persist(&path).map_err(|e| e.error)?;
-        let bytes: Arc<[u8]> = bytes.into();
-        self.modules
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(digest.to_string(), bytes.clone());
-        Ok(ModuleBytes {
-            digest: digest.to_string(),
-            bytes,
-        })
+        Ok(self.remember(&digest, bytes))
     }
 
     /// Keeps a module in the store under its digest.
     fn store_module(&self, bytes: Vec<u8>) -> Result<ModuleBytes, PullError> {
         let digest = Digest::sha256_of(&bytes);
         write_atomic(&self.blob_path(&digest), &bytes)?;
+        Ok(self.remember(&digest, bytes))
+    }
+
+    /// Keeps a stored module's bytes in memory too, for the pods that ask for it next.
+    fn remember(&self, digest: &Digest, bytes: Vec<u8>) -> ModuleBytes {
         let bytes: Arc<[u8]> = bytes.into();
         self.modules
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(digest.to_string(), bytes.clone());
-        Ok(ModuleBytes {
+        ModuleBytes {
             digest: digest.to_string(),
             bytes,
-        })
+        }
     }
 }
 
