@@ -3,13 +3,14 @@
 //! component (one store per command run, one per HTTP request).
 
 use crate::outbound::OutboundPolicy;
+use kubelet::logs::LogWriter;
 use kubelet::runtime::{ContainerRun, Exit, Limits, Mount, StartError, Usage};
 use std::sync::Arc;
 use wasm_host::limits::GuestLimits;
 use wasm_host::store::{Limited, limited_store};
 use wasmtime::component::ResourceTable;
 use wasmtime::{Engine, Store};
-use wasmtime_wasi::cli::{AsyncStdoutStream, IsTerminal, StdoutStream};
+use wasmtime_wasi::cli::AsyncStdoutStream;
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
@@ -17,33 +18,14 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 /// Bytes a guest may have buffered towards its log before its writes wait.
 const OUTPUT_BUDGET: usize = 64 * 1024;
 
-/// A log stream that every store of the container writes to.
-#[derive(Clone)]
-struct SharedOutput(Arc<AsyncStdoutStream>);
-
-impl IsTerminal for SharedOutput {
-    fn is_terminal(&self) -> bool {
-        false
-    }
-}
-
-impl StdoutStream for SharedOutput {
-    fn p2_stream(&self) -> Box<dyn wasmtime_wasi::p2::OutputStream> {
-        self.0.p2_stream()
-    }
-
-    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
-        self.0.async_stream()
-    }
-}
-
 /// Everything a container's stores are made from.
 pub struct GuestSetup {
     args: Vec<String>,
     env: Vec<(String, String)>,
     mounts: Vec<Mount>,
-    stdout: SharedOutput,
-    stderr: SharedOutput,
+    /// The container's log streams; each store writes through a writer of its own.
+    stdout: LogWriter,
+    stderr: LogWriter,
     limits: Limits,
     usage: Arc<Usage>,
     outbound: OutboundPolicy,
@@ -109,8 +91,8 @@ impl GuestSetup {
             args: run.args,
             env: run.env,
             mounts: run.mounts,
-            stdout: SharedOutput(Arc::new(AsyncStdoutStream::new(OUTPUT_BUDGET, run.stdout))),
-            stderr: SharedOutput(Arc::new(AsyncStdoutStream::new(OUTPUT_BUDGET, run.stderr))),
+            stdout: run.stdout,
+            stderr: run.stderr,
             limits: run.limits,
             usage: run.usage,
             outbound: OutboundPolicy::new(&run.network.allowed_outbound),
@@ -120,7 +102,10 @@ impl GuestSetup {
     fn wasi(&self) -> Result<WasiCtxBuilder, StartError> {
         let mut wasi = WasiCtxBuilder::new();
         wasi.args(&self.args).envs(&self.env);
-        wasi.stdout(self.stdout.clone()).stderr(self.stderr.clone());
+        // A stream per store: instances serving requests side by side never share one (a
+        // stream refuses a write while another is in progress, which trapped the guest).
+        wasi.stdout(AsyncStdoutStream::new(OUTPUT_BUDGET, self.stdout.another()))
+            .stderr(AsyncStdoutStream::new(OUTPUT_BUDGET, self.stderr.another()));
         for mount in &self.mounts {
             let perms = if mount.read_only {
                 FsPerms::ReadOnly

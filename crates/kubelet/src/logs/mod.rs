@@ -253,6 +253,17 @@ pub struct LogWriter {
 }
 
 impl LogWriter {
+    /// Another writer into the same file and stream, with a line buffer of its own: writers
+    /// used at once (the instances of one container serving requests side by side) each
+    /// append whole lines, which never interleave mid-line.
+    pub fn another(&self) -> LogWriter {
+        LogWriter {
+            file: self.file.clone(),
+            stream: self.stream,
+            partial: Vec::new(),
+        }
+    }
+
     /// Writes the complete lines in `buf` as records and keeps the rest, at most
     /// [`MAX_LINE_BYTES`] of it: a longer line goes out as partial records.
     fn write_lines(&mut self, mut buf: &[u8]) {
