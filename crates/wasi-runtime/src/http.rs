@@ -1,6 +1,8 @@
 //! Serves a wasi-http component on the pod's ports: every request gets a fresh instance from
 //! the pre-instantiated component, as `wasmtime serve` does. A trapping request answers 500 and
-//! is logged; the container keeps serving. A container holds at most its share of the node's
+//! is logged; the container keeps serving. An instance runs until its handler returns, which
+//! is after it has written its answer's body (as under `wasmtime serve`), unless its client
+//! goes away first or the container stops. A container holds at most its share of the node's
 //! instance pool at once (`--max-http-requests-per-container`): a request past it is answered
 //! 503 at once, so one pod's slow clients cannot take the instances every pod shares.
 
@@ -8,7 +10,6 @@ use crate::guest::{ComponentState, GuestSetup};
 use kubelet::runtime::Exit;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio_util::task::AbortOnDropHandle;
 use wasmtime::Engine;
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -23,6 +24,9 @@ pub struct Server {
     /// Instances this container may hold at once.
     in_flight: Arc<tokio::sync::Semaphore>,
     max_in_flight: usize,
+    /// The instances handling requests: each runs until its handler returns (after its answer's
+    /// body is written), or is stopped when its client goes away first or the server ends.
+    guests: std::sync::Mutex<tokio::task::JoinSet<()>>,
 }
 
 /// What a request that could not be handled is answered.
@@ -47,6 +51,7 @@ impl Server {
             setup,
             in_flight: Arc::new(tokio::sync::Semaphore::new(max_in_flight)),
             max_in_flight,
+            guests: Default::default(),
         })
     }
 
@@ -126,28 +131,38 @@ impl Server {
             .new_response_outparam(sender)
             .map_err(|e| failed(format!("{e:#}")))?;
         let pre = self.pre.clone();
-        let task = AbortOnDropHandle::new(tokio::spawn(async move {
-            let _permit = permit;
-            let outcome = async {
-                let proxy = pre.instantiate_async(&mut store).await?;
-                proxy
-                    .wasi_http_incoming_handler()
-                    .call_handle(&mut store, incoming, outparam)
-                    .await
-            }
-            .await;
-            crate::guest::exit(&mut store, outcome.map(|()| 0))
-        }));
+        let (exit_tx, exit_rx) = tokio::sync::oneshot::channel();
+        let guest = {
+            let mut guests = self.guests.lock().unwrap_or_else(|p| p.into_inner());
+            while guests.try_join_next().is_some() {}
+            guests.spawn(async move {
+                let _permit = permit;
+                let outcome = async {
+                    let proxy = pre.instantiate_async(&mut store).await?;
+                    proxy
+                        .wasi_http_incoming_handler()
+                        .call_handle(&mut store, incoming, outparam)
+                        .await
+                }
+                .await;
+                let _ = exit_tx.send(crate::guest::exit(&mut store, outcome.map(|()| 0)));
+            })
+        };
+        // A request given up before its answer stops its instance.
+        let guest = GuestStopper(Some(guest));
         match receiver.await {
-            Ok(Ok(response)) => Ok(response),
+            Ok(Ok(response)) => Ok(response.map(|body| {
+                use http_body_util::BodyExt;
+                GuestBody { body, guest }.boxed_unsync()
+            })),
             Ok(Err(code)) => Err(failed(format!(
                 "the guest answered with an error: {code:?}"
             ))),
             Err(_) => {
-                let exit = task.await.unwrap_or_else(|e| kubelet::runtime::Exit {
+                let exit = exit_rx.await.unwrap_or_else(|_| kubelet::runtime::Exit {
                     code: 134,
                     reason: None,
-                    message: Some(e.to_string()),
+                    message: Some("the instance ended without an exit".into()),
                 });
                 Err(failed(format!(
                     "the guest failed before responding (exit code {}{}): {}",
@@ -157,5 +172,56 @@ impl Server {
                 )))
             }
         }
+    }
+}
+
+/// Stops a request's instance when dropped, unless it was let go.
+struct GuestStopper(Option<tokio::task::AbortHandle>);
+
+impl GuestStopper {
+    /// The instance may run on to its end (its answer is complete); the server still owns it.
+    fn let_go(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for GuestStopper {
+    fn drop(&mut self) {
+        if let Some(guest) = self.0.take() {
+            guest.abort();
+        }
+    }
+}
+
+/// An answer's body, written by its instance as it is sent: the instance runs while the body
+/// is being sent and on to its end once the body is complete; a client that goes away before
+/// that stops it.
+struct GuestBody {
+    body: HyperOutgoingBody,
+    guest: GuestStopper,
+}
+
+impl hyper::body::Body for GuestBody {
+    type Data = bytes::Bytes;
+    type Error = <HyperOutgoingBody as hyper::body::Body>::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        let frame = std::pin::Pin::new(&mut this.body).poll_frame(cx);
+        if let std::task::Poll::Ready(None) = frame {
+            this.guest.let_go();
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }

@@ -400,3 +400,58 @@ async fn one_pods_slow_clients_hold_only_its_share_of_instances() -> anyhow::Res
     assert_eq!(http_get(busy_port, "/").await?.0, 200);
     Ok(())
 }
+
+#[tokio::test]
+async fn concurrent_requests_each_log_whole_lines_and_all_succeed() -> anyhow::Result<()> {
+    let cluster = Cluster::new("http-logging").await?;
+    let agent = cluster
+        .start_node_with(&["--max-http-requests-per-container", "200"])
+        .await?;
+    let image = cluster.push_component("http_probe").await?;
+    let [port] = free_ports()?;
+    cluster
+        .create_pod(http_pod(
+            "chatty",
+            &image,
+            &agent.name,
+            port,
+            serde_json::json!({}),
+        ))
+        .await?;
+    cluster
+        .wait_pod("chatty", "Ready", e2e::is_pod_ready())
+        .await?;
+    // 150 requests at once, each of which writes a line to stdout from its own instance.
+    const REQUESTS: usize = 150;
+    let requests: Vec<_> = (0..REQUESTS)
+        .map(|i| tokio::spawn(async move { http_get(port, &format!("/?request={i}")).await }))
+        .collect();
+    for (i, request) in requests.into_iter().enumerate() {
+        let (code, body) = request.await??;
+        assert_eq!(
+            (code, body.as_str()),
+            (200, "hello from wasi-http\n"),
+            "request {i}"
+        );
+    }
+    let logs = cluster
+        .eventually("every request's line in the log", async || {
+            let logs = cluster.kubectl(&["logs", "chatty"])?;
+            Ok((logs.lines().count() >= REQUESTS).then_some(logs))
+        })
+        .await?;
+    for i in 0..REQUESTS {
+        let line = format!("http-probe: Method::Get /?request={i}");
+        assert_eq!(
+            logs.lines().filter(|l| *l == line).count(),
+            1,
+            "{line} once, whole"
+        );
+    }
+    assert_eq!(
+        logs.lines().count(),
+        REQUESTS,
+        "no line cut or interleaved:\n{logs}"
+    );
+    Ok(())
+}
