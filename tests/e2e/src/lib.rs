@@ -153,6 +153,17 @@ impl Cluster {
             .with_context(|| format!("creating pod {name}"))
     }
 
+    /// Creates a pod with a spec the API server may refuse by its validation (a real one does
+    /// for `..` in paths or out-of-range values): `false` when it answered 422, which counts as
+    /// the cluster's own defence working.
+    pub async fn create_pod_unless_invalid(&self, pod: Pod) -> anyhow::Result<bool> {
+        match self.pods().create(&PostParams::default(), &pod).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(status)) if status.code == 422 => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Pods of the test namespace.
     pub fn pods(&self) -> Api<Pod> {
         Api::namespaced(self.client.clone(), &self.namespace)

@@ -129,16 +129,6 @@ async fn hostile_registries_fail_only_their_own_pods() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Creates `pod`; a refusal by the API server's validation (422) is the cluster's own defence
-/// and counts as a pass for that case (`false`).
-async fn create_or_refused(cluster: &Cluster, pod: Pod) -> anyhow::Result<bool> {
-    match cluster.pods().create(&Default::default(), &pod).await {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(status)) if status.code == 422 => Ok(false),
-        Err(e) => Err(e.into()),
-    }
-}
-
 #[tokio::test]
 async fn extreme_pod_specs_neither_panic_nor_wedge_their_pods() -> anyhow::Result<()> {
     let cluster = Cluster::new("extremes").await?;
@@ -161,7 +151,7 @@ async fn extreme_pod_specs_neither_panic_nor_wedge_their_pods() -> anyhow::Resul
     let mut created = Vec::new();
     for pod in [grace, deadline] {
         let name = pod.metadata.name.clone().expect("name");
-        if create_or_refused(&cluster, pod).await? {
+        if cluster.create_pod_unless_invalid(pod).await? {
             cluster
                 .wait_pod(&name, "Running", has_phase("Running"))
                 .await?;

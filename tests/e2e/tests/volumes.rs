@@ -460,11 +460,8 @@ async fn escapes_from_volumes_and_disallowed_host_paths_are_refused() -> anyhow:
         );
         // A real API server refuses a subPath with '..' itself (422): the node's defence is
         // then not reached, and the refusal is as good.
-        match cluster.pods().create(&Default::default(), &pod).await {
-            Err(kube::Error::Api(status)) if status.code == 422 => continue,
-            created => {
-                created?;
-            }
+        if !cluster.create_pod_unless_invalid(pod).await? {
+            continue;
         }
         let pod = cluster
             .wait_pod(name, "refused", is_waiting("CreateContainerConfigError"))
@@ -547,11 +544,8 @@ async fn escapes_from_volumes_and_disallowed_host_paths_are_refused() -> anyhow:
             json!([{"name": "v", "hostPath": {"path": path, "type": kind}}]),
             json!([{"name": "v", "mountPath": "/v"}]),
         );
-        match cluster.pods().create(&Default::default(), &pod).await {
-            Err(kube::Error::Api(status)) if status.code == 422 => continue,
-            created => {
-                created?;
-            }
+        if !cluster.create_pod_unless_invalid(pod).await? {
+            continue;
         }
         let event = cluster
             .eventually("a FailedMount event", async || {
