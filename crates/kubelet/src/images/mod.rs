@@ -436,11 +436,15 @@ impl ImageStore {
     ) -> Result<ModuleBytes, PullError> {
         let registry =
             |e: RegistryError| PullError::Registry(media::explain_registry_error(image, &e));
-        let raw = session.small_blob(&manifest.config).await.ok();
-        let config: Option<serde_json::Value> =
-            raw.as_deref().and_then(|r| serde_json::from_slice(r).ok());
+        // A config the registry fails to send is its failure, said as such; one that arrives
+        // and is not for wasi/wasm is an image of another platform.
+        let raw = session
+            .small_blob(&manifest.config)
+            .await
+            .map_err(registry)?;
+        let config: Option<serde_json::Value> = serde_json::from_slice(&raw).ok();
         let Some(config) = config.filter(layers::is_wasi_platform) else {
-            let platform = raw.as_deref().and_then(media::platform_of_config);
+            let platform = media::platform_of_config(&raw);
             return Err(PullError::NotWasm(media::not_wasm_message(
                 image,
                 manifest,
