@@ -21,6 +21,16 @@ fn http_pod(name: &str, image: &str, node: &str, port: u16, annotations: serde_j
     .expect("a valid pod")
 }
 
+/// Creates a serving pod and waits until it is Ready.
+async fn serve(cluster: &Cluster, pod: Pod) -> anyhow::Result<()> {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    cluster.create_pod(pod).await?;
+    cluster
+        .wait_pod(&name, "Ready", e2e::is_pod_ready())
+        .await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_component_command_runs_with_args_env_and_logs() -> anyhow::Result<()> {
     let cluster = Cluster::new("p2-command").await?;
@@ -221,18 +231,11 @@ async fn sockets_are_denied_unless_the_pod_allows_the_destination() -> anyhow::R
     let client = cluster.push_component("wasi-probe").await?;
     let [port] = free_ports()?;
     let target = format!("{}:{port}", node_ip());
-    cluster
-        .create_pod(http_pod(
-            "server",
-            &server,
-            &agent.name,
-            port,
-            serde_json::json!({}),
-        ))
-        .await?;
-    cluster
-        .wait_pod("server", "Ready", e2e::is_pod_ready())
-        .await?;
+    serve(
+        &cluster,
+        http_pod("server", &server, &agent.name, port, serde_json::json!({})),
+    )
+    .await?;
     cluster
         .create_pod(wasm_pod(
             "closed",
@@ -270,18 +273,11 @@ async fn deleting_a_serving_pod_finishes_its_requests_in_flight() -> anyhow::Res
     let agent = cluster.start_node().await?;
     let image = cluster.push_component("http_probe").await?;
     let [port] = free_ports()?;
-    cluster
-        .create_pod(http_pod(
-            "web",
-            &image,
-            &agent.name,
-            port,
-            serde_json::json!({}),
-        ))
-        .await?;
-    cluster
-        .wait_pod("web", "Ready", e2e::is_pod_ready())
-        .await?;
+    serve(
+        &cluster,
+        http_pod("web", &image, &agent.name, port, serde_json::json!({})),
+    )
+    .await?;
     // A slow request is in flight when the pod is deleted...
     let slow = tokio::spawn(http_get(port, "/sleep/3000"));
     cluster
@@ -367,16 +363,8 @@ async fn one_pods_slow_clients_hold_only_its_share_of_instances() -> anyhow::Res
     let image = cluster.push_component("http_probe").await?;
     let [busy_port, other_port] = free_ports()?;
     for (name, port) in [("busy", busy_port), ("other", other_port)] {
-        cluster
-            .create_pod(http_pod(
-                name,
-                &image,
-                &agent.name,
-                port,
-                serde_json::json!({}),
-            ))
-            .await?;
-        cluster.wait_pod(name, "Ready", e2e::is_pod_ready()).await?;
+        let pod = http_pod(name, &image, &agent.name, port, serde_json::json!({}));
+        serve(&cluster, pod).await?;
     }
     // Two slow requests take everything one container may hold...
     let slow: Vec<_> = (0..2)
@@ -409,18 +397,11 @@ async fn concurrent_requests_each_log_whole_lines_and_all_succeed() -> anyhow::R
         .await?;
     let image = cluster.push_component("http_probe").await?;
     let [port] = free_ports()?;
-    cluster
-        .create_pod(http_pod(
-            "chatty",
-            &image,
-            &agent.name,
-            port,
-            serde_json::json!({}),
-        ))
-        .await?;
-    cluster
-        .wait_pod("chatty", "Ready", e2e::is_pod_ready())
-        .await?;
+    serve(
+        &cluster,
+        http_pod("chatty", &image, &agent.name, port, serde_json::json!({})),
+    )
+    .await?;
     // 150 requests at once, each of which writes a line to stdout from its own instance.
     const REQUESTS: usize = 150;
     let requests: Vec<_> = (0..REQUESTS)
