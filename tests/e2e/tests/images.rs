@@ -466,12 +466,18 @@ async fn images_no_pod_uses_are_garbage_collected() -> anyhow::Result<()> {
 
     // Unused for longer than the maximum age, the image goes, compiled code and all; the
     // image of the running pod stays.
+    // The blob goes first and the compiled code right after it: wait for both.
     cluster
-        .eventually("the unused image to be removed", async || {
-            Ok((!blob(&dropped_module).exists()).then_some(()))
-        })
+        .eventually(
+            "the unused image and its compiled code to be removed",
+            async || {
+                Ok(
+                    (!blob(&dropped_module).exists() && compiled(&dropped_module) == 0)
+                        .then_some(()),
+                )
+            },
+        )
         .await?;
-    assert_eq!(compiled(&dropped_module), 0);
     assert!(blob(&kept_module).exists());
     // Needed again, it is pulled again.
     let gets = || {

@@ -357,14 +357,8 @@ impl Session<'_> {
             if let Some(authorization) = &self.authorization {
                 request = request.header(AUTHORIZATION, authorization.clone());
             }
-            let response = self
-                .progress
-                .wait(request.send(), what)
-                .await?
-                .map_err(|source| RegistryError::Http {
-                    what: format!("fetching {what} from {url}"),
-                    source,
-                })?;
+            let doing = || format!("fetching {what} from {url}");
+            let response = self.progress.http(request.send(), what, doing).await?;
             let status = response.status().as_u16();
             if status == 401 && !challenged {
                 challenged = true;
@@ -429,14 +423,8 @@ impl Session<'_> {
             request = request.header(AUTHORIZATION, basic.as_str());
         }
         let what = format!("a token from {realm}");
-        let response = self
-            .progress
-            .wait(request.send(), &what)
-            .await?
-            .map_err(|source| RegistryError::Http {
-                what: format!("fetching {what}"),
-                source,
-            })?;
+        let doing = || format!("fetching {what}");
+        let response = self.progress.http(request.send(), &what, doing).await?;
         let status = response.status().as_u16();
         if !response.status().is_success() {
             let body = self.error_body(response, &what).await;
@@ -479,14 +467,8 @@ impl Session<'_> {
         response: &mut reqwest::Response,
         what: &str,
     ) -> Result<Option<bytes::Bytes>, RegistryError> {
-        let chunk = self
-            .progress
-            .wait(response.chunk(), what)
-            .await?
-            .map_err(|source| RegistryError::Http {
-                what: format!("reading {what}"),
-                source,
-            })?;
+        let doing = || format!("reading {what}");
+        let chunk = self.progress.http(response.chunk(), what, doing).await?;
         if let Some(chunk) = &chunk {
             self.progress.moved(chunk.len() as u64);
         }
@@ -629,6 +611,21 @@ impl Progress {
             .map_err(|_| RegistryError::Stalled {
                 what: what.to_string(),
                 deadline: self.deadline,
+            })
+    }
+
+    /// A request or a read under the deadline; its failure says what was being `doing`.
+    async fn http<T>(
+        &self,
+        transfer: impl Future<Output = reqwest::Result<T>>,
+        what: &str,
+        doing: impl FnOnce() -> String,
+    ) -> Result<T, RegistryError> {
+        self.wait(transfer, what)
+            .await?
+            .map_err(|source| RegistryError::Http {
+                what: doing(),
+                source,
             })
     }
 
