@@ -1,6 +1,10 @@
 //! The contract between the node agent and a WebAssembly runtime: the agent owns everything that
 //! is Kubernetes, a runtime only prepares and runs modules.
 
+mod warnings;
+
+pub use warnings::{WARNING_BURST, WARNING_INTERVAL, Warning, Warnings};
+
 use crate::logs::LogWriter;
 use std::future::Future;
 use std::path::PathBuf;
@@ -46,6 +50,9 @@ pub struct ContainerRun {
     pub network: Network,
     /// Where the runtime accounts what the container uses.
     pub usage: Arc<Usage>,
+    /// Where the runtime reports what went wrong without ending the container (a request
+    /// its guest failed), for the pod's events.
+    pub warnings: Warnings,
     /// Cancelled when the container is asked to stop (its pod is being deleted). A container
     /// that can stop gracefully (a server: stop accepting, finish the requests in flight, then
     /// end) is started with [`RunningContainer::graceful`]; the agent waits for it up to the

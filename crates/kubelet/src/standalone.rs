@@ -3,18 +3,15 @@
 
 use crate::agent::{AgentError, Parts};
 use crate::config::Config;
-use crate::logs::{self, LogOptions};
 use crate::pods::Supervisors;
 use crate::pods::host::{PodEvent, PodHost};
 use crate::runtime::Runtime;
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodStatus, Secret};
 use kube::ResourceExt;
 use serde::Deserialize;
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -121,9 +118,6 @@ fn random_uid() -> String {
 /// Effects of a standalone node: printed, and phases tracked to know when every pod is done.
 struct LocalHost {
     phases: watch::Sender<HashMap<String, String>>,
-    followers: Mutex<tokio::task::JoinSet<()>>,
-    logs_files: Arc<crate::logs::LogFiles>,
-    registry: Arc<crate::pods::registry::PodRegistry>,
 }
 
 impl PodHost for LocalHost {
@@ -168,41 +162,6 @@ impl PodHost for LocalHost {
         } else {
             tracing::info!(pod = %name, container = %container, reason = %event.reason, "{}", event.message);
         }
-        if event.reason != "Started" {
-            return;
-        }
-        let ns = pod.namespace().unwrap_or_default();
-        let Some(path) = self
-            .registry
-            .logs(&ns, &name, &container)
-            .and_then(|(_, l)| l)
-            .and_then(|l| l.current)
-        else {
-            return;
-        };
-        let progress = self.logs_files.progress(&path);
-        let prefix = format!("{name}/{container}: ");
-        let options = LogOptions {
-            follow: true,
-            ..Default::default()
-        };
-        self.followers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .spawn(async move {
-                let mut stream = Box::pin(logs::read(path, options, progress));
-                let mut pending = Vec::new();
-                while let Some(Ok(chunk)) = stream.next().await {
-                    pending.extend_from_slice(&chunk);
-                    let mut out = std::io::stdout().lock();
-                    while let Some(pos) = pending.iter().position(|b| *b == b'\n') {
-                        let line: Vec<u8> = pending.drain(..=pos).collect();
-                        let _ = out.write_all(prefix.as_bytes());
-                        let _ = out.write_all(&line);
-                    }
-                    let _ = out.flush();
-                }
-            });
     }
 
     async fn finish_deletion(&self, _pod: &Pod) {}
@@ -243,15 +202,12 @@ pub async fn run<R: Runtime>(
     pods: Vec<Pod>,
     shutdown: CancellationToken,
 ) -> Result<Outcome, AgentError> {
-    let parts = Parts::new(config, runtime, true)?;
+    let mut parts = Parts::new(config, runtime, true)?;
+    // Container output goes straight to stdout, each line once.
+    parts.logs = Arc::new(crate::logs::LogFiles::stdout());
     let (phases, mut watch_phases) = watch::channel(HashMap::new());
-    let host = Arc::new(LocalHost {
-        phases,
-        followers: Mutex::default(),
-        logs_files: parts.logs.clone(),
-        registry: parts.registry.clone(),
-    });
-    let mut supervisors = Supervisors::new(parts.context(host.clone()));
+    let host = Arc::new(LocalHost { phases });
+    let mut supervisors = Supervisors::new(parts.context(host));
     let mut names = HashMap::new();
     for mut pod in pods {
         let meta = &mut pod.metadata;
@@ -281,17 +237,10 @@ pub async fn run<R: Runtime>(
         }
     }
     let phases = watch_phases.borrow().clone();
-    let mut followers =
-        std::mem::take(&mut *host.followers.lock().unwrap_or_else(|p| p.into_inner()));
-    if !shutdown.is_cancelled() {
-        // Every container has exited: let the log printers reach the end of each log first.
-        while followers.join_next().await.is_some() {}
-    }
     for uid in names.keys() {
         supervisors.remove(uid);
     }
     supervisors.join_all().await;
-    while followers.join_next().await.is_some() {}
     let mut failed: Vec<String> = names
         .iter()
         .filter(|(uid, _)| phases.get(*uid).is_some_and(|p| p == "Failed"))

@@ -71,7 +71,7 @@ async fn serve(
 ) -> Exit {
     let guest_call = match instantiate(store, pre).await {
         Ok(guest_call) => guest_call,
-        Err(e) => return wasm_host::store::exit(store, Err(e)),
+        Err(e) => return wasm_host::store::exit(store, &Err(e)),
     };
     loop {
         let delivery = tokio::select! {
@@ -102,11 +102,25 @@ async fn serve(
                 }
             }
             Err(e) => {
-                let exit = wasm_host::store::exit(store, Err(e));
+                // In full (backtrace included) in the actor's log, as a crashing process
+                // leaves its last words on stderr; in one line to whoever waits.
+                let details = format!("{e:?}");
+                let cause = e.root_cause().to_string();
+                let exit = wasm_host::store::exit(store, &Err(e));
+                let cause = match &exit.reason {
+                    Some(reason) => format!("{reason}: {}", exit.message.as_deref().unwrap_or("")),
+                    None => cause,
+                };
+                store
+                    .data_mut()
+                    .host_mut()
+                    .log_error(&format!(
+                        "the actor trapped handling {operation}: {details}"
+                    ))
+                    .await;
                 if let Some(reply) = delivery.reply {
                     let _ = reply.send(Err(format!(
-                        "the actor trapped handling {operation}: {}",
-                        exit.message.as_deref().unwrap_or("out of memory")
+                        "the actor trapped handling {operation}: {cause}"
                     )));
                 }
                 return exit;
@@ -144,9 +158,10 @@ mod tests {
     use super::*;
     use crate::capabilities::{Host, http_server};
     use kubelet::logs::LogFiles;
-    use kubelet::runtime::{Limits, Usage};
+    use kubelet::runtime::{Limits, Usage, Warnings};
     use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use wasm_host::failures::FailureReport;
     use wasm_host::limits::GuestLimits;
     use wasmtime::{Linker, Module};
 
@@ -216,10 +231,12 @@ mod tests {
             .create(&logs.path().join("actor.log"))
             .unwrap();
         let (sender, deliveries) = mpsc::channel(8);
+        let (warnings_tx, mut warnings) = mpsc::channel(8);
         let host = Host::new(
             "trapper".into(),
             Default::default(),
             (log.writer("stdout"), log.writer("stderr")),
+            Warnings::new("trapper", warnings_tx.clone()),
             None,
             sender.clone(),
         );
@@ -234,6 +251,7 @@ mod tests {
             task: AbortOnDropHandle::new(tokio::spawn(http_server::serve(
                 vec![listener],
                 sender,
+                FailureReport::new(log.writer("stderr"), Warnings::new("trapper", warnings_tx)),
                 server_stop.clone(),
             ))),
             stop: server_stop,
@@ -244,9 +262,29 @@ mod tests {
             .await
             .expect("an answer within 10 s");
         assert!(response.starts_with("HTTP/1.1 500"), "{response:?}");
-        assert!(response.contains("the actor trapped"), "{response:?}");
+        assert!(
+            response.ends_with("\r\n\r\ninternal server error\n"),
+            "the client gets a generic body, not the actor's insides: {response:?}"
+        );
         let exit = actor.await.unwrap();
         assert_eq!(exit.code, 134, "{exit:?}");
+        let warning = warnings
+            .try_recv()
+            .expect("the failed request is a warning");
+        assert!(
+            warning
+                .message
+                .contains("the actor trapped handling HandleRequest: wasm trap"),
+            "{warning:?}"
+        );
+        assert!(!warning.message.contains('\n'), "one line: {warning:?}");
+        drop(log);
+        let written = std::fs::read_to_string(logs.path().join("actor.log")).unwrap();
+        assert!(
+            written.contains(" stderr F the actor trapped handling HandleRequest: ")
+                && written.contains("wasm backtrace"),
+            "the actor's log has the trap in full: {written}"
+        );
         assert!(
             tokio::net::TcpStream::connect(addr).await.is_err(),
             "the port is closed once the actor has ended"

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::task::AbortOnDropHandle;
 use wapc::ActorState;
+use wasm_host::failures::FailureReport;
 use wasm_host::limits::GuestLimits;
 use wasm_host::{SetupError, TickingEngine, cache};
 use wasmtime::{ExternType, InstancePre, Linker, Module, ValType};
@@ -126,6 +127,7 @@ impl Runtime for WasccRuntime {
             let task = tokio::spawn(capabilities::http_server::serve(
                 listeners,
                 sender.clone(),
+                FailureReport::new(run.stderr.another(), run.warnings.clone()),
                 stop.clone(),
             ));
             Some(actor::Server {
@@ -137,6 +139,7 @@ impl Runtime for WasccRuntime {
             prepared.claims.name.clone(),
             config.granted,
             (run.stdout, run.stderr),
+            run.warnings,
             config.blobstore,
             sender,
         );

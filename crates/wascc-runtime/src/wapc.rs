@@ -46,6 +46,11 @@ impl ActorState {
         }
     }
 
+    /// The actor's host: its capabilities and its log.
+    pub fn host_mut(&mut self) -> &mut Host {
+        &mut self.host
+    }
+
     /// Prepares the exchange for a guest call of `operation` with `payload`.
     pub fn begin_call(&mut self, operation: &str, payload: Vec<u8>) {
         self.exchange = Exchange {

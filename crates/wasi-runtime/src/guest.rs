@@ -4,8 +4,9 @@
 
 use crate::outbound::OutboundPolicy;
 use kubelet::logs::LogWriter;
-use kubelet::runtime::{ContainerRun, Exit, Limits, Mount, StartError, Usage};
+use kubelet::runtime::{ContainerRun, Exit, Limits, Mount, StartError, Usage, Warnings};
 use std::sync::Arc;
+use wasm_host::failures::FailureReport;
 use wasm_host::limits::GuestLimits;
 use wasm_host::store::{Limited, limited_store};
 use wasmtime::component::ResourceTable;
@@ -29,6 +30,7 @@ pub struct GuestSetup {
     limits: Limits,
     usage: Arc<Usage>,
     outbound: OutboundPolicy,
+    warnings: Warnings,
 }
 
 /// Store state of a preview 1 module.
@@ -96,7 +98,13 @@ impl GuestSetup {
             limits: run.limits,
             usage: run.usage,
             outbound: OutboundPolicy::new(&run.network.allowed_outbound),
+            warnings: run.warnings,
         }
+    }
+
+    /// Where the container's failed requests are reported.
+    pub fn failures(&self) -> FailureReport {
+        FailureReport::new(self.stderr.another(), self.warnings.clone())
     }
 
     fn wasi(&self) -> Result<WasiCtxBuilder, StartError> {
@@ -162,10 +170,13 @@ impl GuestSetup {
 
 /// How a guest's run ended: `outcome` is its exit code, or the error that ended it (a WASI
 /// `proc_exit` arrives as an error carrying the code).
-pub fn exit<T: Limited>(store: &mut Store<T>, outcome: wasmtime::Result<i32>) -> Exit {
-    let outcome = outcome.or_else(|e| match e.downcast_ref::<wasmtime_wasi::I32Exit>() {
-        Some(exit) => Ok(exit.0),
-        None => Err(e),
-    });
-    wasm_host::store::exit(store, outcome)
+pub fn exit<T: Limited>(store: &mut Store<T>, outcome: &wasmtime::Result<i32>) -> Exit {
+    let exited = outcome
+        .as_ref()
+        .err()
+        .and_then(|e| e.downcast_ref::<wasmtime_wasi::I32Exit>());
+    match exited {
+        Some(exit) => wasm_host::store::exit(store, &Ok(exit.0)),
+        None => wasm_host::store::exit(store, outcome),
+    }
 }

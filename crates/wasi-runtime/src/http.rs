@@ -1,6 +1,8 @@
 //! Serves a wasi-http component on the pod's ports: every request gets a fresh instance from
-//! the pre-instantiated component, as `wasmtime serve` does. A trapping request answers 500 and
-//! is logged; the container keeps serving. An instance runs until its handler returns, which
+//! the pre-instantiated component, as `wasmtime serve` does. A request whose guest fails
+//! (traps, or answers with an error) is answered 500 with a generic body; what happened goes to
+//! the container's log (in full) and the pod's events (rate-limited); the container keeps
+//! serving. An instance runs until its handler returns, which
 //! is after it has written its answer's body (as under `wasmtime serve`), unless its client
 //! goes away first or the container stops. A container holds at most its share of the node's
 //! instance pool at once (`--max-http-requests-per-container`): a request past it is answered
@@ -10,6 +12,7 @@ use crate::guest::{ComponentState, GuestSetup};
 use kubelet::runtime::Exit;
 use std::sync::Arc;
 use tokio::net::TcpListener;
+use wasm_host::failures::FAILED_BODY;
 use wasmtime::Engine;
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -33,8 +36,8 @@ pub struct Server {
 enum Refused {
     /// 503: the container has as many requests in flight as it may.
     Busy(usize),
-    /// 500: the guest failed.
-    Failed(String),
+    /// 500: the guest failed; what happened went to the container's log and events.
+    Failed,
 }
 
 impl Server {
@@ -89,10 +92,7 @@ impl Server {
                     "this container has {limit} requests in flight, the most it may (--max-http-requests-per-container); try again"
                 ),
             ),
-            Err(Refused::Failed(message)) => {
-                tracing::warn!("{message}");
-                (500, message)
-            }
+            Err(Refused::Failed) => (500, FAILED_BODY.to_string()),
         };
         use http_body_util::BodyExt;
         let body = http_body_util::Full::new(bytes::Bytes::from(message))
@@ -114,25 +114,24 @@ impl Server {
             .clone()
             .try_acquire_owned()
             .map_err(|_| Refused::Busy(self.max_in_flight))?;
-        let failed = |e: String| Refused::Failed(e);
-        let mut store = self
-            .setup
-            .component_store(&self.engine)
-            .map_err(|e| failed(e.to_string()))?;
+        let report = self.setup.failures();
+        let mut store = self.setup.component_store(&self.engine).map_err(|e| {
+            report.failed(&format!("setting up an instance for a request failed: {e}"));
+            Refused::Failed
+        })?;
         let (sender, receiver) = tokio::sync::oneshot::channel();
-        let incoming = store
-            .data_mut()
-            .http()
+        let mut http = store.data_mut().http();
+        let handles = http
             .new_incoming_request(Scheme::Http, request)
-            .map_err(|e| failed(format!("{e:#}")))?;
-        let outparam = store
-            .data_mut()
-            .http()
-            .new_response_outparam(sender)
-            .map_err(|e| failed(format!("{e:#}")))?;
+            .and_then(|incoming| Ok((incoming, http.new_response_outparam(sender)?)));
+        let (incoming, outparam) = handles.map_err(|e| {
+            report.failed(&format!("handing the request to the guest failed: {e:#}"));
+            Refused::Failed
+        })?;
         let pre = self.pre.clone();
         let (exit_tx, exit_rx) = tokio::sync::oneshot::channel();
         let guest = {
+            let report = report.clone();
             let mut guests = self.guests.lock().unwrap_or_else(|p| p.into_inner());
             while guests.try_join_next().is_some() {}
             guests.spawn(async move {
@@ -145,7 +144,17 @@ impl Server {
                         .await
                 }
                 .await;
-                let _ = exit_tx.send(crate::guest::exit(&mut store, outcome.map(|()| 0)));
+                let outcome = outcome.map(|()| 0);
+                let exit = crate::guest::exit(&mut store, &outcome);
+                if exit.code != 0 {
+                    // The error that ended it, unless it was the guest's own exit.
+                    let error = outcome
+                        .as_ref()
+                        .err()
+                        .filter(|e| e.downcast_ref::<wasmtime_wasi::I32Exit>().is_none());
+                    report.guest_failed(&exit, error);
+                }
+                let _ = exit_tx.send(exit.code);
             })
         };
         // A request given up before its answer stops its instance.
@@ -155,21 +164,19 @@ impl Server {
                 use http_body_util::BodyExt;
                 GuestBody { body, guest }.boxed_unsync()
             })),
-            Ok(Err(code)) => Err(failed(format!(
-                "the guest answered with an error: {code:?}"
-            ))),
+            Ok(Err(code)) => {
+                report.failed(&format!(
+                    "the guest answered a request with an error: {code:?}"
+                ));
+                Err(Refused::Failed)
+            }
+            // The instance ended without answering: it reported a failure, or its handler
+            // returned without setting a response.
             Err(_) => {
-                let exit = exit_rx.await.unwrap_or_else(|_| kubelet::runtime::Exit {
-                    code: 134,
-                    reason: None,
-                    message: Some("the instance ended without an exit".into()),
-                });
-                Err(failed(format!(
-                    "the guest failed before responding (exit code {}{}): {}",
-                    exit.code,
-                    exit.reason.map(|r| format!(", {r}")).unwrap_or_default(),
-                    exit.message.unwrap_or_default()
-                )))
+                if exit_rx.await == Ok(0) {
+                    report.failed("the guest's handler returned without answering the request");
+                }
+                Err(Refused::Failed)
             }
         }
     }

@@ -7,6 +7,7 @@
 mod guest;
 mod http;
 mod outbound;
+mod world;
 
 use guest::{ComponentState, GuestSetup, ModuleState};
 use kubelet::runtime::{
@@ -110,16 +111,13 @@ impl WasiRuntime {
         })
     }
 
+    /// Links a component compiled for the on-demand engine: a command, or (when its exports
+    /// were not read right) an HTTP handler, compiled again for the pooling engine.
     async fn prepare_component(
         &self,
         module: &ModuleBytes,
         component: &Component,
     ) -> Result<Guest, PrepareError> {
-        let missing_imports = |e: wasmtime::Error| {
-            PrepareError(format!(
-                "the component needs imports this node does not provide: {e:#}"
-            ))
-        };
         let pre = self
             .components
             .instantiate_pre(component)
@@ -128,24 +126,36 @@ impl WasiRuntime {
             return Ok(Guest::Command(command));
         }
         if ProxyPre::new(pre).is_ok() {
-            // Compiled again (once, then cached) for the pooling engine that serves it.
-            let cache::Compiled::Component(component) = self.http.cache.get(module).await? else {
-                return Err(PrepareError(
-                    "the component compiled as a core module".into(),
-                ));
-            };
-            let pre = self
-                .http
-                .linker
-                .instantiate_pre(&component)
-                .map_err(missing_imports)?;
-            let proxy = ProxyPre::new(pre).map_err(|e| PrepareError(format!("{e:#}")))?;
-            return Ok(Guest::Http(proxy));
+            return self.prepare_http(module).await;
         }
         Err(PrepareError(
             "the component exports neither wasi:cli/run (a command) nor wasi:http/incoming-handler (an HTTP handler), so there is nothing to run".into(),
         ))
     }
+
+    /// Compiles (once, then cached) and links an HTTP handler for the pooling engine that
+    /// serves it.
+    async fn prepare_http(&self, module: &ModuleBytes) -> Result<Guest, PrepareError> {
+        let cache::Compiled::Component(component) = self.http.cache.get(module).await? else {
+            return Err(PrepareError(
+                "the component compiled as a core module".into(),
+            ));
+        };
+        let pre = self
+            .http
+            .linker
+            .instantiate_pre(&component)
+            .map_err(missing_imports)?;
+        let proxy = ProxyPre::new(pre).map_err(|e| PrepareError(format!("{e:#}")))?;
+        Ok(Guest::Http(proxy))
+    }
+}
+
+/// A component's imports cannot all be linked.
+fn missing_imports(e: wasmtime::Error) -> PrepareError {
+    PrepareError(format!(
+        "the component needs imports this node does not provide: {e:#}"
+    ))
 }
 
 impl Runtime for WasiRuntime {
@@ -169,6 +179,10 @@ impl Runtime for WasiRuntime {
     }
 
     async fn prepare(&self, module: ModuleBytes) -> Result<Prepared, PrepareError> {
+        // An HTTP handler is compiled for the engine that serves it, and only for it.
+        if world::of(&module.bytes) == world::World::Http {
+            return Ok(Prepared(self.prepare_http(&module).await?));
+        }
         let guest = match self.cache.get(&module).await? {
             cache::Compiled::Module(compiled) => {
                 Guest::Module(self.modules.instantiate_pre(&compiled).map_err(|e| {
@@ -234,7 +248,7 @@ async fn run_module(mut store: Store<ModuleState>, pre: InstancePre<ModuleState>
         start.call_async(&mut store, ()).await
     }
     .await;
-    guest::exit(&mut store, outcome.map(|()| 0))
+    guest::exit(&mut store, &outcome.map(|()| 0))
 }
 
 async fn run_command(mut store: Store<ComponentState>, pre: CommandPre<ComponentState>) -> Exit {
@@ -243,5 +257,5 @@ async fn run_command(mut store: Store<ComponentState>, pre: CommandPre<Component
         command.wasi_cli_run().call_run(&mut store).await
     }
     .await;
-    guest::exit(&mut store, outcome.map(|r| i32::from(r.is_err())))
+    guest::exit(&mut store, &outcome.map(|r| i32::from(r.is_err())))
 }

@@ -1,8 +1,10 @@
 //! The wasmtime plumbing both runtimes share: an engine whose epoch ticks, compiled guests
-//! cached by digest, stores that enforce a container's limits, and the ports guests serve on.
+//! cached by digest, stores that enforce a container's limits, the ports guests serve on, and
+//! where their failed requests are reported.
 
 pub mod cache;
 pub mod capacity;
+pub mod failures;
 pub mod limits;
 pub mod ports;
 pub mod store;

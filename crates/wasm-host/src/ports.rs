@@ -64,6 +64,12 @@ pub async fn serve_http<F, Fut, B, E>(
                 };
                 match accepted {
                     Ok((stream, _)) => {
+                        // Answers go out as soon as they are written, as `wasmtime serve`
+                        // sends them: Nagle's algorithm would hold a small chunk back until
+                        // the client's delayed ACK (tens of milliseconds).
+                        if let Err(e) = stream.set_nodelay(true) {
+                            tracing::debug!(error = %e, "setting TCP_NODELAY failed");
+                        }
                         let local = stream.local_addr().ok();
                         let handle = handle.clone();
                         let service =

@@ -32,13 +32,13 @@ pub fn limited_store<T: Limited>(engine: &Engine, state: T) -> Store<T> {
 
 /// How a guest's run ended, from its exit code or the error that ended it: a memory limit
 /// reached is OOMKilled, any other error a trap with its message.
-pub fn exit<T: Limited>(store: &mut Store<T>, outcome: wasmtime::Result<i32>) -> Exit {
+pub fn exit<T: Limited>(store: &mut Store<T>, outcome: &wasmtime::Result<i32>) -> Exit {
     if let Some(limit) = store.data_mut().limits().memory().exceeded() {
         return Exit::out_of_memory(limit);
     }
     match outcome {
         Ok(code) => Exit {
-            code,
+            code: *code,
             reason: None,
             message: None,
         },

@@ -48,7 +48,27 @@ fn standalone_runs_manifests_without_an_api_server() -> anyhow::Result<()> {
         stdout.contains("second/main: two\n") && stdout.contains("second/main: to stderr\n"),
         "{stdout}"
     );
+    // Each line is written once: on stdout, not also to a log file read back.
+    for line in ["first/main: one\n", "second/main: two\n"] {
+        assert_eq!(stdout.matches(line).count(), 1, "{stdout}");
+    }
+    let logs = log_files(&dir.path().join("data"));
+    assert!(logs.is_empty(), "no log files in standalone mode: {logs:?}");
     Ok(())
+}
+
+/// The `.log` files under `dir`, at any depth.
+fn log_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(log_files(&path));
+        } else if path.extension().is_some_and(|e| e == "log") {
+            found.push(path);
+        }
+    }
+    found
 }
 
 #[test]

@@ -58,22 +58,34 @@ pub struct Progress {
 
 /// One container run's log file. It is opened for appending at the first output and closed
 /// when the run ends, so a quiet container holds no file descriptor (a node runs thousands).
+/// In standalone mode there is no file: each line goes to the agent's stdout, once.
 #[derive(Debug)]
 pub struct LogFile {
     path: PathBuf,
+    /// `Some(pod/container)`: lines go to stdout under this label, not to the file.
+    stdout_label: Option<String>,
     policy: LogPolicy,
-    file: Mutex<Option<std::fs::File>>,
+    file: Mutex<Appending>,
     progress: watch::Sender<Progress>,
     /// Whether the last write failed (so a failing disk is reported once, not per line).
     failing: std::sync::atomic::AtomicBool,
 }
 
+/// The open file of a [`LogFile`] (none while quiet) and its length, counted as it is written
+/// (no `fstat` per line).
+#[derive(Debug)]
+struct Appending {
+    file: Option<std::fs::File>,
+    len: u64,
+}
+
 impl LogFile {
     fn append(&self, line: &[u8]) -> std::io::Result<()> {
         let mut guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        let file = match &mut *guard {
+        let appending = &mut *guard;
+        let file = match &mut appending.file {
             Some(file) => file,
-            None => guard.insert(
+            None => appending.file.insert(
                 std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
@@ -81,9 +93,10 @@ impl LogFile {
             ),
         };
         file.write_all(line)?;
-        let len = file.metadata().map(|m| m.len()).unwrap_or_default();
+        appending.len = appending.len.saturating_add(line.len() as u64);
+        let len = appending.len;
         if len >= self.policy.max_size {
-            *guard = None;
+            *appending = Appending { file: None, len: 0 };
             rotate(&self.path, self.policy.max_files)?;
             self.progress.send_modify(|p| {
                 p.len = 0;
@@ -93,6 +106,14 @@ impl LogFile {
             self.progress.send_modify(|p| p.len = len);
         }
         Ok(())
+    }
+
+    /// Writes one record of `stream`: a CRI line in the file, or a labelled line on stdout.
+    fn record(&self, stream: &str, complete: bool, text: &[u8]) {
+        match &self.stdout_label {
+            Some(label) => print_line(label, text),
+            None => self.append_or_report(&line(stream, complete, text)),
+        }
     }
 
     /// Appends a record; a failure drops it and is reported in the agent's log (once until
@@ -115,7 +136,7 @@ impl LogFile {
 
     /// Marks the log complete (followers stop at its end) and closes the file.
     pub fn close(&self) {
-        self.file.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.file.lock().unwrap_or_else(|p| p.into_inner()).file = None;
         self.progress.send_modify(|p| p.closed = true);
     }
 
@@ -127,6 +148,19 @@ impl LogFile {
             partial: Vec::new(),
         }
     }
+}
+
+/// Writes `label: text` as one line on stdout (a record longer than [`MAX_LINE_BYTES`] shows
+/// as several lines); stdout's lock keeps lines whole.
+fn print_line(label: &str, text: &[u8]) {
+    let mut out = Vec::with_capacity(label.len() + text.len() + 3);
+    out.extend_from_slice(label.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(text);
+    out.push(b'\n');
+    let mut stdout = std::io::stdout().lock();
+    // Nobody to tell when the terminal is gone.
+    let _ = stdout.write_all(&out).and_then(|()| stdout.flush());
 }
 
 /// Moves a full log file aside (`<path>.<time>`) and removes the oldest rotated files beyond
@@ -182,6 +216,8 @@ pub fn remove_runs_before(dir: &Path, keep_from: i64) -> std::io::Result<()> {
 #[derive(Debug, Default)]
 pub struct LogFiles {
     policy: LogPolicy,
+    /// Container output goes to stdout rather than to files (standalone mode).
+    to_stdout: bool,
     open: Mutex<HashMap<PathBuf, Weak<LogFile>>>,
 }
 
@@ -190,8 +226,35 @@ impl LogFiles {
     pub fn new(policy: LogPolicy) -> Self {
         Self {
             policy,
+            to_stdout: false,
             open: Mutex::default(),
         }
+    }
+
+    /// No files: each container's output goes to stdout, a line at a time, prefixed with
+    /// its label (standalone mode, where nobody reads log files).
+    pub fn stdout() -> Self {
+        Self {
+            to_stdout: true,
+            ..Self::default()
+        }
+    }
+
+    /// The log of a container run at `path`, shown as `label` (`pod/container`) when output
+    /// goes to stdout.
+    pub fn for_container(&self, path: &Path, label: &str) -> std::io::Result<Arc<LogFile>> {
+        if !self.to_stdout {
+            return self.create(path);
+        }
+        let (progress, _) = watch::channel(Progress::default());
+        Ok(Arc::new(LogFile {
+            path: path.to_path_buf(),
+            stdout_label: Some(label.to_string()),
+            policy: self.policy,
+            file: Mutex::new(Appending { file: None, len: 0 }),
+            progress,
+            failing: Default::default(),
+        }))
     }
 
     /// Creates (or appends to) the log file at `path`.
@@ -211,8 +274,9 @@ impl LogFiles {
         });
         let log = Arc::new(LogFile {
             path: path.to_path_buf(),
+            stdout_label: None,
             policy: self.policy,
-            file: Mutex::new(None),
+            file: Mutex::new(Appending { file: None, len }),
             progress,
             failing: Default::default(),
         });
@@ -265,15 +329,16 @@ impl LogWriter {
     }
 
     /// Writes the complete lines in `buf` as records and keeps the rest, at most
-    /// [`MAX_LINE_BYTES`] of it: a longer line goes out as partial records.
-    fn write_lines(&mut self, mut buf: &[u8]) {
+    /// [`MAX_LINE_BYTES`] of it: a longer line goes out as partial records. Never waits or
+    /// fails (see the module's doc); the rest goes out when the writer is dropped.
+    pub fn write_lines(&mut self, mut buf: &[u8]) {
         while !buf.is_empty() {
             let room = MAX_LINE_BYTES - self.partial.len();
             match buf.iter().take(room).position(|b| *b == b'\n') {
                 Some(pos) => {
                     self.partial.extend_from_slice(&buf[..pos]);
                     let text = std::mem::take(&mut self.partial);
-                    self.file.append_or_report(&line(self.stream, true, &text));
+                    self.file.record(self.stream, true, &text);
                     buf = &buf[pos + 1..];
                 }
                 None if buf.len() < room => {
@@ -294,7 +359,7 @@ impl LogWriter {
             return;
         }
         let text = std::mem::take(&mut self.partial);
-        self.file.append_or_report(&line(self.stream, false, &text));
+        self.file.record(self.stream, false, &text);
     }
 }
 

@@ -14,7 +14,7 @@ use crate::images::credentials::Keyring;
 use crate::images::{PullError, PullPolicy, Source};
 use crate::logs::LogFile;
 use crate::metrics::metrics;
-use crate::runtime::{ContainerRun, Exit, Runtime, Usage};
+use crate::runtime::{ContainerRun, Exit, Runtime, Usage, Warning, Warnings};
 use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
@@ -29,6 +29,9 @@ const HOOK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long to wait before retrying a failed status write.
 const STATUS_RETRY: Duration = Duration::from_secs(1);
+/// Warnings from running containers waiting for the supervisor; more are dropped (each
+/// container's are rate-limited where they are made).
+const WARNINGS_QUEUED: usize = 32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct SlotId {
@@ -81,6 +84,9 @@ pub struct Supervisor<R: Runtime, H: PodHost> {
     exits: mpsc::UnboundedReceiver<(SlotId, u64, Exit)>,
     probes_tx: mpsc::UnboundedSender<(SlotId, u64, Update)>,
     probes: mpsc::UnboundedReceiver<(SlotId, u64, Update)>,
+    /// Warnings the runtime reports about running containers (rate-limited at the source).
+    warnings_tx: mpsc::Sender<Warning>,
+    warnings: mpsc::Receiver<Warning>,
     finished: bool,
     volumes: Option<PodVolumes>,
     /// When the API-backed volumes are next written again (and emptyDir limits checked).
@@ -136,6 +142,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             .collect();
         let (exits_tx, exits) = mpsc::unbounded_channel();
         let (probes_tx, probes) = mpsc::unbounded_channel();
+        let (warnings_tx, warnings) = mpsc::channel(WARNINGS_QUEUED);
         Self {
             ctx,
             pod,
@@ -149,6 +156,8 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             exits,
             probes_tx,
             probes,
+            warnings_tx,
+            warnings,
             finished: false,
             volumes: None,
             volume_sync: None,
@@ -262,6 +271,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
                 }
                 Some((id, run, exit)) = self.exits.recv() => self.on_exit(id, run, exit).await,
                 Some((id, run, update)) = self.probes.recv() => self.on_probe(id, run, update).await,
+                Some(warning) = self.warnings.recv() => self.on_warning(warning).await,
                 _ = self.ctx.stopping.cancelled() => {
                     self.shut_down().await;
                     return;
@@ -423,6 +433,23 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
                     .new_log(&self.ns(), &self.pod.name_any(), &slot.spec.name, path);
             }
         }
+    }
+
+    /// A running container's warning goes to the pod's events and the agent's log.
+    async fn on_warning(&self, warning: Warning) {
+        tracing::warn!(
+            pod = %self.pod.name_any(),
+            container = %warning.container,
+            reason = warning.reason,
+            "{}",
+            warning.message
+        );
+        self.event(PodEvent::warning(
+            &warning.container,
+            warning.reason,
+            warning.message,
+        ))
+        .await;
     }
 
     async fn event(&self, event: PodEvent) {
@@ -602,7 +629,8 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         {
             tracing::warn!(error = %e, "removing the logs of earlier runs failed");
         }
-        let log = match self.ctx.logs.create(&log_path) {
+        let label = format!("{}/{name}", self.pod.name_any());
+        let log = match self.ctx.logs.for_container(&log_path, &label) {
             Ok(log) => log,
             Err(e) => {
                 self.failed_to_create(
@@ -625,6 +653,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             stderr: log.writer("stderr"),
             limits: resources::limits(&spec),
             usage: usage.clone(),
+            warnings: Warnings::new(&name, self.warnings_tx.clone()),
             network: network::network(
                 &self.pod,
                 &spec,

@@ -10,8 +10,10 @@ use hyper::{Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
+use wasm_host::failures::{FAILED_BODY, FailureReport};
 
 /// The largest request body an actor is handed.
 const MAX_BODY: usize = 16 * 1024 * 1024;
@@ -40,15 +42,18 @@ struct ActorResponse {
 }
 
 /// Serves `listeners`, handing requests to the actor through `deliveries`, until `stop` (then
-/// the requests in flight are finished) or the task is aborted.
+/// the requests in flight are finished) or the task is aborted. A request the actor fails is
+/// answered 500 with a generic body and reported to `failures`.
 pub async fn serve(
     listeners: Vec<TcpListener>,
     deliveries: mpsc::Sender<Delivery>,
+    failures: FailureReport,
     stop: tokio_util::sync::CancellationToken,
 ) {
+    let failures = Arc::new(failures);
     wasm_host::ports::serve_http(listeners, stop, move |request, _| {
-        let deliveries = deliveries.clone();
-        async move { Ok::<_, Infallible>(handle(request, deliveries).await) }
+        let (deliveries, failures) = (deliveries.clone(), failures.clone());
+        async move { Ok::<_, Infallible>(handle(request, deliveries, &failures).await) }
     })
     .await;
 }
@@ -56,13 +61,18 @@ pub async fn serve(
 async fn handle(
     request: Request<Incoming>,
     deliveries: mpsc::Sender<Delivery>,
+    failures: &FailureReport,
 ) -> Response<Full<Bytes>> {
     match exchange(request, deliveries).await {
         Ok(response) => response,
-        Err((status, message)) => {
-            tracing::debug!(%status, "{message}");
-            plain(status, message)
+        Err((StatusCode::INTERNAL_SERVER_ERROR, message)) => {
+            failures.failed(&message);
+            plain(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                FAILED_BODY.trim_end().into(),
+            )
         }
+        Err((status, message)) => plain(status, message),
     }
 }
 

@@ -8,6 +8,7 @@ pub mod keyvalue;
 pub mod logging;
 
 use kubelet::logs::LogWriter;
+use kubelet::runtime::Warnings;
 use std::collections::BTreeSet;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
@@ -39,6 +40,7 @@ pub struct Host {
     granted: BTreeSet<String>,
     stdout: LogWriter,
     stderr: LogWriter,
+    warnings: Warnings,
     keyvalue: keyvalue::KeyValueStore,
     blobstore: Option<blobstore::BlobStore>,
     deliveries: mpsc::Sender<Delivery>,
@@ -50,6 +52,7 @@ impl Host {
         actor: String,
         granted: BTreeSet<String>,
         (stdout, stderr): (LogWriter, LogWriter),
+        warnings: Warnings,
         blobstore: Option<blobstore::BlobStore>,
         deliveries: mpsc::Sender<Delivery>,
     ) -> Self {
@@ -58,10 +61,16 @@ impl Host {
             granted,
             stdout,
             stderr,
+            warnings,
             keyvalue: keyvalue::KeyValueStore::default(),
             blobstore,
             deliveries,
         }
+    }
+
+    /// A line on the container's stderr, from the host about the actor.
+    pub async fn log_error(&mut self, text: &str) {
+        write_line(&mut self.stderr, text).await;
     }
 
     /// `__console_log`: a line on the container's stdout.
@@ -84,7 +93,7 @@ impl Host {
                 self.actor,
                 granted.join(", ")
             );
-            tracing::warn!("{message}");
+            self.warnings.warn("CapabilityDenied", message.clone());
             write_line(&mut self.stderr, &message).await;
             return Err(message);
         }

@@ -4,6 +4,7 @@
 //!
 //! `cargo run --release -p e2e --bin krustlet-bench -- --help`
 
+mod http_load;
 mod lease;
 
 use anyhow::Context;
@@ -44,6 +45,17 @@ struct Args {
     /// Runs of the plain-wasmtime baseline.
     #[arg(long, default_value_t = 2000)]
     baseline_runs: usize,
+    /// Connections of the HTTP load runs against one wasi-http pod, one run per value
+    /// (comma-separated); 0 skips the scenario. With a `wasmtime` on PATH the same component
+    /// is loaded under `wasmtime serve` too, in the same run.
+    #[arg(long, value_delimiter = ',', default_value = "4,16,64")]
+    http_connections: Vec<usize>,
+    /// Seconds each HTTP load run lasts.
+    #[arg(long, default_value_t = 10)]
+    http_seconds: u64,
+    /// Runs the HTTP load scenario only.
+    #[arg(long)]
+    http_load_only: bool,
 }
 
 /// First times each pod was seen in a state, by the watch.
@@ -410,6 +422,117 @@ async fn ramp(
     Ok(())
 }
 
+/// One row of the HTTP load table: `load` of `server` (process `pid`, which used `cpu`).
+fn load_row(server: &str, connections: usize, load: &http_load::Load, cpu: Duration, pid: u32) {
+    let cpu_per_request = cpu.as_secs_f64() / load.ok.max(1) as f64;
+    println!(
+        "| {server} | {connections} | {:.0} | {} | {} | {} | {} | {:.0} us | {:.1} MiB |",
+        load.rate(),
+        ms(percentile(&load.latencies, 50.0)),
+        ms(percentile(&load.latencies, 99.0)),
+        ms(load.latencies.last().copied().unwrap_or_default()),
+        load.errors,
+        cpu_per_request * 1e6,
+        rss_kib(pid) as f64 / 1024.0
+    );
+}
+
+/// `load` under `server` (process `pid`), with the CPU time the process used meanwhile.
+async fn measured_load(
+    addr: std::net::SocketAddr,
+    connections: usize,
+    seconds: u64,
+    pid: u32,
+) -> (http_load::Load, Duration) {
+    let before = cpu_time(pid);
+    let load = http_load::run(addr, "/", connections, Duration::from_secs(seconds)).await;
+    (load, cpu_time(pid).saturating_sub(before))
+}
+
+/// Loads one wasi-http pod serving `examples/http-probe` (which logs a line per request)
+/// with `connections` keep-alive connections per run, and the same component under
+/// `wasmtime serve` when a `wasmtime` is on PATH, and prints both and their ratios.
+async fn http_load_scenario(
+    bench: &Bench,
+    connections: &[usize],
+    seconds: u64,
+) -> anyhow::Result<()> {
+    let image = bench.cluster.push_component("http_probe").await?;
+    let [port, wasmtime_port]: [u16; 2] = free_ports(2)?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("two free ports"))?;
+    bench
+        .cluster
+        .pods()
+        .create(
+            &Default::default(),
+            &http_pod("load", &image, &bench.agent.name, port),
+        )
+        .await?;
+    let created = HashMap::from([("load".to_string(), Instant::now())]);
+    bench
+        .latencies(&created, false, Duration::from_secs(120))
+        .await?;
+    let pod_addr = std::net::SocketAddr::new(e2e::node_ip().parse()?, port);
+    let output = tempfile::tempfile()?;
+    let component = testkit::fixtures::wasm_component("http_probe")?;
+    let wasmtime_addr = std::net::SocketAddr::from(([127, 0, 0, 1], wasmtime_port));
+    let wasmtime = http_load::WasmtimeServe::start(&component, wasmtime_addr, output).await?;
+    // Warm both up: compiled, pools touched, connections accepted once.
+    http_load::run(pod_addr, "/", 4, Duration::from_secs(1)).await;
+    if wasmtime.is_some() {
+        http_load::run(wasmtime_addr, "/", 4, Duration::from_secs(1)).await;
+    }
+    println!(
+        "## HTTP load: one wasi-http pod (examples/http-probe, a log line per request), {seconds} s per run\n"
+    );
+    match &wasmtime {
+        Some(w) => println!(
+            "Compared with `{}` on the same component, in the same run.\n",
+            w.version
+        ),
+        None => println!("No `wasmtime` on PATH: no `wasmtime serve` comparison.\n"),
+    }
+    println!(
+        "| server | connections | requests/s | p50 | p99 | max | errors | CPU per request | RSS after |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let mut ratios = Vec::new();
+    for &c in connections.iter().filter(|&&c| c > 0) {
+        let agent_pid = bench.agent.pid();
+        let (pod, pod_cpu) = measured_load(pod_addr, c, seconds, agent_pid).await;
+        load_row("krustlet-wasi pod", c, &pod, pod_cpu, agent_pid);
+        if let Some(w) = &wasmtime {
+            let (serve, serve_cpu) = measured_load(wasmtime_addr, c, seconds, w.pid()).await;
+            load_row("wasmtime serve", c, &serve, serve_cpu, w.pid());
+            let per_request =
+                |cpu: Duration, load: &http_load::Load| cpu.as_secs_f64() / load.ok.max(1) as f64;
+            ratios.push(format!(
+                "| {c} | {:.2}x | {:.2}x | {:.2}x | {} / {} |",
+                pod.rate() / serve.rate().max(f64::MIN_POSITIVE),
+                percentile(&pod.latencies, 99.0).as_secs_f64()
+                    / percentile(&serve.latencies, 99.0)
+                        .as_secs_f64()
+                        .max(f64::MIN_POSITIVE),
+                per_request(pod_cpu, &pod) / per_request(serve_cpu, &serve).max(f64::MIN_POSITIVE),
+                pod.errors,
+                serve.errors
+            ));
+        }
+    }
+    if !ratios.is_empty() {
+        println!(
+            "\n| connections | requests/s, pod / serve | p99, pod / serve | CPU per request, pod / serve | errors, pod / serve |"
+        );
+        println!("|---|---|---|---|---|");
+        for row in ratios {
+            println!("{row}");
+        }
+    }
+    println!();
+    bench.delete_all().await
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -420,6 +543,9 @@ async fn main() -> anyhow::Result<()> {
     println!("Machine: {}\n", machine());
     let mut bench = Bench::start().await?;
     let pid = bench.agent.pid();
+    if args.http_load_only {
+        return http_load_scenario(&bench, &args.http_connections, args.http_seconds).await;
+    }
 
     // 4. Idle footprint.
     let (cpu0, writes0) = (cpu_time(pid), bench.writes().0);
@@ -529,6 +655,11 @@ async fn main() -> anyhow::Result<()> {
             latency_row("first request to each idle server", samples)
         );
         bench.delete_all().await?;
+    }
+
+    // 6. HTTP under load.
+    if args.http_connections.iter().any(|&c| c > 0) {
+        http_load_scenario(&bench, &args.http_connections, args.http_seconds).await?;
     }
 
     // 5. Baseline.
