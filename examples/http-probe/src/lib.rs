@@ -3,7 +3,8 @@
 //! `http://HOST:PORT/PATH` and answers with what came back (or the error, with status 502);
 //! `/status/CODE` answers with that status; `/file/PATH` answers 200 when the file `/PATH`
 //! exists in the guest's filesystem (its mounts) and 503 when not; `/sleep/MS` answers after
-//! that many milliseconds; `/trap` traps. Every request is logged on stdout.
+//! that many milliseconds; `/both...` answers as `/` and logs on stderr too; `/trap` traps.
+//! Every request is logged on stdout.
 
 use std::io::{Read as _, Write as _};
 use wasip2::http::outgoing_handler;
@@ -22,6 +23,10 @@ impl wasip2::exports::http::incoming_handler::Guest for Probe {
         println!("http-probe: {:?} {path}", request.method());
         let (status, body) = match path.as_str() {
             "/trap" => core::arch::wasm32::unreachable(),
+            p if p.starts_with("/both") => {
+                eprintln!("http-probe stderr: {p}");
+                (200, "hello from wasi-http\n".to_string())
+            }
             p if p.starts_with("/fetch/") => fetch(&p["/fetch/".len()..]),
             p if p.starts_with("/status/") => match p["/status/".len()..].parse() {
                 Ok(code) => (code, format!("status {code}\n")),

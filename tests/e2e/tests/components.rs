@@ -409,7 +409,7 @@ async fn one_pods_slow_clients_hold_only_its_share_of_instances() -> anyhow::Res
 async fn concurrent_requests_each_log_whole_lines_and_all_succeed() -> anyhow::Result<()> {
     let cluster = Cluster::new("http-logging").await?;
     let agent = cluster
-        .start_node_with(&["--max-http-requests-per-container", "200"])
+        .start_node_with(&["--max-http-requests-per-container", "300"])
         .await?;
     let image = cluster.push_component("http_probe").await?;
     let [port] = free_ports()?;
@@ -418,10 +418,11 @@ async fn concurrent_requests_each_log_whole_lines_and_all_succeed() -> anyhow::R
         http_pod("chatty", &image, &agent.name, port, serde_json::json!({})),
     )
     .await?;
-    // 150 requests at once, each of which writes a line to stdout from its own instance.
-    const REQUESTS: usize = 150;
+    // 300 requests at once, each of which writes a line to stdout and one to stderr from its
+    // own instance.
+    const REQUESTS: usize = 300;
     let requests: Vec<_> = (0..REQUESTS)
-        .map(|i| tokio::spawn(async move { http_get(port, &format!("/?request={i}")).await }))
+        .map(|i| tokio::spawn(async move { http_get(port, &format!("/both?request={i}")).await }))
         .collect();
     for (i, request) in requests.into_iter().enumerate() {
         let (code, body) = request.await??;
@@ -434,20 +435,24 @@ async fn concurrent_requests_each_log_whole_lines_and_all_succeed() -> anyhow::R
     let logs = cluster
         .eventually("every request's line in the log", async || {
             let logs = cluster.kubectl(&["logs", "chatty"])?;
-            Ok((logs.lines().count() >= REQUESTS).then_some(logs))
+            Ok((logs.lines().count() >= 2 * REQUESTS).then_some(logs))
         })
         .await?;
     for i in 0..REQUESTS {
-        let line = format!("http-probe: Method::Get /?request={i}");
-        assert_eq!(
-            logs.lines().filter(|l| *l == line).count(),
-            1,
-            "{line} once, whole"
-        );
+        for line in [
+            format!("http-probe: Method::Get /both?request={i}"),
+            format!("http-probe stderr: /both?request={i}"),
+        ] {
+            assert_eq!(
+                logs.lines().filter(|l| *l == line).count(),
+                1,
+                "{line} once, whole"
+            );
+        }
     }
     assert_eq!(
         logs.lines().count(),
-        REQUESTS,
+        2 * REQUESTS,
         "no line cut or interleaved:\n{logs}"
     );
     Ok(())

@@ -33,6 +33,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// How long shutdown waits for pods to be stopped and reported.
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
@@ -129,11 +130,21 @@ impl<R: Runtime, H: PodHost> Supervisors<R, H> {
         let Some(pod) = updates.borrow().clone() else {
             return;
         };
+        // Every line logged about the pod, its containers and their probes carries it.
+        let span = tracing::info_span!(
+            "pod",
+            namespace = %pod.namespace().unwrap_or_default(),
+            name = %pod.name_any(),
+            uid = %uid
+        );
         let supervisor = supervisor::Supervisor::new(self.ctx.clone(), pod, updates);
-        let task = self.tasks.spawn(async move {
-            tokio::time::sleep(delay).await;
-            supervisor.run().await;
-        });
+        let task = self.tasks.spawn(
+            async move {
+                tokio::time::sleep(delay).await;
+                supervisor.run().await;
+            }
+            .instrument(span),
+        );
         self.owners.insert(task.id(), uid);
     }
 

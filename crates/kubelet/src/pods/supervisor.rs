@@ -23,6 +23,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// How long a postStart hook may take (the kubelet bounds it by the pod's grace period).
 const HOOK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -493,7 +494,8 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             .collect();
         for id in due {
             self.slot_mut(id).due = None;
-            self.start(id).await?;
+            let span = tracing::info_span!("container", name = %self.slot_mut(id).spec.name);
+            self.start(id).instrument(span).await?;
         }
         Ok(())
     }
@@ -710,18 +712,18 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         slot.status.started = Some(!checks.has_startup());
         slot.status.ready = !id.init && !checks.has_startup() && !checks.has_readiness();
         let graceful = running.stops_gracefully();
-        let waiter = tokio::spawn(async move {
-            let exit = running.wait().await;
-            let _ = exits.send((id, run_id, exit));
-            drop(running);
-        });
-        let probe_task = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(watch_container(
-            post_start,
-            checks,
-            self.probes_tx.clone(),
-            id,
-            run_id,
-        )));
+        let waiter = tokio::spawn(
+            async move {
+                let exit = running.wait().await;
+                let _ = exits.send((id, run_id, exit));
+                drop(running);
+            }
+            .in_current_span(),
+        );
+        let probe_task = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+            watch_container(post_start, checks, self.probes_tx.clone(), id, run_id)
+                .in_current_span(),
+        ));
         let slot = self.slot_mut(id);
         slot.run = Some(Run {
             id: run_id,

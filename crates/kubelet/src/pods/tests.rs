@@ -38,11 +38,24 @@ impl Drop for Guest {
     }
 }
 
-/// Guests that run until stopped; start number `panic_on` panics instead.
+/// Guests that run until stopped; start number `panic_on` panics instead. With `warn`, every
+/// guest reports that warning as it starts.
 struct FakeRuntime {
     starts: AtomicUsize,
     panic_on: usize,
     guests: Arc<Guests>,
+    warn: Option<&'static str>,
+}
+
+impl FakeRuntime {
+    fn new(guests: Arc<Guests>) -> Self {
+        Self {
+            starts: AtomicUsize::new(0),
+            panic_on: usize::MAX,
+            guests,
+            warn: None,
+        }
+    }
 }
 
 impl Runtime for FakeRuntime {
@@ -60,9 +73,12 @@ impl Runtime for FakeRuntime {
         Ok(())
     }
 
-    async fn start(&self, _: &(), _run: ContainerRun) -> Result<RunningContainer, StartError> {
+    async fn start(&self, _: &(), run: ContainerRun) -> Result<RunningContainer, StartError> {
         let start = self.starts.fetch_add(1, Ordering::SeqCst) + 1;
         assert_ne!(start, self.panic_on, "injected: start {start} panics");
+        if let Some(warning) = self.warn {
+            run.warnings.warn("RequestFailed", warning);
+        }
         let guest = Guest::new(self.guests.clone());
         Ok(RunningContainer::new(tokio::spawn(async move {
             let _guest = guest;
@@ -71,10 +87,11 @@ impl Runtime for FakeRuntime {
     }
 }
 
-/// A host that keeps the last status written.
+/// A host that keeps the last status written and the events recorded.
 #[derive(Default)]
 struct FakeHost {
     status: std::sync::Mutex<Option<PodStatus>>,
+    events: std::sync::Mutex<Vec<PodEvent>>,
 }
 
 impl PodHost for FakeHost {
@@ -82,7 +99,9 @@ impl PodHost for FakeHost {
         *self.status.lock().unwrap() = Some(status.clone());
         Ok(())
     }
-    async fn record(&self, _pod: &Pod, _event: PodEvent) {}
+    async fn record(&self, _pod: &Pod, event: PodEvent) {
+        self.events.lock().unwrap().push(event);
+    }
     async fn finish_deletion(&self, _pod: &Pod) {}
     async fn config_map(&self, _ns: &str, _name: &str) -> Result<Option<ConfigMap>, String> {
         Ok(None)
@@ -185,10 +204,9 @@ async fn a_panicking_supervisor_stops_its_guests_and_the_pod_runs_again() {
     std::fs::write(&module, b"\0asm\x01\0\0\0").unwrap();
     let guests = Arc::new(Guests::default());
     let runtime = FakeRuntime {
-        starts: AtomicUsize::new(0),
         // The first container starts, the second's start panics in the supervisor's task.
         panic_on: 2,
-        guests: guests.clone(),
+        ..FakeRuntime::new(guests.clone())
     };
     let host = Arc::new(FakeHost::default());
     let ctx = context(dir.path(), runtime, host.clone());
@@ -227,4 +245,72 @@ async fn a_panicking_supervisor_stops_its_guests_and_the_pod_runs_again() {
         guests.live.load(Ordering::SeqCst) == 0
     })
     .await;
+}
+
+/// A `Write` into a shared buffer, for capturing the agent's log.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_running_containers_warning_is_an_event_and_a_log_line_naming_the_pod() {
+    let log = Captured::default();
+    let writer = log.clone();
+    let _subscriber = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("m.wasm");
+    std::fs::write(&module, b"\0asm\x01\0\0\0").unwrap();
+    let runtime = FakeRuntime {
+        warn: Some("a request failed"),
+        ..FakeRuntime::new(Arc::default())
+    };
+    let host = Arc::new(FakeHost::default());
+    let mut supervisors = Supervisors::new(context(dir.path(), runtime, host.clone()));
+    supervisors.apply(pod(&format!("file://{}", module.display()), &["web"]));
+
+    let warned = || {
+        host.events
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|e| e.reason == "RequestFailed")
+            .cloned()
+    };
+    drive_until(&mut supervisors, "the warning recorded", || {
+        warned().is_some()
+    })
+    .await;
+    let event = warned().unwrap();
+    assert_eq!(
+        (
+            event.kind,
+            event.container.as_deref(),
+            event.message.as_str()
+        ),
+        ("Warning", Some("web"), "a request failed")
+    );
+    let log = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("a request failed"))
+        .unwrap_or_else(|| panic!("the warning in the agent's log: {log}"));
+    assert!(
+        line.contains("pod{namespace=default name=p uid=uid-1}") && line.contains("container=web"),
+        "the line names its pod and container: {line}"
+    );
+    supervisors.remove("uid-1");
 }
