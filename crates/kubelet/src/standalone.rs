@@ -4,7 +4,7 @@
 use crate::agent::{AgentError, Parts};
 use crate::config::Config;
 use crate::pods::Supervisors;
-use crate::pods::host::{PodEvent, PodHost};
+use crate::pods::host::{PodEvent, PodHost, StatusError};
 use crate::runtime::Runtime;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodStatus, Secret};
 use kube::ResourceExt;
@@ -121,7 +121,7 @@ struct LocalHost {
 }
 
 impl PodHost for LocalHost {
-    async fn write_status(&self, pod: &Pod, status: &PodStatus) -> Result<(), String> {
+    async fn write_status(&self, pod: &Pod, status: &PodStatus) -> Result<(), StatusError> {
         let phase = status.phase.clone().unwrap_or_default();
         let states: Vec<String> = status
             .container_statuses

@@ -47,14 +47,26 @@ impl PodEvent {
     }
 }
 
+/// A pod's status could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    /// The pod is gone (deleted, or recreated under its name with another uid): there is
+    /// nothing to write the status to any more.
+    #[error("the pod is gone")]
+    Gone,
+    /// The write failed; trying again may succeed.
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// What a pod supervisor does to the world.
 pub trait PodHost: Send + Sync + 'static {
-    /// Writes the pod's status; an error is retried by the caller.
+    /// Writes the pod's status; a failure is retried by the pod's status writer.
     fn write_status(
         &self,
         pod: &Pod,
         status: &PodStatus,
-    ) -> impl Future<Output = Result<(), String>> + Send;
+    ) -> impl Future<Output = Result<(), StatusError>> + Send;
     /// Records an event.
     fn record(&self, pod: &Pod, event: PodEvent) -> impl Future<Output = ()> + Send;
     /// Removes a pod whose containers have stopped (delete with grace 0).
@@ -159,7 +171,7 @@ impl ApiHost {
 }
 
 impl PodHost for ApiHost {
-    async fn write_status(&self, pod: &Pod, status: &PodStatus) -> Result<(), String> {
+    async fn write_status(&self, pod: &Pod, status: &PodStatus) -> Result<(), StatusError> {
         let api: Api<Pod> =
             Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
         // The uid makes the patch fail on a pod recreated under the same name.
@@ -172,12 +184,14 @@ impl PodHost for ApiHost {
         )
         .await
         .map(|_| ())
-        .map_err(|e| {
-            format!(
+        .map_err(|e| match e {
+            // Not found, or the uid in the patch is not the object's (409, precondition).
+            kube::Error::Api(e) if e.code == 404 || e.code == 409 => StatusError::Gone,
+            e => StatusError::Failed(format!(
                 "writing status of pod {}/{}: {e}",
                 pod.namespace().unwrap_or_default(),
                 pod.name_any()
-            )
+            )),
         })
     }
 

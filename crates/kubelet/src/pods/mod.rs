@@ -11,6 +11,7 @@ pub mod probes;
 pub mod registry;
 pub mod resources;
 pub mod status;
+mod status_writer;
 mod supervisor;
 pub mod volumes;
 

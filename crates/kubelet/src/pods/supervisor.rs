@@ -8,6 +8,7 @@ use super::backoff::Backoff;
 use super::host::{PodEvent, PodHost};
 use super::probes::{self, ContainerProbes, Update};
 use super::status::{self, Snapshot, now};
+use super::status_writer::{StatusWriter, Written};
 use super::volumes::PodVolumes;
 use super::{container, network, resources};
 use crate::images::credentials::Keyring;
@@ -28,8 +29,8 @@ use tracing::Instrument;
 /// How long a postStart hook may take (the kubelet bounds it by the pod's grace period).
 const HOOK_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How long to wait before retrying a failed status write.
-const STATUS_RETRY: Duration = Duration::from_secs(1);
+/// How long the agent, stopping, tries to report a pod's stopped containers.
+const SHUTDOWN_STATUS_DEADLINE: Duration = Duration::from_secs(10);
 /// Warnings from running containers waiting for the supervisor; more are dropped (each
 /// container's are rate-limited where they are made).
 const WARNINGS_QUEUED: usize = 32;
@@ -79,8 +80,7 @@ pub struct Supervisor<R: Runtime, H: PodHost> {
     init: Vec<Slot>,
     app: Vec<Slot>,
     start_time: Time,
-    published: Option<PodStatus>,
-    publish_retry: Option<Instant>,
+    status: StatusWriter,
     exits_tx: mpsc::UnboundedSender<(SlotId, u64, Exit)>,
     exits: mpsc::UnboundedReceiver<(SlotId, u64, Exit)>,
     probes_tx: mpsc::UnboundedSender<(SlotId, u64, Update)>,
@@ -151,8 +151,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             init,
             app,
             start_time: now(),
-            published: None,
-            publish_retry: None,
+            status: StatusWriter::default(),
             exits_tx,
             exits,
             probes_tx,
@@ -238,7 +237,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
                 .min();
             let deadline = self.active_deadline().filter(|_| !self.finished);
             let volume_sync = self.volume_sync.filter(|_| !self.finished);
-            let wake = [next_due, self.publish_retry, deadline, volume_sync]
+            let wake = [next_due, self.status.retry_at(), deadline, volume_sync]
                 .into_iter()
                 .flatten()
                 .min();
@@ -298,17 +297,14 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             start_time: Some(self.start_time.clone()),
             ..Default::default()
         };
-        while let Err(e) = self.ctx.host.write_status(&self.pod, &status).await {
-            tracing::warn!(error = %e, "retrying");
-            tokio::select! {
-                _ = tokio::time::sleep(STATUS_RETRY) => {}
-                _ = self.updates.changed() => {}
-            }
-            if self.updates.borrow().is_none() {
-                return;
-            }
+        let gone = removed(self.updates.clone());
+        let written = self
+            .status
+            .write_until(&*self.ctx.host, &self.pod, &status, gone)
+            .await;
+        if written == Written::Done {
+            self.await_deletion_of_rejected().await;
         }
-        self.await_deletion_of_rejected().await;
     }
 
     /// A rejected pod stays Failed until it is deleted; then it is removed at once.
@@ -406,7 +402,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         }
         self.update_finished();
         if self.finished {
-            self.published = Some(recorded.clone());
+            self.status.assume_published(recorded.clone());
         }
         self.register_existing_logs();
     }
@@ -1136,7 +1132,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             finished: self.finished,
             node_ip: &self.ctx.node_ip,
             start_time: &self.start_time,
-            previous: self.published.as_ref(),
+            previous: self.status.published(),
         });
         if let Some((reason, message)) = &self.failure {
             status.phase = Some("Failed".into());
@@ -1146,21 +1142,11 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         status
     }
 
+    /// Writes the pod's current status (once; a failed write is tried again when the
+    /// supervisor next wakes after its backoff).
     async fn publish(&mut self) {
         let status = self.current_status();
-        if self.published.as_ref() == Some(&status) {
-            return;
-        }
-        match self.ctx.host.write_status(&self.pod, &status).await {
-            Ok(()) => {
-                self.published = Some(status);
-                self.publish_retry = None;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "status write failed; retrying");
-                self.publish_retry = Some(crate::time::deadline_in(STATUS_RETRY));
-            }
-        }
+        self.status.write(&*self.ctx.host, &self.pod, &status).await;
     }
 
     async fn stop_all(&mut self, record: bool) {
@@ -1208,8 +1194,16 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         self.stop_all(true).await;
         self.finished = false;
         let status = self.current_status();
-        if let Err(e) = self.ctx.host.write_status(&self.pod, &status).await {
-            tracing::warn!(error = %e, pod = %self.pod.name_any(), "reporting the pod stopped at shutdown failed");
+        let deadline = tokio::time::sleep(SHUTDOWN_STATUS_DEADLINE);
+        if self
+            .status
+            .write_until(&*self.ctx.host, &self.pod, &status, deadline)
+            .await
+            == Written::Pending
+        {
+            tracing::warn!(
+                "the pod's stopped containers could not be reported before the agent stopped"
+            );
         }
     }
 
@@ -1297,15 +1291,10 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         self.stop_all(true).await;
         self.finished = true;
         let status = self.current_status();
-        for _ in 0..5 {
-            match self.ctx.host.write_status(&self.pod, &status).await {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "final status write failed; retrying");
-                    tokio::time::sleep(STATUS_RETRY).await;
-                }
-            }
-        }
+        let gone = removed(self.updates.clone());
+        self.status
+            .write_until(&*self.ctx.host, &self.pod, &status, gone)
+            .await;
         self.ctx.host.finish_deletion(&self.pod).await;
         self.cleanup();
     }
@@ -1319,6 +1308,11 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             tracing::warn!(error = %e, dir = %dir.display(), "removing the pod's files failed");
         }
     }
+}
+
+/// Completes when the pod is gone from the watch (`updates` says `None` or ends).
+async fn removed(mut updates: watch::Receiver<Option<Pod>>) {
+    let _ = updates.wait_for(Option::is_none).await;
 }
 
 /// Whether a container that exited with `code` runs again under the pod's restart policy.

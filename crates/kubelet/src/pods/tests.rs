@@ -1,7 +1,7 @@
 //! Supervisors driven through a fake runtime and a fake host: what happens to a pod when the
 //! code that supervises it fails.
 
-use super::host::{PodEvent, PodHost};
+use super::host::{PodEvent, PodHost, StatusError};
 use super::{PodContext, Supervisors};
 use crate::images::ImageStore;
 use crate::pods::admission::NodeFacts;
@@ -95,7 +95,7 @@ struct FakeHost {
 }
 
 impl PodHost for FakeHost {
-    async fn write_status(&self, _pod: &Pod, status: &PodStatus) -> Result<(), String> {
+    async fn write_status(&self, _pod: &Pod, status: &PodStatus) -> Result<(), StatusError> {
         *self.status.lock().unwrap() = Some(status.clone());
         Ok(())
     }
