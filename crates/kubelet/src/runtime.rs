@@ -220,10 +220,47 @@ impl Drop for RunningContainer {
     }
 }
 
-/// The module could not be prepared to run (not WebAssembly, invalid, unsupported).
+/// The module could not be prepared to run.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct PrepareError(pub String);
+#[error("{message}")]
+pub struct PrepareError {
+    /// What is wrong, for the container's status and events.
+    pub message: String,
+    /// What the agent does about it.
+    pub kind: PrepareFailure,
+}
+
+/// Whether waiting can help a module that could not be prepared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrepareFailure {
+    /// The module can never run on this node (not WebAssembly, invalid, exports nothing to run,
+    /// needs imports the node does not provide): as an executable of the wrong format under
+    /// containerd, the container fails to start (terminated, `StartError`, exit code 128) and
+    /// its restart policy decides what follows (a `Never` pod fails).
+    NotRunnable,
+    /// The module is refused for now (its claims do not verify, or are not valid yet) or the
+    /// node failed preparing it: the container waits in `CreateContainerError` and is tried
+    /// again with back-off.
+    Refused,
+}
+
+impl PrepareError {
+    /// A module that can never run on this node.
+    pub fn not_runnable(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            kind: PrepareFailure::NotRunnable,
+        }
+    }
+
+    /// A module refused for now, or a failure of the node's own.
+    pub fn refused(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            kind: PrepareFailure::Refused,
+        }
+    }
+}
 
 /// The container could not be started.
 #[derive(Debug, thiserror::Error)]

@@ -83,18 +83,19 @@ impl Runtime for WasccRuntime {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let claims = claims::verify(&module.bytes, now).map_err(|e| PrepareError(e.to_string()))?;
+        let claims =
+            claims::verify(&module.bytes, now).map_err(|e| PrepareError::refused(e.to_string()))?;
         let compiled = match self.cache.get(&module).await? {
             cache::Compiled::Module(compiled) => compiled,
             cache::Compiled::Component(_) => {
-                return Err(PrepareError(
-                    "the image holds a WebAssembly component; a waSCC actor is a core module exporting __guest_call (run components on a wasm32-wasi node)".into(),
+                return Err(PrepareError::not_runnable(
+                    "the image holds a WebAssembly component; a waSCC actor is a core module exporting __guest_call (run components on a wasm32-wasi node)",
                 ));
             }
         };
         check_exports(&compiled)?;
         let pre = self.linker.instantiate_pre(&compiled).map_err(|e| {
-            PrepareError(format!(
+            PrepareError::not_runnable(format!(
                 "the actor imports what a waSCC host does not provide (only the waPC functions of module `wapc`): {e:#}"
             ))
         })?;
@@ -164,13 +165,13 @@ fn check_exports(module: &Module) -> Result<(), PrepareError> {
         if f.params().map(|p| matches!(p, ValType::I32)).eq([true, true])
             && f.results().map(|r| matches!(r, ValType::I32)).eq([true]));
     if !callable {
-        return Err(PrepareError(
-            "the module is not a waPC actor: it does not export `__guest_call(i32, i32) -> i32` (build it with a waPC guest library such as wapc-guest or wascc-actor)".into(),
+        return Err(PrepareError::not_runnable(
+            "the module is not a waPC actor: it does not export `__guest_call(i32, i32) -> i32` (build it with a waPC guest library such as wapc-guest or wascc-actor)",
         ));
     }
     if !matches!(module.get_export("memory"), Some(ExternType::Memory(_))) {
-        return Err(PrepareError(
-            "the module is not a waPC actor: it exports no memory named `memory`".into(),
+        return Err(PrepareError::not_runnable(
+            "the module is not a waPC actor: it exports no memory named `memory`",
         ));
     }
     Ok(())

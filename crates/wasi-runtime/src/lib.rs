@@ -128,8 +128,8 @@ impl WasiRuntime {
         if ProxyPre::new(pre).is_ok() {
             return self.prepare_http(module).await;
         }
-        Err(PrepareError(
-            "the component exports neither wasi:cli/run (a command) nor wasi:http/incoming-handler (an HTTP handler), so there is nothing to run".into(),
+        Err(PrepareError::not_runnable(
+            "the component exports neither wasi:cli/run (a command) nor wasi:http/incoming-handler (an HTTP handler), so there is nothing to run",
         ))
     }
 
@@ -137,8 +137,8 @@ impl WasiRuntime {
     /// serves it.
     async fn prepare_http(&self, module: &ModuleBytes) -> Result<Guest, PrepareError> {
         let cache::Compiled::Component(component) = self.http.cache.get(module).await? else {
-            return Err(PrepareError(
-                "the component compiled as a core module".into(),
+            return Err(PrepareError::not_runnable(
+                "the component compiled as a core module",
             ));
         };
         let pre = self
@@ -146,14 +146,14 @@ impl WasiRuntime {
             .linker
             .instantiate_pre(&component)
             .map_err(missing_imports)?;
-        let proxy = ProxyPre::new(pre).map_err(|e| PrepareError(format!("{e:#}")))?;
+        let proxy = ProxyPre::new(pre).map_err(|e| PrepareError::not_runnable(format!("{e:#}")))?;
         Ok(Guest::Http(proxy))
     }
 }
 
 /// A component's imports cannot all be linked.
 fn missing_imports(e: wasmtime::Error) -> PrepareError {
-    PrepareError(format!(
+    PrepareError::not_runnable(format!(
         "the component needs imports this node does not provide: {e:#}"
     ))
 }
@@ -186,7 +186,7 @@ impl Runtime for WasiRuntime {
         let guest = match self.cache.get(&module).await? {
             cache::Compiled::Module(compiled) => {
                 Guest::Module(self.modules.instantiate_pre(&compiled).map_err(|e| {
-                    PrepareError(format!(
+                    PrepareError::not_runnable(format!(
                         "the module needs imports this node does not provide: {e:#}"
                     ))
                 })?)

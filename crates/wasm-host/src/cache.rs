@@ -110,7 +110,9 @@ impl ModuleCache {
                 Kind::Module => Module::new(&engine, &bytes).map(Compiled::Module),
                 Kind::Component => Component::new(&engine, &bytes).map(Compiled::Component),
             }
-            .map_err(|e| PrepareError(format!("the module is not valid WebAssembly: {e:#}")))?;
+            .map_err(|e| {
+                PrepareError::not_runnable(format!("the module is not valid WebAssembly: {e:#}"))
+            })?;
             if let Ok(artifact) = compiled.serialize()
                 && let Err(e) = kubelet::images::write_atomic(&path, &artifact)
             {
@@ -119,7 +121,7 @@ impl ModuleCache {
             Ok(compiled)
         })
         .await
-        .map_err(|e| PrepareError(format!("compiling the module failed: {e}")))?
+        .map_err(|e| PrepareError::refused(format!("compiling the module failed: {e}")))?
     }
 }
 
@@ -146,9 +148,8 @@ fn kind(bytes: &[u8]) -> Result<Kind, PrepareError> {
     match bytes.get(..8) {
         Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => Ok(Kind::Module),
         Some([0, b'a', b's', b'm', _, _, 1, 0]) => Ok(Kind::Component),
-        _ => Err(PrepareError(
-            "the image's content is not WebAssembly (it does not start with the \\0asm header)"
-                .into(),
+        _ => Err(PrepareError::not_runnable(
+            "the image's content is not WebAssembly (it does not start with the \\0asm header)",
         )),
     }
 }

@@ -195,6 +195,15 @@ async fn bad_images_end_in_clear_statuses_and_events_while_the_node_stays_ready(
         .await?;
     cluster
         .create_pod(wasm_pod(
+            "garbage-always",
+            &garbage,
+            &agent.name,
+            &[],
+            "Always",
+        ))
+        .await?;
+    cluster
+        .create_pod(wasm_pod(
             "noregistry",
             "127.0.0.1:1/nothing/here:v1",
             &agent.name,
@@ -232,22 +241,40 @@ async fn bad_images_end_in_clear_statuses_and_events_while_the_node_stays_ready(
         "{events:?}"
     );
 
+    // A module that can never run fails to start, as an executable of the wrong format does
+    // under containerd: terminated with StartError (exit code 128); a Never pod fails...
     let bad = cluster
+        .wait_pod("garbage", "Failed", has_phase("Failed"))
+        .await?;
+    let terminated = container_state(&bad)
+        .and_then(|s| s.terminated)
+        .expect("terminated");
+    assert_eq!(
+        (terminated.exit_code, terminated.reason.as_deref()),
+        (128, Some("StartError"))
+    );
+    let message = terminated.message.unwrap_or_default();
+    assert!(message.contains("is not WebAssembly"), "{message}");
+    // ... and an Always pod goes through its back-off like any container that cannot start.
+    let looping = cluster
         .wait_pod(
-            "garbage",
-            "CreateContainerError",
-            is_waiting("CreateContainerError"),
+            "garbage-always",
+            "CrashLoopBackOff",
+            is_waiting("CrashLoopBackOff"),
         )
         .await?;
-    let message = waiting_message(&bad);
-    assert!(message.contains("is not WebAssembly"), "{message}");
+    let last = e2e::last_terminated(&looping).expect("the start error is the last state");
+    assert_eq!(
+        (last.exit_code, last.reason.as_deref()),
+        (128, Some("StartError"))
+    );
 
     let missing = cluster
         .wait_pod("noregistry", "ErrImagePull", is_waiting("ErrImagePull"))
         .await?;
     let message = waiting_message(&missing);
     assert!(message.contains("127.0.0.1:1/nothing/here:v1"), "{message}");
-    for name in ["oci", "garbage", "noregistry"] {
+    for name in ["oci", "noregistry"] {
         assert_eq!(
             pods.get(name)
                 .await?

@@ -15,7 +15,7 @@ use crate::images::credentials::Keyring;
 use crate::images::{PullError, PullPolicy, Source};
 use crate::logs::LogFile;
 use crate::metrics::metrics;
-use crate::runtime::{ContainerRun, Exit, Runtime, Usage, Warning, Warnings};
+use crate::runtime::{ContainerRun, Exit, PrepareFailure, Runtime, Usage, Warning, Warnings};
 use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
@@ -28,6 +28,10 @@ use tracing::Instrument;
 
 /// How long a postStart hook may take (the kubelet bounds it by the pod's grace period).
 const HOOK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The reason and exit code of a container that could not be started, as containerd's.
+const START_ERROR: &str = "StartError";
+const START_ERROR_CODE: i32 = 128;
 
 /// How long the agent, stopping, tries to report a pod's stopped containers.
 const SHUTDOWN_STATUS_DEADLINE: Duration = Duration::from_secs(10);
@@ -566,8 +570,13 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             Ok(p) => p,
             Err(e) => {
                 let message = format!("the image's module cannot run on this node: {e}");
-                self.failed_to_create(id, "CreateContainerError", message)
-                    .await;
+                match e.kind {
+                    PrepareFailure::NotRunnable => self.failed_to_start(id, message).await,
+                    PrepareFailure::Refused => {
+                        self.failed_to_create(id, "CreateContainerError", message)
+                            .await;
+                    }
+                }
                 return Ok(());
             }
         };
@@ -683,7 +692,6 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             metrics().pod_started(seen.elapsed());
         }
         let started_at = now();
-        let pod_key = format!("{}/{}", self.ns(), self.pod.name_any());
         let exits = self.exits_tx.clone();
         let checks = ContainerProbes::of(&spec, &self.ctx.node_ip);
         let post_start = spec
@@ -691,19 +699,8 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             .as_ref()
             .and_then(|l| l.post_start.as_ref())
             .map(|hook| probes::hook_action(hook, &spec, &self.ctx.node_ip));
+        let run_id = self.begin_run(id);
         let slot = self.slot_mut(id);
-        slot.runs += 1;
-        let run_id = slot.runs;
-        if run_id > 1 {
-            slot.status.restart_count += 1;
-            slot.status.last_state = slot
-                .status
-                .state
-                .take()
-                .filter(|s| s.terminated.is_some())
-                .or(slot.status.last_state.take());
-        }
-        slot.status.container_id = Some(container_id(&pod_key, &uid, &name, run_id));
         slot.status.state = Some(status::running(started_at.clone()));
         slot.status.started = Some(!checks.has_startup());
         slot.status.ready = !id.init && !checks.has_startup() && !checks.has_readiness();
@@ -909,6 +906,57 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         }
     }
 
+    /// Counts a new run of the container (a restart after the first) and names it: the last
+    /// termination becomes `lastState`. Returns the run's number.
+    fn begin_run(&mut self, id: SlotId) -> u64 {
+        let (pod_key, uid) = (
+            format!("{}/{}", self.ns(), self.pod.name_any()),
+            self.pod.uid().unwrap_or_default(),
+        );
+        let slot = self.slot_mut(id);
+        slot.runs += 1;
+        let run_id = slot.runs;
+        if run_id > 1 {
+            slot.status.restart_count += 1;
+            slot.status.last_state = slot
+                .status
+                .state
+                .take()
+                .filter(|s| s.terminated.is_some())
+                .or(slot.status.last_state.take());
+        }
+        slot.status.container_id = Some(container_id(&pod_key, &uid, &slot.spec.name, run_id));
+        run_id
+    }
+
+    /// The container's module can never run: as containerd reports a process that cannot be
+    /// started, the container is terminated with `StartError` (exit code 128) and its restart
+    /// policy decides what follows.
+    async fn failed_to_start(&mut self, id: SlotId, message: String) {
+        metrics().container_start_failed(id.init, START_ERROR);
+        self.begin_run(id);
+        let slot = self.slot_mut(id);
+        let name = slot.spec.name.clone();
+        slot.status.state = Some(status::terminated(
+            START_ERROR_CODE,
+            START_ERROR.into(),
+            Some(message.clone()),
+            None,
+            slot.status.container_id.clone(),
+        ));
+        slot.status.ready = false;
+        slot.status.started = Some(false);
+        tracing::info!(reason = START_ERROR, "{message}");
+        self.event(PodEvent::warning(
+            &name,
+            "Failed",
+            format!("Error: {message}"),
+        ))
+        .await;
+        self.after_termination(id, START_ERROR_CODE, Duration::ZERO)
+            .await;
+    }
+
     async fn failed_to_create(&mut self, id: SlotId, reason: &str, message: String) {
         metrics().container_start_failed(id.init, reason);
         let slot = self.slot_mut(id);
@@ -929,9 +977,6 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
     }
 
     async fn on_exit(&mut self, id: SlotId, run_id: u64, exit: Exit) {
-        let policy = self.restart_policy();
-        let pod_name = self.pod.name_any();
-        let (ns, uid) = (self.ns(), self.pod.uid().unwrap_or_default());
         let slot = self.slot_mut(id);
         if slot.run.as_ref().is_none_or(|r| r.id != run_id) {
             return;
@@ -954,9 +999,20 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         ));
         slot.status.ready = false;
         slot.status.started = Some(false);
+        self.after_termination(id, exit.code, run.started.elapsed())
+            .await;
+    }
+
+    /// What follows a container's termination with `code` after it ran for `ran_for`: the
+    /// next init container or the app containers, a restart (after its back-off), or nothing.
+    async fn after_termination(&mut self, id: SlotId, code: i32, ran_for: Duration) {
+        let policy = self.restart_policy();
+        let pod_name = self.pod.name_any();
+        let (ns, uid) = (self.ns(), self.pod.uid().unwrap_or_default());
+        let slot = self.slot_mut(id);
         let name = slot.spec.name.clone();
-        let failed = exit.code != 0;
-        let restart = should_restart(id.init, &policy, exit.code);
+        let failed = code != 0;
+        let restart = should_restart(id.init, &policy, code);
         if !restart {
             if id.init && !failed {
                 match self.init.get_mut(id.index + 1) {
@@ -971,7 +1027,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             }
             return;
         }
-        let delay = slot.restart_backoff.next(run.started.elapsed());
+        let delay = slot.restart_backoff.next(ran_for);
         slot.due = Some(crate::time::deadline_in(delay));
         if delay.is_zero() {
             return;

@@ -7,9 +7,11 @@ use crate::images::ImageStore;
 use crate::pods::admission::NodeFacts;
 use crate::pods::resources::Requests;
 use crate::runtime::{
-    ContainerRun, ModuleBytes, PrepareError, RunningContainer, Runtime, StartError,
+    ContainerRun, ModuleBytes, PrepareError, PrepareFailure, RunningContainer, Runtime, StartError,
 };
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, PodSpec, PodStatus, Secret};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, ContainerStatus, Pod, PodSpec, PodStatus, Secret,
+};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -45,6 +47,8 @@ struct FakeRuntime {
     panic_on: usize,
     guests: Arc<Guests>,
     warn: Option<&'static str>,
+    /// Preparing the module fails so.
+    unpreparable: Option<PrepareFailure>,
 }
 
 impl FakeRuntime {
@@ -54,6 +58,7 @@ impl FakeRuntime {
             panic_on: usize::MAX,
             guests,
             warn: None,
+            unpreparable: None,
         }
     }
 }
@@ -70,7 +75,13 @@ impl Runtime for FakeRuntime {
     }
 
     async fn prepare(&self, _module: ModuleBytes) -> Result<(), PrepareError> {
-        Ok(())
+        match self.unpreparable {
+            Some(kind) => Err(PrepareError {
+                message: "not WebAssembly".into(),
+                kind,
+            }),
+            None => Ok(()),
+        }
     }
 
     async fn start(&self, _: &(), run: ContainerRun) -> Result<RunningContainer, StartError> {
@@ -313,4 +324,71 @@ async fn a_running_containers_warning_is_an_event_and_a_log_line_naming_the_pod(
         "the line names its pod and container: {line}"
     );
     supervisors.remove("uid-1");
+}
+
+/// The state of the pod's only container in the last status written.
+fn only_container(host: &FakeHost) -> Option<(Option<String>, ContainerStatus)> {
+    let status = host.status.lock().unwrap().clone()?;
+    let container = status.container_statuses?.into_iter().next()?;
+    Some((status.phase, container))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_module_that_can_never_run_fails_to_start_and_follows_the_restart_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("m.wasm");
+    std::fs::write(&module, b"#!/bin/sh").unwrap();
+    for (policy, kind) in [
+        ("Never", PrepareFailure::NotRunnable),
+        ("Always", PrepareFailure::NotRunnable),
+        ("Never", PrepareFailure::Refused),
+    ] {
+        let runtime = FakeRuntime {
+            unpreparable: Some(kind),
+            ..FakeRuntime::new(Arc::default())
+        };
+        let host = Arc::new(FakeHost::default());
+        let mut supervisors = Supervisors::new(context(dir.path(), runtime, host.clone()));
+        let mut spec = pod(&format!("file://{}", module.display()), &["main"]);
+        spec.spec.as_mut().unwrap().restart_policy = Some(policy.into());
+        supervisors.apply(spec);
+        let settled = |host: &FakeHost| {
+            let Some((phase, container)) = only_container(host) else {
+                return false;
+            };
+            let state = container.state.unwrap_or_default();
+            match (policy, kind) {
+                ("Never", PrepareFailure::NotRunnable) => {
+                    phase.as_deref() == Some("Failed")
+                        && state.terminated.is_some_and(|t| {
+                            (t.exit_code, t.reason.as_deref()) == (128, Some("StartError"))
+                                && t.message.is_some_and(|m| m.contains("not WebAssembly"))
+                        })
+                }
+                ("Always", _) => {
+                    container.restart_count >= 1
+                        && state
+                            .waiting
+                            .is_some_and(|w| w.reason.as_deref() == Some("CrashLoopBackOff"))
+                        && container
+                            .last_state
+                            .and_then(|s| s.terminated)
+                            .is_some_and(|t| t.reason.as_deref() == Some("StartError"))
+                }
+                _ => {
+                    phase.as_deref() == Some("Pending")
+                        && state
+                            .waiting
+                            .is_some_and(|w| w.reason.as_deref() == Some("CreateContainerError"))
+                }
+            }
+        };
+        drive_until(
+            &mut supervisors,
+            &format!("{policy} pod, {kind:?}: its container's state"),
+            || settled(&host),
+        )
+        .await;
+        supervisors.remove("uid-1");
+    }
 }
