@@ -2,6 +2,8 @@
 //! registration and heartbeats, the pods bound to the node, images, logs, status, events and the
 //! kubelet API); a [`runtime::Runtime`] only prepares and runs WebAssembly.
 
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod images;
 pub mod logs;

@@ -1,6 +1,8 @@
 //! What the node binaries share at their edge: the kubelet's flags, the Kubernetes client (or
 //! the TLS bootstrap that makes one), signals, and start-up. A binary adds its runtime.
 
+#![warn(missing_docs)]
+
 use anyhow::Context;
 use kubelet::config::Config;
 use kubelet::runtime::Runtime;

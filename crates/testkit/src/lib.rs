@@ -1,6 +1,8 @@
 //! Test support for the krustlet workspace: a Kubernetes API server stand-in, a real OCI
 //! registry launcher, and wasm fixtures built from the repository's sources.
 
+#![warn(missing_docs)]
+
 pub mod apiserver;
 pub mod fixtures;
 pub mod process;

@@ -4,6 +4,8 @@
 //! `wascc:keyvalue`, `wascc:blobstore`). One wasmtime engine with nothing WASI in it; compiled
 //! actors cached by digest; one instance per container, in a store with the pod's limits.
 
+#![warn(missing_docs)]
+
 pub mod capabilities;
 pub mod claims;
 pub mod config;

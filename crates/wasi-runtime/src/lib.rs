@@ -4,6 +4,8 @@
 //! compiled once per digest and cached in memory and on disk; each guest in its own store with
 //! only the argv, environment, directories, destinations and resources its pod spec grants.
 
+#![warn(missing_docs)]
+
 mod guest;
 mod http;
 mod outbound;

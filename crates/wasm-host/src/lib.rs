@@ -2,6 +2,8 @@
 //! cached by digest, stores that enforce a container's limits, the ports guests serve on, and
 //! where their failed requests are reported.
 
+#![warn(missing_docs)]
+
 pub mod cache;
 pub mod capacity;
 pub mod failures;
