@@ -7,7 +7,8 @@ use crate::images::ImageStore;
 use crate::pods::admission::NodeFacts;
 use crate::pods::resources::Requests;
 use crate::runtime::{
-    ContainerRun, ModuleBytes, PrepareError, PrepareFailure, RunningContainer, Runtime, StartError,
+    ContainerRun, Exit, ModuleBytes, PrepareError, PrepareFailure, RunningContainer, Runtime,
+    StartError,
 };
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, ContainerStatus, Pod, PodSpec, PodStatus, Secret,
@@ -40,8 +41,34 @@ impl Drop for Guest {
     }
 }
 
-/// Guests that run until stopped; start number `panic_on` panics instead. With `warn`, every
-/// guest reports that warning as it starts.
+/// What a fake guest does: exit with `code` after `exits_after` (never if `None`); asked to
+/// stop, end `stops_after` later (a server finishing its requests) if it stops gracefully.
+#[derive(Clone, Copy)]
+struct Plan {
+    exits_after: Option<Duration>,
+    code: i32,
+    stops_after: Option<Duration>,
+}
+
+impl Plan {
+    const FOREVER: Plan = Plan {
+        exits_after: None,
+        code: 0,
+        stops_after: None,
+    };
+
+    fn exits(after: Duration, code: i32) -> Self {
+        Self {
+            exits_after: Some(after),
+            code,
+            stops_after: None,
+        }
+    }
+}
+
+/// Guests that follow their container's plan (the container is named by the last argument of
+/// the guest's argv; run forever if it has none); start number `panic_on` panics instead.
+/// With `warn`, every guest reports that warning as it starts.
 struct FakeRuntime {
     starts: AtomicUsize,
     panic_on: usize,
@@ -49,6 +76,10 @@ struct FakeRuntime {
     warn: Option<&'static str>,
     /// Preparing the module fails so.
     unpreparable: Option<PrepareFailure>,
+    /// By container: what its `n`th start (from 1) does.
+    plans: std::collections::HashMap<&'static str, fn(usize) -> Plan>,
+    /// Each start: the container, and when.
+    started: std::sync::Mutex<Vec<(String, tokio::time::Instant)>>,
 }
 
 impl FakeRuntime {
@@ -59,7 +90,35 @@ impl FakeRuntime {
             guests,
             warn: None,
             unpreparable: None,
+            plans: Default::default(),
+            started: Default::default(),
         }
+    }
+
+    fn with_plan(mut self, container: &'static str, plan: fn(usize) -> Plan) -> Self {
+        self.plans.insert(container, plan);
+        self
+    }
+
+    /// The seconds since `since` at which `container` was started.
+    fn starts_of(&self, container: &str, since: tokio::time::Instant) -> Vec<u64> {
+        self.started
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(c, _)| c == container)
+            .map(|(_, at)| (*at - since).as_secs())
+            .collect()
+    }
+
+    /// The containers in the order they were started.
+    fn start_order(&self) -> Vec<String> {
+        self.started
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(c, _)| c.clone())
+            .collect()
     }
 }
 
@@ -90,30 +149,81 @@ impl Runtime for FakeRuntime {
         if let Some(warning) = self.warn {
             run.warnings.warn("RequestFailed", warning);
         }
+        let container = run.args.last().cloned().unwrap_or_default();
+        let nth = {
+            let mut started = self.started.lock().unwrap();
+            started.push((container.clone(), tokio::time::Instant::now()));
+            started.iter().filter(|(c, _)| *c == container).count()
+        };
+        let plan = self
+            .plans
+            .get(container.as_str())
+            .map_or(Plan::FOREVER, |plan| plan(nth));
         let guest = Guest::new(self.guests.clone());
-        Ok(RunningContainer::new(tokio::spawn(async move {
+        let stop = run.stop.clone();
+        let task = tokio::spawn(async move {
             let _guest = guest;
-            std::future::pending().await
-        })))
+            let exit = async {
+                match plan.exits_after {
+                    Some(after) => tokio::time::sleep(after).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let asked = async {
+                stop.cancelled().await;
+                match plan.stops_after {
+                    Some(after) => tokio::time::sleep(after).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = exit => Exit { code: plan.code, reason: None, message: None },
+                () = asked => Exit::stopped(),
+            }
+        });
+        Ok(if plan.stops_after.is_some() {
+            RunningContainer::graceful(task)
+        } else {
+            RunningContainer::new(task)
+        })
     }
 }
 
-/// A host that keeps the last status written and the events recorded.
+/// A host that keeps the last status written, the events recorded and when the pod was
+/// removed; its first `failing_writes` status writes fail.
 #[derive(Default)]
 struct FakeHost {
     status: std::sync::Mutex<Option<PodStatus>>,
     events: std::sync::Mutex<Vec<PodEvent>>,
+    failing_writes: AtomicUsize,
+    /// When each status write was tried.
+    writes: std::sync::Mutex<Vec<tokio::time::Instant>>,
+    deleted: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 impl PodHost for FakeHost {
     async fn write_status(&self, _pod: &Pod, status: &PodStatus) -> Result<(), StatusError> {
+        self.writes
+            .lock()
+            .unwrap()
+            .push(tokio::time::Instant::now());
+        let failing = self
+            .failing_writes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if failing.is_ok() {
+            return Err(StatusError::Failed(
+                "injected: the API server is away".into(),
+            ));
+        }
         *self.status.lock().unwrap() = Some(status.clone());
         Ok(())
     }
     async fn record(&self, _pod: &Pod, event: PodEvent) {
         self.events.lock().unwrap().push(event);
     }
-    async fn finish_deletion(&self, _pod: &Pod) {}
+    async fn finish_deletion(&self, _pod: &Pod) {
+        *self.deleted.lock().unwrap() = Some(tokio::time::Instant::now());
+    }
     async fn config_map(&self, _ns: &str, _name: &str) -> Result<Option<ConfigMap>, String> {
         Ok(None)
     }
@@ -179,6 +289,8 @@ fn pod(image: &str, containers: &[&str]) -> Pod {
                 .map(|name| Container {
                     name: name.to_string(),
                     image: Some(image.into()),
+                    // The fake runtime finds the container's plan by it.
+                    args: Some(vec![name.to_string()]),
                     ..Default::default()
                 })
                 .collect(),
@@ -391,4 +503,233 @@ async fn a_module_that_can_never_run_fails_to_start_and_follows_the_restart_poli
         .await;
         supervisors.remove("uid-1");
     }
+}
+
+/// A supervisor for `pod` over `runtime` and a fresh host, with its module on disk.
+struct Harness {
+    _dir: tempfile::TempDir,
+    module: String,
+    ctx: Arc<PodContext<FakeRuntime, FakeHost>>,
+    host: Arc<FakeHost>,
+    supervisors: Supervisors<FakeRuntime, FakeHost>,
+    began: tokio::time::Instant,
+}
+
+impl Harness {
+    fn new(runtime: FakeRuntime, host: FakeHost) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let module = dir.path().join("m.wasm");
+        std::fs::write(&module, b"\0asm\x01\0\0\0").unwrap();
+        let host = Arc::new(host);
+        let ctx = context(dir.path(), runtime, host.clone());
+        Self {
+            module: format!("file://{}", module.display()),
+            supervisors: Supervisors::new(ctx.clone()),
+            ctx,
+            host,
+            _dir: dir,
+            began: tokio::time::Instant::now(),
+        }
+    }
+
+    /// A pod of `containers` (and `init` containers) under `policy`.
+    fn pod(&self, init: &[&str], containers: &[&str], policy: &str) -> Pod {
+        let mut pod = pod(&self.module, containers);
+        let spec = pod.spec.as_mut().unwrap();
+        spec.restart_policy = Some(policy.into());
+        let inits = super::tests::pod(&self.module, init)
+            .spec
+            .unwrap()
+            .containers;
+        spec.init_containers = (!inits.is_empty()).then_some(inits);
+        pod
+    }
+
+    async fn until(&mut self, what: &str, done: impl Fn(&Self) -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3600);
+        while !done(self) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what} did not happen"
+            );
+            tokio::select! {
+                () = self.supervisors.reap() => {}
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+    }
+
+    fn container(&self, name: &str) -> Option<ContainerStatus> {
+        let status = self.host.status.lock().unwrap().clone()?;
+        status
+            .init_container_statuses
+            .into_iter()
+            .flatten()
+            .chain(status.container_statuses.into_iter().flatten())
+            .find(|c| c.name == name)
+    }
+
+    fn phase(&self) -> Option<String> {
+        self.host.status.lock().unwrap().as_ref()?.phase.clone()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crashing_container_backs_off_doubling_in_crash_loop_back_off_and_resets_after_a_long_run()
+ {
+    // Exits with 1 at once, five times; then runs 11 minutes before exiting; then at once again.
+    let runtime = FakeRuntime::new(Arc::default()).with_plan("c", |n| match n {
+        6 => Plan::exits(Duration::from_secs(660), 1),
+        _ => Plan::exits(Duration::ZERO, 1),
+    });
+    let mut h = Harness::new(runtime, FakeHost::default());
+    h.supervisors.apply(h.pod(&[], &["c"], "Always"));
+    h.until("the third restart", |h| {
+        h.ctx.runtime.starts_of("c", h.began).len() >= 4
+    })
+    .await;
+    // The first restart is at once, then 10 s doubling, as the kubelet's.
+    assert_eq!(h.ctx.runtime.starts_of("c", h.began), [0, 0, 10, 30]);
+    h.until("CrashLoopBackOff", |h| {
+        h.container("c").is_some_and(|c| {
+            c.restart_count == 3
+                && c.state.and_then(|s| s.waiting).is_some_and(|w| {
+                    w.reason.as_deref() == Some("CrashLoopBackOff")
+                        && w.message.is_some_and(|m| m.contains("back-off 40s"))
+                })
+                && c.last_state
+                    .and_then(|s| s.terminated)
+                    .is_some_and(|t| t.exit_code == 1)
+        })
+    })
+    .await;
+    h.until("the run after the long one", |h| {
+        h.ctx.runtime.starts_of("c", h.began).len() >= 7
+    })
+    .await;
+    let starts = h.ctx.runtime.starts_of("c", h.began);
+    // 0, 0, 10, 30, 70, 150 (+80): the sixth runs 660 s, past the 10 minutes that reset the
+    // back-off, so the seventh starts at once when it ends.
+    assert_eq!(starts, [0, 0, 10, 30, 70, 150, 810]);
+    assert_eq!(
+        h.phase().as_deref(),
+        Some("Running"),
+        "an Always pod restarting is Running"
+    );
+    h.supervisors.remove("uid-1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn init_containers_run_one_after_another_before_the_app_and_a_failed_one_fails_a_never_pod() {
+    let runtime = FakeRuntime::new(Arc::default())
+        .with_plan("first", |_| Plan::exits(Duration::from_secs(1), 0))
+        .with_plan("second", |_| Plan::exits(Duration::from_secs(2), 0));
+    let mut h = Harness::new(runtime, FakeHost::default());
+    h.supervisors
+        .apply(h.pod(&["first", "second"], &["app"], "Never"));
+    h.until("the app running", |h| {
+        h.container("app")
+            .is_some_and(|c| c.state.is_some_and(|s| s.running.is_some()))
+    })
+    .await;
+    assert_eq!(h.ctx.runtime.start_order(), ["first", "second", "app"]);
+    assert_eq!(h.ctx.runtime.starts_of("first", h.began), [0]);
+    assert_eq!(h.ctx.runtime.starts_of("second", h.began), [1]);
+    assert_eq!(h.ctx.runtime.starts_of("app", h.began), [3]);
+    assert_eq!(h.phase().as_deref(), Some("Running"));
+    h.supervisors.remove("uid-1");
+
+    let runtime = FakeRuntime::new(Arc::default())
+        .with_plan("first", |_| Plan::exits(Duration::from_secs(1), 3));
+    let mut h = Harness::new(runtime, FakeHost::default());
+    h.supervisors
+        .apply(h.pod(&["first", "second"], &["app"], "Never"));
+    h.until("the pod Failed", |h| h.phase().as_deref() == Some("Failed"))
+        .await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(
+        h.ctx.runtime.start_order(),
+        ["first"],
+        "nothing after a failed init container of a Never pod"
+    );
+    let first = h.container("first").unwrap();
+    assert_eq!(
+        first.state.and_then(|s| s.terminated).map(|t| t.exit_code),
+        Some(3)
+    );
+    h.supervisors.remove("uid-1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn deletion_waits_for_a_graceful_container_and_kills_one_past_the_grace_period() {
+    // (seconds the server takes to stop, seconds until the pod is removed, its exit code)
+    for (stops_after, removed_after, code) in [(2, 2, 0), (600, 5, 137)] {
+        let plan: fn(usize) -> Plan = match stops_after {
+            2 => |_| Plan {
+                stops_after: Some(Duration::from_secs(2)),
+                ..Plan::FOREVER
+            },
+            _ => |_| Plan {
+                stops_after: Some(Duration::from_secs(600)),
+                ..Plan::FOREVER
+            },
+        };
+        let runtime = FakeRuntime::new(Arc::default()).with_plan("server", plan);
+        let mut h = Harness::new(runtime, FakeHost::default());
+        let mut pod = h.pod(&[], &["server"], "Always");
+        pod.spec.as_mut().unwrap().termination_grace_period_seconds = Some(5);
+        h.supervisors.apply(pod.clone());
+        h.until("running", |h| {
+            h.container("server")
+                .is_some_and(|c| c.state.is_some_and(|s| s.running.is_some()))
+        })
+        .await;
+        let asked = tokio::time::Instant::now();
+        pod.metadata.deletion_timestamp = Some(crate::pods::status::now());
+        pod.metadata.deletion_grace_period_seconds = Some(5);
+        h.supervisors.apply(pod);
+        h.until("removed", |h| h.host.deleted.lock().unwrap().is_some())
+            .await;
+        let removed = h.host.deleted.lock().unwrap().unwrap();
+        assert_eq!(
+            (removed - asked).as_secs(),
+            removed_after,
+            "a server stopping in {stops_after} s with a grace period of 5 s"
+        );
+        assert_eq!(h.ctx.runtime.guests.live.load(Ordering::SeqCst), 0);
+        let terminated = h
+            .container("server")
+            .and_then(|c| c.state?.terminated)
+            .expect("the final status says the container ended");
+        assert_eq!(
+            terminated.exit_code, code,
+            "stopped, or killed at the deadline"
+        );
+        h.supervisors.remove("uid-1");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_status_write_that_fails_is_tried_again_until_the_pod_is_reported() {
+    let host = FakeHost {
+        failing_writes: AtomicUsize::new(3),
+        ..Default::default()
+    };
+    let mut h = Harness::new(FakeRuntime::new(Arc::default()), host);
+    h.supervisors.apply(h.pod(&[], &["c"], "Always"));
+    h.until("the pod reported Running", |h| {
+        h.phase().as_deref() == Some("Running")
+    })
+    .await;
+    let writes: Vec<u64> = h
+        .host
+        .writes
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|at| (*at - h.began).as_secs())
+        .collect();
+    // Three failures, tried again after 1, 2 and 4 s; the changes meanwhile coalesce.
+    assert_eq!(&writes[..4], [0, 1, 3, 7], "{writes:?}");
+    h.supervisors.remove("uid-1");
 }
