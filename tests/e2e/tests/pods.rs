@@ -296,6 +296,43 @@ async fn bad_images_end_in_clear_statuses_and_events_while_the_node_stays_ready(
 }
 
 #[tokio::test]
+async fn the_active_deadline_fails_running_and_never_started_pods_once() -> anyhow::Result<()> {
+    let cluster = Cluster::new("deadline").await?;
+    let agent = cluster.start_node().await?;
+    let image = cluster.push_guest("wasi-probe").await?;
+    let mut running = wasm_pod("running", &image, &agent.name, &["forever"], "Always");
+    // An image nobody can pull: its container never starts.
+    let mut stuck = wasm_pod(
+        "stuck",
+        "127.0.0.1:1/nothing/here:v1",
+        &agent.name,
+        &[],
+        "Always",
+    );
+    for pod in [&mut running, &mut stuck] {
+        pod.spec.as_mut().expect("a spec").active_deadline_seconds = Some(3);
+        cluster.create_pod(pod.clone()).await?;
+    }
+    for name in ["running", "stuck"] {
+        let failed = cluster
+            .wait_pod(name, "Failed", has_phase("Failed"))
+            .await?;
+        let status = failed.status.expect("a status");
+        assert_eq!(status.reason.as_deref(), Some("DeadlineExceeded"), "{name}");
+    }
+    // Failed for good: one DeadlineExceeded event each, however long one waits.
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    for name in ["running", "stuck"] {
+        let recorded = cluster.pod_event_count(name, "DeadlineExceeded").await?;
+        assert_eq!(
+            recorded, 1,
+            "{name}: DeadlineExceeded recorded {recorded} times"
+        );
+    }
+    node_still_ready(&cluster, &agent).await
+}
+
+#[tokio::test]
 async fn a_pod_bound_without_the_toleration_is_rejected_by_the_node() -> anyhow::Result<()> {
     let cluster = Cluster::new("rejected").await?;
     let agent = cluster.start_node().await?;

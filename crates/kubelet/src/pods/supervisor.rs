@@ -84,6 +84,8 @@ pub struct Supervisor<R: Runtime, H: PodHost> {
     init: Vec<Slot>,
     app: Vec<Slot>,
     start_time: Time,
+    /// `start_time` on the monotonic clock, which deadlines are counted on.
+    started: Instant,
     status: StatusWriter,
     exits_tx: mpsc::UnboundedSender<(SlotId, u64, Exit)>,
     exits: mpsc::UnboundedReceiver<(SlotId, u64, Exit)>,
@@ -155,6 +157,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             init,
             app,
             start_time: now(),
+            started: Instant::now(),
             status: StatusWriter::default(),
             exits_tx,
             exits,
@@ -336,6 +339,11 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
     fn adopt(&mut self, recorded: &PodStatus) {
         if let Some(start) = &recorded.start_time {
             self.start_time = start.clone();
+            let elapsed = jiff::Timestamp::now().duration_since(start.0);
+            let elapsed = Duration::try_from(elapsed).unwrap_or(Duration::ZERO);
+            self.started = Instant::now()
+                .checked_sub(elapsed)
+                .unwrap_or_else(Instant::now);
         }
         if recorded.phase.as_deref() == Some("Failed")
             && let Some(reason) = &recorded.reason
@@ -1126,17 +1134,21 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
                     .as_ref()
                     .is_some_and(|st| st.terminated.is_some())
         });
-        self.finished = init_failed_for_good || all_done;
+        // A pod-level failure (DeadlineExceeded) is final, whatever state its containers were
+        // left in (one waiting to be created never terminated).
+        self.finished = self.failure.is_some() || init_failed_for_good || all_done;
     }
 
-    /// When `spec.activeDeadlineSeconds` (counted from the pod's start time) runs out.
+    /// When `spec.activeDeadlineSeconds` (counted from the pod's start time, on the monotonic
+    /// clock) runs out.
     fn active_deadline(&self) -> Option<Instant> {
         let seconds = self.pod.spec.as_ref()?.active_deadline_seconds?;
-        let ends = crate::time::timestamp_plus(self.start_time.0, seconds);
-        let left = jiff::Timestamp::now().duration_until(ends);
-        Some(crate::time::deadline_in(
-            Duration::try_from(left).unwrap_or(Duration::ZERO),
-        ))
+        let allowed = crate::time::seconds(seconds);
+        Some(
+            self.started
+                .checked_add(allowed)
+                .unwrap_or_else(|| crate::time::deadline_in(allowed)),
+        )
     }
 
     /// The periodic volume sync: API-backed volumes written again from the current objects

@@ -77,7 +77,7 @@ struct FakeRuntime {
     /// Preparing the module fails so.
     unpreparable: Option<PrepareFailure>,
     /// By container: what its `n`th start (from 1) does.
-    plans: std::collections::HashMap<&'static str, fn(usize) -> Plan>,
+    plans: std::collections::HashMap<&'static str, Box<dyn Fn(usize) -> Plan + Send + Sync>>,
     /// Each start: the container, and when.
     started: std::sync::Mutex<Vec<(String, tokio::time::Instant)>>,
 }
@@ -95,8 +95,12 @@ impl FakeRuntime {
         }
     }
 
-    fn with_plan(mut self, container: &'static str, plan: fn(usize) -> Plan) -> Self {
-        self.plans.insert(container, plan);
+    fn with_plan(
+        mut self,
+        container: &'static str,
+        plan: impl Fn(usize) -> Plan + Send + Sync + 'static,
+    ) -> Self {
+        self.plans.insert(container, Box::new(plan));
         self
     }
 
@@ -731,5 +735,169 @@ async fn a_status_write_that_fails_is_tried_again_until_the_pod_is_reported() {
         .collect();
     // Three failures, tried again after 1, 2 and 4 s; the changes meanwhile coalesce.
     assert_eq!(&writes[..4], [0, 1, 3, 7], "{writes:?}");
+    h.supervisors.remove("uid-1");
+}
+
+/// Any value the API lets a spec carry in the fields the supervisor computes with.
+fn extreme_i64() -> impl proptest::strategy::Strategy<Value = i64> {
+    proptest::prop_oneof![
+        proptest::strategy::Just(i64::MAX),
+        proptest::strategy::Just(i64::MIN),
+        proptest::strategy::Just(0),
+        proptest::strategy::Just(-1),
+        proptest::prelude::any::<i64>(),
+        0i64..100,
+    ]
+}
+
+fn extreme_i32() -> impl proptest::strategy::Strategy<Value = i32> {
+    proptest::prop_oneof![
+        proptest::strategy::Just(i32::MAX),
+        proptest::strategy::Just(i32::MIN),
+        proptest::prelude::any::<i32>(),
+        0i32..5,
+    ]
+}
+
+/// Whether code on this thread panicked since the last call (a supervisor's panic is caught
+/// by its task and respawned, so it is only seen here).
+fn panicked_here() -> bool {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, Once};
+    use std::thread::ThreadId;
+    static PANICKED: Mutex<Option<HashSet<ThreadId>>> = Mutex::new(None);
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICKED
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_or_insert_with(HashSet::new)
+                .insert(std::thread::current().id());
+            previous(info);
+        }));
+    });
+    PANICKED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get_or_insert_with(HashSet::new)
+        .remove(&std::thread::current().id())
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+    /// Whatever durations, counts, policies, quantities and references a spec carries, the
+    /// pod runs its course and is deleted without its supervisor panicking (a panic would be
+    /// respawned, so it is caught here by counting respawns: none may happen).
+    #[test]
+    fn no_spec_value_panics_the_supervisor(
+        grace in extreme_i64(),
+        deadline in extreme_i64(),
+        delete_grace in extreme_i64(),
+        policy in proptest::prop_oneof!["Always", "OnFailure", "Never", "\\PC{0,8}"],
+        probe in (extreme_i32(), extreme_i32(), extreme_i32(), extreme_i32(), extreme_i32()),
+        memory in proptest::prop_oneof!["1Gi", "0", "-1", "1e400", "\\PC{0,12}"],
+        cpu in proptest::prop_oneof!["250m", "0", "1e-9", "\\PC{0,12}"],
+        divisor in proptest::prop_oneof!["0", "1m", "1Ei", "\\PC{0,6}"],
+        field in proptest::prop_oneof!["metadata.name", "status.podIP", "\\PC{0,20}"],
+        exit_after in 0u64..120,
+        code in proptest::prelude::any::<i32>(),
+    ) {
+        panicked_here();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let fake = FakeRuntime::new(Arc::default())
+                .with_plan("c", move |_| Plan::exits(Duration::from_secs(exit_after), code));
+            let mut h = Harness::new(fake, FakeHost::default());
+            let (initial_delay, period, timeout, success, failure) = probe;
+            let mut pod: Pod = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "p", "namespace": "default", "uid": "uid-1"},
+                "spec": {
+                    "nodeName": "node",
+                    "restartPolicy": policy,
+                    "terminationGracePeriodSeconds": grace,
+                    "activeDeadlineSeconds": deadline,
+                    "containers": [{
+                        "name": "c",
+                        "image": h.module,
+                        "args": ["c"],
+                        "resources": {"limits": {"memory": memory, "cpu": cpu}},
+                        "env": [
+                            {"name": "CPU", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu", "divisor": divisor}}},
+                            {"name": "FIELD", "valueFrom": {"fieldRef": {"fieldPath": field}}},
+                        ],
+                        "livenessProbe": {
+                            "tcpSocket": {"port": 1},
+                            "initialDelaySeconds": initial_delay,
+                            "periodSeconds": period,
+                            "timeoutSeconds": timeout,
+                            "successThreshold": success,
+                            "failureThreshold": failure,
+                        },
+                    }],
+                },
+            }))
+            .unwrap();
+            h.supervisors.apply(pod.clone());
+            for _ in 0..20 {
+                tokio::select! {
+                    () = h.supervisors.reap() => {}
+                    () = tokio::time::sleep(Duration::from_secs(10)) => {}
+                }
+            }
+            pod.metadata.deletion_timestamp = Some(crate::pods::status::now());
+            pod.metadata.deletion_grace_period_seconds = Some(delete_grace);
+            h.supervisors.apply(pod);
+            h.until("the pod removed", |h| h.host.deleted.lock().unwrap().is_some()).await;
+        });
+        proptest::prop_assert!(!panicked_here(), "a supervisor panicked");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_active_deadline_fails_a_pod_once_even_when_its_container_never_started() {
+    let mut h = Harness::new(FakeRuntime::new(Arc::default()), FakeHost::default());
+    let mut pod = h.pod(&[], &["c"], "Always");
+    let spec = pod.spec.as_mut().unwrap();
+    spec.active_deadline_seconds = Some(5);
+    // A reference the node cannot resolve: the container waits in CreateContainerConfigError.
+    spec.containers[0].env = Some(vec![
+        serde_json::from_value(serde_json::json!(
+            {"name": "X", "valueFrom": {"fieldRef": {"fieldPath": "metadata.nothing"}}}
+        ))
+        .unwrap(),
+    ]);
+    h.supervisors.apply(pod);
+    h.until("the pod Failed", |h| h.phase().as_deref() == Some("Failed"))
+        .await;
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    let deadline_events = h
+        .host
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| e.reason == "DeadlineExceeded")
+        .count();
+    assert_eq!(
+        deadline_events, 1,
+        "the deadline ends the pod once, for good"
+    );
+    assert!(h.ctx.runtime.start_order().is_empty());
+    assert_eq!(
+        h.host
+            .status
+            .lock()
+            .unwrap()
+            .as_ref()
+            .and_then(|s| s.reason.clone())
+            .as_deref(),
+        Some("DeadlineExceeded")
+    );
     h.supervisors.remove("uid-1");
 }
