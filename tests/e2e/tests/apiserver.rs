@@ -724,3 +724,153 @@ async fn watches_send_bookmarks_when_asked() -> anyhow::Result<()> {
     assert!(!bookmark.metadata.resource_version.is_empty());
     Ok(())
 }
+
+#[tokio::test]
+async fn pods_come_back_with_the_fields_the_node_reads_defaulted() -> anyhow::Result<()> {
+    let cluster = Cluster::new("defaults").await?;
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "d"}, "spec": {
+        "schedulerName": "e2e-none",
+        "containers": [{
+            "name": "c", "image": "registry.invalid/x:v1",
+            "ports": [{"containerPort": 80}],
+            "env": [
+                {"name": "CPU", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu"}}},
+                {"name": "NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            ],
+            "livenessProbe": {"httpGet": {"port": 80}},
+            "readinessProbe": {"tcpSocket": {"port": 80}, "periodSeconds": 3},
+            "lifecycle": {"preStop": {"httpGet": {"port": 80}}},
+        }],
+        "volumes": [
+            {"name": "nothing"},
+            {"name": "cm", "configMap": {"name": "x"}},
+            {"name": "secret", "secret": {"secretName": "x"}},
+            {"name": "host", "hostPath": {"path": "/tmp"}},
+            {"name": "down", "downwardAPI": {"items": [
+                {"path": "cpu", "resourceFieldRef": {"containerName": "c", "resource": "limits.cpu"}},
+                {"path": "name", "fieldRef": {"fieldPath": "metadata.name"}},
+            ]}},
+            {"name": "token", "projected": {"sources": [{"serviceAccountToken": {"path": "t"}}]}},
+        ],
+    }}))?;
+    let created = serde_json::to_value(pods.create(&PostParams::default(), &pod).await?)?;
+    let spec = &created["spec"];
+    let c = &spec["containers"][0];
+    assert_eq!(
+        (
+            &spec["restartPolicy"],
+            &spec["terminationGracePeriodSeconds"],
+            &spec["dnsPolicy"],
+            &spec["enableServiceLinks"],
+        ),
+        (
+            &json!("Always"),
+            &json!(30),
+            &json!("ClusterFirst"),
+            &json!(true)
+        )
+    );
+    assert_eq!(c["imagePullPolicy"], "IfNotPresent");
+    assert_eq!(c["ports"][0]["protocol"], "TCP");
+    assert_eq!(c["env"][0]["valueFrom"]["resourceFieldRef"]["divisor"], "0");
+    assert_eq!(c["env"][1]["valueFrom"]["fieldRef"]["apiVersion"], "v1");
+    let probe = &c["livenessProbe"];
+    assert_eq!(
+        (
+            &probe["timeoutSeconds"],
+            &probe["periodSeconds"],
+            &probe["successThreshold"],
+            &probe["failureThreshold"]
+        ),
+        (&json!(1), &json!(10), &json!(1), &json!(3))
+    );
+    assert_eq!(
+        (&probe["httpGet"]["path"], &probe["httpGet"]["scheme"]),
+        (&json!("/"), &json!("HTTP"))
+    );
+    assert_eq!(c["readinessProbe"]["periodSeconds"], 3, "set values stay");
+    assert_eq!(c["lifecycle"]["preStop"]["httpGet"]["scheme"], "HTTP");
+    let volumes = &spec["volumes"];
+    assert_eq!(volumes[0]["emptyDir"], json!({}), "a volume with no source");
+    assert_eq!(volumes[1]["configMap"]["defaultMode"], 420);
+    assert_eq!(volumes[2]["secret"]["defaultMode"], 420);
+    assert_eq!(volumes[3]["hostPath"]["type"], "");
+    assert_eq!(volumes[4]["downwardAPI"]["defaultMode"], 420);
+    assert_eq!(
+        volumes[4]["downwardAPI"]["items"][0]["resourceFieldRef"]["divisor"],
+        "0"
+    );
+    assert_eq!(
+        volumes[4]["downwardAPI"]["items"][1]["fieldRef"]["apiVersion"],
+        "v1"
+    );
+    assert_eq!(volumes[5]["projected"]["defaultMode"], 420);
+    assert_eq!(
+        volumes[5]["projected"]["sources"][0]["serviceAccountToken"]["expirationSeconds"],
+        3600
+    );
+    assert!(
+        c.get("env").is_some() && spec.get("initContainers").is_none(),
+        "nothing added that was not there"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn pod_specs_the_node_could_not_honour_are_refused_at_creation() -> anyhow::Result<()> {
+    let cluster = Cluster::new("invalid").await?;
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    let with = |name: &str, spec: serde_json::Value| -> Pod {
+        let mut pod = json!({"metadata": {"name": name}, "spec": {
+            "schedulerName": "e2e-none",
+            "containers": [{"name": "c", "image": "registry.invalid/x:v1"}],
+            "volumes": [{"name": "v", "emptyDir": {}}],
+        }});
+        json_patch::merge(&mut pod, &json!({"spec": spec}));
+        serde_json::from_value(pod).expect("a pod")
+    };
+    let container = |extra: serde_json::Value| {
+        let mut c = json!({"name": "c", "image": "registry.invalid/x:v1"});
+        json_patch::merge(&mut c, &extra);
+        json!({"containers": [c]})
+    };
+    let invalid = [
+        with(
+            "escape",
+            container(
+                json!({"volumeMounts": [{"name": "v", "mountPath": "/v", "subPath": "a/../../etc"}]}),
+            ),
+        ),
+        with(
+            "absolute",
+            container(
+                json!({"volumeMounts": [{"name": "v", "mountPath": "/v", "subPath": "/etc"}]}),
+            ),
+        ),
+        with("deadline-zero", json!({"activeDeadlineSeconds": 0})),
+        with("deadline-huge", json!({"activeDeadlineSeconds": i64::MAX})),
+        with(
+            "probe-negative",
+            container(json!({"livenessProbe": {"tcpSocket": {"port": 1}, "periodSeconds": -1}})),
+        ),
+        with(
+            "liveness-threshold",
+            container(json!({"livenessProbe": {"tcpSocket": {"port": 1}, "successThreshold": 2}})),
+        ),
+    ];
+    for pod in invalid {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let (code, reason) = api_code(pods.create(&PostParams::default(), &pod).await);
+        assert_eq!((code, reason.as_str()), (422, "Invalid"), "{name}");
+    }
+    // What is fine stays fine.
+    let fine = with(
+        "fine",
+        json!({"activeDeadlineSeconds": 30, "containers": [{"name": "c", "image": "registry.invalid/x:v1",
+            "volumeMounts": [{"name": "v", "mountPath": "/v", "subPath": "a/b..c"}],
+            "readinessProbe": {"tcpSocket": {"port": 1}, "successThreshold": 2}}]}),
+    );
+    pods.create(&PostParams::default(), &fine).await?;
+    Ok(())
+}

@@ -175,6 +175,9 @@ fn default_pod(pod: &mut Value) {
             }
         }
     }
+    for volume in spec["volumes"].as_array_mut().into_iter().flatten() {
+        default_volume(volume);
+    }
     let qos = qos_class(&pod["spec"]);
     pod["status"] = json!({"phase": "Pending", "qosClass": qos});
 }
@@ -214,6 +217,117 @@ fn default_container(c: &mut Value) {
     if let Some(ports) = c["ports"].as_array_mut() {
         for p in ports.iter_mut().filter(|p| p["protocol"].is_null()) {
             p["protocol"] = json!("TCP");
+        }
+    }
+    for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
+        if let Some(probe) = c.get_mut(probe).filter(|p| p.is_object()) {
+            default_probe(probe);
+        }
+    }
+    for hook in ["postStart", "preStop"] {
+        let action = c
+            .get_mut("lifecycle")
+            .and_then(|l| l.get_mut(hook))
+            .and_then(|h| h.get_mut("httpGet"));
+        if let Some(action) = action {
+            default_http_get(action);
+        }
+    }
+    for env in items(c, &["env"]) {
+        if let Some(source) = env.get_mut("valueFrom") {
+            default_references(source);
+        }
+    }
+}
+
+/// The elements of the array at `path` under `value`, if there is one (nothing is inserted on
+/// the way, as indexing a `Value` mutably would).
+fn items<'a>(value: &'a mut Value, path: &[&str]) -> impl Iterator<Item = &'a mut Value> {
+    path.iter()
+        .try_fold(value, |v, key| v.get_mut(*key))
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+}
+
+/// `SetDefaults_Probe`: the kubelet's timings when a probe leaves them out (or at 0).
+fn default_probe(probe: &mut Value) {
+    for (key, value) in [
+        ("timeoutSeconds", 1),
+        ("periodSeconds", 10),
+        ("successThreshold", 1),
+        ("failureThreshold", 3),
+    ] {
+        if probe[key].is_null() || probe[key] == 0 {
+            probe[key] = json!(value);
+        }
+    }
+    if let Some(action) = probe.get_mut("httpGet") {
+        default_http_get(action);
+    }
+}
+
+/// `SetDefaults_HTTPGetAction`: path `/`, scheme `HTTP`.
+fn default_http_get(action: &mut Value) {
+    if action["path"].as_str().unwrap_or_default().is_empty() {
+        action["path"] = json!("/");
+    }
+    if action["scheme"].as_str().unwrap_or_default().is_empty() {
+        action["scheme"] = json!("HTTP");
+    }
+}
+
+/// A fieldRef's `apiVersion` defaults to `v1`; a resourceFieldRef's `divisor`, a quantity
+/// the server always writes, comes back as `"0"` when left out.
+fn default_references(source: &mut Value) {
+    if let Some(field) = source
+        .get_mut("fieldRef")
+        .filter(|f| f["apiVersion"].is_null())
+    {
+        field["apiVersion"] = json!("v1");
+    }
+    if let Some(resource) = source
+        .get_mut("resourceFieldRef")
+        .filter(|r| r["divisor"].is_null())
+    {
+        resource["divisor"] = json!("0");
+    }
+}
+
+/// `SetDefaults_Volume` and the volume sources' defaults.
+fn default_volume(volume: &mut Value) {
+    let has_source = volume
+        .as_object()
+        .is_some_and(|v| v.keys().any(|k| k != "name"));
+    if !has_source {
+        volume["emptyDir"] = json!({});
+    }
+    for source in ["configMap", "secret", "downwardAPI", "projected"] {
+        if let Some(source) = volume
+            .get_mut(source)
+            .filter(|s| s.is_object() && s["defaultMode"].is_null())
+        {
+            source["defaultMode"] = json!(0o644);
+        }
+    }
+    if let Some(host_path) = volume
+        .get_mut("hostPath")
+        .filter(|h| h.is_object() && h["type"].is_null())
+    {
+        host_path["type"] = json!("");
+    }
+    for item in items(volume, &["downwardAPI", "items"]) {
+        default_references(item);
+    }
+    for projection in items(volume, &["projected", "sources"]) {
+        if let Some(token) = projection
+            .get_mut("serviceAccountToken")
+            .filter(|t| t["expirationSeconds"].is_null())
+        {
+            token["expirationSeconds"] = json!(3600);
+        }
+        for item in items(projection, &["downwardAPI", "items"]) {
+            default_references(item);
         }
     }
 }
@@ -313,12 +427,71 @@ fn validate_pod_spec(spec: &Value, errors: &mut Vec<(String, String)>) {
             if c["image"].as_str().unwrap_or_default().trim().is_empty() {
                 errors.push((format!("spec.{list}[{i}].image"), "Required value".into()));
             }
+            validate_container(c, &format!("spec.{list}[{i}]"), errors);
+        }
+    }
+    if let Some(deadline) = spec.get("activeDeadlineSeconds").filter(|d| !d.is_null()) {
+        let value = deadline.as_i64().unwrap_or(0);
+        if !(1..=i64::from(i32::MAX)).contains(&value) {
+            errors.push((
+                "spec.activeDeadlineSeconds".into(),
+                format!("Invalid value: {value}: must be between 1 and 2147483647, inclusive"),
+            ));
         }
     }
     if let Some(policy) = spec["restartPolicy"].as_str()
         && !["Always", "OnFailure", "Never"].contains(&policy)
     {
         errors.push(("spec.restartPolicy".into(), format!("Unsupported value: \"{policy}\": supported values: \"Always\", \"OnFailure\", \"Never\"")));
+    }
+}
+
+/// A container's volume mounts and probes, as the real server checks them.
+fn validate_container(c: &Value, path: &str, errors: &mut Vec<(String, String)>) {
+    for (i, mount) in c["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let sub_path = mount["subPath"].as_str().unwrap_or_default();
+        if sub_path.split('/').any(|part| part == "..") {
+            errors.push((
+                format!("{path}.volumeMounts[{i}].subPath"),
+                format!("Invalid value: \"{sub_path}\": must not contain '..'"),
+            ));
+        }
+        if sub_path.starts_with('/') {
+            errors.push((
+                format!("{path}.volumeMounts[{i}].subPath"),
+                format!("Invalid value: \"{sub_path}\": must be a relative path"),
+            ));
+        }
+    }
+    for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
+        let fields = [
+            "initialDelaySeconds",
+            "timeoutSeconds",
+            "periodSeconds",
+            "successThreshold",
+            "failureThreshold",
+        ];
+        for field in fields {
+            if let Some(value) = c[probe][field].as_i64().filter(|v| *v < 0) {
+                errors.push((
+                    format!("{path}.{probe}.{field}"),
+                    format!("Invalid value: {value}: must be greater than or equal to 0"),
+                ));
+            }
+        }
+        if probe != "readinessProbe"
+            && let Some(value) = c[probe]["successThreshold"].as_i64().filter(|v| *v != 1)
+        {
+            errors.push((
+                format!("{path}.{probe}.successThreshold"),
+                format!("Invalid value: {value}: must be 1"),
+            ));
+        }
     }
 }
 
