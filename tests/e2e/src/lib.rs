@@ -309,16 +309,25 @@ impl Cluster {
         .await
     }
 
-    /// How many times events of `reason` about a pod were recorded (repeats aggregated into
-    /// one Event count as its `count`).
-    pub async fn pod_event_count(&self, pod: &str, reason: &str) -> anyhow::Result<i32> {
+    /// The events about a pod.
+    async fn events_about(
+        &self,
+        pod: &str,
+    ) -> anyhow::Result<Vec<k8s_openapi::api::core::v1::Event>> {
         let events: Api<k8s_openapi::api::core::v1::Event> =
             Api::namespaced(self.client.clone(), &self.namespace);
         let list = events
             .list(&kube::api::ListParams::default().fields(&format!("involvedObject.name={pod}")))
             .await?;
-        Ok(list
-            .items
+        Ok(list.items)
+    }
+
+    /// How many times events of `reason` about a pod were recorded (repeats aggregated into
+    /// one Event count as its `count`).
+    pub async fn pod_event_count(&self, pod: &str, reason: &str) -> anyhow::Result<i32> {
+        Ok(self
+            .events_about(pod)
+            .await?
             .iter()
             .filter(|e| e.reason.as_deref() == Some(reason))
             .map(|e| e.count.unwrap_or(1).max(1))
@@ -327,13 +336,9 @@ impl Cluster {
 
     /// The messages of events about a pod, as `reason: message`.
     pub async fn pod_events(&self, pod: &str) -> anyhow::Result<Vec<String>> {
-        let events: Api<k8s_openapi::api::core::v1::Event> =
-            Api::namespaced(self.client.clone(), &self.namespace);
-        let list = events
-            .list(&kube::api::ListParams::default().fields(&format!("involvedObject.name={pod}")))
-            .await?;
-        Ok(list
-            .items
+        Ok(self
+            .events_about(pod)
+            .await?
             .iter()
             .map(|e| {
                 format!(
