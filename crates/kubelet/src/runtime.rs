@@ -262,10 +262,57 @@ impl PrepareError {
     }
 }
 
-/// The container could not be started.
+/// The container could not be started; [`StartError::can_retry`] says what the agent does.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct StartError(pub String);
+pub enum StartError {
+    /// A port the container serves is held by another pod or process on the node. Retried with
+    /// back-off: the port may be freed.
+    #[error(
+        "port {} is already in use on {}: another pod (or process) on this node serves it; wasm pods share the node's network, so give this pod another containerPort or let it run on another node",
+        .addr.port(),
+        .addr.ip()
+    )]
+    PortInUse {
+        /// The address the container wanted.
+        addr: std::net::SocketAddr,
+        /// What the kernel said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The node failed setting the container up (a socket, a directory, a memory mapping).
+    /// Retried with back-off: the node's state may change.
+    #[error("{what}: {source}")]
+    Node {
+        /// What the node was doing, e.g. `listening on 10.0.0.1:8080`.
+        what: String,
+        /// What went wrong.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The container's own settings can never start it (an environment variable the guest
+    /// needs is invalid). As a process containerd cannot start, the container is terminated
+    /// (`StartError`, exit code 128) and its restart policy decides what follows.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl StartError {
+    /// A failure of the node's own while `what` was being done.
+    pub fn node(
+        what: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self::Node {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
+
+    /// Whether starting the container again, unchanged, can succeed.
+    pub fn can_retry(&self) -> bool {
+        !matches!(self, Self::Invalid(_))
+    }
+}
 
 /// What a WebAssembly runtime must provide to the node agent.
 pub trait Runtime: Send + Sync + 'static {

@@ -64,7 +64,7 @@ impl ActorConfig {
         } else {
             match env(PORT) {
                 Some(port) => vec![port.parse().map_err(|_| {
-                    StartError(format!("env {PORT}={port:?} is not a port number"))
+                    StartError::Invalid(format!("env {PORT}={port:?} is not a port number"))
                 })?],
                 None => vec![DEFAULT_HTTP_PORT],
             }
@@ -76,7 +76,7 @@ impl ActorConfig {
                     .find(|m| m.guest_path.trim_end_matches('/') == root.trim_end_matches('/'))
                     .map(|m| BlobStore::new(m.host_path.clone(), m.read_only))
                     .ok_or_else(|| {
-                        StartError(format!(
+                        StartError::Invalid(format!(
                             "env {BLOBSTORE_ROOT}={root:?} is not the mountPath of any of the container's volumeMounts; mount a volume there"
                         ))
                     })

@@ -115,7 +115,7 @@ impl Runtime for WasccRuntime {
     ) -> Result<RunningContainer, StartError> {
         let config = ActorConfig::new(&prepared.claims, &run)?;
         let limits = GuestLimits::new(run.limits, run.usage.clone())
-            .map_err(|e| StartError(e.to_string()))?;
+            .map_err(|e| StartError::node("reserving the actor's memory", e))?;
         let (sender, receiver) = mpsc::channel::<Delivery>(PENDING_CALLS);
         let server = if config.http_ports.is_empty() {
             None

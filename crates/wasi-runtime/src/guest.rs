@@ -122,11 +122,14 @@ impl GuestSetup {
             };
             wasi.preopened_dir(&mount.host_path, &mount.guest_path, perms)
                 .map_err(|e| {
-                    StartError(format!(
-                        "opening {} for {}: {e}",
-                        mount.host_path.display(),
-                        mount.guest_path
-                    ))
+                    StartError::node(
+                        format!(
+                            "opening {} for {}",
+                            mount.host_path.display(),
+                            mount.guest_path
+                        ),
+                        e,
+                    )
                 })?;
         }
         if self.outbound.allows_any() {
@@ -143,7 +146,8 @@ impl GuestSetup {
     }
 
     fn limits(&self) -> Result<GuestLimits, StartError> {
-        GuestLimits::new(self.limits, self.usage.clone()).map_err(|e| StartError(e.to_string()))
+        GuestLimits::new(self.limits, self.usage.clone())
+            .map_err(|e| StartError::node("reserving the guest's memory", e))
     }
 
     /// A store for one run of a preview 1 module.

@@ -17,15 +17,14 @@ pub async fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, StartError> 
     let mut listeners = Vec::with_capacity(addrs.len());
     for addr in addrs {
         let listener = TcpListener::bind(addr).await.map_err(|e| {
-            StartError(if e.kind() == std::io::ErrorKind::AddrInUse {
-                format!(
-                    "port {} is already in use on {}: another pod (or process) on this node serves it; wasm pods share the node's network, so give this pod another containerPort or let it run on another node",
-                    addr.port(),
-                    addr.ip()
-                )
+            if e.kind() == std::io::ErrorKind::AddrInUse {
+                StartError::PortInUse {
+                    addr: *addr,
+                    source: e,
+                }
             } else {
-                format!("listening on {addr}: {e}")
-            })
+                StartError::node(format!("listening on {addr}"), e)
+            }
         })?;
         listeners.push(listener);
     }

@@ -1,74 +1,48 @@
-//! One task per pod: admit it, pull images, prepare modules, start containers (init containers
-//! first, one at a time), follow their exits through the restart policy with backoff, keep the
-//! status true, and on deletion stop everything, write the final status and remove the pod.
+//! One task per pod: admit it, start its containers (init containers first, one at a time)
+//! through the start pipeline, follow their exits through the restart policy with back-off,
+//! keep the status true, and on deletion stop everything, write the final status and remove
+//! the pod. Each container's state is a [`ContainerSlot`]; this actor decides the
+//! transitions, in the order events arrive.
 
 use super::PodContext;
 use super::admission::{self, Rejection};
 use super::backoff::Backoff;
 use super::host::{PodEvent, PodHost};
-use super::probes::{self, ContainerProbes, Update};
+use super::lifecycle::{ContainerSlot, SlotId, Termination, WaitReason};
+use super::probes::{self, Update};
+use super::start::image::{self, PullFailure};
+use super::start::launch::{self, Reports};
+use super::start::{StartFailure, configure};
 use super::status::{self, Snapshot, now};
 use super::status_writer::{StatusWriter, Written};
 use super::volumes::PodVolumes;
-use super::{container, network, resources};
-use crate::images::credentials::Keyring;
-use crate::images::{PullError, PullPolicy, Source};
-use crate::logs::LogFile;
+use crate::images::PullError;
 use crate::metrics::metrics;
-use crate::runtime::{ContainerRun, Exit, PrepareFailure, Runtime, Usage, Warning, Warnings};
-use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod, PodStatus};
+use crate::runtime::{Exit, PrepareFailure, Runtime, Warning};
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-
-/// How long a postStart hook may take (the kubelet bounds it by the pod's grace period).
-const HOOK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The reason and exit code of a container that could not be started, as containerd's.
 const START_ERROR: &str = "StartError";
 const START_ERROR_CODE: i32 = 128;
+/// The shortest wait before a container that could not be created is tried again.
+const CREATE_RETRY: Duration = Duration::from_secs(10);
+/// The shortest wait before the pod's volumes are set up again after a failure.
+const MOUNT_RETRY: Duration = Duration::from_secs(1);
 
 /// How long the agent, stopping, tries to report a pod's stopped containers.
 const SHUTDOWN_STATUS_DEADLINE: Duration = Duration::from_secs(10);
 /// Warnings from running containers waiting for the supervisor; more are dropped (each
 /// container's are rate-limited where they are made).
 const WARNINGS_QUEUED: usize = 32;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct SlotId {
-    init: bool,
-    index: usize,
-}
-
-struct Run {
-    id: u64,
-    /// The task that owns the guest and waits for its exit: dropping the run (also when this
-    /// supervisor unwinds from a panic) stops the guest, so none is ever left unowned.
-    stop: tokio_util::task::AbortOnDropHandle<()>,
-    /// Asks the container to stop; `graceful` when it ends by itself once asked.
-    interrupt: CancellationToken,
-    graceful: bool,
-    /// The container's hooks and probes; dropped (and so stopped) with the run.
-    _probes: tokio_util::task::AbortOnDropHandle<()>,
-    log: Arc<LogFile>,
-    started: Instant,
-    started_at: Time,
-}
-
-struct Slot {
-    spec: Container,
-    status: ContainerStatus,
-    restart_backoff: Backoff,
-    pull_failures: u32,
-    due: Option<Instant>,
-    run: Option<Run>,
-    runs: u64,
-}
 
 /// Why the supervisor stopped a step early.
 enum Interrupt {
@@ -81,18 +55,17 @@ pub struct Supervisor<R: Runtime, H: PodHost> {
     ctx: Arc<PodContext<R, H>>,
     pod: Pod,
     updates: watch::Receiver<Option<Pod>>,
-    init: Vec<Slot>,
-    app: Vec<Slot>,
+    init: Vec<ContainerSlot>,
+    app: Vec<ContainerSlot>,
     start_time: Time,
     /// `start_time` on the monotonic clock, which deadlines are counted on.
     started: Instant,
     status: StatusWriter,
-    exits_tx: mpsc::UnboundedSender<(SlotId, u64, Exit)>,
+    /// Where the containers' runs report; the receivers are below.
+    reports: Reports,
     exits: mpsc::UnboundedReceiver<(SlotId, u64, Exit)>,
-    probes_tx: mpsc::UnboundedSender<(SlotId, u64, Update)>,
     probes: mpsc::UnboundedReceiver<(SlotId, u64, Update)>,
     /// Warnings the runtime reports about running containers (rate-limited at the source).
-    warnings_tx: mpsc::Sender<Warning>,
     warnings: mpsc::Receiver<Warning>,
     finished: bool,
     volumes: Option<PodVolumes>,
@@ -106,27 +79,6 @@ pub struct Supervisor<R: Runtime, H: PodHost> {
     seen: Option<Instant>,
 }
 
-fn slot(spec: &Container, reason: &str) -> Slot {
-    Slot {
-        status: ContainerStatus {
-            name: spec.name.clone(),
-            image: spec.image.clone().unwrap_or_default(),
-            image_id: String::new(),
-            ready: false,
-            started: Some(false),
-            restart_count: 0,
-            state: Some(status::waiting(reason, None)),
-            ..Default::default()
-        },
-        spec: spec.clone(),
-        restart_backoff: Backoff::default(),
-        pull_failures: 0,
-        due: None,
-        run: None,
-        runs: 0,
-    }
-}
-
 impl<R: Runtime, H: PodHost> Supervisor<R, H> {
     /// A supervisor for `pod`; `updates` carries newer versions, and `None` once the pod is gone.
     pub fn new(
@@ -137,15 +89,18 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         let spec = pod.spec.clone().unwrap_or_default();
         let inits = spec.init_containers.unwrap_or_default();
         let app_reason = if inits.is_empty() {
-            "ContainerCreating"
+            WaitReason::ContainerCreating
         } else {
-            "PodInitializing"
+            WaitReason::PodInitializing
         };
-        let init: Vec<Slot> = inits.iter().map(|c| slot(c, "PodInitializing")).collect();
-        let app: Vec<Slot> = spec
+        let init = inits
+            .iter()
+            .map(|c| ContainerSlot::new(c, WaitReason::PodInitializing, None))
+            .collect();
+        let app = spec
             .containers
             .iter()
-            .map(|c| slot(c, app_reason))
+            .map(|c| ContainerSlot::new(c, app_reason, None))
             .collect();
         let (exits_tx, exits) = mpsc::unbounded_channel();
         let (probes_tx, probes) = mpsc::unbounded_channel();
@@ -159,16 +114,18 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             start_time: now(),
             started: Instant::now(),
             status: StatusWriter::default(),
-            exits_tx,
+            reports: Reports {
+                exits: exits_tx,
+                probes: probes_tx,
+                warnings: warnings_tx,
+            },
             exits,
-            probes_tx,
             probes,
-            warnings_tx,
             warnings,
             finished: false,
             volumes: None,
             volume_sync: None,
-            mount_backoff: Backoff::default(),
+            mount_backoff: Backoff::restarts(),
             failure: None,
             seen: Some(Instant::now()),
         }
@@ -188,6 +145,29 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
 
     fn is_deleting(pod: &Pod) -> bool {
         pod.metadata.deletion_timestamp.is_some()
+    }
+
+    /// Every container's id, init containers first.
+    fn slot_ids(&self) -> impl Iterator<Item = SlotId> + use<R, H> {
+        let init = (0..self.init.len()).map(|index| SlotId { init: true, index });
+        let app = (0..self.app.len()).map(|index| SlotId { init: false, index });
+        init.chain(app)
+    }
+
+    fn slot(&self, id: SlotId) -> &ContainerSlot {
+        if id.init {
+            &self.init[id.index]
+        } else {
+            &self.app[id.index]
+        }
+    }
+
+    fn slot_mut(&mut self, id: SlotId) -> &mut ContainerSlot {
+        if id.init {
+            &mut self.init[id.index]
+        } else {
+            &mut self.app[id.index]
+        }
     }
 
     /// Runs the pod to its removal.
@@ -223,11 +203,8 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         } else {
             self.publish().await;
             match self.init.first_mut() {
-                Some(first) => first.due = Some(Instant::now()),
-                None => self
-                    .app
-                    .iter_mut()
-                    .for_each(|s| s.due = Some(Instant::now())),
+                Some(first) => first.retry_at(Instant::now()),
+                None => self.app.iter_mut().for_each(|s| s.retry_at(Instant::now())),
             }
         }
         loop {
@@ -240,7 +217,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
                 .init
                 .iter()
                 .chain(&self.app)
-                .filter_map(|s| s.due)
+                .filter_map(ContainerSlot::due)
                 .min();
             let deadline = self.active_deadline().filter(|_| !self.finished);
             let volume_sync = self.volume_sync.filter(|_| !self.finished);
@@ -356,61 +333,29 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             (&mut self.app, &recorded.container_statuses, false),
         ] {
             for slot in slots.iter_mut() {
-                let Some(old) = statuses.iter().flatten().find(|c| c.name == slot.spec.name) else {
-                    continue;
-                };
-                slot.status.restart_count = old.restart_count;
-                slot.status.image_id = old.image_id.clone();
-                slot.status.container_id = old.container_id.clone();
-                slot.status.last_state = old.last_state.clone();
-                let state = old.state.clone().unwrap_or_default();
-                if state.running.is_some()
-                    || state.terminated.is_some()
-                    || old
-                        .last_state
-                        .as_ref()
-                        .is_some_and(|l| l.terminated.is_some())
-                {
-                    slot.runs = 1;
+                if let Some(old) = statuses.iter().flatten().find(|c| c.name == slot.name()) {
+                    slot.adopt(old);
                 }
-                slot.status.state = match (state.running, state.terminated) {
-                    (Some(running), _) => Some(status::terminated(
-                        137,
-                        "ContainerStatusUnknown".into(),
-                        Some("The container could not be located: the node agent restarted while it ran".into()),
-                        running.started_at,
-                        old.container_id.clone(),
-                    )),
-                    _ => old.state.clone(),
-                };
-                let exit_code = slot
-                    .status
-                    .state
-                    .as_ref()
-                    .and_then(|s| s.terminated.as_ref())
-                    .map(|t| t.exit_code);
-                slot.due = match exit_code {
-                    Some(code) if !should_restart(init, &policy, code) => None,
-                    _ => Some(Instant::now()),
-                };
+                let done = slot
+                    .exit_code()
+                    .is_some_and(|code| !should_restart(init, &policy, code));
+                if !done {
+                    slot.retry_at(Instant::now());
+                }
             }
         }
         // Only the first unfinished init container may run, and app containers only after them.
         let mut blocked = false;
         for slot in self.init.iter_mut() {
             if blocked {
-                slot.due = None;
+                slot.stop();
             }
-            let succeeded = slot
-                .status
-                .state
-                .as_ref()
-                .and_then(|s| s.terminated.as_ref())
-                .is_some_and(|t| t.exit_code == 0);
-            blocked |= !succeeded;
+            blocked |= slot.exit_code() != Some(0);
         }
         if blocked {
-            self.app.iter_mut().for_each(|s| s.due = None);
+            self.app.iter_mut().for_each(|slot| {
+                slot.stop();
+            });
         }
         self.update_finished();
         if self.finished {
@@ -427,7 +372,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             .join(self.pod.uid().unwrap_or_default())
             .join("logs");
         for slot in self.init.iter().chain(&self.app) {
-            let Ok(entries) = std::fs::read_dir(logs_dir.join(&slot.spec.name)) else {
+            let Ok(entries) = std::fs::read_dir(logs_dir.join(slot.name())) else {
                 continue;
             };
             let mut runs: Vec<(u64, std::path::PathBuf)> = entries
@@ -439,7 +384,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             for (_, path) in runs.into_iter().rev().take(2).rev() {
                 self.ctx
                     .registry
-                    .new_log(&self.ns(), &self.pod.name_any(), &slot.spec.name, path);
+                    .new_log(&self.ns(), &self.pod.name_any(), slot.name(), path);
             }
         }
     }
@@ -465,45 +410,19 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         self.ctx.host.record(&self.pod, event).await;
     }
 
-    fn slot_mut(&mut self, id: SlotId) -> &mut Slot {
-        if id.init {
-            &mut self.init[id.index]
-        } else {
-            &mut self.app[id.index]
-        }
-    }
-
     async fn start_due(&mut self) -> Result<(), Interrupt> {
         let now = Instant::now();
         let due: Vec<SlotId> = self
-            .init
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                (
-                    SlotId {
-                        init: true,
-                        index: i,
-                    },
-                    s,
-                )
-            })
-            .chain(self.app.iter().enumerate().map(|(i, s)| {
-                (
-                    SlotId {
-                        init: false,
-                        index: i,
-                    },
-                    s,
-                )
-            }))
-            .filter(|(_, s)| s.run.is_none() && s.due.is_some_and(|d| d <= now))
-            .map(|(id, _)| id)
+            .slot_ids()
+            .filter(|id| self.slot(*id).due().is_some_and(|d| d <= now))
             .collect();
         for id in due {
-            self.slot_mut(id).due = None;
-            let span = tracing::info_span!("container", name = %self.slot_mut(id).spec.name);
-            self.start(id).instrument(span).await?;
+            let span = tracing::info_span!("container", name = %self.slot(id).name());
+            match self.start(id).instrument(span.clone()).await {
+                Ok(()) => {}
+                Err(StartFailure::Deleted) => return Err(Interrupt::Deleted),
+                Err(failure) => self.could_not_start(id, failure).instrument(span).await,
+            }
         }
         Ok(())
     }
@@ -512,7 +431,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
     async fn unless_deleted<T>(
         updates: &mut watch::Receiver<Option<Pod>>,
         fut: impl std::future::Future<Output = T>,
-    ) -> Result<T, Interrupt> {
+    ) -> Result<T, StartFailure> {
         let deleted = async {
             loop {
                 if updates.changed().await.is_err() {
@@ -526,224 +445,64 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         };
         tokio::select! {
             value = fut => Ok(value),
-            () = deleted => Err(Interrupt::Deleted),
+            () = deleted => Err(StartFailure::Deleted),
         }
     }
 
-    async fn start(&mut self, id: SlotId) -> Result<(), Interrupt> {
-        let spec = self.slot_mut(id).spec.clone();
-        let name = spec.name.clone();
-        let image = spec.image.clone().unwrap_or_default();
-        let policy = PullPolicy::for_container(spec.image_pull_policy.as_deref(), &image);
-        if policy == PullPolicy::Always
-            || !self.ctx.images.is_present(&image) && policy != PullPolicy::Never
-        {
-            self.event(PodEvent::normal(
-                &name,
-                "Pulling",
-                format!("Pulling image \"{image}\""),
-            ))
-            .await;
-        }
-        let began = Instant::now();
-        let images = self.ctx.images.clone();
-        let keyring = self.keyring().await;
+    /// Starts a container through the steps of the start pipeline ([`super::start`]).
+    async fn start(&mut self, id: SlotId) -> Result<(), StartFailure> {
+        let (ctx, pod) = (self.ctx.clone(), self.pod.clone());
+        let spec = self.slot(id).spec.clone();
         let pulled =
-            Self::unless_deleted(&mut self.updates, images.get(&image, policy, &keyring)).await?;
-        let (pulled, source) = match pulled {
-            Ok(p) => p,
-            Err(e) => {
-                metrics().image_pull_failed();
-                self.pull_failed(id, &image, e).await;
-                return Ok(());
-            }
-        };
-        match source {
-            Source::Pulled => metrics().image_pulled(began.elapsed()),
-            Source::Present => metrics().image_present(),
-        }
-        self.slot_mut(id).pull_failures = 0;
-        let pulled_message = match source {
-            Source::Pulled => format!(
-                "Successfully pulled image \"{image}\" in {:.3}s. Image size: {} bytes.",
-                began.elapsed().as_secs_f64(),
-                pulled.module.bytes.len()
-            ),
-            Source::Present => format!("Container image \"{image}\" already present on machine"),
-        };
-        self.event(PodEvent::normal(&name, "Pulled", pulled_message))
-            .await;
-        self.slot_mut(id).status.image_id = pulled.image_id.clone();
-        let prepared = match self.ctx.runtime.prepare(pulled.module.clone()).await {
-            Ok(p) => p,
-            Err(e) => {
-                let message = format!("the image's module cannot run on this node: {e}");
-                match e.kind {
-                    PrepareFailure::NotRunnable => self.failed_to_start(id, message).await,
-                    PrepareFailure::Refused => {
-                        self.failed_to_create(id, "CreateContainerError", message)
-                            .await;
-                    }
-                }
-                return Ok(());
-            }
-        };
-        let uid = self.pod.uid().unwrap_or_default();
-        let pod_dir = self.ctx.pods_dir.join(&uid);
-        if self.volumes.is_none() {
-            let (ctx, pod) = (self.ctx.clone(), self.pod.clone());
-            let volumes_dir = pod_dir.join("volumes");
-            let prepared = PodVolumes::prepare(
-                ctx.host.as_ref(),
-                &pod,
-                &volumes_dir,
-                ctx.node_context(),
-                &ctx.allowed_host_paths,
-            );
-            match Self::unless_deleted(&mut self.updates, prepared).await? {
-                Ok(v) => {
-                    self.volumes = Some(v);
-                    self.volume_sync = Some(crate::time::deadline_in(self.ctx.sync_frequency));
-                }
-                Err(e) => {
-                    let delay = self
-                        .mount_backoff
-                        .next(Duration::ZERO)
-                        .max(Duration::from_secs(1));
-                    self.slot_mut(id).due = Some(crate::time::deadline_in(delay));
-                    self.event(PodEvent::warning("", "FailedMount", e.to_string()))
-                        .await;
-                    return Ok(());
-                }
-            }
-        }
-        let volume_dirs = self
-            .volumes
-            .as_ref()
-            .map(|v| v.dirs().clone())
-            .unwrap_or_default();
-        let sources = self.env_sources(&spec).await;
-        let resolved = container::process(&self.pod, &spec, &self.ctx.node_context(), &sources)
-            .and_then(|p| container::mounts(&self.pod, &spec, &volume_dirs, &p).map(|m| (p, m)));
-        let (process, mounts) = match resolved {
-            Ok(r) => r,
-            Err(e) => {
-                self.failed_to_create(id, "CreateContainerConfigError", e.0)
-                    .await;
-                return Ok(());
-            }
-        };
-        let restarts =
-            self.slot_mut(id).status.restart_count + i32::from(self.slot_mut(id).runs > 0);
-        let log_path = pod_dir
-            .join("logs")
-            .join(&name)
-            .join(format!("{restarts}.log"));
-        if let Some(dir) = log_path.parent()
-            && let Err(e) = crate::logs::remove_runs_before(dir, i64::from(restarts) - 1)
-        {
-            tracing::warn!(error = %e, "removing the logs of earlier runs failed");
-        }
-        let label = format!("{}/{name}", self.pod.name_any());
-        let log = match self.ctx.logs.for_container(&log_path, &label) {
-            Ok(log) => log,
-            Err(e) => {
-                self.failed_to_create(
-                    id,
-                    "CreateContainerError",
-                    format!("creating log file {}: {e}", log_path.display()),
-                )
-                .await;
-                return Ok(());
-            }
-        };
-        let usage = Arc::new(Usage::default());
-        let interrupt = CancellationToken::new();
-        let run = ContainerRun {
-            stop: interrupt.clone(),
-            args: process.args,
-            env: process.env,
-            mounts,
-            stdout: log.writer("stdout"),
-            stderr: log.writer("stderr"),
-            limits: resources::limits(&spec),
-            usage: usage.clone(),
-            warnings: Warnings::new(&name, self.warnings_tx.clone()),
-            network: network::network(
-                &self.pod,
-                &spec,
-                self.ctx
-                    .node_ip
-                    .parse()
-                    .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into()),
-            ),
-        };
-        let mut running = match self.ctx.runtime.start(&prepared, run).await {
-            Ok(r) => r,
-            Err(e) => {
-                log.close();
-                self.failed_to_create(id, "CreateContainerError", e.to_string())
-                    .await;
-                return Ok(());
-            }
-        };
-        self.ctx
-            .registry
-            .new_log(&self.ns(), &self.pod.name_any(), &name, log_path);
-        self.ctx
-            .registry
-            .started(&self.ns(), &self.pod.name_any(), &name, usage);
+            Self::unless_deleted(&mut self.updates, image::pull(&ctx, &pod, &spec)).await??;
+        let slot = self.slot_mut(id);
+        slot.pull_backoff.reset();
+        slot.image_id = pulled.image_id.clone();
+        let prepared = ctx.runtime.prepare(pulled.module).await?;
+        let volume_dirs = self.volumes().await?;
+        let configured = configure::configure(&ctx, &pod, &spec, &volume_dirs).await?;
+        let restarts = self.slot(id).next_restart_count();
+        let (log, log_path) = configure::open_log(&ctx, &pod, &spec.name, restarts)?;
+        let launched = launch::launch(
+            &ctx,
+            &prepared,
+            &pod,
+            &spec,
+            configured,
+            &log,
+            &self.reports,
+        )
+        .await;
+        let launched = launched.inspect_err(|_| log.close())?;
+        let (ns, name) = (self.ns(), pod.name_any());
+        ctx.registry.new_log(&ns, &name, &spec.name, log_path);
+        ctx.registry
+            .started(&ns, &name, &spec.name, launched.usage.clone());
         metrics().container_started(id.init);
         if !id.init
             && let Some(seen) = self.seen.take()
         {
             metrics().pod_started(seen.elapsed());
         }
-        let started_at = now();
-        let exits = self.exits_tx.clone();
-        let checks = ContainerProbes::of(&spec, &self.ctx.node_ip);
-        let post_start = spec
-            .lifecycle
-            .as_ref()
-            .and_then(|l| l.post_start.as_ref())
-            .map(|hook| probes::hook_action(hook, &spec, &self.ctx.node_ip));
         let run_id = self.begin_run(id);
-        let slot = self.slot_mut(id);
-        slot.status.state = Some(status::running(started_at.clone()));
-        slot.status.started = Some(!checks.has_startup());
-        slot.status.ready = !id.init && !checks.has_startup() && !checks.has_readiness();
-        let graceful = running.stops_gracefully();
-        let waiter = tokio::spawn(
-            async move {
-                let exit = running.wait().await;
-                let _ = exits.send((id, run_id, exit));
-                drop(running);
-            }
-            .in_current_span(),
-        );
-        let probe_task = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
-            watch_container(post_start, checks, self.probes_tx.clone(), id, run_id)
-                .in_current_span(),
-        ));
-        let slot = self.slot_mut(id);
-        slot.run = Some(Run {
-            id: run_id,
-            stop: tokio_util::task::AbortOnDropHandle::new(waiter),
-            interrupt,
-            graceful,
-            _probes: probe_task,
+        let run = launch::watch(
+            launched,
+            &spec,
+            &ctx.node_ip,
             log,
-            started: Instant::now(),
-            started_at,
-        });
+            (id, run_id),
+            &self.reports,
+        );
+        self.slot_mut(id).running(run);
+        let name = &spec.name;
         self.event(PodEvent::normal(
-            &name,
+            name,
             "Created",
             format!("Created container: {name}"),
         ))
         .await;
         self.event(PodEvent::normal(
-            &name,
+            name,
             "Started",
             format!("Started container {name}"),
         ))
@@ -751,209 +510,99 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         Ok(())
     }
 
-    /// Reads the ConfigMaps and Secrets the container's environment refers to (a read error
-    /// counts as absent, and the container retries with backoff).
-    async fn env_sources(
-        &self,
-        spec: &k8s_openapi::api::core::v1::Container,
-    ) -> container::EnvSources {
-        let ns = self.ns();
-        let (config_maps, secrets) = container::env_references(spec);
-        let mut sources = container::EnvSources::default();
-        for name in config_maps {
-            let data = self
-                .ctx
-                .host
-                .config_map(&ns, &name)
-                .await
-                .ok()
-                .flatten()
-                .map(|cm| {
-                    let mut data = cm.data.unwrap_or_default();
-                    data.extend(
-                        cm.binary_data
-                            .unwrap_or_default()
-                            .into_iter()
-                            .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned())),
-                    );
-                    data
-                });
-            sources.config_maps.insert(name, data);
-        }
-        for name in secrets {
-            let data = self
-                .ctx
-                .host
-                .secret(&ns, &name)
-                .await
-                .ok()
-                .flatten()
-                .map(|secret| {
-                    secret
-                        .data
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
-                        .collect()
-                });
-            sources.secrets.insert(name, data);
-        }
-        sources
-    }
-
-    /// The pod's image pull secrets, then the node's credentials; read at every pull, as the
-    /// kubelet does, so a secret created later is used.
-    async fn keyring(&self) -> Keyring {
-        let mut keyring = Keyring::default();
-        let ns = self.ns();
-        let mut missing = Vec::new();
-        for reference in self
-            .pod
-            .spec
-            .iter()
-            .flat_map(|s| s.image_pull_secrets.iter().flatten())
-        {
-            let name = reference.name.clone();
-            let found = match self.ctx.host.secret(&ns, &name).await {
-                Ok(Some(secret)) => secret,
-                _ => {
-                    missing.push(name);
-                    continue;
-                }
-            };
-            let data = found.data.unwrap_or_default();
-            let config = data
-                .get(".dockerconfigjson")
-                .or_else(|| data.get(".dockercfg"));
-            match config.map(|c| keyring.add_docker_config(&c.0)) {
-                Some(Ok(())) => {}
-                Some(Err(e)) => missing.push(format!("{name}: {e}")),
-                None => missing.push(format!("{name}: no .dockerconfigjson or .dockercfg key")),
-            }
-        }
-        if !missing.is_empty() {
-            let message = format!(
-                "Unable to retrieve some image pull secrets ({}); attempting to pull the image may not succeed.",
-                missing.join(", ")
+    /// The directories of the pod's volumes, set up at the first start of any container.
+    async fn volumes(&mut self) -> Result<HashMap<String, PathBuf>, StartFailure> {
+        if self.volumes.is_none() {
+            let (ctx, pod) = (self.ctx.clone(), self.pod.clone());
+            let volumes_dir = ctx
+                .pods_dir
+                .join(pod.uid().unwrap_or_default())
+                .join("volumes");
+            let prepared = PodVolumes::prepare(
+                ctx.host.as_ref(),
+                &pod,
+                &volumes_dir,
+                ctx.node_context(),
+                &ctx.allowed_host_paths,
             );
-            self.event(PodEvent::warning(
-                "",
-                "FailedToRetrieveImagePullSecret",
-                message,
-            ))
-            .await;
+            let volumes = Self::unless_deleted(&mut self.updates, prepared).await??;
+            self.volumes = Some(volumes);
+            self.volume_sync = Some(crate::time::deadline_in(self.ctx.sync_frequency));
         }
-        keyring.extend(&self.ctx.node_credentials);
-        keyring
+        Ok(self
+            .volumes
+            .as_ref()
+            .map(|v| v.dirs().clone())
+            .unwrap_or_default())
     }
 
-    async fn pull_failed(&mut self, id: SlotId, image: &str, error: PullError) {
-        let name = self.slot_mut(id).spec.name.clone();
-        let message = error.to_string();
-        let slot = self.slot_mut(id);
-        slot.pull_failures += 1;
-        let failures = slot.pull_failures;
-        let delay = Duration::from_secs(10 * 2u64.pow(failures.saturating_sub(1).min(5)))
-            .min(Duration::from_secs(300));
-        slot.due = Some(crate::time::deadline_in(delay));
-        let (reason, event_reason) = match error {
-            PullError::NeverPull(_) => ("ErrImageNeverPull", "ErrImageNeverPull"),
-            PullError::InvalidReference(..) => ("InvalidImageName", "InspectFailed"),
-            _ if failures > 1 => ("ImagePullBackOff", "BackOff"),
-            _ => ("ErrImagePull", "Failed"),
-        };
-        let state_message = if reason == "ImagePullBackOff" {
-            format!("Back-off pulling image \"{image}\": {message}")
-        } else {
-            message.clone()
-        };
-        slot.status.state = Some(status::waiting(reason, Some(state_message)));
-        match reason {
-            "InvalidImageName" => {
-                self.event(PodEvent::warning(&name, event_reason, message))
+    /// What follows a start that failed: the one place a failure becomes the container's
+    /// next state.
+    async fn could_not_start(&mut self, id: SlotId, failure: StartFailure) {
+        let message = failure.to_string();
+        match failure {
+            // Handled by the caller: the pod is going away.
+            StartFailure::Deleted => {}
+            StartFailure::Pull(error) => self.pull_failed(id, &error).await,
+            StartFailure::Prepare(e) if e.kind == PrepareFailure::NotRunnable => {
+                self.failed_to_start(id, message).await;
+            }
+            StartFailure::Launch(e) if !e.can_retry() => self.failed_to_start(id, message).await,
+            StartFailure::Prepare(_) | StartFailure::Log { .. } | StartFailure::Launch(_) => {
+                self.failed_to_create(id, WaitReason::CreateContainerError, message)
                     .await;
-                self.event(PodEvent::warning(
-                    &name,
-                    "Failed",
-                    "Error: InvalidImageName".into(),
-                ))
-                .await;
             }
-            "ErrImageNeverPull" => {
-                self.event(PodEvent::warning(&name, "ErrImageNeverPull", message))
-                    .await
+            StartFailure::Config(_) => {
+                self.failed_to_create(id, WaitReason::CreateContainerConfigError, message)
+                    .await;
             }
-            "ImagePullBackOff" => {
-                self.event(PodEvent::normal(
-                    &name,
-                    event_reason,
-                    format!("Back-off pulling image \"{image}\""),
-                ))
-                .await;
-                self.event(PodEvent::warning(
-                    &name,
-                    "Failed",
-                    "Error: ImagePullBackOff".into(),
-                ))
-                .await;
-            }
-            _ => {
-                self.event(PodEvent::warning(
-                    &name,
-                    "Failed",
-                    format!("Failed to pull image \"{image}\": {message}"),
-                ))
-                .await;
-                self.event(PodEvent::warning(
-                    &name,
-                    "Failed",
-                    "Error: ErrImagePull".into(),
-                ))
-                .await;
+            StartFailure::Mount(_) => {
+                let delay = self.mount_backoff.next(Duration::ZERO).max(MOUNT_RETRY);
+                self.slot_mut(id).retry_at(crate::time::deadline_in(delay));
+                self.event(PodEvent::warning("", "FailedMount", message))
+                    .await;
             }
         }
     }
 
-    /// Counts a new run of the container (a restart after the first) and names it: the last
-    /// termination becomes `lastState`. Returns the run's number.
-    fn begin_run(&mut self, id: SlotId) -> u64 {
-        let (pod_key, uid) = (
-            format!("{}/{}", self.ns(), self.pod.name_any()),
-            self.pod.uid().unwrap_or_default(),
-        );
+    async fn pull_failed(&mut self, id: SlotId, error: &PullError) {
         let slot = self.slot_mut(id);
-        slot.runs += 1;
-        let run_id = slot.runs;
-        if run_id > 1 {
-            slot.status.restart_count += 1;
-            slot.status.last_state = slot
-                .status
-                .state
-                .take()
-                .filter(|s| s.terminated.is_some())
-                .or(slot.status.last_state.take());
+        let again = slot.pull_backoff.is_backing_off();
+        let delay = slot.pull_backoff.next(Duration::ZERO);
+        let image = slot.spec.image.clone().unwrap_or_default();
+        let failure = PullFailure::of(slot.name(), &image, error, again);
+        slot.wait(
+            failure.reason,
+            failure.message,
+            crate::time::deadline_in(delay),
+        );
+        for event in failure.events {
+            self.event(event).await;
         }
-        slot.status.container_id = Some(container_id(&pod_key, &uid, &slot.spec.name, run_id));
-        run_id
     }
 
-    /// The container's module can never run: as containerd reports a process that cannot be
+    /// Counts a new run of the container and names it. Returns the run's number.
+    fn begin_run(&mut self, id: SlotId) -> u64 {
+        let pod_key = format!("{}/{}", self.ns(), self.pod.name_any());
+        let uid = self.pod.uid().unwrap_or_default();
+        self.slot_mut(id).begin_run(&pod_key, &uid)
+    }
+
+    /// The container can never start as it is: as containerd reports a process that cannot be
     /// started, the container is terminated with `StartError` (exit code 128) and its restart
     /// policy decides what follows.
     async fn failed_to_start(&mut self, id: SlotId, message: String) {
         metrics().container_start_failed(id.init, START_ERROR);
         self.begin_run(id);
         let slot = self.slot_mut(id);
-        let name = slot.spec.name.clone();
-        slot.status.state = Some(status::terminated(
+        let termination = Termination::now(
             START_ERROR_CODE,
-            START_ERROR.into(),
+            Some(START_ERROR.into()),
             Some(message.clone()),
             None,
-            slot.status.container_id.clone(),
-        ));
-        slot.status.ready = false;
-        slot.status.started = Some(false);
+        );
+        slot.terminated(termination);
+        let name = slot.name().to_string();
         tracing::info!(reason = START_ERROR, "{message}");
         self.event(PodEvent::warning(
             &name,
@@ -965,17 +614,15 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             .await;
     }
 
-    async fn failed_to_create(&mut self, id: SlotId, reason: &str, message: String) {
-        metrics().container_start_failed(id.init, reason);
+    /// The container could not be created now: it waits, showing `reason`, and is tried again
+    /// after its back-off.
+    async fn failed_to_create(&mut self, id: SlotId, reason: WaitReason, message: String) {
+        metrics().container_start_failed(id.init, reason.as_str());
         let slot = self.slot_mut(id);
-        let name = slot.spec.name.clone();
-        let delay = slot
-            .restart_backoff
-            .next(Duration::ZERO)
-            .max(Duration::from_secs(10));
-        slot.due = Some(crate::time::deadline_in(delay));
-        slot.status.state = Some(status::waiting(reason, Some(message.clone())));
-        tracing::info!(pod = %self.pod.name_any(), container = %name, reason, "{message}");
+        let delay = slot.restart_backoff.next(Duration::ZERO).max(CREATE_RETRY);
+        slot.wait(reason, message.clone(), crate::time::deadline_in(delay));
+        let name = slot.name().to_string();
+        tracing::info!(reason = reason.as_str(), "{message}");
         self.event(PodEvent::warning(
             &name,
             "Failed",
@@ -985,30 +632,11 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
     }
 
     async fn on_exit(&mut self, id: SlotId, run_id: u64, exit: Exit) {
-        let slot = self.slot_mut(id);
-        if slot.run.as_ref().is_none_or(|r| r.id != run_id) {
-            return;
+        let code = exit.code;
+        if let Some(run) = self.slot_mut(id).exited(run_id, exit) {
+            self.after_termination(id, code, run.started.elapsed())
+                .await;
         }
-        let run = slot.run.take().expect("checked above");
-        run.log.close();
-        let reason = exit.reason.clone().unwrap_or_else(|| {
-            if exit.code == 0 {
-                "Completed".into()
-            } else {
-                "Error".into()
-            }
-        });
-        slot.status.state = Some(status::terminated(
-            exit.code,
-            reason,
-            exit.message.clone(),
-            Some(run.started_at),
-            slot.status.container_id.clone(),
-        ));
-        slot.status.ready = false;
-        slot.status.started = Some(false);
-        self.after_termination(id, exit.code, run.started.elapsed())
-            .await;
     }
 
     /// What follows a container's termination with `code` after it ran for `ran_for`: the
@@ -1017,62 +645,53 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         let policy = self.restart_policy();
         let pod_name = self.pod.name_any();
         let (ns, uid) = (self.ns(), self.pod.uid().unwrap_or_default());
-        let slot = self.slot_mut(id);
-        let name = slot.spec.name.clone();
-        let failed = code != 0;
-        let restart = should_restart(id.init, &policy, code);
-        if !restart {
-            if id.init && !failed {
+        if !should_restart(id.init, &policy, code) {
+            if id.init && code == 0 {
                 match self.init.get_mut(id.index + 1) {
-                    Some(next) => next.due = Some(Instant::now()),
-                    None => {
-                        for app in &mut self.app {
-                            app.due = Some(Instant::now());
-                            app.status.state = Some(status::waiting("ContainerCreating", None));
-                        }
-                    }
+                    Some(next) => next.take_turn(WaitReason::PodInitializing),
+                    None => self
+                        .app
+                        .iter_mut()
+                        .for_each(|app| app.take_turn(WaitReason::ContainerCreating)),
                 }
             }
             return;
         }
+        let slot = self.slot_mut(id);
+        let name = slot.name().to_string();
         let delay = slot.restart_backoff.next(ran_for);
-        slot.due = Some(crate::time::deadline_in(delay));
-        if delay.is_zero() {
-            return;
-        }
-        let last = slot.status.state.take();
-        slot.status.last_state = last;
-        slot.status.state = Some(status::waiting(
-            "CrashLoopBackOff",
-            Some(format!(
+        slot.restart_after(delay, || {
+            format!(
                 "back-off {}s restarting failed container={name} pod={pod_name}_{ns}({uid})",
                 delay.as_secs()
-            )),
-        ));
-        self.event(PodEvent::warning(
-            &name,
-            "BackOff",
-            format!("Back-off restarting failed container {name} in pod {pod_name}_{ns}({uid})"),
-        ))
-        .await;
+            )
+        });
+        if !delay.is_zero() {
+            self.event(PodEvent::warning(
+                &name,
+                "BackOff",
+                format!(
+                    "Back-off restarting failed container {name} in pod {pod_name}_{ns}({uid})"
+                ),
+            ))
+            .await;
+        }
     }
 
     /// Applies what a container's hooks and probes found.
     async fn on_probe(&mut self, id: SlotId, run_id: u64, update: Update) {
         let slot = self.slot_mut(id);
-        if slot.run.as_ref().is_none_or(|r| r.id != run_id) {
-            return;
-        }
-        let name = slot.spec.name.clone();
+        let name = slot.name().to_string();
         let has_readiness = slot.spec.readiness_probe.is_some();
+        let Some(run) = slot.run_mut(run_id) else {
+            return;
+        };
         match update {
             Update::Started => {
-                slot.status.started = Some(true);
-                slot.status.ready = !id.init && !has_readiness;
+                run.passed_startup = true;
+                run.ready = !id.init && !has_readiness;
             }
-            Update::Ready(ready) => {
-                slot.status.ready = ready && slot.status.started == Some(true);
-            }
+            Update::Ready(ready) => run.ready = ready && run.passed_startup,
             Update::Failed(kind, message) => {
                 self.event(PodEvent::warning(
                     &name,
@@ -1103,9 +722,10 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
 
     /// Stops a running container as failed (exit code 137), then applies the restart policy.
     async fn kill(&mut self, id: SlotId, run_id: u64, message: String) {
-        let name = self.slot_mut(id).spec.name.clone();
-        if let Some(run) = &self.slot_mut(id).run {
-            run.stop.abort();
+        let slot = self.slot_mut(id);
+        let name = slot.name().to_string();
+        if let Some(run) = slot.run_mut(run_id) {
+            run.guest.abort();
         }
         self.event(PodEvent::normal(&name, "Killing", message.clone()))
             .await;
@@ -1118,22 +738,15 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
     }
 
     fn update_finished(&mut self) {
-        let idle = |s: &Slot| s.run.is_none() && s.due.is_none();
-        let init_failed_for_good = self.init.iter().any(|s| {
-            idle(s)
-                && s.status
-                    .state
-                    .as_ref()
-                    .and_then(|st| st.terminated.as_ref())
-                    .is_some_and(|t| t.exit_code != 0)
-        });
-        let all_done = self.init.iter().chain(&self.app).all(|s| {
-            idle(s)
-                && s.status
-                    .state
-                    .as_ref()
-                    .is_some_and(|st| st.terminated.is_some())
-        });
+        let init_failed_for_good = self
+            .init
+            .iter()
+            .any(|s| s.is_idle() && s.exit_code().is_some_and(|c| c != 0));
+        let all_done = self
+            .init
+            .iter()
+            .chain(&self.app)
+            .all(|s| s.is_idle() && s.exit_code().is_some());
         // A pod-level failure (DeadlineExceeded) is final, whatever state its containers were
         // left in (one waiting to be created never terminated).
         self.finished = self.failure.is_some() || init_failed_for_good || all_done;
@@ -1190,8 +803,8 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
     }
 
     fn current_status(&self) -> PodStatus {
-        let init: Vec<ContainerStatus> = self.init.iter().map(|s| s.status.clone()).collect();
-        let app: Vec<ContainerStatus> = self.app.iter().map(|s| s.status.clone()).collect();
+        let init: Vec<ContainerStatus> = self.init.iter().map(ContainerSlot::status).collect();
+        let app: Vec<ContainerStatus> = self.app.iter().map(ContainerSlot::status).collect();
         let policy = self.restart_policy();
         let mut status = status::pod_status(&Snapshot {
             init: &init,
@@ -1217,35 +830,12 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         self.status.write(&*self.ctx.host, &self.pod, &status).await;
     }
 
+    /// Starts nothing more and stops every running container, recording each as killed.
     async fn stop_all(&mut self, record: bool) {
-        let ids: Vec<SlotId> = (0..self.init.len())
-            .map(|i| SlotId {
-                init: true,
-                index: i,
-            })
-            .chain((0..self.app.len()).map(|i| SlotId {
-                init: false,
-                index: i,
-            }))
-            .collect();
-        for id in ids {
+        for id in self.slot_ids() {
             let slot = self.slot_mut(id);
-            slot.due = None;
-            let Some(run) = slot.run.take() else { continue };
-            run.stop.abort();
-            run.log.close();
-            let exit = Exit::killed();
-            slot.status.state = Some(status::terminated(
-                exit.code,
-                "Error".into(),
-                None,
-                Some(run.started_at),
-                slot.status.container_id.clone(),
-            ));
-            slot.status.ready = false;
-            slot.status.started = Some(false);
-            let name = slot.spec.name.clone();
-            if record {
+            if slot.stop() && record {
+                let name = slot.name().to_string();
                 self.event(PodEvent::normal(
                     &name,
                     "Killing",
@@ -1291,11 +881,11 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         let hooks: Vec<(String, probes::Action)> = self
             .app
             .iter()
-            .filter(|s| s.run.is_some())
+            .filter(|s| s.run().is_some())
             .filter_map(|s| {
                 let hook = s.spec.lifecycle.as_ref()?.pre_stop.as_ref()?;
                 let action = probes::hook_action(hook, &s.spec, &self.ctx.node_ip);
-                Some((s.spec.name.clone(), action))
+                Some((s.name().to_string(), action))
             })
             .collect();
         let grace = self.grace_period();
@@ -1318,34 +908,23 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
     /// recorded as they come.
     async fn interrupt_all(&mut self, deadline: Instant) {
         let mut waiting = 0;
-        for slot in self.init.iter().chain(&self.app) {
-            if let Some(run) = &slot.run {
-                run.interrupt.cancel();
-                waiting += usize::from(run.graceful);
-            }
+        for run in self
+            .init
+            .iter()
+            .chain(&self.app)
+            .filter_map(ContainerSlot::run)
+        {
+            run.interrupt.cancel();
+            waiting += usize::from(run.graceful);
         }
         while waiting > 0 {
             let (id, run_id, exit) = tokio::select! {
                 Some(ended) = self.exits.recv() => ended,
                 () = tokio::time::sleep_until(deadline) => return,
             };
-            let slot = self.slot_mut(id);
-            if slot.run.as_ref().is_none_or(|r| r.id != run_id) {
-                continue;
+            if let Some(run) = self.slot_mut(id).exited(run_id, exit) {
+                waiting -= usize::from(run.graceful);
             }
-            let Some(run) = slot.run.take() else { continue };
-            run.log.close();
-            slot.status.state = Some(status::terminated(
-                exit.code,
-                exit.reason
-                    .unwrap_or_else(|| if exit.code == 0 { "Completed" } else { "Error" }.into()),
-                exit.message,
-                Some(run.started_at),
-                slot.status.container_id.clone(),
-            ));
-            slot.status.ready = false;
-            slot.status.started = Some(false);
-            waiting -= usize::from(run.graceful);
         }
     }
 
@@ -1367,6 +946,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         self.cleanup();
     }
 
+    /// Forgets the pod and removes its files.
     fn cleanup(&mut self) {
         self.ctx.registry.remove(&self.ns(), &self.pod.name_any());
         let dir = self.ctx.pods_dir.join(self.pod.uid().unwrap_or_default());
@@ -1390,38 +970,6 @@ fn should_restart(init: bool, policy: &str, code: i32) -> bool {
         (true, _) | (false, "OnFailure") => code != 0,
         _ => true,
     }
-}
-
-fn container_id(pod_key: &str, uid: &str, container: &str, run: u64) -> String {
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(format!("{pod_key}/{uid}/{container}/{run}"));
-    format!("wasm://{}", hex::encode(&digest[..16]))
-}
-
-/// Runs a container's postStart hook, then its probes, forwarding what they find.
-async fn watch_container(
-    post_start: Option<probes::Action>,
-    checks: ContainerProbes,
-    to: mpsc::UnboundedSender<(SlotId, u64, Update)>,
-    id: SlotId,
-    run_id: u64,
-) {
-    if let Some(hook) = post_start
-        && let Err(message) = probes::run(&hook, HOOK_TIMEOUT).await
-    {
-        let _ = to.send((id, run_id, Update::PostStartFailed(message)));
-        return;
-    }
-    if checks.is_empty() {
-        return;
-    }
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let forward = async {
-        while let Some(update) = rx.recv().await {
-            let _ = to.send((id, run_id, update));
-        }
-    };
-    tokio::join!(checks.run(tx), forward);
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
