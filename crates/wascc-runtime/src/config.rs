@@ -168,6 +168,7 @@ mod tests {
             &[],
         )
         .unwrap_err();
-        assert!(err.0.contains("not the mountPath"), "{err}");
+        assert!(!err.can_retry(), "{err}");
+        assert!(err.to_string().contains("not the mountPath"), "{err}");
     }
 }
