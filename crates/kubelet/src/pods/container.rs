@@ -330,8 +330,9 @@ pub fn mounts(
             .ok_or_else(|| err("names no volume of the pod".into()))?;
         let base = prepared.get(&volume.name).cloned().ok_or_else(|| {
             err(format!(
-                "volume {:?} cannot be mounted: this node serves emptyDir, hostPath, configMap, secret, downwardAPI and projected volumes",
-                volume.name
+                "volume {:?} cannot be mounted: this node serves {} volumes",
+                volume.name,
+                super::volumes::SERVED
             ))
         })?;
         let read_only =

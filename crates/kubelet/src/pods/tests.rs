@@ -76,6 +76,8 @@ struct FakeRuntime {
     warn: Option<&'static str>,
     /// Preparing the module fails so.
     unpreparable: Option<PrepareFailure>,
+    /// The first start fails so.
+    start_error: std::sync::Mutex<Option<StartError>>,
     /// By container: what its `n`th start (from 1) does.
     plans: std::collections::HashMap<&'static str, Box<dyn Fn(usize) -> Plan + Send + Sync>>,
     /// Each start: the container, and when.
@@ -90,6 +92,7 @@ impl FakeRuntime {
             guests,
             warn: None,
             unpreparable: None,
+            start_error: Default::default(),
             plans: Default::default(),
             started: Default::default(),
         }
@@ -150,6 +153,9 @@ impl Runtime for FakeRuntime {
     async fn start(&self, _: &(), run: ContainerRun) -> Result<RunningContainer, StartError> {
         let start = self.starts.fetch_add(1, Ordering::SeqCst) + 1;
         assert_ne!(start, self.panic_on, "injected: start {start} panics");
+        if let Some(error) = self.start_error.lock().unwrap().take() {
+            return Err(error);
+        }
         if let Some(warning) = self.warn {
             run.warnings.warn("RequestFailed", warning);
         }
@@ -900,4 +906,187 @@ async fn the_active_deadline_fails_a_pod_once_even_when_its_container_never_star
         Some("DeadlineExceeded")
     );
     h.supervisors.remove("uid-1");
+}
+
+/// A container with `probe` as its `kind` (`livenessProbe`, `readinessProbe`...).
+fn probed(mut pod: Pod, container: &str, kind: &str, probe: serde_json::Value) -> Pod {
+    let spec = pod.spec.as_mut().unwrap();
+    let c = spec
+        .containers
+        .iter_mut()
+        .find(|c| c.name == container)
+        .unwrap();
+    let mut json = serde_json::to_value(&*c).unwrap();
+    json[kind] = probe;
+    *c = serde_json::from_value(json).unwrap();
+    pod
+}
+
+impl Harness {
+    fn events(&self, container: &str, reason: &str) -> Vec<String> {
+        self.host
+            .events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.container.as_deref() == Some(container) && e.reason == reason)
+            .map(|e| e.message.clone())
+            .collect()
+    }
+
+    fn pod_ready(&self) -> Option<String> {
+        let status = self.host.status.lock().unwrap().clone()?;
+        status
+            .conditions?
+            .into_iter()
+            .find(|c| c.type_ == "Ready")
+            .map(|c| c.status)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_readiness_probe_makes_the_container_ready_and_unready_as_it_passes_and_fails() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut h = Harness::new(FakeRuntime::new(Arc::default()), FakeHost::default());
+    let probe = serde_json::json!({
+        "tcpSocket": {"port": port}, "periodSeconds": 5, "failureThreshold": 2
+    });
+    let pod = probed(h.pod(&[], &["c"], "Always"), "c", "readinessProbe", probe);
+    h.supervisors.apply(pod);
+    h.until("running", |h| {
+        h.container("c")
+            .is_some_and(|c| c.state.is_some_and(|s| s.running.is_some()))
+    })
+    .await;
+    h.until("ready", |h| h.container("c").is_some_and(|c| c.ready))
+        .await;
+    assert_eq!(h.pod_ready().as_deref(), Some("True"));
+    drop(listener);
+    let unready_from = tokio::time::Instant::now();
+    h.until("not ready", |h| h.container("c").is_some_and(|c| !c.ready))
+        .await;
+    // Two failures, a period apart, at the probe's 5 s ticks.
+    let took = unready_from.elapsed();
+    assert!(
+        took >= Duration::from_secs(5) && took <= Duration::from_secs(11),
+        "unready after {took:?}"
+    );
+    assert_eq!(h.pod_ready().as_deref(), Some("False"));
+    let unhealthy = h.events("c", "Unhealthy");
+    assert!(
+        unhealthy.len() >= 2
+            && unhealthy.iter().all(|m| m.starts_with(&format!(
+                "Readiness probe failed: dial tcp 127.0.0.1:{port}"
+            ))),
+        "{unhealthy:?}"
+    );
+    let c = h.container("c").unwrap();
+    assert_eq!(c.restart_count, 0, "readiness never restarts a container");
+    assert!(c.state.is_some_and(|s| s.running.is_some()));
+    h.supervisors.remove("uid-1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_liveness_or_startup_probe_kills_the_container_and_its_restart_policy_applies() {
+    for kind in ["livenessProbe", "startupProbe"] {
+        let mut h = Harness::new(FakeRuntime::new(Arc::default()), FakeHost::default());
+        // An exec probe always fails on a wasm node: three failures, 10 s apart.
+        let probe = serde_json::json!({"exec": {"command": ["true"]}, "periodSeconds": 10});
+        let pod = probed(h.pod(&[], &["c"], "Always"), "c", kind, probe);
+        h.supervisors.apply(pod);
+        h.until("the second run", |h| {
+            h.ctx.runtime.starts_of("c", h.began).len() >= 2
+        })
+        .await;
+        assert_eq!(
+            h.ctx.runtime.starts_of("c", h.began),
+            [0, 20],
+            "{kind}: killed at the third failure, restarted at once"
+        );
+        h.until("the restart reported", |h| {
+            h.container("c").is_some_and(|c| c.restart_count == 1)
+        })
+        .await;
+        let c = h.container("c").unwrap();
+        let last = c
+            .last_state
+            .clone()
+            .and_then(|s| s.terminated)
+            .expect("lastState");
+        let probe_name = kind.trim_end_matches("Probe");
+        assert_eq!(last.exit_code, 137);
+        assert_eq!(
+            last.message.as_deref(),
+            Some(format!("Container c failed {probe_name} probe, will be restarted").as_str())
+        );
+        assert_eq!(
+            h.events("c", "Killing"),
+            [format!(
+                "Container c failed {probe_name} probe, will be restarted"
+            )]
+        );
+        assert!(h.events("c", "Unhealthy").len() >= 3, "{kind}");
+        let live = kind == "livenessProbe";
+        assert!(c.ready == live && c.started == Some(live), "{kind}: {c:?}");
+        assert_eq!(h.ctx.runtime.guests.live.load(Ordering::SeqCst), 1);
+        h.supervisors.remove("uid-1");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_start_error_that_cannot_be_retried_terminates_the_container_and_one_that_can_waits() {
+    for (error, policy) in [
+        (
+            StartError::Invalid("env PORT=\"x\" is not a port number".into()),
+            "Never",
+        ),
+        (
+            StartError::PortInUse {
+                addr: "127.0.0.1:80".parse().unwrap(),
+                source: std::io::ErrorKind::AddrInUse.into(),
+            },
+            "Never",
+        ),
+    ] {
+        let retriable = error.can_retry();
+        let message = error.to_string();
+        let runtime = FakeRuntime {
+            start_error: std::sync::Mutex::new(Some(error)),
+            ..FakeRuntime::new(Arc::default())
+        };
+        let mut h = Harness::new(runtime, FakeHost::default());
+        h.supervisors.apply(h.pod(&[], &["c"], policy));
+        if retriable {
+            h.until("waiting in CreateContainerError", |h| {
+                h.container("c").is_some_and(|c| {
+                    c.state.and_then(|s| s.waiting).is_some_and(|w| {
+                        w.reason.as_deref() == Some("CreateContainerError")
+                            && w.message.as_deref() == Some(message.as_str())
+                    })
+                })
+            })
+            .await;
+            assert_eq!(h.phase().as_deref(), Some("Pending"));
+            // Tried again after its back-off (at least 10 s), and then it runs.
+            h.until("running", |h| {
+                h.container("c")
+                    .is_some_and(|c| c.state.is_some_and(|s| s.running.is_some()))
+            })
+            .await;
+            assert!(h.began.elapsed() >= Duration::from_secs(10));
+            assert_eq!(h.container("c").unwrap().restart_count, 0);
+        } else {
+            h.until("failed", |h| h.phase().as_deref() == Some("Failed"))
+                .await;
+            let c = h.container("c").unwrap();
+            let terminated = c.state.and_then(|s| s.terminated).expect("terminated");
+            assert_eq!(
+                (terminated.exit_code, terminated.reason.as_deref()),
+                (128, Some("StartError"))
+            );
+            assert_eq!(terminated.message.as_deref(), Some(message.as_str()));
+        }
+        h.supervisors.remove("uid-1");
+    }
 }

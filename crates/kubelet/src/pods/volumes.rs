@@ -8,7 +8,8 @@ use super::container::{NodeContext, field_value};
 use super::host::PodHost;
 use super::resources;
 use k8s_openapi::api::core::v1::{
-    ConfigMapProjection, DownwardAPIVolumeFile, KeyToPath, Pod, SecretProjection, Volume,
+    ConfigMapProjection, DownwardAPIVolumeFile, HostPathVolumeSource, KeyToPath, Pod,
+    SecretProjection, Volume,
 };
 use kube::ResourceExt;
 use std::collections::{BTreeMap, HashMap};
@@ -30,12 +31,45 @@ const TOKEN_EXPIRATION: i64 = 3600;
 /// One file of a volume: path relative to the volume, content, mode.
 type File = (String, Vec<u8>, u32);
 
+/// The volume types this node serves, for the message about any other.
+pub const SERVED: &str = "emptyDir, hostPath, configMap, secret, downwardAPI and projected";
+
+/// What a volume is to this node. Adding a volume type touches this module only: a variant
+/// here and its case in [`Kind::of`], its name in [`SERVED`], and its setup in
+/// [`PodVolumes::prepare`] (a directory) or its files in `PodVolumes::files` (content from
+/// the API server, kept current).
+enum Kind<'a> {
+    /// A directory of the pod's own (`emptyDir`).
+    EmptyDir,
+    /// A directory of the node (`hostPath`).
+    HostPath(&'a HostPathVolumeSource),
+    /// Files written from API objects, read-only and kept current (`configMap`, `secret`,
+    /// `downwardAPI`, `projected`).
+    Api,
+}
+
+impl<'a> Kind<'a> {
+    /// The volume's kind, or `None` for a type this node does not serve.
+    fn of(volume: &'a Volume) -> Option<Self> {
+        if volume.empty_dir.is_some() {
+            Some(Self::EmptyDir)
+        } else if let Some(host_path) = &volume.host_path {
+            Some(Self::HostPath(host_path))
+        } else if volume.config_map.is_some()
+            || volume.secret.is_some()
+            || volume.downward_api.is_some()
+            || volume.projected.is_some()
+        {
+            Some(Self::Api)
+        } else {
+            None
+        }
+    }
+}
+
 /// Whether the kubelet always mounts this volume read-only.
 pub fn always_read_only(volume: &Volume) -> bool {
-    volume.config_map.is_some()
-        || volume.secret.is_some()
-        || volume.downward_api.is_some()
-        || volume.projected.is_some()
+    matches!(Kind::of(volume), Some(Kind::Api))
 }
 
 /// The pod's volumes on this node: their directories, and what keeps the API-backed ones
@@ -77,23 +111,26 @@ impl PodVolumes {
                 message,
             };
             let path = dir.join(&volume.name);
-            if volume.empty_dir.is_some() {
-                std::fs::create_dir_all(&path)
-                    .map_err(|e| err(format!("creating {}: {e}", path.display())))?;
-            } else if let Some(host_path) = &volume.host_path {
-                let opened = super::host_path::open(
-                    &host_path.path,
-                    host_path.type_.as_deref().unwrap_or_default(),
-                    allowed_host_paths,
-                )
-                .map_err(err)?;
-                volumes
-                    .dirs
-                    .insert(volume.name.clone(), opened.path().to_path_buf());
-                volumes.host_dirs.push(opened);
-                continue;
-            } else if !is_api_backed(&volume) {
-                continue;
+            match Kind::of(&volume) {
+                Some(Kind::EmptyDir) => std::fs::create_dir_all(&path)
+                    .map_err(|e| err(format!("creating {}: {e}", path.display())))?,
+                Some(Kind::HostPath(host_path)) => {
+                    let opened = super::host_path::open(
+                        &host_path.path,
+                        host_path.type_.as_deref().unwrap_or_default(),
+                        allowed_host_paths,
+                    )
+                    .map_err(err)?;
+                    volumes
+                        .dirs
+                        .insert(volume.name.clone(), opened.path().to_path_buf());
+                    volumes.host_dirs.push(opened);
+                    continue;
+                }
+                // Written by `refresh` below.
+                Some(Kind::Api) => {}
+                // Mounting it fails the container with a message naming what is served.
+                None => continue,
             }
             volumes.dirs.insert(volume.name.clone(), path);
         }
@@ -121,7 +158,7 @@ impl PodVolumes {
             .and_then(|s| s.volumes.clone())
             .unwrap_or_default()
             .iter()
-            .filter(|v| is_api_backed(v))
+            .filter(|v| matches!(Kind::of(v), Some(Kind::Api)))
         {
             let err = |message: String| MountError {
                 volume: volume.name.clone(),
@@ -239,11 +276,6 @@ impl PodVolumes {
         }
         Ok(files)
     }
-}
-
-/// Whether the volume's content comes from the API server (and is kept current).
-fn is_api_backed(volume: &Volume) -> bool {
-    always_read_only(volume)
 }
 
 /// A digest of a volume's files, to tell whether it changed.
