@@ -447,11 +447,25 @@ pub async fn wait_for<K>(
 where
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
 {
+    wait_for_within(api, name, DEADLINE, condition).await
+}
+
+/// [`wait_for`] with a deadline of its own, for what a controller does only after a grace
+/// period of its own.
+pub async fn wait_for_within<K>(
+    api: Api<K>,
+    name: &str,
+    deadline: Duration,
+    condition: impl Condition<K>,
+) -> anyhow::Result<Option<K>>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
     use futures::StreamExt;
     use kube::runtime::WatchStreamExt;
     let mut stream = Box::pin(kube::runtime::watcher::watch_object(api, name).default_backoff());
     let mut last_error = None;
-    let waited = tokio::time::timeout(DEADLINE, async {
+    let waited = tokio::time::timeout(deadline, async {
         while let Some(event) = stream.next().await {
             match event {
                 Ok(object) if condition.matches_object(object.as_ref()) => return Some(object),
@@ -465,7 +479,7 @@ where
     match waited {
         Ok(Some(object)) => Ok(object),
         _ => bail!(
-            "not within {DEADLINE:?}{}",
+            "not within {deadline:?}{}",
             last_error
                 .map(|e| format!(" (last watch error: {e})"))
                 .unwrap_or_default()
@@ -914,6 +928,26 @@ impl NodeAgent {
             &self.log,
         )?;
         self.wait_ready().await
+    }
+
+    /// Stops the agent's process (SIGSTOP) without ending it, as a hung node or a network
+    /// partition looks to the cluster: no heartbeats, guests frozen. [`NodeAgent::resume`]
+    /// continues it; dropping the agent still kills it.
+    pub fn pause(&self) -> anyhow::Result<()> {
+        self.signal("-STOP")
+    }
+
+    /// Continues an agent stopped by [`NodeAgent::pause`].
+    pub fn resume(&self) -> anyhow::Result<()> {
+        self.signal("-CONT")
+    }
+
+    fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill {signal} failed: {status:?}");
+        Ok(())
     }
 
     /// What the agent logged so far.

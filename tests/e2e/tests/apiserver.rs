@@ -874,3 +874,65 @@ async fn pod_specs_the_node_could_not_honour_are_refused_at_creation() -> anyhow
     pods.create(&PostParams::default(), &fine).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn the_taint_eviction_controller_deletes_pods_that_stop_tolerating_a_no_execute_taint()
+-> anyhow::Result<()> {
+    use std::time::{Duration, Instant};
+    let cluster = Cluster::new("evict").await?;
+    let node_name = format!("{}-evicting", cluster.id);
+    let key = "e2e.krustlet.dev/evict";
+    let node: Node = serde_json::from_value(json!({"metadata": {"name": node_name},
+        "spec": {"taints": [{"key": key, "effect": "NoExecute"}]}}))?;
+    Api::<Node>::all(cluster.client.clone())
+        .create(&PostParams::default(), &node)
+        .await?;
+    let _cleanup = DeleteNode(&cluster, node_name.clone());
+    let pods = cluster.pods();
+    let created = Instant::now();
+    let tolerating = |seconds: Option<i64>| {
+        let mut toleration = json!({"key": key, "operator": "Exists", "effect": "NoExecute"});
+        if let Some(seconds) = seconds {
+            toleration["tolerationSeconds"] = json!(seconds);
+        }
+        json!([toleration])
+    };
+    for (name, tolerations) in [
+        ("intolerant", json!([])),
+        ("for-a-while", tolerating(Some(3))),
+        ("for-ever", tolerating(None)),
+    ] {
+        let mut pod = serde_json::to_value(parked_pod(name, Some(&node_name)))?;
+        pod["spec"]["tolerations"] = tolerations;
+        pods.create(&PostParams::default(), &serde_json::from_value(pod)?)
+            .await?;
+    }
+    let deleting = |pod: Option<&Pod>| pod.is_none_or(|p| p.metadata.deletion_timestamp.is_some());
+    // No kubelet runs on this node, so an evicted pod stays Terminating with the condition the
+    // controller set before deleting it.
+    let evicted = e2e::wait_for(pods.clone(), "intolerant", deleting)
+        .await?
+        .expect("a pod on a node with no kubelet is not removed");
+    let conditions = evicted
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default();
+    assert!(
+        conditions.iter().any(|c| c.type_ == "DisruptionTarget"
+            && c.status == "True"
+            && c.reason.as_deref() == Some("DeletionByTaintManager")),
+        "{conditions:?}"
+    );
+    e2e::wait_for(pods.clone(), "for-a-while", deleting).await?;
+    assert!(
+        created.elapsed() >= Duration::from_secs(3),
+        "evicted before its tolerationSeconds ran out, after {:?}",
+        created.elapsed()
+    );
+    let forever = pods.get("for-ever").await?;
+    assert!(
+        forever.metadata.deletion_timestamp.is_none(),
+        "a toleration without tolerationSeconds tolerates for ever"
+    );
+    Ok(())
+}

@@ -1,5 +1,6 @@
 //! A krustlet-wasi node as the cluster sees it: registration, labels, taint, capacity, nodeInfo,
-//! conditions, the Lease heartbeat, and a clean shutdown.
+//! conditions, the Lease heartbeat, a silence the node lifecycle controller notices, and a clean
+//! shutdown.
 
 use e2e::Cluster;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -145,6 +146,83 @@ async fn lease_is_renewed_and_restart_takes_over_the_node() -> anyhow::Result<()
         nodes.get(&again.name).await?.metadata.uid,
         uid,
         "the restarted agent should reuse its Node"
+    );
+    Ok(())
+}
+
+/// The node's Ready condition status and whether it carries an unreachable taint.
+fn readiness(node: Option<&Node>) -> (Option<String>, bool) {
+    let ready = node
+        .and_then(|n| n.status.as_ref()?.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| c.status.clone());
+    let unreachable = node
+        .and_then(|n| n.spec.as_ref()?.taints.as_ref())
+        .is_some_and(|ts| {
+            ts.iter()
+                .any(|t| t.key == "node.kubernetes.io/unreachable" && t.effect == "NoExecute")
+        });
+    (ready, unreachable)
+}
+
+#[tokio::test]
+async fn a_node_silent_past_the_grace_period_is_unreachable_and_ready_again_once_it_is_back()
+-> anyhow::Result<()> {
+    use e2e::{is_running_after_restarts, wait_for_within, wasm_pod};
+    use std::time::{Duration, Instant};
+    let cluster = Cluster::new("silent").await?;
+    let agent = cluster.start_node().await?;
+    let image = cluster.push_guest("wasi-probe").await?;
+    cluster
+        .create_pod(wasm_pod(
+            "steady",
+            &image,
+            &agent.name,
+            &["forever"],
+            "Always",
+        ))
+        .await?;
+    cluster
+        .wait_pod("steady", "running", is_running_after_restarts(0))
+        .await?;
+    let nodes = Api::<Node>::all(cluster.client.clone());
+    // The node lifecycle controller's grace period is 50 s (40 s before Kubernetes 1.32).
+    agent.pause()?;
+    let marked = wait_for_within(
+        nodes.clone(),
+        &agent.name,
+        Duration::from_secs(150),
+        |n: Option<&Node>| readiness(n) == (Some("Unknown".into()), true),
+    )
+    .await;
+    agent.resume()?;
+    marked?;
+    let back = Instant::now();
+    wait_for_within(
+        nodes,
+        &agent.name,
+        Duration::from_secs(60),
+        |n: Option<&Node>| readiness(n) == (Some("True".into()), false),
+    )
+    .await?;
+    // The agent posts its status as soon as it is back, not at its next periodic report.
+    assert!(
+        back.elapsed() < Duration::from_secs(30),
+        "Ready again only after {:?}",
+        back.elapsed()
+    );
+    // Its pods tolerate an unreachable node for 300 s (DefaultTolerationSeconds): still there,
+    // still running, not restarted.
+    let pod = cluster.pods().get("steady").await?;
+    assert!(pod.metadata.deletion_timestamp.is_none(), "{pod:?}");
+    let status = pod.status.unwrap_or_default();
+    let container = &status.container_statuses.unwrap_or_default()[0];
+    assert_eq!(container.restart_count, 0);
+    assert!(
+        container
+            .state
+            .as_ref()
+            .is_some_and(|s| s.running.is_some())
     );
     Ok(())
 }

@@ -23,6 +23,11 @@ use tokio_util::sync::CancellationToken;
 pub const HEARTBEAT: Duration = Duration::from_secs(10);
 /// The longest time between status posts when nothing changes.
 pub const STATUS_REPORT: Duration = Duration::from_secs(300);
+/// A Lease not renewed for this long may have let the node lifecycle controller mark the node
+/// Unknown and taint it unreachable (its grace period is 40 s, or 50 s since Kubernetes 1.32):
+/// the status is then posted at the next renewal, changed or not, so that the node is Ready
+/// again at once rather than after [`STATUS_REPORT`].
+pub const SILENCE: Duration = Duration::from_secs(30);
 /// The taint key every krustlet node carries.
 pub const ARCH_TAINT_KEY: &str = "krustlet/arch";
 
@@ -314,8 +319,8 @@ pub async fn register(
     }
 }
 
-/// Renews the Lease every [`HEARTBEAT`] and posts the status when it changes or every
-/// [`STATUS_REPORT`], until `shutdown`.
+/// Renews the Lease every [`HEARTBEAT`] and posts the status when it changes, every
+/// [`STATUS_REPORT`], and after a [`SILENCE`], until `shutdown`.
 pub async fn heartbeat(
     client: kube::Client,
     config: Config,
@@ -327,17 +332,34 @@ pub async fn heartbeat(
     let mut lease = lease::Lease::new(client, &registered);
     let mut posted = registered.status.unwrap_or_default();
     let mut posted_at = Instant::now();
+    let mut renewed_at = Instant::now();
+    let mut after_silence = false;
     let mut tick = tokio::time::interval(HEARTBEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(e) = lease.renew().await {
-            tracing::warn!(error = %e, "renewing the node lease failed; retrying at the next heartbeat");
+        match lease.renew().await {
+            Ok(()) => {
+                if renewed_at.elapsed() >= SILENCE {
+                    tracing::info!(
+                        silent_for = ?renewed_at.elapsed(),
+                        "the node lease was renewed after a silence; posting the node status"
+                    );
+                    after_silence = true;
+                }
+                renewed_at = Instant::now();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "renewing the node lease failed; retrying at the next heartbeat")
+            }
         }
         let mut current = status(&config, &identity, &Machine::read(&config.data_dir));
-        if without_times(&current) == without_times(&posted) && posted_at.elapsed() < STATUS_REPORT
+        if without_times(&current) == without_times(&posted)
+            && posted_at.elapsed() < STATUS_REPORT
+            && !after_silence
         {
             continue;
         }
@@ -354,6 +376,7 @@ pub async fn heartbeat(
             Ok(_) => {
                 posted = current;
                 posted_at = Instant::now();
+                after_silence = false;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "posting node status failed; retrying at the next heartbeat")

@@ -1,12 +1,15 @@
 //! The controllers the tests lean on: namespace deletion, orphaned-pod collection, CSR approval
-//! and signing, EndpointSlices for Services with selectors, and an optional scheduler with
-//! kube-scheduler's filters for our users' cases.
+//! and signing, EndpointSlices for Services with selectors, node lifecycle (silent nodes
+//! Unknown and tainted), taint eviction, and an optional scheduler with kube-scheduler's
+//! filters for our users' cases.
 
 use super::Shared;
 use super::endpoints;
+use super::node_lifecycle;
 use super::objects::{self, DeleteOptions, now};
 use super::resources;
 use super::store::{State, key_of};
+use super::taint_eviction::TaintEviction;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +21,7 @@ const RESYNC: Duration = Duration::from_millis(500);
 pub async fn run(shared: Arc<Shared>, scheduler: bool) {
     let mut changes = shared.store.changes();
     let mut resync = tokio::time::interval(RESYNC);
+    let mut taint_eviction = TaintEviction::default();
     loop {
         tokio::select! {
             received = changes.recv() => if let Err(RecvError::Closed) = received { return },
@@ -30,6 +34,8 @@ pub async fn run(shared: Arc<Shared>, scheduler: bool) {
             publish_namespace_defaults(&shared, state);
             reconcile_csrs(&shared, state);
             endpoints::reconcile(state);
+            node_lifecycle::reconcile(state, node_lifecycle::GRACE_PERIOD);
+            taint_eviction.reconcile(state);
             if scheduler {
                 schedule(state);
             }
@@ -250,7 +256,9 @@ fn filter(pod: &Value, node: &Value, active: &[Value]) -> Result<(), String> {
     Ok(())
 }
 
-fn tolerates(toleration: &Value, taint: &Value) -> bool {
+/// Whether `toleration` tolerates `taint`, as the scheduler and the taint eviction controller
+/// match them.
+pub fn tolerates(toleration: &Value, taint: &Value) -> bool {
     let effect_ok = toleration["effect"]
         .as_str()
         .is_none_or(|e| e.is_empty() || taint["effect"] == e);
@@ -332,7 +340,7 @@ fn bind(state: &mut State, mut pod: Value, node: &str) {
         state,
         &ns,
         &name,
-        "Normal",
+        ("Normal", "default-scheduler"),
         "Scheduled",
         &format!("Successfully assigned {ns}/{name} to {node}"),
     );
@@ -373,7 +381,14 @@ fn unschedulable(state: &mut State, mut pod: Value, total: usize, reasons: Vec<S
     );
     let (ns, name) = key_of(&pod);
     state.put("pods", pod);
-    record_event(state, &ns, &name, "Warning", "FailedScheduling", &message);
+    record_event(
+        state,
+        &ns,
+        &name,
+        ("Warning", "default-scheduler"),
+        "FailedScheduling",
+        &message,
+    );
 }
 
 fn set_scheduled_condition(pod: &mut Value, condition: Value) {
@@ -386,7 +401,15 @@ fn set_scheduled_condition(pod: &mut Value, condition: Value) {
     pod["status"]["conditions"] = Value::Array(conditions);
 }
 
-fn record_event(state: &mut State, ns: &str, pod: &str, kind: &str, reason: &str, message: &str) {
+/// Records an event about a pod from a controller: `(kind, component)`.
+pub fn record_event(
+    state: &mut State,
+    ns: &str,
+    pod: &str,
+    (kind, component): (&str, &str),
+    reason: &str,
+    message: &str,
+) {
     let Some(uid) = state
         .get("pods", ns, pod)
         .map(|p| p["metadata"]["uid"].clone())
@@ -399,7 +422,7 @@ fn record_event(state: &mut State, ns: &str, pod: &str, kind: &str, reason: &str
         "metadata": {"name": format!("{pod}.{:x}", rand::random::<u64>()), "namespace": ns, "uid": uuid::Uuid::new_v4().to_string(), "creationTimestamp": stamp},
         "involvedObject": {"kind": "Pod", "namespace": ns, "name": pod, "uid": uid, "apiVersion": "v1"},
         "reason": reason, "message": message, "type": kind, "count": 1,
-        "source": {"component": "default-scheduler"}, "reportingComponent": "default-scheduler",
+        "source": {"component": component}, "reportingComponent": component,
         "firstTimestamp": stamp, "lastTimestamp": stamp,
     });
     state.put("events", event);

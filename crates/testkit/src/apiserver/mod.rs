@@ -9,6 +9,7 @@ mod convert;
 mod csr;
 mod endpoints;
 mod handlers;
+mod node_lifecycle;
 mod objects;
 mod patch;
 mod pki;
@@ -19,6 +20,7 @@ mod reviews;
 mod selectors;
 mod semantics;
 mod store;
+mod taint_eviction;
 mod watch;
 
 pub use auth::Identity;
