@@ -247,10 +247,32 @@ pub async fn run_node<R: Runtime>(
         registered,
         rest_stop.clone(),
     ));
+    let static_source = parts.config.pod_manifest_path.clone().map(|path| {
+        let (mirrored, static_pods) = tokio::sync::watch::channel(Vec::new());
+        let mirror_changed = Arc::new(tokio::sync::Notify::new());
+        tokio::spawn(pods::static_pods::keep_mirror_pods(
+            client.clone(),
+            parts.config.node_name.clone(),
+            static_pods,
+            mirror_changed.clone(),
+            parts.config.file_check_frequency,
+            pods_stop.clone(),
+        ));
+        pods::StaticSource {
+            pods: pods::static_pods::StaticPods::new(
+                path,
+                parts.config.node_name.clone(),
+                mirrored,
+            ),
+            every: parts.config.file_check_frequency,
+            mirror_changed,
+        }
+    });
     let pods = tokio::spawn(pods::watch_pods(
         client.clone(),
         parts.config.node_name.clone(),
         supervisors,
+        static_source,
         pods_stop.clone(),
     ));
     tokio::spawn(collect_images(

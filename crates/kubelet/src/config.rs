@@ -43,6 +43,11 @@ pub struct Config {
     pub sync_frequency: std::time::Duration,
     /// Directories hostPath volumes must lie in; empty allows any.
     pub allowed_host_paths: Vec<PathBuf>,
+    /// Pod manifests (a file or a directory of them) the node runs as static pods, mirrored
+    /// to the API server.
+    pub pod_manifest_path: Option<PathBuf>,
+    /// How often the static pod manifests are read again.
+    pub file_check_frequency: std::time::Duration,
     /// When unused images are removed.
     pub image_gc: crate::images::gc::GcPolicy,
     /// How often image garbage collection runs.

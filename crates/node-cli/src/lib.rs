@@ -29,9 +29,13 @@ pub struct NodeArgs {
     /// when they have all finished.
     #[arg(long, env = "KRUSTLET_STANDALONE")]
     standalone: bool,
-    /// A pod manifest file, or a directory of them, to run as static pods (with --standalone).
-    #[arg(long, env = "KRUSTLET_POD_MANIFEST_PATH", requires = "standalone")]
+    /// A pod manifest file, or a directory of them, to run as static pods: with --standalone
+    /// alone; in a cluster beside the API server's pods, each mirrored to it as a mirror pod.
+    #[arg(long, env = "KRUSTLET_POD_MANIFEST_PATH")]
     pod_manifest_path: Option<PathBuf>,
+    /// How often the static pod manifests are read again in a cluster, e.g. `20s`.
+    #[arg(long, env = "KRUSTLET_FILE_CHECK_FREQUENCY", default_value = "20s", value_parser = parse_duration)]
+    file_check_frequency: std::time::Duration,
     /// Name of the Node object (default: the hostname).
     #[arg(long, env = "KRUSTLET_NODE_NAME")]
     node_name: Option<String>,
@@ -228,6 +232,8 @@ impl NodeArgs {
             anonymous_auth: self.anonymous_auth,
             drain_on_shutdown: self.drain_on_shutdown,
             sync_frequency: self.sync_frequency,
+            pod_manifest_path: self.pod_manifest_path.clone(),
+            file_check_frequency: self.file_check_frequency,
             allowed_host_paths: self.allowed_host_paths.clone(),
             image_gc: kubelet::images::gc::GcPolicy {
                 high_threshold: self.image_gc_high_threshold,

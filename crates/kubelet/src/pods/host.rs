@@ -174,9 +174,29 @@ impl PodHost for ApiHost {
     async fn write_status(&self, pod: &Pod, status: &PodStatus) -> Result<(), StatusError> {
         let api: Api<Pod> =
             Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
+        let failed = |e: &dyn std::fmt::Display| {
+            StatusError::Failed(format!(
+                "writing status of pod {}/{}: {e}",
+                pod.namespace().unwrap_or_default(),
+                pod.name_any()
+            ))
+        };
+        let is_static = super::admission::is_static(pod);
+        // A static pod's status goes to its mirror pod, which the node (re)creates: until it
+        // is there, the write is tried again, never given up.
+        let uid = if is_static {
+            let hash = pod.annotations().get(super::static_pods::CONFIG_HASH);
+            let mirror = api.get_opt(&pod.name_any()).await.map_err(|e| failed(&e))?;
+            match mirror.filter(|m| m.annotations().get(super::static_pods::CONFIG_MIRROR) == hash)
+            {
+                Some(mirror) => mirror.uid(),
+                None => return Err(failed(&"its mirror pod is not created yet")),
+            }
+        } else {
+            pod.uid()
+        };
         // The uid makes the patch fail on a pod recreated under the same name.
-        let patch =
-            serde_json::json!({"metadata": {"uid": pod.uid()}, "status": status_patch(status)});
+        let patch = serde_json::json!({"metadata": {"uid": uid}, "status": status_patch(status)});
         api.patch_status(
             &pod.name_any(),
             &PatchParams::default(),
@@ -185,13 +205,12 @@ impl PodHost for ApiHost {
         .await
         .map(|_| ())
         .map_err(|e| match e {
-            // Not found, or the uid in the patch is not the object's (409, precondition).
-            kube::Error::Api(e) if e.code == 404 || e.code == 409 => StatusError::Gone,
-            e => StatusError::Failed(format!(
-                "writing status of pod {}/{}: {e}",
-                pod.namespace().unwrap_or_default(),
-                pod.name_any()
-            )),
+            // Not found, or the uid in the patch is not the object's (409, precondition); a
+            // static pod's mirror is created again.
+            kube::Error::Api(e) if (e.code == 404 || e.code == 409) && !is_static => {
+                StatusError::Gone
+            }
+            e => failed(&e),
         })
     }
 

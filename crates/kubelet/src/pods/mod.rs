@@ -12,6 +12,7 @@ pub mod probes;
 pub mod registry;
 pub mod resources;
 pub mod start;
+pub mod static_pods;
 pub mod status;
 mod status_writer;
 mod supervisor;
@@ -201,6 +202,22 @@ impl<R: Runtime, H: PodHost> Supervisors<R, H> {
         self.spawn(uid, delay);
     }
 
+    /// The status the API server has for pod `uid` (for a static pod: its mirror pod's),
+    /// which its supervisor compares with the status it wrote.
+    pub fn observe_status(
+        &mut self,
+        uid: &str,
+        status: Option<k8s_openapi::api::core::v1::PodStatus>,
+    ) {
+        if let Some(tx) = self.pods.get(uid) {
+            tx.send_modify(|pod| {
+                if let Some(pod) = pod {
+                    pod.status = status;
+                }
+            });
+        }
+    }
+
     /// A pod that is gone from the API server.
     pub fn remove(&mut self, uid: &str) {
         if let Some(tx) = self.pods.remove(uid) {
@@ -237,23 +254,65 @@ impl<R: Runtime, H: PodHost> Supervisors<R, H> {
     }
 }
 
-/// Watches the pods bound to `node_name` and supervises each, until `shutdown`.
+/// Where a node joined to a cluster reads static pods from, and how often.
+pub struct StaticSource {
+    /// The manifests and the static pods made of them.
+    pub pods: static_pods::StaticPods,
+    /// How often the manifests are read again (`--file-check-frequency`).
+    pub every: std::time::Duration,
+    /// Told when a mirror pod changes on the API server, so that the mirror pod keeper looks.
+    pub mirror_changed: Arc<tokio::sync::Notify>,
+}
+
+/// Watches the pods bound to `node_name` and supervises each, with the static pods of
+/// `static_source` if there is one, until `shutdown`. Mirror pods are never run: a change to one
+/// is passed on to the mirror pod keeper.
 pub async fn watch_pods<R: Runtime, H: PodHost>(
     client: kube::Client,
     node_name: String,
     mut supervisors: Supervisors<R, H>,
+    mut static_source: Option<StaticSource>,
     shutdown: CancellationToken,
 ) {
     let api: kube::Api<Pod> = kube::Api::all(client);
     let config = watcher::Config::default().fields(&format!("spec.nodeName={node_name}"));
     let mut events = watcher::watcher(api, config).default_backoff().boxed();
     let mut relisted: HashSet<String> = HashSet::new();
+    let mut reread = tokio::time::interval(
+        static_source
+            .as_ref()
+            // Never ticks without a source (the branch is disabled).
+            .map_or(std::time::Duration::from_secs(3600), |s| s.every),
+    );
+    reread.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let event = tokio::select! {
             _ = shutdown.cancelled() => break,
             () = supervisors.reap() => continue,
+            _ = reread.tick(), if static_source.is_some() => {
+                if let Some(source) = static_source.as_mut() {
+                    let changes = source.pods.reread();
+                    changes.removed.iter().for_each(|uid| supervisors.remove(uid));
+                    changes.added.into_iter().for_each(|pod| supervisors.apply(pod));
+                }
+                continue;
+            }
             event = events.next() => event,
         };
+        if let Some(Ok(Event::Apply(pod) | Event::Delete(pod) | Event::InitApply(pod))) = &event
+            && static_pods::is_mirror(pod)
+        {
+            if let Some(source) = &static_source {
+                source.mirror_changed.notify_one();
+            }
+            let mirrored = pod.annotations().get(static_pods::CONFIG_MIRROR);
+            let present = !matches!(event, Some(Ok(Event::Delete(_))))
+                && pod.metadata.deletion_timestamp.is_none();
+            if let Some(uid) = mirrored.filter(|_| present) {
+                supervisors.observe_status(uid, pod.status.clone());
+            }
+            continue;
+        }
         match event {
             Some(Ok(Event::Apply(pod))) => supervisors.apply(pod),
             Some(Ok(Event::Delete(pod))) => supervisors.remove(&pod.uid().unwrap_or_default()),
@@ -263,10 +322,12 @@ pub async fn watch_pods<R: Runtime, H: PodHost>(
                 supervisors.apply(pod);
             }
             Some(Ok(Event::InitDone)) => {
+                let is_static =
+                    |uid: &String| static_source.as_ref().is_some_and(|s| s.pods.contains(uid));
                 for uid in supervisors
                     .uids()
                     .into_iter()
-                    .filter(|u| !relisted.contains(u))
+                    .filter(|u| !relisted.contains(u) && !is_static(u))
                 {
                     supervisors.remove(&uid);
                 }

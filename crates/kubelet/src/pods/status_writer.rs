@@ -33,6 +33,8 @@ pub struct StatusWriter {
     retry_at: Option<Instant>,
     failures: u32,
     gone: bool,
+    /// The API server's copy disagrees with `published`: write even an unchanged status.
+    stale: bool,
 }
 
 impl StatusWriter {
@@ -42,7 +44,7 @@ impl StatusWriter {
         if self.gone {
             return Written::Gone;
         }
-        if self.published.as_ref() == Some(status) {
+        if !self.stale && self.published.as_ref() == Some(status) {
             self.retry_at = None;
             return Written::Done;
         }
@@ -54,6 +56,7 @@ impl StatusWriter {
                 self.published = Some(status.clone());
                 self.retry_at = None;
                 self.failures = 0;
+                self.stale = false;
                 Written::Done
             }
             Err(StatusError::Gone) => {
@@ -82,6 +85,27 @@ impl StatusWriter {
     /// agent restarted).
     pub fn assume_published(&mut self, status: PodStatus) {
         self.published = Some(status);
+    }
+
+    /// Compares the status the API server has (from a watch event) with the one written last:
+    /// when they disagree in phase or in the containers they report (the object was replaced,
+    /// as a static pod's mirror pod is when deleted), the next write happens even if the
+    /// status did not change.
+    pub fn observe(&mut self, on_server: Option<&PodStatus>) {
+        let Some(published) = &self.published else {
+            return;
+        };
+        let outline = |s: Option<&PodStatus>| {
+            let count = |l: Option<&Vec<_>>| l.map_or(0, Vec::len);
+            (
+                s.and_then(|s| s.phase.clone()),
+                count(s.and_then(|s| s.container_statuses.as_ref())),
+                count(s.and_then(|s| s.init_container_statuses.as_ref())),
+            )
+        };
+        if outline(on_server) != outline(Some(published)) {
+            self.stale = true;
+        }
     }
 
     /// When a failed write is tried again, if one waits.

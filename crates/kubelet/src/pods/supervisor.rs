@@ -239,6 +239,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
                     match latest {
                         Some(pod) if !Self::is_deleting(&pod) => {
                             self.ctx.registry.upsert(&ns, &name, pod.clone());
+                            self.status.observe(pod.status.as_ref());
                             self.pod = pod;
                         }
                         Some(pod) => {

@@ -10,17 +10,50 @@ use serde_json::{Value, json};
 /// Where the token volume is mounted.
 pub const MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
-/// Checks the pod's service account and injects the token volume.
+/// The annotation of a mirror pod (a kubelet's copy of one of its static pods).
+pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
+
+/// Whether `pod` is a mirror pod.
+pub fn is_mirror(pod: &Value) -> bool {
+    !pod["metadata"]["annotations"][MIRROR_ANNOTATION].is_null()
+}
+
+/// Checks the pod's service account (`default` unless it names one) and injects the token
+/// volume. A mirror pod is left as the kubelet wrote it, and may not reference a service
+/// account or secrets.
 pub fn service_account(
     state: &State,
     ns: &str,
     pod_name: &str,
     pod: &mut Value,
 ) -> Result<(), ApiError> {
+    if is_mirror(pod) {
+        let forbidden = |what: &str| {
+            response::status(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                format!("pods \"{pod_name}\" is forbidden: a mirror pod may not reference {what}"),
+                Some(response::details(pod_name, "", "pods")),
+            )
+        };
+        if pod["spec"]["serviceAccountName"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty())
+        {
+            return Err(forbidden("service accounts"));
+        }
+        if super::auth::pod_references(&pod["spec"], "secret") {
+            return Err(forbidden("secrets"));
+        }
+        return Ok(());
+    }
     let account = pod["spec"]["serviceAccountName"]
         .as_str()
+        .filter(|s| !s.is_empty())
         .unwrap_or("default")
         .to_string();
+    pod["spec"]["serviceAccountName"] = json!(account);
+    pod["spec"]["serviceAccount"] = json!(account);
     let Some(sa) = state.get("serviceaccounts", ns, &account) else {
         return Err(response::status(
             StatusCode::FORBIDDEN,

@@ -172,6 +172,8 @@ fn authorize_node(
             deny(format!("node '{node}' cannot modify node '{}'", attrs.name))
         }
         ("", "pods") if read => Decision::Allow,
+        // Mirror pods; NodeRestriction (objects.rs) decides which.
+        ("", "pods") if attrs.verb == "create" => Decision::Allow,
         ("", "pods/status") | ("", "pods")
             if matches!(attrs.verb.as_str(), "update" | "patch" | "delete") =>
         {
@@ -259,6 +261,24 @@ fn references(spec: &Value, kind: &str, name: &str) -> bool {
             _ => false,
         };
         found |= hit;
+    });
+    found
+}
+
+/// Whether a pod spec references any object of `kind` (`secret` or `configmap`).
+pub fn pod_references(spec: &Value, kind: &str) -> bool {
+    let mut found = kind == "secret"
+        && spec["imagePullSecrets"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty());
+    walk(spec, &mut |key, _| {
+        found |= matches!(
+            (kind, key),
+            (
+                "configmap",
+                "configMap" | "configMapRef" | "configMapKeyRef"
+            ) | ("secret", "secret" | "secretRef" | "secretKeyRef")
+        );
     });
     found
 }

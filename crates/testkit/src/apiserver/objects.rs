@@ -120,6 +120,18 @@ pub fn create(
             Some(response::details(&name, def.group, def.plural)),
         ));
     }
+    if let Some(node) = who.node_name()
+        && def.kind == "Pod"
+        && let Err(why) = node_may_create_pod(state, node, &object)
+    {
+        // NodeRestriction: a node creates only mirror pods of its own.
+        return Err(response::status(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            format!("pods \"{name}\" is forbidden: {why}"),
+            Some(response::details(&name, def.group, def.plural)),
+        ));
+    }
     if state.get(def.storage, namespace, &name).is_some() {
         let qualified = response::qualified(def.group, def.plural);
         return Err(response::status(
@@ -369,4 +381,77 @@ pub fn namespace_contents(state: &State, ns: &str) -> Vec<(&'static ResourceDef,
         }
     }
     out
+}
+
+/// NodeRestriction's rules for a pod a node creates: a mirror pod bound to the node, owned by
+/// its Node (as the controller, not blocking deletion), referencing no other API objects.
+fn node_may_create_pod(state: &State, node: &str, pod: &Value) -> Result<(), String> {
+    if !super::admission::is_mirror(pod) {
+        return Err(format!(
+            "pod does not have \"{}\" annotation, node \"{node}\" can only create mirror pods",
+            super::admission::MIRROR_ANNOTATION
+        ));
+    }
+    if pod["spec"]["nodeName"] != node {
+        return Err(format!(
+            "node \"{node}\" can only create pods with spec.nodeName set to itself"
+        ));
+    }
+    let owners = pod["metadata"]["ownerReferences"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let [owner] = owners.as_slice() else {
+        return Err(format!(
+            "node \"{node}\" can only create pods with a single owner reference set to itself"
+        ));
+    };
+    if owner["apiVersion"] != "v1" || owner["kind"] != "Node" || owner["name"] != node {
+        return Err(format!(
+            "node \"{node}\" can only create pods with an owner reference set to itself"
+        ));
+    }
+    if owner["controller"] != true {
+        return Err(format!(
+            "node \"{node}\" can only create pods with a controller owner reference set to itself"
+        ));
+    }
+    if owner["blockOwnerDeletion"] == true {
+        return Err(format!(
+            "node \"{node}\" must not set blockOwnerDeletion on an owner reference"
+        ));
+    }
+    let node_uid = state
+        .get("nodes", "", node)
+        .map(|n| n["metadata"]["uid"].clone());
+    if node_uid.as_ref() != Some(&owner["uid"]) {
+        return Err(format!("node {node} UID mismatch"));
+    }
+    let spec = &pod["spec"];
+    if spec["serviceAccountName"]
+        .as_str()
+        .is_some_and(|s| !s.is_empty())
+    {
+        return Err(format!(
+            "node \"{node}\" can not create pods that reference a service account"
+        ));
+    }
+    for (kind, plural) in [("secret", "secrets"), ("configmap", "configmaps")] {
+        if super::auth::pod_references(spec, kind) {
+            return Err(format!(
+                "node \"{node}\" can not create pods that reference {plural}"
+            ));
+        }
+    }
+    let claims = spec["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|v| !v["persistentVolumeClaim"].is_null());
+    if claims {
+        return Err(format!(
+            "node \"{node}\" can not create pods that reference persistentvolumeclaims"
+        ));
+    }
+    Ok(())
 }

@@ -142,7 +142,6 @@ fn default_pod(pod: &mut Value) {
         ("dnsPolicy", json!("ClusterFirst")),
         ("securityContext", json!({})),
         ("schedulerName", json!("default-scheduler")),
-        ("serviceAccountName", json!("default")),
         ("enableServiceLinks", json!(true)),
         ("priority", json!(0)),
         ("preemptionPolicy", json!("PreemptLowerPriority")),
@@ -152,7 +151,6 @@ fn default_pod(pod: &mut Value) {
             spec[key] = value;
         }
     }
-    spec["serviceAccount"] = spec["serviceAccountName"].clone();
     // The DefaultTolerationSeconds admission plugin.
     let tolerations = spec["tolerations"].as_array().cloned().unwrap_or_default();
     let mut tolerations = tolerations;

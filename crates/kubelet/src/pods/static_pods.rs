@@ -1,0 +1,325 @@
+//! Static pods on a node joined to a cluster, as the kubelet's file source makes them: the
+//! manifests of `--pod-manifest-path`, read again every `--file-check-frequency`, each run
+//! as a pod of this node (named `<name>-<node>`, its uid a hash of the manifest and the node,
+//! tolerating every NoExecute taint), and mirrored to the API server as a mirror pod (a copy
+//! with the `kubernetes.io/config.mirror` annotation, owned by the Node) whose status is the
+//! static pod's. Deleting the mirror pod does not stop the static pod: it is mirrored again.
+//! Removing the manifest stops the pod and deletes its mirror; changing it replaces both.
+
+use super::admission::CONFIG_SOURCE;
+use k8s_openapi::api::core::v1::{Node, Pod, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, PostParams, Preconditions};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+/// The annotation holding a static pod's hash (its uid), on the pod and on its mirror.
+pub const CONFIG_HASH: &str = "kubernetes.io/config.hash";
+/// The annotation that makes a pod a mirror pod; its value is the static pod's hash.
+pub const CONFIG_MIRROR: &str = "kubernetes.io/config.mirror";
+/// When the node first read the static pod's manifest.
+pub const CONFIG_SEEN: &str = "kubernetes.io/config.seen";
+
+/// Whether `pod` (from the API server) is a mirror pod, which the node never runs.
+pub fn is_mirror(pod: &Pod) -> bool {
+    pod.annotations().contains_key(CONFIG_MIRROR)
+}
+
+/// The static pod the kubelet makes of `manifest` on node `node_name`.
+pub fn from_manifest(mut manifest: Pod, node_name: &str) -> Pod {
+    use sha2::Digest;
+    let hash = {
+        let mut hasher = sha2::Sha256::new();
+        hasher.update(serde_json::to_vec(&manifest).unwrap_or_default());
+        hasher.update(format!("host:{node_name}").as_bytes());
+        hex::encode(&hasher.finalize()[..16])
+    };
+    let meta = &mut manifest.metadata;
+    meta.name = Some(format!(
+        "{}-{}",
+        meta.name.as_deref().unwrap_or_default(),
+        node_name.to_lowercase()
+    ));
+    meta.namespace = meta
+        .namespace
+        .take()
+        .filter(|ns| !ns.is_empty())
+        .or(Some("default".into()));
+    meta.uid = Some(hash.clone());
+    meta.creation_timestamp = Some(super::status::now());
+    let annotations = meta.annotations.get_or_insert_with(BTreeMap::new);
+    annotations.insert(CONFIG_SOURCE.into(), "file".into());
+    annotations.insert(CONFIG_HASH.into(), hash);
+    annotations.insert(CONFIG_SEEN.into(), jiff::Timestamp::now().to_string());
+    let spec = manifest.spec.get_or_insert_with(Default::default);
+    spec.node_name = Some(node_name.into());
+    // Static pods are not evicted for node problems (the kubelet adds this toleration).
+    let tolerate_all = Toleration {
+        operator: Some("Exists".into()),
+        effect: Some("NoExecute".into()),
+        ..Default::default()
+    };
+    let tolerations = spec.tolerations.get_or_insert_with(Vec::new);
+    if !tolerations.contains(&tolerate_all) {
+        tolerations.push(tolerate_all);
+    }
+    manifest.status = None;
+    manifest
+}
+
+/// The static pods of the manifests at `path`, by uid.
+pub fn read(
+    path: &Path,
+    node_name: &str,
+) -> Result<HashMap<String, Pod>, crate::standalone::ManifestError> {
+    if !path.exists() {
+        // The kubelet waits for the directory to appear.
+        return Ok(HashMap::new());
+    }
+    let pods = crate::standalone::load_manifests(path)?;
+    Ok(pods
+        .into_iter()
+        .map(|manifest| {
+            let pod = from_manifest(manifest, node_name);
+            (pod.uid().unwrap_or_default(), pod)
+        })
+        .collect())
+}
+
+/// The manifests a node runs as static pods, and what it does with them.
+pub struct StaticPods {
+    path: PathBuf,
+    node_name: String,
+    /// The static pods running, by uid.
+    current: HashMap<String, Pod>,
+    /// The static pods, for the mirror pod keeper.
+    mirrored: watch::Sender<Vec<Pod>>,
+}
+
+/// What changed in the manifests since they were read last.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// New static pods (a changed manifest is a new pod, its old version removed).
+    pub added: Vec<Pod>,
+    /// The uids of static pods whose manifest is gone.
+    pub removed: Vec<String>,
+}
+
+impl StaticPods {
+    /// The static pods of `path` for node `node_name`, none read yet; `mirrored` receives
+    /// them as they change.
+    pub fn new(path: PathBuf, node_name: String, mirrored: watch::Sender<Vec<Pod>>) -> Self {
+        Self {
+            path,
+            node_name,
+            current: HashMap::new(),
+            mirrored,
+        }
+    }
+
+    /// Whether `uid` is one of the static pods.
+    pub fn contains(&self, uid: &str) -> bool {
+        self.current.contains_key(uid)
+    }
+
+    /// Reads the manifests again. A manifest that cannot be read (one being written, or
+    /// invalid) changes nothing: it is logged, and the pods run on as they were.
+    pub fn reread(&mut self) -> Changes {
+        let read = match read(&self.path, &self.node_name) {
+            Ok(read) => read,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the static pod manifests failed; the static pods run on unchanged");
+                return Changes::default();
+            }
+        };
+        let removed: Vec<String> = self
+            .current
+            .keys()
+            .filter(|uid| !read.contains_key(*uid))
+            .cloned()
+            .collect();
+        let added: Vec<Pod> = read
+            .iter()
+            .filter(|(uid, _)| !self.current.contains_key(*uid))
+            .map(|(_, pod)| pod.clone())
+            .collect();
+        for uid in &removed {
+            self.current.remove(uid);
+        }
+        self.current.extend(
+            added
+                .iter()
+                .map(|p| (p.uid().unwrap_or_default(), p.clone())),
+        );
+        if !added.is_empty() || !removed.is_empty() {
+            let pods: Vec<Pod> = self.current.values().cloned().collect();
+            self.mirrored.send_replace(pods);
+        }
+        Changes { added, removed }
+    }
+}
+
+/// Keeps a mirror pod on the API server for each static pod: created when missing, replaced
+/// when it mirrors another version or is being deleted, deleted when its static pod is gone.
+/// Runs every `every`, when the static pods change, and when `poke` is notified (a mirror
+/// pod changed), until `shutdown`.
+pub async fn keep_mirror_pods(
+    client: kube::Client,
+    node_name: String,
+    mut static_pods: watch::Receiver<Vec<Pod>>,
+    poke: Arc<Notify>,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut mirrors = Mirrors {
+        client,
+        node_name,
+        node_uid: None,
+        mirrored: HashMap::new(),
+    };
+    loop {
+        let desired = static_pods.borrow_and_update().clone();
+        mirrors.reconcile(&desired).await;
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = static_pods.changed() => if changed.is_err() { return },
+            () = poke.notified() => {}
+            () = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// The mirror pods of one node.
+struct Mirrors {
+    client: kube::Client,
+    node_name: String,
+    /// The Node's uid, for the mirror pods' owner reference.
+    node_uid: Option<String>,
+    /// (namespace, name) of each mirror pod created, with the hash it mirrors.
+    mirrored: HashMap<(String, String), String>,
+}
+
+impl Mirrors {
+    async fn reconcile(&mut self, desired: &[Pod]) {
+        let wanted: HashMap<(String, String), &Pod> = desired
+            .iter()
+            .map(|p| ((p.namespace().unwrap_or_default(), p.name_any()), p))
+            .collect();
+        let gone: Vec<(String, String)> = self
+            .mirrored
+            .keys()
+            .filter(|key| !wanted.contains_key(*key))
+            .cloned()
+            .collect();
+        for (ns, name) in gone {
+            if let Err(e) = self.delete_mirror(&ns, &name, None).await {
+                tracing::warn!(pod = %format!("{ns}/{name}"), error = %e, "deleting the mirror pod of a removed static pod failed; retrying");
+                continue;
+            }
+            self.mirrored.remove(&(ns, name));
+        }
+        for ((ns, name), pod) in wanted {
+            if let Err(e) = self.mirror(&ns, &name, pod).await {
+                tracing::warn!(pod = %format!("{ns}/{name}"), error = %e, "mirroring the static pod failed; retrying");
+            }
+        }
+    }
+
+    /// Makes sure the mirror pod of `pod` exists and mirrors this version of it.
+    async fn mirror(&mut self, ns: &str, name: &str, pod: &Pod) -> Result<(), kube::Error> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        let hash = pod
+            .annotations()
+            .get(CONFIG_HASH)
+            .cloned()
+            .unwrap_or_default();
+        match api.get_opt(name).await? {
+            Some(existing) if !is_mirror(&existing) => {
+                tracing::warn!(pod = %format!("{ns}/{name}"), "a pod that is not a mirror pod has the static pod's name; the static pod runs unmirrored");
+                return Ok(());
+            }
+            Some(existing)
+                if existing.annotations().get(CONFIG_MIRROR) == Some(&hash)
+                    && existing.metadata.deletion_timestamp.is_none() =>
+            {
+                self.mirrored.insert((ns.into(), name.into()), hash);
+                return Ok(());
+            }
+            // Another version's mirror, or one being deleted: replace it.
+            Some(existing) => self.delete_mirror(ns, name, existing.uid()).await?,
+            None => {}
+        }
+        let node_uid = match &self.node_uid {
+            Some(uid) => uid.clone(),
+            None => {
+                let node = Api::<Node>::all(self.client.clone())
+                    .get(&self.node_name)
+                    .await?;
+                let uid = node.uid().unwrap_or_default();
+                self.node_uid = Some(uid.clone());
+                uid
+            }
+        };
+        let mut annotations = pod.annotations().clone();
+        annotations.insert(CONFIG_MIRROR.into(), hash.clone());
+        let mirror = Pod {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some(ns.into()),
+                labels: pod.metadata.labels.clone(),
+                annotations: Some(annotations),
+                owner_references: Some(vec![OwnerReference {
+                    api_version: "v1".into(),
+                    kind: "Node".into(),
+                    name: self.node_name.clone(),
+                    uid: node_uid,
+                    controller: Some(true),
+                    block_owner_deletion: None,
+                }]),
+                ..Default::default()
+            },
+            spec: pod.spec.clone(),
+            status: None,
+        };
+        match api.create(&PostParams::default(), &mirror).await {
+            Ok(_) => {}
+            // Created meanwhile (the next round checks it), or the Node was replaced.
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(kube::Error::Api(e)) if e.code == 403 && e.message.contains("UID mismatch") => {
+                self.node_uid = None;
+                return Err(kube::Error::Api(e));
+            }
+            Err(e) => return Err(e),
+        }
+        self.mirrored.insert((ns.into(), name.into()), hash);
+        Ok(())
+    }
+
+    /// Deletes a mirror pod at once (it runs nothing), only if it still is `uid` when given.
+    async fn delete_mirror(
+        &self,
+        ns: &str,
+        name: &str,
+        uid: Option<String>,
+    ) -> Result<(), kube::Error> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        let params = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: uid.map(|uid| Preconditions {
+                uid: Some(uid),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match api.delete(name, &params).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
