@@ -323,3 +323,75 @@ impl Mirrors {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(args: &[&str]) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web"},
+            "spec": {"containers": [{"name": "c", "image": "example.com/web:v1", "args": args}]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_static_pod_is_named_for_its_node_and_its_uid_follows_its_manifest() {
+        let pod = from_manifest(manifest(&["a"]), "Node-1");
+        assert_eq!(pod.name_any(), "web-node-1");
+        assert_eq!(pod.namespace().as_deref(), Some("default"));
+        assert_eq!(
+            pod.spec.as_ref().unwrap().node_name.as_deref(),
+            Some("Node-1")
+        );
+        let annotations = pod.annotations();
+        assert_eq!(
+            annotations.get(CONFIG_SOURCE).map(String::as_str),
+            Some("file")
+        );
+        assert_eq!(annotations.get(CONFIG_HASH), pod.uid().as_ref());
+        let tolerations = pod.spec.as_ref().unwrap().tolerations.clone().unwrap();
+        assert!(
+            tolerations
+                .iter()
+                .any(|t| t.operator.as_deref() == Some("Exists")
+                    && t.effect.as_deref() == Some("NoExecute")
+                    && t.key.is_none())
+        );
+        // Read again, the same manifest is the same pod; another is another, as on another node.
+        assert_eq!(from_manifest(manifest(&["a"]), "Node-1").uid(), pod.uid());
+        assert_ne!(from_manifest(manifest(&["b"]), "Node-1").uid(), pod.uid());
+        assert_ne!(from_manifest(manifest(&["a"]), "node-2").uid(), pod.uid());
+    }
+
+    #[test]
+    fn rereading_reports_what_was_added_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, rx) = watch::channel(Vec::new());
+        let mut pods = StaticPods::new(dir.path().join("manifests"), "n".into(), tx);
+        // No directory yet: no pods, as the kubelet waits for it.
+        let changes = pods.reread();
+        assert!(changes.added.is_empty() && changes.removed.is_empty());
+        std::fs::create_dir(dir.path().join("manifests")).unwrap();
+        let file = dir.path().join("manifests/web.json");
+        std::fs::write(&file, serde_json::to_vec(&manifest(&["a"])).unwrap()).unwrap();
+        let changes = pods.reread();
+        assert_eq!(changes.added.len(), 1);
+        let first = changes.added[0].uid().unwrap();
+        assert!(pods.contains(&first) && rx.borrow().len() == 1);
+        // An invalid manifest (one being written) changes nothing.
+        std::fs::write(&file, b"{not yaml: [").unwrap();
+        let changes = pods.reread();
+        assert!(changes.added.is_empty() && changes.removed.is_empty());
+        // A changed manifest replaces the pod.
+        std::fs::write(&file, serde_json::to_vec(&manifest(&["b"])).unwrap()).unwrap();
+        let changes = pods.reread();
+        assert_eq!(changes.removed, [first.clone()]);
+        assert_eq!(changes.added.len(), 1);
+        std::fs::remove_file(&file).unwrap();
+        let changes = pods.reread();
+        assert_eq!(changes.removed.len(), 1);
+        assert!(rx.borrow().is_empty());
+    }
+}

@@ -265,4 +265,22 @@ mod tests {
         // 0, 1, 3, 7, 15, 31, 61, 91: the backoff stops doubling at 30 s.
         assert_eq!(tries, 8);
     }
+
+    #[tokio::test]
+    async fn a_status_the_api_server_lost_is_written_again_unchanged() {
+        let host = ScriptedHost::default();
+        let pod = Pod::default();
+        let mut writer = StatusWriter::default();
+        let running = phase("Running");
+        writer.write(&host, &pod, &running).await;
+        // The API server reports what was written: nothing to do.
+        writer.observe(Some(&running));
+        writer.write(&host, &pod, &running).await;
+        assert_eq!(host.tried.lock().unwrap().len(), 1);
+        // The object was replaced (a new mirror pod): the same status is written again, once.
+        writer.observe(Some(&phase("Pending")));
+        writer.write(&host, &pod, &running).await;
+        writer.write(&host, &pod, &running).await;
+        assert_eq!(host.tried.lock().unwrap().len(), 2);
+    }
 }
