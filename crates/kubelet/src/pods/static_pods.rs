@@ -387,7 +387,7 @@ mod tests {
         // A changed manifest replaces the pod.
         std::fs::write(&file, serde_json::to_vec(&manifest(&["b"])).unwrap()).unwrap();
         let changes = pods.reread();
-        assert_eq!(changes.removed, [first.clone()]);
+        assert_eq!(changes.removed, [first]);
         assert_eq!(changes.added.len(), 1);
         std::fs::remove_file(&file).unwrap();
         let changes = pods.reread();
