@@ -414,3 +414,57 @@ async fn cncf_wasm_artifacts_run_as_well_as_wasm_to_oci_ones() -> anyhow::Result
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn containers_get_the_variables_of_their_namespaces_services_as_on_the_kubelet()
+-> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Service;
+    use kube::api::PostParams;
+    let cluster = Cluster::new("svcenv").await?;
+    let services: Api<Service> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    let service: Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "db-main"},
+        "spec": {"selector": {"app": "db"}, "ports": [{"name": "sql", "port": 5432}]}
+    }))?;
+    let created = services.create(&PostParams::default(), &service).await?;
+    let ip = created.spec.and_then(|s| s.cluster_ip).unwrap_or_default();
+    let master = Api::<Service>::namespaced(cluster.client.clone(), "default")
+        .get("kubernetes")
+        .await?;
+    let master_ip = master.spec.and_then(|s| s.cluster_ip).unwrap_or_default();
+    let agent = cluster.start_node().await?;
+    let image = cluster.push_guest("wasi-probe").await?;
+    cluster
+        .create_pod(wasm_pod("linked", &image, &agent.name, &["env"], "Never"))
+        .await?;
+    let mut unlinked = wasm_pod("unlinked", &image, &agent.name, &["env"], "Never");
+    unlinked.spec.as_mut().expect("spec").enable_service_links = Some(false);
+    cluster.create_pod(unlinked).await?;
+    for pod in ["linked", "unlinked"] {
+        cluster
+            .wait_pod(pod, "Succeeded", has_phase("Succeeded"))
+            .await?;
+    }
+    let linked = cluster.kubectl(&["logs", "linked"])?;
+    for line in [
+        format!("DB_MAIN_SERVICE_HOST={ip}"),
+        "DB_MAIN_SERVICE_PORT=5432".into(),
+        "DB_MAIN_SERVICE_PORT_SQL=5432".into(),
+        format!("DB_MAIN_PORT=tcp://{ip}:5432"),
+        format!("DB_MAIN_PORT_5432_TCP_ADDR={ip}"),
+        format!("KUBERNETES_SERVICE_HOST={master_ip}"),
+    ] {
+        assert!(
+            linked.lines().any(|l| l == line),
+            "{line} missing from:\n{linked}"
+        );
+    }
+    // Without service links a pod still gets the API server's Service, and no other.
+    let unlinked = cluster.kubectl(&["logs", "unlinked"])?;
+    assert!(
+        unlinked.contains(&format!("KUBERNETES_SERVICE_HOST={master_ip}")),
+        "{unlinked}"
+    );
+    assert!(!unlinked.contains("DB_MAIN_"), "{unlinked}");
+    Ok(())
+}

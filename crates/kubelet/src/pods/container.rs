@@ -29,6 +29,9 @@ pub struct EnvSources {
     pub config_maps: HashMap<String, Option<BTreeMap<String, String>>>,
     /// Secrets by name (values decoded).
     pub secrets: HashMap<String, Option<BTreeMap<String, String>>>,
+    /// The variables of the Services the container may use (see [`super::service_env`]),
+    /// by name.
+    pub services: Vec<(String, String)>,
 }
 
 /// The names of the ConfigMaps and Secrets `container`'s environment refers to.
@@ -97,9 +100,13 @@ pub fn process(
 ) -> Result<Process, ConfigError> {
     let node_ip = node.ip;
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
-    let mut env: Vec<(String, String)> = Vec::new();
-    let set = |env: &mut Vec<(String, String)>, name: String, value: String| {
+    // The Services' variables come first, so that `$(VAR)` may refer to them and a declared
+    // variable of the same name replaces one; they end up after the declared ones.
+    let mut env: Vec<(String, String)> = sources.services.clone();
+    let mut declared: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut set = |env: &mut Vec<(String, String)>, name: String, value: String| {
         env.retain(|(k, _)| *k != name);
+        declared.insert(name.clone());
         env.push((name, value));
     };
     for from in container.env_from.iter().flatten() {
@@ -194,6 +201,8 @@ pub fn process(
         };
         set(&mut env, var.name.clone(), value);
     }
+    let services_left = env.len() - declared.len();
+    env.rotate_left(services_left);
     let command: Vec<String> = container
         .command
         .iter()
@@ -583,5 +592,28 @@ mod tests {
             p.env,
             [("GREETING".into(), "hi".into()), ("POD".into(), "p".into())]
         );
+    }
+
+    #[test]
+    fn service_variables_follow_the_declared_ones_which_may_use_or_replace_them() {
+        let pod: Pod = serde_yaml::from_str("metadata: {name: p, namespace: ns}\nspec: {containers: [{name: c, image: i, args: [\"$(DB_SERVICE_PORT)\"], env: [{name: URL, value: \"http://$(DB_SERVICE_HOST)\"}, {name: DB_SERVICE_PORT, value: \"1\"}]}]}").unwrap();
+        let container = &pod.spec.as_ref().unwrap().containers[0];
+        let sources = EnvSources {
+            services: vec![
+                ("DB_SERVICE_HOST".into(), "10.96.0.9".into()),
+                ("DB_SERVICE_PORT".into(), "5432".into()),
+            ],
+            ..Default::default()
+        };
+        let p = process(&pod, container, &node("10.0.0.1"), &sources).unwrap();
+        assert_eq!(
+            p.env,
+            [
+                ("URL".into(), "http://10.96.0.9".into()),
+                ("DB_SERVICE_PORT".into(), "1".into()),
+                ("DB_SERVICE_HOST".into(), "10.96.0.9".into()),
+            ]
+        );
+        assert_eq!(p.args, ["c", "1"]);
     }
 }

@@ -1,16 +1,20 @@
 //! Where a pod supervisor's effects go: the API server (status patches, events, the final
 //! delete) or, in standalone mode, the terminal.
 
+use futures::StreamExt;
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Event, EventSource, ObjectReference, Pod, PodStatus, Secret, ServiceAccount,
+    ConfigMap, Event, EventSource, ObjectReference, Pod, PodStatus, Secret, Service, ServiceAccount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Mutex;
+use tokio_util::task::AbortOnDropHandle;
 
 /// An event about a pod (or one of its containers).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,15 +94,31 @@ pub trait PodHost: Send + Sync + 'static {
         audience: Option<String>,
         expiration_seconds: i64,
     ) -> impl Future<Output = Result<String, String>> + Send;
+    /// The Services a pod of `namespace` gets environment variables for: that namespace's,
+    /// and the master services of `default` (see [`super::service_env`]). A host without an
+    /// API server knows none.
+    fn services(
+        &self,
+        _namespace: &str,
+    ) -> impl Future<Output = Result<Vec<Service>, String>> + Send {
+        async { Ok(Vec::new()) }
+    }
 }
 
 /// An event's identity for aggregation: (pod uid, reason, message).
 type EventKey = (String, String, String);
 
+/// How long a container start waits for the first list of Services, as the kubelet waits for
+/// its Service informer; after it the start fails (`CreateContainerConfigError`) and is retried.
+const SERVICES_READY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Effects through the Kubernetes API, as the node's identity.
 pub struct ApiHost {
     client: kube::Client,
     node_name: String,
+    /// Every Service of the cluster, kept by a watch, for containers' service variables.
+    services: Store<Service>,
+    _watching_services: AbortOnDropHandle<()>,
     /// (pod uid, reason, message) -> (event name, count), to aggregate repeats as the kubelet does.
     recorded: Mutex<HashMap<EventKey, (String, i32)>>,
     config_maps: Recent<ConfigMap>,
@@ -160,7 +180,18 @@ where
 impl ApiHost {
     /// Effects through `client` on behalf of `node_name`.
     pub fn new(client: kube::Client, node_name: String) -> Self {
+        let (services, writer) = reflector::store();
+        let watch = watcher::watcher(Api::<Service>::all(client.clone()), Default::default())
+            .default_backoff()
+            .reflect(writer)
+            .for_each(|event| async move {
+                if let Err(e) = event {
+                    tracing::warn!(error = %e, "watching Services failed; retrying with backoff");
+                }
+            });
         Self {
+            services,
+            _watching_services: AbortOnDropHandle::new(tokio::spawn(watch)),
             client,
             node_name,
             recorded: Mutex::default(),
@@ -171,6 +202,27 @@ impl ApiHost {
 }
 
 impl PodHost for ApiHost {
+    async fn services(&self, namespace: &str) -> Result<Vec<Service>, String> {
+        let ready = tokio::time::timeout(SERVICES_READY, self.services.wait_until_ready()).await;
+        if !matches!(ready, Ok(Ok(()))) {
+            return Err(
+                "services have not yet been read at least once, cannot construct envvars".into(),
+            );
+        }
+        Ok(self
+            .services
+            .state()
+            .iter()
+            .filter(|s| {
+                let ns = s.metadata.namespace.as_deref().unwrap_or_default();
+                let name = s.metadata.name.as_deref().unwrap_or_default();
+                ns == namespace
+                    || ns == "default" && super::service_env::MASTER_SERVICES.contains(&name)
+            })
+            .map(|s| Service::clone(s))
+            .collect())
+    }
+
     async fn write_status(&self, pod: &Pod, status: &PodStatus) -> Result<(), StatusError> {
         let api: Api<Pod> =
             Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());

@@ -11,6 +11,7 @@ pub mod network;
 pub mod probes;
 pub mod registry;
 pub mod resources;
+pub mod service_env;
 pub mod start;
 pub mod static_pods;
 pub mod status;

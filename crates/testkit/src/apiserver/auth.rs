@@ -172,6 +172,8 @@ fn authorize_node(
             deny(format!("node '{node}' cannot modify node '{}'", attrs.name))
         }
         ("", "pods") if read => Decision::Allow,
+        // For the containers' service variables (the system:node role reads every Service).
+        ("", "services") if read => Decision::Allow,
         // Mirror pods; NodeRestriction (objects.rs) decides which.
         ("", "pods") if attrs.verb == "create" => Decision::Allow,
         ("", "pods/status") | ("", "pods")

@@ -245,6 +245,13 @@ fn seed(shared: &Shared) {
             objects::create(state, namespaces, "", &admin, object)
                 .expect("seeding a fresh store cannot fail");
         }
+        // Every cluster's Service for its API server, at the first address of the range.
+        let services = resources::find("", "v1", "services").expect("services are served");
+        let kubernetes = json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+            "spec": {"clusterIP": "10.96.0.1", "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]}});
+        objects::create(state, services, "default", &admin, kubernetes)
+            .expect("seeding a fresh store cannot fail");
     });
 }
 

@@ -5,6 +5,7 @@ use crate::logs::LogFile;
 use crate::pods::PodContext;
 use crate::pods::container::{self, ConfigError, EnvSources, Process};
 use crate::pods::host::PodHost;
+use crate::pods::service_env;
 use crate::runtime::{Mount, Runtime};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Container, Pod};
@@ -20,18 +21,32 @@ pub async fn configure<R: Runtime, H: PodHost>(
     spec: &Container,
     volume_dirs: &HashMap<String, PathBuf>,
 ) -> Result<(Process, Vec<Mount>), ConfigError> {
-    let sources = env_sources(&*ctx.host, pod, spec).await;
+    let sources = env_sources(&*ctx.host, pod, spec).await?;
     let process = container::process(pod, spec, &ctx.node_context(), &sources)?;
     let mounts = container::mounts(pod, spec, volume_dirs, &process)?;
     Ok((process, mounts))
 }
 
 /// Reads the ConfigMaps and Secrets the container's environment refers to (a read error
-/// counts as absent, and the container retries with backoff).
-async fn env_sources<H: PodHost>(host: &H, pod: &Pod, spec: &Container) -> EnvSources {
+/// counts as absent, and the container retries with backoff) and the Services it gets
+/// variables for (the start fails until they have been read once).
+async fn env_sources<H: PodHost>(
+    host: &H,
+    pod: &Pod,
+    spec: &Container,
+) -> Result<EnvSources, ConfigError> {
     let ns = pod.namespace().unwrap_or_default();
+    let services = host.services(&ns).await.map_err(ConfigError)?;
+    let links = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.enable_service_links)
+        .unwrap_or(true);
     let (config_maps, secrets) = container::env_references(spec);
-    let mut sources = EnvSources::default();
+    let mut sources = EnvSources {
+        services: service_env::variables(&services, &ns, links),
+        ..Default::default()
+    };
     for name in config_maps {
         let data = host.config_map(&ns, &name).await.ok().flatten().map(|cm| {
             let mut data = cm.data.unwrap_or_default();
@@ -49,7 +64,7 @@ async fn env_sources<H: PodHost>(host: &H, pod: &Pod, spec: &Container) -> EnvSo
             .map(|secret| decoded(secret.data.unwrap_or_default()).collect());
         sources.secrets.insert(name, data);
     }
-    sources
+    Ok(sources)
 }
 
 /// Binary values as text (invalid UTF-8 replaced), as environment variables carry them.
