@@ -360,4 +360,30 @@ mod tests {
         assert_eq!(verify(&signed, 2000), Err(ClaimsError::Expired(2000)));
         assert_eq!(verify(&signed, 100), Err(ClaimsError::NotYetValid(500)));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Any bytes at all are verified or refused without a panic.
+        #[test]
+        fn any_bytes_are_refused_without_a_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            let _ = verify(&bytes, 1000);
+            let _ = split_claims(&bytes);
+        }
+
+        /// A signed actor changed anywhere is refused, or (where a change cannot alter what
+        /// was signed, such as unused bits of the signature's base64) verifies to the same
+        /// claims; never a panic.
+        #[test]
+        fn a_signed_actor_changed_anywhere_is_refused_or_unchanged(at in 0usize..4096, bit in 0u8..8) {
+            let original = signed(&claims(&["wascc:keyvalue"]));
+            let expected = verify(&original, 1000).unwrap();
+            let mut changed = original.clone();
+            let at = at % changed.len();
+            changed[at] ^= 1 << bit;
+            if let Ok(claims) = verify(&changed, 1000) {
+                proptest::prop_assert_eq!(claims, expected);
+            }
+        }
+    }
 }

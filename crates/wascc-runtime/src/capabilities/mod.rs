@@ -139,3 +139,117 @@ pub fn decode<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, Strin
 pub fn encode<T: serde::Serialize>(message: &T) -> Result<Vec<u8>, String> {
     rmp_serde::to_vec_named(message).map_err(|e| format!("encoding a reply: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kubelet::logs::LogFiles;
+    use proptest::prelude::*;
+
+    /// Operations the providers know, and some they do not.
+    const OPERATIONS: &[&str] = &[
+        "Get",
+        "Set",
+        "Del",
+        "Add",
+        "KeyExists",
+        "Push",
+        "ListItemDelete",
+        "Clear",
+        "Range",
+        "SetAdd",
+        "SetRemove",
+        "SetQuery",
+        "SetUnion",
+        "SetIntersection",
+        "WriteLog",
+        "CreateContainer",
+        "RemoveContainer",
+        "RemoveObject",
+        "ListObjects",
+        "GetObjectInfo",
+        "StartUpload",
+        "UploadChunk",
+        "StartDownload",
+        "HandleRequest",
+        "",
+        "\u{0}",
+    ];
+
+    /// MessagePack-ish bytes: arbitrary, or a map of a few fields with arbitrary values
+    /// (including length prefixes that promise far more than follows).
+    fn payload() -> impl Strategy<Value = Vec<u8>> {
+        let field = (
+            prop::sample::select(vec![
+                "key",
+                "value",
+                "expires",
+                "start",
+                "stop",
+                "keys",
+                "id",
+                "container",
+                "chunkSize",
+                "sequenceNo",
+                "totalBytes",
+                "text",
+                "level",
+            ]),
+            prop::collection::vec(any::<u8>(), 0..12),
+        );
+        prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..64),
+            prop::collection::vec(field, 0..5).prop_map(|fields| {
+                let mut bytes = vec![0x80 | fields.len() as u8];
+                for (name, value) in fields {
+                    bytes.push(0xa0 | name.len() as u8);
+                    bytes.extend_from_slice(name.as_bytes());
+                    bytes.extend_from_slice(&value);
+                }
+                bytes
+            }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Whatever an actor passes across the waPC boundary, the host answers (or refuses)
+        /// without panicking, and the answer is bounded (no more than the store may hold).
+        #[test]
+        fn host_calls_with_any_payload_are_answered_without_panics(
+            calls in prop::collection::vec(
+                (prop::sample::select(vec![KEYVALUE, BLOBSTORE, LOGGING, HTTP_SERVER, "wascc:messaging"]),
+                 prop::sample::select(OPERATIONS.to_vec()),
+                 payload()),
+                1..8,
+            )
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let log = LogFiles::default().create(&dir.path().join("actor.log")).unwrap();
+            let (deliveries, _receiver) = mpsc::channel(8);
+            let (warnings, _warned) = mpsc::channel(8);
+            let granted = [KEYVALUE, BLOBSTORE, LOGGING, HTTP_SERVER].map(String::from).into();
+            let blobs = dir.path().join("blobs");
+            std::fs::create_dir(&blobs).unwrap();
+            let mut host = Host::new(
+                "fuzzed".into(),
+                granted,
+                (log.writer("stdout"), log.writer("stderr")),
+                Warnings::new("fuzzed", warnings),
+                Some(blobstore::BlobStore::new(blobs, false)),
+                deliveries,
+            );
+            runtime.block_on(async {
+                for (namespace, operation, payload) in calls {
+                    let answer = host.call("default", namespace, operation, payload).await;
+                    if let Ok(response) = answer {
+                        prop_assert!(response.len() <= keyvalue::MAX_STORE_BYTES + 1024);
+                    }
+                }
+                Ok(())
+            })?;
+        }
+    }
+}
