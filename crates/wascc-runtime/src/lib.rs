@@ -9,6 +9,8 @@
 pub mod capabilities;
 pub mod claims;
 pub mod config;
+#[cfg(fuzzing)]
+pub mod fuzzing;
 
 mod actor;
 mod wapc;
