@@ -1,5 +1,6 @@
-//! Entry points of the fuzz targets in `fuzz/` (compiled only with `--cfg fuzzing`): what an
-//! actor's publisher and an actor itself hand the node.
+//! Entry points of the fuzz targets in `fuzz/` (compiled with `--cfg fuzzing`, and for the
+//! property tests that feed them in the ordinary suite): what an actor's publisher and an
+//! actor itself hand the node.
 
 use crate::capabilities::{self, Host};
 use kubelet::logs::LogFiles;

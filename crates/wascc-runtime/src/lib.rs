@@ -9,7 +9,7 @@
 pub mod capabilities;
 pub mod claims;
 pub mod config;
-#[cfg(fuzzing)]
+#[cfg(any(test, fuzzing))]
 pub mod fuzzing;
 
 mod actor;

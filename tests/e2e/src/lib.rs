@@ -153,6 +153,15 @@ impl Cluster {
             .with_context(|| format!("creating pod {name}"))
     }
 
+    /// Creates pod `name` on `node` running the `wasi-probe` guest `image` for ever
+    /// (restartPolicy Always), and waits until its container runs.
+    pub async fn run_forever(&self, name: &str, image: &str, node: &str) -> anyhow::Result<Pod> {
+        self.create_pod(wasm_pod(name, image, node, &["forever"], "Always"))
+            .await?;
+        self.wait_pod(name, "running", is_running_after_restarts(0))
+            .await
+    }
+
     /// Creates a pod with a spec the API server may refuse by its validation (a real one does
     /// for `..` in paths or out-of-range values): `false` when it answered 422, which counts as
     /// the cluster's own defence working.

@@ -54,18 +54,7 @@ async fn hostile_registries_fail_only_their_own_pods() -> anyhow::Result<()> {
         ])
         .await?;
     let image = cluster.push_guest("wasi-probe").await?;
-    cluster
-        .create_pod(wasm_pod(
-            "steady",
-            &image,
-            &agent.name,
-            &["forever"],
-            "Always",
-        ))
-        .await?;
-    let steady = cluster
-        .wait_pod("steady", "Running", has_phase("Running"))
-        .await?;
+    let steady = cluster.run_forever("steady", &image, &agent.name).await?;
     let before = started_at(&steady);
     let rss_before = rss_kib(agent.pid());
 

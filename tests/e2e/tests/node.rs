@@ -168,23 +168,12 @@ fn readiness(node: Option<&Node>) -> (Option<String>, bool) {
 #[tokio::test]
 async fn a_node_silent_past_the_grace_period_is_unreachable_and_ready_again_once_it_is_back()
 -> anyhow::Result<()> {
-    use e2e::{is_running_after_restarts, wait_for_within, wasm_pod};
+    use e2e::wait_for_within;
     use std::time::{Duration, Instant};
     let cluster = Cluster::new("silent").await?;
     let agent = cluster.start_node().await?;
     let image = cluster.push_guest("wasi-probe").await?;
-    cluster
-        .create_pod(wasm_pod(
-            "steady",
-            &image,
-            &agent.name,
-            &["forever"],
-            "Always",
-        ))
-        .await?;
-    cluster
-        .wait_pod("steady", "running", is_running_after_restarts(0))
-        .await?;
+    cluster.run_forever("steady", &image, &agent.name).await?;
     let nodes = Api::<Node>::all(cluster.client.clone());
     // The node lifecycle controller's grace period is 50 s (40 s before Kubernetes 1.32).
     agent.pause()?;
