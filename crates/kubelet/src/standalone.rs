@@ -39,65 +39,75 @@ pub enum ManifestError {
 /// Reads pods from a manifest file or a directory of `.yaml`/`.yml`/`.json` files (multi-document
 /// YAML allowed); every document must be a v1 Pod.
 pub fn load_manifests(path: &Path) -> Result<Vec<Pod>, ManifestError> {
-    let read_err = |source| ManifestError::Read {
-        path: path.display().to_string(),
-        source,
-    };
-    let files = if path.is_dir() {
-        let mut files: Vec<_> = std::fs::read_dir(path)
-            .map_err(read_err)?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| {
-                p.extension()
-                    .is_some_and(|e| e == "yaml" || e == "yml" || e == "json")
-            })
-            .collect();
-        files.sort();
-        files
-    } else {
-        vec![path.to_path_buf()]
-    };
     let mut pods = Vec::new();
-    for file in files {
-        let name = file.display().to_string();
-        let text = std::fs::read_to_string(&file).map_err(|source| ManifestError::Read {
-            path: name.clone(),
+    for file in manifest_files(path)? {
+        pods.extend(load_manifest_file(&file)?);
+    }
+    Ok(pods)
+}
+
+/// The manifest files at `path`: the file itself, or the `.yaml`/`.yml`/`.json` files of the
+/// directory, in name order.
+pub fn manifest_files(path: &Path) -> Result<Vec<std::path::PathBuf>, ManifestError> {
+    if !path.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files: Vec<_> = std::fs::read_dir(path)
+        .map_err(|source| ManifestError::Read {
+            path: path.display().to_string(),
             source,
-        })?;
-        for document in serde_yaml::Deserializer::from_str(&text) {
-            let value =
-                serde_yaml::Value::deserialize(document).map_err(|e| ManifestError::Invalid {
-                    path: name.clone(),
-                    message: e.to_string(),
-                })?;
-            if value.is_null() {
-                continue;
-            }
-            let kind = value
-                .get("kind")
-                .and_then(|k| k.as_str())
-                .unwrap_or_default();
-            if kind != "Pod" {
-                return Err(ManifestError::Invalid {
-                    path: name,
-                    message: format!(
-                        "expected kind Pod, found {kind:?}; standalone mode runs pods only"
-                    ),
-                });
-            }
-            let pod: Pod = serde_yaml::from_value(value).map_err(|e| ManifestError::Invalid {
+        })?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|e| e == "yaml" || e == "yml" || e == "json")
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// The pods of one manifest file (multi-document YAML allowed; every document a v1 Pod).
+pub fn load_manifest_file(file: &Path) -> Result<Vec<Pod>, ManifestError> {
+    let mut pods = Vec::new();
+    let name = file.display().to_string();
+    let text = std::fs::read_to_string(file).map_err(|source| ManifestError::Read {
+        path: name.clone(),
+        source,
+    })?;
+    for document in serde_yaml::Deserializer::from_str(&text) {
+        let value =
+            serde_yaml::Value::deserialize(document).map_err(|e| ManifestError::Invalid {
                 path: name.clone(),
                 message: e.to_string(),
             })?;
-            if pod.metadata.name.as_deref().unwrap_or_default().is_empty() {
-                return Err(ManifestError::Invalid {
-                    path: name,
-                    message: "the pod has no metadata.name".into(),
-                });
-            }
-            pods.push(pod);
+        if value.is_null() {
+            continue;
         }
+        let kind = value
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .unwrap_or_default();
+        if kind != "Pod" {
+            return Err(ManifestError::Invalid {
+                path: name,
+                message: format!(
+                    "expected kind Pod, found {kind:?}; static pod manifests hold pods only"
+                ),
+            });
+        }
+        let pod: Pod = serde_yaml::from_value(value).map_err(|e| ManifestError::Invalid {
+            path: name.clone(),
+            message: e.to_string(),
+        })?;
+        if pod.metadata.name.as_deref().unwrap_or_default().is_empty() {
+            return Err(ManifestError::Invalid {
+                path: name,
+                message: "the pod has no metadata.name".into(),
+            });
+        }
+        pods.push(pod);
     }
     Ok(pods)
 }

@@ -7,6 +7,7 @@
 //! Removing the manifest stops the pod and deletes its mirror; changing it replaces both.
 
 use super::admission::CONFIG_SOURCE;
+use crate::standalone::ManifestError;
 use k8s_openapi::api::core::v1::{Node, Pod, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::ResourceExt;
@@ -72,17 +73,9 @@ pub fn from_manifest(mut manifest: Pod, node_name: &str) -> Pod {
     manifest
 }
 
-/// The static pods of the manifests at `path`, by uid.
-pub fn read(
-    path: &Path,
-    node_name: &str,
-) -> Result<HashMap<String, Pod>, crate::standalone::ManifestError> {
-    if !path.exists() {
-        // The kubelet waits for the directory to appear.
-        return Ok(HashMap::new());
-    }
-    let pods = crate::standalone::load_manifests(path)?;
-    Ok(pods
+/// The static pods of one manifest file, by uid.
+fn read_file(file: &Path, node_name: &str) -> Result<HashMap<String, Pod>, ManifestError> {
+    Ok(crate::standalone::load_manifest_file(file)?
         .into_iter()
         .map(|manifest| {
             let pod = from_manifest(manifest, node_name);
@@ -95,8 +88,8 @@ pub fn read(
 pub struct StaticPods {
     path: PathBuf,
     node_name: String,
-    /// The static pods running, by uid.
-    current: HashMap<String, Pod>,
+    /// The static pods running, by manifest file, then uid.
+    current: HashMap<PathBuf, HashMap<String, Pod>>,
     /// The static pods, for the mirror pod keeper.
     mirrored: watch::Sender<Vec<Pod>>,
 }
@@ -124,43 +117,61 @@ impl StaticPods {
 
     /// Whether `uid` is one of the static pods.
     pub fn contains(&self, uid: &str) -> bool {
-        self.current.contains_key(uid)
+        self.current.values().any(|pods| pods.contains_key(uid))
     }
 
-    /// Reads the manifests again. A manifest that cannot be read (one being written, or
-    /// invalid) changes nothing: it is logged, and the pods run on as they were.
+    /// Reads the manifests again. A file that cannot be read or parsed (one being written, or
+    /// invalid) is logged and its pods run on as they were; the other files' changes apply. A
+    /// missing path means no static pods (the kubelet waits for it to appear).
     pub fn reread(&mut self) -> Changes {
-        let read = match read(&self.path, &self.node_name) {
-            Ok(read) => read,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the static pod manifests failed; the static pods run on unchanged");
-                return Changes::default();
+        let files = if self.path.exists() {
+            match crate::standalone::manifest_files(&self.path) {
+                Ok(files) => files,
+                Err(e) => {
+                    tracing::warn!(error = %e, "listing the static pod manifests failed; the static pods run on unchanged");
+                    return Changes::default();
+                }
             }
+        } else {
+            Vec::new()
         };
-        let removed: Vec<String> = self
-            .current
-            .keys()
-            .filter(|uid| !read.contains_key(*uid))
-            .cloned()
-            .collect();
-        let added: Vec<Pod> = read
-            .iter()
-            .filter(|(uid, _)| !self.current.contains_key(*uid))
-            .map(|(_, pod)| pod.clone())
-            .collect();
-        for uid in &removed {
-            self.current.remove(uid);
+        let mut read: HashMap<PathBuf, HashMap<String, Pod>> = HashMap::new();
+        for file in files {
+            match read_file(&file, &self.node_name) {
+                Ok(pods) => {
+                    read.insert(file, pods);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "a static pod manifest cannot be read; its pods run on unchanged");
+                    let kept = self.current.get(&file).cloned().unwrap_or_default();
+                    read.insert(file, kept);
+                }
+            }
         }
-        self.current.extend(
-            added
+        let before: HashMap<&String, &Pod> = self.current.values().flatten().collect();
+        let after: HashMap<&String, &Pod> = read.values().flatten().collect();
+        let changes = Changes {
+            added: after
                 .iter()
-                .map(|p| (p.uid().unwrap_or_default(), p.clone())),
-        );
-        if !added.is_empty() || !removed.is_empty() {
-            let pods: Vec<Pod> = self.current.values().cloned().collect();
+                .filter(|(uid, _)| !before.contains_key(*uid))
+                .map(|(_, pod)| Pod::clone(pod))
+                .collect(),
+            removed: before
+                .keys()
+                .filter(|uid| !after.contains_key(*uid))
+                .map(|uid| uid.to_string())
+                .collect(),
+        };
+        self.current = read;
+        if !changes.added.is_empty() || !changes.removed.is_empty() {
+            let pods: Vec<Pod> = self
+                .current
+                .values()
+                .flat_map(|p| p.values().cloned())
+                .collect();
             self.mirrored.send_replace(pods);
         }
-        Changes { added, removed }
+        changes
     }
 }
 
@@ -380,10 +391,18 @@ mod tests {
         assert_eq!(changes.added.len(), 1);
         let first = changes.added[0].uid().unwrap();
         assert!(pods.contains(&first) && rx.borrow().len() == 1);
-        // An invalid manifest (one being written) changes nothing.
+        // An invalid manifest (one being written) keeps its pods; another file still counts.
         std::fs::write(&file, b"{not yaml: [").unwrap();
+        let other = dir.path().join("manifests/other.yaml");
+        let mut second = manifest(&["c"]);
+        second.metadata.name = Some("other".into());
+        std::fs::write(&other, serde_json::to_vec(&second).unwrap()).unwrap();
         let changes = pods.reread();
-        assert!(changes.added.is_empty() && changes.removed.is_empty());
+        assert!(changes.removed.is_empty(), "{changes:?}");
+        assert_eq!(changes.added.len(), 1);
+        assert!(pods.contains(&first) && rx.borrow().len() == 2);
+        std::fs::remove_file(&other).unwrap();
+        assert_eq!(pods.reread().removed.len(), 1);
         // A changed manifest replaces the pod.
         std::fs::write(&file, serde_json::to_vec(&manifest(&["b"])).unwrap()).unwrap();
         let changes = pods.reread();
