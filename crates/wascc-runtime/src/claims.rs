@@ -181,13 +181,12 @@ pub fn split_claims(module: &[u8]) -> Result<(Option<Vec<u8>>, Vec<u8>), ClaimsE
             _ => {}
         }
         if let Some((id, range)) = payload.as_section() {
-            wasm_encoder::Section::append_to(
-                &wasm_encoder::RawSection {
-                    id,
-                    data: &module[range],
-                },
-                &mut stripped,
-            );
+            // The parser announces a code section before reading it: a size past the end of
+            // the module is refused here, not trusted.
+            let data = module.get(range).ok_or_else(|| {
+                ClaimsError::Malformed("a section runs past the end of the module".into())
+            })?;
+            wasm_encoder::Section::append_to(&wasm_encoder::RawSection { id, data }, &mut stripped);
         }
     }
     Ok((jwt, stripped))
@@ -305,6 +304,22 @@ mod tests {
         let verified = verify(&signed, 1000).unwrap();
         assert_eq!(verified.capabilities, None);
         assert_eq!(verified.issuer, account.public_key());
+    }
+
+    #[test]
+    fn a_section_running_past_the_end_is_refused_not_a_panic() {
+        // Found by the `wascap_claims` fuzz target: a code section declaring 68 bytes in a
+        // module of 34.
+        let module = [
+            0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, 0x03, 0x07, 0x05, 0x07, 0x6c, 0x73,
+            0x61, 0x00, 0x2f, 0x0a, 0x31, 0x05, 0x07, 0x6c, 0x73, 0xff, 0xff, 0x00, 0x00, 0x00,
+            0x00, 0x00, 0x00, 0x00, 0x80, 0xff,
+        ];
+        assert!(matches!(
+            split_claims(&module),
+            Err(ClaimsError::Malformed(_))
+        ));
+        assert!(verify(&module, 1000).is_err());
     }
 
     #[test]
