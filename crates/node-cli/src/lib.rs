@@ -34,7 +34,7 @@ pub struct NodeArgs {
     #[arg(long, env = "KRUSTLET_POD_MANIFEST_PATH")]
     pod_manifest_path: Option<PathBuf>,
     /// How often the static pod manifests are read again in a cluster, e.g. `20s`.
-    #[arg(long, env = "KRUSTLET_FILE_CHECK_FREQUENCY", default_value = "20s", value_parser = parse_duration)]
+    #[arg(long, env = "KRUSTLET_FILE_CHECK_FREQUENCY", default_value = "20s", value_parser = parse_period)]
     file_check_frequency: std::time::Duration,
     /// Name of the Node object (default: the hostname).
     #[arg(long, env = "KRUSTLET_NODE_NAME")]
@@ -104,7 +104,7 @@ pub struct NodeArgs {
     anonymous_auth: bool,
     /// How often mounted ConfigMaps, Secrets, downward API files and service account tokens
     /// are brought up to date (and emptyDir size limits checked), e.g. `1m`, `30s`.
-    #[arg(long, env = "KRUSTLET_SYNC_FREQUENCY", default_value = "1m", value_parser = parse_duration)]
+    #[arg(long, env = "KRUSTLET_SYNC_FREQUENCY", default_value = "1m", value_parser = parse_period)]
     sync_frequency: std::time::Duration,
     /// Directories hostPath volumes must lie in, `dir[,dir...]`; a pod with a hostPath
     /// elsewhere gets a FailedMount event saying so. Empty (the default) allows any.
@@ -124,7 +124,7 @@ pub struct NodeArgs {
     #[arg(long, env = "KRUSTLET_IMAGE_MAXIMUM_GC_AGE", default_value = "0s", value_parser = parse_duration)]
     image_maximum_gc_age: std::time::Duration,
     /// How often image garbage collection runs.
-    #[arg(long, env = "KRUSTLET_IMAGE_GC_PERIOD", default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, env = "KRUSTLET_IMAGE_GC_PERIOD", default_value = "5m", value_parser = parse_period)]
     image_gc_period: std::time::Duration,
     /// The most an image may be (its layers together, and what a compressed layer unpacks
     /// to), as a Kubernetes quantity: `1Gi`, `512Mi`. A larger image fails with ErrImagePull.
@@ -165,6 +165,17 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
         .parse()
         .map_err(|e| format!("{text:?} is not a duration like 1m or 30s: {e}"))?;
     std::time::Duration::try_from(duration).map_err(|_| format!("{text:?} is negative"))
+}
+
+/// A period something runs at: a duration above zero (a zero period would spin).
+fn parse_period(text: &str) -> Result<std::time::Duration, String> {
+    let period = parse_duration(text)?;
+    if period.is_zero() {
+        return Err(format!(
+            "{text:?} is not a period: give one above zero, like 1m or 30s"
+        ));
+    }
+    Ok(period)
 }
 
 fn parse_bytes(text: &str) -> Result<u64, String> {
@@ -432,4 +443,18 @@ pub async fn run<R: Runtime>(
     };
     kubelet::run_node(config, runtime, client, shutdown).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn periods_must_be_above_zero() {
+        assert_eq!(
+            super::parse_period("20s"),
+            Ok(std::time::Duration::from_secs(20))
+        );
+        let refused = super::parse_period("0s").unwrap_err();
+        assert!(refused.contains("above zero"), "{refused}");
+        assert!(super::parse_period("-1s").is_err());
+    }
 }
