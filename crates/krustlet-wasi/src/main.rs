@@ -19,10 +19,7 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     node_cli::init();
     let cli = Cli::parse();
-    if let Some(command) = cli.command {
-        return node_cli::run_command(command, &cli.node).await;
-    }
-    node_cli::run(cli.node, |config| {
+    node_cli::run(cli.node, cli.command, |config| {
         Ok(wasi_runtime::WasiRuntime::new(
             config.data_dir.join("compiled"),
             config.max_http_requests_per_container,

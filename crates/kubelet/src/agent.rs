@@ -292,6 +292,10 @@ pub async fn run_node<R: Runtime>(
     };
     if parts.config.drain_on_shutdown {
         node::cordon(&client, &parts.config.node_name).await;
+    } else if parts.runtime.detach() {
+        tracing::info!(
+            "leaving the guests running in the runtime workers (--drain-on-shutdown stops them)"
+        );
     }
     pods_stop.cancel();
     let _ = pods.await;

@@ -14,6 +14,7 @@ pub mod runtime;
 pub mod server;
 pub mod standalone;
 pub mod time;
+pub mod workers;
 
 #[cfg(fuzzing)]
 pub mod fuzzing;

@@ -21,7 +21,7 @@ pub struct ModuleBytes {
 }
 
 /// A directory the guest sees.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Mount {
     /// Directory on the node.
     pub host_path: PathBuf,
@@ -34,6 +34,8 @@ pub struct Mount {
 /// Everything needed to start one container.
 #[derive(Debug)]
 pub struct ContainerRun {
+    /// The run's container ID (`wasm://<hex>`), unique on the node; the status shows it.
+    pub id: String,
     /// argv, starting with the program name.
     pub args: Vec<String>,
     /// Environment variables, in order.
@@ -79,6 +81,12 @@ impl Usage {
         self.memory_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
+    /// Takes what another process (a runtime worker) measured.
+    pub(crate) fn set(&self, cpu_nanos: u64, memory_bytes: u64) {
+        self.cpu_nanos.store(cpu_nanos, Ordering::Relaxed);
+        self.memory_bytes.store(memory_bytes, Ordering::Relaxed);
+    }
+
     /// Records memory the guest gave back (its instance ended).
     pub fn release_memory(&self, bytes: u64) {
         let _ = self
@@ -100,7 +108,7 @@ impl Usage {
 }
 
 /// A container's resource limits, from `resources.limits`.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Limits {
     /// Cap on the guest's linear memories and tables together, in bytes; growing past it ends
     /// the container as OOMKilled.
@@ -110,7 +118,7 @@ pub struct Limits {
 }
 
 /// The container's network: wasm guests share the node's network namespace.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Network {
     /// The address served ports bind to (the node's IP, which is also the pod's IP).
     pub listen_ip: std::net::IpAddr,
@@ -123,7 +131,7 @@ pub struct Network {
 }
 
 /// Why a container stopped.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Exit {
     /// The exit code (WASI `proc_exit`, 0 on a normal return, 134 for a trap, 137 when killed
     /// or out of memory).
@@ -218,6 +226,22 @@ impl Drop for RunningContainer {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// A container that a previous agent process started, to be followed again: the runtime
+/// reports to these as it would to a new [`ContainerRun`]'s.
+#[derive(Debug)]
+pub struct Reattach {
+    /// The container ID the pod's status shows.
+    pub id: String,
+    /// The agent's side of its log file (followers read the progress).
+    pub log: Arc<crate::logs::LogFile>,
+    /// Where the runtime accounts what it uses.
+    pub usage: Arc<Usage>,
+    /// Where its warnings go.
+    pub warnings: Warnings,
+    /// Cancelled when it is asked to stop.
+    pub stop: tokio_util::sync::CancellationToken,
 }
 
 /// The module could not be prepared to run.
@@ -347,4 +371,22 @@ pub trait Runtime: Send + Sync + 'static {
         prepared: &Self::Prepared,
         run: ContainerRun,
     ) -> impl Future<Output = Result<RunningContainer, StartError>> + Send;
+
+    /// Follows again a container a previous agent process started, if the runtime still holds
+    /// it (running, or exited with its exit kept). A runtime in the agent's process holds
+    /// nothing across its restarts.
+    fn reattach(&self, _container: Reattach) -> Option<RunningContainer> {
+        None
+    }
+
+    /// The agent is stopping without draining: guests that can outlive it are left running
+    /// (stopping a [`RunningContainer`] no longer stops them). Returns whether they are.
+    fn detach(&self) -> bool {
+        false
+    }
+
+    /// Whether [`Runtime::detach`] left the guests running.
+    fn detached(&self) -> bool {
+        false
+    }
 }

@@ -158,6 +158,21 @@ pub struct NodeArgs {
     /// node stays schedulable.
     #[arg(long, env = "KRUSTLET_DRAIN_ON_SHUTDOWN")]
     drain_on_shutdown: bool,
+    /// How many runtime worker processes hold the guests (default: the machine's cores, at
+    /// most 4). Workers outlive the agent: a restart, a crash or an upgrade of the agent leaves
+    /// the guests running, and a worker's crash ends only its own guests. 0 runs the guests in
+    /// the agent's process (they then end with it). Standalone mode always runs them in the
+    /// agent.
+    #[arg(long, env = "KRUSTLET_RUNTIME_WORKERS")]
+    runtime_workers: Option<usize>,
+}
+
+impl NodeArgs {
+    /// How many runtime workers to run: the flag, else the machine's cores up to 4.
+    fn runtime_workers(&self) -> usize {
+        self.runtime_workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(4)))
+    }
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
@@ -351,29 +366,31 @@ pub enum Command {
         /// Where to push it, `registry/repository:tag`.
         image: String,
     },
+    /// Serve as a runtime worker on a unix socket (the node agent starts these itself, with
+    /// its own flags).
+    #[command(hide = true)]
+    Worker {
+        /// The socket to serve the agent on.
+        #[arg(long)]
+        socket: PathBuf,
+    },
 }
 
-/// Runs `command` with the flags it shares with the node.
-pub async fn run_command(command: Command, args: &NodeArgs) -> anyhow::Result<()> {
-    match command {
-        Command::Push { module, image } => {
-            let bytes =
-                std::fs::read(&module).with_context(|| format!("reading {}", module.display()))?;
-            let mut keyring = kubelet::images::credentials::Keyring::default();
-            for path in args.image_credentials() {
-                let text = std::fs::read(&path)
-                    .with_context(|| format!("reading --image-credentials {}", path.display()))?;
-                keyring.add_docker_config(&text).map_err(|e| {
-                    anyhow::anyhow!("registry credentials in {}: {}", path.display(), e.0)
-                })?;
-            }
-            let url =
-                kubelet::images::push_module(&image, bytes, &keyring, &args.insecure_registries)
-                    .await?;
-            println!("pushed {} to {image} ({url})", module.display());
-            Ok(())
-        }
+/// Pushes `module` to `image` with the flags' credentials and registries.
+async fn push(module: PathBuf, image: String, args: &NodeArgs) -> anyhow::Result<()> {
+    let bytes = std::fs::read(&module).with_context(|| format!("reading {}", module.display()))?;
+    let mut keyring = kubelet::images::credentials::Keyring::default();
+    for path in args.image_credentials() {
+        let text = std::fs::read(&path)
+            .with_context(|| format!("reading --image-credentials {}", path.display()))?;
+        keyring
+            .add_docker_config(&text)
+            .map_err(|e| anyhow::anyhow!("registry credentials in {}: {}", path.display(), e.0))?;
     }
+    let url =
+        kubelet::images::push_module(&image, bytes, &keyring, &args.insecure_registries).await?;
+    println!("pushed {} to {image} ({url})", module.display());
+    Ok(())
 }
 
 /// Sets up what every binary needs before parsing flags: logging to stderr (`RUST_LOG`,
@@ -389,29 +406,71 @@ pub fn init() {
     raise_open_files_limit();
 }
 
-/// Runs the node (or, with `--standalone`, its static pods) with the runtime `make_runtime`
-/// builds from the configuration, until a signal stops it.
+/// Runs what the command line asks with the runtime `make_runtime` builds from the
+/// configuration: the node (or, with `--standalone`, its static pods) until a signal stops it,
+/// a runtime worker, or a push.
 pub async fn run<R: Runtime>(
     args: NodeArgs,
+    command: Option<Command>,
     make_runtime: impl FnOnce(&Config) -> anyhow::Result<R>,
 ) -> anyhow::Result<()> {
     let config = args.config()?;
-    let runtime = make_runtime(&config)?;
+    match command {
+        Some(Command::Push { module, image }) => return push(module, image, &args).await,
+        Some(Command::Worker { socket }) => {
+            let options = kubelet::workers::WorkerOptions {
+                socket,
+                logs: config.container_logs,
+                max_module_bytes: usize::try_from(config.image_pull.max_image_size)
+                    .unwrap_or(usize::MAX),
+            };
+            kubelet::workers::serve(make_runtime(&config)?, options).await?;
+            return Ok(());
+        }
+        None => {}
+    }
     let shutdown = shutdown_on_signals();
     if args.standalone {
         let path = args.pod_manifest_path.as_ref().context(
             "--standalone needs --pod-manifest-path (a pod manifest or a directory of them)",
         )?;
         let pods = kubelet::standalone::load_manifests(path)?;
+        let runtime = make_runtime(&config)?;
         let outcome = kubelet::standalone::run(config, runtime, pods, shutdown).await?;
         if !outcome.failed.is_empty() {
             anyhow::bail!("pods failed: {}", outcome.failed.join(", "));
         }
         return Ok(());
     }
-    let client = match &args.bootstrap_file {
-        // The node's own credentials: bootstrapped when missing or expired, then renewed
-        // before they expire, without a restart.
+    let client = cluster_client(&args, &config, &shutdown).await?;
+    let workers = args.runtime_workers();
+    if workers == 0 {
+        let runtime = make_runtime(&config)?;
+        kubelet::run_node(config, runtime, client, shutdown).await?;
+        return Ok(());
+    }
+    let pool = kubelet::workers::WorkerPool::start(kubelet::workers::PoolOptions {
+        workers,
+        dir: config.data_dir.join("workers"),
+        launcher: kubelet::workers::Launcher {
+            program: std::env::current_exe().context("finding the agent's own binary")?,
+            args: std::env::args_os().skip(1).collect(),
+        },
+        max_module_bytes: usize::try_from(config.image_pull.max_image_size).unwrap_or(usize::MAX),
+    })
+    .await?;
+    kubelet::run_node(config, pool, client, shutdown).await?;
+    Ok(())
+}
+
+/// The client of the cluster the node joins: the node's own credentials (bootstrapped when
+/// missing or expired, then renewed before they expire, without a restart), or a kubeconfig's.
+async fn cluster_client(
+    args: &NodeArgs,
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<kube::Client> {
+    Ok(match &args.bootstrap_file {
         Some(bootstrap_file) => {
             let path = args
                 .kubeconfig
@@ -440,9 +499,7 @@ pub async fn run<R: Runtime>(
                 kubelet::metrics::count_api_response,
             ))
             .build(),
-    };
-    kubelet::run_node(config, runtime, client, shutdown).await?;
-    Ok(())
+    })
 }
 
 #[cfg(test)]

@@ -6,7 +6,8 @@
 //! TCP connection, send an HTTP/1.0 GET and print the status line), `fill PATH MIB` (write a
 //! file of that many MiB), `follow PATH` (print the file's content now and whenever it
 //! changes, without end), `spew MIB` (write that many MiB to stdout as one line, without a
-//! newline until the end).
+//! newline until the end), `tick MS` (print `tick N`, N counting from 0, every MS milliseconds,
+//! without end).
 //! A step that fails prints why on stderr and exits 2.
 
 use std::io::Write;
@@ -30,6 +31,13 @@ fn main() {
             "forever" => loop {
                 std::thread::sleep(Duration::from_secs(3600));
             },
+            "tick" => {
+                let every = Duration::from_millis(next("tick").parse().unwrap_or_else(|e| fail("tick", e)));
+                for n in 0u64.. {
+                    println!("tick {n}");
+                    std::thread::sleep(every);
+                }
+            }
             "spin" => {
                 let mut x: u64 = 0;
                 loop {

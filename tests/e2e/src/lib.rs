@@ -920,9 +920,63 @@ impl NodeAgent {
     /// Kills the agent with SIGKILL (a crash) and starts it again with the same name, port and
     /// data dir.
     pub async fn crash_and_restart(&mut self) -> anyhow::Result<()> {
+        self.crash()?;
+        self.start_again().await
+    }
+
+    /// Kills the agent with SIGKILL (a crash), leaving it stopped; its runtime workers run on.
+    pub fn crash(&mut self) -> anyhow::Result<()> {
         self.child.kill()?;
         self.child.wait()?;
-        self.start_again().await
+        Ok(())
+    }
+
+    /// The next start (after a restart) uses these extra flags instead.
+    pub fn set_extra(&mut self, extra: &[&str]) {
+        self.extra = extra.iter().map(|a| a.to_string()).collect();
+    }
+
+    /// The process ids of the agent's runtime workers, by index (from their pid files).
+    pub fn worker_pids(&self) -> Vec<(usize, u32)> {
+        let dir = self.data_dir.path().join("workers");
+        let mut pids: Vec<(usize, u32)> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| {
+                let path = entry.path();
+                if path.extension()? != "pid" {
+                    return None;
+                }
+                let index = path.file_stem()?.to_str()?.parse().ok()?;
+                let pid = std::fs::read_to_string(&path).ok()?.trim().parse().ok()?;
+                Some((index, pid))
+            })
+            .collect();
+        pids.sort();
+        pids
+    }
+
+    /// What the runtime workers logged so far.
+    pub fn worker_logs(&self) -> String {
+        let dir = self.data_dir.path().join("workers");
+        let mut logs: Vec<PathBuf> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            .collect();
+        logs.sort();
+        logs.iter()
+            .map(|p| {
+                format!(
+                    "== {}\n{}",
+                    p.display(),
+                    std::fs::read_to_string(p).unwrap_or_default()
+                )
+            })
+            .collect()
     }
 
     /// Starts the (stopped) agent again with the same name, port and data dir.
@@ -984,6 +1038,12 @@ impl Drop for NodeAgent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // The runtime workers outlive the agent by design; the test ends them.
+        for (_, pid) in self.worker_pids() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
         delete_quietly(&self.admin, &["node", &self.name]);
     }
 }

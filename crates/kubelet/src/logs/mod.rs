@@ -46,7 +46,7 @@ impl Default for LogPolicy {
 
 /// Where a file's writer is: bytes written so far, whether the container has finished, and how
 /// often the file was rotated (a follower then goes on in the new file).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Progress {
     /// Bytes in the current file.
     pub len: u64,
@@ -138,6 +138,26 @@ impl LogFile {
     pub fn close(&self) {
         self.file.lock().unwrap_or_else(|p| p.into_inner()).file = None;
         self.progress.send_modify(|p| p.closed = true);
+    }
+
+    /// Where the writer is now.
+    pub fn progress_now(&self) -> Progress {
+        *self.progress.borrow()
+    }
+
+    /// Takes the progress of a writer in another process (a runtime worker writes the file),
+    /// for the followers of this one.
+    pub fn observe(&self, progress: Progress) {
+        self.progress.send_if_modified(|p| {
+            let changed = *p != progress;
+            *p = progress;
+            changed
+        });
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// A writer for one stream (`stdout` or `stderr`) into this file.
@@ -317,6 +337,11 @@ pub struct LogWriter {
 }
 
 impl LogWriter {
+    /// The file this writes to.
+    pub fn file(&self) -> &Arc<LogFile> {
+        &self.file
+    }
+
     /// Another writer into the same file and stream, with a line buffer of its own: writers
     /// used at once (the instances of one container serving requests side by side) each
     /// append whole lines, which never interleave mid-line.

@@ -289,14 +289,19 @@ impl ContainerSlot {
         };
     }
 
+    /// The container ID the next run will have.
+    pub fn next_container_id(&self, pod_key: &str, uid: &str) -> String {
+        container_id(pod_key, uid, &self.spec.name, self.runs + 1)
+    }
+
     /// Counts a new run (a restart after the first) and names it. Returns the run's number.
     pub fn begin_run(&mut self, pod_key: &str, uid: &str) -> u64 {
+        self.container_id = Some(self.next_container_id(pod_key, uid));
         self.runs += 1;
         if self.runs > 1 {
             self.restarts = self.restarts.saturating_add(1);
         }
         self.leave_termination();
-        self.container_id = Some(container_id(pod_key, uid, &self.spec.name, self.runs));
         self.runs
     }
 
@@ -387,9 +392,10 @@ impl ContainerSlot {
 
     /// Takes over what the status `recorded` says of the container from before the agent
     /// restarted: restart count, image, last state and a termination. A container recorded
-    /// running was lost with the agent's process and is terminated as the kubelet reports
+    /// running is `reattached` when the runtime still holds it (it runs on as run 1);
+    /// otherwise it was lost with the agent's process and is terminated as the kubelet reports
     /// lost containers. It is then idle; the supervisor decides what is due.
-    pub fn adopt(&mut self, recorded: &ContainerStatus) {
+    pub fn adopt(&mut self, recorded: &ContainerStatus, reattached: Option<Run>) {
         self.restarts = recorded.restart_count;
         self.image_id = recorded.image_id.clone();
         self.container_id = recorded.container_id.clone();
@@ -401,6 +407,10 @@ impl ContainerSlot {
         if state.running.is_some() || state.terminated.is_some() || self.last_termination.is_some()
         {
             self.runs = 1;
+        }
+        if let (Some(_), Some(run)) = (&state.running, reattached) {
+            self.lifecycle = Lifecycle::Running(run);
+            return;
         }
         let termination = match (&state.running, Termination::from_status(&state)) {
             (Some(running), _) => Some(Termination {

@@ -8,7 +8,7 @@ use super::PodContext;
 use super::admission::{self, Rejection};
 use super::backoff::Backoff;
 use super::host::{PodEvent, PodHost};
-use super::lifecycle::{ContainerSlot, SlotId, Termination, WaitReason};
+use super::lifecycle::{ContainerSlot, Run, SlotId, Termination, WaitReason};
 use super::probes::{self, Update};
 use super::start::image::{self, PullFailure};
 use super::start::launch::{self, Reports};
@@ -18,8 +18,8 @@ use super::status_writer::{StatusWriter, Written};
 use super::volumes::PodVolumes;
 use crate::images::PullError;
 use crate::metrics::metrics;
-use crate::runtime::{Exit, PrepareFailure, Runtime, Warning};
-use k8s_openapi::api::core::v1::{ContainerStatus, Pod, PodStatus};
+use crate::runtime::{Exit, PrepareFailure, Reattach, Runtime, Usage, Warning, Warnings};
+use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use std::collections::HashMap;
@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 /// The reason and exit code of a container that could not be started, as containerd's.
@@ -194,13 +195,16 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             }
         }
         self.ctx.registry.upsert(&ns, &name, self.pod.clone());
+        if ran_before {
+            // Before a deletion is handled: containers that outlived the agent stop as the
+            // deletion asks (grace period, preStop hooks).
+            self.adopt(&recorded);
+        }
         if Self::is_deleting(&self.pod) {
             self.terminate().await;
             return;
         }
-        if ran_before {
-            self.adopt(&recorded);
-        } else {
+        if !ran_before {
             self.publish().await;
             match self.init.first_mut() {
                 Some(first) => first.retry_at(Instant::now()),
@@ -333,9 +337,16 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             (&mut self.init, &recorded.init_container_statuses, true),
             (&mut self.app, &recorded.container_statuses, false),
         ] {
-            for slot in slots.iter_mut() {
+            for (index, slot) in slots.iter_mut().enumerate() {
                 if let Some(old) = statuses.iter().flatten().find(|c| c.name == slot.name()) {
-                    slot.adopt(old);
+                    let reattached = Self::reattach(
+                        &self.ctx,
+                        &self.pod,
+                        &self.reports,
+                        (SlotId { init, index }, &slot.spec),
+                        old,
+                    );
+                    slot.adopt(old, reattached);
                 }
                 let done = slot
                     .exit_code()
@@ -363,6 +374,57 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             self.status.assume_published(recorded.clone());
         }
         self.register_existing_logs();
+    }
+
+    /// Follows again a container recorded running, if the runtime still holds it (it runs in
+    /// a runtime worker that outlived the agent): the run goes on as it was, started when it
+    /// started, ready as it was, its postStart hook not run again.
+    fn reattach(
+        ctx: &Arc<PodContext<R, H>>,
+        pod: &Pod,
+        reports: &launch::Reports,
+        (id, spec): (SlotId, &Container),
+        recorded: &ContainerStatus,
+    ) -> Option<Run> {
+        let started_at = recorded
+            .state
+            .as_ref()?
+            .running
+            .as_ref()?
+            .started_at
+            .clone()?;
+        let container_id = recorded.container_id.clone()?;
+        let (log, _) = configure::open_log(ctx, pod, &spec.name, recorded.restart_count).ok()?;
+        let usage = Arc::new(Usage::default());
+        let interrupt = CancellationToken::new();
+        let running = ctx.runtime.reattach(Reattach {
+            id: container_id,
+            log: log.clone(),
+            usage: usage.clone(),
+            warnings: Warnings::new(&spec.name, reports.warnings.clone()),
+            stop: interrupt.clone(),
+        })?;
+        tracing::info!(container = %spec.name, "reattached to the running container");
+        let (ns, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
+        ctx.registry.started(&ns, &name, &spec.name, usage.clone());
+        let launched = launch::Launched::reattached(running, interrupt, usage);
+        let mut run = launch::watch(
+            launched,
+            spec,
+            &ctx.node_ip,
+            log,
+            (id, 1),
+            reports,
+            launch::PostStart::Ran,
+        );
+        let ran_for = jiff::Timestamp::now().duration_since(started_at.0);
+        run.started = Instant::now()
+            .checked_sub(Duration::try_from(ran_for).unwrap_or(Duration::ZERO))
+            .unwrap_or_else(Instant::now);
+        run.started_at = started_at;
+        run.passed_startup = recorded.started.unwrap_or(false);
+        run.ready = recorded.ready;
+        Some(run)
     }
 
     /// Makes the logs of earlier runs (still in the data dir) readable again.
@@ -395,13 +457,13 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         tracing::warn!(
             pod = %self.pod.name_any(),
             container = %warning.container,
-            reason = warning.reason,
+            reason = %warning.reason,
             "{}",
             warning.message
         );
         self.event(PodEvent::warning(
             &warning.container,
-            warning.reason,
+            &warning.reason,
             warning.message,
         ))
         .await;
@@ -464,13 +526,17 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         let configured = configure::configure(&ctx, &pod, &spec, &volume_dirs).await?;
         let restarts = self.slot(id).next_restart_count();
         let (log, log_path) = configure::open_log(&ctx, &pod, &spec.name, restarts)?;
+        let pod_key = format!("{}/{}", self.ns(), pod.name_any());
+        let container_id = self
+            .slot(id)
+            .next_container_id(&pod_key, &pod.uid().unwrap_or_default());
         let launched = launch::launch(
             &ctx,
             &prepared,
             &pod,
             &spec,
             configured,
-            &log,
+            (&log, container_id),
             &self.reports,
         )
         .await;
@@ -493,6 +559,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             log,
             (id, run_id),
             &self.reports,
+            launch::PostStart::Run,
         );
         self.slot_mut(id).running(run);
         let name = &spec.name;
@@ -850,6 +917,10 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
     /// The node agent is shutting down: stop the containers and report them stopped. The pod is
     /// not finished: its restart policy applies when the agent is back.
     async fn shut_down(&mut self) {
+        if self.ctx.runtime.detached() {
+            // The guests run on in the runtime workers; the next agent takes them over.
+            return;
+        }
         self.stop_all(true).await;
         self.finished = false;
         let status = self.current_status();

@@ -19,7 +19,7 @@ pub struct Warning {
     /// The container it is about.
     pub container: String,
     /// The event's reason, in CamelCase.
-    pub reason: &'static str,
+    pub reason: std::borrow::Cow<'static, str>,
     /// What happened, in one line; says how many warnings were left out before it.
     pub message: String,
 }
@@ -85,6 +85,22 @@ impl Warnings {
         warnings
     }
 
+    /// The container the warnings are about.
+    pub fn container(&self) -> &str {
+        &self.container
+    }
+
+    /// Passes on a warning another process already rate-limited (a runtime worker's).
+    pub(crate) fn forward(&self, reason: String, message: String) {
+        if let Some(to) = &self.to {
+            let _ = to.try_send(Warning {
+                container: self.container.to_string(),
+                reason: reason.into(),
+                message,
+            });
+        }
+    }
+
     /// Reports a warning unless the container has used up its rate; then it is counted and the
     /// next one sent says how many were left out. Never waits.
     pub fn warn(&self, reason: &'static str, message: impl Into<String>) {
@@ -104,7 +120,7 @@ impl Warnings {
         // A full queue means the supervisor is behind: dropping is the rate limit's job too.
         let _ = to.try_send(Warning {
             container: self.container.to_string(),
-            reason,
+            reason: reason.into(),
             message,
         });
     }

@@ -43,14 +43,30 @@ pub struct Launched {
     pub usage: Arc<Usage>,
 }
 
-/// Starts the guest of `spec` from the `prepared` module as `configured`, writing to `log`.
+impl Launched {
+    /// A guest a previous agent process started, which the runtime still holds.
+    pub fn reattached(
+        running: RunningContainer,
+        interrupt: CancellationToken,
+        usage: Arc<Usage>,
+    ) -> Self {
+        Self {
+            running,
+            interrupt,
+            usage,
+        }
+    }
+}
+
+/// Starts the guest of `spec` from the `prepared` module as `configured`, as container
+/// `container_id`, writing to `log`.
 pub async fn launch<R: Runtime, H: PodHost>(
     ctx: &PodContext<R, H>,
     prepared: &R::Prepared,
     pod: &Pod,
     spec: &Container,
     (process, mounts): (Process, Vec<Mount>),
-    log: &Arc<LogFile>,
+    (log, container_id): (&Arc<LogFile>, String),
     reports: &Reports,
 ) -> Result<Launched, StartError> {
     let usage = Arc::new(Usage::default());
@@ -60,6 +76,7 @@ pub async fn launch<R: Runtime, H: PodHost>(
         .parse()
         .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
     let run = ContainerRun {
+        id: container_id,
         stop: interrupt.clone(),
         args: process.args,
         env: process.env,
@@ -79,6 +96,16 @@ pub async fn launch<R: Runtime, H: PodHost>(
     })
 }
 
+/// Whether a watched run's postStart hook runs: not for a reattached guest, whose hook ran
+/// when it started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PostStart {
+    /// Run it (a new guest).
+    Run,
+    /// It ran already.
+    Ran,
+}
+
 /// Watches run `run_id` of container `id`: its exit, then its postStart hook and probes, all
 /// reported on `reports`. Dropping the returned run stops the guest and the probes.
 pub fn watch(
@@ -88,6 +115,7 @@ pub fn watch(
     log: Arc<LogFile>,
     (id, run_id): (SlotId, u64),
     reports: &Reports,
+    post_start: PostStart,
 ) -> Run {
     let Launched {
         mut running,
@@ -99,6 +127,7 @@ pub fn watch(
         .lifecycle
         .as_ref()
         .and_then(|l| l.post_start.as_ref())
+        .filter(|_| post_start == PostStart::Run)
         .map(|hook| probes::hook_action(hook, spec, pod_ip));
     let passed_startup = !checks.has_startup();
     let ready = !id.init && passed_startup && !checks.has_readiness();

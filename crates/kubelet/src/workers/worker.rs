@@ -1,0 +1,506 @@
+//! A runtime worker process: it holds guests for the node agent, serves the agent on a unix
+//! socket, and outlives it. The agent may come and go (a crash, an upgrade); the guests, their
+//! log files and their listening sockets stay here. A worker never stops a guest on its own,
+//! except when its socket's directory is removed (the node's data dir is gone).
+
+use super::WorkerError;
+use super::protocol::{
+    self, ContainerState, Envelope, FromWorker, Hello, MAX_MESSAGE_BYTES, Notice, PROTOCOL_VERSION,
+    Reply, Request, StartSpec, UsageReport,
+};
+use crate::logs::{LogFile, LogFiles, LogPolicy, Progress};
+use crate::runtime::{ContainerRun, Exit, ModuleBytes, Runtime, Usage, Warnings};
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+/// How often running containers' usage and log progress are reported to the agent.
+pub const USAGE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How often the worker checks that its socket still exists.
+const SOCKET_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// What a worker is given at start.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// The socket it serves the agent on.
+    pub socket: PathBuf,
+    /// How container log files are rotated.
+    pub logs: LogPolicy,
+    /// The largest module the agent may send (`--max-image-size`).
+    pub max_module_bytes: usize,
+}
+
+/// A container the worker holds.
+struct Held {
+    graceful: bool,
+    /// Asks a graceful container to finish.
+    stop: CancellationToken,
+    /// Ends the guest at once.
+    kill: CancellationToken,
+    usage: Arc<Usage>,
+    log: Arc<LogFile>,
+    exit: Option<Exit>,
+    /// What the agent was last told of its usage.
+    reported: Option<(u64, u64, Progress)>,
+}
+
+/// The worker's state, shared by its connection, its containers and its reporter.
+struct Worker<R: Runtime> {
+    runtime: R,
+    logs: LogFiles,
+    prepared: Mutex<HashMap<String, R::Prepared>>,
+    containers: Mutex<HashMap<String, Held>>,
+    /// The connected agent's outbox, if one is connected.
+    agent: Mutex<Option<mpsc::UnboundedSender<FromWorker>>>,
+    draining: CancellationToken,
+    /// Woken whenever a container exits.
+    exited: tokio::sync::Notify,
+}
+
+impl<R: Runtime> Worker<R> {
+    fn notify(&self, notice: Notice) {
+        if let Some(agent) = &*self.agent.lock().unwrap_or_else(|p| p.into_inner()) {
+            let _ = agent.send(FromWorker::Notice { notice });
+        }
+    }
+
+    fn containers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
+        self.containers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn hello(&self) -> Hello {
+        let containers = self
+            .containers()
+            .iter_mut()
+            .map(|(id, held)| {
+                // The new agent hears every container's usage at the next report.
+                held.reported = None;
+                ContainerState {
+                    container: id.clone(),
+                    exit: held.exit.clone(),
+                    graceful: held.graceful,
+                }
+            })
+            .collect();
+        Hello {
+            protocol: PROTOCOL_VERSION,
+            pid: std::process::id(),
+            arch: self.runtime.arch().to_string(),
+            version: self.runtime.version(),
+            capacity: self.runtime.capacity(),
+            containers,
+        }
+    }
+
+    async fn prepare(&self, digest: String, bytes: Bytes) -> Reply {
+        let module = ModuleBytes {
+            digest: digest.clone(),
+            bytes: Arc::from(&bytes[..]),
+        };
+        match self.runtime.prepare(module).await {
+            Ok(prepared) => {
+                self.prepared
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(digest, prepared);
+                Reply::Done
+            }
+            Err(e) => Reply::PrepareFailed {
+                retry: e.kind == crate::runtime::PrepareFailure::Refused,
+                message: e.message,
+            },
+        }
+    }
+
+    async fn start(self: &Arc<Self>, spec: StartSpec) -> Reply {
+        if self.draining.is_cancelled() {
+            return refused("the runtime worker is draining");
+        }
+        let prepared = self
+            .prepared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&spec.digest)
+            .cloned();
+        let Some(prepared) = prepared else {
+            return refused(format!("module {} is not prepared", spec.digest));
+        };
+        if self
+            .containers()
+            .get(&spec.container)
+            .is_some_and(|held| held.exit.is_none())
+        {
+            return refused(format!("container {} is already running", spec.container));
+        }
+        let log = match self.logs.create(&spec.log) {
+            Ok(log) => log,
+            Err(e) => {
+                return Reply::StartFailed(
+                    crate::runtime::StartError::node(
+                        format!("opening the log file {}", spec.log.display()),
+                        e,
+                    )
+                    .into(),
+                );
+            }
+        };
+        let (warnings_tx, warnings_rx) = mpsc::channel(64);
+        let stop = CancellationToken::new();
+        let usage = Arc::new(Usage::default());
+        let run = ContainerRun {
+            id: spec.container.clone(),
+            args: spec.args,
+            env: spec.env,
+            mounts: spec.mounts,
+            stdout: log.writer("stdout"),
+            stderr: log.writer("stderr"),
+            limits: spec.limits,
+            network: spec.network,
+            usage: usage.clone(),
+            warnings: Warnings::new(&spec.name, warnings_tx),
+            stop: stop.clone(),
+        };
+        let mut running = match self.runtime.start(&prepared, run).await {
+            Ok(running) => running,
+            Err(e) => {
+                log.close();
+                return Reply::StartFailed(e.into());
+            }
+        };
+        let graceful = running.stops_gracefully();
+        let kill = CancellationToken::new();
+        self.containers().insert(
+            spec.container.clone(),
+            Held {
+                graceful,
+                stop,
+                kill: kill.clone(),
+                usage,
+                log: log.clone(),
+                exit: None,
+                reported: None,
+            },
+        );
+        tokio::spawn(forward_warnings(
+            self.clone(),
+            spec.container.clone(),
+            warnings_rx,
+        ));
+        let worker = self.clone();
+        let container = spec.container;
+        tokio::spawn(async move {
+            let exit = tokio::select! {
+                exit = running.wait() => exit,
+                () = kill.cancelled() => {
+                    running.stop();
+                    running.wait().await
+                }
+            };
+            log.close();
+            let progress = log.progress_now();
+            if let Some(held) = worker.containers().get_mut(&container) {
+                held.exit = Some(exit.clone());
+            }
+            worker.exited.notify_waiters();
+            worker.notify(Notice::Exited {
+                container,
+                exit,
+                log: progress,
+            });
+        });
+        Reply::Started { graceful }
+    }
+
+    fn stop(&self, container: &str, graceful: bool) -> Reply {
+        match self.containers().get(container) {
+            Some(held) if graceful => held.stop.cancel(),
+            Some(held) => held.kill.cancel(),
+            None => return refused(format!("no container {container}")),
+        }
+        Reply::Done
+    }
+
+    fn remove(&self, container: &str) -> Reply {
+        if let Some(held) = self.containers().remove(container) {
+            // Removing a running container stops it: nobody would ever hear of its exit.
+            held.kill.cancel();
+        }
+        self.exited.notify_waiters();
+        Reply::Done
+    }
+
+    /// Stops every guest (servers may finish within `grace`), then ends the worker.
+    async fn drain(&self, grace: Duration) {
+        self.draining.cancel();
+        let held: Vec<(CancellationToken, CancellationToken)> = self
+            .containers()
+            .values()
+            .filter(|h| h.exit.is_none())
+            .map(|h| (h.stop.clone(), h.kill.clone()))
+            .collect();
+        for (stop, _) in &held {
+            stop.cancel();
+        }
+        if tokio::time::timeout(grace, self.all_exited())
+            .await
+            .is_err()
+        {
+            held.iter().for_each(|(_, kill)| kill.cancel());
+            self.all_exited().await;
+        }
+    }
+
+    /// Returns once no container is running.
+    async fn all_exited(&self) {
+        loop {
+            let exited = self.exited.notified();
+            tokio::pin!(exited);
+            exited.as_mut().enable();
+            if self.containers().values().all(|h| h.exit.is_some()) {
+                return;
+            }
+            exited.await;
+        }
+    }
+
+    /// Reports usage and log progress of the containers that changed since the last report.
+    fn report_usage(&self) {
+        let mut changed = Vec::new();
+        for (id, held) in self.containers().iter_mut() {
+            if held.exit.is_some() {
+                continue;
+            }
+            let now = (
+                held.usage.cpu_nanos(),
+                held.usage.memory_bytes(),
+                held.log.progress_now(),
+            );
+            if held.reported != Some(now) {
+                held.reported = Some(now);
+                changed.push(UsageReport {
+                    container: id.clone(),
+                    cpu_nanos: now.0,
+                    memory_bytes: now.1,
+                    log: now.2,
+                });
+            }
+        }
+        if !changed.is_empty() {
+            self.notify(Notice::Usage {
+                containers: changed,
+            });
+        }
+    }
+}
+
+fn refused(message: impl Into<String>) -> Reply {
+    Reply::Refused {
+        message: message.into(),
+    }
+}
+
+async fn forward_warnings<R: Runtime>(
+    worker: Arc<Worker<R>>,
+    container: String,
+    mut warnings: mpsc::Receiver<crate::runtime::Warning>,
+) {
+    while let Some(warning) = warnings.recv().await {
+        worker.notify(Notice::Warning {
+            container: container.clone(),
+            reason: warning.reason.into_owned(),
+            message: warning.message,
+        });
+    }
+}
+
+/// Serves the agent on `options.socket` with `runtime` until drained, or until the socket's
+/// directory is removed (then every guest is stopped: the node is gone).
+pub async fn serve<R: Runtime>(runtime: R, options: WorkerOptions) -> Result<(), WorkerError> {
+    let listener = bind(&options.socket)?;
+    let pid_file = options.socket.with_extension("pid");
+    std::fs::write(&pid_file, std::process::id().to_string()).map_err(|source| {
+        WorkerError::Io {
+            what: format!("writing {}", pid_file.display()),
+            source,
+        }
+    })?;
+    let worker = Arc::new(Worker {
+        runtime,
+        logs: LogFiles::new(options.logs),
+        prepared: Mutex::default(),
+        containers: Mutex::default(),
+        agent: Mutex::default(),
+        draining: CancellationToken::new(),
+        exited: tokio::sync::Notify::new(),
+    });
+    tracing::info!(socket = %options.socket.display(), pid = std::process::id(), "runtime worker serving");
+    let mut usage = tokio::time::interval(USAGE_INTERVAL);
+    usage.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut socket_check = tokio::time::interval(SOCKET_CHECK_INTERVAL);
+    let mut connection: Option<tokio::task::JoinHandle<()>> = None;
+    let max_frame = options.max_module_bytes.max(MAX_MESSAGE_BYTES);
+    let ended = loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    // A new agent takes over from the one before (which is gone or going).
+                    if let Some(previous) = connection.take() {
+                        previous.abort();
+                    }
+                    connection = Some(tokio::spawn(serve_agent(worker.clone(), stream, max_frame)));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting the agent's connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            _ = usage.tick() => worker.report_usage(),
+            _ = socket_check.tick() => {
+                if !options.socket.exists() {
+                    tracing::warn!(socket = %options.socket.display(), "the worker's socket was removed (the node's data dir is gone): stopping every guest");
+                    worker.drain(Duration::ZERO).await;
+                    break Ok(());
+                }
+            }
+            () = worker.draining.cancelled() => {
+                // Drain was asked for: its task stops the guests; leave once they are gone.
+                worker.all_exited().await;
+                break Ok(());
+            }
+        }
+    };
+    let _ = std::fs::remove_file(&options.socket);
+    let _ = std::fs::remove_file(&pid_file);
+    tracing::info!("runtime worker stopped");
+    ended
+}
+
+/// Binds the socket, replacing a stale one (a worker that died leaves its socket behind).
+fn bind(socket: &std::path::Path) -> Result<UnixListener, WorkerError> {
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| WorkerError::Io {
+            what: format!("creating {}", dir.display()),
+            source,
+        })?;
+    }
+    if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+        return Err(WorkerError::Io {
+            what: format!("binding {}", socket.display()),
+            source: std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "another runtime worker serves this socket",
+            ),
+        });
+    }
+    let _ = std::fs::remove_file(socket);
+    let listener = UnixListener::bind(socket).map_err(|source| WorkerError::Io {
+        what: format!("binding {}", socket.display()),
+        source,
+    })?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
+        WorkerError::Io {
+            what: format!("restricting {}", socket.display()),
+            source,
+        }
+    })?;
+    Ok(listener)
+}
+
+/// Serves one agent connection until it ends.
+async fn serve_agent<R: Runtime>(worker: Arc<Worker<R>>, stream: UnixStream, max_frame: usize) {
+    let (mut sink, mut frames) = Framed::new(stream, protocol::codec(max_frame)).split();
+    let (outbox, mut outgoing) = mpsc::unbounded_channel::<FromWorker>();
+    let writer = tokio::spawn(async move {
+        while let Some(message) = outgoing.recv().await {
+            let Ok(json) = serde_json::to_vec(&message) else {
+                continue;
+            };
+            if sink.send(Bytes::from(json)).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut greeted = false;
+    while let Some(Ok(frame)) = frames.next().await {
+        let envelope: Envelope = match serde_json::from_slice(&frame) {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                tracing::warn!(error = %e, "the agent sent a message this worker cannot read; closing the connection");
+                break;
+            }
+        };
+        let id = envelope.id;
+        let reply_to = outbox.clone();
+        let reply = move |reply: Reply| {
+            let _ = reply_to.send(FromWorker::Reply { id, reply });
+        };
+        match envelope.request {
+            Request::Hello { protocol } => {
+                if protocol != PROTOCOL_VERSION {
+                    reply(refused(format!(
+                        "this worker speaks protocol {PROTOCOL_VERSION}, the agent {protocol}"
+                    )));
+                    continue;
+                }
+                greeted = true;
+                *worker.agent.lock().unwrap_or_else(|p| p.into_inner()) = Some(outbox.clone());
+                reply(Reply::Hello(Box::new(worker.hello())));
+            }
+            Request::Drain { grace_seconds } => {
+                reply(Reply::Done);
+                let worker = worker.clone();
+                tokio::spawn(async move {
+                    worker
+                        .drain(crate::time::seconds(
+                            i64::try_from(grace_seconds).unwrap_or(i64::MAX),
+                        ))
+                        .await;
+                });
+            }
+            _ if !greeted => reply(refused("say hello first")),
+            Request::Prepare { digest } => {
+                let Some(Ok(bytes)) = frames.next().await else {
+                    break;
+                };
+                let worker = worker.clone();
+                tokio::spawn(async move { reply(worker.prepare(digest, bytes.freeze()).await) });
+            }
+            Request::Start(spec) => {
+                let worker = worker.clone();
+                tokio::spawn(async move { reply(worker.start(*spec).await) });
+            }
+            Request::Stop {
+                container,
+                graceful,
+            } => reply(worker.stop(&container, graceful)),
+            Request::Remove { container } => reply(worker.remove(&container)),
+            Request::Forget { digest } => {
+                worker
+                    .prepared
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&digest);
+                worker.runtime.forget(&digest);
+                reply(Reply::Done);
+            }
+        }
+    }
+    // The agent is gone; its guests stay.
+    {
+        let mut agent = worker.agent.lock().unwrap_or_else(|p| p.into_inner());
+        if agent.as_ref().is_some_and(|a| a.same_channel(&outbox)) {
+            *agent = None;
+        }
+    }
+    drop(outbox);
+    let _ = writer.await;
+}

@@ -1,0 +1,271 @@
+//! Guests run in runtime worker processes that outlive the agent: a crash, a restart or an
+//! upgrade of the agent leaves them running and reporting as before, and a worker's crash ends
+//! only its own guests.
+
+use e2e::{
+    Cluster, NodeAgent, container_state, free_ports, has_phase, http_get,
+    is_running_after_restarts, wasm_pod,
+};
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How long the test waits for something that takes a second.
+const SOON: Duration = Duration::from_secs(20);
+
+/// A pod serving the wasi-http `image` on `port`.
+fn http_pod(name: &str, image: &str, node: &str, port: u16) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "nodeName": node,
+            "containers": [{"name": "web", "image": image, "ports": [{"containerPort": port}]}],
+            "tolerations": [{"key": "krustlet/arch", "operator": "Equal", "value": "wasm32-wasi", "effect": "NoExecute"}],
+        }
+    }))
+    .expect("a valid pod")
+}
+
+/// What must not change while a container runs on: its ID, start time and restart count.
+fn identity(pod: &Pod) -> (Option<String>, Option<String>, i32) {
+    let status = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.first())
+        .cloned()
+        .unwrap_or_default();
+    let started = status
+        .state
+        .and_then(|s| s.running)
+        .and_then(|r| r.started_at)
+        .map(|t| t.0.to_string());
+    (status.container_id, started, status.restart_count)
+}
+
+/// The first run's log file of `pod`'s first container, in the agent's data dir.
+fn log_file(agent: &NodeAgent, pod: &Pod, container: &str) -> PathBuf {
+    agent
+        .data_dir
+        .path()
+        .join("pods")
+        .join(pod.uid().unwrap_or_default())
+        .join("logs")
+        .join(container)
+        .join("0.log")
+}
+
+fn len(path: &std::path::Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
+/// Waits (up to [`SOON`]) until `check` holds.
+async fn until(what: &str, mut check: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + SOON;
+    while !check() {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {SOON:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// The numbers of the `tick N` lines of `logs`, which must count up from 0 without a gap.
+fn ticks(logs: &str) -> anyhow::Result<u64> {
+    let mut expected = 0;
+    for line in logs.lines() {
+        let n: u64 = line
+            .strip_prefix("tick ")
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("unexpected line {line:?} in\n{logs}"))?;
+        anyhow::ensure!(n == expected, "tick {expected} missing before {n}:\n{logs}");
+        expected += 1;
+    }
+    Ok(expected)
+}
+
+#[tokio::test]
+async fn guests_run_on_through_an_agent_crash_and_a_restart_with_new_flags() -> anyhow::Result<()> {
+    let cluster = Cluster::new("outlive").await?;
+    let mut agent = cluster.start_node_with(&["--runtime-workers", "2"]).await?;
+    let probe = cluster.push_guest("wasi-probe").await?;
+    let component = cluster.push_component("http_probe").await?;
+    let [port] = free_ports()?;
+    let pods = cluster.pods();
+    cluster
+        .create_pod(wasm_pod(
+            "ticker",
+            &probe,
+            &agent.name,
+            &["tick", "100"],
+            "Always",
+        ))
+        .await?;
+    cluster
+        .create_pod(http_pod("web", &component, &agent.name, port))
+        .await?;
+    cluster
+        .create_pod(wasm_pod(
+            "late",
+            &probe,
+            &agent.name,
+            &["sleep", "4000", "print", "done", "exit", "3"],
+            "Never",
+        ))
+        .await?;
+    for name in ["ticker", "late"] {
+        cluster
+            .wait_pod(name, "running", is_running_after_restarts(0))
+            .await?;
+    }
+    cluster
+        .wait_pod("web", "Ready", e2e::is_pod_ready())
+        .await?;
+    let ticker = pods.get("ticker").await?;
+    let late = pods.get("late").await?;
+    let before = (identity(&ticker), identity(&pods.get("web").await?));
+
+    agent.crash()?;
+    // While the agent is down, the command keeps logging, the server keeps answering, and a
+    // guest that ends, ends.
+    let ticker_log = log_file(&agent, &ticker, "main");
+    let outage_start = len(&ticker_log);
+    until("the ticker logs while the agent is down", || {
+        len(&ticker_log) > outage_start + 100
+    })
+    .await?;
+    let (code, body) = http_get(port, "/").await?;
+    assert_eq!(
+        (code, body.as_str()),
+        (200, "hello from wasi-http\n"),
+        "served while the agent is down"
+    );
+    let late_log = log_file(&agent, &late, "main");
+    until("the late guest finishes while the agent is down", || {
+        std::fs::read_to_string(&late_log).is_ok_and(|l| l.contains(" done"))
+    })
+    .await?;
+
+    agent.start_again().await?;
+    let ended = cluster
+        .wait_pod("late", "Failed", has_phase("Failed"))
+        .await?;
+    let terminated = container_state(&ended)
+        .and_then(|s| s.terminated)
+        .expect("terminated");
+    assert_eq!(
+        terminated.exit_code, 3,
+        "the exit it made while the agent was away"
+    );
+    let after_crash = (
+        identity(&pods.get("ticker").await?),
+        identity(&pods.get("web").await?),
+    );
+    assert_eq!(
+        after_crash, before,
+        "no restart, no new container, same start time"
+    );
+    let (code, _) = http_get(port, "/").await?;
+    assert_eq!(code, 200);
+
+    // An operator's restart with a changed flag (SIGTERM without --drain-on-shutdown): the
+    // guests run on as well.
+    agent.set_extra(&["--runtime-workers", "2", "--max-pods", "100"]);
+    agent.restart().await?;
+    let (code, _) = http_get(port, "/").await?;
+    assert_eq!(code, 200, "served across the restart");
+    let after_restart = (
+        identity(&pods.get("ticker").await?),
+        identity(&pods.get("web").await?),
+    );
+    assert_eq!(
+        after_restart, before,
+        "no restart, no new container, same start time"
+    );
+    let phase = pods.get("ticker").await?.status.and_then(|s| s.phase);
+    assert_eq!(phase.as_deref(), Some("Running"));
+    // The log has every tick since the start, and grows on after the restart.
+    let counted = ticks(&cluster.kubectl(&["logs", "ticker"])?)?;
+    let deadline = tokio::time::Instant::now() + SOON;
+    loop {
+        let now = ticks(&cluster.kubectl(&["logs", "ticker"])?)?;
+        if now > counted {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the ticker's log stopped at {now} ticks:\n{}",
+            agent.worker_logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_worker_crash_restarts_only_its_own_guests() -> anyhow::Result<()> {
+    let cluster = Cluster::new("worker-crash").await?;
+    let agent = cluster.start_node_with(&["--runtime-workers", "2"]).await?;
+    let image = cluster.push_guest("wasi-probe").await?;
+    let names = ["a", "b", "c", "d"];
+    for name in names {
+        cluster.run_forever(name, &image, &agent.name).await?;
+    }
+    let pods = cluster.pods();
+    let mut before = Vec::new();
+    for name in names {
+        before.push(identity(&pods.get(name).await?));
+    }
+    let workers = agent.worker_pids();
+    assert_eq!(workers.len(), 2, "two runtime workers: {workers:?}");
+    let (_, victim) = workers[0];
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &victim.to_string()])
+        .status()?;
+    assert!(status.success());
+
+    // Its guests are reported lost and run again; the other worker's are untouched.
+    let restarted = cluster
+        .eventually("the crashed worker's pods running again", async || {
+            let mut restarted = Vec::new();
+            for name in names {
+                let pod = pods.get(name).await?;
+                match identity(&pod) {
+                    (_, Some(_), 1) => restarted.push(name),
+                    (_, _, 0) => {}
+                    _ => return Ok(None),
+                }
+            }
+            Ok((!restarted.is_empty()).then_some(restarted))
+        })
+        .await?;
+    assert!(
+        restarted.len() < names.len(),
+        "only one worker's pods restarted: {restarted:?}"
+    );
+    for (name, was) in names.iter().zip(&before) {
+        let pod = pods.get(name).await?;
+        if restarted.contains(name) {
+            let last = e2e::last_terminated(&pod).expect("lastState");
+            assert_eq!(
+                (last.exit_code, last.reason.as_deref()),
+                (137, Some("ContainerStatusUnknown")),
+                "{name}"
+            );
+        } else {
+            assert_eq!(&identity(&pod), was, "{name} was not touched");
+        }
+    }
+    let respawned = agent.worker_pids();
+    assert_eq!(
+        respawned.len(),
+        2,
+        "the agent started the worker again: {respawned:?}"
+    );
+    assert_ne!(respawned[0].1, victim);
+    Ok(())
+}
