@@ -1085,6 +1085,34 @@ pub fn hello_wasm_manifest(image: &str) -> anyhow::Result<String> {
     Ok(text.replace("webassembly.azurecr.io/hello-wasm:v1", image))
 }
 
+/// A pod running actor `image` on the wascc node, serving `port`; `extra` is merged into its
+/// container (env, volumeMounts) and `volumes` into its spec.
+pub fn actor_pod(
+    name: &str,
+    image: &str,
+    node: &str,
+    port: u16,
+    extra: serde_json::Value,
+    volumes: serde_json::Value,
+) -> Pod {
+    let mut container =
+        serde_json::json!({"name": "actor", "image": image, "ports": [{"containerPort": port}]});
+    if let (Some(container), Some(extra)) = (container.as_object_mut(), extra.as_object()) {
+        container.extend(extra.clone());
+    }
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "nodeName": node,
+            "containers": [container],
+            "volumes": volumes,
+            "tolerations": [{"key": "krustlet/arch", "operator": "Equal", "value": Provider::Wascc.arch(), "effect": "NoExecute"}],
+        }
+    }))
+    .expect("a valid pod")
+}
+
 /// A wasm pod bound to `node` (as a DaemonSet's pods are, without the scheduler) that tolerates
 /// the node's taint and runs `image` with `args`.
 pub fn wasm_pod(name: &str, image: &str, node: &str, args: &[&str], restart_policy: &str) -> Pod {

@@ -180,7 +180,8 @@ async fn init_containers_run_in_order_before_the_app_and_a_failed_one_stops_the_
 #[tokio::test]
 async fn an_agent_crash_keeps_finished_pods_and_restarts_lost_containers() -> anyhow::Result<()> {
     let cluster = Cluster::new("restart").await?;
-    let mut agent = cluster.start_node().await?;
+    // Guests in the agent's own process (no runtime workers) end with it.
+    let mut agent = cluster.start_node_with(&["--runtime-workers", "0"]).await?;
     let image = cluster.push_guest("wasi-probe").await?;
     let pods = cluster.pods();
     cluster

@@ -1,7 +1,7 @@
 //! krustlet-wascc: signed waSCC actors served on the pod's ports, calling the capability
 //! providers their claims grant (logging, key-value, blob store) and refused the others.
 
-use e2e::{Cluster, Provider, container_state, free_ports, http_get, is_waiting, node_ip};
+use e2e::{Cluster, actor_pod, container_state, free_ports, http_get, is_waiting, node_ip};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
 
@@ -11,34 +11,6 @@ const ALL: &[&str] = &[
     "wascc:keyvalue",
     "wascc:blobstore",
 ];
-
-/// A pod running actor `image` on the wascc node, serving `port`; `extra` is merged into its
-/// container (env, volumeMounts) and `volumes` into its spec.
-fn actor_pod(
-    name: &str,
-    image: &str,
-    node: &str,
-    port: u16,
-    extra: serde_json::Value,
-    volumes: serde_json::Value,
-) -> Pod {
-    let mut container =
-        serde_json::json!({"name": "actor", "image": image, "ports": [{"containerPort": port}]});
-    if let (Some(container), Some(extra)) = (container.as_object_mut(), extra.as_object()) {
-        container.extend(extra.clone());
-    }
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name},
-        "spec": {
-            "nodeName": node,
-            "containers": [container],
-            "volumes": volumes,
-            "tolerations": [{"key": "krustlet/arch", "operator": "Equal", "value": Provider::Wascc.arch(), "effect": "NoExecute"}],
-        }
-    }))
-    .expect("a valid pod")
-}
 
 /// Creates a pod running actor `image` on `port` with nothing else configured.
 async fn create_actor(

@@ -3,7 +3,7 @@
 //! only its own guests.
 
 use e2e::{
-    Cluster, NodeAgent, container_state, free_ports, has_phase, http_get,
+    Cluster, NodeAgent, actor_pod, container_state, free_ports, has_phase, http_get,
     is_running_after_restarts, wasm_pod,
 };
 use k8s_openapi::api::core::v1::Pod;
@@ -267,5 +267,45 @@ async fn a_worker_crash_restarts_only_its_own_guests() -> anyhow::Result<()> {
         "the agent started the worker again: {respawned:?}"
     );
     assert_ne!(respawned[0].1, victim);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_actor_keeps_serving_and_its_state_through_an_agent_crash() -> anyhow::Result<()> {
+    let cluster = Cluster::new("outlive-actor").await?;
+    let mut agent = cluster.start_wascc_node().await?;
+    let image = cluster
+        .push_actor(
+            "http_actor",
+            "all",
+            Some(&["wascc:http_server", "wascc:keyvalue"]),
+        )
+        .await?;
+    let [port] = free_ports()?;
+    let pod = actor_pod(
+        "counter",
+        &image,
+        &agent.name,
+        port,
+        serde_json::json!({}),
+        serde_json::json!([]),
+    );
+    cluster.create_pod(pod).await?;
+    cluster
+        .wait_pod("counter", "Ready", e2e::is_pod_ready())
+        .await?;
+    assert_eq!(http_get(port, "/count").await?, (200, "1".to_string()));
+    let before = identity(&cluster.pods().get("counter").await?);
+
+    agent.crash()?;
+    // The same actor instance answers while the agent is down: its count goes on.
+    assert_eq!(http_get(port, "/count").await?, (200, "2".to_string()));
+    agent.start_again().await?;
+    assert_eq!(http_get(port, "/count").await?, (200, "3".to_string()));
+    assert_eq!(
+        identity(&cluster.pods().get("counter").await?),
+        before,
+        "no restart, no new container, same start time"
+    );
     Ok(())
 }

@@ -2,8 +2,9 @@
 //! against `..`, symbolic links and races. With an allow-list, the path is resolved beneath its
 //! allowed directory by the kernel (`openat2` with `RESOLVE_BENEATH`), missing directories of a
 //! `DirectoryOrCreate` volume are made one at a time beneath it, and the directory stays open:
-//! the guest is given that open directory (`/proc/self/fd/N`), so a symbolic link one guest
-//! makes in an allowed directory, or a rename after the check, cannot lead another pod out.
+//! the guest is given that open directory (`/proc/<agent pid>/fd/N`, which a runtime worker of
+//! the same user opens as well), so a symbolic link one guest makes in an allowed directory, or
+//! a rename after the check, cannot lead another pod out.
 
 use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -117,7 +118,11 @@ pub fn open(path: &str, kind: &str, allowed: &[PathBuf]) -> Result<HostDir, Stri
     check_type(path, kind, file_type)?;
     let fd = fd.expect("a directory was found");
     Ok(HostDir {
-        path: PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())),
+        path: PathBuf::from(format!(
+            "/proc/{}/fd/{}",
+            std::process::id(),
+            fd.as_raw_fd()
+        )),
         held: Some(fd),
     })
 }

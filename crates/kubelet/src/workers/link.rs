@@ -172,6 +172,16 @@ impl Link {
         Some((held.graceful, rx))
     }
 
+    /// Releases container `id` if it is here unclaimed: a new run of the same ID replaces it
+    /// (the agent that started it went away before it heard it had started).
+    pub fn discard_unclaimed(&self, id: &str) {
+        if self.state().unclaimed.remove(id).is_some() {
+            self.send(Request::Remove {
+                container: id.to_string(),
+            });
+        }
+    }
+
     /// Releases every container no pod claimed.
     pub fn release_unclaimed(&self) {
         let unclaimed: Vec<String> = self.state().unclaimed.drain().map(|(id, _)| id).collect();

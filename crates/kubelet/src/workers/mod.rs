@@ -18,6 +18,9 @@ pub mod protocol;
 mod spawn;
 pub mod worker;
 
+#[cfg(test)]
+mod tests;
+
 pub use pool::{PoolOptions, WorkerPool};
 pub use spawn::Launcher;
 pub use worker::{WorkerOptions, serve};

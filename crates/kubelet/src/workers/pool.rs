@@ -247,6 +247,9 @@ impl Runtime for WorkerPool {
         module: &ModuleBytes,
         run: ContainerRun,
     ) -> Result<RunningContainer, StartError> {
+        self.links
+            .iter()
+            .for_each(|link| link.discard_unclaimed(&run.id));
         let link = self
             .links
             .iter()

@@ -56,6 +56,24 @@ struct Args {
     /// Runs the HTTP load scenario only.
     #[arg(long)]
     http_load_only: bool,
+    /// `--runtime-workers` of the node agent, one full run of the node scenarios per value
+    /// (comma-separated; 0 runs the guests in the agent's process), then the two compared. The
+    /// HTTP load scenario runs with the last value.
+    #[arg(long, value_delimiter = ',', default_value = "0,2")]
+    runtime_workers: Vec<usize>,
+}
+
+/// What one mode's run measured, for the comparison.
+struct Summary {
+    mode: String,
+    idle_rss_kib: u64,
+    worker_rss_kib: Vec<u64>,
+    running: Vec<Duration>,
+    succeeded: Vec<Duration>,
+    per_pod_kib: f64,
+    cold: Duration,
+    warm: Duration,
+    restarted: Duration,
 }
 
 /// First times each pod was seen in a state, by the watch.
@@ -94,13 +112,28 @@ fn latency_row(name: &str, mut samples: Vec<Duration>) -> String {
     )
 }
 
-/// The memory mappings of process `pid` (what `vm.max_map_count` limits).
-fn mappings(pid: u32) -> usize {
-    std::fs::read_to_string(format!("/proc/{pid}/maps")).map_or(0, |maps| maps.lines().count())
+/// The memory mappings of processes `pids` (what `vm.max_map_count` limits, per process).
+fn mappings(pids: &[u32]) -> usize {
+    pids.iter()
+        .map(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/maps"))
+                .map_or(0, |maps| maps.lines().count())
+        })
+        .sum()
+}
+
+/// The resident memory of processes `pids` together, in KiB.
+fn rss(pids: &[u32]) -> u64 {
+    pids.iter().map(|pid| rss_kib(*pid)).sum()
+}
+
+/// CPU time (user + system) of processes `pids` together.
+fn cpu_time(pids: &[u32]) -> Duration {
+    pids.iter().map(|pid| process_cpu_time(*pid)).sum()
 }
 
 /// CPU time (user + system) of a process.
-fn cpu_time(pid: u32) -> Duration {
+fn process_cpu_time(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat
         .rsplit_once(')')
@@ -144,24 +177,34 @@ fn machine() -> String {
 struct Bench {
     cluster: Cluster,
     agent: NodeAgent,
+    /// `--runtime-workers` of the agent.
+    workers: usize,
     image: String,
     seen: Arc<Mutex<Seen>>,
     _watch: tokio::task::JoinHandle<()>,
 }
 
 impl Bench {
-    async fn start() -> anyhow::Result<Self> {
+    /// A cluster and a node agent running its guests in `workers` runtime workers (0: in the
+    /// agent's process).
+    async fn start(workers: usize) -> anyhow::Result<Self> {
         let cluster = Cluster::new("bench").await?;
         let data_dir = tempfile::Builder::new()
             .prefix("krustlet-bench")
             .tempdir()?;
-        let kubeconfig = e2e::node_credentials(&cluster, "bench-node", data_dir.path()).await?;
+        let name = format!("bench-node-{workers}");
+        let kubeconfig = e2e::node_credentials(&cluster, &name, data_dir.path()).await?;
         let agent = NodeAgent::start_with_args(
             &cluster,
-            "bench-node",
+            &name,
             data_dir,
             e2e::Credentials::Kubeconfig(kubeconfig),
-            &["--max-pods", "20000"],
+            &[
+                "--max-pods",
+                "20000",
+                "--runtime-workers",
+                &workers.to_string(),
+            ],
         )
         .await?;
         let image = cluster.push_guest("wasi-probe").await?;
@@ -196,6 +239,7 @@ impl Bench {
         Ok(Self {
             cluster,
             agent,
+            workers,
             image,
             seen,
             _watch: watch,
@@ -294,6 +338,21 @@ impl Bench {
         Ok(())
     }
 
+    /// The node's processes: the agent and its runtime workers.
+    fn pids(&self) -> Vec<u32> {
+        std::iter::once(self.agent.pid())
+            .chain(self.agent.worker_pids().into_iter().map(|(_, pid)| pid))
+            .collect()
+    }
+
+    /// How the node runs its guests, for the tables.
+    fn mode(&self) -> String {
+        match self.workers {
+            0 => "in the agent".into(),
+            n => format!("{n} runtime workers"),
+        }
+    }
+
     /// Writes the agent has made so far: (to pods and the node, to events).
     fn writes(&self) -> (u64, u64) {
         self.cluster.standin().map_or((0, 0), |s| {
@@ -377,16 +436,20 @@ async fn ramp(
     steps: &[usize],
     rate: f64,
     pod: impl Fn(&str, usize) -> Pod,
-) -> anyhow::Result<()> {
-    let pid = bench.agent.pid();
-    println!("## Density: {what}, created at {rate}/s\n");
+) -> anyhow::Result<f64> {
+    let pids = bench.pids();
     println!(
-        "| pods | time to reach | agent RSS | RSS per pod | mappings | mappings per pod | agent CPU | node | longest lease gap |"
+        "## Density: {what}, created at {rate}/s, guests {}\n",
+        bench.mode()
+    );
+    println!(
+        "| pods | time to reach | node RSS (agent + workers) | RSS per pod | mappings | mappings per pod | node CPU | node | longest lease gap |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     let lease = LeaseWatch::start(bench.cluster.client.clone(), &bench.agent.name);
-    let (base_rss, base_mappings) = (rss_kib(pid), mappings(pid));
+    let (base_rss, base_mappings) = (rss(&pids), mappings(&pids));
     let mut total = 0;
+    let mut per_pod = 0.0;
     for &target in steps.iter().filter(|&&n| n > 0) {
         let began = Instant::now();
         let created = bench
@@ -397,12 +460,12 @@ async fn ramp(
             .await?;
         total = target;
         let reached = began.elapsed();
-        let cpu_before = cpu_time(pid);
+        let cpu_before = cpu_time(&pids);
         tokio::time::sleep(Duration::from_secs(10)).await;
-        let cpu_share = cpu_time(pid).saturating_sub(cpu_before).as_secs_f64() / 10.0;
-        let rss = rss_kib(pid);
-        let per_pod = (rss.saturating_sub(base_rss)) as f64 / total as f64;
-        let maps = mappings(pid);
+        let cpu_share = cpu_time(&pids).saturating_sub(cpu_before).as_secs_f64() / 10.0;
+        let rss = rss(&pids);
+        per_pod = (rss.saturating_sub(base_rss)) as f64 / total as f64;
+        let maps = mappings(&pids);
         let maps_per_pod = maps.saturating_sub(base_mappings) as f64 / total as f64;
         let node = kube::Api::<k8s_openapi::api::core::v1::Node>::all(bench.cluster.client.clone())
             .get(&bench.agent.name)
@@ -419,11 +482,11 @@ async fn ramp(
         );
     }
     println!();
-    Ok(())
+    Ok(per_pod)
 }
 
-/// One row of the HTTP load table: `load` of `server` (process `pid`, which used `cpu`).
-fn load_row(server: &str, connections: usize, load: &http_load::Load, cpu: Duration, pid: u32) {
+/// One row of the HTTP load table: `load` of `server` (processes `pids`, which used `cpu`).
+fn load_row(server: &str, connections: usize, load: &http_load::Load, cpu: Duration, pids: &[u32]) {
     let cpu_per_request = cpu.as_secs_f64() / load.ok.max(1) as f64;
     println!(
         "| {server} | {connections} | {:.0} | {} | {} | {} | {} | {:.0} us | {:.1} MiB |",
@@ -433,20 +496,20 @@ fn load_row(server: &str, connections: usize, load: &http_load::Load, cpu: Durat
         ms(load.latencies.last().copied().unwrap_or_default()),
         load.errors,
         cpu_per_request * 1e6,
-        rss_kib(pid) as f64 / 1024.0
+        rss(pids) as f64 / 1024.0
     );
 }
 
-/// `load` under `server` (process `pid`), with the CPU time the process used meanwhile.
+/// `load` under `server` (processes `pids`), with the CPU time they used meanwhile.
 async fn measured_load(
     addr: std::net::SocketAddr,
     connections: usize,
     seconds: u64,
-    pid: u32,
+    pids: &[u32],
 ) -> (http_load::Load, Duration) {
-    let before = cpu_time(pid);
+    let before = cpu_time(pids);
     let load = http_load::run(addr, "/", connections, Duration::from_secs(seconds)).await;
-    (load, cpu_time(pid).saturating_sub(before))
+    (load, cpu_time(pids).saturating_sub(before))
 }
 
 /// Loads one wasi-http pod serving `examples/http-probe` (which logs a line per request)
@@ -499,12 +562,12 @@ async fn http_load_scenario(
     println!("|---|---|---|---|---|---|---|---|---|");
     let mut ratios = Vec::new();
     for &c in connections.iter().filter(|&&c| c > 0) {
-        let agent_pid = bench.agent.pid();
-        let (pod, pod_cpu) = measured_load(pod_addr, c, seconds, agent_pid).await;
-        load_row("krustlet-wasi pod", c, &pod, pod_cpu, agent_pid);
+        let node_pids = bench.pids();
+        let (pod, pod_cpu) = measured_load(pod_addr, c, seconds, &node_pids).await;
+        load_row("krustlet-wasi pod", c, &pod, pod_cpu, &node_pids);
         if let Some(w) = &wasmtime {
-            let (serve, serve_cpu) = measured_load(wasmtime_addr, c, seconds, w.pid()).await;
-            load_row("wasmtime serve", c, &serve, serve_cpu, w.pid());
+            let (serve, serve_cpu) = measured_load(wasmtime_addr, c, seconds, &[w.pid()]).await;
+            load_row("wasmtime serve", c, &serve, serve_cpu, &[w.pid()]);
             let per_request =
                 |cpu: Duration, load: &http_load::Load| cpu.as_secs_f64() / load.ok.max(1) as f64;
             ratios.push(format!(
@@ -541,38 +604,152 @@ async fn main() -> anyhow::Result<()> {
         "run the benchmark in release mode: cargo run --release -p e2e --bin krustlet-bench"
     );
     println!("Machine: {}\n", machine());
-    let mut bench = Bench::start().await?;
-    let pid = bench.agent.pid();
+    let last = args.runtime_workers.last().copied().unwrap_or(0);
     if args.http_load_only {
+        let bench = Bench::start(last).await?;
         return http_load_scenario(&bench, &args.http_connections, args.http_seconds).await;
     }
+    let mut summaries = Vec::new();
+    for &workers in &args.runtime_workers {
+        let mut bench = Bench::start(workers).await?;
+        println!("# Guests {}\n", bench.mode());
+        summaries.push(node_scenarios(&mut bench, &args).await?);
+        if workers == last && args.http_connections.iter().any(|&c| c > 0) {
+            http_load_scenario(&bench, &args.http_connections, args.http_seconds).await?;
+        }
+    }
+    compare(&summaries);
 
-    // 4. Idle footprint.
-    let (cpu0, writes0) = (cpu_time(pid), bench.writes().0);
-    tokio::time::sleep(Duration::from_secs(args.idle_seconds)).await;
-    let idle_cpu = cpu_time(pid).saturating_sub(cpu0);
-    let idle_writes = bench.writes().0 - writes0;
-    println!("## Idle agent, 0 pods, {} s\n", args.idle_seconds);
+    // Baseline.
+    let module = testkit::fixtures::wasm_module("wasi-probe")?;
+    let baseline = baseline(&module, args.baseline_runs)
+        .map_err(|e| anyhow::anyhow!("the wasmtime baseline failed: {e:#}"))?;
+    println!("\n## Baseline: plain wasmtime, instantiate + run to exit\n");
+    println!("median {} over {} runs", ms(baseline), args.baseline_runs);
+    Ok(())
+}
+
+/// Each mode beside the first (guests in the agent, when it was run), as ratios.
+fn compare(summaries: &[Summary]) {
+    let Some((first, rest)) = summaries.split_first() else {
+        return;
+    };
+    if rest.is_empty() {
+        return;
+    }
+    let p = |samples: &[Duration], q: f64| {
+        let mut sorted = samples.to_vec();
+        sorted.sort();
+        percentile(&sorted, q)
+    };
+    println!("## Compared with guests {}\n", first.mode);
     println!(
-        "RSS {:.1} MiB, CPU {:.2} % of a core, API writes {} ({:.1}/min)\n",
-        rss_kib(pid) as f64 / 1024.0,
+        "| measure | {} | {} | ratio |",
+        first.mode,
+        rest.iter()
+            .map(|s| s.mode.clone())
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    println!("|---|---|{}---|", "---|".repeat(rest.len()));
+    let row = |name: &str, value: &dyn Fn(&Summary) -> f64, unit: &str| {
+        let base = value(first);
+        let others: Vec<String> = rest
+            .iter()
+            .map(|s| format!("{:.1} {unit}", value(s)))
+            .collect();
+        let ratios: Vec<String> = rest
+            .iter()
+            .map(|s| format!("{:.2}x", value(s) / base.max(f64::MIN_POSITIVE)))
+            .collect();
+        println!(
+            "| {name} | {base:.1} {unit} | {} | {} |",
+            others.join(" | "),
+            ratios.join(", ")
+        );
+    };
+    let ms_of = |d: Duration| d.as_secs_f64() * 1000.0;
+    row(
+        "creation -> Running p50",
+        &|s| ms_of(p(&s.running, 50.0)),
+        "ms",
+    );
+    row(
+        "creation -> Running p99",
+        &|s| ms_of(p(&s.running, 99.0)),
+        "ms",
+    );
+    row(
+        "creation -> Succeeded p50",
+        &|s| ms_of(p(&s.succeeded, 50.0)),
+        "ms",
+    );
+    row("first pod of a new image", &|s| ms_of(s.cold), "ms");
+    row("second pod of the image", &|s| ms_of(s.warm), "ms");
+    row(
+        "first pod after an agent restart",
+        &|s| ms_of(s.restarted),
+        "ms",
+    );
+    row("RSS per idle pod", &|s| s.per_pod_kib, "KiB");
+    row(
+        "idle node RSS (agent + workers), 0 pods",
+        &|s| s.idle_rss_kib as f64 / 1024.0,
+        "MiB",
+    );
+    for s in rest {
+        let workers: Vec<String> = s
+            .worker_rss_kib
+            .iter()
+            .map(|k| format!("{:.1} MiB", *k as f64 / 1024.0))
+            .collect();
+        println!(
+            "\nEach runtime worker's fixed cost (RSS with 0 pods), guests {}: {}",
+            s.mode,
+            workers.join(", ")
+        );
+    }
+    println!();
+}
+
+/// The node scenarios on `bench`: idle footprint, cold and warm starts, start latency, the
+/// first pod after a restart, density.
+async fn node_scenarios(bench: &mut Bench, args: &Args) -> anyhow::Result<Summary> {
+    // Idle footprint.
+    let pids = bench.pids();
+    let (cpu0, writes0) = (cpu_time(&pids), bench.writes().0);
+    tokio::time::sleep(Duration::from_secs(args.idle_seconds)).await;
+    let idle_cpu = cpu_time(&pids).saturating_sub(cpu0);
+    let idle_writes = bench.writes().0 - writes0;
+    let idle_rss_kib = rss(&pids);
+    let worker_rss_kib: Vec<u64> = pids[1..].iter().map(|pid| rss_kib(*pid)).collect();
+    println!("## Idle node, 0 pods, {} s\n", args.idle_seconds);
+    println!(
+        "RSS {:.1} MiB (agent {:.1} MiB, workers {}), CPU {:.2} % of a core, API writes {} ({:.1}/min)\n",
+        idle_rss_kib as f64 / 1024.0,
+        rss_kib(pids[0]) as f64 / 1024.0,
+        worker_rss_kib
+            .iter()
+            .map(|k| format!("{:.1} MiB", *k as f64 / 1024.0))
+            .collect::<Vec<_>>()
+            .join(", "),
         idle_cpu.as_secs_f64() / args.idle_seconds as f64 * 100.0,
         idle_writes,
         idle_writes as f64 * 60.0 / args.idle_seconds as f64
     );
 
-    // 2. Cold path: the image was pushed but never pulled by the agent.
+    // Cold path: the image was pushed but never pulled by the agent.
     println!("## Cold and warm starts (creation -> Succeeded)\n");
     println!("| case | time |\n|---|---|");
-    let cold = one_pod(&bench, "cold").await?;
+    let cold = one_pod(bench, "cold").await?;
     println!(
         "| first pod of a new image (pull + compile) | {} |",
         ms(cold)
     );
-    let warm = one_pod(&bench, "warm").await?;
+    let warm = one_pod(bench, "warm").await?;
     println!("| second pod of the image | {} |", ms(warm));
 
-    // 1. Start latency at a steady rate, module cached.
+    // Start latency at a steady rate, module cached.
     let before = bench.writes();
     let created = bench
         .create("run", args.pods, args.rate, &["forever"])
@@ -589,9 +766,9 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     bench.delete_all().await?;
 
-    // 2b. The first pod after an agent restart (compiled module cached on disk).
+    // The first pod after an agent restart (compiled module cached on disk).
     bench.agent.restart().await?;
-    let restarted = one_pod(&bench, "restarted").await?;
+    let restarted = one_pod(bench, "restarted").await?;
     println!(
         "| first pod after an agent restart (compiled module on disk) | {} |\n",
         ms(restarted)
@@ -604,10 +781,13 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("| measure | pods | p50 | p90 | p99 | max |");
     println!("|---|---|---|---|---|---|");
-    println!("{}", latency_row("creation -> Running (watch)", running));
     println!(
         "{}",
-        latency_row("creation -> Succeeded (exits at once)", succeeded)
+        latency_row("creation -> Running (watch)", running.clone())
+    );
+    println!(
+        "{}",
+        latency_row("creation -> Succeeded (exits at once)", succeeded.clone())
     );
     let per_pod = |n: u64| n as f64 / args.pods as f64;
     println!(
@@ -616,11 +796,11 @@ async fn main() -> anyhow::Result<()> {
         per_pod(after.1 - before.1)
     );
 
-    // 3. Density: idle pods in steps, then idle HTTP servers.
+    // Density: idle pods in steps, then idle HTTP servers.
     let image = bench.image.clone();
     let node = bench.agent.name.clone();
-    ramp(
-        &bench,
+    let per_pod_kib = ramp(
+        bench,
         "idle",
         "idle pods (a module blocked in a sleep)",
         &args.density,
@@ -633,7 +813,7 @@ async fn main() -> anyhow::Result<()> {
         let server = bench.cluster.push_component("http_probe").await?;
         let ports = free_ports(args.http_density.iter().copied().max().unwrap_or(0))?;
         ramp(
-            &bench,
+            bench,
             "http",
             "idle HTTP servers (a wasi-http component serving a port each)",
             &args.http_density,
@@ -656,17 +836,15 @@ async fn main() -> anyhow::Result<()> {
         );
         bench.delete_all().await?;
     }
-
-    // 6. HTTP under load.
-    if args.http_connections.iter().any(|&c| c > 0) {
-        http_load_scenario(&bench, &args.http_connections, args.http_seconds).await?;
-    }
-
-    // 5. Baseline.
-    let module = testkit::fixtures::wasm_module("wasi-probe")?;
-    let baseline = baseline(&module, args.baseline_runs)
-        .map_err(|e| anyhow::anyhow!("the wasmtime baseline failed: {e:#}"))?;
-    println!("\n## Baseline: plain wasmtime, instantiate + run to exit\n");
-    println!("median {} over {} runs", ms(baseline), args.baseline_runs);
-    Ok(())
+    Ok(Summary {
+        mode: bench.mode(),
+        idle_rss_kib,
+        worker_rss_kib,
+        running,
+        succeeded,
+        per_pod_kib,
+        cold,
+        warm,
+        restarted,
+    })
 }
