@@ -244,6 +244,15 @@ pub struct Reattach {
     pub stop: tokio_util::sync::CancellationToken,
 }
 
+/// A container followed again after the agent restarted.
+#[derive(Debug)]
+pub struct Reattached {
+    /// Wait for its exit or stop it, as a container just started.
+    pub running: RunningContainer,
+    /// When it started, if the runtime knows.
+    pub started_at: Option<jiff::Timestamp>,
+}
+
 /// The module could not be prepared to run.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
@@ -375,7 +384,7 @@ pub trait Runtime: Send + Sync + 'static {
     /// Follows again a container a previous agent process started, if the runtime still holds
     /// it (running, or exited with its exit kept). A runtime in the agent's process holds
     /// nothing across its restarts.
-    fn reattach(&self, _container: Reattach) -> Option<RunningContainer> {
+    fn reattach(&self, _container: Reattach) -> Option<Reattached> {
         None
     }
 

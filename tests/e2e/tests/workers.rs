@@ -309,3 +309,52 @@ async fn an_actor_keeps_serving_and_its_state_through_an_agent_crash() -> anyhow
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_static_pod_runs_on_through_an_agent_crash() -> anyhow::Result<()> {
+    let cluster = Cluster::new("outlive-static").await?;
+    let image = cluster.push_guest("wasi-probe").await?;
+    let manifests = testkit::scratch::tempdir("static-pods")?;
+    let mut manifest = wasm_pod("ticker", &image, "", &["tick", "100"], "Always");
+    manifest.metadata.namespace = Some(cluster.namespace.clone());
+    let spec = manifest.spec.as_mut().expect("spec");
+    spec.node_name = None;
+    spec.tolerations = None;
+    std::fs::write(
+        manifests.path().join("ticker.json"),
+        serde_json::to_vec(&manifest)?,
+    )?;
+    let path = manifests.path().to_str().expect("utf-8 path");
+    let mut agent = cluster
+        .start_node_with(&["--pod-manifest-path", path, "--runtime-workers", "2"])
+        .await?;
+    let mirror = format!("ticker-{}", agent.name);
+    let before = identity(
+        &cluster
+            .wait_pod(
+                &mirror,
+                "mirrored and running",
+                is_running_after_restarts(0),
+            )
+            .await?,
+    );
+    agent.crash()?;
+    agent.start_again().await?;
+    // Its status lives only in the mirror pod; the new agent finds the container by its ID
+    // and reports it as it was once it writes the mirror's status again.
+    let after = cluster
+        .eventually("the mirror pod's status written again", async || {
+            let now = identity(&cluster.pods().get(&mirror).await?);
+            Ok((now.0 == before.0 && now.1.is_some()).then_some(now))
+        })
+        .await?;
+    assert_eq!(
+        after, before,
+        "no restart, no new container, same start time"
+    );
+    let logs = cluster
+        .kubectl(&["logs", &mirror])
+        .map_err(|e| anyhow::anyhow!("{e}\n{}\n{}", agent.log(), agent.worker_logs()))?;
+    assert!(ticks(&logs)? > 0);
+    Ok(())
+}

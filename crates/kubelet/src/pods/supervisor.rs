@@ -19,7 +19,7 @@ use super::volumes::PodVolumes;
 use crate::images::PullError;
 use crate::metrics::metrics;
 use crate::runtime::{Exit, PrepareFailure, Reattach, Runtime, Usage, Warning, Warnings};
-use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod, PodStatus};
+use k8s_openapi::api::core::v1::{Container, ContainerState, ContainerStatus, Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use std::collections::HashMap;
@@ -205,10 +205,15 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             return;
         }
         if !ran_before {
+            self.reattach_unrecorded();
             self.publish().await;
             match self.init.first_mut() {
                 Some(first) => first.retry_at(Instant::now()),
-                None => self.app.iter_mut().for_each(|s| s.retry_at(Instant::now())),
+                None => self
+                    .app
+                    .iter_mut()
+                    .filter(|s| s.run().is_none())
+                    .for_each(|s| s.retry_at(Instant::now())),
             }
         }
         loop {
@@ -386,26 +391,32 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         (id, spec): (SlotId, &Container),
         recorded: &ContainerStatus,
     ) -> Option<Run> {
-        let started_at = recorded
+        let recorded_start = recorded
             .state
             .as_ref()?
             .running
             .as_ref()?
             .started_at
-            .clone()?;
+            .clone();
         let container_id = recorded.container_id.clone()?;
-        let (log, _) = configure::open_log(ctx, pod, &spec.name, recorded.restart_count).ok()?;
+        let (log, log_path) =
+            configure::open_log(ctx, pod, &spec.name, recorded.restart_count).ok()?;
         let usage = Arc::new(Usage::default());
         let interrupt = CancellationToken::new();
-        let running = ctx.runtime.reattach(Reattach {
+        let reattached = ctx.runtime.reattach(Reattach {
             id: container_id,
             log: log.clone(),
             usage: usage.clone(),
             warnings: Warnings::new(&spec.name, reports.warnings.clone()),
             stop: interrupt.clone(),
         })?;
+        let started_at = recorded_start
+            .or(reattached.started_at.map(Time))
+            .unwrap_or_else(now);
+        let running = reattached.running;
         tracing::info!(container = %spec.name, "reattached to the running container");
         let (ns, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
+        ctx.registry.new_log(&ns, &name, &spec.name, log_path);
         ctx.registry.started(&ns, &name, &spec.name, usage.clone());
         let launched = launch::Launched::reattached(running, interrupt, usage);
         let mut run = launch::watch(
@@ -422,9 +433,47 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             .checked_sub(Duration::try_from(ran_for).unwrap_or(Duration::ZERO))
             .unwrap_or_else(Instant::now);
         run.started_at = started_at;
-        run.passed_startup = recorded.started.unwrap_or(false);
-        run.ready = recorded.ready;
+        // What a status recorded holds; a run no status recorded starts from what it is.
+        if let Some(started) = recorded.started {
+            run.passed_startup = started;
+            run.ready = recorded.ready;
+        }
         Some(run)
+    }
+
+    /// Takes over the app containers of a pod no status records as running that the runtime
+    /// still holds from a previous agent process: a static pod (its status lives only in its
+    /// mirror) or a pod whose Running status the agent had not written yet. Pods with init
+    /// containers start from the beginning instead.
+    fn reattach_unrecorded(&mut self) {
+        if !self.init.is_empty() {
+            return;
+        }
+        let pod_key = format!("{}/{}", self.ns(), self.pod.name_any());
+        let uid = self.pod.uid().unwrap_or_default();
+        for index in 0..self.app.len() {
+            let slot = &self.app[index];
+            let unrecorded = ContainerStatus {
+                container_id: Some(slot.next_container_id(&pod_key, &uid)),
+                state: Some(ContainerState {
+                    running: Some(Default::default()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let id = SlotId { init: false, index };
+            if let Some(run) = Self::reattach(
+                &self.ctx,
+                &self.pod,
+                &self.reports,
+                (id, &slot.spec),
+                &unrecorded,
+            ) {
+                let slot = &mut self.app[index];
+                slot.begin_run(&pod_key, &uid);
+                slot.running(run);
+            }
+        }
     }
 
     /// Makes the logs of earlier runs (still in the data dir) readable again.

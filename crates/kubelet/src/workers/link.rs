@@ -152,24 +152,24 @@ impl Link {
     }
 
     /// Claims a container found in the worker at connect, if it is here, and follows it:
-    /// returns whether it stops gracefully and where its exit (maybe already known) comes.
+    /// returns what the worker said of it and where its exit (maybe already known) comes.
     pub fn claim(
         &self,
         id: &str,
         follow: impl FnOnce() -> Followed,
-    ) -> Option<(bool, oneshot::Receiver<Exit>)> {
+    ) -> Option<(ContainerState, oneshot::Receiver<Exit>)> {
         let mut state = self.state();
         let held = state.unclaimed.remove(id)?;
         let (tx, rx) = oneshot::channel();
         let mut followed = follow();
-        match held.exit {
+        match held.exit.clone() {
             Some(exit) => {
                 let _ = tx.send(exit);
             }
             None => followed.exit = Some(tx),
         }
         state.followed.insert(id.to_string(), followed);
-        Some((held.graceful, rx))
+        Some((held, rx))
     }
 
     /// Releases container `id` if it is here unclaimed: a new run of the same ID replaces it

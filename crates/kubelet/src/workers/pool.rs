@@ -6,7 +6,8 @@ use super::link::{Followed, Link, LinkError};
 use super::protocol::{Reply, Request, StartSpec};
 use super::spawn::Launcher;
 use crate::runtime::{
-    ContainerRun, Exit, ModuleBytes, PrepareError, Reattach, RunningContainer, Runtime, StartError,
+    ContainerRun, Exit, ModuleBytes, PrepareError, Reattach, Reattached, RunningContainer, Runtime,
+    StartError,
 };
 use bytes::Bytes;
 use std::path::PathBuf;
@@ -298,7 +299,7 @@ impl Runtime for WorkerPool {
         Ok(self.follow(link, run.id, exit_rx, run.stop, graceful))
     }
 
-    fn reattach(&self, container: Reattach) -> Option<RunningContainer> {
+    fn reattach(&self, container: Reattach) -> Option<Reattached> {
         let Reattach {
             id,
             log,
@@ -312,11 +313,14 @@ impl Runtime for WorkerPool {
             warnings,
             log,
         });
-        let (link, (graceful, exit)) = self.links.iter().find_map(|link| {
+        let (link, (held, exit)) = self.links.iter().find_map(|link| {
             let claimed = link.claim(&id, || (follow.take().expect("claimed once"))())?;
             Some((link, claimed))
         })?;
-        Some(self.follow(link, id, exit, stop, graceful))
+        Some(Reattached {
+            running: self.follow(link, id, exit, stop, held.graceful),
+            started_at: held.started_at.parse().ok(),
+        })
     }
 
     fn detach(&self) -> bool {

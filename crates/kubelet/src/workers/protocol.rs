@@ -184,6 +184,8 @@ pub struct ContainerState {
     pub exit: Option<Exit>,
     /// Whether it ends by itself when asked to stop.
     pub graceful: bool,
+    /// When it started (RFC 3339).
+    pub started_at: String,
 }
 
 /// Something that happened in a worker.

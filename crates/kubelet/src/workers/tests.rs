@@ -208,7 +208,11 @@ async fn a_new_agent_takes_over_running_and_exited_containers() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let mut short = loop {
         if let Some(short) = second.reattach(node.reattach("short")) {
-            break short;
+            assert!(
+                short.started_at.is_some(),
+                "the worker knows when it started"
+            );
+            break short.running;
         }
         assert!(tokio::time::Instant::now() < deadline, "short is held");
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -216,7 +220,8 @@ async fn a_new_agent_takes_over_running_and_exited_containers() {
     assert_eq!(within("short's exit", short.wait()).await.code, 7);
     let mut long = second
         .reattach(node.reattach("long"))
-        .expect("long is held");
+        .expect("long is held")
+        .running;
     assert_eq!(within("long's exit", long.wait()).await.code, 5);
     assert!(second.reattach(node.reattach("unknown")).is_none());
 }

@@ -41,6 +41,7 @@ pub struct WorkerOptions {
 /// A container the worker holds.
 struct Held {
     graceful: bool,
+    started_at: jiff::Timestamp,
     /// Asks a graceful container to finish.
     stop: CancellationToken,
     /// Ends the guest at once.
@@ -87,6 +88,7 @@ impl<R: Runtime> Worker<R> {
                     container: id.clone(),
                     exit: held.exit.clone(),
                     graceful: held.graceful,
+                    started_at: held.started_at.to_string(),
                 }
             })
             .collect();
@@ -181,6 +183,7 @@ impl<R: Runtime> Worker<R> {
             spec.container.clone(),
             Held {
                 graceful,
+                started_at: jiff::Timestamp::now(),
                 stop,
                 kill: kill.clone(),
                 usage,
