@@ -1,7 +1,8 @@
 //! A runtime worker process: it holds guests for the node agent, serves the agent on a unix
 //! socket, and outlives it. The agent may come and go (a crash, an upgrade); the guests, their
 //! log files and their listening sockets stay here. A worker never stops a guest on its own,
-//! except when its socket's directory is removed (the node's data dir is gone).
+//! except when its socket's directory is removed (the node's data dir is gone); a worker left
+//! with no agent and no guests for [`ABANDONED_AFTER`] ends.
 
 use super::WorkerError;
 use super::protocol::{
@@ -26,6 +27,9 @@ pub const USAGE_INTERVAL: Duration = Duration::from_millis(500);
 
 /// How often the worker checks that its socket still exists.
 const SOCKET_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+/// A worker with no agent connected and no guest running for this long ends (the agent
+/// starts a new one when it needs one); one with guests never ends on its own.
+pub const ABANDONED_AFTER: Duration = Duration::from_secs(600);
 
 /// What a worker is given at start.
 #[derive(Debug, Clone)]
@@ -349,6 +353,7 @@ pub async fn serve<R: Runtime>(runtime: R, options: WorkerOptions) -> Result<(),
     usage.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut socket_check = tokio::time::interval(SOCKET_CHECK_INTERVAL);
     let mut connection: Option<tokio::task::JoinHandle<()>> = None;
+    let mut idle_since: Option<tokio::time::Instant> = None;
     let max_frame = options.max_module_bytes.max(MAX_MESSAGE_BYTES);
     let ended = loop {
         tokio::select! {
@@ -371,6 +376,16 @@ pub async fn serve<R: Runtime>(runtime: R, options: WorkerOptions) -> Result<(),
                     tracing::warn!(socket = %options.socket.display(), "the worker's socket was removed (the node's data dir is gone): stopping every guest");
                     worker.drain(Duration::ZERO).await;
                     break Ok(());
+                }
+                let idle = worker.agent.lock().unwrap_or_else(|p| p.into_inner()).is_none()
+                    && worker.containers().values().all(|h| h.exit.is_some());
+                match idle_since {
+                    Some(since) if idle && since.elapsed() >= ABANDONED_AFTER => {
+                        tracing::info!("no agent and no guests for {ABANDONED_AFTER:?}: the worker ends");
+                        break Ok(());
+                    }
+                    Some(_) if idle => {}
+                    _ => idle_since = idle.then(tokio::time::Instant::now),
                 }
             }
             () = worker.draining.cancelled() => {
