@@ -36,6 +36,9 @@ pub struct Mount {
 pub struct ContainerRun {
     /// The run's container ID (`wasm://<hex>`), unique on the node; the status shows it.
     pub id: String,
+    /// When the agent started it (the status's `startedAt`); a runtime that outlives the
+    /// agent keeps it for the next one.
+    pub started_at: jiff::Timestamp,
     /// argv, starting with the program name.
     pub args: Vec<String>,
     /// Environment variables, in order.
@@ -386,6 +389,13 @@ pub trait Runtime: Send + Sync + 'static {
     /// nothing across its restarts.
     fn reattach(&self, _container: Reattach) -> Option<Reattached> {
         None
+    }
+
+    /// Whether the runtime holds container `id` from a previous agent process, for
+    /// [`Runtime::reattach`] (asked first, so that nothing is set up for a container that is
+    /// not there).
+    fn holds(&self, _id: &str) -> bool {
+        false
     }
 
     /// The agent is stopping without draining: guests that can outlive it are left running

@@ -1085,6 +1085,26 @@ pub fn hello_wasm_manifest(image: &str) -> anyhow::Result<String> {
     Ok(text.replace("webassembly.azurecr.io/hello-wasm:v1", image))
 }
 
+/// A pod serving `image` (a wasi-http component) on `port`, with optional annotations.
+pub fn http_pod(
+    name: &str,
+    image: &str,
+    node: &str,
+    port: u16,
+    annotations: serde_json::Value,
+) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": name}, "annotations": annotations},
+        "spec": {
+            "nodeName": node,
+            "containers": [{"name": "web", "image": image, "ports": [{"name": "http", "containerPort": port}]}],
+            "tolerations": [{"key": "krustlet/arch", "operator": "Equal", "value": "wasm32-wasi", "effect": "NoExecute"}],
+        }
+    }))
+    .expect("a valid pod")
+}
+
 /// A pod running actor `image` on the wascc node, serving `port`; `extra` is merged into its
 /// container (env, volumeMounts) and `volumes` into its spec.
 pub fn actor_pod(

@@ -1,25 +1,11 @@
 //! WASI preview 2: command components run like modules, and wasi-http components serve the
 //! pod's ports on the node's IP, with outbound HTTP only where the pod allows it.
 
-use e2e::{Cluster, container_state, free_ports, has_phase, http_get, node_ip, wasm_pod};
+use e2e::{Cluster, container_state, free_ports, has_phase, http_get, http_pod, node_ip, wasm_pod};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::api::{ListParams, PostParams};
-
-/// A pod serving `image` (a wasi-http component) on `port`, with optional annotations.
-fn http_pod(name: &str, image: &str, node: &str, port: u16, annotations: serde_json::Value) -> Pod {
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "labels": {"app": name}, "annotations": annotations},
-        "spec": {
-            "nodeName": node,
-            "containers": [{"name": "web", "image": image, "ports": [{"name": "http", "containerPort": port}]}],
-            "tolerations": [{"key": "krustlet/arch", "operator": "Equal", "value": "wasm32-wasi", "effect": "NoExecute"}],
-        }
-    }))
-    .expect("a valid pod")
-}
 
 /// Creates a serving pod and waits until it is Ready.
 async fn serve(cluster: &Cluster, pod: Pod) -> anyhow::Result<()> {

@@ -3,7 +3,7 @@
 //! only its own guests.
 
 use e2e::{
-    Cluster, NodeAgent, actor_pod, container_state, free_ports, has_phase, http_get,
+    Cluster, NodeAgent, actor_pod, container_state, free_ports, has_phase, http_get, http_pod,
     is_running_after_restarts, wasm_pod,
 };
 use k8s_openapi::api::core::v1::Pod;
@@ -13,20 +13,6 @@ use std::time::Duration;
 
 /// How long the test waits for something that takes a second.
 const SOON: Duration = Duration::from_secs(20);
-
-/// A pod serving the wasi-http `image` on `port`.
-fn http_pod(name: &str, image: &str, node: &str, port: u16) -> Pod {
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name},
-        "spec": {
-            "nodeName": node,
-            "containers": [{"name": "web", "image": image, "ports": [{"containerPort": port}]}],
-            "tolerations": [{"key": "krustlet/arch", "operator": "Equal", "value": "wasm32-wasi", "effect": "NoExecute"}],
-        }
-    }))
-    .expect("a valid pod")
-}
 
 /// What must not change while a container runs on: its ID, start time and restart count.
 fn identity(pod: &Pod) -> (Option<String>, Option<String>, i32) {
@@ -106,7 +92,13 @@ async fn guests_run_on_through_an_agent_crash_and_a_restart_with_new_flags() -> 
         ))
         .await?;
     cluster
-        .create_pod(http_pod("web", &component, &agent.name, port))
+        .create_pod(http_pod(
+            "web",
+            &component,
+            &agent.name,
+            port,
+            serde_json::json!({}),
+        ))
         .await?;
     cluster
         .create_pod(wasm_pod(

@@ -88,9 +88,11 @@ impl StatusWriter {
     }
 
     /// Compares the status the API server has (from a watch event) with the one written last:
-    /// when they disagree in phase or in the containers they report (the object was replaced,
-    /// as a static pod's mirror pod is when deleted), the next write happens even if the
-    /// status did not change.
+    /// when the server's has no phase or other containers than written (the object was
+    /// replaced, as a static pod's mirror pod is when deleted), the next write happens even if
+    /// the status did not change. A phase that differs is not enough: watch events trail the
+    /// writes, so the event of the previous write (`Pending`) often arrives after the next one
+    /// (`Running`) was made.
     pub fn observe(&mut self, on_server: Option<&PodStatus>) {
         let Some(published) = &self.published else {
             return;
@@ -98,7 +100,7 @@ impl StatusWriter {
         let outline = |s: Option<&PodStatus>| {
             let count = |l: Option<&Vec<_>>| l.map_or(0, Vec::len);
             (
-                s.and_then(|s| s.phase.clone()),
+                s.and_then(|s| s.phase.as_ref()).is_some(),
                 count(s.and_then(|s| s.container_statuses.as_ref())),
                 count(s.and_then(|s| s.init_container_statuses.as_ref())),
             )
@@ -271,10 +273,16 @@ mod tests {
         let host = ScriptedHost::default();
         let pod = Pod::default();
         let mut writer = StatusWriter::default();
-        let running = phase("Running");
+        let with_container = |phase_name: &str| PodStatus {
+            container_statuses: Some(vec![Default::default()]),
+            ..phase(phase_name)
+        };
+        let running = with_container("Running");
         writer.write(&host, &pod, &running).await;
-        // The API server reports what was written: nothing to do.
+        // The API server reports what was written, or (trailing) what was written before:
+        // nothing to do.
         writer.observe(Some(&running));
+        writer.observe(Some(&with_container("Pending")));
         writer.write(&host, &pod, &running).await;
         assert_eq!(host.tried.lock().unwrap().len(), 1);
         // The object was replaced (a new mirror pod): the same status is written again, once.

@@ -399,6 +399,9 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             .started_at
             .clone();
         let container_id = recorded.container_id.clone()?;
+        if !ctx.runtime.holds(&container_id) {
+            return None;
+        }
         let (log, log_path) =
             configure::open_log(ctx, pod, &spec.name, recorded.restart_count).ok()?;
         let usage = Arc::new(Usage::default());
@@ -418,7 +421,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         let (ns, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
         ctx.registry.new_log(&ns, &name, &spec.name, log_path);
         ctx.registry.started(&ns, &name, &spec.name, usage.clone());
-        let launched = launch::Launched::reattached(running, interrupt, usage);
+        let launched = launch::Launched::reattached(running, interrupt, usage, started_at.clone());
         let mut run = launch::watch(
             launched,
             spec,
@@ -432,7 +435,6 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         run.started = Instant::now()
             .checked_sub(Duration::try_from(ran_for).unwrap_or(Duration::ZERO))
             .unwrap_or_else(Instant::now);
-        run.started_at = started_at;
         // What a status recorded holds; a run no status recorded starts from what it is.
         if let Some(started) = recorded.started {
             run.passed_startup = started;

@@ -172,6 +172,11 @@ impl Link {
         Some((held, rx))
     }
 
+    /// Whether container `id` is here, unclaimed.
+    pub fn holds(&self, id: &str) -> bool {
+        self.state().unclaimed.contains_key(id)
+    }
+
     /// Releases container `id` if it is here unclaimed: a new run of the same ID replaces it
     /// (the agent that started it went away before it heard it had started).
     pub fn discard_unclaimed(&self, id: &str) {

@@ -323,6 +323,10 @@ impl Runtime for WorkerPool {
         })
     }
 
+    fn holds(&self, id: &str) -> bool {
+        self.links.iter().any(|link| link.holds(id))
+    }
+
     fn detach(&self) -> bool {
         self.detached.store(true, Ordering::Relaxed);
         true

@@ -91,6 +91,8 @@ pub struct StartSpec {
     pub network: Network,
     /// The container's name, for its warnings.
     pub name: String,
+    /// When the agent started it (RFC 3339), kept for the next agent.
+    pub started_at: String,
 }
 
 impl StartSpec {
@@ -106,6 +108,7 @@ impl StartSpec {
             limits: run.limits,
             network: run.network.clone(),
             name: run.warnings.container().to_string(),
+            started_at: run.started_at.to_string(),
         }
     }
 }

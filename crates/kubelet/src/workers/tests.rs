@@ -108,6 +108,7 @@ impl Node {
             .expect("a log file");
         ContainerRun {
             id: id.into(),
+            started_at: jiff::Timestamp::now(),
             args: args.iter().map(|a| a.to_string()).collect(),
             env: Vec::new(),
             mounts: Vec::new(),
@@ -250,4 +251,63 @@ async fn stopping_a_followed_container_stops_it_in_the_worker() {
     // A new agent finds nothing of it: the worker stopped and forgot it.
     let next = node.agent().await;
     assert!(next.reattach(node.reattach("stopped")).is_none());
+}
+
+#[tokio::test]
+async fn a_worker_of_another_protocol_is_asked_to_drain() {
+    use super::protocol::{self, Envelope, FromWorker, Reply, Request};
+    use futures::{SinkExt, StreamExt};
+    let node = Node::new();
+    std::fs::create_dir_all(node.dir.path().join("workers")).expect("the workers dir");
+    let listener =
+        tokio::net::UnixListener::bind(node.dir.path().join("workers/0.sock")).expect("a socket");
+    let agent = {
+        let node_dir = node.dir.path().to_path_buf();
+        tokio::spawn(async move {
+            WorkerPool::start(PoolOptions {
+                workers: 1,
+                dir: node_dir.join("workers"),
+                launcher: Launcher {
+                    program: "/nonexistent/krustlet".into(),
+                    args: Vec::new(),
+                },
+                max_module_bytes: 1 << 20,
+            })
+            .await
+        })
+    };
+    // An older worker: it refuses the agent's protocol.
+    let (stream, _) = within("the agent connects", listener.accept())
+        .await
+        .expect("accepted");
+    let mut framed = tokio_util::codec::Framed::new(stream, protocol::codec(1 << 20));
+    let hello: Envelope = serde_json::from_slice(
+        &within("the greeting", framed.next())
+            .await
+            .expect("a frame")
+            .expect("readable"),
+    )
+    .expect("an envelope");
+    assert!(matches!(hello.request, Request::Hello { protocol: 1 }));
+    let refusal = FromWorker::Reply {
+        id: hello.id,
+        reply: Reply::Refused {
+            message: "this worker speaks protocol 0".into(),
+        },
+    };
+    framed
+        .send(bytes::Bytes::from(
+            serde_json::to_vec(&refusal).expect("json"),
+        ))
+        .await
+        .expect("sent");
+    let drain: Envelope = serde_json::from_slice(
+        &within("the drain", framed.next())
+            .await
+            .expect("a frame")
+            .expect("readable"),
+    )
+    .expect("an envelope");
+    assert!(matches!(drain.request, Request::Drain { .. }), "{drain:?}");
+    agent.abort();
 }

@@ -161,8 +161,13 @@ impl<R: Runtime> Worker<R> {
         let (warnings_tx, warnings_rx) = mpsc::channel(64);
         let stop = CancellationToken::new();
         let usage = Arc::new(Usage::default());
+        let started_at = spec
+            .started_at
+            .parse()
+            .unwrap_or_else(|_| jiff::Timestamp::now());
         let run = ContainerRun {
             id: spec.container.clone(),
+            started_at,
             args: spec.args,
             env: spec.env,
             mounts: spec.mounts,
@@ -187,7 +192,7 @@ impl<R: Runtime> Worker<R> {
             spec.container.clone(),
             Held {
                 graceful,
-                started_at: jiff::Timestamp::now(),
+                started_at,
                 stop,
                 kill: kill.clone(),
                 usage,

@@ -13,6 +13,7 @@ use crate::runtime::{
     ContainerRun, Exit, Mount, RunningContainer, Runtime, StartError, Usage, Warning, Warnings,
 };
 use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -41,6 +42,8 @@ pub struct Launched {
     interrupt: CancellationToken,
     /// What the guest uses, kept current by the runtime.
     pub usage: Arc<Usage>,
+    /// When it started, for the status.
+    started_at: Time,
 }
 
 impl Launched {
@@ -49,11 +52,13 @@ impl Launched {
         running: RunningContainer,
         interrupt: CancellationToken,
         usage: Arc<Usage>,
+        started_at: Time,
     ) -> Self {
         Self {
             running,
             interrupt,
             usage,
+            started_at,
         }
     }
 }
@@ -75,8 +80,11 @@ pub async fn launch<R: Runtime, H: PodHost>(
         .node_ip
         .parse()
         .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
+    // Second precision, as every time in the status.
+    let started_at = now().0;
     let run = ContainerRun {
         id: container_id,
+        started_at,
         stop: interrupt.clone(),
         args: process.args,
         env: process.env,
@@ -93,6 +101,7 @@ pub async fn launch<R: Runtime, H: PodHost>(
         running,
         interrupt,
         usage,
+        started_at: Time(started_at),
     })
 }
 
@@ -120,6 +129,7 @@ pub fn watch(
     let Launched {
         mut running,
         interrupt,
+        started_at: launched_at,
         ..
     } = launched;
     let checks = ContainerProbes::of(spec, pod_ip);
@@ -153,7 +163,7 @@ pub fn watch(
         probes: AbortOnDropHandle::new(probes),
         log,
         started: Instant::now(),
-        started_at: now(),
+        started_at: launched_at,
         passed_startup,
         ready,
     }

@@ -400,19 +400,13 @@ fn baseline(path: &std::path::Path, runs: usize) -> wasmtime::Result<Duration> {
     Ok(percentile(&samples, 50.0))
 }
 
-/// A pod serving the wasi-http component `image` on `port` of the node.
+/// A pod serving the wasi-http component `image` on `port` of the node, run once.
 fn http_pod(name: &str, image: &str, node: &str, port: u16) -> Pod {
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name},
-        "spec": {
-            "nodeName": node,
-            "restartPolicy": "Never",
-            "containers": [{"name": "web", "image": image, "ports": [{"containerPort": port}]}],
-            "tolerations": [{"key": "krustlet/arch", "operator": "Equal", "value": "wasm32-wasi", "effect": "NoExecute"}],
-        }
-    }))
-    .expect("a valid pod")
+    let mut pod = e2e::http_pod(name, image, node, port, serde_json::json!({}));
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.restart_policy = Some("Never".into());
+    }
+    pod
 }
 
 /// `n` ports above 20000 that nothing listens on now.
