@@ -15,6 +15,7 @@ use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{UnixListener, UnixStream};
@@ -68,6 +69,8 @@ struct Worker<R: Runtime> {
     draining: CancellationToken,
     /// Woken whenever a container exits.
     exited: tokio::sync::Notify,
+    /// A usage report waits in the connection's queue.
+    usage_queued: AtomicBool,
 }
 
 impl<R: Runtime> Worker<R> {
@@ -285,6 +288,11 @@ impl<R: Runtime> Worker<R> {
 
     /// Reports usage and log progress of the containers that changed since the last report.
     fn report_usage(&self) {
+        // At most one report waits to be sent: an agent that reads slowly (or is stopped)
+        // gets the latest figures when it catches up, not a growing queue of old ones.
+        if self.usage_queued.swap(true, Ordering::AcqRel) {
+            return;
+        }
         let mut changed = Vec::new();
         for (id, held) in self.containers().iter_mut() {
             if held.exit.is_some() {
@@ -305,7 +313,9 @@ impl<R: Runtime> Worker<R> {
                 });
             }
         }
-        if !changed.is_empty() {
+        if changed.is_empty() {
+            self.usage_queued.store(false, Ordering::Release);
+        } else {
             self.notify(Notice::Usage {
                 containers: changed,
             });
@@ -352,6 +362,7 @@ pub async fn serve<R: Runtime>(runtime: R, options: WorkerOptions) -> Result<(),
         agent: Mutex::default(),
         draining: CancellationToken::new(),
         exited: tokio::sync::Notify::new(),
+        usage_queued: AtomicBool::new(false),
     });
     tracing::info!(socket = %options.socket.display(), pid = std::process::id(), "runtime worker serving");
     let mut usage = tokio::time::interval(USAGE_INTERVAL);
@@ -442,13 +453,25 @@ fn bind(socket: &std::path::Path) -> Result<UnixListener, WorkerError> {
 async fn serve_agent<R: Runtime>(worker: Arc<Worker<R>>, stream: UnixStream, max_frame: usize) {
     let (mut sink, mut frames) = Framed::new(stream, protocol::codec(max_frame)).split();
     let (outbox, mut outgoing) = mpsc::unbounded_channel::<FromWorker>();
+    // A new connection hears every container's usage: no report of an old one is waiting.
+    worker.usage_queued.store(false, Ordering::Release);
+    let writer_worker = worker.clone();
     let writer = tokio::spawn(async move {
         while let Some(message) = outgoing.recv().await {
+            let usage = matches!(
+                message,
+                FromWorker::Notice {
+                    notice: Notice::Usage { .. }
+                }
+            );
             let Ok(json) = serde_json::to_vec(&message) else {
                 continue;
             };
             if sink.send(Bytes::from(json)).await.is_err() {
                 return;
+            }
+            if usage {
+                writer_worker.usage_queued.store(false, Ordering::Release);
             }
         }
     });
