@@ -156,12 +156,11 @@ impl Link {
     pub fn claim(
         &self,
         id: &str,
-        follow: impl FnOnce() -> Followed,
+        mut followed: Followed,
     ) -> Option<(ContainerState, oneshot::Receiver<Exit>)> {
         let mut state = self.state();
         let held = state.unclaimed.remove(id)?;
         let (tx, rx) = oneshot::channel();
-        let mut followed = follow();
         match held.exit.clone() {
             Some(exit) => {
                 let _ = tx.send(exit);

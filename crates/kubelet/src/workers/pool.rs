@@ -307,16 +307,14 @@ impl Runtime for WorkerPool {
             warnings,
             stop,
         } = container;
-        let mut follow = Some(move || Followed {
+        let link = self.links.iter().find(|link| link.holds(&id))?;
+        let followed = Followed {
             exit: None,
             usage,
             warnings,
             log,
-        });
-        let (link, (held, exit)) = self.links.iter().find_map(|link| {
-            let claimed = link.claim(&id, || (follow.take().expect("claimed once"))())?;
-            Some((link, claimed))
-        })?;
+        };
+        let (held, exit) = link.claim(&id, followed)?;
         Some(Reattached {
             running: self.follow(link, id, exit, stop, held.graceful),
             started_at: held.started_at.parse().ok(),
