@@ -1,5 +1,6 @@
 //! The node agent put together: a node in a cluster, or standalone with static pods.
 
+use crate::cni::PodNetworks;
 use crate::config::Config;
 use crate::images::ImageStore;
 use crate::images::credentials::Keyring;
@@ -36,6 +37,9 @@ pub enum AgentError {
         /// What is wrong.
         message: String,
     },
+    /// The node's CNI network cannot be used.
+    #[error("pod network: {0}")]
+    Network(#[from] crate::cni::CniError),
     /// Reading configuration files or preparing the data dir failed.
     #[error("{what}: {source}")]
     Io {
@@ -67,6 +71,7 @@ pub(crate) struct Parts<R: Runtime> {
     pub logs: Arc<LogFiles>,
     pub registry: Arc<PodRegistry>,
     pub node_credentials: Keyring,
+    pub networks: Option<Arc<PodNetworks>>,
 }
 
 impl<R: Runtime> Parts<R> {
@@ -93,9 +98,27 @@ impl<R: Runtime> Parts<R> {
             "restricting data dir {}",
             config.data_dir.display()
         )))?;
+        let networks = PodNetworks::load(
+            &config.cni_conf_dir,
+            config.cni_bin_dirs.clone(),
+            config.data_dir.join("netns"),
+        )?
+        .map(Arc::new);
+        let pod_network = match &networks {
+            Some(networks) => format!(
+                "pods that serve or connect get their own IP from {}",
+                networks.describe()
+            ),
+            None => format!(
+                "pods use the node's network (no CNI configuration in {})",
+                config.cni_conf_dir.display()
+            ),
+        };
+        tracing::info!("{pod_network}");
         let identity = Identity {
             arch: runtime.arch().to_string(),
             runtime_version: runtime.version(),
+            pod_network,
         };
         let images = Arc::new(ImageStore::new(
             config.data_dir.join("images"),
@@ -125,6 +148,7 @@ impl<R: Runtime> Parts<R> {
             logs: Arc::new(crate::logs::LogFiles::new(container_logs)),
             registry: Arc::default(),
             node_credentials,
+            networks,
         })
     }
 
@@ -142,6 +166,7 @@ impl<R: Runtime> Parts<R> {
                 allocatable: node::allocatable(&self.config),
             },
             node_ip: self.config.node_ip.to_string(),
+            networks: self.networks.clone(),
             pods_dir: self.config.data_dir.join("pods"),
             registry: self.registry.clone(),
             stopping: CancellationToken::new(),

@@ -60,6 +60,10 @@ pub struct Config {
     pub container_logs: crate::logs::LogPolicy,
     /// The kubelet API's connection cap and handshake timeout.
     pub api_limits: crate::server::ApiLimits,
+    /// Where the node's CNI network configuration is read from (`--cni-conf-dir`).
+    pub cni_conf_dir: PathBuf,
+    /// Where CNI plugin binaries are looked for, in order (`--cni-bin-dir`).
+    pub cni_bin_dirs: Vec<PathBuf>,
 }
 
 impl Config {

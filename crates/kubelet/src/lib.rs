@@ -4,10 +4,12 @@
 
 #![warn(missing_docs)]
 
+pub mod cni;
 pub mod config;
 pub mod images;
 pub mod logs;
 pub mod metrics;
+pub mod netns;
 pub mod node;
 pub mod pods;
 pub mod runtime;

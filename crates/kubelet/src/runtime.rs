@@ -120,13 +120,18 @@ pub struct Limits {
     pub cpu_cores: Option<f64>,
 }
 
-/// The container's network: wasm guests share the node's network namespace.
+/// The container's network: the node's, or its pod's own network namespace (CNI).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Network {
-    /// The address served ports bind to (the node's IP, which is also the pod's IP).
+    /// The address served ports bind to: the node's IP on the node's network, the unspecified
+    /// address in the pod's own namespace.
     pub listen_ip: std::net::IpAddr,
-    /// TCP ports the container declares (`containerPort`, and `hostPort` where it differs),
-    /// in order.
+    /// The pod's network namespace, when it has one of its own: every socket the guest and its
+    /// host code make (listening, connecting) is made inside it.
+    #[serde(default)]
+    pub netns: Option<std::path::PathBuf>,
+    /// TCP ports the container serves: its `containerPort`s (on the node's network, also its
+    /// `hostPort`s where they differ), in order.
     pub ports: Vec<u16>,
     /// Outbound destinations the guest may reach: `host`, `host:port` or `*` (any); empty
     /// means none.

@@ -233,6 +233,8 @@ pub async fn run<R: Runtime>(
         names.insert(pod.uid().unwrap_or_default(), pod.name_any());
         supervisors.apply(pod);
     }
+    // Networks an earlier run left attached (it was killed) are detached.
+    supervisors.sweep_networks();
     let terminal = |p: &HashMap<String, String>| {
         names.keys().all(|uid| {
             p.get(uid)

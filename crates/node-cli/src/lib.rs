@@ -165,6 +165,21 @@ pub struct NodeArgs {
     /// agent.
     #[arg(long, env = "KRUSTLET_RUNTIME_WORKERS")]
     runtime_workers: Option<usize>,
+    /// Where the node's CNI network configuration is read from at start (the first
+    /// `.conflist`, `.conf` or `.json` file in lexical order, as containerd reads it). With
+    /// one, pods that serve a port or may reach a destination get a network namespace and IP
+    /// of their own; without one, every pod uses the node's network.
+    #[arg(long, env = "KRUSTLET_CNI_CONF_DIR", default_value = "/etc/cni/net.d")]
+    cni_conf_dir: PathBuf,
+    /// Where CNI plugin binaries are looked for, `dir[:dir...]` in order (Debian's
+    /// containernetworking-plugins installs them in /usr/lib/cni).
+    #[arg(
+        long,
+        env = "KRUSTLET_CNI_BIN_DIR",
+        default_value = "/opt/cni/bin",
+        value_delimiter = ':'
+    )]
+    cni_bin_dir: Vec<PathBuf>,
 }
 
 impl NodeArgs {
@@ -281,6 +296,8 @@ impl NodeArgs {
                 max_image_size: self.max_image_size,
                 progress_deadline: self.image_pull_progress_deadline,
             },
+            cni_conf_dir: self.cni_conf_dir.clone(),
+            cni_bin_dirs: self.cni_bin_dir.clone(),
         })
     }
 }

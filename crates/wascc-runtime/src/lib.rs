@@ -127,7 +127,10 @@ impl Runtime for WasccRuntime {
                 .iter()
                 .map(|port| SocketAddr::new(run.network.listen_ip, *port))
                 .collect();
-            let listeners = wasm_host::ports::bind(&addrs).await?;
+            // An actor makes no connections of its own: only its served ports need to be in
+            // its pod's network.
+            let netns = wasm_host::ports::pod_netns(&run.network)?;
+            let listeners = wasm_host::ports::bind(&addrs, netns.as_deref())?;
             let stop = run.stop.child_token();
             let task = tokio::spawn(capabilities::http_server::serve(
                 listeners,

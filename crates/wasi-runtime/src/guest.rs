@@ -4,6 +4,7 @@
 
 use crate::outbound::OutboundPolicy;
 use kubelet::logs::LogWriter;
+use kubelet::netns::PodNetns;
 use kubelet::runtime::{ContainerRun, Exit, Limits, Mount, StartError, Usage, Warnings};
 use std::sync::Arc;
 use wasm_host::failures::FailureReport;
@@ -31,6 +32,8 @@ pub struct GuestSetup {
     usage: Arc<Usage>,
     outbound: OutboundPolicy,
     warnings: Warnings,
+    /// The pod's network namespace, when it has one of its own.
+    netns: Option<Arc<PodNetns>>,
 }
 
 /// Store state of a preview 1 module.
@@ -87,9 +90,11 @@ impl Limited for ComponentState {
 }
 
 impl GuestSetup {
-    /// The setup for `run` (its log writers become the container's shared streams).
-    pub fn new(run: ContainerRun) -> Self {
-        Self {
+    /// The setup for `run` (its log writers become the container's shared streams); the
+    /// pod's network namespace, if it has one, is opened.
+    pub fn new(run: ContainerRun) -> Result<Self, StartError> {
+        let netns = wasm_host::ports::pod_netns(&run.network)?;
+        Ok(Self {
             args: run.args,
             env: run.env,
             mounts: run.mounts,
@@ -97,9 +102,15 @@ impl GuestSetup {
             stderr: run.stderr,
             limits: run.limits,
             usage: run.usage,
-            outbound: OutboundPolicy::new(&run.network.allowed_outbound),
+            outbound: OutboundPolicy::new(&run.network.allowed_outbound).in_netns(netns.clone()),
             warnings: run.warnings,
-        }
+            netns,
+        })
+    }
+
+    /// The pod's network namespace, which the guest's work runs in; `None`: the node's network.
+    pub fn netns(&self) -> Option<Arc<PodNetns>> {
+        self.netns.clone()
     }
 
     /// Where the container's failed requests are reported.

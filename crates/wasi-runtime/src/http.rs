@@ -134,28 +134,32 @@ impl Server {
             let report = report.clone();
             let mut guests = self.guests.lock().unwrap_or_else(|p| p.into_inner());
             while guests.try_join_next().is_some() {}
-            guests.spawn(async move {
-                let _permit = permit;
-                let outcome = async {
-                    let proxy = pre.instantiate_async(&mut store).await?;
-                    proxy
-                        .wasi_http_incoming_handler()
-                        .call_handle(&mut store, incoming, outparam)
-                        .await
-                }
-                .await;
-                let outcome = outcome.map(|()| 0);
-                let exit = crate::guest::exit(&mut store, &outcome);
-                if exit.code != 0 {
-                    // The error that ended it, unless it was the guest's own exit.
-                    let error = outcome
-                        .as_ref()
-                        .err()
-                        .filter(|e| e.downcast_ref::<wasmtime_wasi::I32Exit>().is_none());
-                    report.guest_failed(&exit, error);
-                }
-                let _ = exit_tx.send(exit.code);
-            })
+            // The instance runs inside its pod's network, as a command does.
+            guests.spawn(kubelet::netns::InNetns::new(
+                self.setup.netns(),
+                async move {
+                    let _permit = permit;
+                    let outcome = async {
+                        let proxy = pre.instantiate_async(&mut store).await?;
+                        proxy
+                            .wasi_http_incoming_handler()
+                            .call_handle(&mut store, incoming, outparam)
+                            .await
+                    }
+                    .await;
+                    let outcome = outcome.map(|()| 0);
+                    let exit = crate::guest::exit(&mut store, &outcome);
+                    if exit.code != 0 {
+                        // The error that ended it, unless it was the guest's own exit.
+                        let error = outcome
+                            .as_ref()
+                            .err()
+                            .filter(|e| e.downcast_ref::<wasmtime_wasi::I32Exit>().is_none());
+                        report.guest_failed(&exit, error);
+                    }
+                    let _ = exit_tx.send(exit.code);
+                },
+            ))
         };
         // A request given up before its answer stops its instance.
         let guest = GuestStopper(Some(guest));

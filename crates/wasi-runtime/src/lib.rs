@@ -12,6 +12,7 @@ mod outbound;
 mod world;
 
 use guest::{ComponentState, GuestSetup, ModuleState};
+use kubelet::netns::InNetns;
 use kubelet::runtime::{
     ContainerRun, Exit, ModuleBytes, PrepareError, RunningContainer, Runtime, StartError,
 };
@@ -207,15 +208,17 @@ impl Runtime for WasiRuntime {
     ) -> Result<RunningContainer, StartError> {
         let network = run.network.clone();
         let stop = run.stop.clone();
-        let setup = GuestSetup::new(run);
+        let setup = GuestSetup::new(run)?;
+        let netns = setup.netns();
+        // The guest runs inside its pod's network: every socket it makes is the pod's.
         let task = match &prepared.0 {
             Guest::Module(pre) => {
                 let store = setup.module_store(self.engine.engine())?;
-                tokio::spawn(run_module(store, pre.clone()))
+                tokio::spawn(InNetns::new(netns, run_module(store, pre.clone())))
             }
             Guest::Command(pre) => {
                 let store = setup.component_store(self.engine.engine())?;
-                tokio::spawn(run_command(store, pre.clone()))
+                tokio::spawn(InNetns::new(netns, run_command(store, pre.clone())))
             }
             Guest::Http(pre) => {
                 let ports = if network.ports.is_empty() {
@@ -227,7 +230,7 @@ impl Runtime for WasiRuntime {
                     .iter()
                     .map(|port| SocketAddr::new(network.listen_ip, *port))
                     .collect();
-                let listeners = wasm_host::ports::bind(&addrs).await?;
+                let listeners = wasm_host::ports::bind(&addrs, netns.as_deref())?;
                 let server = http::Server::new(
                     self.http.engine.engine().clone(),
                     pre.clone(),

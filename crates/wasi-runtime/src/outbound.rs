@@ -1,6 +1,7 @@
 //! Which destinations a guest may reach, from the pod's allow list: outgoing HTTP requests
 //! (wasi:http/outgoing-handler) and sockets (wasi:sockets) are denied unless listed.
 
+use kubelet::netns::{InNetns, PodNetns};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use wasmtime_wasi::sockets::SocketAddrUse;
@@ -44,10 +45,12 @@ impl Destination {
     }
 }
 
-/// The destinations a pod allows; empty denies everything.
+/// The destinations a pod allows; empty denies everything. Connections are made in the pod's
+/// network namespace when it has one.
 #[derive(Debug, Clone, Default)]
 pub struct OutboundPolicy {
     allowed: Arc<[Destination]>,
+    netns: Option<Arc<PodNetns>>,
 }
 
 impl OutboundPolicy {
@@ -59,7 +62,13 @@ impl OutboundPolicy {
                 .filter(|e| !e.trim().is_empty())
                 .map(|e| Destination::parse(e))
                 .collect(),
+            netns: None,
         }
+    }
+
+    /// The policy, connecting from inside `netns` (the pod's network) when there is one.
+    pub fn in_netns(self, netns: Option<Arc<PodNetns>>) -> Self {
+        Self { netns, ..self }
     }
 
     /// Whether the guest may reach `host` on `port`.
@@ -120,9 +129,11 @@ impl WasiHttpHooks for OutboundPolicy {
             tracing::info!(%host, port, "outgoing HTTP request denied: the destination is not in the pod's allowed outbound hosts");
             return Box::new(async { Err(Error::HttpRequestDenied) });
         }
+        let netns = self.netns.clone();
         Box::new(async move {
             use http_body_util::BodyExt;
-            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            let send = wasmtime_wasi_http::default_send_request(request, options);
+            let (response, io) = InNetns::new(netns, send).await?;
             Ok((
                 response.map(BodyExt::boxed_unsync),
                 Box::new(io) as Box<dyn Future<Output = Result<(), Error>> + Send>,

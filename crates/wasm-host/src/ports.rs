@@ -1,31 +1,61 @@
-//! The TCP ports a guest serves on, and the HTTP/1.1 server on them: wasm pods share the node's network, so a port another pod
-//! holds is a clear start failure rather than a surprise.
+//! The TCP ports a guest serves on, and the HTTP/1.1 server on them. A pod on the node's
+//! network shares its ports with every other such pod, so a port another pod holds is a clear
+//! start failure rather than a surprise; a pod in a network namespace of its own listens there.
 
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use kubelet::runtime::StartError;
+use kubelet::netns::PodNetns;
+use kubelet::runtime::{Network, StartError};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-/// Binds every address; a port already taken fails the start with a message saying what to do.
-pub async fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, StartError> {
+/// Opens the pod's network namespace, when the container's `network` has one.
+pub fn pod_netns(network: &Network) -> Result<Option<Arc<PodNetns>>, StartError> {
+    let Some(path) = &network.netns else {
+        return Ok(None);
+    };
+    PodNetns::open(path).map(Some).map_err(|e| {
+        StartError::node(
+            format!("opening the pod's network namespace {}", path.display()),
+            e,
+        )
+    })
+}
+
+/// Binds every address, inside the pod's network namespace when it has one; a port already
+/// taken fails the start with a message saying what to do.
+pub fn bind(
+    addrs: &[SocketAddr],
+    netns: Option<&PodNetns>,
+) -> Result<Vec<TcpListener>, StartError> {
     let mut listeners = Vec::with_capacity(addrs.len());
     for addr in addrs {
-        let listener = TcpListener::bind(addr).await.map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AddrInUse {
-                StartError::PortInUse {
-                    addr: *addr,
-                    source: e,
+        let bound = match netns {
+            Some(netns) => netns
+                .enter(|| std::net::TcpListener::bind(addr))
+                .and_then(|bound| bound),
+            None => std::net::TcpListener::bind(addr),
+        };
+        let listener = bound
+            .and_then(|l| {
+                l.set_nonblocking(true)?;
+                TcpListener::from_std(l)
+            })
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::AddrInUse {
+                    StartError::PortInUse {
+                        addr: *addr,
+                        source: e,
+                    }
+                } else {
+                    StartError::node(format!("listening on {addr}"), e)
                 }
-            } else {
-                StartError::node(format!("listening on {addr}"), e)
-            }
-        })?;
+            })?;
         listeners.push(listener);
     }
     Ok(listeners)

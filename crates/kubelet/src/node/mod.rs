@@ -53,6 +53,8 @@ pub struct Identity {
     pub arch: String,
     /// The runtime and version (`wasmtime://48.0.8`).
     pub runtime_version: String,
+    /// Where pods are on the network, said in the Ready condition's message.
+    pub pod_network: String,
 }
 
 /// The labels a krustlet node carries.
@@ -165,7 +167,7 @@ pub fn status(config: &Config, identity: &Identity, machine: &Machine) -> NodeSt
                 "Ready",
                 true,
                 "KubeletReady",
-                "kubelet is posting ready status",
+                &format!("kubelet is posting ready status; {}", identity.pod_network),
             ),
         ]),
         addresses: Some(vec![

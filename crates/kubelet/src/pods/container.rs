@@ -84,8 +84,11 @@ fn lookup(
 /// What env resolution needs to know of the node.
 #[derive(Debug, Clone, Copy)]
 pub struct NodeContext<'a> {
-    /// The node's IP (also the pod's).
+    /// The node's IP.
     pub ip: &'a str,
+    /// The pod's IPs, the primary first; none while it has none of its own (then the node's
+    /// IP is its IP).
+    pub pod_ips: &'a [String],
     /// Allocatable CPU and memory, the value of limits a container does not set.
     pub allocatable: resources::Requests,
 }
@@ -98,7 +101,6 @@ pub fn process(
     node: &NodeContext<'_>,
     sources: &EnvSources,
 ) -> Result<Process, ConfigError> {
-    let node_ip = node.ip;
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
     // The Services' variables come first, so that `$(VAR)` may refer to them and a declared
     // variable of the same name replaces one; they end up after the declared ones.
@@ -161,7 +163,7 @@ pub fn process(
                         r.optional.unwrap_or(false),
                     )?
                 } else if let Some(field) = &from.field_ref {
-                    Some(field_value(pod, &field.field_path, node_ip).ok_or_else(|| {
+                    Some(field_value(pod, &field.field_path, node).ok_or_else(|| {
                         ConfigError(format!(
                             "environment variable {}: unsupported fieldRef fieldPath {:?}",
                             var.name, field.field_path
@@ -247,8 +249,8 @@ fn refuse_nul_bytes(args: &[String], env: &[(String, String)]) -> Result<(), Con
     Ok(())
 }
 
-/// The value of a downward API field path for `pod`.
-pub fn field_value(pod: &Pod, path: &str, node_ip: &str) -> Option<String> {
+/// The value of a downward API field path for `pod` on `node`.
+pub fn field_value(pod: &Pod, path: &str, node: &NodeContext<'_>) -> Option<String> {
     let meta = &pod.metadata;
     let spec = pod.spec.as_ref();
     if let Some(key) = path
@@ -275,9 +277,15 @@ pub fn field_value(pod: &Pod, path: &str, node_ip: &str) -> Option<String> {
         "metadata.uid" => meta.uid.clone()?,
         "spec.nodeName" => spec?.node_name.clone()?,
         "spec.serviceAccountName" => spec?.service_account_name.clone().unwrap_or_default(),
-        "status.hostIP" | "status.podIP" | "status.hostIPs" | "status.podIPs" => {
-            node_ip.to_string()
-        }
+        "status.hostIP" | "status.hostIPs" => node.ip.to_string(),
+        "status.podIP" => node
+            .pod_ips
+            .first()
+            .map_or(node.ip, String::as_str)
+            .to_string(),
+        "status.podIPs" if node.pod_ips.is_empty() => node.ip.to_string(),
+        // As the kubelet joins them.
+        "status.podIPs" => node.pod_ips.join(","),
         _ => return None,
     })
 }
@@ -460,6 +468,7 @@ mod tests {
     fn node(ip: &str) -> NodeContext<'_> {
         NodeContext {
             ip,
+            pod_ips: &[],
             allocatable: resources::Requests::default(),
         }
     }

@@ -55,8 +55,11 @@ pub struct PodContext<R: Runtime, H: PodHost> {
     pub host: Arc<H>,
     /// The node, for admission.
     pub node: NodeFacts,
-    /// The node's IP, which is also every pod's.
+    /// The node's IP, which is also the IP of every pod on the node's network.
     pub node_ip: String,
+    /// The node's CNI network, which gives pods that serve or connect a network namespace and
+    /// IPs of their own; `None`: every pod is on the node's network.
+    pub networks: Option<Arc<crate::cni::PodNetworks>>,
     /// `<data-dir>/pods`: per-pod logs and volumes.
     pub pods_dir: PathBuf,
     /// The pods known to the node.
@@ -77,6 +80,7 @@ impl<R: Runtime, H: PodHost> PodContext<R, H> {
     pub fn node_context(&self) -> container::NodeContext<'_> {
         container::NodeContext {
             ip: &self.node_ip,
+            pod_ips: &[],
             allocatable: self.node.allocatable,
         }
     }
@@ -226,6 +230,17 @@ impl<R: Runtime, H: PodHost> Supervisors<R, H> {
         }
     }
 
+    /// Detaches, in the background, the networks of pods attached on this node that it no
+    /// longer has (removed while no agent ran).
+    pub fn sweep_networks(&self) {
+        let Some(networks) = self.ctx.networks.clone() else {
+            return;
+        };
+        let pods: HashSet<String> = self.pods.keys().cloned().collect();
+        let since = std::time::SystemTime::now();
+        tokio::spawn(async move { networks.sweep(&pods, since).await }.in_current_span());
+    }
+
     /// The uids of the pods being supervised.
     pub fn uids(&self) -> Vec<String> {
         self.pods.keys().cloned().collect()
@@ -332,6 +347,7 @@ pub async fn watch_pods<R: Runtime, H: PodHost>(
                 {
                     supervisors.remove(&uid);
                 }
+                supervisors.sweep_networks();
             }
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "watching pods failed; retrying with backoff")

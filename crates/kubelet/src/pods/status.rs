@@ -86,8 +86,10 @@ pub struct Snapshot<'a> {
     pub restart_policy: &'a str,
     /// Whether the pod will start no more containers (all done, or failed for good).
     pub finished: bool,
-    /// The node's IP (also the pod's: wasm guests share the node's network).
+    /// The node's IP.
     pub node_ip: &'a str,
+    /// The pod's IPs, the primary first (none while its own network is not attached yet).
+    pub pod_ips: &'a [String],
     /// When the node agent took the pod on.
     pub start_time: &'a Time,
     /// The status written last, to keep transition times.
@@ -219,10 +221,14 @@ pub fn pod_status(snapshot: &Snapshot<'_>) -> PodStatus {
         host_ips: Some(vec![HostIP {
             ip: snapshot.node_ip.into(),
         }]),
-        pod_ip: Some(snapshot.node_ip.into()),
-        pod_ips: Some(vec![PodIP {
-            ip: snapshot.node_ip.into(),
-        }]),
+        pod_ip: snapshot.pod_ips.first().cloned(),
+        pod_ips: (!snapshot.pod_ips.is_empty()).then(|| {
+            snapshot
+                .pod_ips
+                .iter()
+                .map(|ip| PodIP { ip: ip.clone() })
+                .collect()
+        }),
         start_time: Some(snapshot.start_time.clone()),
         init_container_statuses: (!snapshot.init.is_empty()).then(|| snapshot.init.to_vec()),
         container_statuses: Some(snapshot.containers.to_vec()),
@@ -251,6 +257,7 @@ mod tests {
             restart_policy: policy,
             finished,
             node_ip: "10.0.0.1",
+            pod_ips: &[],
             start_time: &t,
             previous: None,
         })

@@ -9,6 +9,7 @@ use super::admission::{self, Rejection};
 use super::backoff::Backoff;
 use super::host::{PodEvent, PodHost};
 use super::lifecycle::{ContainerSlot, Run, SlotId, Termination, WaitReason};
+use super::network::{self, Placement};
 use super::probes::{self, Update};
 use super::start::image::{self, PullFailure};
 use super::start::launch::{self, Reports};
@@ -73,6 +74,11 @@ pub struct Supervisor<R: Runtime, H: PodHost> {
     /// When the API-backed volumes are next written again (and emptyDir limits checked).
     volume_sync: Option<Instant>,
     mount_backoff: Backoff,
+    /// Where the pod is on the network, once decided (and, for a network of its own,
+    /// attached).
+    placement: Option<Placement>,
+    /// When attaching the pod's network is tried again after it failed.
+    network_backoff: Backoff,
     /// A pod-level failure (reason, message), such as DeadlineExceeded.
     failure: Option<(String, String)>,
     /// When the supervisor first saw the pod, until its first app container ran (for the
@@ -127,6 +133,8 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             volumes: None,
             volume_sync: None,
             mount_backoff: Backoff::restarts(),
+            placement: None,
+            network_backoff: Backoff::restarts(),
             failure: None,
             seen: Some(Instant::now()),
         }
@@ -195,6 +203,20 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             }
         }
         self.ctx.registry.upsert(&ns, &name, self.pod.clone());
+        if !Self::is_deleting(&self.pod) {
+            // The pod's network comes first, as the kubelet's sandbox does: containers that
+            // outlived the agent are followed at their pod's IP again, and a new pod's first
+            // start finds it ready. A failure is retried (and reported) by that start.
+            match self.placement().await {
+                Ok(_) => {}
+                Err(StartFailure::Deleted) => {
+                    if let Some(latest) = self.updates.borrow().clone() {
+                        self.pod = latest;
+                    }
+                }
+                Err(e) => tracing::info!(error = %e, "the pod's network is not ready yet"),
+            }
+        }
         if ran_before {
             // Before a deletion is handled: containers that outlived the agent stop as the
             // deletion asks (grace period, preStop hooks).
@@ -257,6 +279,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
                         }
                         None => {
                             self.stop_all(false).await;
+                            self.release_network().await;
                             self.finished = true;
                             self.cleanup();
                             return;
@@ -338,6 +361,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             self.failure = Some((reason.clone(), recorded.message.clone().unwrap_or_default()));
         }
         let policy = self.restart_policy();
+        let pod_ip = self.pod_ip();
         for (slots, statuses, init) in [
             (&mut self.init, &recorded.init_container_statuses, true),
             (&mut self.app, &recorded.container_statuses, false),
@@ -346,7 +370,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
                 if let Some(old) = statuses.iter().flatten().find(|c| c.name == slot.name()) {
                     let reattached = Self::reattach(
                         &self.ctx,
-                        &self.pod,
+                        (&self.pod, &pod_ip),
                         &self.reports,
                         (SlotId { init, index }, &slot.spec),
                         old,
@@ -386,7 +410,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
     /// started, ready as it was, its postStart hook not run again.
     fn reattach(
         ctx: &Arc<PodContext<R, H>>,
-        pod: &Pod,
+        (pod, pod_ip): (&Pod, &str),
         reports: &launch::Reports,
         (id, spec): (SlotId, &Container),
         recorded: &ContainerStatus,
@@ -425,7 +449,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         let mut run = launch::watch(
             launched,
             spec,
-            &ctx.node_ip,
+            pod_ip,
             log,
             (id, 1),
             reports,
@@ -453,6 +477,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         }
         let pod_key = format!("{}/{}", self.ns(), self.pod.name_any());
         let uid = self.pod.uid().unwrap_or_default();
+        let pod_ip = self.pod_ip();
         for index in 0..self.app.len() {
             let slot = &self.app[index];
             let unrecorded = ContainerStatus {
@@ -466,7 +491,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             let id = SlotId { init: false, index };
             if let Some(run) = Self::reattach(
                 &self.ctx,
-                &self.pod,
+                (&self.pod, &pod_ip),
                 &self.reports,
                 (id, &slot.spec),
                 &unrecorded,
@@ -567,6 +592,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
     async fn start(&mut self, id: SlotId) -> Result<(), StartFailure> {
         let (ctx, pod) = (self.ctx.clone(), self.pod.clone());
         let spec = self.slot(id).spec.clone();
+        let placement = self.placement().await?;
         let pulled =
             Self::unless_deleted(&mut self.updates, image::pull(&ctx, &pod, &spec)).await??;
         let slot = self.slot_mut(id);
@@ -574,7 +600,8 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         slot.image_id = pulled.image_id.clone();
         let prepared = ctx.runtime.prepare(pulled.module).await?;
         let volume_dirs = self.volumes().await?;
-        let configured = configure::configure(&ctx, &pod, &spec, &volume_dirs).await?;
+        let pod_ips: Vec<String> = placement.ips().iter().map(ToString::to_string).collect();
+        let configured = configure::configure(&ctx, &pod, &spec, &volume_dirs, &pod_ips).await?;
         let restarts = self.slot(id).next_restart_count();
         let (log, log_path) = configure::open_log(&ctx, &pod, &spec.name, restarts)?;
         let pod_key = format!("{}/{}", self.ns(), pod.name_any());
@@ -585,7 +612,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             &ctx,
             &prepared,
             &pod,
-            &spec,
+            (&spec, &placement),
             configured,
             (&log, container_id),
             &self.reports,
@@ -606,7 +633,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         let run = launch::watch(
             launched,
             &spec,
-            &ctx.node_ip,
+            &placement.ip().to_string(),
             log,
             (id, run_id),
             &self.reports,
@@ -655,6 +682,71 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             .unwrap_or_default())
     }
 
+    /// Where the pod is on the network: decided once, and for a pod that gets a network of its
+    /// own ([`network::wants_own_network`]) attached through the node's CNI network (a pod
+    /// attached before, also by an earlier agent, keeps its namespace and IPs).
+    async fn placement(&mut self) -> Result<Placement, StartFailure> {
+        if let Some(placement) = &self.placement {
+            return Ok(placement.clone());
+        }
+        let placement = match &self.ctx.networks {
+            Some(networks) if network::wants_own_network(&self.pod) => {
+                let (networks, pod) = (networks.clone(), self.pod.clone());
+                let attach = async move { networks.attach(&pod).await };
+                let address = Self::unless_deleted(&mut self.updates, attach).await??;
+                tracing::info!(ips = ?address.ips, "attached the pod's network");
+                Placement::Own(address)
+            }
+            _ => Placement::Node(self.node_ip()),
+        };
+        self.placement = Some(placement.clone());
+        Ok(placement)
+    }
+
+    fn node_ip(&self) -> std::net::IpAddr {
+        self.ctx
+            .node_ip
+            .parse()
+            .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into())
+    }
+
+    /// The pod's primary IP, which probes and hooks reach it on.
+    fn pod_ip(&self) -> String {
+        self.placement
+            .as_ref()
+            .map_or_else(|| self.node_ip(), Placement::ip)
+            .to_string()
+    }
+
+    /// The pod's IPs for its status: none while its own network is not attached yet.
+    fn pod_ips(&self) -> Vec<String> {
+        let ips = match &self.placement {
+            Some(placement) => placement.ips(),
+            None if self.ctx.networks.is_some() && network::wants_own_network(&self.pod) => {
+                Vec::new()
+            }
+            None => vec![self.node_ip()],
+        };
+        ips.iter().map(ToString::to_string).collect()
+    }
+
+    /// Detaches the pod's own network (its IPs are free again). A failure is logged; the
+    /// attachment is detached again by the next sweep of pods that are gone.
+    async fn release_network(&mut self) {
+        let Some(networks) = &self.ctx.networks else {
+            return;
+        };
+        let uid = self.pod.uid().unwrap_or_default();
+        match networks.detach(&uid).await {
+            Ok(()) => {
+                if matches!(self.placement.take(), Some(Placement::Own(_))) {
+                    tracing::info!("detached the pod's network");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "detaching the pod's network failed"),
+        }
+    }
+
     /// What follows a start that failed: the one place a failure becomes the container's
     /// next state.
     async fn could_not_start(&mut self, id: SlotId, failure: StartFailure) {
@@ -674,6 +766,16 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             StartFailure::Config(_) => {
                 self.failed_to_create(id, WaitReason::CreateContainerConfigError, message)
                     .await;
+            }
+            StartFailure::Network(_) => {
+                let delay = self.network_backoff.next(Duration::ZERO).max(MOUNT_RETRY);
+                self.slot_mut(id).retry_at(crate::time::deadline_in(delay));
+                self.event(PodEvent::warning(
+                    "",
+                    "FailedCreatePodSandBox",
+                    format!("Failed to create pod sandbox: {message}"),
+                ))
+                .await;
             }
             StartFailure::Mount(_) => {
                 let delay = self.mount_backoff.next(Duration::ZERO).max(MOUNT_RETRY);
@@ -931,6 +1033,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             restart_policy: &policy,
             finished: self.finished,
             node_ip: &self.ctx.node_ip,
+            pod_ips: &self.pod_ips(),
             start_time: &self.start_time,
             previous: self.status.published(),
         });
@@ -1001,13 +1104,14 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
 
     /// Runs the preStop hooks of the running containers, together, within the grace period.
     async fn pre_stop(&mut self) {
+        let pod_ip = self.pod_ip();
         let hooks: Vec<(String, probes::Action)> = self
             .app
             .iter()
             .filter(|s| s.run().is_some())
             .filter_map(|s| {
                 let hook = s.spec.lifecycle.as_ref()?.pre_stop.as_ref()?;
-                let action = probes::hook_action(hook, &s.spec, &self.ctx.node_ip);
+                let action = probes::hook_action(hook, &s.spec, &pod_ip);
                 Some((s.name().to_string(), action))
             })
             .collect();
@@ -1065,6 +1169,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         self.status
             .write_until(&*self.ctx.host, &self.pod, &status, gone)
             .await;
+        self.release_network().await;
         self.ctx.host.finish_deletion(&self.pod).await;
         self.cleanup();
     }

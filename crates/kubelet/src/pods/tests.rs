@@ -276,6 +276,7 @@ fn context(
             },
         },
         node_ip: "127.0.0.1".into(),
+        networks: None,
         pods_dir: dir.join("pods"),
         registry: Arc::default(),
         stopping: Default::default(),

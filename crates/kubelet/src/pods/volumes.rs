@@ -442,7 +442,7 @@ fn downward_files(
         let value = match field.field_path.as_str() {
             "metadata.labels" => render_map(pod.metadata.labels.as_ref()),
             "metadata.annotations" => render_map(pod.metadata.annotations.as_ref()),
-            path => field_value(pod, path, node.ip).ok_or_else(|| {
+            path => field_value(pod, path, &node).ok_or_else(|| {
                 format!(
                     "downwardAPI item {:?}: unsupported fieldPath {path:?}",
                     item.path

@@ -116,6 +116,7 @@ impl Node {
             stderr: log.writer("stderr"),
             limits: Limits::default(),
             network: Network {
+                netns: None,
                 listen_ip: std::net::Ipv4Addr::LOCALHOST.into(),
                 ports: Vec::new(),
                 allowed_outbound: Vec::new(),

@@ -14,15 +14,21 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// The container's argv, environment and mounts; `volume_dirs` are the pod's volumes by name.
+/// The container's argv, environment and mounts; `volume_dirs` are the pod's volumes by name,
+/// `pod_ips` its IPs (for the downward API).
 pub async fn configure<R: Runtime, H: PodHost>(
     ctx: &PodContext<R, H>,
     pod: &Pod,
     spec: &Container,
     volume_dirs: &HashMap<String, PathBuf>,
+    pod_ips: &[String],
 ) -> Result<(Process, Vec<Mount>), ConfigError> {
     let sources = env_sources(&*ctx.host, pod, spec).await?;
-    let process = container::process(pod, spec, &ctx.node_context(), &sources)?;
+    let node = container::NodeContext {
+        pod_ips,
+        ..ctx.node_context()
+    };
+    let process = container::process(pod, spec, &node, &sources)?;
     let mounts = container::mounts(pod, spec, volume_dirs, &process)?;
     Ok((process, mounts))
 }

@@ -6,9 +6,10 @@ use crate::pods::PodContext;
 use crate::pods::container::Process;
 use crate::pods::host::PodHost;
 use crate::pods::lifecycle::{Run, SlotId};
+use crate::pods::network::{self, Placement};
 use crate::pods::probes::{self, ContainerProbes, Update};
+use crate::pods::resources;
 use crate::pods::status::now;
-use crate::pods::{network, resources};
 use crate::runtime::{
     ContainerRun, Exit, Mount, RunningContainer, Runtime, StartError, Usage, Warning, Warnings,
 };
@@ -69,17 +70,13 @@ pub async fn launch<R: Runtime, H: PodHost>(
     ctx: &PodContext<R, H>,
     prepared: &R::Prepared,
     pod: &Pod,
-    spec: &Container,
+    (spec, placement): (&Container, &Placement),
     (process, mounts): (Process, Vec<Mount>),
     (log, container_id): (&Arc<LogFile>, String),
     reports: &Reports,
 ) -> Result<Launched, StartError> {
     let usage = Arc::new(Usage::default());
     let interrupt = CancellationToken::new();
-    let node_ip = ctx
-        .node_ip
-        .parse()
-        .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
     // Second precision, as every time in the status.
     let started_at = now().0;
     let run = ContainerRun {
@@ -94,7 +91,7 @@ pub async fn launch<R: Runtime, H: PodHost>(
         limits: resources::limits(spec),
         usage: usage.clone(),
         warnings: Warnings::new(&spec.name, reports.warnings.clone()),
-        network: network::network(pod, spec, node_ip),
+        network: network::network(pod, spec, placement),
     };
     let running = ctx.runtime.start(prepared, run).await?;
     Ok(Launched {

@@ -1,6 +1,7 @@
 //! Starting a container, as a pipeline of named steps, each in its own module with its own
 //! error type:
 //!
+//! 0. the pod's network, attached once for the whole pod ([`crate::cni`]) → `CniError`.
 //! 1. [`image`]: the image, by its pull policy (events `Pulling`, `Pulled`) → [`PullError`].
 //! 2. prepare: the runtime validates and compiles the module → [`PrepareError`].
 //! 3. volumes: the pod's volumes, set up once for the whole pod → [`MountError`].
@@ -33,6 +34,9 @@ pub enum StartFailure {
     /// Its module cannot run on this node, now or ever.
     #[error("the image's module cannot run on this node: {0}")]
     Prepare(#[from] PrepareError),
+    /// The pod's own network could not be attached.
+    #[error("setting up the pod's network failed: {0}")]
+    Network(#[from] crate::cni::CniError),
     /// The pod's volumes could not be set up.
     #[error(transparent)]
     Mount(#[from] MountError),
