@@ -57,6 +57,8 @@ pub fn create(path: &Path) -> io::Result<()> {
 pub fn is_namespace(path: &Path) -> bool {
     // A pinned namespace lives on the nsfs file system, unlike the empty file beneath it.
     const NSFS_MAGIC: i64 = 0x6e73_6673;
+    // `f_type` is a different integer type on different architectures.
+    #[allow(clippy::unnecessary_cast)]
     rustix::fs::statfs(path).is_ok_and(|s| s.f_type as i64 == NSFS_MAGIC)
 }
 

@@ -537,16 +537,33 @@ pub async fn http_request(
     path: &str,
     body: &str,
 ) -> anyhow::Result<(u16, String)> {
+    http_request_at(&node_ip(), port, method, path, body).await
+}
+
+/// `GET http://<host>:<port><path>` (e.g. a pod's own IP) with a 10 s deadline; returns the
+/// status and body.
+pub async fn http_get_at(host: &str, port: u16, path: &str) -> anyhow::Result<(u16, String)> {
+    http_request_at(host, port, "GET", path, "").await
+}
+
+/// `method http://<host>:<port><path>` with `body` and a 10 s deadline.
+async fn http_request_at(
+    host: &str,
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> anyhow::Result<(u16, String)> {
     use http_body_util::BodyExt;
     let exchange = async {
-        let stream = tokio::net::TcpStream::connect((node_ip(), port)).await?;
+        let stream = tokio::net::TcpStream::connect((host, port)).await?;
         let (mut sender, connection) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
         let connection = tokio::spawn(connection);
         let request = http::Request::builder()
             .method(method)
             .uri(path)
-            .header(http::header::HOST, format!("{}:{port}", node_ip()))
+            .header(http::header::HOST, format!("{host}:{port}"))
             .body(http_body_util::Full::new(bytes::Bytes::from(
                 body.to_string(),
             )))?;
@@ -558,8 +575,8 @@ pub async fn http_request(
     };
     tokio::time::timeout(Duration::from_secs(10), exchange)
         .await
-        .with_context(|| format!("{method} :{port}{path} did not answer within 10 s"))?
-        .with_context(|| format!("{method} :{port}{path}"))
+        .with_context(|| format!("{method} {host}:{port}{path} did not answer within 10 s"))?
+        .with_context(|| format!("{method} {host}:{port}{path}"))
 }
 
 /// Which node binary an agent runs.
@@ -858,6 +875,11 @@ impl NodeAgent {
         let ca = data_dir.join("client-ca.pem");
         if ca.exists() {
             command.arg("--client-ca-file").arg(ca);
+        }
+        if !extra.iter().any(|a| a == "--cni-conf-dir") {
+            // Pods share the node's network unless a test gives the node a CNI network (a
+            // machine's own /etc/cni/net.d is not the test's).
+            command.arg("--cni-conf-dir").arg(data_dir.join("no-cni"));
         }
         command.args(extra);
         testkit::process::spawn_owned(command)

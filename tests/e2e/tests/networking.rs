@@ -1,0 +1,368 @@
+//! Pod networking through the node's CNI plugins (Debian's containernetworking-plugins: bridge,
+//! host-local, loopback, portmap), configured by each test in its own directories with a bridge
+//! and subnet of its own: replicas serving the same port side by side on their own IPs, through
+//! a Service's EndpointSlice and a hostPort, and nothing left behind by deletion or by an
+//! agent's crash.
+
+use e2e::{Cluster, NodeAgent, Provider, actor_pod, free_ports, http_get_at, http_pod};
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Api;
+use kube::api::{ListParams, PostParams};
+use std::path::{Path, PathBuf};
+
+/// Where the plugins are: `KRUSTLET_E2E_CNI_BIN_DIR`, else Debian's /usr/lib/cni.
+fn plugin_dir() -> PathBuf {
+    std::env::var_os("KRUSTLET_E2E_CNI_BIN_DIR")
+        .map_or_else(|| PathBuf::from("/usr/lib/cni"), PathBuf::from)
+}
+
+/// A CNI network of the test's own: a bridge on this machine with a /24 of its own, allocated
+/// by host-local in the test's directory, and portmap for hostPorts. The bridge is removed
+/// when dropped.
+struct TestNetwork {
+    dir: tempfile::TempDir,
+    bridge: String,
+    /// The first three octets of the subnet.
+    prefix: String,
+    name: String,
+}
+
+impl TestNetwork {
+    fn new(name: &str) -> anyhow::Result<Self> {
+        let plugins = plugin_dir();
+        anyhow::ensure!(
+            ["bridge", "host-local", "loopback", "portmap"]
+                .iter()
+                .all(|p| plugins.join(p).is_file()),
+            "the CNI plugins are not in {} (apt-get install containernetworking-plugins, or set KRUSTLET_E2E_CNI_BIN_DIR)",
+            plugins.display()
+        );
+        let dir = testkit::scratch::tempdir("krustlet-cni")?;
+        // A subnet and bridge name of this process's own, so that tests side by side never meet.
+        let id = std::process::id() as usize * 7
+            + name.len() * 31
+            + name.bytes().map(usize::from).sum::<usize>();
+        let prefix = format!("10.{}.{}", 100 + id % 100, (id / 100) % 250);
+        let bridge = format!("krt{}", id % 1_000_000_000);
+        let config = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": name,
+            "plugins": [
+                {
+                    "type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false,
+                    "ipam": {
+                        "type": "host-local",
+                        "ranges": [[{"subnet": format!("{prefix}.0/24")}]],
+                        "dataDir": dir.path().join("ipam"),
+                    }
+                },
+                {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true}
+            ]
+        });
+        std::fs::create_dir_all(dir.path().join("net.d"))?;
+        std::fs::write(
+            dir.path().join("net.d/10-test.conflist"),
+            serde_json::to_vec_pretty(&config)?,
+        )?;
+        Ok(Self {
+            dir,
+            bridge,
+            prefix,
+            name: name.to_string(),
+        })
+    }
+
+    /// The agent flags that give its node this network.
+    fn flags(&self) -> Vec<String> {
+        vec![
+            "--cni-conf-dir".into(),
+            self.dir.path().join("net.d").display().to_string(),
+            "--cni-bin-dir".into(),
+            plugin_dir().display().to_string(),
+        ]
+    }
+
+    /// The bridge's own address: an address of this machine, where hostPorts are served too.
+    fn gateway(&self) -> String {
+        format!("{}.1", self.prefix)
+    }
+
+    /// The IPs host-local holds for pods right now.
+    fn allocated(&self) -> Vec<String> {
+        let mut ips: Vec<String> = std::fs::read_dir(self.dir.path().join("ipam").join(&self.name))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.starts_with(&self.prefix))
+            .collect();
+        ips.sort();
+        ips
+    }
+}
+
+impl Drop for TestNetwork {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+/// The pod namespaces an agent has pinned in its data dir (mounts of network namespaces).
+fn pinned_namespaces(agent: &NodeAgent) -> Vec<String> {
+    let dir = agent.data_dir.path().join("netns");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    mounts
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .filter(|point| Path::new(point).starts_with(&dir))
+        .map(str::to_string)
+        .collect()
+}
+
+fn pod_ip(pod: &Pod) -> String {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .unwrap_or_default()
+}
+
+/// `pod` labelled `app: <app>` and, when given, serving its port on the node as `host_port`.
+fn replica(mut pod: Pod, app: &str, host_port: Option<u16>) -> Pod {
+    pod.metadata
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert("app".into(), app.into());
+    if let Some(host_port) = host_port {
+        let ports = pod
+            .spec
+            .as_mut()
+            .and_then(|s| s.containers[0].ports.as_mut());
+        if let Some(port) = ports.and_then(|p| p.first_mut()) {
+            port.host_port = Some(i32::from(host_port));
+        }
+    }
+    pod
+}
+
+/// Waits until the Service `app`'s EndpointSlices list exactly `ips` as ready endpoints.
+async fn wait_endpoints(cluster: &Cluster, app: &str, ips: &[String]) -> anyhow::Result<()> {
+    let slices: Api<EndpointSlice> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    let mut want = ips.to_vec();
+    want.sort();
+    cluster
+        .eventually("an EndpointSlice listing both replicas", async || {
+            let list = slices
+                .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={app}")))
+                .await?;
+            let mut ready: Vec<String> = list
+                .items
+                .iter()
+                .flat_map(|s| s.endpoints.iter())
+                .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+                .flat_map(|e| e.addresses.clone())
+                .collect();
+            ready.sort();
+            Ok((ready == want).then_some(()))
+        })
+        .await
+}
+
+async fn create_service(cluster: &Cluster, app: &str, port: u16) -> anyhow::Result<()> {
+    let services: Api<Service> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    services
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({
+                "apiVersion": "v1", "kind": "Service", "metadata": {"name": app},
+                "spec": {"selector": {"app": app}, "ports": [{"port": 80, "targetPort": port}]}
+            }))?,
+        )
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn replicas_serve_one_port_on_their_own_ips_and_leave_nothing_behind() -> anyhow::Result<()> {
+    let network = TestNetwork::new("e2e-wasi")?;
+    let cluster = Cluster::new("cni").await?;
+    let flags = network.flags();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut agent = cluster.start_node_with(&flags).await?;
+    let image = cluster.push_component("http_probe").await?;
+    // The same containerPort for every replica, and one of them also on a hostPort.
+    let port = 8080;
+    let [host_port] = free_ports()?;
+    let annotations = serde_json::json!({});
+    let web = |name: &str, host_port| {
+        replica(
+            http_pod(name, &image, &agent.name, port, annotations.clone()),
+            "web",
+            host_port,
+        )
+    };
+    cluster.create_pod(web("web-a", Some(host_port))).await?;
+    cluster.create_pod(web("web-b", None)).await?;
+    let mut ips = Vec::new();
+    for name in ["web-a", "web-b"] {
+        let ready = cluster.wait_pod(name, "Ready", e2e::is_pod_ready()).await?;
+        let ip = pod_ip(&ready);
+        assert!(
+            ip.starts_with(&format!("{}.", network.prefix)),
+            "{name} has an IP of the pod network, not {ip:?}"
+        );
+        let status = ready.status.clone().unwrap_or_default();
+        assert_eq!(
+            status
+                .pod_ips
+                .unwrap_or_default()
+                .first()
+                .map(|p| p.ip.clone()),
+            Some(ip.clone())
+        );
+        assert_eq!(status.host_ip, Some(e2e::node_ip()));
+        ips.push(ip);
+    }
+    assert_ne!(ips[0], ips[1], "each replica has an IP of its own");
+    assert_eq!(network.allocated(), {
+        let mut sorted = ips.clone();
+        sorted.sort();
+        sorted
+    });
+    // Each answers on its own IP at the same port.
+    for ip in &ips {
+        let (code, body) = http_get_at(ip, port, "/").await?;
+        assert_eq!(
+            (code, body.as_str()),
+            (200, "hello from wasi-http\n"),
+            "{ip}"
+        );
+    }
+    // The hostPort reaches web-a through portmap, on an address of the node.
+    let (code, _) = http_get_at(&network.gateway(), host_port, "/via-host-port").await?;
+    assert_eq!(code, 200);
+    let logs = cluster.kubectl(&["logs", "web-a"])?;
+    assert!(logs.contains("/via-host-port"), "{logs}");
+    // A Service selecting both gets both pod IPs as endpoints.
+    create_service(&cluster, "web", port).await?;
+    wait_endpoints(&cluster, "web", &ips).await?;
+
+    // Deleting a replica frees its IP and its namespace.
+    cluster.kubectl(&["delete", "pod", "web-b", "--wait=true"])?;
+    assert_eq!(
+        network.allocated(),
+        vec![ips[0].clone()],
+        "web-b's IP is released"
+    );
+    assert_eq!(
+        pinned_namespaces(&agent).len(),
+        1,
+        "only web-a's namespace is left"
+    );
+
+    // A pod removed while the agent is down is detached when it is back; web-a serves on its
+    // IP throughout (its runtime worker holds its socket) and keeps it.
+    cluster.create_pod(web("web-c", None)).await?;
+    let web_c = cluster
+        .wait_pod("web-c", "Ready", e2e::is_pod_ready())
+        .await?;
+    let web_c_ip = pod_ip(&web_c);
+    agent.crash()?;
+    let (code, _) = http_get_at(&ips[0], port, "/while-the-agent-is-down").await?;
+    assert_eq!(code, 200);
+    cluster.kubectl(&[
+        "delete",
+        "pod",
+        "web-c",
+        "--grace-period=0",
+        "--force",
+        "--wait=true",
+    ])?;
+    agent.start_again().await?;
+    cluster
+        .eventually("web-c's network detached", async || {
+            Ok((!network.allocated().contains(&web_c_ip)).then_some(()))
+        })
+        .await?;
+    let web_a = cluster
+        .wait_pod("web-a", "Ready", e2e::is_pod_ready())
+        .await?;
+    assert_eq!(pod_ip(&web_a), ips[0], "web-a keeps its IP");
+    let (code, _) = http_get_at(&ips[0], port, "/after-the-restart").await?;
+    assert_eq!(code, 200);
+    assert_eq!(pinned_namespaces(&agent).len(), 1);
+
+    cluster.kubectl(&["delete", "pod", "web-a", "--wait=true"])?;
+    assert!(network.allocated().is_empty(), "every IP is released");
+    assert!(pinned_namespaces(&agent).is_empty(), "no namespace is left");
+    let left: Vec<_> = std::fs::read_dir(agent.data_dir.path().join("netns"))?
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "nothing is left in the netns dir: {left:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn actor_replicas_serve_one_port_on_their_own_ips() -> anyhow::Result<()> {
+    let network = TestNetwork::new("e2e-wascc")?;
+    let cluster = Cluster::new("cni-actors").await?;
+    let flags = network.flags();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let agent = NodeAgent::start_provider_with(
+        Provider::Wascc,
+        &cluster,
+        &format!("wascc-{}", cluster.id),
+        &flags,
+    )
+    .await?;
+    let image = cluster
+        .push_actor(
+            "http_actor",
+            "net",
+            Some(&[
+                "wascc:http_server",
+                "wascc:logging",
+                "wascc:keyvalue",
+                "wascc:blobstore",
+            ]),
+        )
+        .await?;
+    let port = 8080;
+    let mut ips = Vec::new();
+    for name in ["actor-a", "actor-b"] {
+        let pod = actor_pod(
+            name,
+            &image,
+            &agent.name,
+            port,
+            serde_json::json!({}),
+            serde_json::json!([]),
+        );
+        cluster.create_pod(replica(pod, "actors", None)).await?;
+    }
+    for name in ["actor-a", "actor-b"] {
+        let ready = cluster.wait_pod(name, "Ready", e2e::is_pod_ready()).await?;
+        ips.push(pod_ip(&ready));
+    }
+    assert_ne!(ips[0], ips[1]);
+    // Each replica is its own actor, with its own state, on its own IP.
+    for ip in &ips {
+        let (code, body) = http_get_at(ip, port, "/count").await?;
+        assert_eq!((code, body.as_str()), (200, "1"), "{ip}");
+    }
+    create_service(&cluster, "actors", port).await?;
+    wait_endpoints(&cluster, "actors", &ips).await?;
+    for name in ["actor-a", "actor-b"] {
+        cluster.kubectl(&["delete", "pod", name, "--wait=true"])?;
+    }
+    assert!(network.allocated().is_empty(), "every IP is released");
+    assert!(pinned_namespaces(&agent).is_empty());
+    Ok(())
+}
