@@ -148,6 +148,18 @@ fn replica(mut pod: Pod, app: &str, host_port: Option<u16>) -> Pod {
     pod
 }
 
+/// `pod` with an HTTP readiness probe, which the node must send to the pod's own IP.
+fn probed(mut pod: Pod, port: u16) -> Pod {
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.containers[0].readiness_probe = serde_json::from_value(serde_json::json!({
+            "httpGet": {"path": "/ready", "port": port},
+            "periodSeconds": 1
+        }))
+        .ok();
+    }
+    pod
+}
+
 /// Waits until the Service `app`'s EndpointSlices list exactly `ips` as ready endpoints.
 async fn wait_endpoints(cluster: &Cluster, app: &str, ips: &[String]) -> anyhow::Result<()> {
     let slices: Api<EndpointSlice> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
@@ -198,11 +210,8 @@ async fn replicas_serve_one_port_on_their_own_ips_and_leave_nothing_behind() -> 
     let [host_port] = free_ports()?;
     let annotations = serde_json::json!({});
     let web = |name: &str, host_port| {
-        replica(
-            http_pod(name, &image, &agent.name, port, annotations.clone()),
-            "web",
-            host_port,
-        )
+        let pod = http_pod(name, &image, &agent.name, port, annotations.clone());
+        probed(replica(pod, "web", host_port), port)
     };
     cluster.create_pod(web("web-a", Some(host_port))).await?;
     cluster.create_pod(web("web-b", None)).await?;
@@ -246,6 +255,10 @@ async fn replicas_serve_one_port_on_their_own_ips_and_leave_nothing_behind() -> 
     assert_eq!(code, 200);
     let logs = cluster.kubectl(&["logs", "web-a"])?;
     assert!(logs.contains("/via-host-port"), "{logs}");
+    assert!(
+        logs.contains("/ready"),
+        "the readiness probe reached the pod: {logs}"
+    );
     // A Service selecting both gets both pod IPs as endpoints.
     create_service(&cluster, "web", port).await?;
     wait_endpoints(&cluster, "web", &ips).await?;
