@@ -2,6 +2,7 @@
 //! `KRUSTLET_E2E_KUBECONFIG` names one), a real registry with the wasm fixtures, node agents
 //! started as real `krustlet-wasi` processes, per-test namespaces, and waits with deadlines.
 
+pub mod cni;
 pub mod metrics_server;
 
 use anyhow::{Context, bail};

@@ -4,112 +4,13 @@
 //! a Service's EndpointSlice and a hostPort, and nothing left behind by deletion or by an
 //! agent's crash.
 
+use e2e::cni::TestNetwork;
 use e2e::{Cluster, NodeAgent, Provider, actor_pod, free_ports, http_get_at, http_pod};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::api::{ListParams, PostParams};
-use std::path::{Path, PathBuf};
-
-/// Where the plugins are: `KRUSTLET_E2E_CNI_BIN_DIR`, else Debian's /usr/lib/cni.
-fn plugin_dir() -> PathBuf {
-    std::env::var_os("KRUSTLET_E2E_CNI_BIN_DIR")
-        .map_or_else(|| PathBuf::from("/usr/lib/cni"), PathBuf::from)
-}
-
-/// A CNI network of the test's own: a bridge on this machine with a /24 of its own, allocated
-/// by host-local in the test's directory, and portmap for hostPorts. The bridge is removed
-/// when dropped.
-struct TestNetwork {
-    dir: tempfile::TempDir,
-    bridge: String,
-    /// The first three octets of the subnet.
-    prefix: String,
-    name: String,
-}
-
-impl TestNetwork {
-    fn new(name: &str) -> anyhow::Result<Self> {
-        let plugins = plugin_dir();
-        anyhow::ensure!(
-            ["bridge", "host-local", "loopback", "portmap"]
-                .iter()
-                .all(|p| plugins.join(p).is_file()),
-            "the CNI plugins are not in {} (apt-get install containernetworking-plugins, or set KRUSTLET_E2E_CNI_BIN_DIR)",
-            plugins.display()
-        );
-        let dir = testkit::scratch::tempdir("krustlet-cni")?;
-        // A subnet and bridge name of this process's own, so that tests side by side never meet.
-        let id = std::process::id() as usize * 7
-            + name.len() * 31
-            + name.bytes().map(usize::from).sum::<usize>();
-        let prefix = format!("10.{}.{}", 100 + id % 100, (id / 100) % 250);
-        let bridge = format!("krt{}", id % 1_000_000_000);
-        let config = serde_json::json!({
-            "cniVersion": "1.0.0",
-            "name": name,
-            "plugins": [
-                {
-                    "type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false,
-                    "ipam": {
-                        "type": "host-local",
-                        "ranges": [[{"subnet": format!("{prefix}.0/24")}]],
-                        "dataDir": dir.path().join("ipam"),
-                    }
-                },
-                {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true}
-            ]
-        });
-        std::fs::create_dir_all(dir.path().join("net.d"))?;
-        std::fs::write(
-            dir.path().join("net.d/10-test.conflist"),
-            serde_json::to_vec_pretty(&config)?,
-        )?;
-        Ok(Self {
-            dir,
-            bridge,
-            prefix,
-            name: name.to_string(),
-        })
-    }
-
-    /// The agent flags that give its node this network.
-    fn flags(&self) -> Vec<String> {
-        vec![
-            "--cni-conf-dir".into(),
-            self.dir.path().join("net.d").display().to_string(),
-            "--cni-bin-dir".into(),
-            plugin_dir().display().to_string(),
-        ]
-    }
-
-    /// The bridge's own address: an address of this machine, where hostPorts are served too.
-    fn gateway(&self) -> String {
-        format!("{}.1", self.prefix)
-    }
-
-    /// The IPs host-local holds for pods right now.
-    fn allocated(&self) -> Vec<String> {
-        let mut ips: Vec<String> = std::fs::read_dir(self.dir.path().join("ipam").join(&self.name))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| n.starts_with(&self.prefix))
-            .collect();
-        ips.sort();
-        ips
-    }
-}
-
-impl Drop for TestNetwork {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["link", "del", &self.bridge])
-            .stderr(std::process::Stdio::null())
-            .status();
-    }
-}
+use std::path::Path;
 
 /// The pod namespaces an agent has pinned in its data dir (mounts of network namespaces).
 fn pinned_namespaces(agent: &NodeAgent) -> Vec<String> {

@@ -61,6 +61,11 @@ struct Args {
     /// HTTP load scenario runs with the last value.
     #[arg(long, value_delimiter = ',', default_value = "0,2")]
     runtime_workers: Vec<usize>,
+    /// Idle HTTP servers to ramp to, in steps, on a node with a CNI network of the bench's own
+    /// (each pod in its own network namespace with its own IP, all on one port; Debian's
+    /// containernetworking-plugins), beside the node-network HTTP density above. 0 skips it.
+    #[arg(long, value_delimiter = ',', default_value = "500")]
+    cni_http_density: Vec<usize>,
 }
 
 /// What one mode's run measured, for the comparison.
@@ -188,23 +193,26 @@ impl Bench {
     /// A cluster and a node agent running its guests in `workers` runtime workers (0: in the
     /// agent's process).
     async fn start(workers: usize) -> anyhow::Result<Self> {
+        Self::start_with(workers, &[]).await
+    }
+
+    /// [`Bench::start`] with extra agent flags.
+    async fn start_with(workers: usize, extra: &[String]) -> anyhow::Result<Self> {
         let cluster = Cluster::new("bench").await?;
         let data_dir = tempfile::Builder::new()
             .prefix("krustlet-bench")
             .tempdir()?;
         let name = format!("bench-node-{workers}");
         let kubeconfig = e2e::node_credentials(&cluster, &name, data_dir.path()).await?;
+        let workers_flag = workers.to_string();
+        let mut flags = vec!["--max-pods", "20000", "--runtime-workers", &workers_flag];
+        flags.extend(extra.iter().map(String::as_str));
         let agent = NodeAgent::start_with_args(
             &cluster,
             &name,
             data_dir,
             e2e::Credentials::Kubeconfig(kubeconfig),
-            &[
-                "--max-pods",
-                "20000",
-                "--runtime-workers",
-                &workers.to_string(),
-            ],
+            &flags,
         )
         .await?;
         let image = cluster.push_guest("wasi-probe").await?;
@@ -409,6 +417,62 @@ fn http_pod(name: &str, image: &str, node: &str, port: u16) -> Pod {
     pod
 }
 
+/// The machine's `MemAvailable`, in KiB.
+fn mem_available_kib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Idle HTTP servers on a node with a CNI network: each pod in its own namespace with its own
+/// IP, all serving one port; then one request to each at its IP.
+async fn cni_scenario(workers: usize, args: &Args) -> anyhow::Result<()> {
+    let network = e2e::cni::TestNetwork::new("bench")?;
+    let bench = Bench::start_with(workers, &network.flags()).await?;
+    let server = bench.cluster.push_component("http_probe").await?;
+    let node = bench.agent.name.clone();
+    const PORT: u16 = 8080;
+    ramp(
+        &bench,
+        "cni",
+        "idle HTTP servers, each in its own network namespace with its own IP (CNI bridge + host-local + portmap), all on port 8080",
+        &args.cni_http_density,
+        args.density_rate,
+        |name, _| http_pod(name, &server, &node, PORT),
+    )
+    .await?;
+    let pods = bench.cluster.pods().list(&ListParams::default()).await?;
+    let mut samples = Vec::with_capacity(pods.items.len());
+    for pod in &pods.items {
+        let ip = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.clone())
+            .unwrap_or_default();
+        let began = Instant::now();
+        let (code, _) = e2e::http_get_at(&ip, PORT, "/").await?;
+        anyhow::ensure!(code == 200, "the server at {ip} answered {code}");
+        samples.push(began.elapsed());
+    }
+    println!("| measure | requests | p50 | p90 | p99 | max |");
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "{}\n",
+        latency_row("first request to each idle server, at its own IP", samples)
+    );
+    let began = Instant::now();
+    bench.delete_all().await?;
+    println!(
+        "Deleting them all (DEL, namespaces removed): {:.1} s; IPs still allocated: {}\n",
+        began.elapsed().as_secs_f64(),
+        network.allocated().len()
+    );
+    Ok(())
+}
+
 /// `n` ports above 20000 that nothing listens on now.
 fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
     let ip = e2e::node_ip();
@@ -437,11 +501,12 @@ async fn ramp(
         bench.mode()
     );
     println!(
-        "| pods | time to reach | node RSS (agent + workers) | RSS per pod | mappings | mappings per pod | node CPU | node | longest lease gap |"
+        "| pods | time to reach | node RSS (agent + workers) | RSS per pod | machine memory per pod | mappings | mappings per pod | node CPU | node | longest lease gap |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let lease = LeaseWatch::start(bench.cluster.client.clone(), &bench.agent.name);
     let (base_rss, base_mappings) = (rss(&pids), mappings(&pids));
+    let base_available = mem_available_kib();
     let mut total = 0;
     let mut per_pod = 0.0;
     for &target in steps.iter().filter(|&&n| n > 0) {
@@ -459,6 +524,10 @@ async fn ramp(
         let cpu_share = cpu_time(&pids).saturating_sub(cpu_before).as_secs_f64() / 10.0;
         let rss = rss(&pids);
         per_pod = (rss.saturating_sub(base_rss)) as f64 / total as f64;
+        // Everything the pods cost the machine, the kernel's share (namespaces, interfaces,
+        // sockets) included.
+        let machine_per_pod =
+            base_available.saturating_sub(mem_available_kib()) as f64 / total as f64;
         let maps = mappings(&pids);
         let maps_per_pod = maps.saturating_sub(base_mappings) as f64 / total as f64;
         let node = kube::Api::<k8s_openapi::api::core::v1::Node>::all(bench.cluster.client.clone())
@@ -467,7 +536,7 @@ async fn ramp(
         let ready =
             kube::runtime::wait::Condition::matches_object(&e2e::is_node_ready(), Some(&node));
         println!(
-            "| {total} | {:.1} s | {:.1} MiB | {per_pod:.1} KiB | {maps} | {maps_per_pod:.2} | {:.0} % | {} | {:.1} s |",
+            "| {total} | {:.1} s | {:.1} MiB | {per_pod:.1} KiB | {machine_per_pod:.1} KiB | {maps} | {maps_per_pod:.2} | {:.0} % | {} | {:.1} s |",
             reached.as_secs_f64(),
             rss as f64 / 1024.0,
             cpu_share * 100.0,
@@ -613,6 +682,9 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     compare(&summaries);
+    if args.cni_http_density.iter().any(|&n| n > 0) {
+        cni_scenario(last, &args).await?;
+    }
 
     // Baseline.
     let module = testkit::fixtures::wasm_module("wasi-probe")?;
