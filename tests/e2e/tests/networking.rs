@@ -177,6 +177,35 @@ async fn replicas_serve_one_port_on_their_own_ips_and_leave_nothing_behind() -> 
         "only web-a's namespace is left"
     );
 
+    // A pod that finishes gives its IP back at once, as the kubelet stops a finished pod's
+    // sandbox; its status keeps the IP it had.
+    let probe = cluster.push_guest("wasi-probe").await?;
+    let mut job = e2e::wasm_pod("job", &probe, &agent.name, &["exit", "0"], "Never");
+    if let Some(spec) = job.spec.as_mut() {
+        spec.containers[0].ports =
+            serde_json::from_value(serde_json::json!([{"containerPort": 9000}]))?;
+    }
+    cluster.create_pod(job).await?;
+    let done = cluster
+        .wait_pod("job", "Succeeded", e2e::has_phase("Succeeded"))
+        .await?;
+    let job_ip = pod_ip(&done);
+    assert!(
+        job_ip.starts_with(&format!("{}.", network.prefix)),
+        "{job_ip:?}"
+    );
+    cluster
+        .eventually("the finished pod's IP released", async || {
+            Ok((!network.allocated().contains(&job_ip)).then_some(()))
+        })
+        .await?;
+    assert_eq!(
+        pinned_namespaces(&agent).len(),
+        1,
+        "only web-a's namespace is left"
+    );
+    cluster.kubectl(&["delete", "pod", "job", "--wait=true"])?;
+
     // A pod removed while the agent is down is detached when it is back; web-a serves on its
     // IP throughout (its runtime worker holds its socket) and keeps it.
     cluster.create_pod(web("web-c", None)).await?;

@@ -79,6 +79,9 @@ pub struct Supervisor<R: Runtime, H: PodHost> {
     placement: Option<Placement>,
     /// When attaching the pod's network is tried again after it failed.
     network_backoff: Backoff,
+    /// Whether the pod's network was detached (the pod finished or is gone); its IPs stay in
+    /// its status.
+    network_released: bool,
     /// A pod-level failure (reason, message), such as DeadlineExceeded.
     failure: Option<(String, String)>,
     /// When the supervisor first saw the pod, until its first app container ran (for the
@@ -135,6 +138,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             mount_backoff: Backoff::restarts(),
             placement: None,
             network_backoff: Backoff::restarts(),
+            network_released: false,
             failure: None,
             seen: Some(Instant::now()),
         }
@@ -203,7 +207,8 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             }
         }
         self.ctx.registry.upsert(&ns, &name, self.pod.clone());
-        if !Self::is_deleting(&self.pod) {
+        let terminal = matches!(recorded.phase.as_deref(), Some("Succeeded" | "Failed"));
+        if !Self::is_deleting(&self.pod) && !terminal {
             // The pod's network comes first, as the kubelet's sandbox does: containers that
             // outlived the agent are followed at their pod's IP again, and a new pod's first
             // start finds it ready. A failure is retried (and reported) by that start.
@@ -243,6 +248,10 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
                 break;
             }
             self.update_finished();
+            if self.finished && matches!(self.placement, Some(Placement::Own(_))) {
+                // As the kubelet stops a finished pod's sandbox: its IPs are free again.
+                self.release_network().await;
+            }
             self.publish().await;
             let next_due = self
                 .init
@@ -730,16 +739,21 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         ips.iter().map(ToString::to_string).collect()
     }
 
-    /// Detaches the pod's own network (its IPs are free again). A failure is logged; the
-    /// attachment is detached again by the next sweep of pods that are gone.
+    /// Detaches the pod's own network (its IPs are free again; its status keeps them, as the
+    /// kubelet's does). A failure is logged; the attachment is detached again when the pod is
+    /// deleted, or by the next sweep of pods that are gone.
     async fn release_network(&mut self) {
         let Some(networks) = &self.ctx.networks else {
             return;
         };
+        if self.network_released {
+            return;
+        }
         let uid = self.pod.uid().unwrap_or_default();
         match networks.detach(&uid).await {
             Ok(()) => {
-                if matches!(self.placement.take(), Some(Placement::Own(_))) {
+                self.network_released = true;
+                if matches!(self.placement, Some(Placement::Own(_))) {
                     tracing::info!("detached the pod's network");
                 }
             }

@@ -115,6 +115,14 @@ impl Link {
         }
     }
 
+    /// Whether the worker, as it last greeted, can do `feature`.
+    pub fn supports(&self, feature: &str) -> bool {
+        self.hello
+            .borrow()
+            .as_ref()
+            .is_some_and(|hello| hello.features.iter().any(|f| f == feature))
+    }
+
     /// How many containers the agent follows here.
     pub fn load(&self) -> usize {
         self.state().followed.len()

@@ -3,7 +3,7 @@
 
 use super::WorkerError;
 use super::link::{Followed, Link, LinkError};
-use super::protocol::{Reply, Request, StartSpec};
+use super::protocol::{self, Reply, Request, StartSpec};
 use super::spawn::Launcher;
 use crate::runtime::{
     ContainerRun, Exit, ModuleBytes, PrepareError, Reattach, Reattached, RunningContainer, Runtime,
@@ -251,11 +251,20 @@ impl Runtime for WorkerPool {
         self.links
             .iter()
             .for_each(|link| link.discard_unclaimed(&run.id));
+        // A pod with a network of its own runs only where the worker can enter it (a worker
+        // of an older build would run the guest on the node's network).
+        let needs = run.network.netns.as_ref().map(|_| protocol::FEATURE_NETNS);
         let link = self
             .links
             .iter()
+            .filter(|link| needs.is_none_or(|feature| link.supports(feature)))
             .min_by_key(|link| link.load())
-            .expect("a pool has at least one worker");
+            .ok_or_else(|| {
+                StartError::node(
+                    "choosing a runtime worker",
+                    "no runtime worker of this node runs pods in network namespaces of their own yet (they are from an older build); restart the agent with --runtime-workers changed, or wait until the old workers have no pods and exit",
+                )
+            })?;
         // The home worker compiled it; this one loads the compiled code from disk.
         Self::prepare_in(link, module).await.map_err(|e| {
             StartError::node(

@@ -17,6 +17,14 @@ use std::path::PathBuf;
 /// version; additions an older peer ignores (new optional fields) do not.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// What this build's workers can do beyond protocol 1 as first defined, told in
+/// [`Hello::features`]: an agent gives a worker only what it says it can do.
+pub const FEATURES: &[&str] = &[FEATURE_NETNS];
+
+/// The worker runs a container's guest inside its pod's network namespace
+/// ([`Network::netns`]); a worker without it would run the guest on the node's network.
+pub const FEATURE_NETNS: &str = "netns";
+
 /// The largest control message either side accepts (a list of 10,000 containers is ~3 MiB).
 pub const MAX_MESSAGE_BYTES: usize = 32 << 20;
 
@@ -174,6 +182,10 @@ pub struct Hello {
     pub version: String,
     /// How many containers the worker can hold, if the runtime knows a limit.
     pub capacity: Option<usize>,
+    /// What it can do beyond the protocol's first definition ([`FEATURES`]); none from a
+    /// worker of a build before features were told.
+    #[serde(default)]
+    pub features: Vec<String>,
     /// Every container the worker holds, running or exited and not yet removed.
     pub containers: Vec<ContainerState>,
 }

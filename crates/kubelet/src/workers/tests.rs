@@ -312,3 +312,85 @@ async fn a_worker_of_another_protocol_is_asked_to_drain() {
     assert!(matches!(drain.request, Request::Drain { .. }), "{drain:?}");
     agent.abort();
 }
+
+#[tokio::test]
+async fn a_pod_network_is_not_given_to_a_worker_that_cannot_enter_it() {
+    use super::protocol::{self, Envelope, FromWorker, Hello, Reply};
+    use futures::{SinkExt, StreamExt};
+    let node = Node::new();
+    std::fs::create_dir_all(node.dir.path().join("workers")).expect("the workers dir");
+    let listener =
+        tokio::net::UnixListener::bind(node.dir.path().join("workers/0.sock")).expect("a socket");
+    let pool = {
+        let node_dir = node.dir.path().to_path_buf();
+        tokio::spawn(async move {
+            WorkerPool::start(PoolOptions {
+                workers: 1,
+                dir: node_dir.join("workers"),
+                launcher: Launcher {
+                    program: "/nonexistent/krustlet".into(),
+                    args: Vec::new(),
+                },
+                max_module_bytes: 1 << 20,
+            })
+            .await
+        })
+    };
+    // A worker of a build before features were told: its greeting has no `features`.
+    let (stream, _) = within("the agent connects", listener.accept())
+        .await
+        .expect("accepted");
+    let mut framed = tokio_util::codec::Framed::new(stream, protocol::codec(1 << 20));
+    let hello: Envelope = serde_json::from_slice(
+        &within("the greeting", framed.next())
+            .await
+            .expect("a frame")
+            .expect("readable"),
+    )
+    .expect("an envelope");
+    let greeting = FromWorker::Reply {
+        id: hello.id,
+        reply: Reply::Hello(Box::new(Hello {
+            protocol: protocol::PROTOCOL_VERSION,
+            pid: 1,
+            arch: "script".into(),
+            version: "old".into(),
+            capacity: None,
+            features: Vec::new(),
+            containers: Vec::new(),
+        })),
+    };
+    let mut old = serde_json::to_value(&greeting).expect("json");
+    let removed = remove_key(&mut old, "features");
+    assert!(removed, "the greeting carried features: {old}");
+    framed
+        .send(bytes::Bytes::from(serde_json::to_vec(&old).expect("json")))
+        .await
+        .expect("sent");
+    let pool = within("the pool starts", pool)
+        .await
+        .expect("joined")
+        .expect("a pool");
+    let mut run = node.run("in-a-pod-network", ["hello", "0", "0"]);
+    run.network.netns = Some("/nonexistent/netns".into());
+    let refused = within("the start", pool.start(&module(), run))
+        .await
+        .err()
+        .expect("refused");
+    assert!(refused.to_string().contains("older build"), "{refused}");
+}
+
+/// Removes `key` wherever it is in `value`; whether it was there.
+fn remove_key(value: &mut serde_json::Value, key: &str) -> bool {
+    match value {
+        serde_json::Value::Object(map) => {
+            let here = map.remove(key).is_some();
+            map.values_mut()
+                .fold(here, |found, v| remove_key(v, key) || found)
+        }
+        serde_json::Value::Array(items) => items
+            .iter_mut()
+            .fold(false, |found, v| remove_key(v, key) || found),
+        _ => false,
+    }
+}

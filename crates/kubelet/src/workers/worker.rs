@@ -105,6 +105,7 @@ impl<R: Runtime> Worker<R> {
             arch: self.runtime.arch().to_string(),
             version: self.runtime.version(),
             capacity: self.runtime.capacity(),
+            features: protocol::FEATURES.iter().map(|f| f.to_string()).collect(),
             containers,
         }
     }
