@@ -373,24 +373,28 @@ async fn a_pod_network_is_not_given_to_a_worker_that_cannot_enter_it() {
         .expect("a pool");
     let mut run = node.run("in-a-pod-network", ["hello", "0", "0"]);
     run.network.netns = Some("/nonexistent/netns".into());
-    let refused = within("the start", pool.start(&module(), run))
-        .await
-        .err()
-        .expect("refused");
+    let Err(refused) = within("the start", pool.start(&module(), run)).await else {
+        panic!("a pod network was given to a worker that cannot enter it");
+    };
     assert!(refused.to_string().contains("older build"), "{refused}");
 }
 
 /// Removes `key` wherever it is in `value`; whether it was there.
 fn remove_key(value: &mut serde_json::Value, key: &str) -> bool {
+    let mut found = false;
     match value {
         serde_json::Value::Object(map) => {
-            let here = map.remove(key).is_some();
-            map.values_mut()
-                .fold(here, |found, v| remove_key(v, key) || found)
+            found = map.remove(key).is_some();
+            for v in map.values_mut() {
+                found |= remove_key(v, key);
+            }
         }
-        serde_json::Value::Array(items) => items
-            .iter_mut()
-            .fold(false, |found, v| remove_key(v, key) || found),
-        _ => false,
+        serde_json::Value::Array(items) => {
+            for v in items {
+                found |= remove_key(v, key);
+            }
+        }
+        _ => {}
     }
+    found
 }
