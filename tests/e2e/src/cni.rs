@@ -82,6 +82,16 @@ impl TestNetwork {
         format!("{}.0.1", self.prefix)
     }
 
+    /// The interfaces (pods' veths) attached to the network's bridge right now.
+    pub fn attached_interfaces(&self) -> Vec<String> {
+        std::fs::read_dir(format!("/sys/class/net/{}/brif", self.bridge))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect()
+    }
+
     /// The IPs host-local holds for pods right now.
     pub fn allocated(&self) -> Vec<String> {
         let mut ips: Vec<String> = std::fs::read_dir(self.dir.path().join("ipam").join(&self.name))

@@ -196,7 +196,8 @@ async fn replicas_serve_one_port_on_their_own_ips_and_leave_nothing_behind() -> 
     );
     cluster
         .eventually("the finished pod's IP released", async || {
-            Ok((!network.allocated().contains(&job_ip)).then_some(()))
+            let released = !network.allocated().contains(&job_ip);
+            Ok((released && pinned_namespaces(&agent).len() == 1).then_some(()))
         })
         .await?;
     assert_eq!(
@@ -227,7 +228,8 @@ async fn replicas_serve_one_port_on_their_own_ips_and_leave_nothing_behind() -> 
     agent.start_again().await?;
     cluster
         .eventually("web-c's network detached", async || {
-            Ok((!network.allocated().contains(&web_c_ip)).then_some(()))
+            let released = !network.allocated().contains(&web_c_ip);
+            Ok((released && pinned_namespaces(&agent).len() == 1).then_some(()))
         })
         .await?;
     let web_a = cluster
@@ -238,8 +240,15 @@ async fn replicas_serve_one_port_on_their_own_ips_and_leave_nothing_behind() -> 
     assert_eq!(code, 200);
     assert_eq!(pinned_namespaces(&agent).len(), 1);
 
+    assert_eq!(
+        network.attached_interfaces().len(),
+        1,
+        "only web-a's veth is left"
+    );
     cluster.kubectl(&["delete", "pod", "web-a", "--wait=true"])?;
     assert!(network.allocated().is_empty(), "every IP is released");
+    let veths = network.attached_interfaces();
+    assert!(veths.is_empty(), "no veth is left: {veths:?}");
     assert!(pinned_namespaces(&agent).is_empty(), "no namespace is left");
     let left: Vec<_> = std::fs::read_dir(agent.data_dir.path().join("netns"))?
         .flatten()
@@ -307,5 +316,6 @@ async fn actor_replicas_serve_one_port_on_their_own_ips() -> anyhow::Result<()> 
     }
     assert!(network.allocated().is_empty(), "every IP is released");
     assert!(pinned_namespaces(&agent).is_empty());
+    assert!(network.attached_interfaces().is_empty(), "no veth is left");
     Ok(())
 }
