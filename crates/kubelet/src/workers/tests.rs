@@ -254,17 +254,28 @@ async fn stopping_a_followed_container_stops_it_in_the_worker() {
     assert!(next.reattach(node.reattach("stopped")).is_none());
 }
 
-#[tokio::test]
-async fn a_worker_of_another_protocol_is_asked_to_drain() {
-    use super::protocol::{self, Envelope, FromWorker, Reply, Request};
-    use futures::{SinkExt, StreamExt};
-    let node = Node::new();
-    std::fs::create_dir_all(node.dir.path().join("workers")).expect("the workers dir");
-    let listener =
-        tokio::net::UnixListener::bind(node.dir.path().join("workers/0.sock")).expect("a socket");
-    let agent = {
+/// The worker's end of a connection to the agent.
+type WorkerEnd =
+    tokio_util::codec::Framed<tokio::net::UnixStream, tokio_util::codec::LengthDelimitedCodec>;
+
+/// A worker scripted by the test, answering on worker 0's socket, and the agent (a pool)
+/// starting against it.
+struct ScriptedWorker {
+    framed:
+        tokio_util::codec::Framed<tokio::net::UnixStream, tokio_util::codec::LengthDelimitedCodec>,
+    /// The agent's greeting, not answered yet.
+    hello: super::protocol::Envelope,
+    pool: tokio::task::JoinHandle<Result<WorkerPool, super::WorkerError>>,
+}
+
+impl ScriptedWorker {
+    /// Listens on `node`'s worker 0 socket, starts a pool there and reads its greeting.
+    async fn greeted(node: &Node) -> Self {
+        std::fs::create_dir_all(node.dir.path().join("workers")).expect("the workers dir");
+        let listener = tokio::net::UnixListener::bind(node.dir.path().join("workers/0.sock"))
+            .expect("a socket");
         let node_dir = node.dir.path().to_path_buf();
-        tokio::spawn(async move {
+        let pool = tokio::spawn(async move {
             WorkerPool::start(PoolOptions {
                 workers: 1,
                 dir: node_dir.join("workers"),
@@ -275,81 +286,75 @@ async fn a_worker_of_another_protocol_is_asked_to_drain() {
                 max_module_bytes: 1 << 20,
             })
             .await
-        })
-    };
-    // An older worker: it refuses the agent's protocol.
-    let (stream, _) = within("the agent connects", listener.accept())
-        .await
-        .expect("accepted");
-    let mut framed = tokio_util::codec::Framed::new(stream, protocol::codec(1 << 20));
-    let hello: Envelope = serde_json::from_slice(
-        &within("the greeting", framed.next())
+        });
+        let (stream, _) = within("the agent connects", listener.accept())
             .await
-            .expect("a frame")
-            .expect("readable"),
-    )
-    .expect("an envelope");
-    assert!(matches!(hello.request, Request::Hello { protocol: 1 }));
+            .expect("accepted");
+        let mut framed = tokio_util::codec::Framed::new(stream, super::protocol::codec(1 << 20));
+        let hello = Self::read(&mut framed).await;
+        Self {
+            framed,
+            hello,
+            pool,
+        }
+    }
+
+    /// The agent's next request.
+    async fn read(framed: &mut WorkerEnd) -> super::protocol::Envelope {
+        use futures::StreamExt;
+        serde_json::from_slice(
+            &within("a request", framed.next())
+                .await
+                .expect("a frame")
+                .expect("readable"),
+        )
+        .expect("an envelope")
+    }
+
+    /// Sends `message` (a reply or notice, as JSON) to the agent.
+    async fn send(&mut self, message: &serde_json::Value) {
+        use futures::SinkExt;
+        self.framed
+            .send(bytes::Bytes::from(
+                serde_json::to_vec(message).expect("json"),
+            ))
+            .await
+            .expect("sent");
+    }
+}
+
+#[tokio::test]
+async fn a_worker_of_another_protocol_is_asked_to_drain() {
+    use super::protocol::{FromWorker, Reply, Request};
+    let node = Node::new();
+    // An older worker: it refuses the agent's protocol.
+    let mut worker = ScriptedWorker::greeted(&node).await;
+    assert!(matches!(
+        worker.hello.request,
+        Request::Hello { protocol: 1 }
+    ));
     let refusal = FromWorker::Reply {
-        id: hello.id,
+        id: worker.hello.id,
         reply: Reply::Refused {
             message: "this worker speaks protocol 0".into(),
         },
     };
-    framed
-        .send(bytes::Bytes::from(
-            serde_json::to_vec(&refusal).expect("json"),
-        ))
-        .await
-        .expect("sent");
-    let drain: Envelope = serde_json::from_slice(
-        &within("the drain", framed.next())
-            .await
-            .expect("a frame")
-            .expect("readable"),
-    )
-    .expect("an envelope");
+    worker
+        .send(&serde_json::to_value(&refusal).expect("json"))
+        .await;
+    let drain = ScriptedWorker::read(&mut worker.framed).await;
     assert!(matches!(drain.request, Request::Drain { .. }), "{drain:?}");
-    agent.abort();
+    worker.pool.abort();
 }
 
 #[tokio::test]
 async fn a_pod_network_is_not_given_to_a_worker_that_cannot_enter_it() {
-    use super::protocol::{self, Envelope, FromWorker, Hello, Reply};
-    use futures::{SinkExt, StreamExt};
+    use super::protocol::{self, FromWorker, Hello, Reply};
     let node = Node::new();
-    std::fs::create_dir_all(node.dir.path().join("workers")).expect("the workers dir");
-    let listener =
-        tokio::net::UnixListener::bind(node.dir.path().join("workers/0.sock")).expect("a socket");
-    let pool = {
-        let node_dir = node.dir.path().to_path_buf();
-        tokio::spawn(async move {
-            WorkerPool::start(PoolOptions {
-                workers: 1,
-                dir: node_dir.join("workers"),
-                launcher: Launcher {
-                    program: "/nonexistent/krustlet".into(),
-                    args: Vec::new(),
-                },
-                max_module_bytes: 1 << 20,
-            })
-            .await
-        })
-    };
     // A worker of a build before features were told: its greeting has no `features`.
-    let (stream, _) = within("the agent connects", listener.accept())
-        .await
-        .expect("accepted");
-    let mut framed = tokio_util::codec::Framed::new(stream, protocol::codec(1 << 20));
-    let hello: Envelope = serde_json::from_slice(
-        &within("the greeting", framed.next())
-            .await
-            .expect("a frame")
-            .expect("readable"),
-    )
-    .expect("an envelope");
+    let mut worker = ScriptedWorker::greeted(&node).await;
     let greeting = FromWorker::Reply {
-        id: hello.id,
+        id: worker.hello.id,
         reply: Reply::Hello(Box::new(Hello {
             protocol: protocol::PROTOCOL_VERSION,
             pid: 1,
@@ -363,11 +368,8 @@ async fn a_pod_network_is_not_given_to_a_worker_that_cannot_enter_it() {
     let mut old = serde_json::to_value(&greeting).expect("json");
     let removed = remove_key(&mut old, "features");
     assert!(removed, "the greeting carried features: {old}");
-    framed
-        .send(bytes::Bytes::from(serde_json::to_vec(&old).expect("json")))
-        .await
-        .expect("sent");
-    let pool = within("the pool starts", pool)
+    worker.send(&old).await;
+    let pool = within("the pool starts", worker.pool)
         .await
         .expect("joined")
         .expect("a pool");
