@@ -49,16 +49,50 @@ fn replica(mut pod: Pod, app: &str, host_port: Option<u16>) -> Pod {
     pod
 }
 
-/// `pod` with an HTTP readiness probe, which the node must send to the pod's own IP.
+/// `pod` with an HTTP readiness probe, a TCP liveness probe and an HTTP postStart hook, which
+/// the node must all send to the pod's own IP (at the node's, nothing listens on `port`).
 fn probed(mut pod: Pod, port: u16) -> Pod {
     if let Some(spec) = pod.spec.as_mut() {
-        spec.containers[0].readiness_probe = serde_json::from_value(serde_json::json!({
+        let container = &mut spec.containers[0];
+        container.readiness_probe = serde_json::from_value(serde_json::json!({
             "httpGet": {"path": "/ready", "port": port},
             "periodSeconds": 1
         }))
         .ok();
+        container.liveness_probe = serde_json::from_value(serde_json::json!({
+            "tcpSocket": {"port": port},
+            "periodSeconds": 1
+        }))
+        .ok();
+        container.lifecycle = serde_json::from_value(serde_json::json!({
+            "postStart": {"httpGet": {"path": "/post-start", "port": port}}
+        }))
+        .ok();
     }
     pod
+}
+
+/// A server on every address of this machine answering each request with the address it came
+/// from; its port.
+async fn echo_peer_server() -> anyhow::Result<(u16, tokio::task::JoinHandle<()>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await?;
+    let port = listener.local_addr()?.port();
+    let server = tokio::spawn(async move {
+        while let Ok((mut stream, peer)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request).await;
+                let body = peer.ip().to_string();
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    Ok((port, server))
 }
 
 /// Waits until the Service `app`'s EndpointSlices list exactly `ips` as ready endpoints.
@@ -105,17 +139,39 @@ async fn replicas_serve_one_port_on_their_own_ips_and_leave_nothing_behind() -> 
     let flags = network.flags();
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let mut agent = cluster.start_node_with(&flags).await?;
+    let node = kube::Api::<k8s_openapi::api::core::v1::Node>::all(cluster.client.clone())
+        .get(&agent.name)
+        .await?;
+    let ready_message = node
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .and_then(|c| c.message)
+        .unwrap_or_default();
+    assert!(
+        ready_message.contains("own IP from CNI network e2e-wasi"),
+        "the node says its pods get their own IPs: {ready_message}"
+    );
     let image = cluster.push_component("http_probe").await?;
     // The same containerPort for every replica, and one of them also on a hostPort.
     let port = 8080;
     let [host_port] = free_ports()?;
-    let annotations = serde_json::json!({});
-    let web = |name: &str, host_port| {
-        let pod = http_pod(name, &image, &agent.name, port, annotations.clone());
+    // web-a may reach a server on the node, at its bridge's address.
+    let (echo_port, echo) = echo_peer_server().await?;
+    let echo_host = format!("{}:{echo_port}", network.gateway());
+    let web = |name: &str, host_port, annotations| {
+        let pod = http_pod(name, &image, &agent.name, port, annotations);
         probed(replica(pod, "web", host_port), port)
     };
-    cluster.create_pod(web("web-a", Some(host_port))).await?;
-    cluster.create_pod(web("web-b", None)).await?;
+    let allowed = serde_json::json!({"krustlet.dev/allowed-outbound-hosts": echo_host});
+    cluster
+        .create_pod(web("web-a", Some(host_port), allowed))
+        .await?;
+    cluster
+        .create_pod(web("web-b", None, serde_json::json!({})))
+        .await?;
     let mut ips = Vec::new();
     for name in ["web-a", "web-b"] {
         let ready = cluster.wait_pod(name, "Ready", e2e::is_pod_ready()).await?;
@@ -157,9 +213,21 @@ async fn replicas_serve_one_port_on_their_own_ips_and_leave_nothing_behind() -> 
     let logs = cluster.kubectl(&["logs", "web-a"])?;
     assert!(logs.contains("/via-host-port"), "{logs}");
     assert!(
-        logs.contains("/ready"),
-        "the readiness probe reached the pod: {logs}"
+        logs.contains("/ready") && logs.contains("/post-start"),
+        "the readiness probe and the postStart hook reached the pod: {logs}"
     );
+    // An allowed destination is reached from the pod's own IP; the allow list still applies.
+    let (code, body) = http_get_at(&ips[0], port, &format!("/fetch/{echo_host}/")).await?;
+    assert_eq!(
+        (code, body.as_str()),
+        (200, format!("fetched 200: {}", ips[0]).as_str())
+    );
+    let (code, body) = http_get_at(&ips[1], port, &format!("/fetch/{echo_host}/")).await?;
+    assert!(
+        code == 502 && body.contains("HttpRequestDenied"),
+        "{code} {body}"
+    );
+    echo.abort();
     // A Service selecting both gets both pod IPs as endpoints.
     create_service(&cluster, "web", port).await?;
     wait_endpoints(&cluster, "web", &ips).await?;
@@ -209,7 +277,9 @@ async fn replicas_serve_one_port_on_their_own_ips_and_leave_nothing_behind() -> 
 
     // A pod removed while the agent is down is detached when it is back; web-a serves on its
     // IP throughout (its runtime worker holds its socket) and keeps it.
-    cluster.create_pod(web("web-c", None)).await?;
+    cluster
+        .create_pod(web("web-c", None, serde_json::json!({})))
+        .await?;
     let web_c = cluster
         .wait_pod("web-c", "Ready", e2e::is_pod_ready())
         .await?;
@@ -236,6 +306,17 @@ async fn replicas_serve_one_port_on_their_own_ips_and_leave_nothing_behind() -> 
         .wait_pod("web-a", "Ready", e2e::is_pod_ready())
         .await?;
     assert_eq!(pod_ip(&web_a), ips[0], "web-a keeps its IP");
+    let restarts = web_a
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.first())
+        .map(|c| c.restart_count);
+    assert_eq!(
+        restarts,
+        Some(0),
+        "the liveness probe reached the pod all along"
+    );
     let (code, _) = http_get_at(&ips[0], port, "/after-the-restart").await?;
     assert_eq!(code, 200);
     assert_eq!(pinned_namespaces(&agent).len(), 1);
@@ -288,6 +369,7 @@ async fn actor_replicas_serve_one_port_on_their_own_ips() -> anyhow::Result<()> 
         .await?;
     let port = 8080;
     let mut ips = Vec::new();
+    let [host_port] = free_ports()?;
     for name in ["actor-a", "actor-b"] {
         let pod = actor_pod(
             name,
@@ -297,7 +379,11 @@ async fn actor_replicas_serve_one_port_on_their_own_ips() -> anyhow::Result<()> 
             serde_json::json!({}),
             serde_json::json!([]),
         );
-        cluster.create_pod(replica(pod, "actors", None)).await?;
+        // actor-a is also served on a hostPort.
+        let host_port = (name == "actor-a").then_some(host_port);
+        cluster
+            .create_pod(replica(pod, "actors", host_port))
+            .await?;
     }
     for name in ["actor-a", "actor-b"] {
         let ready = cluster.wait_pod(name, "Ready", e2e::is_pod_ready()).await?;
@@ -309,6 +395,9 @@ async fn actor_replicas_serve_one_port_on_their_own_ips() -> anyhow::Result<()> 
         let (code, body) = http_get_at(ip, port, "/count").await?;
         assert_eq!((code, body.as_str()), (200, "1"), "{ip}");
     }
+    // The hostPort reaches actor-a (whose count is now 1) through portmap.
+    let (code, body) = http_get_at(&network.gateway(), host_port, "/count").await?;
+    assert_eq!((code, body.as_str()), (200, "2"));
     create_service(&cluster, "actors", port).await?;
     wait_endpoints(&cluster, "actors", &ips).await?;
     for name in ["actor-a", "actor-b"] {

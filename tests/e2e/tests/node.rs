@@ -71,9 +71,17 @@ async fn node_registers_with_taint_labels_capacity_and_conditions() -> anyhow::R
             .any(|a| a.type_ == "InternalIP" && a.address == e2e::node_ip()),
         "{addresses:?}"
     );
-    let conditions: Vec<(String, String)> = status
-        .conditions
-        .unwrap_or_default()
+    let conditions = status.conditions.unwrap_or_default();
+    let ready_message = conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .and_then(|c| c.message.clone())
+        .unwrap_or_default();
+    assert!(
+        ready_message.contains("pods use the node's network (no CNI configuration in"),
+        "the node says where its pods are on the network: {ready_message}"
+    );
+    let conditions: Vec<(String, String)> = conditions
         .into_iter()
         .map(|c| (c.type_, c.status))
         .collect();
