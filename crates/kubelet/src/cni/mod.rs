@@ -193,11 +193,7 @@ impl PodNetworks {
         }
         // A half-made attachment (an agent stopped during ADD) is undone first.
         self.detach(&uid).await?;
-        let args = format!(
-            "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={uid};K8S_POD_UID={uid}",
-            pod.namespace().unwrap_or_default(),
-            pod.name_any()
-        );
+        let args = cni_args(pod, &uid);
         let port_mappings = port_mappings(pod);
         let mut record = Record {
             pod: format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any()),
@@ -320,6 +316,23 @@ fn checked_uid(pod: &Pod) -> Result<String, CniError> {
     Ok(uid)
 }
 
+/// `CNI_ARGS` for `pod`, as the kubelet's runtimes pass them (a name that is not a DNS name,
+/// which the API server would not have let through, is left out rather than passed on).
+fn cni_args(pod: &Pod, uid: &str) -> String {
+    let safe = |value: String| {
+        value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            .then_some(value)
+            .unwrap_or_default()
+    };
+    format!(
+        "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={uid};K8S_POD_UID={uid}",
+        safe(pod.namespace().unwrap_or_default()),
+        safe(pod.name_any())
+    )
+}
+
 /// The network a record was attached with (the current one if the record's cannot be read).
 fn parse_recorded(value: &Value, current: &NetworkConfig) -> NetworkConfig {
     let text = serde_json::to_vec(value).unwrap_or_default();
@@ -425,4 +438,34 @@ async fn run_loopback(command: Command, who: &Attachment<'_>) -> Result<(), CniE
     };
     plugin::call(command, config.as_object().expect("an object"), &lo).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_ports_become_port_mappings_and_names_stay_out_of_other_args() {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "web;K8S_POD_UID=x", "namespace": "prod", "uid": "u-1"},
+            "spec": {"containers": [{"name": "c", "ports": [
+                {"containerPort": 8080, "hostPort": 18080, "protocol": "TCP"},
+                {"containerPort": 9090}
+            ]}]}
+        }))
+        .unwrap();
+        assert_eq!(
+            port_mappings(&pod),
+            vec![
+                json!({"hostPort": 18080, "containerPort": 8080, "protocol": "tcp", "hostIP": ""})
+            ]
+        );
+        assert_eq!(
+            cni_args(&pod, "u-1"),
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=prod;K8S_POD_NAME=;K8S_POD_INFRA_CONTAINER_ID=u-1;K8S_POD_UID=u-1"
+        );
+        let mut odd = pod.clone();
+        odd.metadata.uid = Some("../etc".into());
+        assert!(checked_uid(&odd).is_err());
+    }
 }
