@@ -320,11 +320,14 @@ fn checked_uid(pod: &Pod) -> Result<String, CniError> {
 /// which the API server would not have let through, is left out rather than passed on).
 fn cni_args(pod: &Pod, uid: &str) -> String {
     let safe = |value: String| {
-        value
+        if value
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-            .then_some(value)
-            .unwrap_or_default()
+        {
+            value
+        } else {
+            String::new()
+        }
     };
     format!(
         "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={uid};K8S_POD_UID={uid}",
