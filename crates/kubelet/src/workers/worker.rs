@@ -15,7 +15,7 @@ use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{UnixListener, UnixStream};
@@ -71,7 +71,14 @@ struct Worker<R: Runtime> {
     exited: tokio::sync::Notify,
     /// A usage report waits in the connection's queue.
     usage_queued: AtomicBool,
+    /// Warnings waiting in the connection's queue (at most [`MAX_QUEUED_WARNINGS`]).
+    warnings_queued: AtomicUsize,
 }
+
+/// Warnings that may wait for a slow or stopped agent; more are dropped (each container's are
+/// rate-limited where they are made, and they are only events). Replies and exits are never
+/// dropped: there is one per request, and one per container run.
+const MAX_QUEUED_WARNINGS: usize = 1024;
 
 impl<R: Runtime> Worker<R> {
     fn notify(&self, notice: Notice) {
@@ -336,6 +343,15 @@ async fn forward_warnings<R: Runtime>(
     mut warnings: mpsc::Receiver<crate::runtime::Warning>,
 ) {
     while let Some(warning) = warnings.recv().await {
+        let queued = worker.warnings_queued.fetch_add(1, Ordering::AcqRel);
+        if queued >= MAX_QUEUED_WARNINGS {
+            worker.warnings_queued.fetch_sub(1, Ordering::AcqRel);
+            tracing::debug!(
+                container,
+                "dropped a warning: the agent is not reading them"
+            );
+            continue;
+        }
         worker.notify(Notice::Warning {
             container: container.clone(),
             reason: warning.reason.into_owned(),
@@ -364,6 +380,7 @@ pub async fn serve<R: Runtime>(runtime: R, options: WorkerOptions) -> Result<(),
         draining: CancellationToken::new(),
         exited: tokio::sync::Notify::new(),
         usage_queued: AtomicBool::new(false),
+        warnings_queued: AtomicUsize::new(0),
     });
     tracing::info!(socket = %options.socket.display(), pid = std::process::id(), "runtime worker serving");
     let mut usage = tokio::time::interval(USAGE_INTERVAL);
@@ -456,6 +473,7 @@ async fn serve_agent<R: Runtime>(worker: Arc<Worker<R>>, stream: UnixStream, max
     let (outbox, mut outgoing) = mpsc::unbounded_channel::<FromWorker>();
     // A new connection hears every container's usage: no report of an old one is waiting.
     worker.usage_queued.store(false, Ordering::Release);
+    worker.warnings_queued.store(0, Ordering::Release);
     let writer_worker = worker.clone();
     let writer = tokio::spawn(async move {
         while let Some(message) = outgoing.recv().await {
@@ -465,6 +483,17 @@ async fn serve_agent<R: Runtime>(worker: Arc<Worker<R>>, stream: UnixStream, max
                     notice: Notice::Usage { .. }
                 }
             );
+            if let FromWorker::Notice {
+                notice: Notice::Warning { .. },
+            } = &message
+            {
+                // Saturating: the count was reset when this connection began.
+                let _ = writer_worker.warnings_queued.fetch_update(
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                    |n| Some(n.saturating_sub(1)),
+                );
+            }
             let Ok(json) = serde_json::to_vec(&message) else {
                 continue;
             };
