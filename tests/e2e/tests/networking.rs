@@ -306,6 +306,11 @@ async fn replicas_serve_one_port_on_their_own_ips_and_leave_nothing_behind() -> 
         .wait_pod("web-a", "Ready", e2e::is_pod_ready())
         .await?;
     assert_eq!(pod_ip(&web_a), ips[0], "web-a keeps its IP");
+    let log = agent.log();
+    assert!(
+        !log.contains("not as it was set up"),
+        "CHECK found web-a's network as ADD made it: {log}"
+    );
     let restarts = web_a
         .status
         .as_ref()
