@@ -352,8 +352,15 @@ fn takes_prev_result(version: &str) -> bool {
     supports_check(version)
 }
 
+/// The pod's address from an ADD result: its first IP of each family, in the result's order
+/// (the API server takes at most one pod IP per family, as the kubelet reports them).
 fn address(netns: &Path, result: &Value, network: &str) -> Result<PodAddress, CniError> {
-    let ips = plugin::addresses(result);
+    let mut ips: Vec<IpAddr> = Vec::new();
+    for ip in plugin::addresses(result) {
+        if !ips.iter().any(|known| known.is_ipv4() == ip.is_ipv4()) {
+            ips.push(ip);
+        }
+    }
     if ips.is_empty() {
         return Err(CniError::NoAddress(network.to_string()));
     }
@@ -466,6 +473,18 @@ mod tests {
         assert_eq!(
             cni_args(&pod, "u-1"),
             "IgnoreUnknown=1;K8S_POD_NAMESPACE=prod;K8S_POD_NAME=;K8S_POD_INFRA_CONTAINER_ID=u-1;K8S_POD_UID=u-1"
+        );
+        let result = json!({"ips": [
+            {"address": "10.1.0.5/24"}, {"address": "10.2.0.5/24"}, {"address": "fd00::5/64"}
+        ]});
+        let address = address(Path::new("/n"), &result, "net").unwrap();
+        assert_eq!(
+            address.ips,
+            [
+                "10.1.0.5".parse::<IpAddr>().unwrap(),
+                "fd00::5".parse().unwrap()
+            ],
+            "one IP per family"
         );
         let mut odd = pod.clone();
         odd.metadata.uid = Some("../etc".into());
