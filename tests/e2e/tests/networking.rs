@@ -73,7 +73,7 @@ fn probed(mut pod: Pod, port: u16) -> Pod {
 }
 
 /// A server on every address of this machine answering each request with the address it came
-/// from; its port.
+/// from (as the body, and as the status line's reason); its port.
 async fn echo_peer_server() -> anyhow::Result<(u16, tokio::task::JoinHandle<()>)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await?;
@@ -85,7 +85,7 @@ async fn echo_peer_server() -> anyhow::Result<(u16, tokio::task::JoinHandle<()>)
                 let _ = stream.read(&mut request).await;
                 let body = peer.ip().to_string();
                 let answer = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    "HTTP/1.1 200 {body}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()
                 );
                 let _ = stream.write_all(answer.as_bytes()).await;
@@ -227,6 +227,35 @@ async fn replicas_serve_one_port_on_their_own_ips_and_leave_nothing_behind() -> 
         code == 502 && body.contains("HttpRequestDenied"),
         "{code} {body}"
     );
+    // A WASI command's own socket (wasi:sockets) also leaves from its pod's IP: a pod that may
+    // reach a destination gets a network of its own even without a port.
+    let client = cluster.push_component("wasi-probe").await?;
+    let mut connect = e2e::wasm_pod(
+        "client",
+        &client,
+        &agent.name,
+        &["connect", &echo_host],
+        "Never",
+    );
+    connect.metadata.annotations = Some(
+        [(
+            "krustlet.dev/allowed-outbound-hosts".to_string(),
+            echo_host.clone(),
+        )]
+        .into(),
+    );
+    cluster.create_pod(connect).await?;
+    let connected = cluster
+        .wait_pod("client", "Succeeded", e2e::has_phase("Succeeded"))
+        .await?;
+    let client_ip = pod_ip(&connected);
+    assert!(
+        client_ip.starts_with(&format!("{}.", network.prefix)),
+        "{client_ip:?}"
+    );
+    let logs = cluster.kubectl(&["logs", "client"])?;
+    assert_eq!(logs.trim(), format!("HTTP/1.1 200 {client_ip}"));
+    cluster.kubectl(&["delete", "pod", "client", "--wait=true"])?;
     echo.abort();
     // A Service selecting both gets both pod IPs as endpoints.
     create_service(&cluster, "web", port).await?;
@@ -306,11 +335,16 @@ async fn replicas_serve_one_port_on_their_own_ips_and_leave_nothing_behind() -> 
         .wait_pod("web-a", "Ready", e2e::is_pod_ready())
         .await?;
     assert_eq!(pod_ip(&web_a), ips[0], "web-a keeps its IP");
+    // CHECK finds web-a's network as ADD made it; the one exception is a bug of Debian's
+    // portmap 1.1.1, whose CHECK looks for IPv6 rules an IPv4-only pod never had
+    // (containernetworking/plugins#819, fixed upstream since).
     let log = agent.log();
-    assert!(
-        !log.contains("not as it was set up"),
-        "CHECK found web-a's network as ADD made it: {log}"
-    );
+    let mismatches: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("not as it was set up"))
+        .filter(|l| !l.contains("could not check ipv6 dnat"))
+        .collect();
+    assert!(mismatches.is_empty(), "{mismatches:#?}");
     let restarts = web_a
         .status
         .as_ref()
