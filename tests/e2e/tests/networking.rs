@@ -227,6 +227,27 @@ async fn replicas_serve_one_port_on_their_own_ips_and_leave_nothing_behind() -> 
         code == 502 && body.contains("HttpRequestDenied"),
         "{code} {body}"
     );
+    // A hostNetwork pod stays on the node's network, with the node's IP.
+    let [node_port] = free_ports()?;
+    let mut on_node = http_pod(
+        "on-node",
+        &image,
+        &agent.name,
+        node_port,
+        serde_json::json!({}),
+    );
+    if let Some(spec) = on_node.spec.as_mut() {
+        spec.host_network = Some(true);
+    }
+    cluster.create_pod(on_node).await?;
+    let on_node = cluster
+        .wait_pod("on-node", "Ready", e2e::is_pod_ready())
+        .await?;
+    assert_eq!(pod_ip(&on_node), e2e::node_ip());
+    let (code, _) = e2e::http_get(node_port, "/").await?;
+    assert_eq!(code, 200);
+    cluster.kubectl(&["delete", "pod", "on-node", "--wait=true"])?;
+
     // A WASI command's own socket (wasi:sockets) also leaves from its pod's IP: a pod that may
     // reach a destination gets a network of its own even without a port.
     let client = cluster.push_component("wasi-probe").await?;
