@@ -24,6 +24,10 @@ use std::path::{Path, PathBuf};
 /// The interface each pod's network gives it, as on every Kubernetes node.
 pub const POD_INTERFACE: &str = "eth0";
 
+/// Pods whose plugins run at once (ADD, CHECK or DEL); the others wait their turn. Each plugin
+/// is a process of some 10-20 MiB: a thousand pods created at once must not fork a thousand.
+pub const MAX_PARALLEL_ATTACHMENTS: usize = 8;
+
 /// Why a pod's network could not be set up or taken down.
 #[derive(Debug, thiserror::Error)]
 pub enum CniError {
@@ -106,6 +110,8 @@ pub struct PodNetworks {
     bin_dirs: Vec<PathBuf>,
     /// `<data-dir>/netns`: a namespace file and a record per pod.
     dir: PathBuf,
+    /// Turns to run plugins ([`MAX_PARALLEL_ATTACHMENTS`]).
+    turns: tokio::sync::Semaphore,
 }
 
 impl PodNetworks {
@@ -125,6 +131,7 @@ impl PodNetworks {
             network,
             bin_dirs,
             dir,
+            turns: tokio::sync::Semaphore::new(MAX_PARALLEL_ATTACHMENTS),
         }))
     }
 
@@ -176,6 +183,7 @@ impl PodNetworks {
         {
             let network = parse_recorded(&network, &self.network);
             if !network.disable_check && supports_check(&network.cni_version) {
+                let _turn = self.turn().await;
                 let who = self.attachment(&uid, &netns, &args);
                 if let Err(e) = run_chain(
                     Command::Check,
@@ -209,6 +217,7 @@ impl PodNetworks {
         )))?;
         let who = self.attachment(&uid, &netns, &args);
         let added = async {
+            let _turn = self.turn().await;
             run_loopback(Command::Add, &who).await?;
             run_chain(Command::Add, &self.network, &who, &port_mappings, None).await
         }
@@ -234,6 +243,7 @@ impl PodNetworks {
     pub async fn detach(&self, uid: &str) -> Result<(), CniError> {
         let netns = self.netns_path(uid);
         if let Some(record) = self.read_record(uid) {
+            let _turn = self.turn().await;
             let network = parse_recorded(&record.network, &self.network);
             let who = self.attachment(uid, &netns, &record.args);
             run_chain(
@@ -285,6 +295,14 @@ impl PodNetworks {
                 }
             }
         }
+    }
+
+    /// A turn to run plugins (the semaphore is never closed).
+    async fn turn(&self) -> tokio::sync::SemaphorePermit<'_> {
+        self.turns
+            .acquire()
+            .await
+            .expect("the semaphore is never closed")
     }
 
     fn attachment<'a>(&'a self, uid: &'a str, netns: &'a Path, args: &'a str) -> Attachment<'a> {
