@@ -37,7 +37,10 @@ impl TestNetwork {
         let id = std::process::id() as usize * 7
             + name.len() * 31
             + name.bytes().map(usize::from).sum::<usize>();
-        let prefix = format!("10.{}", 100 + id % 150);
+        // 10.150.0.0-10.199.255.255: clear of the ranges clusters use by default (Services'
+        // 10.96.0.0/12, flannel's and kind's 10.244.0.0/16, k3s's 10.42-43), so that the test
+        // machine's routes to a real cluster never meet the test's bridge.
+        let prefix = format!("10.{}", 150 + id % 50);
         let bridge = format!("krt{}", id % 1_000_000_000);
         let config = serde_json::json!({
             "cniVersion": "1.0.0",
