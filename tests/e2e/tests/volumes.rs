@@ -366,6 +366,22 @@ async fn mounted_config_maps_and_secrets_follow_their_updates() -> anyhow::Resul
         .map(|c| c.restart_count)
         .collect();
     assert_eq!(restarts, [0, 0]);
+    // The objects are kept by watches, as the kubelet's watch-based manager keeps them: volume
+    // syncs (every second here) read no ConfigMap or Secret from the API server. (Counted by
+    // the stand-in; a real cluster does not tell.)
+    if let Some(standin) = cluster.standin() {
+        let node = format!("system:node:{}", agent.name);
+        let before = standin.request_counts(&node).config_reads;
+        let window = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+        while tokio::time::Instant::now() < window {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            let reads = standin.request_counts(&node).config_reads;
+            assert_eq!(
+                reads, before,
+                "volume syncs read ConfigMaps or Secrets again"
+            );
+        }
+    }
     Ok(())
 }
 

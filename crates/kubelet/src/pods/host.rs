@@ -16,6 +16,8 @@ use std::future::Future;
 use std::sync::Mutex;
 use tokio_util::task::AbortOnDropHandle;
 
+use super::object_cache::ObjectCache;
+
 /// An event about a pod (or one of its containers).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodEvent {
@@ -121,60 +123,8 @@ pub struct ApiHost {
     _watching_services: AbortOnDropHandle<()>,
     /// (pod uid, reason, message) -> (event name, count), to aggregate repeats as the kubelet does.
     recorded: Mutex<HashMap<EventKey, (String, i32)>>,
-    config_maps: Recent<ConfigMap>,
-    secrets: Recent<Secret>,
-}
-
-/// How long a read ConfigMap or Secret answers again: the pods that sync their volumes in the
-/// same second (every pod mounts its namespace's kube-root-ca.crt) share one read.
-const RECENT: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// One read object (`None`: not found) and when it was read.
-type Read<K> = (std::time::Instant, Option<K>);
-
-/// Objects read in the last [`RECENT`], by namespace and name.
-struct Recent<K>(Mutex<HashMap<(String, String), Read<K>>>);
-
-impl<K> Default for Recent<K> {
-    fn default() -> Self {
-        Self(Mutex::default())
-    }
-}
-
-impl<
-    K: Clone
-        + kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-> Recent<K>
-where
-    K::DynamicType: Default,
-{
-    async fn get(&self, client: &kube::Client, ns: &str, name: &str) -> Result<Option<K>, String> {
-        let key = (ns.to_string(), name.to_string());
-        let now = std::time::Instant::now();
-        {
-            let mut recent = self.0.lock().unwrap_or_else(|p| p.into_inner());
-            recent.retain(|_, (read, _)| now.duration_since(*read) < RECENT);
-            if let Some((_, object)) = recent.get(&key) {
-                return Ok(object.clone());
-            }
-        }
-        let object = Api::<K>::namespaced(client.clone(), ns)
-            .get_opt(name)
-            .await
-            .map_err(|e| {
-                format!(
-                    "reading {} {ns}/{name}: {e}",
-                    K::kind(&Default::default()).to_lowercase()
-                )
-            })?;
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, (now, object.clone()));
-        Ok(object)
-    }
+    config_maps: ObjectCache<ConfigMap>,
+    secrets: ObjectCache<Secret>,
 }
 
 impl ApiHost {
@@ -195,8 +145,8 @@ impl ApiHost {
             client,
             node_name,
             recorded: Mutex::default(),
-            config_maps: Recent::default(),
-            secrets: Recent::default(),
+            config_maps: ObjectCache::default(),
+            secrets: ObjectCache::default(),
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod host;
 pub mod host_path;
 pub mod lifecycle;
 pub mod network;
+mod object_cache;
 pub mod probes;
 pub mod registry;
 pub mod resources;

@@ -51,7 +51,12 @@ fn count(shared: &Shared, who: &Identity, method: &hyper::Method, path: &str, qu
         {
             counts.watches += 1
         }
-        hyper::Method::GET | hyper::Method::HEAD => counts.reads += 1,
+        hyper::Method::GET | hyper::Method::HEAD => {
+            counts.reads += 1;
+            if path.contains("/configmaps") || path.contains("/secrets") {
+                counts.config_reads += 1;
+            }
+        }
         _ if path.contains("/events") => counts.event_writes += 1,
         _ => counts.writes += 1,
     }

@@ -56,6 +56,8 @@ pub struct Shared {
 pub struct RequestCounts {
     /// GETs that are not watches (gets and lists).
     pub reads: u64,
+    /// Of those, reads of ConfigMaps and Secrets.
+    pub config_reads: u64,
     /// Watches opened.
     pub watches: u64,
     /// Creates, updates, patches and deletes, except of events.
