@@ -270,8 +270,9 @@ impl PodNetworks {
     }
 
     /// Detaches every pod attached on this node whose uid is not in `pods` (removed while no
-    /// agent ran, or whose DEL failed before). Attachments made since `since` are left alone:
-    /// their pods came after `pods` was taken.
+    /// agent ran, or whose DEL failed before). Attachments recorded since `since` are left
+    /// alone: their pods came after `pods` was taken. (A record is written before its
+    /// namespace is made and removed after it is gone, so the records name every attachment.)
     pub async fn sweep(&self, pods: &HashSet<String>, since: std::time::SystemTime) {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return;
@@ -285,7 +286,7 @@ impl PodNetworks {
             })
             .filter_map(|e| e.file_name().into_string().ok())
             .filter(|name| !name.starts_with('.'))
-            .map(|name| name.trim_end_matches(".json").to_string())
+            .filter_map(|name| name.strip_suffix(".json").map(str::to_string))
             .collect();
         for uid in attached.difference(pods) {
             match self.detach(uid).await {
