@@ -216,6 +216,14 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pod");
+        // Unpinned also when an assertion fails.
+        struct Pinned(PathBuf);
+        impl Drop for Pinned {
+            fn drop(&mut self) {
+                let _ = remove(&self.0);
+            }
+        }
+        let _pinned = Pinned(path.clone());
         create(&path).unwrap();
         create(&path).unwrap();
         assert!(is_namespace(&path));

@@ -1067,6 +1067,12 @@ impl Drop for NodeAgent {
                 .args(["-KILL", &pid.to_string()])
                 .status();
         }
+        // Pods' network namespaces a test did not get to delete (it failed) are unpinned, so
+        // that they end with the workers and the data dir can go.
+        let netns = self.data_dir.path().join("netns");
+        for entry in std::fs::read_dir(netns).into_iter().flatten().flatten() {
+            let _ = kubelet::netns::remove(&entry.path());
+        }
         delete_quietly(&self.admin, &["node", &self.name]);
     }
 }
