@@ -1251,6 +1251,19 @@ pub fn is_waiting(reason: &'static str) -> impl Condition<Pod> {
     }
 }
 
+/// The pod's first container cannot get its image: `ErrImagePull`, or `ImagePullBackOff` once
+/// the failure repeats. For a test that looks after doing other things, by which time the
+/// first failure may have turned into the back-off (whose message names the same cause).
+pub fn is_failing_to_pull() -> impl Condition<Pod> {
+    |pod: Option<&Pod>| {
+        let reason = pod
+            .and_then(container_state)
+            .and_then(|s| s.waiting)
+            .and_then(|w| w.reason);
+        matches!(reason.as_deref(), Some("ErrImagePull" | "ImagePullBackOff"))
+    }
+}
+
 /// Credentials for `system:node:<name>` obtained the way any client can: a CSR to the
 /// `kubernetes.io/kube-apiserver-client-kubelet` signer, approved by the admin, then signed by
 /// the cluster. Returns a kubeconfig path.

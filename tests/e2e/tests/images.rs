@@ -181,7 +181,7 @@ async fn image_indexes_and_digest_references() -> anyhow::Result<()> {
         .clone();
     assert!(image_id.ends_with(&wasm_digest), "{image_id}");
     let refused = cluster
-        .wait_pod("linuxonly", "ErrImagePull", is_waiting("ErrImagePull"))
+        .wait_pod("linuxonly", "failing to pull", e2e::is_failing_to_pull())
         .await?;
     let message = waiting_message(&refused);
     assert!(
@@ -189,7 +189,7 @@ async fn image_indexes_and_digest_references() -> anyhow::Result<()> {
         "{message}"
     );
     cluster
-        .wait_pod("wrongdigest", "ErrImagePull", is_waiting("ErrImagePull"))
+        .wait_pod("wrongdigest", "failing to pull", e2e::is_failing_to_pull())
         .await?;
     Ok(())
 }
@@ -252,7 +252,7 @@ async fn wasi_platform_images_run_their_wasm_entrypoint() -> anyhow::Result<()> 
         assert_eq!(cluster.kubectl(&["logs", name])?, format!("{name}\n"));
     }
     let lost = cluster
-        .wait_pod("lost", "ErrImagePull", is_waiting("ErrImagePull"))
+        .wait_pod("lost", "failing to pull", e2e::is_failing_to_pull())
         .await?;
     let message = waiting_message(&lost);
     assert!(
