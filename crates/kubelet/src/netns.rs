@@ -163,20 +163,20 @@ impl PodNetns {
     }
 }
 
-/// A future whose every poll runs inside a pod's network namespace (or, without one, in the
-/// node's network, as before).
-pub struct InNetns<F> {
-    netns: Option<Arc<PodNetns>>,
-    inner: Pin<Box<F>>,
+pin_project_lite::pin_project! {
+    /// A future whose every poll runs inside a pod's network namespace (or, without one, in
+    /// the node's network, as before, at no cost).
+    pub struct InNetns<F> {
+        netns: Option<Arc<PodNetns>>,
+        #[pin]
+        inner: F,
+    }
 }
 
 impl<F: Future> InNetns<F> {
     /// `inner`, polled inside `netns` when there is one.
     pub fn new(netns: Option<Arc<PodNetns>>, inner: F) -> Self {
-        Self {
-            netns,
-            inner: Box::pin(inner),
-        }
+        Self { netns, inner }
     }
 }
 
@@ -184,11 +184,12 @@ impl<F: Future> Future for InNetns<F> {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let this = self.get_mut();
-        let Some(netns) = &this.netns else {
-            return this.inner.as_mut().poll(cx);
+        let this = self.project();
+        let Some(netns) = this.netns.as_ref() else {
+            return this.inner.poll(cx);
         };
-        match netns.enter(|| this.inner.as_mut().poll(cx)) {
+        let inner = this.inner;
+        match netns.enter(|| inner.poll(cx)) {
             Ok(polled) => polled,
             // Running the guest's work in the node's network instead would hand it the
             // node's; its task ends here, which its container reports as a failure.

@@ -1086,6 +1086,16 @@ pub fn is_node_ready() -> impl Condition<Node> {
     }
 }
 
+/// The message of node `node`'s Ready condition (empty when it has none).
+pub fn ready_message(node: &Node) -> String {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+        .and_then(|c| c.message.clone())
+        .unwrap_or_default()
+}
+
 /// The pod's Ready condition is True.
 pub fn is_pod_ready() -> impl Condition<Pod> {
     |pod: Option<&Pod>| {

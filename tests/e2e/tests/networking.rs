@@ -142,14 +142,7 @@ async fn replicas_serve_one_port_on_their_own_ips_and_leave_nothing_behind() -> 
     let node = kube::Api::<k8s_openapi::api::core::v1::Node>::all(cluster.client.clone())
         .get(&agent.name)
         .await?;
-    let ready_message = node
-        .status
-        .and_then(|s| s.conditions)
-        .unwrap_or_default()
-        .into_iter()
-        .find(|c| c.type_ == "Ready")
-        .and_then(|c| c.message)
-        .unwrap_or_default();
+    let ready_message = e2e::ready_message(&node);
     assert!(
         ready_message.contains("own IP from CNI network e2e-wasi"),
         "the node says its pods get their own IPs: {ready_message}"

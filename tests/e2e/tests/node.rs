@@ -72,11 +72,7 @@ async fn node_registers_with_taint_labels_capacity_and_conditions() -> anyhow::R
         "{addresses:?}"
     );
     let conditions = status.conditions.unwrap_or_default();
-    let ready_message = conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .and_then(|c| c.message.clone())
-        .unwrap_or_default();
+    let ready_message = e2e::ready_message(&node);
     assert!(
         ready_message.contains("pods use the node's network (no CNI configuration in"),
         "the node says where its pods are on the network: {ready_message}"
