@@ -117,11 +117,14 @@ async fn certificates_are_renewed_while_a_pod_keeps_running() -> anyhow::Result<
             })
             .await?;
         let csr_name = pending.metadata.name.clone().unwrap_or_default();
-        let logged = std::fs::read_to_string(&log).unwrap_or_default();
-        assert!(
-            logged.contains(&csr_name),
-            "the agent's log names the CSR to approve:\n{logged}"
-        );
+        // The agent logs the name once the API server has answered its create, which may be
+        // just after the CSR is visible here.
+        cluster
+            .eventually("the agent's log to name the CSR to approve", async || {
+                let logged = std::fs::read_to_string(&log).unwrap_or_default();
+                Ok(logged.contains(&csr_name).then_some(()))
+            })
+            .await?;
         e2e::approve_csr(&cluster, &csr_name).await
     };
     let (agent, ()) = tokio::try_join!(start, operator)?;

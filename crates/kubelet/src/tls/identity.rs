@@ -16,6 +16,10 @@ use std::time::{Duration, SystemTime};
 #[derive(Debug)]
 struct Current {
     key: Arc<CertifiedKey>,
+    /// The start of its validity, or when it was received if that is later: signers backdate
+    /// certificates (kube-controller-manager by 5 minutes, also for short signing durations),
+    /// and a lifetime counted from a backdated start would make a fresh short-lived
+    /// certificate due for renewal at once, over and over.
     not_before: SystemTime,
     not_after: SystemTime,
 }
@@ -51,7 +55,11 @@ impl NodeCertificate {
 
     /// Makes `issued` the current certificate, writing it to the file first.
     pub fn install(&self, issued: &Issued) -> Result<(), CertificateError> {
-        let current = parse(&issued.cert_pem, &issued.key_pem)?;
+        let mut current = parse(&issued.cert_pem, &issued.key_pem)?;
+        current.not_before = current
+            .not_before
+            .max(SystemTime::now())
+            .min(current.not_after);
         if let Some(file) = &self.file {
             write_private(file, issued.combined_pem().as_bytes())?;
         }
@@ -59,7 +67,8 @@ impl NodeCertificate {
         Ok(())
     }
 
-    /// When the current certificate is valid: `(not before, not after)`.
+    /// When the current certificate is valid: `(not before, not after)`, where a certificate
+    /// installed by [`install`](Self::install) counts as valid from then at the earliest.
     pub fn validity(&self) -> Option<(SystemTime, SystemTime)> {
         self.read(|c| (c.not_before, c.not_after))
     }
@@ -145,4 +154,45 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), CertificateError> 
     std::fs::write(&tmp, bytes).map_err(err)?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
     std::fs::rename(&tmp, path).map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::rotation::renewal_time;
+
+    /// A certificate backdated to 2000 and valid until two days from now.
+    fn backdated() -> Issued {
+        let tomorrow = jiff::Zoned::now().date().tomorrow().unwrap();
+        let after = tomorrow.tomorrow().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["node".to_string()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+        params.not_after = rcgen::date_time_ymd(
+            i32::from(after.year()),
+            u8::try_from(after.month()).unwrap(),
+            u8::try_from(after.day()).unwrap(),
+        );
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
+    #[test]
+    fn a_backdated_certificate_is_not_due_for_renewal_when_it_arrives() {
+        let certificate = NodeCertificate {
+            file: None,
+            current: RwLock::new(None),
+        };
+        let before = SystemTime::now() - Duration::from_secs(1);
+        certificate.install(&backdated()).unwrap();
+        let (not_before, not_after) = certificate.validity().unwrap();
+        assert!(not_before >= before, "counted from when it arrived");
+        assert!(
+            renewal_time(not_before, not_after, 0.7)
+                > SystemTime::now() + Duration::from_secs(3600)
+        );
+    }
 }
