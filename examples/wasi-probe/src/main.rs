@@ -7,7 +7,7 @@
 //! file of that many MiB), `follow PATH` (print the file's content now and whenever it
 //! changes, without end), `spew MIB` (write that many MiB to stdout as one line, without a
 //! newline until the end), `tick MS` (print `tick N`, N counting from 0, every MS milliseconds,
-//! without end).
+//! without end), `await PATH` (wait until the path exists).
 //! A step that fails prints why on stderr and exits 2.
 
 use std::io::Write;
@@ -42,6 +42,12 @@ fn main() {
                 let mut x: u64 = 0;
                 loop {
                     x = std::hint::black_box(x.wrapping_add(1));
+                }
+            }
+            "await" => {
+                let path = next("await");
+                while !std::path::Path::new(&path).exists() {
+                    std::thread::sleep(Duration::from_millis(50));
                 }
             }
             "exit" => std::process::exit(next("exit").parse().unwrap_or_else(|e| fail("exit", e))),

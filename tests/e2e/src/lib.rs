@@ -621,7 +621,25 @@ pub fn agent_binary(provider: Provider) -> anyhow::Result<PathBuf> {
             } else {
                 "release"
             };
-            let status = Command::new(cargo)
+            // Without the variables cargo sets for this test (CARGO_PKG_*, CARGO_MANIFEST_DIR,
+            // ...), which build scripts (ring's) watch: with them, every test run would rebuild
+            // what the next `cargo test` rebuilds back.
+            let mut command = Command::new(cargo);
+            for (name, _) in std::env::vars_os() {
+                let name_str = name.to_string_lossy();
+                if name_str.starts_with("CARGO_PKG_")
+                    || name_str.starts_with("CARGO_MANIFEST_")
+                    || [
+                        "CARGO_CRATE_NAME",
+                        "CARGO_PRIMARY_PACKAGE",
+                        "CARGO_TARGET_TMPDIR",
+                    ]
+                    .contains(&name_str.as_ref())
+                {
+                    command.env_remove(&name);
+                }
+            }
+            let status = command
                 .args(["build", "--quiet", "--profile", profile])
                 .args([
                     "-p",

@@ -100,15 +100,23 @@ async fn guests_run_on_through_an_agent_crash_and_a_restart_with_new_flags() -> 
             serde_json::json!({}),
         ))
         .await?;
-    cluster
-        .create_pod(wasm_pod(
-            "late",
-            &probe,
-            &agent.name,
-            &["sleep", "4000", "print", "done", "exit", "3"],
-            "Never",
-        ))
-        .await?;
+    // The late guest ends when the test lets it: once the agent is down.
+    let signal = tempfile::tempdir()?;
+    let mut late = wasm_pod(
+        "late",
+        &probe,
+        &agent.name,
+        &["await", "/signal/go", "print", "done", "exit", "3"],
+        "Never",
+    );
+    let spec = late.spec.as_mut().expect("spec");
+    spec.containers[0].volume_mounts = Some(vec![serde_json::from_value(
+        serde_json::json!({"name": "signal", "mountPath": "/signal"}),
+    )?]);
+    spec.volumes = Some(vec![serde_json::from_value(
+        serde_json::json!({"name": "signal", "hostPath": {"path": signal.path(), "type": "Directory"}}),
+    )?]);
+    cluster.create_pod(late).await?;
     for name in ["ticker", "late"] {
         cluster
             .wait_pod(name, "running", is_running_after_restarts(0))
@@ -136,6 +144,7 @@ async fn guests_run_on_through_an_agent_crash_and_a_restart_with_new_flags() -> 
         (200, "hello from wasi-http\n"),
         "served while the agent is down"
     );
+    std::fs::write(signal.path().join("go"), "")?;
     let late_log = log_file(&agent, &late, "main");
     until("the late guest finishes while the agent is down", || {
         std::fs::read_to_string(&late_log).is_ok_and(|l| l.contains(" done"))
