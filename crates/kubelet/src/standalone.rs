@@ -176,13 +176,13 @@ impl PodHost for LocalHost {
 
     async fn finish_deletion(&self, _pod: &Pod) {}
 
-    async fn config_map(&self, ns: &str, name: &str) -> Result<Option<ConfigMap>, String> {
+    async fn config_map(&self, ns: &str, name: &str) -> Result<Option<Arc<ConfigMap>>, String> {
         Err(format!(
             "standalone mode has no API server to read configmap {ns}/{name} from"
         ))
     }
 
-    async fn secret(&self, ns: &str, name: &str) -> Result<Option<Secret>, String> {
+    async fn secret(&self, ns: &str, name: &str) -> Result<Option<Arc<Secret>>, String> {
         Err(format!(
             "standalone mode has no API server to read secret {ns}/{name} from"
         ))

@@ -13,7 +13,7 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use tokio_util::task::AbortOnDropHandle;
 
 use super::object_cache::ObjectCache;
@@ -82,13 +82,13 @@ pub trait PodHost: Send + Sync + 'static {
         &self,
         ns: &str,
         name: &str,
-    ) -> impl Future<Output = Result<Option<ConfigMap>, String>> + Send;
+    ) -> impl Future<Output = Result<Option<Arc<ConfigMap>>, String>> + Send;
     /// A Secret in the pod's namespace, `None` if it does not exist.
     fn secret(
         &self,
         ns: &str,
         name: &str,
-    ) -> impl Future<Output = Result<Option<Secret>, String>> + Send;
+    ) -> impl Future<Output = Result<Option<Arc<Secret>>, String>> + Send;
     /// A token for the pod's service account, bound to the pod (TokenRequest).
     fn service_account_token(
         &self,
@@ -318,11 +318,11 @@ impl PodHost for ApiHost {
             .retain(|(u, _, _), _| *u != uid);
     }
 
-    async fn config_map(&self, ns: &str, name: &str) -> Result<Option<ConfigMap>, String> {
+    async fn config_map(&self, ns: &str, name: &str) -> Result<Option<Arc<ConfigMap>>, String> {
         self.config_maps.get(&self.client, ns, name).await
     }
 
-    async fn secret(&self, ns: &str, name: &str) -> Result<Option<Secret>, String> {
+    async fn secret(&self, ns: &str, name: &str) -> Result<Option<Arc<Secret>>, String> {
         self.secrets.get(&self.client, ns, name).await
     }
 

@@ -74,7 +74,7 @@ where
         client: &kube::Client,
         ns: &str,
         name: &str,
-    ) -> Result<Option<K>, String> {
+    ) -> Result<Option<Arc<K>>, String> {
         let store = {
             let mut watched = self.watched.lock().unwrap_or_else(|p| p.into_inner());
             watched.retain(|_, w| !w.watch.is_finished());
@@ -92,9 +92,7 @@ where
                 format!("reading {kind} {ns}/{name}: its watch did not list it within {deadline:?}")
             })?
             .map_err(|e| format!("reading {kind} {ns}/{name}: {e}"))?;
-        Ok(store
-            .get(&ObjectRef::new(name).within(ns))
-            .map(|object| (*object).clone()))
+        Ok(store.get(&ObjectRef::new(name).within(ns)))
     }
 
     /// Starts watching `ns/name` alone (a field selector on its name, which the node

@@ -167,10 +167,14 @@ mod tests {
         }
         async fn record(&self, _: &Pod, _: PodEvent) {}
         async fn finish_deletion(&self, _: &Pod) {}
-        async fn config_map(&self, _: &str, _: &str) -> Result<Option<ConfigMap>, String> {
+        async fn config_map(
+            &self,
+            _: &str,
+            _: &str,
+        ) -> Result<Option<std::sync::Arc<ConfigMap>>, String> {
             Ok(None)
         }
-        async fn secret(&self, _: &str, _: &str) -> Result<Option<Secret>, String> {
+        async fn secret(&self, _: &str, _: &str) -> Result<Option<std::sync::Arc<Secret>>, String> {
             Ok(None)
         }
         async fn service_account_token(

@@ -234,10 +234,10 @@ impl PodHost for FakeHost {
     async fn finish_deletion(&self, _pod: &Pod) {
         *self.deleted.lock().unwrap() = Some(tokio::time::Instant::now());
     }
-    async fn config_map(&self, _ns: &str, _name: &str) -> Result<Option<ConfigMap>, String> {
+    async fn config_map(&self, _ns: &str, _name: &str) -> Result<Option<Arc<ConfigMap>>, String> {
         Ok(None)
     }
-    async fn secret(&self, _ns: &str, _name: &str) -> Result<Option<Secret>, String> {
+    async fn secret(&self, _ns: &str, _name: &str) -> Result<Option<Arc<Secret>>, String> {
         Ok(None)
     }
     async fn service_account_token(

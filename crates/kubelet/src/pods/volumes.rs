@@ -73,14 +73,24 @@ pub fn always_read_only(volume: &Volume) -> bool {
 }
 
 /// The pod's volumes on this node: their directories, and what keeps the API-backed ones
-/// current (a digest of what was last written, service account tokens until they are due).
+/// current (what was last written, service account tokens until they are due).
 #[derive(Debug, Default)]
 pub struct PodVolumes {
     dirs: HashMap<String, PathBuf>,
     /// hostPath directories, held open for as long as the pod has them.
     host_dirs: Vec<super::host_path::HostDir>,
-    written: HashMap<String, u64>,
+    written: HashMap<String, Written>,
     tokens: HashMap<String, Token>,
+}
+
+/// What an API-backed volume was last written from.
+#[derive(Debug)]
+struct Written {
+    /// A digest of its files.
+    digest: u64,
+    /// The versions of the objects it was rendered from, when it is made of ConfigMaps and
+    /// Secrets alone (see [`object_versions`]).
+    versions: Option<Vec<Option<String>>>,
 }
 
 /// A service account token written into a projected volume, and when to request a new one.
@@ -167,12 +177,21 @@ impl PodVolumes {
             let Some(path) = self.dirs.get(&volume.name).cloned() else {
                 continue;
             };
+            // Rendering a large object at every sync costs CPU for nothing (up to 1 MiB per
+            // object, for each pod that mounts it): the same versions make the same files.
+            let versions = object_versions(host, pod, volume).await;
+            let last = self.written.get(&volume.name);
+            if versions.is_some() && last.is_some_and(|w| w.versions == versions) {
+                continue;
+            }
+            let last_digest = last.map(|w| w.digest);
             let files = self.files(host, pod, volume, node).await.map_err(err)?;
             let digest = digest(&files);
-            if self.written.get(&volume.name) != Some(&digest) {
+            if last_digest != Some(digest) {
                 write_atomically(&path, &files).map_err(err)?;
-                self.written.insert(volume.name.clone(), digest);
             }
+            self.written
+                .insert(volume.name.clone(), Written { digest, versions });
         }
         Ok(())
     }
@@ -278,6 +297,55 @@ impl PodVolumes {
     }
 }
 
+/// The resource versions of the ConfigMaps and Secrets a volume is made of, in order (`None`
+/// for one that does not exist); `None` when the volume holds anything else (downward API
+/// files, tokens), when an object cannot be read, or has no version: it is rendered then.
+async fn object_versions<H: PodHost>(
+    host: &H,
+    pod: &Pod,
+    volume: &Volume,
+) -> Option<Vec<Option<String>>> {
+    enum Source<'a> {
+        ConfigMap(&'a str),
+        Secret(&'a str),
+    }
+    let mut sources = Vec::new();
+    if let Some(cm) = &volume.config_map {
+        sources.push(Source::ConfigMap(&cm.name));
+    } else if let Some(secret) = &volume.secret {
+        sources.push(Source::Secret(secret.secret_name.as_deref()?));
+    } else {
+        for source in volume.projected.as_ref()?.sources.iter().flatten() {
+            match (&source.config_map, &source.secret) {
+                (Some(cm), None) => sources.push(Source::ConfigMap(&cm.name)),
+                (None, Some(secret)) => sources.push(Source::Secret(&secret.name)),
+                _ => return None,
+            }
+        }
+    }
+    let ns = pod.namespace().unwrap_or_default();
+    let mut versions = Vec::with_capacity(sources.len());
+    for source in sources {
+        let version = match source {
+            Source::ConfigMap(name) => host
+                .config_map(&ns, name)
+                .await
+                .ok()?
+                .map(|o| o.metadata.resource_version.clone()),
+            Source::Secret(name) => host
+                .secret(&ns, name)
+                .await
+                .ok()?
+                .map(|o| o.metadata.resource_version.clone()),
+        };
+        versions.push(match version {
+            Some(version) => Some(version?),
+            None => None,
+        });
+    }
+    Some(versions)
+}
+
 /// A digest of a volume's files, to tell whether it changed.
 fn digest(files: &[File]) -> u64 {
     use std::hash::{Hash, Hasher};
@@ -359,15 +427,15 @@ async fn config_map_files<H: PodHost>(
     };
     let mut data: BTreeMap<String, Vec<u8>> = cm
         .data
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, v.into_bytes()))
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
         .collect();
     data.extend(
         cm.binary_data
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k, v.0)),
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.0.clone())),
     );
     select(
         data,
@@ -395,9 +463,9 @@ async fn secret_files<H: PodHost>(
     };
     let data: BTreeMap<String, Vec<u8>> = secret
         .data
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, v.0))
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.0.clone()))
         .collect();
     select(
         data,

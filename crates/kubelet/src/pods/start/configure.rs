@@ -55,8 +55,8 @@ async fn env_sources<H: PodHost>(
     };
     for name in config_maps {
         let data = host.config_map(&ns, &name).await.ok().flatten().map(|cm| {
-            let mut data = cm.data.unwrap_or_default();
-            data.extend(decoded(cm.binary_data.unwrap_or_default()));
+            let mut data = cm.data.clone().unwrap_or_default();
+            data.extend(decoded(cm.binary_data.as_ref()));
             data
         });
         sources.config_maps.insert(name, data);
@@ -67,16 +67,19 @@ async fn env_sources<H: PodHost>(
             .await
             .ok()
             .flatten()
-            .map(|secret| decoded(secret.data.unwrap_or_default()).collect());
+            .map(|secret| decoded(secret.data.as_ref()).collect());
         sources.secrets.insert(name, data);
     }
     Ok(sources)
 }
 
 /// Binary values as text (invalid UTF-8 replaced), as environment variables carry them.
-fn decoded(data: BTreeMap<String, ByteString>) -> impl Iterator<Item = (String, String)> {
+fn decoded(
+    data: Option<&BTreeMap<String, ByteString>>,
+) -> impl Iterator<Item = (String, String)> + '_ {
     data.into_iter()
-        .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+        .flatten()
+        .map(|(k, v)| (k.clone(), String::from_utf8_lossy(&v.0).into_owned()))
 }
 
 /// Opens the log file of the container's run number `restarts` (from 0) under the pod's

@@ -77,10 +77,8 @@ async fn keyring<R: Runtime, H: PodHost>(ctx: &PodContext<R, H>, pod: &Pod) -> K
                 continue;
             }
         };
-        let data = found.data.unwrap_or_default();
-        let config = data
-            .get(".dockerconfigjson")
-            .or_else(|| data.get(".dockercfg"));
+        let data = found.data.as_ref();
+        let config = data.and_then(|d| d.get(".dockerconfigjson").or_else(|| d.get(".dockercfg")));
         match config.map(|c| keyring.add_docker_config(&c.0)) {
             Some(Ok(())) => {}
             Some(Err(e)) => missing.push(format!("{name}: {e}")),
