@@ -1,7 +1,8 @@
 //! Hostile input: registries that attack the node (crafted digests and sizes, endless and slow
 //! bodies, decompression bombs) and image references that are not names. Each fails its own pod
 //! with a status that says what was refused and why; the agent stays up, its RSS grows by less
-//! than a stated bound, the node stays Ready, and a pod already running is not touched.
+//! than a stated bound, the node stays Ready, a pod already running is not touched, and another
+//! image is pulled and run while a registry stalls.
 
 use e2e::{
     Cluster, has_phase, is_node_ready, is_waiting, rss_kib, wait_for, waiting_message,
@@ -50,13 +51,14 @@ async fn hostile_registries_fail_only_their_own_pods() -> anyhow::Result<()> {
             "--max-image-size",
             "16Mi",
             "--image-pull-progress-deadline",
-            "3s",
+            "15s",
         ])
         .await?;
     let image = cluster.push_guest("wasi-probe").await?;
     let steady = cluster.run_forever("steady", &image, &agent.name).await?;
     let before = started_at(&steady);
     let rss_before = rss_kib(agent.pid());
+    let other_image = cluster.push_guest("hello-wasm").await?;
 
     for attack in Attack::ALL {
         let pod = wasm_pod(
@@ -72,6 +74,27 @@ async fn hostile_registries_fail_only_their_own_pods() -> anyhow::Result<()> {
     invalid.spec.as_mut().expect("spec").containers[0].image_pull_policy = Some("Always".into());
     // A real API server takes the name (it does not parse images); the node refuses it.
     cluster.create_pod(invalid).await?;
+
+    // A stalled registry blocks no other pull: another image is pulled and run while the
+    // trickling one is still within its progress deadline.
+    cluster
+        .create_pod(wasm_pod(
+            "meanwhile",
+            &other_image,
+            &agent.name,
+            &[],
+            "Never",
+        ))
+        .await?;
+    cluster
+        .wait_pod("meanwhile", "Succeeded", has_phase("Succeeded"))
+        .await?;
+    let trickle = cluster.pods().get(Attack::Trickle.repository()).await?;
+    assert!(
+        !pull_failed(Some(&trickle)),
+        "the other image ran before the stalled pull ended: {}",
+        waiting_message(&trickle)
+    );
 
     for attack in Attack::ALL {
         let pod = cluster
