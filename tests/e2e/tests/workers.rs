@@ -321,6 +321,11 @@ async fn a_static_pod_runs_on_through_an_agent_crash() -> anyhow::Result<()> {
     let spec = manifest.spec.as_mut().expect("spec");
     spec.node_name = None;
     spec.tolerations = None;
+    // An init container ran before it: it is not run again either.
+    let mut setup = spec.containers[0].clone();
+    setup.name = "setup".into();
+    setup.args = Some(vec!["print".into(), "set up".into()]);
+    spec.init_containers = Some(vec![setup]);
     std::fs::write(
         manifests.path().join("ticker.json"),
         serde_json::to_vec(&manifest)?,
@@ -357,5 +362,23 @@ async fn a_static_pod_runs_on_through_an_agent_crash() -> anyhow::Result<()> {
         .kubectl(&["logs", &mirror])
         .map_err(|e| anyhow::anyhow!("{e}\n{}\n{}", agent.log(), agent.worker_logs()))?;
     assert!(ticks(&logs)? > 0);
+    let pod = cluster.pods().get(&mirror).await?;
+    let setup = pod
+        .status
+        .and_then(|s| s.init_container_statuses)
+        .and_then(|c| c.into_iter().next())
+        .and_then(|c| c.state?.terminated)
+        .map(|t| (t.exit_code, t.reason));
+    assert_eq!(
+        setup,
+        Some((0, Some("Completed".into()))),
+        "the init container"
+    );
+    let setup_logs = cluster.kubectl(&["logs", &mirror, "-c", "setup"])?;
+    assert_eq!(
+        setup_logs.matches("set up").count(),
+        1,
+        "the init container ran once:\n{setup_logs}"
+    );
     Ok(())
 }

@@ -234,8 +234,10 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         if !ran_before {
             self.reattach_unrecorded();
             self.publish().await;
-            match self.init.first_mut() {
-                Some(first) => first.retry_at(Instant::now()),
+            // The first init container that has not completed goes on (or starts), else the
+            // app containers that are not running.
+            match self.init.iter_mut().find(|s| s.exit_code() != Some(0)) {
+                Some(next) => next.retry_at(Instant::now()),
                 None => self
                     .app
                     .iter_mut()
@@ -476,19 +478,38 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         Some(run)
     }
 
-    /// Takes over the app containers of a pod no status records as running that the runtime
-    /// still holds from a previous agent process: a static pod (its status lives only in its
-    /// mirror) or a pod whose Running status the agent had not written yet. Pods with init
-    /// containers start from the beginning instead.
+    /// Takes over the containers of a pod no status records that the runtime still holds from
+    /// a previous agent process: a static pod (its status lives only in its mirror) or a pod
+    /// whose status the agent had not written yet. Containers start in order (each init
+    /// container after the one before it succeeded, the app containers after the last), so the
+    /// last one held is where the pod had got to: it is followed again, and the init
+    /// containers before it are Completed. A pod with nothing held starts from the beginning.
     fn reattach_unrecorded(&mut self) {
-        if !self.init.is_empty() {
-            return;
-        }
         let pod_key = format!("{}/{}", self.ns(), self.pod.name_any());
         let uid = self.pod.uid().unwrap_or_default();
+        let held = |slot: &ContainerSlot| {
+            self.ctx
+                .runtime
+                .holds(&slot.next_container_id(&pod_key, &uid))
+        };
+        let (completed_inits, reattached): (usize, Vec<SlotId>) =
+            if self.app.iter().any(held) || self.init.is_empty() {
+                let apps = (0..self.app.len()).map(|index| SlotId { init: false, index });
+                (self.init.len(), apps.collect())
+            } else {
+                match self.init.iter().rposition(held) {
+                    Some(index) => (index, vec![SlotId { init: true, index }]),
+                    None => return,
+                }
+            };
+        for slot in &mut self.init[..completed_inits] {
+            let id = slot.next_container_id(&pod_key, &uid);
+            slot.adopt(&completed_unrecorded(id), None);
+        }
+        self.register_existing_logs();
         let pod_ip = self.pod_ip();
-        for index in 0..self.app.len() {
-            let slot = &self.app[index];
+        for id in reattached {
+            let slot = self.slot(id);
             let unrecorded = ContainerStatus {
                 container_id: Some(slot.next_container_id(&pod_key, &uid)),
                 state: Some(ContainerState {
@@ -497,7 +518,6 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
                 }),
                 ..Default::default()
             };
-            let id = SlotId { init: false, index };
             if let Some(run) = Self::reattach(
                 &self.ctx,
                 (&self.pod, &pod_ip),
@@ -505,7 +525,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
                 (id, &slot.spec),
                 &unrecorded,
             ) {
-                let slot = &mut self.app[index];
+                let slot = self.slot_mut(id);
                 slot.begin_run(&pod_key, &uid);
                 slot.running(run);
             }
@@ -1206,6 +1226,25 @@ async fn removed(mut updates: watch::Receiver<Option<Pod>>) {
 }
 
 /// Whether a container that exited with `code` runs again under the pod's restart policy.
+/// The status of an init container that a previous agent process ran to completion without
+/// recording it (a container after it was found held): Completed with exit code 0, as it must
+/// have been for the next one to start; its times are not known.
+fn completed_unrecorded(container_id: String) -> ContainerStatus {
+    ContainerStatus {
+        container_id: Some(container_id.clone()),
+        state: Some(ContainerState {
+            terminated: Some(k8s_openapi::api::core::v1::ContainerStateTerminated {
+                exit_code: 0,
+                reason: Some("Completed".into()),
+                container_id: Some(container_id),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 fn should_restart(init: bool, policy: &str, code: i32) -> bool {
     match (init, policy) {
         (_, "Never") => false,
