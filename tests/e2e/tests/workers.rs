@@ -9,6 +9,8 @@ use e2e::{
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// How long the test waits for something that takes a second.
@@ -74,6 +76,53 @@ fn ticks(logs: &str) -> anyhow::Result<u64> {
     Ok(expected)
 }
 
+/// Clients calling `GET /` on a port one after another, each on a connection of its own, until
+/// stopped.
+struct RequestLoad {
+    stop: Arc<AtomicBool>,
+    clients: Vec<tokio::task::JoinHandle<(usize, Vec<String>)>>,
+}
+
+impl RequestLoad {
+    fn start(port: u16, clients: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let clients = (0..clients)
+            .map(|_| {
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let (mut answered, mut failed) = (0, Vec::new());
+                    while !stop.load(Ordering::Relaxed) {
+                        match http_get(port, "/").await {
+                            Ok((200, _)) => answered += 1,
+                            other => failed.push(format!("{other:?}")),
+                        }
+                    }
+                    (answered, failed)
+                })
+            })
+            .collect();
+        Self { stop, clients }
+    }
+
+    /// Stops the clients: how many calls were answered 200, and what the others got.
+    async fn stop(mut self) -> anyhow::Result<(usize, Vec<String>)> {
+        self.stop.store(true, Ordering::Relaxed);
+        let (mut answered, mut failed) = (0, Vec::new());
+        for client in std::mem::take(&mut self.clients) {
+            let (a, f) = client.await?;
+            answered += a;
+            failed.extend(f);
+        }
+        Ok((answered, failed))
+    }
+}
+
+impl Drop for RequestLoad {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
 #[tokio::test]
 async fn guests_run_on_through_an_agent_crash_and_a_restart_with_new_flags() -> anyhow::Result<()> {
     let cluster = Cluster::new("outlive").await?;
@@ -129,6 +178,9 @@ async fn guests_run_on_through_an_agent_crash_and_a_restart_with_new_flags() -> 
     let late = pods.get("late").await?;
     let before = (identity(&ticker), identity(&pods.get("web").await?));
 
+    // Clients keep calling the server from now until after the restart below: not one call
+    // fails.
+    let load = RequestLoad::start(port, 4);
     agent.crash()?;
     // While the agent is down, the command keeps logging, the server keeps answering, and a
     // guest that ends, ends.
@@ -189,6 +241,15 @@ async fn guests_run_on_through_an_agent_crash_and_a_restart_with_new_flags() -> 
     );
     let phase = pods.get("ticker").await?.status.and_then(|s| s.phase);
     assert_eq!(phase.as_deref(), Some("Running"));
+    let (answered, failed) = load.stop().await?;
+    eprintln!("{answered} calls answered across the crash and the restart");
+    assert!(
+        failed.is_empty() && answered > 0,
+        "{} of {} calls failed across the crash and the restart: {:?}",
+        failed.len(),
+        answered + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
     // The log has every tick since the start, and grows on after the restart.
     let counted = ticks(&cluster.kubectl(&["logs", "ticker"])?)?;
     let deadline = tokio::time::Instant::now() + SOON;
