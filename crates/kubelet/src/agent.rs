@@ -250,6 +250,9 @@ impl<R: Runtime> Parts<R> {
     }
 }
 
+/// How long a stopping agent waits for its last events to be sent.
+const EVENTS_FLUSH_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Runs a node in the cluster `client` talks to, until `shutdown`.
 pub async fn run_node<R: Runtime>(
     config: Config,
@@ -264,7 +267,7 @@ pub async fn run_node<R: Runtime>(
     let rest_stop = CancellationToken::new();
     let mut server = parts.serve(client.clone(), rest_stop.clone())?;
     let host = Arc::new(ApiHost::new(client.clone(), parts.config.node_name.clone()));
-    let supervisors = Supervisors::new(parts.context(host));
+    let supervisors = Supervisors::new(parts.context(host.clone()));
     let heartbeat = tokio::spawn(node::heartbeat(
         client.clone(),
         parts.config.clone(),
@@ -324,6 +327,7 @@ pub async fn run_node<R: Runtime>(
     }
     pods_stop.cancel();
     let _ = pods.await;
+    host.flush_events(EVENTS_FLUSH_DEADLINE).await;
     rest_stop.cancel();
     let _ = heartbeat.await;
     if !server.is_finished() {

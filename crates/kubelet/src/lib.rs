@@ -16,6 +16,7 @@ pub mod runtime;
 pub mod server;
 pub mod standalone;
 pub mod time;
+mod ttl_cache;
 pub mod workers;
 
 #[cfg(fuzzing)]

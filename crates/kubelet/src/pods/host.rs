@@ -3,19 +3,16 @@
 
 use futures::StreamExt;
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{
-    ConfigMap, Event, EventSource, ObjectReference, Pod, PodStatus, Secret, Service, ServiceAccount,
-};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodStatus, Secret, Service, ServiceAccount};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio_util::task::AbortOnDropHandle;
 
+use super::events::EventRecorder;
 use super::object_cache::ObjectCache;
 
 /// An event about a pod (or one of its containers).
@@ -107,9 +104,6 @@ pub trait PodHost: Send + Sync + 'static {
     }
 }
 
-/// An event's identity for aggregation: (pod uid, reason, message).
-type EventKey = (String, String, String);
-
 /// How long a container start waits for the first list of Services, as the kubelet waits for
 /// its Service informer; after it the start fails (`CreateContainerConfigError`) and is retried.
 const SERVICES_READY: std::time::Duration = std::time::Duration::from_secs(10);
@@ -117,12 +111,11 @@ const SERVICES_READY: std::time::Duration = std::time::Duration::from_secs(10);
 /// Effects through the Kubernetes API, as the node's identity.
 pub struct ApiHost {
     client: kube::Client,
-    node_name: String,
     /// Every Service of the cluster, kept by a watch, for containers' service variables.
     services: Store<Service>,
     _watching_services: AbortOnDropHandle<()>,
-    /// (pod uid, reason, message) -> (event name, count), to aggregate repeats as the kubelet does.
-    recorded: Mutex<HashMap<EventKey, (String, i32)>>,
+    /// Sends events in the background, aggregating repeats as the kubelet does.
+    events: EventRecorder,
     config_maps: ObjectCache<ConfigMap>,
     secrets: ObjectCache<Secret>,
 }
@@ -142,12 +135,16 @@ impl ApiHost {
         Self {
             services,
             _watching_services: AbortOnDropHandle::new(tokio::spawn(watch)),
+            events: EventRecorder::new(client.clone(), node_name),
             client,
-            node_name,
-            recorded: Mutex::default(),
             config_maps: ObjectCache::default(),
             secrets: ObjectCache::default(),
         }
+    }
+
+    /// Waits, for at most `deadline`, until the events recorded so far are sent.
+    pub async fn flush_events(&self, deadline: std::time::Duration) {
+        self.events.flush(deadline).await;
     }
 }
 
@@ -217,82 +214,7 @@ impl PodHost for ApiHost {
     }
 
     async fn record(&self, pod: &Pod, event: PodEvent) {
-        let ns = pod.namespace().unwrap_or_default();
-        let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
-        let key = (
-            pod.uid().unwrap_or_default(),
-            event.reason.clone(),
-            event.message.clone(),
-        );
-        let now = crate::pods::status::now();
-        let existing = self
-            .recorded
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-            .cloned();
-        if let Some((name, count)) = existing {
-            let patch = serde_json::json!({"count": count + 1, "lastTimestamp": now});
-            if api
-                .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
-                .await
-                .is_ok()
-            {
-                self.recorded
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(key, (name, count + 1));
-                return;
-            }
-        }
-        let name = format!(
-            "{}.{:x}",
-            pod.name_any(),
-            jiff::Timestamp::now().as_nanosecond()
-        );
-        let object = Event {
-            metadata: ObjectMeta {
-                name: Some(name.clone()),
-                namespace: Some(ns.clone()),
-                ..Default::default()
-            },
-            involved_object: ObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Pod".into()),
-                name: Some(pod.name_any()),
-                namespace: Some(ns),
-                uid: pod.uid(),
-                field_path: event
-                    .container
-                    .as_ref()
-                    .map(|c| format!("spec.containers{{{c}}}")),
-                ..Default::default()
-            },
-            reason: Some(event.reason.clone()),
-            message: Some(event.message.clone()),
-            type_: Some(event.kind.into()),
-            count: Some(1),
-            first_timestamp: Some(now.clone()),
-            last_timestamp: Some(now),
-            source: Some(EventSource {
-                component: Some("kubelet".into()),
-                host: Some(self.node_name.clone()),
-            }),
-            reporting_component: Some("kubelet".into()),
-            reporting_instance: Some(self.node_name.clone()),
-            ..Default::default()
-        };
-        match api.create(&PostParams::default(), &object).await {
-            Ok(_) => {
-                self.recorded
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(key, (name, 1));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, reason = %event.reason, "recording an event failed")
-            }
-        }
+        self.events.record(pod, event);
     }
 
     async fn finish_deletion(&self, pod: &Pod) {
@@ -311,11 +233,7 @@ impl PodHost for ApiHost {
             Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
             Err(e) => tracing::warn!(error = %e, pod = %pod.name_any(), "deleting the pod failed"),
         }
-        let uid = pod.uid().unwrap_or_default();
-        self.recorded
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|(u, _, _), _| *u != uid);
+        self.events.forget(pod.uid().unwrap_or_default());
     }
 
     async fn config_map(&self, ns: &str, name: &str) -> Result<Option<Arc<ConfigMap>>, String> {

@@ -4,6 +4,7 @@
 pub mod admission;
 mod backoff;
 pub mod container;
+mod events;
 pub mod host;
 pub mod host_path;
 pub mod lifecycle;

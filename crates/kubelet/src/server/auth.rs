@@ -4,7 +4,7 @@
 //! with a SubjectAccessReview on the `nodes` resource and the path's subresource. Answers are
 //! cached briefly, with the kubelet's TTLs.
 
-use super::cache::TtlCache;
+use crate::ttl_cache::TtlCache;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,

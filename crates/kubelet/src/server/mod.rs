@@ -5,7 +5,6 @@
 //! ([`auth`]) as on the kubelet.
 
 pub mod auth;
-mod cache;
 mod connection;
 pub mod stats;
 

@@ -1,6 +1,6 @@
 //! A small cache whose entries expire and whose size is bounded: what the kubelet API keeps of
-//! its authentication and authorization answers, so that no client can grow it without bound
-//! by sending new tokens.
+//! its authentication and authorization answers (so that no client can grow it by sending new
+//! tokens), and what the event recorder remembers of the events it sent.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -47,6 +47,11 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
         }
         self.entries
             .insert(key, (value, crate::time::std_deadline_in(ttl)));
+    }
+
+    /// Keeps only the entries for which `keep` is true.
+    pub fn retain(&mut self, mut keep: impl FnMut(&K, &V) -> bool) {
+        self.entries.retain(|key, (value, _)| keep(key, value));
     }
 
     /// How many entries it holds (expired ones included until they are pruned).

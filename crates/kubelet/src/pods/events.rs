@@ -1,0 +1,184 @@
+//! Pod events sent as the kubelet's event recorder sends them: off the pod's path (a supervisor
+//! never waits for the API server to take an event), through a queue of at most
+//! [`MAX_QUEUED_EVENTS`] (the kubelet's broadcaster's; when it is full, events are dropped with
+//! a warning), in order, by one task. A repeat of (pod, reason, message) raises the count of the
+//! Event already sent while it is remembered (the last [`MAX_REMEMBERED_EVENTS`], as the
+//! kubelet's correlator's cache).
+
+use super::host::PodEvent;
+use crate::ttl_cache::TtlCache;
+use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::task::AbortOnDropHandle;
+
+/// Events waiting to be sent, at most (the kubelet's `maxQueuedEvents`).
+pub const MAX_QUEUED_EVENTS: usize = 1000;
+/// Events remembered to count their repeats, at most (the kubelet's `maxLruCacheEntries`).
+pub const MAX_REMEMBERED_EVENTS: usize = 4096;
+/// How long a sent event is remembered for its repeats (the Event's own time to live on the
+/// API server, `--event-ttl`, is one hour).
+const REMEMBERED_FOR: Duration = Duration::from_secs(3600);
+
+/// An event's identity for aggregation: (pod uid, reason, message).
+type EventKey = (String, String, String);
+
+/// What the sending task is asked to do.
+enum Queued {
+    /// Send `event` about `pod`, which happened at `at`.
+    Send {
+        pod: ObjectReference,
+        event: PodEvent,
+        at: Time,
+    },
+    /// Forget the events of the pod with this uid (it is gone).
+    Forget(String),
+    /// Say when everything queued before has been sent.
+    Flush(oneshot::Sender<()>),
+}
+
+/// Sends pod events in the background; dropping it stops the sending.
+pub struct EventRecorder {
+    queue: mpsc::Sender<Queued>,
+    _sending: AbortOnDropHandle<()>,
+}
+
+impl EventRecorder {
+    /// A recorder sending through `client`, as the kubelet of `node_name`.
+    pub fn new(client: kube::Client, node_name: String) -> Self {
+        let (queue, queued) = mpsc::channel(MAX_QUEUED_EVENTS);
+        let sender = Sender {
+            client,
+            node_name,
+            sent: TtlCache::new(MAX_REMEMBERED_EVENTS),
+        };
+        Self {
+            queue,
+            _sending: AbortOnDropHandle::new(tokio::spawn(sender.run(queued))),
+        }
+    }
+
+    /// Queues `event` about `pod` (dropped, with a warning, when the queue is full).
+    pub fn record(&self, pod: &Pod, event: PodEvent) {
+        let involved = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            name: Some(pod.name_any()),
+            namespace: pod.namespace(),
+            uid: pod.uid(),
+            field_path: event
+                .container
+                .as_ref()
+                .map(|c| format!("spec.containers{{{c}}}")),
+            ..Default::default()
+        };
+        let queued = Queued::Send {
+            pod: involved,
+            event,
+            at: super::status::now(),
+        };
+        if let Err(mpsc::error::TrySendError::Full(Queued::Send { event, .. })) =
+            self.queue.try_send(queued)
+        {
+            tracing::warn!(reason = %event.reason, "dropping an event: {MAX_QUEUED_EVENTS} are already waiting to be sent");
+        }
+    }
+
+    /// Forgets the events of pod `uid` (it is gone), after those queued before.
+    pub fn forget(&self, uid: String) {
+        // When the queue is full the entries age out of the bounded memory instead.
+        let _ = self.queue.try_send(Queued::Forget(uid));
+    }
+
+    /// Waits until the events queued so far are sent, for at most `deadline` (the agent is
+    /// stopping: the last events of its pods are worth a moment).
+    pub async fn flush(&self, deadline: Duration) {
+        let (done, sent) = oneshot::channel();
+        let flushed = async {
+            if self.queue.send(Queued::Flush(done)).await.is_ok() {
+                let _ = sent.await;
+            }
+        };
+        if tokio::time::timeout(deadline, flushed).await.is_err() {
+            tracing::warn!("stopping with events not yet sent after {deadline:?}");
+        }
+    }
+}
+
+/// The sending task's state.
+struct Sender {
+    client: kube::Client,
+    node_name: String,
+    /// (pod uid, reason, message) -> (event name, count) of the events sent.
+    sent: TtlCache<EventKey, (String, i32)>,
+}
+
+impl Sender {
+    async fn run(mut self, mut queued: mpsc::Receiver<Queued>) {
+        while let Some(next) = queued.recv().await {
+            match next {
+                Queued::Send { pod, event, at } => self.send(pod, event, at).await,
+                Queued::Forget(uid) => self.sent.retain(|(u, _, _), _| *u != uid),
+                Queued::Flush(done) => {
+                    let _ = done.send(());
+                }
+            }
+        }
+    }
+
+    /// Raises the count of the same event sent before, or creates the Event.
+    async fn send(&mut self, pod: ObjectReference, event: PodEvent, at: Time) {
+        let ns = pod.namespace.clone().unwrap_or_default();
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
+        let key = (
+            pod.uid.clone().unwrap_or_default(),
+            event.reason.clone(),
+            event.message.clone(),
+        );
+        if let Some((name, count)) = self.sent.get(&key) {
+            let patch = serde_json::json!({"count": count + 1, "lastTimestamp": at});
+            if api
+                .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+                .await
+                .is_ok()
+            {
+                self.sent.insert(key, (name, count + 1), REMEMBERED_FOR);
+                return;
+            }
+        }
+        let name = format!(
+            "{}.{:x}",
+            pod.name.as_deref().unwrap_or_default(),
+            jiff::Timestamp::now().as_nanosecond()
+        );
+        let object = Event {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(ns),
+                ..Default::default()
+            },
+            involved_object: pod,
+            reason: Some(event.reason),
+            message: Some(event.message),
+            type_: Some(event.kind.into()),
+            count: Some(1),
+            first_timestamp: Some(at.clone()),
+            last_timestamp: Some(at),
+            source: Some(EventSource {
+                component: Some("kubelet".into()),
+                host: Some(self.node_name.clone()),
+            }),
+            reporting_component: Some("kubelet".into()),
+            reporting_instance: Some(self.node_name.clone()),
+            ..Default::default()
+        };
+        let reason = object.reason.clone().unwrap_or_default();
+        match api.create(&PostParams::default(), &object).await {
+            Ok(_) => self.sent.insert(key, (name, 1), REMEMBERED_FOR),
+            Err(e) => tracing::warn!(error = %e, %reason, "recording an event failed"),
+        }
+    }
+}
