@@ -182,3 +182,120 @@ impl Sender {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+    /// An API server that answers each request once `open` lets it through, counting the
+    /// requests that arrived and recording (method, body) of those answered.
+    struct FakeApi {
+        arrived: AtomicUsize,
+        answered: Mutex<Vec<(String, serde_json::Value)>>,
+        open: tokio::sync::Semaphore,
+    }
+
+    fn client(api: Arc<FakeApi>) -> kube::Client {
+        let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
+            let api = api.clone();
+            async move {
+                api.arrived.fetch_add(1, Ordering::SeqCst);
+                let _turn = api.open.acquire().await?;
+                let method = request.method().to_string();
+                let body = request.into_body().collect().await?.to_bytes();
+                let body: serde_json::Value = serde_json::from_slice(&body)?;
+                let answer = if method == "POST" {
+                    body.clone()
+                } else {
+                    serde_json::json!({"metadata": {}, "involvedObject": {}})
+                };
+                api.answered.lock().unwrap().push((method, body));
+                let answer = kube::client::Body::from(serde_json::to_vec(&answer)?);
+                Ok::<_, BoxError>(http::Response::builder().status(201).body(answer)?)
+            }
+        });
+        kube::Client::new(service, "default")
+    }
+
+    fn fake_api(open: usize) -> Arc<FakeApi> {
+        Arc::new(FakeApi {
+            arrived: AtomicUsize::new(0),
+            answered: Mutex::default(),
+            open: tokio::sync::Semaphore::new(open),
+        })
+    }
+
+    fn pod() -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "default", "uid": "u1"},
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn repeats_raise_the_count_of_the_event_sent() {
+        let api = fake_api(usize::MAX >> 4);
+        let recorder = EventRecorder::new(client(api.clone()), "node".into());
+        for message in ["again", "again", "again", "other"] {
+            recorder.record(&pod(), PodEvent::warning("main", "BackOff", message.into()));
+        }
+        recorder.flush(Duration::from_secs(10)).await;
+        let answered = api.answered.lock().unwrap().clone();
+        let sent: Vec<(&str, Option<i64>)> = answered
+            .iter()
+            .map(|(method, body)| (method.as_str(), body["count"].as_i64()))
+            .collect();
+        assert_eq!(
+            sent,
+            [
+                ("POST", Some(1)),
+                ("PATCH", Some(2)),
+                ("PATCH", Some(3)),
+                ("POST", Some(1))
+            ]
+        );
+        assert_eq!(
+            answered[0].1["involvedObject"]["fieldPath"],
+            "spec.containers{main}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stalled_api_server_holds_at_most_the_queue_and_the_pod_never_waits() {
+        let api = fake_api(0);
+        let recorder = EventRecorder::new(client(api.clone()), "node".into());
+        let event = |i: usize| PodEvent::normal("main", "Started", format!("event {i}"));
+        recorder.record(&pod(), event(0));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while api.arrived.load(Ordering::SeqCst) == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the first event was not sent"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The first waits in the API server; the queue takes MAX_QUEUED_EVENTS more, at once.
+        let recording = std::time::Instant::now();
+        for i in 1..=MAX_QUEUED_EVENTS + 5 {
+            recorder.record(&pod(), event(i));
+        }
+        assert!(recording.elapsed() < Duration::from_secs(1));
+        api.open.add_permits(usize::MAX >> 4);
+        recorder.flush(Duration::from_secs(30)).await;
+        let answered = api.answered.lock().unwrap();
+        assert_eq!(
+            answered.len(),
+            1 + MAX_QUEUED_EVENTS,
+            "the 5 past the queue were dropped"
+        );
+        assert_eq!(
+            answered.last().unwrap().1["message"],
+            format!("event {MAX_QUEUED_EVENTS}")
+        );
+    }
+}
