@@ -30,7 +30,7 @@ type EventKey = (String, String, String);
 enum Queued {
     /// Send `event` about `pod`, which happened at `at`.
     Send {
-        pod: ObjectReference,
+        pod: Box<ObjectReference>,
         event: PodEvent,
         at: Time,
     },
@@ -76,7 +76,7 @@ impl EventRecorder {
             ..Default::default()
         };
         let queued = Queued::Send {
-            pod: involved,
+            pod: Box::new(involved),
             event,
             at: super::status::now(),
         };
@@ -130,7 +130,7 @@ impl Sender {
     }
 
     /// Raises the count of the same event sent before, or creates the Event.
-    async fn send(&mut self, pod: ObjectReference, event: PodEvent, at: Time) {
+    async fn send(&mut self, pod: Box<ObjectReference>, event: PodEvent, at: Time) {
         let ns = pod.namespace.clone().unwrap_or_default();
         let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
         let key = (
@@ -160,7 +160,7 @@ impl Sender {
                 namespace: Some(ns),
                 ..Default::default()
             },
-            involved_object: pod,
+            involved_object: *pod,
             reason: Some(event.reason),
             message: Some(event.message),
             type_: Some(event.kind.into()),
