@@ -22,7 +22,10 @@ async fn main() -> anyhow::Result<()> {
     node_cli::run(cli.node, cli.command, |config| {
         Ok(wasi_runtime::WasiRuntime::new(
             config.data_dir.join("compiled"),
-            config.max_http_requests_per_container,
+            wasi_runtime::Bounds {
+                requests_per_container: config.max_http_requests_per_container,
+                handles_per_instance: config.max_guest_handles,
+            },
         )?)
     })
     .await

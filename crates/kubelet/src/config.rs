@@ -56,6 +56,8 @@ pub struct Config {
     pub image_pull: crate::images::PullLimits,
     /// Requests one container serving HTTP may have in flight; more are answered 503.
     pub max_http_requests_per_container: usize,
+    /// WASI handles (open files, sockets, streams...) one guest instance may hold at once.
+    pub max_guest_handles: usize,
     /// When container log files are rotated.
     pub container_logs: crate::logs::LogPolicy,
     /// The kubelet API's connection cap and handshake timeout.

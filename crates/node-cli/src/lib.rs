@@ -139,6 +139,12 @@ pub struct NodeArgs {
     /// one pod's clients cannot take every instance.
     #[arg(long, env = "KRUSTLET_MAX_HTTP_REQUESTS_PER_CONTAINER", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
     max_http_requests_per_container: u32,
+    /// WASI handles one guest instance (a module, a command, one HTTP request's instance) may
+    /// hold at once: open files and directories, sockets, streams, pollables, HTTP requests.
+    /// Past it, the call that would open one more traps the guest, so that no guest can take
+    /// its process's file descriptors from the others (as a container's RLIMIT_NOFILE).
+    #[arg(long, env = "KRUSTLET_MAX_GUEST_HANDLES", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(64..))]
+    max_guest_handles: u32,
     /// A container's log file at least this large is rotated (a Kubernetes quantity).
     #[arg(long, env = "KRUSTLET_CONTAINER_LOG_MAX_SIZE", default_value = "10Mi", value_parser = parse_bytes)]
     container_log_max_size: u64,
@@ -284,6 +290,7 @@ impl NodeArgs {
             },
             image_gc_period: self.image_gc_period,
             max_http_requests_per_container: self.max_http_requests_per_container as usize,
+            max_guest_handles: self.max_guest_handles as usize,
             container_logs: kubelet::logs::LogPolicy {
                 max_size: self.container_log_max_size,
                 max_files: self.container_log_max_files as usize,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use wasm_host::failures::FailureReport;
 use wasm_host::limits::GuestLimits;
 use wasm_host::store::{Limited, limited_store};
-use wasmtime::component::ResourceTable;
+use wasmtime::component::{ResourceTable, ResourceTableError};
 use wasmtime::{Engine, Store};
 use wasmtime_wasi::cli::AsyncStdoutStream;
 use wasmtime_wasi::p1::WasiP1Ctx;
@@ -34,6 +34,8 @@ pub struct GuestSetup {
     warnings: Warnings,
     /// The pod's network namespace, when it has one of its own.
     netns: Option<Arc<PodNetns>>,
+    /// WASI handles one instance may hold at once (`--max-guest-handles`).
+    max_handles: usize,
 }
 
 /// Store state of a preview 1 module.
@@ -92,7 +94,7 @@ impl Limited for ComponentState {
 impl GuestSetup {
     /// The setup for `run` (its log writers become the container's shared streams); the
     /// pod's network namespace, if it has one, is opened.
-    pub fn new(run: ContainerRun) -> Result<Self, StartError> {
+    pub fn new(run: ContainerRun, max_handles: usize) -> Result<Self, StartError> {
         let netns = wasm_host::ports::pod_netns(&run.network)?;
         Ok(Self {
             args: run.args,
@@ -105,6 +107,7 @@ impl GuestSetup {
             outbound: OutboundPolicy::new(&run.network.allowed_outbound).in_netns(netns.clone()),
             warnings: run.warnings,
             netns,
+            max_handles,
         })
     }
 
@@ -163,8 +166,10 @@ impl GuestSetup {
 
     /// A store for one run of a preview 1 module.
     pub fn module_store(&self, engine: &Engine) -> Result<Store<ModuleState>, StartError> {
+        let mut wasi = self.wasi()?.build_p1();
+        wasi.ctx().table.set_max_capacity(self.max_handles);
         let state = ModuleState {
-            wasi: self.wasi()?.build_p1(),
+            wasi,
             limits: self.limits()?,
         };
         Ok(limited_store(engine, state))
@@ -172,9 +177,11 @@ impl GuestSetup {
 
     /// A store for one run of a component (a command, or one HTTP request).
     pub fn component_store(&self, engine: &Engine) -> Result<Store<ComponentState>, StartError> {
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(self.max_handles);
         let state = ComponentState {
             wasi: self.wasi()?.build(),
-            table: ResourceTable::new(),
+            table,
             http: WasiHttpCtx::new(),
             outbound: self.outbound.clone(),
             limits: self.limits()?,
@@ -190,8 +197,20 @@ pub fn exit<T: Limited>(store: &mut Store<T>, outcome: &wasmtime::Result<i32>) -
         .as_ref()
         .err()
         .and_then(|e| e.downcast_ref::<wasmtime_wasi::I32Exit>());
-    match exited {
+    let out_of_handles = outcome.as_ref().err().is_some_and(|e| {
+        e.chain()
+            .any(|cause| cause.downcast_ref::<ResourceTableError>().is_some())
+    });
+    let mut exit = match exited {
         Some(exit) => wasm_host::store::exit(store, &Ok(exit.0)),
         None => wasm_host::store::exit(store, outcome),
+    };
+    if out_of_handles && exit.reason.is_none() {
+        exit.message = Some(
+            "the guest opened more WASI handles (files, sockets, streams) than one instance may \
+             hold at once (--max-guest-handles); it was stopped"
+                .into(),
+        );
     }
+    exit
 }

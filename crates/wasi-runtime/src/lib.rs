@@ -55,7 +55,17 @@ pub struct WasiRuntime {
     cache: cache::ModuleCache,
     http: HttpEngine,
     /// Requests one wasi-http container may have in flight.
-    max_requests_per_container: usize,
+    bounds: Bounds,
+}
+
+/// What one container may hold of what its runtime shares.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// HTTP requests in flight to one wasi-http container (at most the node's pool of
+    /// [`HTTP_POOL_INSTANCES`]); more are answered 503.
+    pub requests_per_container: usize,
+    /// WASI handles (open files, sockets, streams...) one guest instance may hold at once.
+    pub handles_per_instance: usize,
 }
 
 /// wasi-http components run on an engine of their own with the pooling allocator, as
@@ -79,10 +89,9 @@ fn component_linker(
 }
 
 impl WasiRuntime {
-    /// A runtime caching compiled guests under `cache_dir`, where a wasi-http container may
-    /// have `max_requests_per_container` requests in flight (at most the node's pool of
-    /// [`HTTP_POOL_INSTANCES`]).
-    pub fn new(cache_dir: PathBuf, max_requests_per_container: usize) -> Result<Self, SetupError> {
+    /// A runtime caching compiled guests under `cache_dir`, whose containers stay within
+    /// `bounds`.
+    pub fn new(cache_dir: PathBuf, bounds: Bounds) -> Result<Self, SetupError> {
         let engine = TickingEngine::new(wasm_host::capacity::dense_config())?;
         let mut modules = Linker::new(engine.engine());
         wasmtime_wasi::p1::add_to_linker_async(&mut modules, ModuleState::wasi)?;
@@ -109,8 +118,12 @@ impl WasiRuntime {
             components,
             cache,
             http,
-            max_requests_per_container: max_requests_per_container
-                .clamp(1, HTTP_POOL_INSTANCES as usize),
+            bounds: Bounds {
+                requests_per_container: bounds
+                    .requests_per_container
+                    .clamp(1, HTTP_POOL_INSTANCES as usize),
+                handles_per_instance: bounds.handles_per_instance.max(1),
+            },
         })
     }
 
@@ -208,7 +221,7 @@ impl Runtime for WasiRuntime {
     ) -> Result<RunningContainer, StartError> {
         let network = run.network.clone();
         let stop = run.stop.clone();
-        let setup = GuestSetup::new(run)?;
+        let setup = GuestSetup::new(run, self.bounds.handles_per_instance)?;
         let netns = setup.netns();
         // The guest runs inside its pod's network: every socket it makes is the pod's.
         let task = match &prepared.0 {
@@ -235,7 +248,7 @@ impl Runtime for WasiRuntime {
                     self.http.engine.engine().clone(),
                     pre.clone(),
                     setup,
-                    self.max_requests_per_container,
+                    self.bounds.requests_per_container,
                 );
                 return Ok(RunningContainer::graceful(tokio::spawn(
                     server.serve(listeners, stop),

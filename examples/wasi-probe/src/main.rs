@@ -7,7 +7,8 @@
 //! file of that many MiB), `follow PATH` (print the file's content now and whenever it
 //! changes, without end), `spew MIB` (write that many MiB to stdout as one line, without a
 //! newline until the end), `tick MS` (print `tick N`, N counting from 0, every MS milliseconds,
-//! without end), `await PATH` (wait until the path exists).
+//! without end), `await PATH` (wait until the path exists), `open DIR N` (create N files in DIR
+//! and keep them all open).
 //! A step that fails prints why on stderr and exits 2.
 
 use std::io::Write;
@@ -49,6 +50,18 @@ fn main() {
                 while !std::path::Path::new(&path).exists() {
                     std::thread::sleep(Duration::from_millis(50));
                 }
+            }
+            "open" => {
+                let dir = next("open");
+                let count: usize = next("open").parse().unwrap_or_else(|e| fail("open", e));
+                let files: Vec<std::fs::File> = (0..count)
+                    .map(|i| {
+                        let path = format!("{dir}/open-{i}");
+                        std::fs::File::create(&path).unwrap_or_else(|e| fail(&format!("open {path}"), e))
+                    })
+                    .collect();
+                println!("holding {} open files", files.len());
+                std::mem::forget(files);
             }
             "exit" => std::process::exit(next("exit").parse().unwrap_or_else(|e| fail("exit", e))),
             "trap" => core::arch::wasm32::unreachable(),

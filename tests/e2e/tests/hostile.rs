@@ -238,6 +238,76 @@ async fn extreme_pod_specs_neither_panic_nor_wedge_their_pods() -> anyhow::Resul
     Ok(())
 }
 
+#[tokio::test]
+async fn a_guest_hoarding_handles_is_stopped_before_it_takes_its_process_file_descriptors()
+-> anyhow::Result<()> {
+    let cluster = Cluster::new("handles").await?;
+    let agent = cluster
+        .start_node_with(&["--max-guest-handles", "64"])
+        .await?;
+    let image = cluster.push_guest("wasi-probe").await?;
+    let component = cluster.push_component("wasi-probe").await?;
+    let steady = cluster.run_forever("steady", &image, &agent.name).await?;
+    let with_scratch = |name: &str, image: &str, files: &str| -> anyhow::Result<Pod> {
+        let mut pod = wasm_pod(
+            name,
+            image,
+            &agent.name,
+            &["open", "/scratch", files, "print", "done"],
+            "Never",
+        );
+        let spec = pod.spec.as_mut().expect("spec");
+        spec.volumes = Some(vec![serde_json::from_value(
+            serde_json::json!({"name": "scratch", "emptyDir": {}}),
+        )?]);
+        spec.containers[0].volume_mounts = Some(vec![serde_json::from_value(
+            serde_json::json!({"name": "scratch", "mountPath": "/scratch"}),
+        )?]);
+        Ok(pod)
+    };
+    // A module (preview 1) and a component (preview 2) each opening 1,000 files.
+    cluster
+        .create_pod(with_scratch("hoarder", &image, "1000")?)
+        .await?;
+    cluster
+        .create_pod(with_scratch("hoarder-p2", &component, "1000")?)
+        .await?;
+    cluster
+        .create_pod(with_scratch("modest", &image, "20")?)
+        .await?;
+
+    for name in ["hoarder", "hoarder-p2"] {
+        let hoarder = cluster
+            .wait_pod(name, "Failed", has_phase("Failed"))
+            .await?;
+        let terminated = e2e::container_state(&hoarder)
+            .and_then(|s| s.terminated)
+            .expect("terminated");
+        let message = terminated.message.unwrap_or_default();
+        assert!(
+            message.contains("--max-guest-handles"),
+            "{name}: the status says which limit stopped it: {message}"
+        );
+    }
+    cluster
+        .wait_pod("modest", "Succeeded", has_phase("Succeeded"))
+        .await?;
+    assert!(
+        cluster
+            .kubectl(&["logs", "modest"])?
+            .contains("holding 20 open files")
+    );
+
+    let nodes: Api<Node> = Api::all(cluster.client.clone());
+    wait_for(nodes, &agent.name, is_node_ready()).await?;
+    assert_eq!(
+        started_at(&cluster.pods().get("steady").await?),
+        started_at(&steady),
+        "the running pod was not touched"
+    );
+    Ok(())
+}
+
 /// The files of the log directory of container `name` under `dir`.
 fn container_log_files(dir: &std::path::Path, name: &str) -> Vec<std::fs::Metadata> {
     let mut found = Vec::new();
