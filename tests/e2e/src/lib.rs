@@ -191,12 +191,18 @@ impl Cluster {
     /// `wkg` and `wasm-pkg-tools` publish); returns the image.
     pub async fn push_component(&self, guest: &str) -> anyhow::Result<String> {
         let component = std::fs::read(testkit::fixtures::wasm_component(guest)?)?;
-        let image = format!(
-            "{}/{}/{}-component:v1",
-            self.registry(),
-            self.id,
-            guest.replace('_', "-")
-        );
+        self.push_component_bytes(&format!("{}-component", guest.replace('_', "-")), component)
+            .await
+    }
+
+    /// Pushes `component` as the CNCF wasm artifact `<registry>/<test>/<name>:v1`; returns the
+    /// image.
+    pub async fn push_component_bytes(
+        &self,
+        name: &str,
+        component: Vec<u8>,
+    ) -> anyhow::Result<String> {
+        let image = format!("{}/{}/{name}:v1", self.registry(), self.id);
         testkit::fixtures::push(
             &image,
             component,

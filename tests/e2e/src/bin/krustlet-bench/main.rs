@@ -575,6 +575,95 @@ async fn measured_load(
     (load, cpu_time(pids).saturating_sub(before))
 }
 
+/// `examples/http-probe` made new to the node: a custom section with the time makes its digest,
+/// and so its compiled code, one never seen before.
+fn fresh_http_probe() -> anyhow::Result<Vec<u8>> {
+    let mut component = std::fs::read(testkit::fixtures::wasm_component("http_probe")?)?;
+    let name = b"krustlet-bench-cold-start";
+    let mut payload = vec![u8::try_from(name.len())?];
+    payload.extend_from_slice(name);
+    payload.extend_from_slice(&jiff::Timestamp::now().as_nanosecond().to_le_bytes());
+    // Section id 0 (custom), its size as one LEB128 byte.
+    component.push(0);
+    component.push(
+        u8::try_from(payload.len())
+            .ok()
+            .filter(|&n| n < 0x80)
+            .expect("a short section"),
+    );
+    component.extend_from_slice(&payload);
+    Ok(component)
+}
+
+/// Polls `GET /` on `addr` until it answers 200: how long since `since`.
+async fn first_ok(addr: std::net::SocketAddr, since: Instant) -> anyhow::Result<Duration> {
+    let deadline = since + Duration::from_secs(120);
+    loop {
+        if let Ok((200, _)) = e2e::http_get_at(&addr.ip().to_string(), addr.port(), "/").await {
+            return Ok(since.elapsed());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{addr} did not answer 200 within 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// The first request to a component never seen before: from the pod's creation (pull, compile,
+/// start) and from starting `wasmtime serve` (compile, start), each to its first 200.
+async fn cold_first_request(bench: &Bench) -> anyhow::Result<()> {
+    let component = fresh_http_probe()?;
+    let [port, wasmtime_port]: [u16; 2] = free_ports(2)?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("two free ports"))?;
+    let image = bench
+        .cluster
+        .push_component_bytes("http-probe-cold", component.clone())
+        .await?;
+    let created = Instant::now();
+    bench
+        .cluster
+        .pods()
+        .create(
+            &Default::default(),
+            &http_pod("cold", &image, &bench.agent.name, port),
+        )
+        .await?;
+    let pod = first_ok(
+        std::net::SocketAddr::new(e2e::node_ip().parse()?, port),
+        created,
+    )
+    .await?;
+    println!(
+        "## Cold first request (a component never seen before, to its first 200)
+"
+    );
+    println!("| server | time |");
+    println!("|---|---|");
+    println!(
+        "| krustlet-wasi pod (creation, pull, compile, start) | {} |",
+        ms(pod)
+    );
+    let file = tempfile::NamedTempFile::new()?;
+    std::fs::write(file.path(), &component)?;
+    let wasmtime_addr = std::net::SocketAddr::from(([127, 0, 0, 1], wasmtime_port));
+    let started = Instant::now();
+    if let Some(_serve) =
+        http_load::WasmtimeServe::start(file.path(), wasmtime_addr, tempfile::tempfile()?).await?
+    {
+        let serve = first_ok(wasmtime_addr, started).await?;
+        println!("| wasmtime serve (start, compile) | {} |", ms(serve));
+        println!(
+            "
+Pod / wasmtime serve: {:.2}x",
+            pod.as_secs_f64() / serve.as_secs_f64().max(f64::MIN_POSITIVE)
+        );
+    }
+    println!();
+    Ok(())
+}
+
 /// Loads one wasi-http pod serving `examples/http-probe` (which logs a line per request)
 /// with `connections` keep-alive connections per run, and the same component under
 /// `wasmtime serve` when a `wasmtime` is on PATH, and prints both and their ratios.
@@ -583,6 +672,7 @@ async fn http_load_scenario(
     connections: &[usize],
     seconds: u64,
 ) -> anyhow::Result<()> {
+    cold_first_request(bench).await?;
     let image = bench.cluster.push_component("http_probe").await?;
     let [port, wasmtime_port]: [u16; 2] = free_ports(2)?
         .try_into()
