@@ -134,21 +134,7 @@ fn rss(pids: &[u32]) -> u64 {
 
 /// CPU time (user + system) of processes `pids` together.
 fn cpu_time(pids: &[u32]) -> Duration {
-    pids.iter().map(|pid| process_cpu_time(*pid)).sum()
-}
-
-/// CPU time (user + system) of a process.
-fn process_cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|i| fields.get(*i)?.parse::<u64>().ok())
-        .sum();
-    Duration::from_millis(ticks * 10)
+    pids.iter().map(|pid| e2e::cpu_time(*pid)).sum()
 }
 
 fn machine() -> String {
