@@ -1225,7 +1225,6 @@ async fn removed(mut updates: watch::Receiver<Option<Pod>>) {
     let _ = updates.wait_for(Option::is_none).await;
 }
 
-/// Whether a container that exited with `code` runs again under the pod's restart policy.
 /// The status of an init container that a previous agent process ran to completion without
 /// recording it (a container after it was found held): Completed with exit code 0, as it must
 /// have been for the next one to start; its times are not known.
@@ -1245,6 +1244,7 @@ fn completed_unrecorded(container_id: String) -> ContainerStatus {
     }
 }
 
+/// Whether a container that exited with `code` runs again under the pod's restart policy.
 fn should_restart(init: bool, policy: &str, code: i32) -> bool {
     match (init, policy) {
         (_, "Never") => false,
