@@ -807,6 +807,18 @@ impl NodeAgent {
         extra: &[&str],
     ) -> anyhow::Result<Self> {
         let data_dir = testkit::scratch::tempdir("krustlet-node")?;
+        Self::start_in(provider, cluster, name, data_dir, extra).await
+    }
+
+    /// [`NodeAgent::start_provider_with`] with `data_dir` as `--data-dir` (a file system the
+    /// test made, say).
+    pub async fn start_in(
+        provider: Provider,
+        cluster: &Cluster,
+        name: &str,
+        data_dir: tempfile::TempDir,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let credentials = match std::env::var_os("KRUSTLET_E2E_BOOTSTRAP_KUBECONFIG") {
             Some(bootstrap) => Credentials::Bootstrap(PathBuf::from(bootstrap)),
             None => {

@@ -308,6 +308,124 @@ async fn a_guest_hoarding_handles_is_stopped_before_it_takes_its_process_file_de
     Ok(())
 }
 
+/// A tmpfs of a few MiB mounted on a new directory (the test runs as root), unmounted when
+/// dropped.
+struct SmallDisk {
+    path: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(dir: &std::path::Path, size: &str) -> anyhow::Result<Self> {
+        rustix::mount::mount(
+            "tmpfs",
+            dir,
+            "tmpfs",
+            rustix::mount::MountFlags::empty(),
+            Some(std::ffi::CString::new(format!("size={size}"))?.as_c_str()),
+        )
+        .map_err(|e| anyhow::anyhow!("mounting a tmpfs on {} (needs root): {e}", dir.display()))?;
+        Ok(Self {
+            path: dir.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = rustix::mount::unmount(&self.path, rustix::mount::UnmountFlags::DETACH);
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+#[tokio::test]
+async fn a_full_data_dir_kills_no_guest_and_leaves_no_partial_download() -> anyhow::Result<()> {
+    let cluster = Cluster::new("full-disk").await?;
+    let data_dir = testkit::scratch::tempdir("krustlet-full")?;
+    let _disk = SmallDisk::mount(data_dir.path(), "48m")?;
+    let agent = e2e::NodeAgent::start_in(
+        e2e::Provider::Wasi,
+        &cluster,
+        &format!("node-{}", cluster.id),
+        data_dir,
+        &[],
+    )
+    .await?;
+    let image = cluster.push_guest("wasi-probe").await?;
+    let ticker = cluster
+        .create_pod(wasm_pod(
+            "ticker",
+            &image,
+            &agent.name,
+            &["tick", "50"],
+            "Always",
+        ))
+        .await;
+    ticker?;
+    cluster
+        .wait_pod("ticker", "Running", has_phase("Running"))
+        .await?;
+
+    // A guest fills the node's data dir through its emptyDir until the disk is full.
+    let mut filler = wasm_pod(
+        "filler",
+        &image,
+        &agent.name,
+        &["fill", "/scratch/big", "100"],
+        "Never",
+    );
+    let spec = filler.spec.as_mut().expect("spec");
+    spec.volumes = Some(vec![serde_json::from_value(
+        serde_json::json!({"name": "scratch", "emptyDir": {}}),
+    )?]);
+    spec.containers[0].volume_mounts = Some(vec![serde_json::from_value(
+        serde_json::json!({"name": "scratch", "mountPath": "/scratch"}),
+    )?]);
+    cluster.create_pod(filler).await?;
+    cluster
+        .wait_pod("filler", "Failed", has_phase("Failed"))
+        .await?;
+
+    // A pull has nowhere to go: it fails, saying why, and leaves nothing half-written.
+    let other = cluster.push_guest("hello-wasm").await?;
+    cluster
+        .create_pod(wasm_pod("hello", &other, &agent.name, &[], "Never"))
+        .await?;
+    let hello = cluster
+        .wait_pod("hello", "ErrImagePull", pull_failed)
+        .await?;
+    let message = waiting_message(&hello);
+    assert!(
+        message.to_lowercase().contains("no space"),
+        "the status names the full disk: {message}"
+    );
+    let tmp = agent.data_dir.path().join("images/tmp");
+    let left: Vec<_> = std::fs::read_dir(&tmp)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "nothing half-written in {}: {left:?}",
+        tmp.display()
+    );
+
+    // The guest whose log writes fail runs on; the node stays Ready.
+    let ticker = cluster.pods().get("ticker").await?;
+    assert_eq!(
+        started_at(&ticker).map(|(restarts, _)| restarts),
+        Some(0),
+        "the ticker runs on, never restarted"
+    );
+    let nodes: Api<Node> = Api::all(cluster.client.clone());
+    wait_for(nodes, &agent.name, is_node_ready()).await?;
+
+    // Once the space is freed, the pull succeeds on its next try.
+    cluster.pods().delete("filler", &Default::default()).await?;
+    cluster
+        .wait_pod("hello", "Succeeded", has_phase("Succeeded"))
+        .await?;
+    Ok(())
+}
+
 /// The files of the log directory of container `name` under `dir`.
 fn container_log_files(dir: &std::path::Path, name: &str) -> Vec<std::fs::Metadata> {
     let mut found = Vec::new();
