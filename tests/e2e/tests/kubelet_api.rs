@@ -292,3 +292,42 @@ async fn silent_and_slow_clients_are_cut_while_others_are_served() -> anyhow::Re
     assert!(code == 400 || code == 404, "{code}");
     Ok(())
 }
+
+#[tokio::test]
+async fn connections_past_the_cap_wait_for_a_free_slot() -> anyhow::Result<()> {
+    let cluster = Cluster::new("apicap").await?;
+    let agent = cluster
+        .start_node_with(&[
+            "--kubelet-api-max-connections",
+            "4",
+            "--kubelet-api-handshake-timeout",
+            "3s",
+        ])
+        .await?;
+    let addr = format!("{}:{}", node_ip(), agent.port);
+    // Four clients that never start their TLS handshake hold every slot...
+    let mut silent = Vec::new();
+    for _ in 0..4 {
+        silent.push(TcpStream::connect(&addr).await?);
+    }
+    // ...so the next client is served only once they are cut (after their 3 s), not before.
+    let started = std::time::Instant::now();
+    let (code, _) = tokio::time::timeout(
+        Duration::from_secs(30),
+        kubelet_get(&agent, AuthInfo::default(), "/healthz"),
+    )
+    .await??;
+    let waited = started.elapsed();
+    assert_eq!(code, 401, "served at last");
+    assert!(
+        waited >= Duration::from_secs(2),
+        "served after {waited:?}, while every slot was taken"
+    );
+    for (i, stream) in silent.into_iter().enumerate() {
+        assert!(
+            closed_by_peer(stream, Duration::from_secs(10)).await,
+            "silent client {i} was cut"
+        );
+    }
+    Ok(())
+}
