@@ -365,6 +365,19 @@ impl Cluster {
             })
             .collect())
     }
+
+    /// Waits (up to [`DEADLINE`]) until the events about `pod` hold, for each of `wanted`, one
+    /// that contains it; returns them all as [`Cluster::pod_events`] does. Events are sent
+    /// apart from the pod's status, as the kubelet sends them, so they may come a moment after
+    /// the status that led to them.
+    pub async fn wait_events(&self, pod: &str, wanted: &[&str]) -> anyhow::Result<Vec<String>> {
+        self.eventually(&format!("events {wanted:?} about pod {pod}"), async || {
+            let events = self.pod_events(pod).await?;
+            let all = wanted.iter().all(|w| events.iter().any(|e| e.contains(w)));
+            Ok(all.then_some(events))
+        })
+        .await
+    }
 }
 
 impl Drop for Cluster {

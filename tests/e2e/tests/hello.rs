@@ -64,6 +64,10 @@ async fn hello_wasm_runs_from_apply_to_succeeded_with_logs() -> anyhow::Result<(
         "logs: {logs}"
     );
     assert!(logs.contains("hello from stderr!"), "logs: {logs}");
+    // The kubelet's events come apart from the status: wait for the last of them.
+    cluster
+        .wait_events("hello-wasm", &["Pulled", "Created", "Started"])
+        .await?;
     let described = cluster.kubectl(&["describe", "pod", "hello-wasm"])?;
     for expected in [
         "Scheduled",

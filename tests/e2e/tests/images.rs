@@ -578,13 +578,9 @@ async fn pull_policies_and_pull_failures_as_on_any_node() -> anyhow::Result<()> 
         .await?;
     let message = waiting_message(&missing);
     assert!(message.contains(&format!("{repo}-nothing:v1")), "{message}");
-    let events = events_of("missing").await?;
-    assert!(
-        events
-            .iter()
-            .any(|e| e.starts_with("BackOff: Back-off pulling image")),
-        "{events:?}"
-    );
+    cluster
+        .wait_events("missing", &["BackOff: Back-off pulling image"])
+        .await?;
     Ok(())
 }
 

@@ -225,19 +225,18 @@ async fn bad_images_end_in_clear_statuses_and_events_while_the_node_stays_ready(
         "{message}"
     );
     let events = cluster
-        .eventually("a Failed event for the container image", async || {
-            let events = cluster.pod_events("oci").await?;
-            Ok(events
-                .iter()
-                .any(|e| {
-                    e.starts_with("Failed: Failed to pull image")
-                        && e.contains("not a WebAssembly module")
-                })
-                .then_some(events))
-        })
+        .wait_events(
+            "oci",
+            &[
+                "Failed: Failed to pull image",
+                "Failed: Error: ErrImagePull",
+            ],
+        )
         .await?;
     assert!(
-        events.iter().any(|e| e == "Failed: Error: ErrImagePull"),
+        events.iter().any(|e| {
+            e.starts_with("Failed: Failed to pull image") && e.contains("not a WebAssembly module")
+        }),
         "{events:?}"
     );
 
@@ -320,8 +319,11 @@ async fn the_active_deadline_fails_running_and_never_started_pods_once() -> anyh
         let status = failed.status.expect("a status");
         assert_eq!(status.reason.as_deref(), Some("DeadlineExceeded"), "{name}");
     }
-    // Failed for good: one DeadlineExceeded event each, checked throughout five seconds (the
-    // old loop recorded thousands in that time).
+    // Failed for good: one DeadlineExceeded event each (once it has come), checked throughout
+    // five seconds (the old loop recorded thousands in that time).
+    for name in ["running", "stuck"] {
+        cluster.wait_events(name, &["DeadlineExceeded"]).await?;
+    }
     let watched_until = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
         for name in ["running", "stuck"] {

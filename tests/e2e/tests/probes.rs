@@ -130,19 +130,15 @@ async fn readiness_follows_its_probe_and_a_failing_liveness_probe_restarts() -> 
         .await?;
     let last = e2e::last_terminated(&restarted).expect("the killed run is the last state");
     assert_eq!(last.exit_code, 137);
-    let events = cluster.pod_events("dying").await?;
-    assert!(
-        events
-            .iter()
-            .any(|e| e.contains("Liveness probe failed: HTTP probe failed with statuscode: 500")),
-        "{events:?}"
-    );
-    assert!(
-        events
-            .iter()
-            .any(|e| e == "Killing: Container web failed liveness probe, will be restarted"),
-        "{events:?}"
-    );
+    cluster
+        .wait_events(
+            "dying",
+            &[
+                "Liveness probe failed: HTTP probe failed with statuscode: 500",
+                "Killing: Container web failed liveness probe, will be restarted",
+            ],
+        )
+        .await?;
 
     // exec probes cannot run in a wasm guest: said plainly, and the pod is not Ready.
     cluster
@@ -223,13 +219,12 @@ async fn hooks_call_out_after_start_and_before_stop() -> anyhow::Result<()> {
             |p: Option<&Pod>| restart_count(p) >= 1,
         )
         .await?;
-    let events = cluster.pod_events("failing-hook").await?;
-    assert!(
-        events
-            .iter()
-            .any(|e| e.starts_with("FailedPostStartHook: PostStartHook failed: Get \"http://")),
-        "{events:?}"
-    );
+    cluster
+        .wait_events(
+            "failing-hook",
+            &["FailedPostStartHook: PostStartHook failed: Get \"http://"],
+        )
+        .await?;
 
     cluster.kubectl(&["delete", "pod", "hooked", "--wait=false"])?;
     assert_eq!(next_path(&mut paths).await?, "/pre-stop");
