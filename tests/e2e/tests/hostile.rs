@@ -238,6 +238,20 @@ async fn extreme_pod_specs_neither_panic_nor_wedge_their_pods() -> anyhow::Resul
     Ok(())
 }
 
+/// `pod` with an emptyDir mounted at /scratch in its container.
+fn with_scratch(mut pod: Pod) -> Pod {
+    let spec = pod.spec.as_mut().expect("spec");
+    spec.volumes = Some(vec![
+        serde_json::from_value(serde_json::json!({"name": "scratch", "emptyDir": {}}))
+            .expect("a volume"),
+    ]);
+    spec.containers[0].volume_mounts = Some(vec![
+        serde_json::from_value(serde_json::json!({"name": "scratch", "mountPath": "/scratch"}))
+            .expect("a mount"),
+    ]);
+    pod
+}
+
 #[tokio::test]
 async fn a_guest_hoarding_handles_is_stopped_before_it_takes_its_process_file_descriptors()
 -> anyhow::Result<()> {
@@ -248,33 +262,23 @@ async fn a_guest_hoarding_handles_is_stopped_before_it_takes_its_process_file_de
     let image = cluster.push_guest("wasi-probe").await?;
     let component = cluster.push_component("wasi-probe").await?;
     let steady = cluster.run_forever("steady", &image, &agent.name).await?;
-    let with_scratch = |name: &str, image: &str, files: &str| -> anyhow::Result<Pod> {
-        let mut pod = wasm_pod(
+    let opener = |name: &str, image: &str, files: &str| {
+        with_scratch(wasm_pod(
             name,
             image,
             &agent.name,
             &["open", "/scratch", files, "print", "done"],
             "Never",
-        );
-        let spec = pod.spec.as_mut().expect("spec");
-        spec.volumes = Some(vec![serde_json::from_value(
-            serde_json::json!({"name": "scratch", "emptyDir": {}}),
-        )?]);
-        spec.containers[0].volume_mounts = Some(vec![serde_json::from_value(
-            serde_json::json!({"name": "scratch", "mountPath": "/scratch"}),
-        )?]);
-        Ok(pod)
+        ))
     };
     // A module (preview 1) and a component (preview 2) each opening 1,000 files.
     cluster
-        .create_pod(with_scratch("hoarder", &image, "1000")?)
+        .create_pod(opener("hoarder", &image, "1000"))
         .await?;
     cluster
-        .create_pod(with_scratch("hoarder-p2", &component, "1000")?)
+        .create_pod(opener("hoarder-p2", &component, "1000"))
         .await?;
-    cluster
-        .create_pod(with_scratch("modest", &image, "20")?)
-        .await?;
+    cluster.create_pod(opener("modest", &image, "20")).await?;
 
     for name in ["hoarder", "hoarder-p2"] {
         let hoarder = cluster
@@ -366,20 +370,13 @@ async fn a_full_data_dir_kills_no_guest_and_leaves_no_partial_download() -> anyh
         .await?;
 
     // A guest fills the node's data dir through its emptyDir until the disk is full.
-    let mut filler = wasm_pod(
+    let filler = with_scratch(wasm_pod(
         "filler",
         &image,
         &agent.name,
         &["fill", "/scratch/big", "100"],
         "Never",
-    );
-    let spec = filler.spec.as_mut().expect("spec");
-    spec.volumes = Some(vec![serde_json::from_value(
-        serde_json::json!({"name": "scratch", "emptyDir": {}}),
-    )?]);
-    spec.containers[0].volume_mounts = Some(vec![serde_json::from_value(
-        serde_json::json!({"name": "scratch", "mountPath": "/scratch"}),
-    )?]);
+    ));
     cluster.create_pod(filler).await?;
     cluster
         .wait_pod("filler", "Failed", has_phase("Failed"))

@@ -1,7 +1,7 @@
 //! Pod events sent as the kubelet's event recorder sends them: off the pod's path (a supervisor
 //! never waits for the API server to take an event), through a queue of at most
-//! [`MAX_QUEUED_EVENTS`] (the kubelet's broadcaster's; when it is full, events are dropped with
-//! a warning), in order, by one task. A repeat of (pod, reason, message) raises the count of the
+//! [`MAX_QUEUED_EVENTS`] (the kubelet's broadcaster's; when it is full, events are dropped, with
+//! a warning at the first and each 1,000th), in order, by one task. A repeat of (pod, reason, message) raises the count of the
 //! Event already sent while it is remembered (the last [`MAX_REMEMBERED_EVENTS`], as the
 //! kubelet's correlator's cache).
 
@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::AbortOnDropHandle;
@@ -43,6 +44,8 @@ enum Queued {
 /// Sends pod events in the background; dropping it stops the sending.
 pub struct EventRecorder {
     queue: mpsc::Sender<Queued>,
+    /// Events dropped so far (logged at the first and every 1,000th, not each).
+    dropped: AtomicU64,
     _sending: AbortOnDropHandle<()>,
 }
 
@@ -57,6 +60,7 @@ impl EventRecorder {
         };
         Self {
             queue,
+            dropped: AtomicU64::new(0),
             _sending: AbortOnDropHandle::new(tokio::spawn(sender.run(queued))),
         }
     }
@@ -83,7 +87,10 @@ impl EventRecorder {
         if let Err(mpsc::error::TrySendError::Full(Queued::Send { event, .. })) =
             self.queue.try_send(queued)
         {
-            tracing::warn!(reason = %event.reason, "dropping an event: {MAX_QUEUED_EVENTS} are already waiting to be sent");
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped % 1000 == 1 {
+                tracing::warn!(reason = %event.reason, dropped, "dropping an event: {MAX_QUEUED_EVENTS} are already waiting to be sent (the API server is slow or unreachable)");
+            }
         }
     }
 
