@@ -215,19 +215,27 @@ async fn usage_is_reported_in_the_summary_api_and_resource_metrics() -> anyhow::
         })
         .await?;
     assert_eq!(holder.len(), 1, "{holder:?}");
-    // The spinner's rate is measured between samples a second apart; its CPU limit holds.
+    // The spinner's rate is measured between samples a second apart; its CPU limit holds. One
+    // sample may run over on a loaded machine (the limit is enforced per 100 ms period), so the
+    // rate is watched until a sample shows it near its limit; an unlimited spinner shows a whole
+    // core in every sample and never passes.
+    let mut seen = Vec::new();
     let spinner = cluster
-        .eventually("the spinner's CPU rate in the summary", async || {
-            Ok(pod_metrics(&cluster, &agent.name, "spinner")?
-                .and_then(|containers| containers.into_iter().next())
-                .filter(|(_, usage)| usage.nano_cores > 0))
-        })
-        .await?;
-    assert!(
-        spinner.1.nano_cores <= 300_000_000,
-        "a guest limited to 200m used {} nanocores",
-        spinner.1.nano_cores
-    );
+        .eventually(
+            "the spinner's CPU rate in the summary, within its limit",
+            async || {
+                let sample = pod_metrics(&cluster, &agent.name, "spinner")?
+                    .and_then(|containers| containers.into_iter().next())
+                    .filter(|(_, usage)| usage.nano_cores > 0);
+                if let Some((_, usage)) = &sample {
+                    seen.push(usage.nano_cores);
+                }
+                Ok(sample.filter(|(_, usage)| usage.nano_cores <= 300_000_000))
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}: a guest limited to 200m used {seen:?} nanocores"))?;
+    assert!(spinner.1.nano_cores > 0);
 
     let metrics = cluster.kubectl(&[
         "get",
