@@ -173,6 +173,7 @@ impl<R: Runtime> Parts<R> {
             node_credentials: self.node_credentials.clone(),
             sync_frequency: self.config.sync_frequency,
             allowed_host_paths: self.config.allowed_host_paths.clone(),
+            dns: self.config.dns.clone(),
         })
     }
 

@@ -136,6 +136,33 @@ pub struct Network {
     /// Outbound destinations the guest may reach: `host`, `host:port` or `*` (any); empty
     /// means none.
     pub allowed_outbound: Vec<String>,
+    /// How the guest's names resolve: the pod's resolver configuration and hosts entries.
+    #[serde(default)]
+    pub dns: Dns,
+}
+
+/// How a pod's guests resolve names: what the kubelet writes into a container's
+/// `/etc/resolv.conf` and `/etc/hosts`, for the runtime's resolver ([`crate::pods::dns`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Dns {
+    /// Name servers, asked in order (port 53).
+    pub nameservers: Vec<std::net::IpAddr>,
+    /// Search domains, tried in order for names with fewer dots than `ndots`.
+    pub searches: Vec<String>,
+    /// resolv.conf options (`ndots:5`, `timeout:2`, `attempts:3`, ...).
+    pub options: Vec<String>,
+    /// Names that resolve without asking a name server (localhost, the pod's own hostname,
+    /// its `hostAliases`), in the hosts file's order: the first entry for a name wins.
+    pub hosts: Vec<HostEntry>,
+}
+
+/// One line of a hosts file: an address and its names.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HostEntry {
+    /// The address the names resolve to.
+    pub ip: std::net::IpAddr,
+    /// The names, lowercase, without a final dot.
+    pub names: Vec<String>,
 }
 
 /// Why a container stopped.

@@ -110,6 +110,19 @@ pub struct NodeArgs {
     /// elsewhere gets a FailedMount event saying so. Empty (the default) allows any.
     #[arg(long, env = "KRUSTLET_ALLOWED_HOST_PATHS", value_delimiter = ',')]
     allowed_host_paths: Vec<PathBuf>,
+    /// The cluster's DNS servers, `ip[,ip...]`: ClusterFirst pods' names resolve there. Without
+    /// them, such pods fall back to --resolv-conf with a MissingClusterDNS event (as the
+    /// kubelet's --cluster-dns).
+    #[arg(long, env = "KRUSTLET_CLUSTER_DNS", value_delimiter = ',')]
+    cluster_dns: Vec<std::net::IpAddr>,
+    /// The cluster's domain (e.g. `cluster.local`): ClusterFirst pods search
+    /// `<namespace>.svc.<domain>`, `svc.<domain>` and `<domain>`. Empty: no such search.
+    #[arg(long, env = "KRUSTLET_CLUSTER_DOMAIN", default_value = "")]
+    cluster_domain: String,
+    /// The resolver configuration Default pods (and hostNetwork pods) use, and whose search
+    /// domains ClusterFirst pods add; "" gives them the local machine's name server.
+    #[arg(long, env = "KRUSTLET_RESOLV_CONF", default_value = "/etc/resolv.conf")]
+    resolv_conf: PathBuf,
     /// Disk use (percent) of the image store's filesystem above which unused images are
     /// removed, least recently used first.
     #[arg(long, env = "KRUSTLET_IMAGE_GC_HIGH_THRESHOLD", default_value_t = 85, value_parser = clap::value_parser!(u8).range(0..=100))]
@@ -282,6 +295,12 @@ impl NodeArgs {
             pod_manifest_path: self.pod_manifest_path.clone(),
             file_check_frequency: self.file_check_frequency,
             allowed_host_paths: self.allowed_host_paths.clone(),
+            dns: kubelet::pods::dns::NodeDns {
+                cluster_dns: self.cluster_dns.clone(),
+                cluster_domain: self.cluster_domain.trim_end_matches('.').to_string(),
+                resolv_conf: Some(self.resolv_conf.clone())
+                    .filter(|path| !path.as_os_str().is_empty()),
+            },
             image_gc: kubelet::images::gc::GcPolicy {
                 high_threshold: self.image_gc_high_threshold,
                 low_threshold: self.image_gc_low_threshold,

@@ -4,6 +4,7 @@
 pub mod admission;
 mod backoff;
 pub mod container;
+pub mod dns;
 mod events;
 pub mod host;
 pub mod host_path;
@@ -75,6 +76,8 @@ pub struct PodContext<R: Runtime, H: PodHost> {
     pub sync_frequency: std::time::Duration,
     /// Directories hostPath volumes must lie in (`--allowed-host-paths`); empty: any.
     pub allowed_host_paths: Vec<PathBuf>,
+    /// The node's DNS settings, which pods' DNS configurations are formed from.
+    pub dns: dns::NodeDns,
 }
 
 impl<R: Runtime, H: PodHost> PodContext<R, H> {

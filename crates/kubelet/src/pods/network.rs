@@ -4,7 +4,7 @@
 //! pod allows it to reach.
 
 use crate::cni::PodAddress;
-use crate::runtime::Network;
+use crate::runtime::{Dns, Network};
 use k8s_openapi::api::core::v1::{Container, Pod};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -73,8 +73,8 @@ fn allowed_outbound(pod: &Pod) -> Vec<String> {
 
 /// The network for `container` of `pod`, placed at `placement`: its TCP containerPorts (and on
 /// the node's network its hostPorts; in a namespace of its own, the CNI `portmap` plugin
-/// forwards those), in order.
-pub fn network(pod: &Pod, container: &Container, placement: &Placement) -> Network {
+/// forwards those), in order; its names resolve by `dns`.
+pub fn network(pod: &Pod, container: &Container, placement: &Placement, dns: &Dns) -> Network {
     let on_node = matches!(placement, Placement::Node(_));
     let mut ports: Vec<u16> = Vec::new();
     for port in container
@@ -110,6 +110,7 @@ pub fn network(pod: &Pod, container: &Container, placement: &Placement) -> Netwo
         netns,
         ports,
         allowed_outbound: allowed_outbound(pod),
+        dns: dns.clone(),
     }
 }
 
@@ -151,6 +152,7 @@ mod tests {
             &pod,
             &container,
             &Placement::Node("10.1.2.3".parse().unwrap()),
+            &Dns::default(),
         );
         assert_eq!(net.ports, vec![8080, 9090, 19090]);
         assert_eq!(
@@ -166,6 +168,7 @@ mod tests {
             &Pod::default(),
             &Container::default(),
             &Placement::Node("10.1.2.3".parse().unwrap()),
+            &Dns::default(),
         );
         assert!(net.allowed_outbound.is_empty());
         assert!(net.ports.is_empty());
@@ -191,7 +194,7 @@ mod tests {
             netns: "/run/netns/p".into(),
             ips: vec!["10.22.0.5".parse().unwrap()],
         });
-        let net = network(&pod, &container, &placement);
+        let net = network(&pod, &container, &placement, &Dns::default());
         assert_eq!(net.ports, vec![8080]);
         assert_eq!(net.listen_ip.to_string(), "0.0.0.0");
         assert_eq!(

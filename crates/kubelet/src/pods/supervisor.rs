@@ -19,7 +19,7 @@ use super::status_writer::{StatusWriter, Written};
 use super::volumes::PodVolumes;
 use crate::images::PullError;
 use crate::metrics::metrics;
-use crate::runtime::{Exit, PrepareFailure, Reattach, Runtime, Usage, Warning, Warnings};
+use crate::runtime::{Dns, Exit, PrepareFailure, Reattach, Runtime, Usage, Warning, Warnings};
 use k8s_openapi::api::core::v1::{Container, ContainerState, ContainerStatus, Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
@@ -77,6 +77,8 @@ pub struct Supervisor<R: Runtime, H: PodHost> {
     /// Where the pod is on the network, once decided (and, for a network of its own,
     /// attached).
     placement: Option<Placement>,
+    /// How the pod's names resolve, formed once its IPs are known.
+    dns: Option<Dns>,
     /// When attaching the pod's network is tried again after it failed.
     network_backoff: Backoff,
     /// Whether the pod's network was detached (the pod finished or is gone); its IPs stay in
@@ -137,6 +139,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             volume_sync: None,
             mount_backoff: Backoff::restarts(),
             placement: None,
+            dns: None,
             network_backoff: Backoff::restarts(),
             network_released: false,
             failure: None,
@@ -622,6 +625,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         let (ctx, pod) = (self.ctx.clone(), self.pod.clone());
         let spec = self.slot(id).spec.clone();
         let placement = self.placement().await?;
+        let dns = self.dns(&placement).await?;
         let pulled =
             Self::unless_deleted(&mut self.updates, image::pull(&ctx, &pod, &spec)).await??;
         let slot = self.slot_mut(id);
@@ -641,7 +645,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             &ctx,
             &prepared,
             &pod,
-            (&spec, &placement),
+            (&spec, &placement, &dns),
             configured,
             (&log, container_id),
             &self.reports,
@@ -732,6 +736,20 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         Ok(placement)
     }
 
+    /// How the pod's names resolve ([`crate::pods::dns`]): formed once, at its first start,
+    /// with the Warning events the kubelet records then.
+    async fn dns(&mut self, placement: &Placement) -> Result<Dns, StartFailure> {
+        if let Some(dns) = &self.dns {
+            return Ok(dns.clone());
+        }
+        let (dns, events) = self.ctx.dns.pod_dns(&self.pod, &placement.ips())?;
+        for event in events {
+            self.event(event).await;
+        }
+        self.dns = Some(dns.clone());
+        Ok(dns)
+    }
+
     fn node_ip(&self) -> std::net::IpAddr {
         self.ctx
             .node_ip
@@ -801,7 +819,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
                 self.failed_to_create(id, WaitReason::CreateContainerConfigError, message)
                     .await;
             }
-            StartFailure::Network(_) => {
+            StartFailure::Network(_) | StartFailure::Dns(_) => {
                 let delay = self.network_backoff.next(Duration::ZERO).max(MOUNT_RETRY);
                 self.slot_mut(id).retry_at(crate::time::deadline_in(delay));
                 self.event(PodEvent::warning(

@@ -283,6 +283,7 @@ fn context(
         node_credentials: Default::default(),
         sync_frequency: Duration::from_secs(60),
         allowed_host_paths: Vec::new(),
+        dns: Default::default(),
     })
 }
 

@@ -120,6 +120,7 @@ impl Node {
                 listen_ip: std::net::Ipv4Addr::LOCALHOST.into(),
                 ports: Vec::new(),
                 allowed_outbound: Vec::new(),
+                dns: Default::default(),
             },
             usage: Arc::new(Usage::default()),
             warnings: Warnings::discarded(),

@@ -11,7 +11,7 @@ use crate::pods::probes::{self, ContainerProbes, Update};
 use crate::pods::resources;
 use crate::pods::status::now;
 use crate::runtime::{
-    ContainerRun, Exit, Mount, RunningContainer, Runtime, StartError, Usage, Warning, Warnings,
+    ContainerRun, Dns, Exit, Mount, RunningContainer, Runtime, StartError, Usage, Warning, Warnings,
 };
 use k8s_openapi::api::core::v1::{Container, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -70,7 +70,7 @@ pub async fn launch<R: Runtime, H: PodHost>(
     ctx: &PodContext<R, H>,
     prepared: &R::Prepared,
     pod: &Pod,
-    (spec, placement): (&Container, &Placement),
+    (spec, placement, dns): (&Container, &Placement, &Dns),
     (process, mounts): (Process, Vec<Mount>),
     (log, container_id): (&Arc<LogFile>, String),
     reports: &Reports,
@@ -91,7 +91,7 @@ pub async fn launch<R: Runtime, H: PodHost>(
         limits: resources::limits(spec),
         usage: usage.clone(),
         warnings: Warnings::new(&spec.name, reports.warnings.clone()),
-        network: network::network(pod, spec, placement),
+        network: network::network(pod, spec, placement, dns),
     };
     let running = ctx.runtime.start(prepared, run).await?;
     Ok(Launched {

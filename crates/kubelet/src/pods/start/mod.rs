@@ -37,6 +37,9 @@ pub enum StartFailure {
     /// The pod's own network could not be attached.
     #[error("setting up the pod's network failed: {0}")]
     Network(#[from] crate::cni::CniError),
+    /// The pod's DNS configuration could not be formed.
+    #[error("forming the pod's DNS configuration failed: {0}")]
+    Dns(#[from] crate::pods::dns::DnsError),
     /// The pod's volumes could not be set up.
     #[error(transparent)]
     Mount(#[from] MountError),
