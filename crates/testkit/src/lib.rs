@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub mod apiserver;
+pub mod dns;
 pub mod fixtures;
 pub mod process;
 pub mod proxy;

@@ -2,6 +2,7 @@
 //! limits and network policy, turned into a wasmtime store for a preview 1 module or a
 //! component (one store per command run, one per HTTP request).
 
+use crate::dns::{LookupState, LookupView, PodResolver};
 use crate::outbound::OutboundPolicy;
 use kubelet::logs::LogWriter;
 use kubelet::netns::PodNetns;
@@ -14,6 +15,7 @@ use wasmtime::component::{ResourceTable, ResourceTableError};
 use wasmtime::{Engine, Store};
 use wasmtime_wasi::cli::AsyncStdoutStream;
 use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::sockets::WasiSocketsView;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
@@ -79,6 +81,18 @@ impl WasiHttpView for ComponentState {
     }
 }
 
+impl LookupState for ComponentState {
+    fn lookups(&mut self) -> LookupView<'_> {
+        let allowed = self.outbound.allows_name_lookup();
+        let resolver = self.outbound.resolver().clone();
+        LookupView {
+            sockets: WasiSocketsView::sockets(self),
+            allowed,
+            resolver,
+        }
+    }
+}
+
 impl Limited for ModuleState {
     fn limits(&mut self) -> &mut GuestLimits {
         &mut self.limits
@@ -104,7 +118,10 @@ impl GuestSetup {
             stderr: run.stderr,
             limits: run.limits,
             usage: run.usage,
-            outbound: OutboundPolicy::new(&run.network.allowed_outbound).in_netns(netns.clone()),
+            outbound: OutboundPolicy::new(&run.network.allowed_outbound).in_network(
+                netns.clone(),
+                PodResolver::new(run.network.dns, netns.clone()),
+            ),
             warnings: run.warnings,
             netns,
             max_handles,

@@ -6,9 +6,11 @@
 
 #![warn(missing_docs)]
 
+mod dns;
 mod guest;
 mod http;
 mod outbound;
+mod outgoing;
 mod world;
 
 use guest::{ComponentState, GuestSetup, ModuleState};
@@ -85,6 +87,7 @@ fn component_linker(
     let mut linker = wasmtime::component::Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    dns::add_to_linker(&mut linker)?;
     Ok(linker)
 }
 

@@ -1,6 +1,7 @@
 //! Which destinations a guest may reach, from the pod's allow list: outgoing HTTP requests
 //! (wasi:http/outgoing-handler) and sockets (wasi:sockets) are denied unless listed.
 
+use crate::dns::PodResolver;
 use kubelet::netns::{InNetns, PodNetns};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -46,11 +47,12 @@ impl Destination {
 }
 
 /// The destinations a pod allows; empty denies everything. Connections are made in the pod's
-/// network namespace when it has one.
-#[derive(Debug, Clone, Default)]
+/// network namespace when it has one, to addresses its resolver gives.
+#[derive(Debug, Clone)]
 pub struct OutboundPolicy {
     allowed: Arc<[Destination]>,
     netns: Option<Arc<PodNetns>>,
+    resolver: Arc<PodResolver>,
 }
 
 impl OutboundPolicy {
@@ -63,12 +65,23 @@ impl OutboundPolicy {
                 .map(|e| Destination::parse(e))
                 .collect(),
             netns: None,
+            resolver: PodResolver::new(Default::default(), None),
         }
     }
 
-    /// The policy, connecting from inside `netns` (the pod's network) when there is one.
-    pub fn in_netns(self, netns: Option<Arc<PodNetns>>) -> Self {
-        Self { netns, ..self }
+    /// The policy, connecting from inside `netns` (the pod's network) when there is one, to
+    /// the addresses `resolver` gives.
+    pub fn in_network(self, netns: Option<Arc<PodNetns>>, resolver: Arc<PodResolver>) -> Self {
+        Self {
+            netns,
+            resolver,
+            ..self
+        }
+    }
+
+    /// The pod's resolver.
+    pub fn resolver(&self) -> &Arc<PodResolver> {
+        &self.resolver
     }
 
     /// Whether the guest may reach `host` on `port`.
@@ -129,16 +142,8 @@ impl WasiHttpHooks for OutboundPolicy {
             tracing::info!(%host, port, "outgoing HTTP request denied: the destination is not in the pod's allowed outbound hosts");
             return Box::new(async { Err(Error::HttpRequestDenied) });
         }
-        let netns = self.netns.clone();
-        Box::new(async move {
-            use http_body_util::BodyExt;
-            let send = wasmtime_wasi_http::default_send_request(request, options);
-            let (response, io) = InNetns::new(netns, send).await?;
-            Ok((
-                response.map(BodyExt::boxed_unsync),
-                Box::new(io) as Box<dyn Future<Output = Result<(), Error>> + Send>,
-            ))
-        })
+        let send = crate::outgoing::send(request, options, self.resolver.clone());
+        Box::new(InNetns::new(self.netns.clone(), send))
     }
 }
 
