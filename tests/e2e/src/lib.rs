@@ -560,6 +560,30 @@ pub async fn http_request(
     http_request_at(&node_ip(), port, method, path, body).await
 }
 
+/// An HTTP server on every address of this machine answering each request with the address
+/// it came from (as the body, and as the status line's reason); its port. It stops when the
+/// handle is dropped.
+pub async fn peer_echo_server() -> anyhow::Result<(u16, tokio_util::task::AbortOnDropHandle<()>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await?;
+    let port = listener.local_addr()?.port();
+    let server = tokio::spawn(async move {
+        while let Ok((mut stream, peer)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request).await;
+                let body = peer.ip().to_string();
+                let answer = format!(
+                    "HTTP/1.1 200 {body}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    Ok((port, tokio_util::task::AbortOnDropHandle::new(server)))
+}
+
 /// `GET http://<host>:<port><path>` (e.g. a pod's own IP) with a 10 s deadline; returns the
 /// status and body.
 pub async fn http_get_at(host: &str, port: u16, path: &str) -> anyhow::Result<(u16, String)> {

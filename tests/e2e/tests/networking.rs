@@ -72,29 +72,6 @@ fn probed(mut pod: Pod, port: u16) -> Pod {
     pod
 }
 
-/// A server on every address of this machine answering each request with the address it came
-/// from (as the body, and as the status line's reason); its port.
-async fn echo_peer_server() -> anyhow::Result<(u16, tokio::task::JoinHandle<()>)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await?;
-    let port = listener.local_addr()?.port();
-    let server = tokio::spawn(async move {
-        while let Ok((mut stream, peer)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut request = [0u8; 4096];
-                let _ = stream.read(&mut request).await;
-                let body = peer.ip().to_string();
-                let answer = format!(
-                    "HTTP/1.1 200 {body}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = stream.write_all(answer.as_bytes()).await;
-            });
-        }
-    });
-    Ok((port, server))
-}
-
 /// Waits until the Service `app`'s EndpointSlices list exactly `ips` as ready endpoints.
 async fn wait_endpoints(cluster: &Cluster, app: &str, ips: &[String]) -> anyhow::Result<()> {
     let slices: Api<EndpointSlice> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
@@ -152,7 +129,7 @@ async fn replicas_serve_one_port_on_their_own_ips_and_leave_nothing_behind() -> 
     let port = 8080;
     let [host_port] = free_ports()?;
     // web-a may reach a server on the node, at its bridge's address.
-    let (echo_port, echo) = echo_peer_server().await?;
+    let (echo_port, echo) = e2e::peer_echo_server().await?;
     let echo_host = format!("{}:{echo_port}", network.gateway());
     let web = |name: &str, host_port, annotations| {
         let pod = http_pod(name, &image, &agent.name, port, annotations);
