@@ -442,6 +442,101 @@ fn validate_pod_spec(spec: &Value, errors: &mut Vec<(String, String)>) {
     {
         errors.push(("spec.restartPolicy".into(), format!("Unsupported value: \"{policy}\": supported values: \"Always\", \"OnFailure\", \"Never\"")));
     }
+    validate_dns(spec, errors);
+}
+
+/// A pod's `dnsPolicy`, `dnsConfig` and `hostAliases`, as the real server checks them (the
+/// limits the kubelet forms a pod's DNS configuration within).
+fn validate_dns(spec: &Value, errors: &mut Vec<(String, String)>) {
+    const POLICIES: [&str; 4] = ["ClusterFirstWithHostNet", "ClusterFirst", "Default", "None"];
+    let policy = spec["dnsPolicy"].as_str().unwrap_or("ClusterFirst");
+    if !POLICIES.contains(&policy) {
+        errors.push(("spec.dnsPolicy".into(), format!("Unsupported value: \"{policy}\": supported values: \"ClusterFirstWithHostNet\", \"ClusterFirst\", \"Default\", \"None\"")));
+    }
+    let config = &spec["dnsConfig"];
+    let strings = |list: &Value| -> Vec<String> {
+        list.as_array()
+            .into_iter()
+            .flatten()
+            .map(|v| v.as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let nameservers = strings(&config["nameservers"]);
+    if policy == "None" {
+        if config.is_null() {
+            errors.push((
+                "spec.dnsConfig".into(),
+                "Required value: must provide `dnsConfig` when `dnsPolicy` is None".into(),
+            ));
+        } else if nameservers.is_empty() {
+            errors.push((
+                "spec.dnsConfig.nameservers".into(),
+                "Required value: must provide at least one DNS nameserver when `dnsPolicy` is None"
+                    .into(),
+            ));
+        }
+    }
+    if nameservers.len() > 3 {
+        errors.push((
+            "spec.dnsConfig.nameservers".into(),
+            format!("Invalid value: {nameservers:?}: must not have more than 3 nameservers"),
+        ));
+    }
+    for (i, ip) in nameservers.iter().enumerate() {
+        if ip.parse::<std::net::IpAddr>().is_err() {
+            errors.push((
+                format!("spec.dnsConfig.nameservers[{i}]"),
+                format!("Invalid value: \"{ip}\": must be a valid IP address"),
+            ));
+        }
+    }
+    let searches = strings(&config["searches"]);
+    if searches.len() > 32 {
+        errors.push((
+            "spec.dnsConfig.searches".into(),
+            format!("Invalid value: {searches:?}: must not have more than 32 search paths"),
+        ));
+    }
+    if searches.join(" ").len() > 2048 {
+        errors.push(("spec.dnsConfig.searches".into(), format!("Invalid value: {searches:?}: must not have more than 2048 characters (including spaces) in the search list")));
+    }
+    for (i, search) in searches.iter().enumerate() {
+        if !is_dns_subdomain(search.strip_suffix('.').unwrap_or(search)) {
+            errors.push((format!("spec.dnsConfig.searches[{i}]"), format!("Invalid value: \"{search}\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.'")));
+        }
+    }
+    for (i, option) in config["options"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        if option["name"].as_str().unwrap_or_default().is_empty() {
+            errors.push((
+                format!("spec.dnsConfig.options[{i}].name"),
+                "Required value: Option.Name must not be empty".into(),
+            ));
+        }
+    }
+    for (i, alias) in spec["hostAliases"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let ip = alias["ip"].as_str().unwrap_or_default();
+        if ip.parse::<std::net::IpAddr>().is_err() {
+            errors.push((
+                format!("spec.hostAliases[{i}].ip"),
+                format!("Invalid value: \"{ip}\": must be a valid IP address"),
+            ));
+        }
+        for (j, hostname) in strings(&alias["hostnames"]).iter().enumerate() {
+            if !is_dns_subdomain(hostname) {
+                errors.push((format!("spec.hostAliases[{i}].hostnames[{j}]"), format!("Invalid value: \"{hostname}\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.'")));
+            }
+        }
+    }
 }
 
 /// A container's volume mounts and probes, as the real server checks them.
@@ -642,5 +737,51 @@ mod tests {
             json!({"phase": "Pending", "qosClass": "BestEffort"})
         );
         assert_eq!(pod["spec"]["tolerations"].as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn dns_fields_are_validated_as_the_real_server_does() {
+        let pods = find("", "v1", "pods").unwrap();
+        let invalid = |spec: Value| -> Vec<String> {
+            let mut spec = spec;
+            spec["containers"] = json!([{"name": "c", "image": "i"}]);
+            let pod = json!({"metadata": {"name": "p"}, "spec": spec});
+            match validate(pods, &pod) {
+                Ok(()) => Vec::new(),
+                Err(Invalid(errors)) => errors.into_iter().map(|(field, _)| field).collect(),
+            }
+        };
+        assert!(invalid(json!({"dnsPolicy": "ClusterFirst"})).is_empty());
+        assert_eq!(invalid(json!({"dnsPolicy": "Cluster"})), ["spec.dnsPolicy"]);
+        assert_eq!(invalid(json!({"dnsPolicy": "None"})), ["spec.dnsConfig"]);
+        assert_eq!(
+            invalid(json!({"dnsPolicy": "None", "dnsConfig": {"searches": ["a.example"]}})),
+            ["spec.dnsConfig.nameservers"]
+        );
+        assert_eq!(
+            invalid(
+                json!({"dnsConfig": {"nameservers": ["1.1.1.1", "1.0.0.1", "8.8.8.8", "9.9.9.9"]}})
+            ),
+            ["spec.dnsConfig.nameservers"]
+        );
+        assert_eq!(
+            invalid(
+                json!({"dnsConfig": {"nameservers": ["dns.example"], "searches": ["Bad_Domain"], "options": [{"value": "1"}]}})
+            ),
+            [
+                "spec.dnsConfig.nameservers[0]",
+                "spec.dnsConfig.searches[0]",
+                "spec.dnsConfig.options[0].name"
+            ]
+        );
+        let many: Vec<String> = (0..33).map(|i| format!("d{i}.example")).collect();
+        assert_eq!(
+            invalid(json!({"dnsConfig": {"searches": many}})),
+            ["spec.dnsConfig.searches"]
+        );
+        assert_eq!(
+            invalid(json!({"hostAliases": [{"ip": "not-ip", "hostnames": ["ok.example", "NO"]}]})),
+            ["spec.hostAliases[0].ip", "spec.hostAliases[0].hostnames[1]"]
+        );
     }
 }
