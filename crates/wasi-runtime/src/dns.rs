@@ -484,17 +484,17 @@ mod tests {
         assert_eq!(resolver.lookup("web").await, Ok(vec![ip("10.0.0.7")]));
         assert!(
             server
-                .asked()
+                .names_asked()
                 .starts_with(&["web.shop.svc.cluster.local".to_string()]),
             "fewer dots than ndots: the first search domain first: {:?}",
-            server.asked()
+            server.names_asked()
         );
         // Fewer than five dots: the search domains are tried, then the name as it is.
         assert_eq!(
             resolver.lookup("example.com").await,
             Ok(vec![ip("192.0.2.10")])
         );
-        let asked = server.asked();
+        let asked = server.names_asked();
         assert!(
             asked.contains(&"example.com.shop.svc.cluster.local".to_string()),
             "{asked:?}"
