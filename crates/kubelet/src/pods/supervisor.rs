@@ -16,7 +16,7 @@ use super::start::launch::{self, Reports};
 use super::start::{StartFailure, configure};
 use super::status::{self, Snapshot, now};
 use super::status_writer::{StatusWriter, Written};
-use super::volumes::PodVolumes;
+use super::volumes::{MountError, PodVolumes};
 use crate::images::PullError;
 use crate::metrics::metrics;
 use crate::runtime::{Dns, Exit, PrepareFailure, Reattach, Runtime, Usage, Warning, Warnings};
@@ -626,13 +626,34 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         let spec = self.slot(id).spec.clone();
         let placement = self.placement().await?;
         let dns = self.dns(&placement).await?;
-        let pulled =
-            Self::unless_deleted(&mut self.updates, image::pull(&ctx, &pod, &spec)).await??;
+        // The image is pulled and compiled while the pod's volumes are set up (the first
+        // time): neither waits for the other's round trips.
+        let image = async {
+            let pulled = image::pull(&ctx, &pod, &spec).await?;
+            let prepared = ctx.runtime.prepare(pulled.module).await;
+            Ok::<_, crate::images::PullError>((pulled.image_id, prepared))
+        };
+        let volumes = futures::future::OptionFuture::from(self.volume_setup());
+        let both = futures::future::join(image, volumes);
+        let (image, volumes) = Self::unless_deleted(&mut self.updates, both).await?;
+        let volumes_failed = match volumes {
+            Some(Ok(volumes)) => {
+                self.volumes = Some(volumes);
+                self.volume_sync = Some(crate::time::deadline_in(self.ctx.sync_frequency));
+                None
+            }
+            Some(Err(e)) => Some(e),
+            None => None,
+        };
+        let (image_id, prepared) = image?;
         let slot = self.slot_mut(id);
         slot.pull_backoff.reset();
-        slot.image_id = pulled.image_id.clone();
-        let prepared = ctx.runtime.prepare(pulled.module).await?;
-        let volume_dirs = self.volumes().await?;
+        slot.image_id = image_id;
+        let prepared = prepared?;
+        if let Some(e) = volumes_failed {
+            return Err(e.into());
+        }
+        let volume_dirs = self.volume_dirs();
         let pod_ips: Vec<String> = placement.ips().iter().map(ToString::to_string).collect();
         let configured = configure::configure(&ctx, &pod, &spec, &volume_dirs, &pod_ips).await?;
         let restarts = self.slot(id).next_restart_count();
@@ -689,30 +710,37 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         Ok(())
     }
 
-    /// The directories of the pod's volumes, set up at the first start of any container.
-    async fn volumes(&mut self) -> Result<HashMap<String, PathBuf>, StartFailure> {
-        if self.volumes.is_none() {
-            let (ctx, pod) = (self.ctx.clone(), self.pod.clone());
+    /// Setting up the pod's volumes, when they are not set up yet (at the first start of any
+    /// container).
+    fn volume_setup(
+        &self,
+    ) -> Option<impl std::future::Future<Output = Result<PodVolumes, MountError>> + use<R, H>> {
+        if self.volumes.is_some() {
+            return None;
+        }
+        let (ctx, pod) = (self.ctx.clone(), self.pod.clone());
+        Some(async move {
             let volumes_dir = ctx
                 .pods_dir
                 .join(pod.uid().unwrap_or_default())
                 .join("volumes");
-            let prepared = PodVolumes::prepare(
+            PodVolumes::prepare(
                 ctx.host.as_ref(),
                 &pod,
                 &volumes_dir,
                 ctx.node_context(),
                 &ctx.allowed_host_paths,
-            );
-            let volumes = Self::unless_deleted(&mut self.updates, prepared).await??;
-            self.volumes = Some(volumes);
-            self.volume_sync = Some(crate::time::deadline_in(self.ctx.sync_frequency));
-        }
-        Ok(self
-            .volumes
+            )
+            .await
+        })
+    }
+
+    /// The directories of the pod's volumes, once set up.
+    fn volume_dirs(&self) -> HashMap<String, PathBuf> {
+        self.volumes
             .as_ref()
             .map(|v| v.dirs().clone())
-            .unwrap_or_default())
+            .unwrap_or_default()
     }
 
     /// Where the pod is on the network: decided once, and for a pod that gets a network of its

@@ -53,6 +53,10 @@ struct Args {
     /// Seconds each HTTP load run lasts.
     #[arg(long, default_value_t = 10)]
     http_seconds: u64,
+    /// Cold first requests (a new component each) to a pod and to `wasmtime serve`, taken in
+    /// turn, of which the HTTP scenario reports medians.
+    #[arg(long, default_value_t = 7)]
+    cold_http_runs: usize,
     /// Runs the HTTP load scenario only.
     #[arg(long)]
     http_load_only: bool,
@@ -597,53 +601,73 @@ async fn first_ok(addr: std::net::SocketAddr, since: Instant) -> anyhow::Result<
 }
 
 /// The first request to a component never seen before: from the pod's creation (pull, compile,
-/// start) and from starting `wasmtime serve` (compile, start), each to its first 200.
-async fn cold_first_request(bench: &Bench) -> anyhow::Result<()> {
-    let component = fresh_http_probe()?;
-    let [port, wasmtime_port]: [u16; 2] = free_ports(2)?
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("two free ports"))?;
-    let image = bench
-        .cluster
-        .push_component_bytes("http-probe-cold", component.clone())
-        .await?;
-    let created = Instant::now();
-    bench
-        .cluster
-        .pods()
-        .create(
-            &Default::default(),
-            &http_pod("cold", &image, &bench.agent.name, port),
-        )
-        .await?;
-    let pod = first_ok(
-        std::net::SocketAddr::new(e2e::node_ip().parse()?, port),
-        created,
-    )
-    .await?;
+/// start) and from starting `wasmtime serve` (compile, start), each to its first 200; `runs`
+/// of each, taken in turn (a new component each time), reported as medians and extremes.
+async fn cold_first_request(bench: &Bench, runs: usize) -> anyhow::Result<()> {
+    let mut pods = Vec::new();
+    let mut serves = Vec::new();
+    for run in 0..runs.max(1) {
+        let component = fresh_http_probe()?;
+        let [port, wasmtime_port]: [u16; 2] = free_ports(2)?
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("two free ports"))?;
+        let image = bench
+            .cluster
+            .push_component_bytes(&format!("http-probe-cold-{run}"), component.clone())
+            .await?;
+        let name = format!("cold-{run}");
+        let created = Instant::now();
+        bench
+            .cluster
+            .pods()
+            .create(
+                &Default::default(),
+                &http_pod(&name, &image, &bench.agent.name, port),
+            )
+            .await?;
+        let addr = std::net::SocketAddr::new(e2e::node_ip().parse()?, port);
+        pods.push(first_ok(addr, created).await?);
+        bench
+            .cluster
+            .pods()
+            .delete(&name, &Default::default())
+            .await?;
+        let file = tempfile::NamedTempFile::new()?;
+        std::fs::write(file.path(), &component)?;
+        let wasmtime_addr = std::net::SocketAddr::from(([127, 0, 0, 1], wasmtime_port));
+        let started = Instant::now();
+        let serve =
+            http_load::WasmtimeServe::start(file.path(), wasmtime_addr, tempfile::tempfile()?)
+                .await?;
+        if serve.is_some() {
+            serves.push(first_ok(wasmtime_addr, started).await?);
+        }
+    }
+    pods.sort();
+    serves.sort();
+    let runs = pods.len();
     println!(
-        "## Cold first request (a component never seen before, to its first 200)
-"
+        "## Cold first request (a component never seen before, to its first 200), {runs} runs of each, in turn\n"
     );
-    println!("| server | time |");
-    println!("|---|---|");
-    println!(
-        "| krustlet-wasi pod (creation, pull, compile, start) | {} |",
-        ms(pod)
-    );
-    let file = tempfile::NamedTempFile::new()?;
-    std::fs::write(file.path(), &component)?;
-    let wasmtime_addr = std::net::SocketAddr::from(([127, 0, 0, 1], wasmtime_port));
-    let started = Instant::now();
-    if let Some(_serve) =
-        http_load::WasmtimeServe::start(file.path(), wasmtime_addr, tempfile::tempfile()?).await?
-    {
-        let serve = first_ok(wasmtime_addr, started).await?;
-        println!("| wasmtime serve (start, compile) | {} |", ms(serve));
+    println!("| server | median | fastest | slowest |");
+    println!("|---|---|---|---|");
+    let row = |server: &str, times: &[Duration]| {
         println!(
-            "
-Pod / wasmtime serve: {:.2}x",
-            pod.as_secs_f64() / serve.as_secs_f64().max(f64::MIN_POSITIVE)
+            "| {server} | {} | {} | {} |",
+            ms(percentile(times, 50.0)),
+            ms(times[0]),
+            ms(times[times.len() - 1])
+        );
+    };
+    row("krustlet-wasi pod (creation, pull, compile, start)", &pods);
+    if !serves.is_empty() {
+        row("wasmtime serve (start, compile)", &serves);
+        println!(
+            "\nPod / wasmtime serve, medians: {:.2}x",
+            percentile(&pods, 50.0).as_secs_f64()
+                / percentile(&serves, 50.0)
+                    .as_secs_f64()
+                    .max(f64::MIN_POSITIVE)
         );
     }
     println!();
@@ -656,9 +680,9 @@ Pod / wasmtime serve: {:.2}x",
 async fn http_load_scenario(
     bench: &Bench,
     connections: &[usize],
-    seconds: u64,
+    (seconds, cold_runs): (u64, usize),
 ) -> anyhow::Result<()> {
-    cold_first_request(bench).await?;
+    cold_first_request(bench, cold_runs).await?;
     let image = bench.cluster.push_component("http_probe").await?;
     let [port, wasmtime_port]: [u16; 2] = free_ports(2)?
         .try_into()
@@ -746,7 +770,12 @@ async fn main() -> anyhow::Result<()> {
     let last = args.runtime_workers.last().copied().unwrap_or(0);
     if args.http_load_only {
         let bench = Bench::start(last).await?;
-        return http_load_scenario(&bench, &args.http_connections, args.http_seconds).await;
+        return http_load_scenario(
+            &bench,
+            &args.http_connections,
+            (args.http_seconds, args.cold_http_runs),
+        )
+        .await;
     }
     let mut summaries = Vec::new();
     for &workers in &args.runtime_workers {
@@ -754,7 +783,12 @@ async fn main() -> anyhow::Result<()> {
         println!("# Guests {}\n", bench.mode());
         summaries.push(node_scenarios(&mut bench, &args).await?);
         if workers == last && args.http_connections.iter().any(|&c| c > 0) {
-            http_load_scenario(&bench, &args.http_connections, args.http_seconds).await?;
+            http_load_scenario(
+                &bench,
+                &args.http_connections,
+                (args.http_seconds, args.cold_http_runs),
+            )
+            .await?;
         }
     }
     compare(&summaries);
