@@ -118,7 +118,8 @@ impl GuestSetup {
             stderr: run.stderr,
             limits: run.limits,
             usage: run.usage,
-            outbound: OutboundPolicy::new(&run.network.allowed_outbound).in_network(
+            outbound: OutboundPolicy::new(
+                &run.network.allowed_outbound,
                 netns.clone(),
                 PodResolver::new(run.network.dns, netns.clone()),
             ),

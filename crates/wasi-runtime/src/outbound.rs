@@ -56,26 +56,21 @@ pub struct OutboundPolicy {
 }
 
 impl OutboundPolicy {
-    /// The policy for allow-list entries `host`, `host:port` or `*`.
-    pub fn new(entries: &[String]) -> Self {
+    /// The policy for allow-list entries `host`, `host:port` or `*`, connecting from inside
+    /// `netns` (the pod's network) when there is one, to the addresses `resolver` gives.
+    pub fn new(
+        entries: &[String],
+        netns: Option<Arc<PodNetns>>,
+        resolver: Arc<PodResolver>,
+    ) -> Self {
         Self {
             allowed: entries
                 .iter()
                 .filter(|e| !e.trim().is_empty())
                 .map(|e| Destination::parse(e))
                 .collect(),
-            netns: None,
-            resolver: PodResolver::new(Default::default(), None),
-        }
-    }
-
-    /// The policy, connecting from inside `netns` (the pod's network) when there is one, to
-    /// the addresses `resolver` gives.
-    pub fn in_network(self, netns: Option<Arc<PodNetns>>, resolver: Arc<PodResolver>) -> Self {
-        Self {
             netns,
             resolver,
-            ..self
         }
     }
 
@@ -152,7 +147,8 @@ mod tests {
     use super::*;
 
     fn policy(entries: &[&str]) -> OutboundPolicy {
-        OutboundPolicy::new(&entries.iter().map(|e| e.to_string()).collect::<Vec<_>>())
+        let entries: Vec<String> = entries.iter().map(|e| e.to_string()).collect();
+        OutboundPolicy::new(&entries, None, PodResolver::new(Default::default(), None))
     }
 
     #[test]
