@@ -104,6 +104,12 @@ async fn names_resolve_by_the_pods_dns_policy() -> anyhow::Result<()> {
     )?;
     let logs = run(&cluster, pod).await?;
     assert_eq!(logs.trim(), answered);
+    let stored = cluster.pods().get("cluster-first").await?;
+    assert_eq!(
+        stored.spec.and_then(|s| s.dns_policy).as_deref(),
+        Some("ClusterFirst"),
+        "the API server stores the default policy of a pod that names none"
+    );
     assert_eq!(
         server.names_asked().first(),
         Some(&cluster_name),
