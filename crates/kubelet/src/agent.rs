@@ -267,7 +267,11 @@ pub async fn run_node<R: Runtime>(
     let pods_stop = CancellationToken::new();
     let rest_stop = CancellationToken::new();
     let mut server = parts.serve(client.clone(), rest_stop.clone())?;
-    let host = Arc::new(ApiHost::new(client.clone(), parts.config.node_name.clone()));
+    let host = Arc::new(ApiHost::new(
+        client.clone(),
+        parts.config.node_name.clone(),
+        parts.config.event_rate,
+    ));
     let supervisors = Supervisors::new(parts.context(host.clone()));
     let heartbeat = tokio::spawn(node::heartbeat(
         client.clone(),

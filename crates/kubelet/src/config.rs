@@ -43,6 +43,8 @@ pub struct Config {
     pub sync_frequency: std::time::Duration,
     /// Directories hostPath volumes must lie in; empty allows any.
     pub allowed_host_paths: Vec<PathBuf>,
+    /// How fast pod events are written to the API server.
+    pub event_rate: crate::pods::EventRate,
     /// The cluster's DNS and the node's resolver configuration, for pods' name lookups.
     pub dns: crate::pods::dns::NodeDns,
     /// Pod manifests (a file or a directory of them) the node runs as static pods, mirrored

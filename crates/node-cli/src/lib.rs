@@ -110,6 +110,13 @@ pub struct NodeArgs {
     /// elsewhere gets a FailedMount event saying so. Empty (the default) allows any.
     #[arg(long, env = "KRUSTLET_ALLOWED_HOST_PATHS", value_delimiter = ',')]
     allowed_host_paths: Vec<PathBuf>,
+    /// Pod events written to the API server a second at most (0: unlimited); more wait in the
+    /// event queue (as the kubelet's --event-qps).
+    #[arg(long, env = "KRUSTLET_EVENT_QPS", default_value_t = 50)]
+    event_qps: u32,
+    /// Pod events written at once after a quiet time (as the kubelet's --event-burst).
+    #[arg(long, env = "KRUSTLET_EVENT_BURST", default_value_t = 100)]
+    event_burst: u32,
     /// The cluster's DNS servers, `ip[,ip...]`: ClusterFirst pods' names resolve there. Without
     /// them, such pods fall back to --resolv-conf with a MissingClusterDNS event (as the
     /// kubelet's --cluster-dns).
@@ -295,6 +302,10 @@ impl NodeArgs {
             pod_manifest_path: self.pod_manifest_path.clone(),
             file_check_frequency: self.file_check_frequency,
             allowed_host_paths: self.allowed_host_paths.clone(),
+            event_rate: kubelet::pods::EventRate {
+                qps: self.event_qps,
+                burst: self.event_burst,
+            },
             dns: kubelet::pods::dns::NodeDns {
                 cluster_dns: self.cluster_dns.clone(),
                 cluster_domain: self.cluster_domain.trim_end_matches('.').to_string(),

@@ -3,7 +3,9 @@
 //! [`MAX_QUEUED_EVENTS`] (the kubelet's broadcaster's; when it is full, events are dropped, with
 //! a warning at the first and each 1,000th), in order, by one task. A repeat of (pod, reason, message) raises the count of the
 //! Event already sent while it is remembered (the last [`MAX_REMEMBERED_EVENTS`], as the
-//! kubelet's correlator's cache).
+//! kubelet's correlator's cache). Writes to the API server are limited to `--event-qps` a
+//! second with bursts of `--event-burst` ([`EventRate`], the kubelet's flags and defaults); the
+//! queue holds what waits for its turn.
 
 use super::host::PodEvent;
 use crate::ttl_cache::TtlCache;
@@ -23,6 +25,62 @@ pub const MAX_REMEMBERED_EVENTS: usize = 4096;
 /// How long a sent event is remembered for its repeats (the Event's own time to live on the
 /// API server, `--event-ttl`, is one hour).
 const REMEMBERED_FOR: Duration = Duration::from_secs(3600);
+
+/// How fast events are written to the API server (`--event-qps`, `--event-burst`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventRate {
+    /// Writes a second; 0: unlimited.
+    pub qps: u32,
+    /// Writes at once after a quiet time.
+    pub burst: u32,
+}
+
+impl Default for EventRate {
+    /// The kubelet's: 50 a second, bursts of 100.
+    fn default() -> Self {
+        Self {
+            qps: 50,
+            burst: 100,
+        }
+    }
+}
+
+/// A token bucket: `burst` tokens, refilled at `qps` a second.
+struct Bucket {
+    rate: EventRate,
+    tokens: f64,
+    refilled: tokio::time::Instant,
+}
+
+impl Bucket {
+    fn new(rate: EventRate) -> Self {
+        Self {
+            rate,
+            tokens: f64::from(rate.burst.max(1)),
+            refilled: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Waits for a token (at once when unlimited).
+    async fn take(&mut self) {
+        if self.rate.qps == 0 {
+            return;
+        }
+        let qps = f64::from(self.rate.qps);
+        let burst = f64::from(self.rate.burst.max(1));
+        let now = tokio::time::Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.refilled).as_secs_f64() * qps).min(burst);
+        self.refilled = now;
+        if self.tokens < 1.0 {
+            let wait = Duration::from_secs_f64((1.0 - self.tokens) / qps);
+            tokio::time::sleep(wait).await;
+            self.tokens = 1.0;
+            self.refilled = tokio::time::Instant::now();
+        }
+        self.tokens -= 1.0;
+    }
+}
 
 /// An event's identity for aggregation: (pod uid, reason, message).
 type EventKey = (String, String, String);
@@ -50,13 +108,14 @@ pub struct EventRecorder {
 }
 
 impl EventRecorder {
-    /// A recorder sending through `client`, as the kubelet of `node_name`.
-    pub fn new(client: kube::Client, node_name: String) -> Self {
+    /// A recorder sending through `client` at `rate`, as the kubelet of `node_name`.
+    pub fn new(client: kube::Client, node_name: String, rate: EventRate) -> Self {
         let (queue, queued) = mpsc::channel(MAX_QUEUED_EVENTS);
         let sender = Sender {
             client,
             node_name,
             sent: TtlCache::new(MAX_REMEMBERED_EVENTS),
+            bucket: Bucket::new(rate),
         };
         Self {
             queue,
@@ -121,6 +180,8 @@ struct Sender {
     node_name: String,
     /// (pod uid, reason, message) -> (event name, count) of the events sent.
     sent: TtlCache<EventKey, (String, i32)>,
+    /// Paces the writes.
+    bucket: Bucket,
 }
 
 impl Sender {
@@ -145,6 +206,7 @@ impl Sender {
             event.reason.clone(),
             event.message.clone(),
         );
+        self.bucket.take().await;
         if let Some((name, count)) = self.sent.get(&key) {
             let patch = serde_json::json!({"count": count + 1, "lastTimestamp": at});
             if api
@@ -247,7 +309,7 @@ mod tests {
     #[tokio::test]
     async fn repeats_raise_the_count_of_the_event_sent() {
         let api = fake_api(usize::MAX >> 4);
-        let recorder = EventRecorder::new(client(api.clone()), "node".into());
+        let recorder = EventRecorder::new(client(api.clone()), "node".into(), EventRate::default());
         for message in ["again", "again", "again", "other"] {
             recorder.record(&pod(), PodEvent::warning("main", "BackOff", message.into()));
         }
@@ -275,7 +337,7 @@ mod tests {
     #[tokio::test]
     async fn a_stalled_api_server_holds_at_most_the_queue_and_the_pod_never_waits() {
         let api = fake_api(0);
-        let recorder = EventRecorder::new(client(api.clone()), "node".into());
+        let recorder = EventRecorder::new(client(api.clone()), "node".into(), EventRate::default());
         let event = |i: usize| PodEvent::normal("main", "Started", format!("event {i}"));
         recorder.record(&pod(), event(0));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -304,5 +366,30 @@ mod tests {
             answered.last().unwrap().1["message"],
             format!("event {MAX_QUEUED_EVENTS}")
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn writes_keep_to_the_rate_after_a_burst() {
+        let mut bucket = Bucket::new(EventRate { qps: 10, burst: 3 });
+        let start = tokio::time::Instant::now();
+        let mut times = Vec::new();
+        for _ in 0..6 {
+            bucket.take().await;
+            times.push(start.elapsed().as_millis());
+        }
+        assert_eq!(times, [0, 0, 0, 100, 200, 300]);
+        // A quiet second refills the burst, no more.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let quiet = start.elapsed().as_millis();
+        for _ in 0..4 {
+            bucket.take().await;
+        }
+        assert_eq!(start.elapsed().as_millis() - quiet, 100);
+        let mut unlimited = Bucket::new(EventRate { qps: 0, burst: 0 });
+        let before = tokio::time::Instant::now();
+        for _ in 0..1000 {
+            unlimited.take().await;
+        }
+        assert_eq!(before.elapsed(), Duration::ZERO);
     }
 }

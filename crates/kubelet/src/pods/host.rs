@@ -12,7 +12,7 @@ use std::future::Future;
 use std::sync::Arc;
 use tokio_util::task::AbortOnDropHandle;
 
-use super::events::EventRecorder;
+use super::events::{EventRate, EventRecorder};
 use super::object_cache::ObjectCache;
 
 /// An event about a pod (or one of its containers).
@@ -121,8 +121,8 @@ pub struct ApiHost {
 }
 
 impl ApiHost {
-    /// Effects through `client` on behalf of `node_name`.
-    pub fn new(client: kube::Client, node_name: String) -> Self {
+    /// Effects through `client` on behalf of `node_name`, its events written at `event_rate`.
+    pub fn new(client: kube::Client, node_name: String, event_rate: EventRate) -> Self {
         let (services, writer) = reflector::store();
         let watch = watcher::watcher(Api::<Service>::all(client.clone()), Default::default())
             .default_backoff()
@@ -135,7 +135,7 @@ impl ApiHost {
         Self {
             services,
             _watching_services: AbortOnDropHandle::new(tokio::spawn(watch)),
-            events: EventRecorder::new(client.clone(), node_name),
+            events: EventRecorder::new(client.clone(), node_name, event_rate),
             client,
             config_maps: ObjectCache::default(),
             secrets: ObjectCache::default(),

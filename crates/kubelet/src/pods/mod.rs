@@ -6,6 +6,7 @@ mod backoff;
 pub mod container;
 pub mod dns;
 mod events;
+pub use events::EventRate;
 pub mod host;
 pub mod host_path;
 pub mod lifecycle;
