@@ -196,9 +196,15 @@ impl Link {
 
     /// Releases every container no pod claimed.
     pub fn release_unclaimed(&self) {
-        let unclaimed: Vec<String> = self.state().unclaimed.drain().map(|(id, _)| id).collect();
-        for id in unclaimed {
-            tracing::info!(worker = self.index, container = %id, "stopping a container no pod on this node claims (its pod went away while the agent was down)");
+        let unclaimed: Vec<(String, ContainerState)> = self.state().unclaimed.drain().collect();
+        for (id, held) in unclaimed {
+            if held.exit.is_some() {
+                // An ended run no pod follows any more (a pod's completed init container, an
+                // earlier run of a restarted container, or a pod that is gone).
+                tracing::debug!(worker = self.index, container = %id, "removing an ended container no pod on this node claims");
+            } else {
+                tracing::info!(worker = self.index, container = %id, "stopping a container no pod on this node claims (its pod went away while the agent was down)");
+            }
             self.send(Request::Remove { container: id });
         }
     }
