@@ -207,11 +207,13 @@ pub struct Outcome {
 
 /// Runs the pods until every one has finished (Succeeded or Failed) or `shutdown`.
 pub async fn run<R: Runtime>(
-    config: Config,
+    mut config: Config,
     runtime: R,
     pods: Vec<Pod>,
     shutdown: CancellationToken,
 ) -> Result<Outcome, AgentError> {
+    // No cluster, so no cluster DNS to miss.
+    config.dns.standalone = true;
     let mut parts = Parts::new(config, runtime, true)?;
     // Container output goes straight to stdout, each line once.
     parts.logs = Arc::new(crate::logs::LogFiles::stdout());

@@ -311,6 +311,7 @@ impl NodeArgs {
                 cluster_domain: self.cluster_domain.trim_end_matches('.').to_string(),
                 resolv_conf: Some(self.resolv_conf.clone())
                     .filter(|path| !path.as_os_str().is_empty()),
+                standalone: self.standalone,
             },
             image_gc: kubelet::images::gc::GcPolicy {
                 high_threshold: self.image_gc_high_threshold,

@@ -34,6 +34,9 @@ pub struct NodeDns {
     /// The node's resolver configuration, for `Default` pods and the search domains of the
     /// cluster's; `None` (`--resolv-conf ""`): the node has none, pods ask the local machine.
     pub resolv_conf: Option<PathBuf>,
+    /// The node runs without a cluster (`--standalone`): ClusterFirst pods use the node's
+    /// configuration without a MissingClusterDNS event, as there is no cluster to miss.
+    pub standalone: bool,
 }
 
 /// The node's resolver configuration could not be read.
@@ -191,7 +194,7 @@ impl NodeDns {
                 }
             }
             kind => {
-                if kind == PolicyKind::Cluster {
+                if kind == PolicyKind::Cluster && !self.standalone {
                     let message = "kubelet does not have ClusterDNS IP configured and cannot \
                                    create Pod using \"ClusterFirst\" policy. Falling back to \
                                    \"Default\" policy.";
@@ -427,6 +430,7 @@ mod tests {
             cluster_dns: vec!["10.96.0.10".parse().unwrap()],
             cluster_domain: "cluster.local".into(),
             resolv_conf: Some(path),
+            standalone: false,
         };
         (node, dir)
     }
@@ -520,6 +524,10 @@ mod tests {
         assert_eq!(dns.nameservers, ips(&["192.0.2.53"]));
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].reason, "MissingClusterDNS");
+        node.standalone = true;
+        let (dns, events) = node.pod_dns(&pod, &ips(&["10.244.0.7"])).unwrap();
+        assert_eq!(dns.nameservers, ips(&["192.0.2.53"]));
+        assert!(events.is_empty(), "no cluster, nothing missing: {events:?}");
     }
 
     #[test]
