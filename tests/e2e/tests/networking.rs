@@ -326,14 +326,18 @@ async fn replicas_serve_one_port_on_their_own_ips_and_leave_nothing_behind() -> 
         .wait_pod("web-a", "Ready", e2e::is_pod_ready())
         .await?;
     assert_eq!(pod_ip(&web_a), ips[0], "web-a keeps its IP");
-    // CHECK finds web-a's network as ADD made it; the one exception is a bug of Debian's
-    // portmap 1.1.1, whose CHECK looks for IPv6 rules an IPv4-only pod never had
-    // (containernetworking/plugins#819, fixed upstream since).
+    // CHECK finds web-a's network as ADD made it. Two exceptions are the reference plugins'
+    // own: Debian's portmap 1.1.1 looks for IPv6 rules an IPv4-only pod never had
+    // (containernetworking/plugins#819, fixed upstream since); and the bridge plugin does not
+    // always pin the bridge's MAC, which Linux then takes from the lowest of its ports, so
+    // deleting another pod (web-c's veth) can change the MAC ADD recorded for web-a
+    // (containernetworking/plugins#1265): nothing of web-a's own changed.
     let log = agent.log();
     let mismatches: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("not as it was set up"))
         .filter(|l| !l.contains("could not check ipv6 dnat"))
+        .filter(|l| !(l.contains("Bridge interface") && l.contains("Mac doesn't match")))
         .collect();
     assert!(mismatches.is_empty(), "{mismatches:#?}");
     let restarts = web_a
