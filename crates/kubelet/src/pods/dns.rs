@@ -297,7 +297,7 @@ impl NodeDns {
             Some(hostname) if !hostname.is_empty() => hostname.to_string(),
             _ => {
                 let name = pod_name(pod);
-                let cut = &name[..name.len().min(63)];
+                let cut = name.get(..63).unwrap_or(name);
                 cut.trim_end_matches(['-', '.']).to_string()
             }
         };
@@ -617,6 +617,24 @@ mod tests {
         let alias = dns.hosts.last().unwrap();
         assert_eq!(alias.names, ["foo.local", "bar"]);
         assert_eq!(alias.ip, ips(&["192.0.2.80"])[0]);
+    }
+
+    #[test]
+    fn a_long_pod_name_is_cut_to_a_hostname() {
+        let node = NodeDns::default();
+        let mut long = pod(serde_json::json!({"containers": []}));
+        long.metadata.name = Some(format!("{}-x", "a".repeat(62)));
+        assert_eq!(
+            node.hostname(&long).0,
+            "a".repeat(62),
+            "cut at 63, the '-' trimmed"
+        );
+        long.metadata.name = Some("é".repeat(40));
+        assert_eq!(
+            node.hostname(&long).0.len(),
+            80,
+            "never cut inside a character"
+        );
     }
 
     #[test]
