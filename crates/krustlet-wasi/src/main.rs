@@ -25,6 +25,7 @@ async fn main() -> anyhow::Result<()> {
             wasi_runtime::Bounds {
                 requests_per_container: config.max_http_requests_per_container,
                 handles_per_instance: config.max_guest_handles,
+                keep_resident: config.http_instance_keep_resident,
             },
         )?)
     })

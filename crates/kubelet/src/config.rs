@@ -62,6 +62,8 @@ pub struct Config {
     pub max_http_requests_per_container: usize,
     /// WASI handles (open files, sockets, streams...) one guest instance may hold at once.
     pub max_guest_handles: usize,
+    /// Bytes of each pooled HTTP instance's memory and table kept between requests.
+    pub http_instance_keep_resident: usize,
     /// When container log files are rotated.
     pub container_logs: crate::logs::LogPolicy,
     /// The kubelet API's connection cap and handshake timeout.

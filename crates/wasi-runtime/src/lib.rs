@@ -49,13 +49,6 @@ enum Guest {
 /// takes one component instance, and a core instance, memory and table per core module in it).
 pub const HTTP_POOL_INSTANCES: u32 = 1000;
 
-/// Bytes of a pooled memory or table a finished request's instance leaves resident. The pages
-/// it wrote (found with the PAGEMAP_SCAN ioctl, Linux 6.7 and later) are reset in place up to
-/// this much, so the next request in the slot takes no page faults and the reset no `madvise`
-/// (whose TLB shootdowns cost the node a fifth of its CPU under load, BENCHMARKS.md run F);
-/// beyond it, and on older kernels, pages are given back to the kernel as before.
-const KEEP_RESIDENT: usize = 1 << 20;
-
 /// The `wasm32-wasi` runtime.
 pub struct WasiRuntime {
     engine: TickingEngine,
@@ -75,6 +68,13 @@ pub struct Bounds {
     pub requests_per_container: usize,
     /// WASI handles (open files, sockets, streams...) one guest instance may hold at once.
     pub handles_per_instance: usize,
+    /// Bytes of a pooled memory or table a finished request's instance leaves resident
+    /// (`--http-instance-keep-resident`). The pages it wrote (found with the PAGEMAP_SCAN
+    /// ioctl, Linux 6.7 and later) are reset in place up to this much, so the next request in
+    /// the slot takes no page faults and the reset no `madvise` (whose TLB shootdowns cost the
+    /// node a fifth of its CPU under load, BENCHMARKS.md run F); beyond it, and on older
+    /// kernels, pages are given back to the kernel.
+    pub keep_resident: usize,
 }
 
 /// wasi-http components run on an engine of their own with the pooling allocator, as
@@ -114,8 +114,8 @@ impl WasiRuntime {
             .total_memories(HTTP_POOL_INSTANCES)
             .total_tables(HTTP_POOL_INSTANCES)
             .total_stacks(HTTP_POOL_INSTANCES)
-            .linear_memory_keep_resident(KEEP_RESIDENT)
-            .table_keep_resident(KEEP_RESIDENT)
+            .linear_memory_keep_resident(bounds.keep_resident)
+            .table_keep_resident(bounds.keep_resident)
             .pagemap_scan(wasmtime::Enabled::Auto);
         let mut http_config = Config::new();
         http_config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
@@ -136,6 +136,7 @@ impl WasiRuntime {
                     .requests_per_container
                     .clamp(1, HTTP_POOL_INSTANCES as usize),
                 handles_per_instance: bounds.handles_per_instance.max(1),
+                keep_resident: bounds.keep_resident,
             },
         })
     }
