@@ -169,7 +169,7 @@ pub struct NodeArgs {
     /// per table (a Kubernetes quantity): the pages a request wrote are reset in place up to
     /// this much (Linux 6.7+), which spares the next request page faults and the node TLB
     /// shootdowns; the rest is given back. `0` gives everything back, as `wasmtime serve` does.
-    #[arg(long, env = "KRUSTLET_HTTP_INSTANCE_KEEP_RESIDENT", default_value = "1Mi", value_parser = parse_bytes)]
+    #[arg(long, env = "KRUSTLET_HTTP_INSTANCE_KEEP_RESIDENT", default_value = "1Mi", value_parser = parse_bytes_or_zero)]
     http_instance_keep_resident: u64,
     /// A container's log file at least this large is rotated (a Kubernetes quantity).
     #[arg(long, env = "KRUSTLET_CONTAINER_LOG_MAX_SIZE", default_value = "10Mi", value_parser = parse_bytes)]
@@ -245,6 +245,14 @@ fn parse_bytes(text: &str) -> Result<u64, String> {
     kubelet::pods::resources::bytes(&quantity)
         .filter(|bytes| *bytes > 0)
         .ok_or_else(|| format!("{text:?} is not a size like 1Gi or 500Mi"))
+}
+
+/// A size as [`parse_bytes`] reads it, or `0`.
+fn parse_bytes_or_zero(text: &str) -> Result<u64, String> {
+    if text.trim() == "0" {
+        return Ok(0);
+    }
+    parse_bytes(text)
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -576,5 +584,13 @@ mod tests {
         let refused = super::parse_period("0s").unwrap_err();
         assert!(refused.contains("above zero"), "{refused}");
         assert!(super::parse_period("-1s").is_err());
+    }
+
+    #[test]
+    fn sizes_that_may_be_zero() {
+        assert_eq!(super::parse_bytes_or_zero("1Mi"), Ok(1 << 20));
+        assert_eq!(super::parse_bytes_or_zero("0"), Ok(0));
+        assert!(super::parse_bytes("0").is_err());
+        assert!(super::parse_bytes_or_zero("lots").is_err());
     }
 }
