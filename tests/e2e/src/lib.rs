@@ -983,10 +983,13 @@ impl NodeAgent {
                     self.log()
                 );
             }
-            if matches!(
-                kubelet_get(self, admin_auth()?, "/healthz").await,
-                Ok((200, _))
-            ) {
+            // Each try has a deadline of its own: one stalled request (a connection made just
+            // before the agent's certificate arrived, say) must not use up the whole wait.
+            let healthz = tokio::time::timeout(
+                Duration::from_secs(5),
+                kubelet_get(self, admin_auth()?, "/healthz"),
+            );
+            if matches!(healthz.await, Ok(Ok((200, _)))) {
                 return Ok(());
             }
             if tokio::time::Instant::now() > deadline {
