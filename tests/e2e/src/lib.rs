@@ -989,12 +989,15 @@ impl NodeAgent {
                 Duration::from_secs(5),
                 kubelet_get(self, admin_auth()?, "/healthz"),
             );
-            if matches!(healthz.await, Ok(Ok((200, _)))) {
-                return Ok(());
-            }
+            let last = match healthz.await {
+                Ok(Ok((200, _))) => return Ok(()),
+                Ok(Ok((code, body))) => format!("{code}: {body}"),
+                Ok(Err(e)) => format!("{e:#}"),
+                Err(_) => "no answer within 5 s".to_string(),
+            };
             if tokio::time::Instant::now() > deadline {
                 bail!(
-                    "the kubelet API of {} did not answer within {DEADLINE:?}:\n{}",
+                    "the kubelet API of {} did not answer within {DEADLINE:?} (last: {last}):\n{}",
                     self.name,
                     self.log()
                 );
