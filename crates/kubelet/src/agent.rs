@@ -267,10 +267,13 @@ pub async fn run_node<R: Runtime>(
     let pods_stop = CancellationToken::new();
     let rest_stop = CancellationToken::new();
     let mut server = parts.serve(client.clone(), rest_stop.clone())?;
+    // The pods bound to the node, kept by its pod watch: all a node may list or read of pods.
+    let (node_pods, node_pods_writer) = kube::runtime::reflector::store();
     let host = Arc::new(ApiHost::new(
         client.clone(),
         parts.config.node_name.clone(),
         parts.config.event_rate,
+        node_pods.clone(),
     ));
     let supervisors = Supervisors::new(parts.context(host.clone()));
     let heartbeat = tokio::spawn(node::heartbeat(
@@ -281,11 +284,12 @@ pub async fn run_node<R: Runtime>(
         rest_stop.clone(),
     ));
     let static_source = parts.config.pod_manifest_path.clone().map(|path| {
-        let (mirrored, static_pods) = tokio::sync::watch::channel(Vec::new());
+        let (mirrored, static_pods) = tokio::sync::watch::channel(None);
         let mirror_changed = Arc::new(tokio::sync::Notify::new());
         tokio::spawn(pods::static_pods::keep_mirror_pods(
             client.clone(),
             parts.config.node_name.clone(),
+            node_pods.clone(),
             static_pods,
             mirror_changed.clone(),
             parts.config.file_check_frequency,
@@ -304,6 +308,7 @@ pub async fn run_node<R: Runtime>(
     let pods = tokio::spawn(pods::watch_pods(
         client.clone(),
         parts.config.node_name.clone(),
+        node_pods_writer,
         supervisors,
         static_source,
         pods_stop.clone(),

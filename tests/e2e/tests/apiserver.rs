@@ -440,6 +440,116 @@ async fn a_node_may_write_its_own_objects_and_no_other_nodes() -> anyhow::Result
     Ok(())
 }
 
+/// The code and message of an API error.
+fn refusal(result: Result<impl std::fmt::Debug, kube::Error>) -> (u16, String) {
+    match result {
+        Err(kube::Error::Api(e)) => (e.code, e.message),
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_node_reads_only_its_own_node_and_the_pods_bound_to_it() -> anyhow::Result<()> {
+    // 1.32's Node authorizer (AuthorizeNodeWithSelectors, on by default).
+    let cluster = Cluster::new("nodereads").await?;
+    let dir = tempfile::tempdir()?;
+    let (mine, theirs) = (
+        format!("reader-{}", cluster.id),
+        format!("other-{}", cluster.id),
+    );
+    fake_node(&cluster, &theirs, "e2e").await?;
+    let _cleanup = (
+        DeleteNode(&cluster, theirs.clone()),
+        DeleteNode(&cluster, mine.clone()),
+    );
+    let as_node = e2e::client_for(&node_credentials(&cluster, &mine, dir.path()).await?).await?;
+    let nodes: Api<Node> = Api::all(as_node.clone());
+    let node: Node = serde_json::from_value(json!({"metadata": {"name": mine}}))?;
+    let my_node = nodes.create(&PostParams::default(), &node).await?;
+    // Its own Node, and no other, not even in a list.
+    nodes.get(&mine).await?;
+    let (code, message) = refusal(nodes.get(&theirs).await);
+    assert_eq!(code, 403);
+    assert!(
+        message.contains(&format!("cannot read '{theirs}', only its own Node object")),
+        "{message}"
+    );
+    let (code, message) = refusal(nodes.list(&ListParams::default()).await);
+    assert_eq!(code, 403);
+    assert!(message.contains("cannot read all nodes"), "{message}");
+    nodes
+        .list(&ListParams::default().fields(&format!("metadata.name={mine}")))
+        .await?;
+    // Pods: one bound to it is read; one bound elsewhere, or none at all, has no relationship
+    // to the node (403, not 404: a node cannot tell whether a pod it may not read exists).
+    cluster.create_pod(parked_pod("here", Some(&mine))).await?;
+    cluster
+        .create_pod(parked_pod("there", Some(&theirs)))
+        .await?;
+    let pods: Api<Pod> = Api::namespaced(as_node.clone(), &cluster.namespace);
+    pods.get("here").await?;
+    for name in ["there", "nowhere"] {
+        let (code, message) = refusal(pods.get(name).await);
+        assert_eq!(code, 403, "{name}");
+        assert!(
+            message.contains(&format!(
+                "no relationship found between node '{mine}' and this object"
+            )),
+            "{message}"
+        );
+    }
+    // Lists and watches only with its own spec.nodeName selector.
+    let own = ListParams::default().fields(&format!("spec.nodeName={mine}"));
+    let listed = Api::<Pod>::all(as_node.clone()).list(&own).await?;
+    let names: Vec<_> = listed
+        .iter()
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
+    assert_eq!(names, ["here"]);
+    for params in [
+        ListParams::default(),
+        ListParams::default().fields(&format!("spec.nodeName={theirs}")),
+        ListParams::default().labels("app=x"),
+    ] {
+        let (code, message) = refusal(pods.list(&params).await);
+        assert_eq!(code, 403);
+        assert!(
+            message.contains("can only list/watch pods with spec.nodeName field selector"),
+            "{message}"
+        );
+    }
+    let (code, _) = refusal(pods.watch(&WatchParams::default(), "0").await.map(|_| ()));
+    assert_eq!(code, 403);
+    let mut watched = pods
+        .watch(
+            &WatchParams::default().fields(&format!("spec.nodeName={mine}")),
+            "0",
+        )
+        .await?
+        .boxed();
+    let first =
+        tokio::time::timeout(std::time::Duration::from_secs(10), watched.try_next()).await??;
+    assert!(
+        matches!(&first, Some(WatchEvent::Added(p)) if p.metadata.name.as_deref() == Some("here")),
+        "{first:?}"
+    );
+    // A mirror pod that does not exist yet is created without reading it first; a second
+    // create is AlreadyExists.
+    let mirror: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "mirror", "annotations": {"kubernetes.io/config.mirror": "h1"},
+            "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": mine,
+                "uid": my_node.metadata.uid, "controller": true}]},
+        "spec": {"nodeName": mine, "containers": [{"name": "c", "image": "registry.invalid/x:v1"}]}
+    }))?;
+    pods.create(&PostParams::default(), &mirror).await?;
+    assert_eq!(
+        api_code(pods.create(&PostParams::default(), &mirror).await),
+        (409, "AlreadyExists".into())
+    );
+    pods.get("mirror").await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn bad_requests_get_the_real_servers_codes() -> anyhow::Result<()> {
     let cluster = Cluster::new("badreq").await?;

@@ -21,7 +21,11 @@ async fn static_pods_run_mirrored_and_outlive_their_mirror_but_not_their_manifes
     spec.tolerations = None;
     let file = manifests.path().join("web.json");
     std::fs::write(&file, serde_json::to_vec(&manifest)?)?;
-    let agent = cluster
+    let mut other = manifest.clone();
+    other.metadata.name = Some("other".into());
+    let other_file = manifests.path().join("other.json");
+    std::fs::write(&other_file, serde_json::to_vec(&other)?)?;
+    let mut agent = cluster
         .start_node_with(&[
             "--pod-manifest-path",
             manifests.path().to_str().expect("utf-8 path"),
@@ -74,6 +78,23 @@ async fn static_pods_run_mirrored_and_outlive_their_mirror_but_not_their_manifes
             .annotations()
             .contains_key("kubernetes.io/config.mirror")
     );
+
+    // A manifest removed while the node is down: its mirror pod goes once the node is back
+    // (the node learns of it from its own pod watch, the only way it may list pods).
+    let other_mirror = format!("other-{}", agent.name);
+    cluster
+        .wait_pod(&other_mirror, "mirrored", |pod: Option<&Pod>| pod.is_some())
+        .await?;
+    agent.terminate()?;
+    std::fs::remove_file(&other_file)?;
+    agent.start_again().await?;
+    e2e::wait_for(cluster.pods(), &other_mirror, |pod: Option<&Pod>| {
+        pod.is_none()
+    })
+    .await?;
+    cluster
+        .wait_pod(&mirror_name, "still mirrored", is_running_after_restarts(0))
+        .await?;
 
     // Removing the manifest stops the static pod and deletes its mirror.
     std::fs::remove_file(&file)?;

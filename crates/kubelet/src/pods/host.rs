@@ -114,6 +114,9 @@ pub struct ApiHost {
     /// Every Service of the cluster, kept by a watch, for containers' service variables.
     services: Store<Service>,
     _watching_services: AbortOnDropHandle<()>,
+    /// The pods bound to the node as its pod watch last saw them (static pods' mirrors among
+    /// them).
+    node_pods: Store<Pod>,
     /// Sends events in the background, aggregating repeats as the kubelet does.
     events: EventRecorder,
     config_maps: ObjectCache<ConfigMap>,
@@ -121,8 +124,14 @@ pub struct ApiHost {
 }
 
 impl ApiHost {
-    /// Effects through `client` on behalf of `node_name`, its events written at `event_rate`.
-    pub fn new(client: kube::Client, node_name: String, event_rate: EventRate) -> Self {
+    /// Effects through `client` on behalf of `node_name`, its events written at `event_rate`;
+    /// `node_pods` is kept by the node's pod watch ([`super::watch_pods`]).
+    pub fn new(
+        client: kube::Client,
+        node_name: String,
+        event_rate: EventRate,
+        node_pods: Store<Pod>,
+    ) -> Self {
         let (services, writer) = reflector::store();
         let watch = watcher::watcher(Api::<Service>::all(client.clone()), Default::default())
             .default_backoff()
@@ -135,6 +144,7 @@ impl ApiHost {
         Self {
             services,
             _watching_services: AbortOnDropHandle::new(tokio::spawn(watch)),
+            node_pods,
             events: EventRecorder::new(client.clone(), node_name, event_rate),
             client,
             config_maps: ObjectCache::default(),
@@ -181,14 +191,11 @@ impl PodHost for ApiHost {
             ))
         };
         let is_static = super::admission::is_static(pod);
-        // A static pod's status goes to its mirror pod, which the node (re)creates: until it
-        // is there, the write is tried again, never given up.
+        // A static pod's status goes to its mirror pod, which the node (re)creates: until its
+        // pod watch shows it, the write is tried again, never given up.
         let uid = if is_static {
-            let hash = pod.annotations().get(super::static_pods::CONFIG_HASH);
-            let mirror = api.get_opt(&pod.name_any()).await.map_err(|e| failed(&e))?;
-            match mirror.filter(|m| m.annotations().get(super::static_pods::CONFIG_MIRROR) == hash)
-            {
-                Some(mirror) => mirror.uid(),
+            match super::static_pods::mirror_uid(&self.node_pods, pod) {
+                Some(uid) => Some(uid),
                 None => return Err(failed(&"its mirror pod is not created yet")),
             }
         } else {

@@ -35,6 +35,7 @@ use host::PodHost;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::runtime::WatchStreamExt;
+use kube::runtime::reflector;
 use kube::runtime::watcher::{self, Event};
 use registry::PodRegistry;
 use std::collections::{HashMap, HashSet};
@@ -286,19 +287,24 @@ pub struct StaticSource {
     pub mirror_changed: Arc<tokio::sync::Notify>,
 }
 
-/// Watches the pods bound to `node_name` and supervises each, with the static pods of
-/// `static_source` if there is one, until `shutdown`. Mirror pods are never run: a change to one
-/// is passed on to the mirror pod keeper.
+/// Watches the pods bound to `node_name` (the one pod list and watch the Node authorizer allows
+/// a node), keeping `node_pods` (the store behind [`ApiHost`](host::ApiHost) and the mirror pod
+/// keeper), and supervises each, with the static pods of `static_source` if there is one, until
+/// `shutdown`. Mirror pods are never run: a change to one is passed on to the mirror pod keeper.
 pub async fn watch_pods<R: Runtime, H: PodHost>(
     client: kube::Client,
     node_name: String,
+    node_pods: reflector::store::Writer<Pod>,
     mut supervisors: Supervisors<R, H>,
     mut static_source: Option<StaticSource>,
     shutdown: CancellationToken,
 ) {
     let api: kube::Api<Pod> = kube::Api::all(client);
     let config = watcher::Config::default().fields(&format!("spec.nodeName={node_name}"));
-    let mut events = watcher::watcher(api, config).default_backoff().boxed();
+    let mut events = watcher::watcher(api, config)
+        .default_backoff()
+        .reflect(node_pods)
+        .boxed();
     let mut relisted: HashSet<String> = HashSet::new();
     let mut reread = tokio::time::interval(
         static_source

@@ -12,7 +12,8 @@ use k8s_openapi::api::core::v1::{Node, Pod, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, PostParams, Preconditions};
-use std::collections::{BTreeMap, HashMap};
+use kube::runtime::reflector::{ObjectRef, Store};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,8 +91,8 @@ pub struct StaticPods {
     node_name: String,
     /// The static pods running, by manifest file, then uid.
     current: HashMap<PathBuf, HashMap<String, Pod>>,
-    /// The static pods, for the mirror pod keeper.
-    mirrored: watch::Sender<Vec<Pod>>,
+    /// The static pods, for the mirror pod keeper: `None` until the manifests were read once.
+    mirrored: watch::Sender<Option<Vec<Pod>>>,
 }
 
 /// What changed in the manifests since they were read last.
@@ -105,8 +106,12 @@ pub struct Changes {
 
 impl StaticPods {
     /// The static pods of `path` for node `node_name`, none read yet; `mirrored` receives
-    /// them as they change.
-    pub fn new(path: PathBuf, node_name: String, mirrored: watch::Sender<Vec<Pod>>) -> Self {
+    /// them once read and then as they change.
+    pub fn new(
+        path: PathBuf,
+        node_name: String,
+        mirrored: watch::Sender<Option<Vec<Pod>>>,
+    ) -> Self {
         Self {
             path,
             node_name,
@@ -163,39 +168,67 @@ impl StaticPods {
                 .collect(),
         };
         self.current = read;
-        if !changes.added.is_empty() || !changes.removed.is_empty() {
+        let first_read = self.mirrored.borrow().is_none();
+        if first_read || !changes.added.is_empty() || !changes.removed.is_empty() {
             let pods: Vec<Pod> = self
                 .current
                 .values()
                 .flat_map(|p| p.values().cloned())
                 .collect();
-            self.mirrored.send_replace(pods);
+            self.mirrored.send_replace(Some(pods));
         }
         changes
     }
 }
 
-/// Keeps a mirror pod on the API server for each static pod: created when missing, replaced
-/// when it mirrors another version or is being deleted, deleted when its static pod is gone.
-/// Runs every `every`, when the static pods change, and when `poke` is notified (a mirror
-/// pod changed), until `shutdown`.
+/// The uid of the mirror pod of static pod `pod` as the node's pod watch (`node_pods`) last
+/// saw it, if it mirrors this version of the pod and is not being deleted. The node learns of
+/// mirror pods only from that watch: the Node authorizer lets a node read no pod that is not
+/// bound to it, so a mirror pod that does not exist yet cannot be read by name.
+pub fn mirror_uid(node_pods: &Store<Pod>, pod: &Pod) -> Option<String> {
+    let hash = pod.annotations().get(CONFIG_HASH)?;
+    node_pods
+        .get(&object_ref(pod))
+        .filter(|m| m.annotations().get(CONFIG_MIRROR) == Some(hash))
+        .filter(|m| m.metadata.deletion_timestamp.is_none())
+        .and_then(|m| m.uid())
+}
+
+fn object_ref(pod: &Pod) -> ObjectRef<Pod> {
+    ObjectRef::new(&pod.name_any()).within(&pod.namespace().unwrap_or_default())
+}
+
+/// Keeps a mirror pod on the API server for each static pod, as the kubelet does: created when
+/// missing (AlreadyExists counts as done: the node's pod watch shows what is there), replaced
+/// when it mirrors another version or is being deleted, and deleted when no static pod has it
+/// (also one whose manifest was removed while the node was down). What exists is read from
+/// `node_pods`, the node's own watch of the pods bound to it. Runs once that watch and the
+/// manifests have been read, then every `every`, when the static pods change, and when `poke`
+/// is notified (a mirror pod changed), until `shutdown`.
 pub async fn keep_mirror_pods(
     client: kube::Client,
     node_name: String,
-    mut static_pods: watch::Receiver<Vec<Pod>>,
+    node_pods: Store<Pod>,
+    mut static_pods: watch::Receiver<Option<Vec<Pod>>>,
     poke: Arc<Notify>,
     every: Duration,
     shutdown: CancellationToken,
 ) {
+    tokio::select! {
+        _ = shutdown.cancelled() => return,
+        ready = node_pods.wait_until_ready() => if ready.is_err() { return },
+    }
     let mut mirrors = Mirrors {
         client,
         node_name,
+        node_pods,
         node_uid: None,
-        mirrored: HashMap::new(),
     };
     loop {
         let desired = static_pods.borrow_and_update().clone();
-        mirrors.reconcile(&desired).await;
+        if let Some(desired) = desired {
+            mirrors.reconcile(&desired).await;
+        }
         tokio::select! {
             _ = shutdown.cancelled() => return,
             changed = static_pods.changed() => if changed.is_err() { return },
@@ -209,60 +242,53 @@ pub async fn keep_mirror_pods(
 struct Mirrors {
     client: kube::Client,
     node_name: String,
+    /// The pods bound to the node, mirror pods among them, as its pod watch last saw them.
+    node_pods: Store<Pod>,
     /// The Node's uid, for the mirror pods' owner reference.
     node_uid: Option<String>,
-    /// (namespace, name) of each mirror pod created, with the hash it mirrors.
-    mirrored: HashMap<(String, String), String>,
 }
 
 impl Mirrors {
     async fn reconcile(&mut self, desired: &[Pod]) {
-        let wanted: HashMap<(String, String), &Pod> = desired
-            .iter()
-            .map(|p| ((p.namespace().unwrap_or_default(), p.name_any()), p))
+        let wanted: HashSet<ObjectRef<Pod>> = desired.iter().map(object_ref).collect();
+        let orphans: Vec<Arc<Pod>> = self
+            .node_pods
+            .state()
+            .into_iter()
+            .filter(|p| is_mirror(p) && !wanted.contains(&object_ref(p)))
             .collect();
-        let gone: Vec<(String, String)> = self
-            .mirrored
-            .keys()
-            .filter(|key| !wanted.contains_key(*key))
-            .cloned()
-            .collect();
-        for (ns, name) in gone {
-            if let Err(e) = self.delete_mirror(&ns, &name, None).await {
-                tracing::warn!(pod = %format!("{ns}/{name}"), error = %e, "deleting the mirror pod of a removed static pod failed; retrying");
-                continue;
+        for orphan in orphans {
+            if let Err(e) = self.delete_mirror(&orphan).await {
+                tracing::warn!(pod = %object_ref(&orphan), error = %e, "deleting the mirror pod of a removed static pod failed; retrying");
             }
-            self.mirrored.remove(&(ns, name));
         }
-        for ((ns, name), pod) in wanted {
-            if let Err(e) = self.mirror(&ns, &name, pod).await {
-                tracing::warn!(pod = %format!("{ns}/{name}"), error = %e, "mirroring the static pod failed; retrying");
+        for pod in desired {
+            if let Err(e) = self.mirror(pod).await {
+                tracing::warn!(pod = %object_ref(pod), error = %e, "mirroring the static pod failed; retrying");
             }
         }
     }
 
     /// Makes sure the mirror pod of `pod` exists and mirrors this version of it.
-    async fn mirror(&mut self, ns: &str, name: &str, pod: &Pod) -> Result<(), kube::Error> {
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+    async fn mirror(&mut self, pod: &Pod) -> Result<(), kube::Error> {
         let hash = pod
             .annotations()
             .get(CONFIG_HASH)
             .cloned()
             .unwrap_or_default();
-        match api.get_opt(name).await? {
+        match self.node_pods.get(&object_ref(pod)) {
             Some(existing) if !is_mirror(&existing) => {
-                tracing::warn!(pod = %format!("{ns}/{name}"), "a pod that is not a mirror pod has the static pod's name; the static pod runs unmirrored");
+                tracing::warn!(pod = %object_ref(pod), "a pod that is not a mirror pod has the static pod's name; the static pod runs unmirrored");
                 return Ok(());
             }
             Some(existing)
                 if existing.annotations().get(CONFIG_MIRROR) == Some(&hash)
                     && existing.metadata.deletion_timestamp.is_none() =>
             {
-                self.mirrored.insert((ns.into(), name.into()), hash);
                 return Ok(());
             }
             // Another version's mirror, or one being deleted: replace it.
-            Some(existing) => self.delete_mirror(ns, name, existing.uid()).await?,
+            Some(existing) => self.delete_mirror(&existing).await?,
             None => {}
         }
         let node_uid = match &self.node_uid {
@@ -277,11 +303,11 @@ impl Mirrors {
             }
         };
         let mut annotations = pod.annotations().clone();
-        annotations.insert(CONFIG_MIRROR.into(), hash.clone());
+        annotations.insert(CONFIG_MIRROR.into(), hash);
         let mirror = Pod {
             metadata: ObjectMeta {
-                name: Some(name.into()),
-                namespace: Some(ns.into()),
+                name: pod.metadata.name.clone(),
+                namespace: pod.metadata.namespace.clone(),
                 labels: pod.metadata.labels.clone(),
                 annotations: Some(annotations),
                 owner_references: Some(vec![OwnerReference {
@@ -297,37 +323,35 @@ impl Mirrors {
             spec: pod.spec.clone(),
             status: None,
         };
+        let api: Api<Pod> =
+            Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
         match api.create(&PostParams::default(), &mirror).await {
-            Ok(_) => {}
-            // Created meanwhile (the next round checks it), or the Node was replaced.
-            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Ok(_) => Ok(()),
+            // There already (made meanwhile, or not yet in the watch): the watch shows it, and
+            // the next round replaces it if it is not this version's mirror.
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+            // The Node was replaced: its uid is read again.
             Err(kube::Error::Api(e)) if e.code == 403 && e.message.contains("UID mismatch") => {
                 self.node_uid = None;
-                return Err(kube::Error::Api(e));
+                Err(kube::Error::Api(e))
             }
-            Err(e) => return Err(e),
+            Err(e) => Err(e),
         }
-        self.mirrored.insert((ns.into(), name.into()), hash);
-        Ok(())
     }
 
-    /// Deletes a mirror pod at once (it runs nothing), only if it still is `uid` when given.
-    async fn delete_mirror(
-        &self,
-        ns: &str,
-        name: &str,
-        uid: Option<String>,
-    ) -> Result<(), kube::Error> {
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+    /// Deletes a mirror pod at once (it runs nothing), only if it still is the one seen.
+    async fn delete_mirror(&self, mirror: &Pod) -> Result<(), kube::Error> {
+        let api: Api<Pod> =
+            Api::namespaced(self.client.clone(), &mirror.namespace().unwrap_or_default());
         let params = DeleteParams {
             grace_period_seconds: Some(0),
-            preconditions: uid.map(|uid| Preconditions {
-                uid: Some(uid),
+            preconditions: Some(Preconditions {
+                uid: mirror.uid(),
                 resource_version: None,
             }),
             ..Default::default()
         };
-        match api.delete(name, &params).await {
+        match api.delete(&mirror.name_any(), &params).await {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
             Err(e) => Err(e),
@@ -379,18 +403,21 @@ mod tests {
     #[test]
     fn rereading_reports_what_was_added_and_removed() {
         let dir = tempfile::tempdir().unwrap();
-        let (tx, rx) = watch::channel(Vec::new());
+        let (tx, rx) = watch::channel(None);
+        let mirrored = |rx: &watch::Receiver<Option<Vec<Pod>>>| rx.borrow().as_ref().map(Vec::len);
         let mut pods = StaticPods::new(dir.path().join("manifests"), "n".into(), tx);
         // No directory yet: no pods, as the kubelet waits for it.
         let changes = pods.reread();
         assert!(changes.added.is_empty() && changes.removed.is_empty());
+        // Read once, even with nothing to mirror: the mirror pod keeper may delete orphans.
+        assert_eq!(mirrored(&rx), Some(0));
         std::fs::create_dir(dir.path().join("manifests")).unwrap();
         let file = dir.path().join("manifests/web.json");
         std::fs::write(&file, serde_json::to_vec(&manifest(&["a"])).unwrap()).unwrap();
         let changes = pods.reread();
         assert_eq!(changes.added.len(), 1);
         let first = changes.added[0].uid().unwrap();
-        assert!(pods.contains(&first) && rx.borrow().len() == 1);
+        assert!(pods.contains(&first) && mirrored(&rx) == Some(1));
         // An invalid manifest (one being written) keeps its pods; another file still counts.
         std::fs::write(&file, b"{not yaml: [").unwrap();
         let other = dir.path().join("manifests/other.yaml");
@@ -400,7 +427,7 @@ mod tests {
         let changes = pods.reread();
         assert!(changes.removed.is_empty(), "{changes:?}");
         assert_eq!(changes.added.len(), 1);
-        assert!(pods.contains(&first) && rx.borrow().len() == 2);
+        assert!(pods.contains(&first) && mirrored(&rx) == Some(2));
         std::fs::remove_file(&other).unwrap();
         assert_eq!(pods.reread().removed.len(), 1);
         // A changed manifest replaces the pod.
@@ -411,6 +438,6 @@ mod tests {
         std::fs::remove_file(&file).unwrap();
         let changes = pods.reread();
         assert_eq!(changes.removed.len(), 1);
-        assert!(rx.borrow().is_empty());
+        assert_eq!(mirrored(&rx), Some(0));
     }
 }

@@ -1,6 +1,8 @@
 //! Authentication (client certificates, bootstrap tokens, issued tokens) and an authorizer close
-//! to the real server's Node authorizer + NodeRestriction + the default RBAC roles.
+//! to the real server's Node authorizer (as 1.32 runs it, with `AuthorizeNodeWithSelectors`) +
+//! NodeRestriction + the default RBAC roles.
 
+use super::selectors::FieldSelector;
 use super::store::State;
 use base64::Engine;
 use serde_json::Value;
@@ -98,6 +100,8 @@ pub struct Attributes {
     pub name: String,
     /// For non-resource requests: the path.
     pub path: Option<String>,
+    /// A list's or watch's field selector (empty for other verbs).
+    pub field_selector: FieldSelector,
 }
 
 /// The authorizer's answer.
@@ -163,15 +167,52 @@ fn authorize_node(
     let deny = |why: String| Decision::Deny(why);
     let pod = || state.get("pods", &attrs.namespace, &attrs.name);
     let bound_here = |pod: Option<&Value>| pod.is_some_and(|p| p["spec"]["nodeName"] == node);
+    let no_relationship = || {
+        deny(format!(
+            "no relationship found between node '{node}' and this object"
+        ))
+    };
     match (attrs.group.as_str(), resource) {
-        ("", "nodes") | ("", "nodes/status") if read => Decision::Allow,
+        // 1.32's Node authorizer with AuthorizeNodeWithSelectors (on by default): a node reads
+        // its own Node object only.
+        ("", "nodes") if read => match attrs.name.as_str() {
+            name if name == node => Decision::Allow,
+            "" => deny(format!(
+                "node '{node}' cannot read all nodes, only its own Node object"
+            )),
+            other => deny(format!(
+                "node '{node}' cannot read '{other}', only its own Node object"
+            )),
+        },
+        ("", "nodes") | ("", "nodes/status") if read => deny(String::new()),
         ("", "nodes") | ("", "nodes/status") if attrs.name == node || attrs.verb == "create" => {
             Decision::Allow
         }
         ("", "nodes") | ("", "nodes/status") => {
             deny(format!("node '{node}' cannot modify node '{}'", attrs.name))
         }
-        ("", "pods") if read => Decision::Allow,
+        // A pod is read only if it is bound to the node; pods are listed and watched only with
+        // the `spec.nodeName=<node>` field selector (or one pod bound to it, by name).
+        ("", "pods") if attrs.verb == "get" => {
+            if bound_here(pod()) {
+                Decision::Allow
+            } else {
+                no_relationship()
+            }
+        }
+        ("", "pods") if read => {
+            if attrs.field_selector.requires("spec.nodeName", node) {
+                Decision::Allow
+            } else if !attrs.name.is_empty() {
+                if bound_here(pod()) {
+                    Decision::Allow
+                } else {
+                    no_relationship()
+                }
+            } else {
+                deny("can only list/watch pods with spec.nodeName field selector".into())
+            }
+        }
         // For the containers' service variables (the system:node role reads every Service).
         ("", "services") if read => Decision::Allow,
         // Mirror pods; NodeRestriction (objects.rs) decides which.
@@ -222,9 +263,7 @@ fn authorize_node(
             {
                 Decision::Allow
             } else {
-                deny(format!(
-                    "no relationship found between node '{node}' and this object"
-                ))
+                no_relationship()
             }
         }
         _ => deny(String::new()),

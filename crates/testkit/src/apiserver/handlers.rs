@@ -134,14 +134,17 @@ pub async fn handle(
         namespace: target.namespace.clone(),
         name: target.name.clone(),
         path: None,
+        field_selector: FieldSelector::default(),
     };
     if matches!(verb, "list" | "watch")
-        && let Some(name) = query
+        && let Some(selector) = query
             .get("fieldSelector")
             .and_then(|f| FieldSelector::parse(f, target.def.kind).ok())
-            .and_then(|f| f.required("metadata.name").map(String::from))
     {
-        attrs.name = name;
+        if let Some(name) = selector.required("metadata.name") {
+            attrs.name = name.to_string();
+        }
+        attrs.field_selector = selector;
     }
     if let Decision::Deny(why) = shared.store.read(|s| auth::authorize(s, &who, &attrs)) {
         return forbidden(&who, &attrs, &why);

@@ -161,7 +161,7 @@ pub fn access_review(ctx: &Ctx, body: &[u8]) -> Reply {
             subresource: Some(field("subresource")).filter(|s| !s.is_empty()),
             namespace: field("namespace"),
             name: field("name"),
-            path: None,
+            ..Default::default()
         }
     } else if let Some(n) = spec["nonResourceAttributes"].as_object() {
         Attributes {

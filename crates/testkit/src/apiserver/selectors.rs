@@ -135,6 +135,14 @@ impl FieldSelector {
         })
     }
 
+    /// Whether an equality term requires `field` to be `value` (as the Node authorizer asks of
+    /// a node's pod list: `spec.nodeName=<node>`).
+    pub fn requires(&self, field: &str, value: &str) -> bool {
+        self.0
+            .iter()
+            .any(|(f, eq, v)| f == field && *eq && v == value)
+    }
+
     /// The value required for `field` by an equality term, if any.
     pub fn required(&self, field: &str) -> Option<&str> {
         self.0
