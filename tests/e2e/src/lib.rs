@@ -3,6 +3,7 @@
 //! started as real `krustlet-wasi` processes, per-test namespaces, and waits with deadlines.
 
 pub mod cni;
+pub mod fake_node;
 pub mod metrics_server;
 
 use anyhow::{Context, bail};

@@ -1,6 +1,6 @@
 //! The controllers the tests lean on: namespace deletion, orphaned-pod collection, CSR approval
 //! and signing, EndpointSlices for Services with selectors, node lifecycle (silent nodes
-//! Unknown and tainted), taint eviction, and an optional scheduler with kube-scheduler's
+//! Unknown and tainted as their zones' states allow), taint eviction, and an optional scheduler with kube-scheduler's
 //! filters for our users' cases.
 
 use super::Shared;
@@ -22,6 +22,7 @@ pub async fn run(shared: Arc<Shared>, scheduler: bool) {
     let mut changes = shared.store.changes();
     let mut resync = tokio::time::interval(RESYNC);
     let mut taint_eviction = TaintEviction::default();
+    let mut node_lifecycle = node_lifecycle::NodeLifecycle::new(node_lifecycle::GRACE_PERIOD);
     loop {
         tokio::select! {
             received = changes.recv() => if let Err(RecvError::Closed) = received { return },
@@ -34,7 +35,7 @@ pub async fn run(shared: Arc<Shared>, scheduler: bool) {
             publish_namespace_defaults(&shared, state);
             reconcile_csrs(&shared, state);
             endpoints::reconcile(state);
-            node_lifecycle::reconcile(state, node_lifecycle::GRACE_PERIOD);
+            node_lifecycle.reconcile(state);
             taint_eviction.reconcile(state);
             if scheduler {
                 schedule(state);
