@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 /// How long one plugin call may take before it is killed and the call fails.
 pub const PLUGIN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -60,6 +60,18 @@ pub async fn call(
     config: &Map<String, Value>,
     who: &Attachment<'_>,
 ) -> Result<Option<Value>, CniError> {
+    call_within(command, config, who, PLUGIN_TIMEOUT).await
+}
+
+/// [`call`], the plugin given `timeout` to answer. The plugin runs in a process group of its
+/// own, killed whole when the call fails (timeout, an answer past [`MAX_RESULT_BYTES`]) or is
+/// dropped, so that nothing it started outlives it.
+async fn call_within(
+    command: Command,
+    config: &Map<String, Value>,
+    who: &Attachment<'_>,
+    timeout: Duration,
+) -> Result<Option<Value>, CniError> {
     let kind = config
         .get("type")
         .and_then(Value::as_str)
@@ -89,40 +101,38 @@ pub async fn call(
         .env("CNI_IFNAME", who.ifname)
         .env("CNI_ARGS", who.args)
         .env("CNI_PATH", join_paths(who.bin_dirs))
+        .process_group(0)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| failed(format!("starting {} failed: {e}", binary.display())))?;
+    let group = ProcessGroup(child.id());
     let mut input = child.stdin.take().expect("stdin is piped");
-    let mut output = child.stdout.take().expect("stdout is piped");
-    let mut errors = child.stderr.take().expect("stderr is piped");
+    let output = child.stdout.take().expect("stdout is piped");
+    let errors = child.stderr.take().expect("stderr is piped");
     let talk = async {
         // A plugin that does not read its config gets EOF-less silence, not a hang: the
         // timeout covers the whole call.
         let _ = input.write_all(&stdin).await;
         drop(input);
-        let (mut out, mut err) = (Vec::new(), Vec::new());
-        let (mut limited_out, mut limited_err) = (
-            (&mut output).take(MAX_RESULT_BYTES + 1),
-            (&mut errors).take(MAX_STDERR_BYTES),
-        );
-        let _ = tokio::join!(
-            limited_out.read_to_end(&mut out),
-            limited_err.read_to_end(&mut err)
-        );
+        let (out, err) = tokio::try_join!(read_at_most(output, MAX_RESULT_BYTES), async {
+            Ok(read_head(errors, MAX_STDERR_BYTES).await)
+        },)?;
         let status = child.wait().await;
-        (status, out, err)
+        Ok::<_, TooLong>((status, out, err))
     };
-    let (status, out, err) = tokio::time::timeout(PLUGIN_TIMEOUT, talk)
-        .await
-        .map_err(|_| failed(format!("it did not answer within {PLUGIN_TIMEOUT:?}")))?;
-    if out.len() as u64 > MAX_RESULT_BYTES {
-        return Err(failed(format!(
-            "its answer is longer than {MAX_RESULT_BYTES} bytes"
-        )));
-    }
+    let (status, out, err) = match tokio::time::timeout(timeout, talk).await {
+        Ok(Ok(answered)) => answered,
+        Ok(Err(TooLong)) => {
+            return Err(failed(format!(
+                "its answer is longer than {MAX_RESULT_BYTES} bytes"
+            )));
+        }
+        Err(_) => return Err(failed(format!("it did not answer within {timeout:?}"))),
+    };
+    group.ended();
     let status = status.map_err(|e| failed(format!("waiting for it failed: {e}")))?;
     if !status.success() {
         return Err(failed(error_message(&out, &err, status)));
@@ -133,6 +143,53 @@ pub async fn call(
     let result: Value =
         serde_json::from_slice(&out).map_err(|e| failed(format!("its result is not JSON: {e}")))?;
     Ok(Some(result))
+}
+
+/// A plugin's process group, killed whole (SIGKILL) when dropped before [`ProcessGroup::ended`]:
+/// a plugin that hangs or misbehaves takes whatever it started with it.
+struct ProcessGroup(Option<u32>);
+
+impl ProcessGroup {
+    /// The plugin answered and exited: what it left running is its own business, as with any
+    /// runtime's plugins (a daemon it started on purpose, say).
+    fn ended(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        let group = self
+            .0
+            .and_then(|pid| i32::try_from(pid).ok())
+            .and_then(rustix::process::Pid::from_raw);
+        if let Some(group) = group {
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+/// An answer past its size limit.
+#[derive(Debug)]
+struct TooLong;
+
+/// Everything `from` gives until its end, failing as soon as it passes `limit` bytes.
+async fn read_at_most(from: impl AsyncRead + Unpin, limit: u64) -> Result<Vec<u8>, TooLong> {
+    let mut read = Vec::new();
+    let _ = from.take(limit + 1).read_to_end(&mut read).await;
+    if read.len() as u64 > limit {
+        return Err(TooLong);
+    }
+    Ok(read)
+}
+
+/// The first `limit` bytes `from` gives; the rest is read to its end and dropped, so that a
+/// chatty writer is never blocked on a full pipe.
+async fn read_head(mut from: impl AsyncRead + Unpin, limit: u64) -> Vec<u8> {
+    let mut head = Vec::new();
+    let _ = (&mut from).take(limit).read_to_end(&mut head).await;
+    let _ = tokio::io::copy(&mut from, &mut tokio::io::sink()).await;
+    head
 }
 
 /// The spec's error object (`msg`, `details`), else whatever the plugin printed.
@@ -205,6 +262,116 @@ mod tests {
         );
         assert_eq!(message, "failed to allocate (range full) [code 11]");
         assert!(error_message(b"", b"boom\n", status).ends_with("boom"));
+    }
+
+    /// A plugin named `name` in `dir` that runs `script` (sh).
+    fn plugin(dir: &Path, name: &str, script: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{script}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    fn attachment(bin_dirs: &[PathBuf]) -> Attachment<'_> {
+        Attachment {
+            container_id: "c",
+            netns: Path::new("/nonexistent"),
+            ifname: "eth0",
+            args: "",
+            bin_dirs,
+        }
+    }
+
+    fn config(kind: &str) -> Map<String, Value> {
+        json!({"type": kind, "name": "n", "cniVersion": "1.0.0"})
+            .as_object()
+            .unwrap()
+            .clone()
+    }
+
+    /// Whether process `pid` has ended (gone, or a zombie nobody has reaped yet).
+    fn ended(pid: &str) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+            stat.rsplit(") ").next().is_some_and(|s| s.starts_with('Z'))
+        })
+    }
+
+    #[tokio::test]
+    async fn a_hanging_plugin_is_killed_with_what_it_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("child.pid");
+        plugin(
+            dir.path(),
+            "hang",
+            &format!("sleep 1000 &\necho $! > {}\nsleep 1000", pid_file.display()),
+        );
+        let bin_dirs = [dir.path().to_path_buf()];
+        let error = call_within(
+            Command::Add,
+            &config("hang"),
+            &attachment(&bin_dirs),
+            Duration::from_secs(2),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            error.to_string().contains("did not answer within"),
+            "{error}"
+        );
+        let child = std::fs::read_to_string(&pid_file).unwrap();
+        let child = child.trim();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !ended(child) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(ended(child), "the plugin's child {child} outlived it");
+    }
+
+    #[tokio::test]
+    async fn an_answer_past_its_limit_fails_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        plugin(dir.path(), "talker", "exec yes 0123456789abcdef");
+        let bin_dirs = [dir.path().to_path_buf()];
+        let started = std::time::Instant::now();
+        let error = call_within(
+            Command::Add,
+            &config("talker"),
+            &attachment(&bin_dirs),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap_err();
+        assert!(error.to_string().contains("longer than"), "{error}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_plugin_chatty_on_stderr_is_not_blocked() {
+        let dir = tempfile::tempdir().unwrap();
+        // 8 MiB of stderr (far past the pipe's buffer and the head kept), then a clean exit.
+        plugin(
+            dir.path(),
+            "chatty",
+            "head -c 8388608 /dev/zero >&2\necho '{\"cniVersion\":\"1.0.0\",\"ips\":[{\"address\":\"10.1.2.3/24\"}]}'",
+        );
+        let bin_dirs = [dir.path().to_path_buf()];
+        let result = call_within(
+            Command::Add,
+            &config("chatty"),
+            &attachment(&bin_dirs),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            addresses(&result),
+            vec!["10.1.2.3".parse::<IpAddr>().unwrap()]
+        );
     }
 
     #[tokio::test]
