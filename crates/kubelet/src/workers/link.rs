@@ -2,6 +2,7 @@
 //! worker is started when nobody answers on its socket), the containers the agent follows
 //! there, and the containers found there that no pod has claimed yet.
 
+use super::key::AgentKey;
 use super::protocol::{
     self, ContainerState, Envelope, FromWorker, Hello, MAX_MESSAGE_BYTES, Notice, PROTOCOL_VERSION,
     Reply, Request,
@@ -75,6 +76,8 @@ pub(super) struct Link {
     pub index: usize,
     socket: PathBuf,
     launcher: Launcher,
+    /// What the agent greets the worker with.
+    key: AgentKey,
     outbox: watch::Sender<Option<mpsc::UnboundedSender<Outgoing>>>,
     state: Mutex<State>,
     /// The worker's greeting on the first connection.
@@ -82,11 +85,12 @@ pub(super) struct Link {
 }
 
 impl Link {
-    pub fn new(index: usize, socket: PathBuf, launcher: Launcher) -> Arc<Self> {
+    pub fn new(index: usize, socket: PathBuf, launcher: Launcher, key: AgentKey) -> Arc<Self> {
         Arc::new(Self {
             index,
             socket,
             launcher,
+            key,
             outbox: watch::channel(None).0,
             state: Mutex::default(),
             hello: watch::channel(None).0,
@@ -282,7 +286,7 @@ impl Link {
                 }
             };
             let mut framed = Framed::new(stream, protocol::codec(max_frame.max(MAX_MESSAGE_BYTES)));
-            let hello = match greet(&mut framed).await {
+            let hello = match greet(&mut framed, &self.key).await {
                 Ok(hello) => hello,
                 Err(e) => {
                     tracing::error!(worker = self.index, error = %e, retry_in = ?backoff, "greeting a runtime worker failed");
@@ -438,11 +442,13 @@ impl Link {
 /// is asked to drain (its guests stop; the agent starts a worker of its own once it is gone).
 async fn greet(
     framed: &mut Framed<UnixStream, tokio_util::codec::LengthDelimitedCodec>,
+    key: &AgentKey,
 ) -> Result<Hello, GreetError> {
     let hello = Envelope {
         id: 0,
         request: Request::Hello {
             protocol: PROTOCOL_VERSION,
+            key: key.clone(),
         },
     };
     framed

@@ -12,6 +12,7 @@
 //! runs claims it by its container ID and follows it on, with no restart. A worker writes its
 //! guests' CRI log files and holds their listening sockets itself.
 
+pub mod key;
 mod link;
 pub mod pool;
 pub mod protocol;

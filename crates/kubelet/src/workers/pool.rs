@@ -2,6 +2,7 @@
 //! a few worker processes and follows it there.
 
 use super::WorkerError;
+use super::key::AgentKey;
 use super::link::{Followed, Link, LinkError};
 use super::protocol::{self, Reply, Request, StartSpec};
 use super::spawn::Launcher;
@@ -56,11 +57,18 @@ impl WorkerPool {
             what: format!("creating {}", options.dir.display()),
             source,
         })?;
+        let key = AgentKey::load_or_create(&options.dir).map_err(|source| WorkerError::Io {
+            what: format!(
+                "reading the runtime workers' key in {}",
+                options.dir.display()
+            ),
+            source,
+        })?;
         let stop = CancellationToken::new();
         let links: Vec<Arc<Link>> = (0..options.workers.max(1))
             .map(|index| {
                 let socket = options.dir.join(format!("{index}.sock"));
-                Link::new(index, socket, options.launcher.clone())
+                Link::new(index, socket, options.launcher.clone(), key.clone())
             })
             .collect();
         for link in &links {

@@ -8,6 +8,7 @@
 //! and a worker of different builds either agree on [`PROTOCOL_VERSION`] or the agent tells the
 //! worker to drain.
 
+use super::key::AgentKey;
 use crate::logs::Progress;
 use crate::runtime::{ContainerRun, Exit, Limits, Mount, Network};
 use serde::{Deserialize, Serialize};
@@ -41,10 +42,14 @@ pub struct Envelope {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
-    /// The first request: the agent's protocol version. Answered with [`Reply::Hello`].
+    /// The first request: the agent's protocol version and key. Answered with
+    /// [`Reply::Hello`]; a connection without the right key is refused and closed.
     Hello {
         /// The agent's [`PROTOCOL_VERSION`].
         protocol: u32,
+        /// The agent's key ([`super::key`]); none from agents of builds before it.
+        #[serde(default)]
+        key: AgentKey,
     },
     /// Validate and compile a module (the next frame holds its bytes); cached by digest.
     Prepare {

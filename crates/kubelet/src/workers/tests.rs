@@ -255,6 +255,52 @@ async fn stopping_a_followed_container_stops_it_in_the_worker() {
     assert!(next.reattach(node.reattach("stopped")).is_none());
 }
 
+#[tokio::test]
+async fn a_stray_connection_neither_displaces_the_agent_nor_drains_its_guests() {
+    use futures::{SinkExt, StreamExt};
+    let node = Node::new();
+    let _worker = node.serve_worker().await;
+    let agent = node.agent().await;
+    let prepared = agent.prepare(module()).await.expect("prepared");
+    let mut running = agent
+        .start(&prepared, node.run("kept", ["kept", "1500", "4"]))
+        .await
+        .expect("started");
+    let socket = node.dir.path().join("workers/0.sock");
+    // Greeting without the key, or asking to drain without greeting: refused, closed.
+    for request in [
+        serde_json::json!({"id": 7, "op": "hello", "protocol": super::protocol::PROTOCOL_VERSION}),
+        serde_json::json!({"id": 7, "op": "hello", "protocol": super::protocol::PROTOCOL_VERSION, "key": "00".repeat(32)}),
+        serde_json::json!({"id": 7, "op": "drain", "grace_seconds": 0}),
+    ] {
+        let stream = tokio::net::UnixStream::connect(&socket)
+            .await
+            .expect("connected");
+        let mut stray = tokio_util::codec::Framed::new(stream, super::protocol::codec(1 << 20));
+        stray
+            .send(bytes::Bytes::from(serde_json::to_vec(&request).unwrap()))
+            .await
+            .expect("sent");
+        let answer = within("the refusal", stray.next()).await;
+        let answer: serde_json::Value =
+            serde_json::from_slice(&answer.expect("an answer").expect("readable")).unwrap();
+        assert!(answer.to_string().contains("the agent's key"), "{answer}");
+        assert!(
+            within("the close", stray.next()).await.is_none(),
+            "still open"
+        );
+    }
+    // The agent's link still works, and its guest ran on undisturbed.
+    agent
+        .prepare(ModuleBytes {
+            digest: "sha256:33".into(),
+            bytes: Arc::from(&b"\0asm"[..]),
+        })
+        .await
+        .expect("the agent is still connected");
+    assert_eq!(within("the exit", running.wait()).await.code, 4);
+}
+
 /// The worker's end of a connection to the agent.
 type WorkerEnd =
     tokio_util::codec::Framed<tokio::net::UnixStream, tokio_util::codec::LengthDelimitedCodec>;
@@ -332,7 +378,7 @@ async fn a_worker_of_another_protocol_is_asked_to_drain() {
     let mut worker = ScriptedWorker::greeted(&node).await;
     assert!(matches!(
         worker.hello.request,
-        Request::Hello { protocol: 1 }
+        Request::Hello { protocol: 1, .. }
     ));
     let refusal = FromWorker::Reply {
         id: worker.hello.id,

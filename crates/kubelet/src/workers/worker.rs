@@ -5,6 +5,7 @@
 //! with no agent and no guests for [`ABANDONED_AFTER`] ends.
 
 use super::WorkerError;
+use super::key::AgentKey;
 use super::protocol::{
     self, ContainerState, Envelope, FromWorker, Hello, MAX_MESSAGE_BYTES, Notice, PROTOCOL_VERSION,
     Reply, Request, StartSpec, UsageReport,
@@ -31,6 +32,10 @@ const SOCKET_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 /// A worker with no agent connected and no guest running for this long ends (the agent
 /// starts a new one when it needs one); one with guests never ends on its own.
 pub const ABANDONED_AFTER: Duration = Duration::from_secs(600);
+/// How long a new connection has to greet with the agent's key before it is closed.
+const GREETING_DEADLINE: Duration = Duration::from_secs(10);
+/// Connections that have not greeted yet, at most; more are closed as they come.
+const MAX_UNGREETED: usize = 16;
 
 /// What a worker is given at start.
 #[derive(Debug, Clone)]
@@ -66,6 +71,10 @@ struct Worker<R: Runtime> {
     containers: Mutex<HashMap<String, Held>>,
     /// The connected agent's outbox, if one is connected.
     agent: Mutex<Option<mpsc::UnboundedSender<FromWorker>>>,
+    /// Ends the connected agent's connection when another agent (one with the key) greets.
+    agent_connection: Mutex<Option<CancellationToken>>,
+    /// What an agent's greeting must carry.
+    key: AgentKey,
     draining: CancellationToken,
     /// Woken whenever a container exits.
     exited: tokio::sync::Notify,
@@ -364,6 +373,11 @@ async fn forward_warnings<R: Runtime>(
 /// directory is removed (then every guest is stopped: the node is gone).
 pub async fn serve<R: Runtime>(runtime: R, options: WorkerOptions) -> Result<(), WorkerError> {
     let listener = bind(&options.socket)?;
+    let dir = options.socket.parent().unwrap_or(std::path::Path::new("."));
+    let key = AgentKey::load_or_create(dir).map_err(|source| WorkerError::Io {
+        what: format!("reading the agent's key in {}", dir.display()),
+        source,
+    })?;
     let pid_file = options.socket.with_extension("pid");
     std::fs::write(&pid_file, std::process::id().to_string()).map_err(|source| {
         WorkerError::Io {
@@ -377,6 +391,8 @@ pub async fn serve<R: Runtime>(runtime: R, options: WorkerOptions) -> Result<(),
         prepared: Mutex::default(),
         containers: Mutex::default(),
         agent: Mutex::default(),
+        agent_connection: Mutex::default(),
+        key,
         draining: CancellationToken::new(),
         exited: tokio::sync::Notify::new(),
         usage_queued: AtomicBool::new(false),
@@ -386,19 +402,23 @@ pub async fn serve<R: Runtime>(runtime: R, options: WorkerOptions) -> Result<(),
     let mut usage = tokio::time::interval(USAGE_INTERVAL);
     usage.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut socket_check = tokio::time::interval(SOCKET_CHECK_INTERVAL);
-    let mut connection: Option<tokio::task::JoinHandle<()>> = None;
+    let ungreeted = Arc::new(tokio::sync::Semaphore::new(MAX_UNGREETED));
     let mut idle_since: Option<tokio::time::Instant> = None;
     let max_frame = options.max_module_bytes.max(MAX_MESSAGE_BYTES);
     let ended = loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    // A new agent takes over from the one before (which is gone or going).
-                    if let Some(previous) = connection.take() {
-                        previous.abort();
+                // Only a connection that greets with the agent's key becomes the agent's (and
+                // ends the one before, which is gone or going); the others wait their turn to
+                // greet, a few at a time.
+                Ok((stream, _)) => match ungreeted.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        tokio::spawn(serve_agent(worker.clone(), stream, max_frame, permit));
                     }
-                    connection = Some(tokio::spawn(serve_agent(worker.clone(), stream, max_frame)));
-                }
+                    Err(_) => tracing::warn!(
+                        "closed a connection to the worker's socket: {MAX_UNGREETED} others have not greeted yet"
+                    ),
+                },
                 Err(e) => {
                     tracing::warn!(error = %e, "accepting the agent's connection failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -467,9 +487,60 @@ fn bind(socket: &std::path::Path) -> Result<UnixListener, WorkerError> {
     Ok(listener)
 }
 
-/// Serves one agent connection until it ends.
-async fn serve_agent<R: Runtime>(worker: Arc<Worker<R>>, stream: UnixStream, max_frame: usize) {
+/// Serves one connection until it ends: one that greets with the agent's key within
+/// [`GREETING_DEADLINE`] is the agent's until it ends or another agent greets; any other is
+/// closed. `ungreeted` counts it until it has greeted.
+async fn serve_agent<R: Runtime>(
+    worker: Arc<Worker<R>>,
+    stream: UnixStream,
+    max_frame: usize,
+    ungreeted: tokio::sync::OwnedSemaphorePermit,
+) {
     let (mut sink, mut frames) = Framed::new(stream, protocol::codec(max_frame)).split();
+    let first = match tokio::time::timeout(GREETING_DEADLINE, frames.next()).await {
+        Ok(Some(Ok(frame))) => frame,
+        Ok(_) => return,
+        Err(_) => {
+            tracing::warn!(
+                "closed a connection to the worker's socket that did not greet within {GREETING_DEADLINE:?}"
+            );
+            return;
+        }
+    };
+    let first: Envelope = match serde_json::from_slice(&first) {
+        Ok(Envelope {
+            id,
+            request: Request::Hello { protocol, key },
+        }) if worker.key.admits(&key) => Envelope {
+            id,
+            request: Request::Hello { protocol, key },
+        },
+        _ => {
+            tracing::warn!(
+                "refused a connection to the worker's socket: its greeting did not carry the agent's key"
+            );
+            let refusal = FromWorker::Reply {
+                id: 0,
+                reply: refused(
+                    "this connection did not greet with the agent's key (<data-dir>/workers/agent.key); only the node agent may connect",
+                ),
+            };
+            if let Ok(json) = serde_json::to_vec(&refusal) {
+                let _ = sink.send(Bytes::from(json)).await;
+            }
+            return;
+        }
+    };
+    drop(ungreeted);
+    let mine = CancellationToken::new();
+    if let Some(previous) = worker
+        .agent_connection
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .replace(mine.clone())
+    {
+        previous.cancel();
+    }
     let (outbox, mut outgoing) = mpsc::unbounded_channel::<FromWorker>();
     // A new connection hears every container's usage: no report of an old one is waiting.
     worker.usage_queued.store(false, Ordering::Release);
@@ -506,12 +577,25 @@ async fn serve_agent<R: Runtime>(worker: Arc<Worker<R>>, stream: UnixStream, max
         }
     });
     let mut greeted = false;
-    while let Some(Ok(frame)) = frames.next().await {
-        let envelope: Envelope = match serde_json::from_slice(&frame) {
-            Ok(envelope) => envelope,
-            Err(e) => {
-                tracing::warn!(error = %e, "the agent sent a message this worker cannot read; closing the connection");
-                break;
+    let mut next = Some(first);
+    loop {
+        let envelope = match next.take() {
+            Some(envelope) => envelope,
+            None => {
+                let frame = tokio::select! {
+                    () = mine.cancelled() => break,
+                    frame = frames.next() => match frame {
+                        Some(Ok(frame)) => frame,
+                        _ => break,
+                    },
+                };
+                match serde_json::from_slice(&frame) {
+                    Ok(envelope) => envelope,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the agent sent a message this worker cannot read; closing the connection");
+                        break;
+                    }
+                }
             }
         };
         let id = envelope.id;
@@ -520,7 +604,7 @@ async fn serve_agent<R: Runtime>(worker: Arc<Worker<R>>, stream: UnixStream, max
             let _ = reply_to.send(FromWorker::Reply { id, reply });
         };
         match envelope.request {
-            Request::Hello { protocol } => {
+            Request::Hello { protocol, .. } => {
                 if protocol != PROTOCOL_VERSION {
                     reply(refused(format!(
                         "this worker speaks protocol {PROTOCOL_VERSION}, the agent {protocol}"
@@ -570,7 +654,16 @@ async fn serve_agent<R: Runtime>(worker: Arc<Worker<R>>, stream: UnixStream, max
             }
         }
     }
-    // The agent is gone; its guests stay.
+    // The agent is gone (or another took over); its guests stay.
+    {
+        let mut current = worker
+            .agent_connection
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if !mine.is_cancelled() {
+            *current = None;
+        }
+    }
     {
         let mut agent = worker.agent.lock().unwrap_or_else(|p| p.into_inner());
         if agent.as_ref().is_some_and(|a| a.same_channel(&outbox)) {
