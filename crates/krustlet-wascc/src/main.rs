@@ -24,6 +24,7 @@ async fn main() -> anyhow::Result<()> {
     node_cli::run(cli.node, cli.command, |config| {
         Ok(wascc_runtime::WasccRuntime::new(
             config.data_dir.join("compiled"),
+            config.http_serving,
         )?)
     })
     .await

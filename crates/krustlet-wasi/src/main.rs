@@ -26,6 +26,7 @@ async fn main() -> anyhow::Result<()> {
                 requests_per_container: config.max_http_requests_per_container,
                 handles_per_instance: config.max_guest_handles,
                 keep_resident: config.http_instance_keep_resident,
+                serving: config.http_serving,
             },
         )?)
     })

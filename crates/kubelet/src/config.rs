@@ -64,6 +64,8 @@ pub struct Config {
     pub max_guest_handles: usize,
     /// Bytes of each pooled HTTP instance's memory and table kept between requests.
     pub http_instance_keep_resident: usize,
+    /// Bounds on the clients of the ports each container serves.
+    pub http_serving: crate::runtime::ServeLimits,
     /// When container log files are rotated.
     pub container_logs: crate::logs::LogPolicy,
     /// The kubelet API's connection cap and handshake timeout.

@@ -6,6 +6,7 @@
 
 pub mod cni;
 pub mod config;
+pub mod http_idle;
 pub mod images;
 pub mod logs;
 pub mod metrics;

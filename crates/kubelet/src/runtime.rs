@@ -120,6 +120,36 @@ pub struct Limits {
     pub cpu_cores: Option<f64>,
 }
 
+/// Bounds on the clients of the ports one container serves (wasi-http components, waSCC
+/// `http_server` actors), so that one pod's clients cannot hold what the whole runtime process
+/// shares (descriptors, tasks, pooled instances).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServeLimits {
+    /// Connections open at once on the container's ports; one past it is answered 503 and
+    /// closed (`--http-max-connections-per-container`).
+    pub max_connections: usize,
+    /// How long a client has to send a request's headers once it has begun
+    /// (`--http-header-read-timeout`, nginx's `client_header_timeout`).
+    pub header_read_timeout: std::time::Duration,
+    /// A connection with no request in flight (a new one too) is closed after this long
+    /// (`--http-idle-timeout`, nginx's `keepalive_timeout`).
+    pub idle_timeout: std::time::Duration,
+    /// A request body the guest reads that brings nothing for this long fails the read
+    /// (`--http-body-read-timeout`, nginx's `client_body_timeout`).
+    pub body_read_timeout: std::time::Duration,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            header_read_timeout: std::time::Duration::from_secs(60),
+            idle_timeout: std::time::Duration::from_secs(75),
+            body_read_timeout: std::time::Duration::from_secs(60),
+        }
+    }
+}
+
 /// The container's network: the node's, or its pod's own network namespace (CNI).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Network {

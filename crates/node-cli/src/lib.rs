@@ -171,6 +171,23 @@ pub struct NodeArgs {
     /// shootdowns; the rest is given back. `0` gives everything back, as `wasmtime serve` does.
     #[arg(long, env = "KRUSTLET_HTTP_INSTANCE_KEEP_RESIDENT", default_value = "1Mi", value_parser = parse_bytes_or_zero)]
     http_instance_keep_resident: u64,
+    /// Connections open at once on the ports one container serves (wasi-http, waSCC
+    /// http_server); one more is answered 503 and closed, so that one pod's clients cannot
+    /// take the runtime process's file descriptors from the other pods.
+    #[arg(long, env = "KRUSTLET_HTTP_MAX_CONNECTIONS_PER_CONTAINER", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    http_max_connections_per_container: u32,
+    /// How long a client of a served port has to send a request's headers once it has begun
+    /// (nginx's client_header_timeout); a slower one is disconnected.
+    #[arg(long, env = "KRUSTLET_HTTP_HEADER_READ_TIMEOUT", default_value = "60s", value_parser = parse_period)]
+    http_header_read_timeout: std::time::Duration,
+    /// A connection to a served port with no request in flight (a new one too) is closed after
+    /// this long (nginx's keepalive_timeout).
+    #[arg(long, env = "KRUSTLET_HTTP_IDLE_TIMEOUT", default_value = "75s", value_parser = parse_period)]
+    http_idle_timeout: std::time::Duration,
+    /// A request body that the guest reads and that brings nothing for this long fails the
+    /// read (nginx's client_body_timeout).
+    #[arg(long, env = "KRUSTLET_HTTP_BODY_READ_TIMEOUT", default_value = "60s", value_parser = parse_period)]
+    http_body_read_timeout: std::time::Duration,
     /// A container's log file at least this large is rotated (a Kubernetes quantity).
     #[arg(long, env = "KRUSTLET_CONTAINER_LOG_MAX_SIZE", default_value = "10Mi", value_parser = parse_bytes)]
     container_log_max_size: u64,
@@ -338,6 +355,12 @@ impl NodeArgs {
             max_guest_handles: self.max_guest_handles as usize,
             http_instance_keep_resident: usize::try_from(self.http_instance_keep_resident)
                 .unwrap_or(usize::MAX),
+            http_serving: kubelet::runtime::ServeLimits {
+                max_connections: self.http_max_connections_per_container as usize,
+                header_read_timeout: self.http_header_read_timeout,
+                idle_timeout: self.http_idle_timeout,
+                body_read_timeout: self.http_body_read_timeout,
+            },
             container_logs: kubelet::logs::LogPolicy {
                 max_size: self.container_log_max_size,
                 max_files: self.container_log_max_files as usize,

@@ -250,6 +250,7 @@ mod tests {
         let server = Server {
             task: AbortOnDropHandle::new(tokio::spawn(http_server::serve(
                 vec![listener],
+                kubelet::runtime::ServeLimits::default(),
                 sender,
                 FailureReport::new(log.writer("stderr"), Warnings::new("trapper", warnings_tx)),
                 server_stop.clone(),

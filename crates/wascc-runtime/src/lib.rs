@@ -47,11 +47,17 @@ pub struct WasccRuntime {
     engine: TickingEngine,
     linker: Linker<ActorState>,
     cache: cache::ModuleCache,
+    /// Bounds on the clients of an actor's `http_server` ports.
+    serving: kubelet::runtime::ServeLimits,
 }
 
 impl WasccRuntime {
-    /// A runtime caching compiled actors under `cache_dir`.
-    pub fn new(cache_dir: PathBuf) -> Result<Self, SetupError> {
+    /// A runtime caching compiled actors under `cache_dir`, their `http_server` ports served
+    /// within `serving`.
+    pub fn new(
+        cache_dir: PathBuf,
+        serving: kubelet::runtime::ServeLimits,
+    ) -> Result<Self, SetupError> {
         let engine = TickingEngine::new(wasm_host::capacity::dense_config())?;
         let mut linker = Linker::new(engine.engine());
         wapc::add_to_linker(&mut linker)?;
@@ -60,6 +66,7 @@ impl WasccRuntime {
             engine,
             linker,
             cache,
+            serving,
         })
     }
 }
@@ -134,6 +141,7 @@ impl Runtime for WasccRuntime {
             let stop = run.stop.child_token();
             let task = tokio::spawn(capabilities::http_server::serve(
                 listeners,
+                self.serving,
                 sender.clone(),
                 FailureReport::new(run.stderr.another(), run.warnings.clone()),
                 stop.clone(),

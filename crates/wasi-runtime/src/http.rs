@@ -9,10 +9,12 @@
 //! 503 at once, so one pod's slow clients cannot take the instances every pod shares.
 
 use crate::guest::{ComponentState, GuestSetup};
-use kubelet::runtime::Exit;
+use http_body_util::BodyExt;
+use kubelet::runtime::{Exit, ServeLimits};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use wasm_host::failures::FAILED_BODY;
+use wasm_host::ports::{BodyReadError, ReadDeadline};
 use wasmtime::Engine;
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -63,9 +65,10 @@ impl Server {
     pub async fn serve(
         self: Arc<Self>,
         listeners: Vec<TcpListener>,
+        limits: ServeLimits,
         stop: tokio_util::sync::CancellationToken,
     ) -> Exit {
-        wasm_host::ports::serve_http(listeners, stop, move |mut request, local| {
+        wasm_host::ports::serve_http(listeners, limits, stop, move |mut request, local| {
             let server = self.clone();
             // An HTTP/1.0 request may name no host; the guest sees the address it reached.
             if request.uri().authority().is_none()
@@ -82,7 +85,7 @@ impl Server {
 
     async fn handle(
         &self,
-        request: hyper::Request<hyper::body::Incoming>,
+        request: hyper::Request<ReadDeadline<hyper::body::Incoming>>,
     ) -> Result<hyper::Response<HyperOutgoingBody>, ErrorCode> {
         let (status, message) = match self.call(request).await {
             Ok(response) => return Ok(response),
@@ -94,7 +97,6 @@ impl Server {
             ),
             Err(Refused::Failed) => (500, FAILED_BODY.to_string()),
         };
-        use http_body_util::BodyExt;
         let body = http_body_util::Full::new(bytes::Bytes::from(message))
             .map_err(|never| match never {})
             .boxed_unsync();
@@ -106,7 +108,7 @@ impl Server {
 
     async fn call(
         &self,
-        request: hyper::Request<hyper::body::Incoming>,
+        request: hyper::Request<ReadDeadline<hyper::body::Incoming>>,
     ) -> Result<hyper::Response<HyperOutgoingBody>, Refused> {
         // Held by the instance until it ends, streaming body included.
         let permit = self
@@ -122,7 +124,7 @@ impl Server {
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let mut http = store.data_mut().http();
         let handles = http
-            .new_incoming_request(Scheme::Http, request)
+            .new_incoming_request(Scheme::Http, request.map(|body| body.map_err(body_error)))
             .and_then(|incoming| Ok((incoming, http.new_response_outparam(sender)?)));
         let (incoming, outparam) = handles.map_err(|e| {
             report.failed(&format!("handing the request to the guest failed: {e:#}"));
@@ -234,5 +236,13 @@ impl hyper::body::Body for GuestBody {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.body.size_hint()
+    }
+}
+
+/// What the guest is told when reading its request's body failed.
+fn body_error(error: BodyReadError<hyper::Error>) -> ErrorCode {
+    match error {
+        BodyReadError::Client(e) => ErrorCode::from(e),
+        BodyReadError::Stalled(_) => ErrorCode::ConnectionReadTimeout,
     }
 }

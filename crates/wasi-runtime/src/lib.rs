@@ -75,6 +75,8 @@ pub struct Bounds {
     /// node a fifth of its CPU under load, BENCHMARKS.md run F); beyond it, and on older
     /// kernels, pages are given back to the kernel.
     pub keep_resident: usize,
+    /// Bounds on the clients of a wasi-http container's ports.
+    pub serving: kubelet::runtime::ServeLimits,
 }
 
 /// wasi-http components run on an engine of their own with the pooling allocator, as
@@ -137,6 +139,7 @@ impl WasiRuntime {
                     .clamp(1, HTTP_POOL_INSTANCES as usize),
                 handles_per_instance: bounds.handles_per_instance.max(1),
                 keep_resident: bounds.keep_resident,
+                serving: bounds.serving,
             },
         })
     }
@@ -264,9 +267,11 @@ impl Runtime for WasiRuntime {
                     setup,
                     self.bounds.requests_per_container,
                 );
-                return Ok(RunningContainer::graceful(tokio::spawn(
-                    server.serve(listeners, stop),
-                )));
+                return Ok(RunningContainer::graceful(tokio::spawn(server.serve(
+                    listeners,
+                    self.bounds.serving,
+                    stop,
+                ))));
             }
         };
         Ok(RunningContainer::new(task))

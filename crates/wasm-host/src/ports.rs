@@ -5,12 +5,17 @@
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use kubelet::http_idle::{Activity, Busy, Tracked, close_when_idle};
 use kubelet::netns::PodNetns;
-use kubelet::runtime::{Network, StartError};
+use kubelet::runtime::{Network, ServeLimits, StartError};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -63,17 +68,23 @@ pub fn bind(
 
 /// How long to wait after a failed accept (e.g. out of file descriptors).
 const ACCEPT_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
+/// How long an idle connection asked to close may take to do so.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
-/// Serves HTTP/1.1 on every listener: `handle` answers each request, given the address the
-/// client reached. When `stop` is cancelled the listeners close (the ports are free again),
-/// open connections finish the request in flight and close, and this returns; aborting the
-/// task ends everything at once.
+/// Serves HTTP/1.1 on every listener, within `limits`: `handle` answers each request (its body
+/// fails a read that brings nothing for `limits.body_read_timeout`), given the address the
+/// client reached. A connection past `limits.max_connections` is answered 503 and closed; one
+/// whose client takes longer than `limits.header_read_timeout` to send its headers, or that has
+/// no request in flight for `limits.idle_timeout`, is closed. When `stop` is cancelled the
+/// listeners close (the ports are free again), open connections finish the request in flight
+/// and close, and this returns; aborting the task ends everything at once.
 pub async fn serve_http<F, Fut, B, E>(
     listeners: Vec<TcpListener>,
+    limits: ServeLimits,
     stop: CancellationToken,
     handle: F,
 ) where
-    F: Fn(Request<Incoming>, Option<SocketAddr>) -> Fut + Send + Sync + 'static,
+    F: Fn(Request<ReadDeadline<Incoming>>, Option<SocketAddr>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Response<B>, E>> + Send + 'static,
     B: hyper::body::Body + Send + 'static,
     B::Data: Send,
@@ -81,9 +92,11 @@ pub async fn serve_http<F, Fut, B, E>(
     E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
 {
     let handle = Arc::new(handle);
+    let open = Arc::new(Semaphore::new(limits.max_connections));
+    let busy = Arc::new(busy_answer(limits.max_connections));
     let mut accepts = JoinSet::new();
     for listener in listeners {
-        let (handle, stop) = (handle.clone(), stop.clone());
+        let (handle, stop, open, busy) = (handle.clone(), stop.clone(), open.clone(), busy.clone());
         accepts.spawn(async move {
             let mut connections = JoinSet::new();
             loop {
@@ -93,6 +106,11 @@ pub async fn serve_http<F, Fut, B, E>(
                 };
                 match accepted {
                     Ok((stream, _)) => {
+                        let Ok(permit) = open.clone().try_acquire_owned() else {
+                            // At the cap: said and closed at once, never waited on.
+                            let _ = stream.try_write(&busy);
+                            continue;
+                        };
                         // Answers go out as soon as they are written, as `wasmtime serve`
                         // sends them: Nagle's algorithm would hold a small chunk back until
                         // the client's delayed ACK (tens of milliseconds).
@@ -101,24 +119,37 @@ pub async fn serve_http<F, Fut, B, E>(
                         }
                         let local = stream.local_addr().ok();
                         let handle = handle.clone();
+                        let activity = Arc::new(Activity::default());
+                        let tracked = activity.clone();
                         let service =
-                            hyper::service::service_fn(move |request| handle(request, local));
+                            hyper::service::service_fn(move |request: Request<Incoming>| {
+                                let busy = Busy::new(tracked.clone());
+                                let request = request
+                                    .map(|body| ReadDeadline::new(body, limits.body_read_timeout));
+                                let answered = handle(request, local);
+                                async move {
+                                    let response = answered.await?;
+                                    Ok::<_, E>(response.map(|body| Tracked::new(body, busy)))
+                                }
+                            });
                         let stop = stop.clone();
                         connections.spawn(async move {
+                            let _permit = permit;
                             let connection = http1::Builder::new()
+                                .timer(TokioTimer::new())
+                                .header_read_timeout(limits.header_read_timeout)
                                 .keep_alive(true)
                                 .serve_connection(TokioIo::new(stream), service);
                             tokio::pin!(connection);
-                            let served = tokio::select! {
-                                served = connection.as_mut() => served,
-                                () = stop.cancelled() => {
-                                    connection.as_mut().graceful_shutdown();
-                                    connection.await
-                                }
-                            };
-                            if let Err(e) = served {
-                                tracing::debug!(error = %e, "HTTP connection ended with an error");
-                            }
+                            close_when_idle(
+                                connection,
+                                &activity,
+                                limits.idle_timeout,
+                                CLOSE_GRACE,
+                                stop.cancelled(),
+                                |c| c.graceful_shutdown(),
+                            )
+                            .await;
                         });
                     }
                     Err(e) => {
@@ -133,4 +164,234 @@ pub async fn serve_http<F, Fut, B, E>(
         });
     }
     while accepts.join_next().await.is_some() {}
+}
+
+/// What a connection past the cap is told before it is closed.
+fn busy_answer(max_connections: usize) -> Vec<u8> {
+    let body = format!(
+        "this container has {max_connections} connections open, the most it may (--http-max-connections-per-container); try again\n"
+    );
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+pin_project_lite::pin_project! {
+    /// A request body whose read fails when it brings nothing for `timeout` (a client sending
+    /// its body too slowly, or not at all, holds no instance for long).
+    pub struct ReadDeadline<B> {
+        #[pin]
+        body: B,
+        timeout: Duration,
+        #[pin]
+        stalled: Option<tokio::time::Sleep>,
+    }
+}
+
+impl<B> ReadDeadline<B> {
+    /// `body`, each read given `timeout` to bring something.
+    pub fn new(body: B, timeout: Duration) -> Self {
+        Self {
+            body,
+            timeout,
+            stalled: None,
+        }
+    }
+}
+
+/// Why reading a request body failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyReadError<E> {
+    /// The client's connection failed.
+    #[error("reading the request body: {0}")]
+    Client(#[source] E),
+    /// Nothing came for this long.
+    #[error("the client sent nothing of the request body for {0:?} (--http-body-read-timeout)")]
+    Stalled(Duration),
+}
+
+impl<B: http_body::Body> http_body::Body for ReadDeadline<B> {
+    type Data = B::Data;
+    type Error = BodyReadError<B::Error>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let mut this = self.project();
+        if let Poll::Ready(frame) = this.body.poll_frame(cx) {
+            this.stalled.set(None);
+            return Poll::Ready(frame.map(|f| f.map_err(BodyReadError::Client)));
+        }
+        if this.stalled.is_none() {
+            this.stalled.set(Some(tokio::time::sleep(*this.timeout)));
+        }
+        match this.stalled.as_pin_mut().map(|sleep| sleep.poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Some(Err(BodyReadError::Stalled(*this.timeout)))),
+            _ => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server whose handler reads the whole request body and answers how much it read (or
+    /// 408 with why it could not), within `limits`; its address.
+    async fn server(limits: ServeLimits) -> (SocketAddr, CancellationToken) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        tokio::spawn(serve_http(
+            vec![listener],
+            limits,
+            stop.clone(),
+            |request, _| async move {
+                let (status, text) = match request.into_body().collect().await {
+                    Ok(body) => (200, format!("read {}", body.to_bytes().len())),
+                    Err(e) => (408, e.to_string()),
+                };
+                Ok::<_, std::convert::Infallible>(
+                    Response::builder()
+                        .status(status)
+                        .body(http_body_util::Full::new(bytes::Bytes::from(text)))
+                        .unwrap(),
+                )
+            },
+        ));
+        (addr, stop)
+    }
+
+    fn limits() -> ServeLimits {
+        ServeLimits {
+            max_connections: 8,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Everything the server sends until it closes the connection, and how long that took;
+    /// fails past `deadline`.
+    async fn until_closed(
+        stream: &mut tokio::net::TcpStream,
+        deadline: Duration,
+    ) -> (String, Duration) {
+        let started = std::time::Instant::now();
+        let mut read = Vec::new();
+        tokio::time::timeout(deadline, stream.read_to_end(&mut read))
+            .await
+            .expect("the server closed the connection in time")
+            .expect("read");
+        (
+            String::from_utf8_lossy(&read).into_owned(),
+            started.elapsed(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_connection_past_the_cap_is_answered_503_and_closed() {
+        let (addr, _stop) = server(ServeLimits {
+            max_connections: 2,
+            ..limits()
+        })
+        .await;
+        let _held = [
+            tokio::net::TcpStream::connect(addr).await.unwrap(),
+            tokio::net::TcpStream::connect(addr).await.unwrap(),
+        ];
+        let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (answer, _) = until_closed(&mut third, Duration::from_secs(5)).await;
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert!(
+            answer.contains("--http-max-connections-per-container"),
+            "{answer}"
+        );
+        // A held connection closed frees its place.
+        drop(_held);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut next = tokio::net::TcpStream::connect(addr).await.unwrap();
+            next.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let (answer, _) = until_closed(&mut next, Duration::from_secs(5)).await;
+            if answer.starts_with("HTTP/1.1 200") {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{answer}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn idle_and_slow_clients_are_disconnected() {
+        let (addr, _stop) = server(ServeLimits {
+            idle_timeout: Duration::from_millis(300),
+            header_read_timeout: Duration::from_millis(300),
+            ..limits()
+        })
+        .await;
+        // Connected, silent.
+        let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (_, took) = until_closed(&mut silent, Duration::from_secs(5)).await;
+        assert!(took >= Duration::from_millis(250), "{took:?}");
+        // Headers begun, never finished (slowloris), though bytes keep coming.
+        let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let trickle = async {
+            for _ in 0..40 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if slow.write_all(b"x-a: b\r\n").await.is_err() {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), trickle).await;
+        let (_, took) = until_closed(&mut slow, Duration::from_secs(5)).await;
+        assert!(took < Duration::from_secs(5), "{took:?}");
+        // Kept alive after an answer, then idle.
+        let mut kept = tokio::net::TcpStream::connect(addr).await.unwrap();
+        kept.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let (answer, took) = until_closed(&mut kept, Duration::from_secs(5)).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(took >= Duration::from_millis(250), "{took:?}");
+    }
+
+    #[tokio::test]
+    async fn a_stalled_request_body_fails_its_read() {
+        let (addr, _stop) = server(ServeLimits {
+            body_read_timeout: Duration::from_millis(300),
+            ..limits()
+        })
+        .await;
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n0123456789")
+            .await
+            .unwrap();
+        let mut answer = vec![0; 4096];
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+            .await
+            .expect("answered in time")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer[..read]);
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("--http-body-read-timeout"), "{answer}");
+    }
 }

@@ -443,3 +443,81 @@ async fn concurrent_requests_each_log_whole_lines_and_all_succeed() -> anyhow::R
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn idle_and_slow_connections_to_one_pod_leave_its_neighbour_serving() -> anyhow::Result<()> {
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cluster = Cluster::new("http-conns").await?;
+    let agent = cluster
+        .start_node_with(&[
+            "--http-max-connections-per-container",
+            "300",
+            "--http-idle-timeout",
+            "3s",
+            "--http-header-read-timeout",
+            "3s",
+        ])
+        .await?;
+    let image = cluster.push_component("http_probe").await?;
+    let [noisy_port, quiet_port] = free_ports()?;
+    for (name, port) in [("noisy", noisy_port), ("quiet", quiet_port)] {
+        serve(
+            &cluster,
+            http_pod(name, &image, &agent.name, port, serde_json::json!({})),
+        )
+        .await?;
+    }
+    let host = e2e::node_ip();
+    let mut usual = Duration::ZERO;
+    for _ in 0..5 {
+        let started = Instant::now();
+        assert_eq!(e2e::http_get_at(&host, quiet_port, "/").await?.0, 200);
+        usual = usual.max(started.elapsed());
+    }
+    // 1,000 connections that send nothing, and 50 that send headers and never finish them.
+    let mut held = Vec::new();
+    for _ in 0..1000 {
+        held.push(tokio::net::TcpStream::connect((host.as_str(), noisy_port)).await?);
+    }
+    for _ in 0..50 {
+        let mut slow = tokio::net::TcpStream::connect((host.as_str(), noisy_port)).await?;
+        slow.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nx-slow: ")
+            .await?;
+        held.push(slow);
+    }
+    // The neighbour answers as it did.
+    for _ in 0..10 {
+        let started = Instant::now();
+        assert_eq!(e2e::http_get_at(&host, quiet_port, "/").await?.0, 200);
+        let took = started.elapsed();
+        assert!(
+            took < usual * 10 + Duration::from_secs(1),
+            "the quiet pod took {took:?} (usually {usual:?})"
+        );
+    }
+    // A new client of the noisy pod is told which limit it met (the held connections past the
+    // cap were told so and closed).
+    let (code, body) = e2e::http_get_at(&host, noisy_port, "/").await?;
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("--http-max-connections-per-container"),
+        "{body}"
+    );
+    // The held connections are closed by the idle and header timeouts...
+    let closed = futures::future::join_all(held.iter_mut().map(|stream| async move {
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut rest))
+            .await
+            .is_ok()
+    }))
+    .await;
+    assert!(
+        closed.iter().all(|c| *c),
+        "{} held connections still open after 20 s",
+        closed.iter().filter(|c| !**c).count()
+    );
+    // ...and the pod serves again.
+    assert_eq!(e2e::http_get_at(&host, noisy_port, "/").await?.0, 200);
+    Ok(())
+}

@@ -4,13 +4,11 @@
 //! closed after [`IDLE_TIMEOUT`]. A streaming answer (`kubectl logs -f`) is a request in flight
 //! for as long as it streams. Failed accepts back off ([`AcceptBackoff`]).
 
+use crate::http_idle::{Activity, Busy, Tracked, close_when_idle};
 use axum::Router;
 use axum::body::Body;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncBufReadExt;
 use tower::ServiceExt;
@@ -71,7 +69,7 @@ pub async fn serve<P: Clone + Send + Sync + 'static>(
             async move {
                 let response = answered.await?;
                 Ok::<_, std::convert::Infallible>(
-                    response.map(|body| Body::new(Tracked { body, _busy: busy })),
+                    response.map(|body| Body::new(Tracked::new(body, busy))),
                 )
             }
         });
@@ -87,90 +85,15 @@ pub async fn serve<P: Clone + Send + Sync + 'static>(
         .keep_alive_timeout(H2_KEEP_ALIVE);
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
-    let mut check = tokio::time::interval(IDLE_TIMEOUT / 6);
-    loop {
-        tokio::select! {
-            _ = connection.as_mut() => return,
-            _ = check.tick() => {
-                if activity.idle_for() > IDLE_TIMEOUT {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(limits.handshake_timeout, connection.as_mut()).await;
-                    return;
-                }
-            }
-        }
-    }
-}
-
-/// Requests in flight on a connection, and when the last one ended.
-struct Activity {
-    in_flight: AtomicUsize,
-    last_end: Mutex<Instant>,
-}
-
-impl Default for Activity {
-    fn default() -> Self {
-        Self {
-            in_flight: AtomicUsize::new(0),
-            last_end: Mutex::new(Instant::now()),
-        }
-    }
-}
-
-impl Activity {
-    /// How long no request has been in flight (zero while one is).
-    fn idle_for(&self) -> Duration {
-        if self.in_flight.load(Ordering::SeqCst) > 0 {
-            return Duration::ZERO;
-        }
-        self.last_end
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .elapsed()
-    }
-}
-
-/// One request in flight, until its answer's body is dropped.
-struct Busy(Arc<Activity>);
-
-impl Busy {
-    fn new(activity: Arc<Activity>) -> Self {
-        activity.in_flight.fetch_add(1, Ordering::SeqCst);
-        Self(activity)
-    }
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        *self.0.last_end.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// An answer's body that keeps its request counted in flight while it streams.
-struct Tracked {
-    body: Body,
-    _busy: Busy,
-}
-
-impl http_body::Body for Tracked {
-    type Data = bytes::Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
-    }
+    close_when_idle(
+        connection,
+        &activity,
+        IDLE_TIMEOUT,
+        limits.handshake_timeout,
+        std::future::pending(),
+        |c| c.graceful_shutdown(),
+    )
+    .await;
 }
 
 /// Failed accepts (out of file descriptors, a connection reset before it was taken) are retried
@@ -232,16 +155,5 @@ mod tests {
         let before = tokio::time::Instant::now();
         backoff.failed(&error).await;
         assert_eq!(before.elapsed().as_millis(), 5);
-    }
-
-    #[test]
-    fn a_streaming_answer_keeps_its_connection_busy() {
-        let activity = Arc::new(Activity::default());
-        let busy = Busy::new(activity.clone());
-        std::thread::sleep(Duration::from_millis(5));
-        assert_eq!(activity.idle_for(), Duration::ZERO);
-        drop(busy);
-        std::thread::sleep(Duration::from_millis(5));
-        assert!(activity.idle_for() >= Duration::from_millis(5));
     }
 }

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
+use kubelet::runtime::ServeLimits;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use wasm_host::failures::{FAILED_BODY, FailureReport};
+use wasm_host::ports::{BodyReadError, ReadDeadline};
 
 /// The largest request body an actor is handed.
 const MAX_BODY: usize = 16 * 1024 * 1024;
@@ -46,12 +48,13 @@ struct ActorResponse {
 /// answered 500 with a generic body and reported to `failures`.
 pub async fn serve(
     listeners: Vec<TcpListener>,
+    limits: ServeLimits,
     deliveries: mpsc::Sender<Delivery>,
     failures: FailureReport,
     stop: tokio_util::sync::CancellationToken,
 ) {
     let failures = Arc::new(failures);
-    wasm_host::ports::serve_http(listeners, stop, move |request, _| {
+    wasm_host::ports::serve_http(listeners, limits, stop, move |request, _| {
         let (deliveries, failures) = (deliveries.clone(), failures.clone());
         async move { Ok::<_, Infallible>(handle(request, deliveries, &failures).await) }
     })
@@ -59,7 +62,7 @@ pub async fn serve(
 }
 
 async fn handle(
-    request: Request<Incoming>,
+    request: Request<ReadDeadline<Incoming>>,
     deliveries: mpsc::Sender<Delivery>,
     failures: &FailureReport,
 ) -> Response<Full<Bytes>> {
@@ -77,13 +80,18 @@ async fn handle(
 }
 
 async fn exchange(
-    request: Request<Incoming>,
+    request: Request<ReadDeadline<Incoming>>,
     deliveries: mpsc::Sender<Delivery>,
 ) -> Result<Response<Full<Bytes>>, (StatusCode, String)> {
     let (parts, body) = request.into_parts();
     let body = Limited::new(body, MAX_BODY).collect().await.map_err(|e| {
+        let status = match e.downcast_ref::<BodyReadError<hyper::Error>>() {
+            Some(BodyReadError::Stalled(_)) => StatusCode::REQUEST_TIMEOUT,
+            Some(BodyReadError::Client(_)) => StatusCode::BAD_REQUEST,
+            None => StatusCode::PAYLOAD_TOO_LARGE,
+        };
         (
-            StatusCode::PAYLOAD_TOO_LARGE,
+            status,
             format!("reading the request body (at most {MAX_BODY} bytes): {e}"),
         )
     })?;
