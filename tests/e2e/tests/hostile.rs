@@ -142,6 +142,54 @@ async fn hostile_registries_fail_only_their_own_pods() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn decompression_bombs_pulled_at_once_are_unpacked_to_disk_not_memory() -> anyhow::Result<()>
+{
+    const PULLS: usize = 4;
+    let cluster = Cluster::new("bombs").await?;
+    let registry = HostileRegistry::start().await?;
+    let host = registry.host();
+    // Each bomb inflates to 64 MiB: past this limit only once 48 MiB came out of it.
+    let agent = cluster
+        .start_node_with(&["--insecure-registries", &host, "--max-image-size", "48Mi"])
+        .await?;
+    let peak_before = e2e::peak_rss_kib(agent.pid());
+    let bomb = registry.image(Attack::DecompressionBomb);
+    for i in 0..PULLS {
+        // Distinct references: distinct pulls, not one coalesced.
+        let image = bomb.replace(":v1", &format!(":v{i}"));
+        cluster
+            .create_pod(wasm_pod(
+                &format!("bomb-{i}"),
+                &image,
+                &agent.name,
+                &[],
+                "Never",
+            ))
+            .await?;
+    }
+    for i in 0..PULLS {
+        let pod = cluster
+            .wait_pod(&format!("bomb-{i}"), "ErrImagePull", pull_failed)
+            .await?;
+        let message = waiting_message(&pod);
+        assert!(
+            message.contains("unpacks to more than 50331648 bytes"),
+            "{message}"
+        );
+    }
+    // What each held in memory is a buffer, not what it unpacked (old: 48 MiB per pull).
+    let grew = e2e::peak_rss_kib(agent.pid()).saturating_sub(peak_before);
+    assert!(
+        grew < 32 << 10,
+        "the agent's peak RSS grew by {grew} KiB while {PULLS} bombs were unpacked"
+    );
+    let tmp = agent.data_dir.path().join("images/tmp");
+    let left = std::fs::read_dir(&tmp).map_or(0, |d| d.count());
+    assert_eq!(left, 0, "nothing unpacked is left in {}", tmp.display());
+    Ok(())
+}
+
+#[tokio::test]
 async fn extreme_pod_specs_neither_panic_nor_wedge_their_pods() -> anyhow::Result<()> {
     let cluster = Cluster::new("extremes").await?;
     let agent = cluster.start_node().await?;

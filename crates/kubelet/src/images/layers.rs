@@ -83,9 +83,10 @@ fn normalized(path: &Path) -> PathBuf {
         .collect()
 }
 
-/// What a layer says about `target`: its content, that it was deleted (a whiteout), or nothing.
+/// What a layer says about `target`: its content (unpacked into a file in the scratch
+/// directory), that it was deleted (a whiteout), or nothing.
 enum Found {
-    File(Vec<u8>),
+    File(tempfile::NamedTempFile),
     Deleted,
     Absent,
 }
@@ -95,6 +96,7 @@ fn search_layer(
     blob: impl Read,
     target: &Path,
     limit: u64,
+    scratch: &Path,
 ) -> Result<Found, String> {
     let mut entries = tar::Archive::new(archive(media_type, blob, limit)?);
     let mut found = Found::Absent;
@@ -126,27 +128,30 @@ fn search_layer(
                     target.display()
                 ));
             }
-            let mut bytes = Vec::new();
-            entry
-                .read_to_end(&mut bytes)
+            // To disk as it unpacks, never whole in memory: the cap counts every byte.
+            let mut file = tempfile::NamedTempFile::new_in(scratch)
+                .map_err(|e| format!("making a file in {}: {e}", scratch.display()))?;
+            std::io::copy(&mut entry, &mut file)
                 .map_err(|e| format!("reading {}: {e}", target.display()))?;
-            found = Found::File(bytes);
+            found = Found::File(file);
         }
     }
     Ok(found)
 }
 
 /// The file at `path` in the image whose layers (bottom first) are `layers` (a media type and
-/// a reader of the blob): the topmost layer that has or deletes it decides. No layer may unpack
-/// to more than `limit` bytes.
+/// a reader of the blob), unpacked into a file in `scratch`: the topmost layer that has or
+/// deletes it decides. No layer may unpack to more than `limit` bytes; what is unpacked goes
+/// to disk as it comes, so a pull holds a constant amount of memory whatever its layers hold.
 pub fn find_file<R: Read>(
     layers: impl DoubleEndedIterator<Item = (String, R)>,
     path: &str,
     limit: u64,
-) -> Result<Option<Vec<u8>>, String> {
+    scratch: &Path,
+) -> Result<Option<tempfile::NamedTempFile>, String> {
     let target = normalized(Path::new(path));
     for (media_type, blob) in layers.rev() {
-        match search_layer(&media_type, blob, &target, limit)? {
+        match search_layer(&media_type, blob, &target, limit, scratch)? {
             Found::File(bytes) => return Ok(Some(bytes)),
             Found::Deleted => return Ok(None),
             Found::Absent => {}
@@ -176,7 +181,9 @@ mod tests {
 
     fn find(layers: &[(String, Vec<u8>)], path: &str) -> Result<Option<Vec<u8>>, String> {
         let readers = layers.iter().map(|(t, b)| (t.clone(), b.as_slice()));
-        find_file(readers, path, 1 << 20)
+        let scratch = tempfile::tempdir().unwrap();
+        Ok(find_file(readers, path, 1 << 20, scratch.path())?
+            .map(|file| std::fs::read(file.path()).unwrap()))
     }
 
     #[test]
@@ -229,10 +236,14 @@ mod bomb_tests {
             bomb.len()
         );
         let layers = || [(IMAGE_LAYER_GZIP_MEDIA_TYPE.to_string(), bomb.as_slice())].into_iter();
-        let error = find_file(layers(), "/app/m.wasm", 1 << 20).unwrap_err();
+        let scratch = tempfile::tempdir().unwrap();
+        let error = find_file(layers(), "/app/m.wasm", 1 << 20, scratch.path()).unwrap_err();
         assert!(error.contains("more than 1048576 bytes"), "{error}");
-        let found = find_file(layers(), "/app/m.wasm", 8 << 20).unwrap();
-        assert_eq!(found.map(|f| f.len()), Some(4 << 20));
+        // What was unpacked before the refusal is gone with it.
+        assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
+        let found = find_file(layers(), "/app/m.wasm", 8 << 20, scratch.path()).unwrap();
+        let found = found.expect("the file");
+        assert_eq!(found.as_file().metadata().unwrap().len(), 4 << 20);
     }
 
     proptest::proptest! {

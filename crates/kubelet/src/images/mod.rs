@@ -472,13 +472,14 @@ impl ImageStore {
             let download = self.download(session, layer).await.map_err(registry)?;
             blobs.push((layer.media_type.clone(), download));
         }
+        let scratch = self.root.join("tmp");
         let found = tokio::task::spawn_blocking(move || {
             let readers = blobs
                 .iter()
                 .map(|(media_type, file)| Ok((media_type.clone(), file.reopen()?)))
                 .collect::<std::io::Result<Vec<_>>>()
                 .map_err(|e| format!("reading a downloaded layer: {e}"))?;
-            layers::find_file(readers.into_iter(), &entrypoint, limit)
+            layers::find_file(readers.into_iter(), &entrypoint, limit, &scratch)
                 .map(|found| (found, entrypoint))
         })
         .await
@@ -492,7 +493,7 @@ impl ImageStore {
                 "image \"{image}\" names {entrypoint} as its entrypoint, but that file is not in the image's layers"
             ))
         })?;
-        self.store_module(module)
+        self.keep_module(module)
     }
 
     /// Streams a blob into a file in the store's `tmp/`, checked against its descriptor; the
@@ -524,13 +525,6 @@ impl ImageStore {
             std::fs::create_dir_all(dir)?;
         }
         download.persist(&path).map_err(|e| e.error)?;
-        Ok(self.remember(&digest, bytes))
-    }
-
-    /// Keeps a module in the store under its digest.
-    fn store_module(&self, bytes: Vec<u8>) -> Result<ModuleBytes, PullError> {
-        let digest = Digest::sha256_of(&bytes);
-        write_atomic(&self.blob_path(&digest), &bytes)?;
         Ok(self.remember(&digest, bytes))
     }
 
