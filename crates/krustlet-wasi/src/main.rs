@@ -27,6 +27,10 @@ async fn main() -> anyhow::Result<()> {
                 handles_per_instance: config.max_guest_handles,
                 keep_resident: config.http_instance_keep_resident,
                 serving: config.http_serving,
+                request_deadlines: wasi_runtime::RequestDeadlines {
+                    timeout: config.http_request_timeout,
+                    return_grace: config.http_return_grace,
+                },
             },
         )?)
     })

@@ -66,6 +66,11 @@ pub struct Config {
     pub http_instance_keep_resident: usize,
     /// Bounds on the clients of the ports each container serves.
     pub http_serving: crate::runtime::ServeLimits,
+    /// How long one HTTP request's instance may run (`--http-request-timeout`).
+    pub http_request_timeout: std::time::Duration,
+    /// How long a request's instance may run on once its answer is complete
+    /// (`--http-return-grace`).
+    pub http_return_grace: std::time::Duration,
     /// When container log files are rotated.
     pub container_logs: crate::logs::LogPolicy,
     /// The kubelet API's connection cap and handshake timeout.

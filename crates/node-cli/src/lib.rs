@@ -188,6 +188,15 @@ pub struct NodeArgs {
     /// read (nginx's client_body_timeout).
     #[arg(long, env = "KRUSTLET_HTTP_BODY_READ_TIMEOUT", default_value = "60s", value_parser = parse_period)]
     http_body_read_timeout: std::time::Duration,
+    /// How long one HTTP request's instance (a wasi-http component's) may run, from its start
+    /// to its handler's return; past it the instance is stopped (a streaming answer is cut).
+    #[arg(long, env = "KRUSTLET_HTTP_REQUEST_TIMEOUT", default_value = "10m", value_parser = parse_period)]
+    http_request_timeout: std::time::Duration,
+    /// How long a request's instance may run on once its answer is complete (the handler's
+    /// work after the response, as `wasmtime serve` allows); past it the instance is stopped
+    /// and its place among the container's requests in flight is free again.
+    #[arg(long, env = "KRUSTLET_HTTP_RETURN_GRACE", default_value = "30s", value_parser = parse_period)]
+    http_return_grace: std::time::Duration,
     /// A container's log file at least this large is rotated (a Kubernetes quantity).
     #[arg(long, env = "KRUSTLET_CONTAINER_LOG_MAX_SIZE", default_value = "10Mi", value_parser = parse_bytes)]
     container_log_max_size: u64,
@@ -355,6 +364,8 @@ impl NodeArgs {
             max_guest_handles: self.max_guest_handles as usize,
             http_instance_keep_resident: usize::try_from(self.http_instance_keep_resident)
                 .unwrap_or(usize::MAX),
+            http_request_timeout: self.http_request_timeout,
+            http_return_grace: self.http_return_grace,
             http_serving: kubelet::runtime::ServeLimits {
                 max_connections: self.http_max_connections_per_container as usize,
                 header_read_timeout: self.http_header_read_timeout,

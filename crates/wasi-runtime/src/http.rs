@@ -4,7 +4,8 @@
 //! the container's log (in full) and the pod's events (rate-limited); the container keeps
 //! serving. An instance runs until its handler returns, which
 //! is after it has written its answer's body (as under `wasmtime serve`), unless its client
-//! goes away first or the container stops. A container holds at most its share of the node's
+//! goes away first, the container stops, or a deadline passes ([`RequestDeadlines`]: the
+//! request's own, and a grace once its answer is complete). A container holds at most its share of the node's
 //! instance pool at once (`--max-http-requests-per-container`): a request past it is answered
 //! 503 at once, so one pod's slow clients cannot take the instances every pod shares.
 
@@ -29,6 +30,8 @@ pub struct Server {
     /// Instances this container may hold at once.
     in_flight: Arc<tokio::sync::Semaphore>,
     max_in_flight: usize,
+    /// How long a request's instance may run, and may run on once its answer is complete.
+    deadlines: RequestDeadlines,
     /// The instances handling requests: each runs until its handler returns (after its answer's
     /// body is written), or is stopped when its client goes away first or the server ends.
     guests: std::sync::Mutex<tokio::task::JoinSet<()>>,
@@ -43,12 +46,14 @@ enum Refused {
 }
 
 impl Server {
-    /// A server handling requests with `pre`, at most `max_in_flight` at once.
+    /// A server handling requests with `pre`, at most `max_in_flight` at once, each instance
+    /// stopped at `deadlines`.
     pub fn new(
         engine: Engine,
         pre: ProxyPre<ComponentState>,
         setup: GuestSetup,
         max_in_flight: usize,
+        deadlines: RequestDeadlines,
     ) -> Arc<Self> {
         Arc::new(Self {
             engine,
@@ -56,6 +61,7 @@ impl Server {
             setup,
             in_flight: Arc::new(tokio::sync::Semaphore::new(max_in_flight)),
             max_in_flight,
+            deadlines,
             guests: Default::default(),
         })
     }
@@ -132,6 +138,8 @@ impl Server {
         })?;
         let pre = self.pre.clone();
         let (exit_tx, exit_rx) = tokio::sync::oneshot::channel();
+        let (answered_tx, answered_rx) = tokio::sync::oneshot::channel();
+        let deadlines = self.deadlines;
         let guest = {
             let report = report.clone();
             let mut guests = self.guests.lock().unwrap_or_else(|p| p.into_inner());
@@ -141,14 +149,14 @@ impl Server {
                 self.setup.netns(),
                 async move {
                     let _permit = permit;
-                    let outcome = async {
+                    let handled = async {
                         let proxy = pre.instantiate_async(&mut store).await?;
                         proxy
                             .wasi_http_incoming_handler()
                             .call_handle(&mut store, incoming, outparam)
                             .await
-                    }
-                    .await;
+                    };
+                    let outcome = deadlines.enforce(handled, answered_rx).await;
                     let outcome = outcome.map(|()| 0);
                     let exit = crate::guest::exit(&mut store, &outcome);
                     if exit.code != 0 {
@@ -164,7 +172,10 @@ impl Server {
             ))
         };
         // A request given up before its answer stops its instance.
-        let guest = GuestStopper(Some(guest));
+        let guest = GuestStopper {
+            guest: Some(guest),
+            answered: Some(answered_tx),
+        };
         match receiver.await {
             Ok(Ok(response)) => Ok(response.map(|body| {
                 use http_body_util::BodyExt;
@@ -189,19 +200,67 @@ impl Server {
 }
 
 /// Stops a request's instance when dropped, unless it was let go.
-struct GuestStopper(Option<tokio::task::AbortHandle>);
+struct GuestStopper {
+    guest: Option<tokio::task::AbortHandle>,
+    /// Tells the instance its answer is complete (its return grace begins).
+    answered: Option<tokio::sync::oneshot::Sender<()>>,
+}
 
 impl GuestStopper {
-    /// The instance may run on to its end (its answer is complete); the server still owns it.
+    /// The instance may run on to its end (its answer is complete), within its return grace;
+    /// the server still owns it.
     fn let_go(&mut self) {
-        self.0 = None;
+        self.guest = None;
+        if let Some(answered) = self.answered.take() {
+            let _ = answered.send(());
+        }
     }
 }
 
 impl Drop for GuestStopper {
     fn drop(&mut self) {
-        if let Some(guest) = self.0.take() {
+        if let Some(guest) = self.guest.take() {
             guest.abort();
+        }
+    }
+}
+
+/// How long a request's instance may run: at most `timeout` in all, and at most `return_grace`
+/// once its answer is complete (a guest that answers and never returns would hold its pooled
+/// instance, and its container's share of them, for good).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestDeadlines {
+    /// The whole request, instance start to handler return (`--http-request-timeout`).
+    pub timeout: std::time::Duration,
+    /// After the answer's body is complete (`--http-return-grace`).
+    pub return_grace: std::time::Duration,
+}
+
+impl RequestDeadlines {
+    /// Runs `handled` (the instance's handler) until it returns or a deadline passes; then it is
+    /// stopped with an error saying which. `answered` resolves when the answer is complete.
+    async fn enforce(
+        self,
+        handled: impl Future<Output = wasmtime::Result<()>>,
+        answered: tokio::sync::oneshot::Receiver<()>,
+    ) -> wasmtime::Result<()> {
+        let grace_over = async {
+            match answered.await {
+                Ok(()) => tokio::time::sleep(self.return_grace).await,
+                // Never answered: the request's own deadline, or its client, ends it.
+                Err(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            outcome = handled => outcome,
+            () = tokio::time::sleep(self.timeout) => Err(wasmtime::format_err!(
+                "the request's instance ran for {:?}, the most a request may (--http-request-timeout); it was stopped",
+                self.timeout
+            )),
+            () = grace_over => Err(wasmtime::format_err!(
+                "the guest answered but its handler did not return within {:?} (--http-return-grace); its instance was stopped",
+                self.return_grace
+            )),
         }
     }
 }
@@ -244,5 +303,55 @@ fn body_error(error: BodyReadError<hyper::Error>) -> ErrorCode {
     match error {
         BodyReadError::Client(e) => ErrorCode::from(e),
         BodyReadError::Stalled(_) => ErrorCode::ConnectionReadTimeout,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const DEADLINES: RequestDeadlines = RequestDeadlines {
+        timeout: Duration::from_secs(600),
+        return_grace: Duration::from_secs(30),
+    };
+
+    #[tokio::test(start_paused = true)]
+    async fn an_instance_that_answered_and_lingers_is_stopped_after_its_grace() {
+        let (answered, heard) = tokio::sync::oneshot::channel();
+        answered.send(()).unwrap();
+        let started = tokio::time::Instant::now();
+        let error = DEADLINES
+            .enforce(std::future::pending(), heard)
+            .await
+            .unwrap_err();
+        assert_eq!(started.elapsed(), Duration::from_secs(30));
+        assert!(error.to_string().contains("--http-return-grace"), "{error}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_instance_past_the_request_timeout_is_stopped() {
+        let (answered, heard) = tokio::sync::oneshot::channel::<()>();
+        let started = tokio::time::Instant::now();
+        // Still answering (its body streams): only the request's own deadline applies.
+        let outcome = DEADLINES.enforce(std::future::pending(), heard).await;
+        drop(answered);
+        assert_eq!(started.elapsed(), Duration::from_secs(600));
+        let error = outcome.unwrap_err();
+        assert!(
+            error.to_string().contains("--http-request-timeout"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_instance_that_returns_keeps_its_outcome() {
+        let (answered, heard) = tokio::sync::oneshot::channel();
+        answered.send(()).unwrap();
+        let handled = async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Ok(())
+        };
+        assert!(DEADLINES.enforce(handled, heard).await.is_ok());
     }
 }

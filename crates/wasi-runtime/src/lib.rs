@@ -9,6 +9,7 @@
 mod dns;
 mod guest;
 mod http;
+pub use http::RequestDeadlines;
 mod outbound;
 mod outgoing;
 mod world;
@@ -77,6 +78,8 @@ pub struct Bounds {
     pub keep_resident: usize,
     /// Bounds on the clients of a wasi-http container's ports.
     pub serving: kubelet::runtime::ServeLimits,
+    /// How long a request's instance may run, in all and once it has answered.
+    pub request_deadlines: http::RequestDeadlines,
 }
 
 /// wasi-http components run on an engine of their own with the pooling allocator, as
@@ -140,6 +143,7 @@ impl WasiRuntime {
                 handles_per_instance: bounds.handles_per_instance.max(1),
                 keep_resident: bounds.keep_resident,
                 serving: bounds.serving,
+                request_deadlines: bounds.request_deadlines,
             },
         })
     }
@@ -266,6 +270,7 @@ impl Runtime for WasiRuntime {
                     pre.clone(),
                     setup,
                     self.bounds.requests_per_container,
+                    self.bounds.request_deadlines,
                 );
                 return Ok(RunningContainer::graceful(tokio::spawn(server.serve(
                     listeners,

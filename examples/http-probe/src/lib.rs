@@ -3,7 +3,8 @@
 //! `http://HOST:PORT/PATH` and answers with what came back (or the error, with status 502);
 //! `/status/CODE` answers with that status; `/file/PATH` answers 200 when the file `/PATH`
 //! exists in the guest's filesystem (its mounts) and 503 when not; `/sleep/MS` answers after
-//! that many milliseconds; `/both...` answers as `/` and logs on stderr too; `/trap` traps.
+//! that many milliseconds; `/both...` answers as `/` and logs on stderr too; `/trap` traps;
+//! `/linger` answers, then does not return for an hour.
 //! Every request is logged on stdout.
 
 use std::io::{Read as _, Write as _};
@@ -21,6 +22,12 @@ impl wasip2::exports::http::incoming_handler::Guest for Probe {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
         let path = request.path_with_query().unwrap_or_default();
         println!("http-probe: {:?} {path}", request.method());
+        if path == "/linger" {
+            // Answers, then never returns.
+            respond(response_out, 200, "answered, lingering\n");
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+            return;
+        }
         let (status, body) = match path.as_str() {
             "/trap" => core::arch::wasm32::unreachable(),
             p if p.starts_with("/both") => {

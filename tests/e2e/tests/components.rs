@@ -521,3 +521,48 @@ async fn idle_and_slow_connections_to_one_pod_leave_its_neighbour_serving() -> a
     assert_eq!(e2e::http_get_at(&host, noisy_port, "/").await?.0, 200);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_guest_that_answers_and_never_returns_gives_its_place_back() -> anyhow::Result<()> {
+    let cluster = Cluster::new("http-linger").await?;
+    let agent = cluster
+        .start_node_with(&[
+            "--max-http-requests-per-container",
+            "2",
+            "--http-return-grace",
+            "2s",
+        ])
+        .await?;
+    let image = cluster.push_component("http_probe").await?;
+    let [port] = free_ports()?;
+    serve(
+        &cluster,
+        http_pod("linger", &image, &agent.name, port, serde_json::json!({})),
+    )
+    .await?;
+    // Rounds of as many lingering requests as the container may have in flight: each is
+    // answered, and each instance is stopped after its grace, so none keeps a place for good.
+    for _ in 0..3 {
+        for _ in 0..2 {
+            let (code, body) = http_get(port, "/linger").await?;
+            assert_eq!((code, body.as_str()), (200, "answered, lingering\n"));
+        }
+        cluster
+            .eventually("the container serves again", async || {
+                let (code, _) = http_get(port, "/").await?;
+                Ok((code == 200).then_some(()))
+            })
+            .await?;
+    }
+    let logs = cluster
+        .eventually("the stopped instances in the log", async || {
+            let logs = cluster.kubectl(&["logs", "linger"])?;
+            Ok(logs.contains("--http-return-grace").then_some(logs))
+        })
+        .await?;
+    assert!(
+        logs.contains("did not return within 2s"),
+        "the log says what happened: {logs}"
+    );
+    Ok(())
+}
