@@ -3,22 +3,24 @@
 
 #![warn(missing_docs)]
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use kubelet::config::Config;
 use kubelet::runtime::Runtime;
 use kubelet::tls::csr::CertificateRequest;
 use kubelet::tls::identity::NodeCertificate;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// The node agent's flags, flattened into each binary's command line.
 #[derive(Debug, clap::Args)]
 pub struct NodeArgs {
-    /// Kubeconfig to join the cluster with (default: $KUBECONFIG, then ~/.kube/config; with
-    /// --bootstrap-file: <data-dir>/kubeconfig, written by the TLS bootstrap when missing).
-    #[arg(long, env = "KUBECONFIG")]
+    /// The node's kubeconfig (default <data-dir>/kubeconfig; with --bootstrap-file, written by
+    /// the TLS bootstrap when missing). As on the kubelet, the KUBECONFIG environment variable
+    /// is not read: an administrator's kubeconfig is never the node's by accident, and the
+    /// bootstrap never writes over a file it did not write.
+    #[arg(long, env = "KRUSTLET_KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
     /// A kubeconfig holding a bootstrap token. When the --kubeconfig file does not exist, the
     /// node requests its client certificate with a CSR (signer
@@ -390,19 +392,18 @@ impl NodeArgs {
     }
 }
 
-async fn kube_config(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Config> {
-    match kubeconfig {
-        Some(path) => {
-            let file = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
-                .await
-                .with_context(|| format!("using kubeconfig {}", path.display()))
-        }
-        None => kube::Config::infer()
-            .await
-            .context("no kubeconfig: pass --kubeconfig, set KUBECONFIG, or use --standalone"),
+async fn kube_config(path: &Path) -> anyhow::Result<kube::Config> {
+    if !path.exists() {
+        bail!(
+            "no kubeconfig at {}: pass --kubeconfig, --bootstrap-file to join with a bootstrap token, or --standalone",
+            path.display()
+        );
     }
+    let file = kube::config::Kubeconfig::read_from(path)
+        .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+    kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+        .await
+        .with_context(|| format!("using kubeconfig {}", path.display()))
 }
 
 fn shutdown_on_signals() -> CancellationToken {
@@ -575,19 +576,32 @@ async fn cluster_client(
     config: &Config,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<kube::Client> {
-    Ok(match &args.bootstrap_file {
-        Some(bootstrap_file) => {
-            let path = args
-                .kubeconfig
-                .clone()
-                .unwrap_or_else(|| config.data_dir.join("kubeconfig"));
-            let cert_dir = config.data_dir.join("pki");
-            kubelet::tls::bootstrap(bootstrap_file, &path, &config.node_name, &cert_dir).await?;
+    let path = args
+        .kubeconfig
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("kubeconfig"));
+    let joined = match &args.bootstrap_file {
+        Some(bootstrap_file) => Some(
+            kubelet::tls::bootstrap(
+                bootstrap_file,
+                &path,
+                &config.node_name,
+                &config.data_dir.join("pki"),
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    Ok(match joined {
+        Some(kubelet::tls::Joined::NodeCertificate) => {
             let certificate = Arc::new(NodeCertificate::stored(
-                cert_dir.join(kubelet::tls::CLIENT_CERT_FILE),
+                config
+                    .data_dir
+                    .join("pki")
+                    .join(kubelet::tls::CLIENT_CERT_FILE),
             ));
             let client = kubelet::tls::client::rotating_client(
-                kube_config(Some(&path)).await?,
+                kube_config(&path).await?,
                 certificate.clone(),
             )?;
             tokio::spawn(kubelet::tls::rotation::keep_renewed(
@@ -598,12 +612,14 @@ async fn cluster_client(
             ));
             client
         }
-        None => kube::client::ClientBuilder::try_from(kube_config(args.kubeconfig.as_ref()).await?)
-            .context("creating the Kubernetes client")?
-            .with_layer(&tower::util::MapResultLayer::new(
-                kubelet::metrics::count_api_response,
-            ))
-            .build(),
+        Some(kubelet::tls::Joined::AsItIs) | None => {
+            kube::client::ClientBuilder::try_from(kube_config(&path).await?)
+                .context("creating the Kubernetes client")?
+                .with_layer(&tower::util::MapResultLayer::new(
+                    kubelet::metrics::count_api_response,
+                ))
+                .build()
+        }
     })
 }
 

@@ -9,7 +9,7 @@ pub mod rotation;
 
 mod bootstrap;
 
-pub use bootstrap::{CLIENT_CERT_FILE, bootstrap};
+pub use bootstrap::{CLIENT_CERT_FILE, Joined, bootstrap};
 
 /// The file in the cert dir holding the serving certificate and key, as the kubelet names it.
 pub const SERVING_CERT_FILE: &str = "kubelet-server-current.pem";
@@ -50,4 +50,15 @@ pub enum CertificateError {
     /// Making or reading a key or certificate failed.
     #[error("node key and certificate: {0}")]
     Key(String),
+    /// The kubeconfig path holds a file the TLS bootstrap did not write, and it is not usable
+    /// as it is: the bootstrap never writes over it.
+    #[error(
+        "{path} exists, was not written by this node's TLS bootstrap, and holds no valid client certificate ({why}); it is left as it is: remove it if it is stale, or give the node a kubeconfig path of its own with --kubeconfig (default <data-dir>/kubeconfig)"
+    )]
+    NotOurs {
+        /// The kubeconfig.
+        path: PathBuf,
+        /// Why it cannot be used as it is.
+        why: String,
+    },
 }
