@@ -502,11 +502,14 @@ async fn push(module: PathBuf, image: String, args: &NodeArgs) -> anyhow::Result
 /// Sets up what every binary needs before parsing flags: logging to stderr (`RUST_LOG`,
 /// default `info`), the TLS crypto provider, the open-file limit.
 pub fn init() {
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colours for a person at a terminal; none in a file or the journal.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let _ = rustls::crypto::ring::default_provider().install_default();
     raise_open_files_limit();

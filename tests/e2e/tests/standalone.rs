@@ -109,6 +109,11 @@ fn standalone_exits_non_zero_when_a_pod_fails() -> anyhow::Result<()> {
         stderr.contains("exit code 3") && stderr.contains("pods failed: failing"),
         "{stderr}"
     );
+    // Written to a pipe, not a terminal: no colour codes.
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "escape codes in the log: {stderr:?}"
+    );
     Ok(())
 }
 
