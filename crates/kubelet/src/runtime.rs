@@ -84,6 +84,17 @@ impl Usage {
         self.memory_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
+    /// Records `bytes` more memory unless that would take the container past `limit` (all its
+    /// instances together); whether it did.
+    pub fn try_grow_memory(&self, bytes: u64, limit: Option<u64>) -> bool {
+        self.memory_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |m| {
+                let grown = m.saturating_add(bytes);
+                limit.is_none_or(|limit| grown <= limit).then_some(grown)
+            })
+            .is_ok()
+    }
+
     /// Takes what another process (a runtime worker) measured.
     pub(crate) fn set(&self, cpu_nanos: u64, memory_bytes: u64) {
         self.cpu_nanos.store(cpu_nanos, Ordering::Relaxed);

@@ -58,9 +58,9 @@ impl GuestLimits {
     }
 }
 
-/// The memory a guest may hold: its linear memories and tables together; and the mappings
-/// it takes from the process's budget (a guest's worth up front, then each memory past its
-/// first).
+/// The memory a guest may hold: its linear memories and tables, with those of every other
+/// instance of its container (the limit is the container's); and the mappings it takes from
+/// the process's budget (a guest's worth up front, then each memory past its first).
 #[derive(Debug)]
 pub struct MemoryLimit {
     limit: Option<u64>,
@@ -116,15 +116,18 @@ impl MemoryLimit {
         self.limit.filter(|_| self.exceeded)
     }
 
+    /// Charges `bytes` to the container: the limit counts every instance it holds at once (a
+    /// server's requests, each with an instance of its own, share their container's limit, as
+    /// a container's processes share its cgroup's).
     fn grow(&mut self, bytes: u64) -> wasmtime::Result<bool> {
-        if let Some(limit) = self.limit
-            && self.used.saturating_add(bytes) > limit
-        {
+        if !self.usage.try_grow_memory(bytes, self.limit) {
             self.exceeded = true;
-            wasmtime::bail!("the guest's memory limit of {limit} bytes is exhausted");
+            wasmtime::bail!(
+                "the container's memory limit of {} bytes (all its instances together) is exhausted",
+                self.limit.unwrap_or_default()
+            );
         }
         self.used = self.used.saturating_add(bytes);
-        self.usage.grow_memory(bytes);
         Ok(true)
     }
 }
@@ -290,6 +293,26 @@ mod tests {
         let pause = share.charge(Duration::from_millis(15), Instant::now());
         assert!(pause > Duration::from_millis(50), "paused only {pause:?}");
         assert!(pause <= CPU_PERIOD);
+    }
+
+    #[test]
+    fn a_containers_instances_share_its_memory_limit() {
+        let usage = Arc::new(Usage::default());
+        let limit = Some(100 << 10);
+        let budget = MappingBudget::process();
+        let mut first = MemoryLimit::new(limit, usage.clone(), budget.clone()).unwrap();
+        let mut second = MemoryLimit::new(limit, usage.clone(), budget).unwrap();
+        assert!(first.memory_growing(0, 64 << 10, None).unwrap());
+        // Alone it would fit; beside the first it does not.
+        assert!(second.memory_growing(0, 64 << 10, None).is_err());
+        assert_eq!(second.exceeded(), Some(100 << 10));
+        assert_eq!(first.exceeded(), None);
+        assert_eq!(usage.memory_bytes(), 64 << 10);
+        // The first instance ends: its memory is the container's again.
+        drop(first);
+        assert_eq!(usage.memory_bytes(), 0);
+        let mut third = MemoryLimit::new(limit, usage.clone(), MappingBudget::process()).unwrap();
+        assert!(third.memory_growing(0, 64 << 10, None).unwrap());
     }
 
     #[test]

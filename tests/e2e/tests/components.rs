@@ -566,3 +566,41 @@ async fn a_guest_that_answers_and_never_returns_gives_its_place_back() -> anyhow
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_containers_memory_limit_bounds_all_its_requests_together() -> anyhow::Result<()> {
+    let cluster = Cluster::new("http-memory").await?;
+    let agent = cluster.start_node().await?;
+    let image = cluster.push_component("http_probe").await?;
+    let [port] = free_ports()?;
+    let mut pod = http_pod("bounded", &image, &agent.name, port, serde_json::json!({}));
+    pod.spec.as_mut().expect("spec").containers[0].resources = Some(serde_json::from_value(
+        serde_json::json!({"limits": {"memory": "24Mi"}}),
+    )?);
+    serve(&cluster, pod).await?;
+    // One request holding 8 MiB fits...
+    assert_eq!(http_get(port, "/alloc/8").await?.0, 200);
+    // ...four at once (each an instance of its own) do not: the limit is the container's.
+    let requests: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(http_get(port, "/alloc/8")))
+        .collect();
+    let mut codes = Vec::new();
+    for request in requests {
+        codes.push(request.await??.0);
+    }
+    codes.sort();
+    assert!(
+        codes.contains(&200) && codes.contains(&500),
+        "some requests fit within 24Mi and the others fail: {codes:?}"
+    );
+    let logs = cluster
+        .eventually("the refused growth in the log", async || {
+            let logs = cluster.kubectl(&["logs", "bounded"])?;
+            Ok(logs.contains("all its instances together").then_some(logs))
+        })
+        .await?;
+    assert!(logs.contains("25165824"), "the log names the limit: {logs}");
+    // Their memory is given back: one request fits again, and the container serves on.
+    assert_eq!(http_get(port, "/alloc/8").await?.0, 200);
+    Ok(())
+}
