@@ -25,6 +25,7 @@ async fn main() -> anyhow::Result<()> {
             wasi_runtime::Bounds {
                 requests_per_container: config.max_http_requests_per_container,
                 handles_per_instance: config.max_guest_handles,
+                lookups_per_container: config.max_name_lookups_per_container,
                 keep_resident: config.http_instance_keep_resident,
                 serving: config.http_serving,
                 request_deadlines: wasi_runtime::RequestDeadlines {

@@ -62,6 +62,8 @@ pub struct Config {
     pub max_http_requests_per_container: usize,
     /// WASI handles (open files, sockets, streams...) one guest instance may hold at once.
     pub max_guest_handles: usize,
+    /// Name lookups one container's guests may have asking name servers at once.
+    pub max_name_lookups_per_container: usize,
     /// Bytes of each pooled HTTP instance's memory and table kept between requests.
     pub http_instance_keep_resident: usize,
     /// Bounds on the clients of the ports each container serves.

@@ -167,6 +167,11 @@ pub struct NodeArgs {
     /// its process's file descriptors from the others (as a container's RLIMIT_NOFILE).
     #[arg(long, env = "KRUSTLET_MAX_GUEST_HANDLES", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(64..))]
     max_guest_handles: u32,
+    /// Name lookups one container's guests may have asking name servers at once (each holds a
+    /// socket or two until it is answered or times out); more wait their turn holding none, so
+    /// that one pod's unanswered lookups cannot take its runtime process's file descriptors.
+    #[arg(long, env = "KRUSTLET_MAX_NAME_LOOKUPS_PER_CONTAINER", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    max_name_lookups_per_container: u32,
     /// Memory each pooled HTTP instance's slot keeps between requests, per linear memory and
     /// per table (a Kubernetes quantity): the pages a request wrote are reset in place up to
     /// this much (Linux 6.7+), which spares the next request page faults and the node TLB
@@ -364,6 +369,7 @@ impl NodeArgs {
             image_gc_period: self.image_gc_period,
             max_http_requests_per_container: self.max_http_requests_per_container as usize,
             max_guest_handles: self.max_guest_handles as usize,
+            max_name_lookups_per_container: self.max_name_lookups_per_container as usize,
             http_instance_keep_resident: usize::try_from(self.http_instance_keep_resident)
                 .unwrap_or(usize::MAX),
             http_request_timeout: self.http_request_timeout,

@@ -66,6 +66,9 @@ pub struct PodResolver {
     dns: Dns,
     netns: Option<Arc<PodNetns>>,
     resolver: OnceLock<Resolver<PodNet>>,
+    /// Lookups that may ask the name servers at once; the others wait their turn holding no
+    /// socket (`--max-name-lookups-per-container`).
+    asking: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for PodResolver {
@@ -86,12 +89,14 @@ fn lookup_error(error: &hickory_resolver::net::NetError) -> ErrorCode {
 }
 
 impl PodResolver {
-    /// The resolver for `dns`, sending queries from `netns` (the node's network without one).
-    pub fn new(dns: Dns, netns: Option<Arc<PodNetns>>) -> Arc<Self> {
+    /// The resolver for `dns`, sending queries from `netns` (the node's network without one),
+    /// at most `max_asking` lookups at a time.
+    pub fn new(dns: Dns, netns: Option<Arc<PodNetns>>, max_asking: usize) -> Arc<Self> {
         Arc::new(Self {
             dns,
             netns,
             resolver: OnceLock::new(),
+            asking: Arc::new(tokio::sync::Semaphore::new(max_asking.max(1))),
         })
     }
 
@@ -113,6 +118,13 @@ impl PodResolver {
             if !in_hosts.is_empty() {
                 return Ok(in_hosts);
             }
+            // A guest's lookups past its container's share wait here, holding no socket: one
+            // pod's unanswered lookups cannot take the process's file descriptors.
+            let _asking = this
+                .asking
+                .acquire()
+                .await
+                .map_err(|_| ErrorCode::TemporaryResolverFailure)?;
             let found = this
                 .resolver()
                 .lookup_ip(domain.as_str())
@@ -480,6 +492,7 @@ mod tests {
                 hosts: Vec::new(),
             },
             None,
+            32,
         );
         assert_eq!(resolver.lookup("web").await, Ok(vec![ip("10.0.0.7")]));
         assert!(
@@ -525,6 +538,7 @@ mod tests {
                 ..Dns::default()
             },
             None,
+            32,
         );
         assert_eq!(
             resolver.lookup("DB.local.").await,
@@ -540,6 +554,51 @@ mod tests {
             resolver.lookup("not a name").await,
             Err(ErrorCode::InvalidArgument)
         );
+    }
+
+    #[tokio::test]
+    async fn a_containers_lookups_past_its_share_wait_without_asking() {
+        // A name server that never answers, counting what it is asked.
+        let Ok(silent) = std::net::UdpSocket::bind("127.0.0.77:53") else {
+            return; // Port 53 needs root, as the e2e DNS tests.
+        };
+        silent
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let resolver = PodResolver::new(
+            Dns {
+                nameservers: vec![ip("127.0.0.77")],
+                options: vec!["timeout:5".into(), "attempts:1".into()],
+                ..Dns::default()
+            },
+            None,
+            2,
+        );
+        let lookups: Vec<_> = (0..6)
+            .map(|i| tokio::spawn(resolver.lookup(&format!("host-{i}.example"))))
+            .collect();
+        let asked = tokio::task::spawn_blocking(move || {
+            let deadline = std::time::Instant::now() + Duration::from_millis(1500);
+            let mut asked = std::collections::BTreeSet::new();
+            let mut buf = [0u8; 512];
+            while std::time::Instant::now() < deadline {
+                if let Ok(n) = silent.recv(&mut buf) {
+                    // The question's first label: the host asked about.
+                    let len = usize::from(buf[12]);
+                    asked.insert(String::from_utf8_lossy(&buf[13..(13 + len).min(n)]).into_owned());
+                }
+            }
+            asked
+        })
+        .await
+        .unwrap();
+        // Two lookups ask (their A and AAAA queries); four wait.
+        assert_eq!(
+            asked.len(),
+            2,
+            "hosts asked about while 6 lookups were pending: {asked:?}"
+        );
+        lookups.iter().for_each(|l| l.abort());
     }
 
     #[test]

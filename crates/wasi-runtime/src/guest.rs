@@ -108,7 +108,13 @@ impl Limited for ComponentState {
 impl GuestSetup {
     /// The setup for `run` (its log writers become the container's shared streams); the
     /// pod's network namespace, if it has one, is opened.
-    pub fn new(run: ContainerRun, max_handles: usize) -> Result<Self, StartError> {
+    /// Its guests' instances hold at most `max_handles` WASI handles each, and its name
+    /// lookups ask `max_lookups` at a time.
+    pub fn new(
+        run: ContainerRun,
+        max_handles: usize,
+        max_lookups: usize,
+    ) -> Result<Self, StartError> {
         let netns = wasm_host::ports::pod_netns(&run.network)?;
         Ok(Self {
             args: run.args,
@@ -121,7 +127,7 @@ impl GuestSetup {
             outbound: OutboundPolicy::new(
                 &run.network.allowed_outbound,
                 netns.clone(),
-                PodResolver::new(run.network.dns, netns.clone()),
+                PodResolver::new(run.network.dns, netns.clone(), max_lookups),
             ),
             warnings: run.warnings,
             netns,

@@ -69,6 +69,8 @@ pub struct Bounds {
     pub requests_per_container: usize,
     /// WASI handles (open files, sockets, streams...) one guest instance may hold at once.
     pub handles_per_instance: usize,
+    /// Name lookups one container's guests may have asking name servers at once.
+    pub lookups_per_container: usize,
     /// Bytes of a pooled memory or table a finished request's instance leaves resident
     /// (`--http-instance-keep-resident`). The pages it wrote (found with the PAGEMAP_SCAN
     /// ioctl, Linux 6.7 and later) are reset in place up to this much, so the next request in
@@ -141,6 +143,7 @@ impl WasiRuntime {
                     .requests_per_container
                     .clamp(1, HTTP_POOL_INSTANCES as usize),
                 handles_per_instance: bounds.handles_per_instance.max(1),
+                lookups_per_container: bounds.lookups_per_container.max(1),
                 keep_resident: bounds.keep_resident,
                 serving: bounds.serving,
                 request_deadlines: bounds.request_deadlines,
@@ -242,7 +245,11 @@ impl Runtime for WasiRuntime {
     ) -> Result<RunningContainer, StartError> {
         let network = run.network.clone();
         let stop = run.stop.clone();
-        let setup = GuestSetup::new(run, self.bounds.handles_per_instance)?;
+        let setup = GuestSetup::new(
+            run,
+            self.bounds.handles_per_instance,
+            self.bounds.lookups_per_container,
+        )?;
         let netns = setup.netns();
         // The guest runs inside its pod's network: every socket it makes is the pod's.
         let task = match &prepared.0 {

@@ -148,7 +148,11 @@ mod tests {
 
     fn policy(entries: &[&str]) -> OutboundPolicy {
         let entries: Vec<String> = entries.iter().map(|e| e.to_string()).collect();
-        OutboundPolicy::new(&entries, None, PodResolver::new(Default::default(), None))
+        OutboundPolicy::new(
+            &entries,
+            None,
+            PodResolver::new(Default::default(), None, 1),
+        )
     }
 
     #[test]
