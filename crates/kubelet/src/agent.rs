@@ -161,7 +161,7 @@ impl<R: Runtime> Parts<R> {
             node: NodeFacts {
                 name: self.config.node_name.clone(),
                 labels: node::labels(&self.config, &self.identity),
-                taints: node::taints(&self.identity),
+                taints: node::taints(&self.config, &self.identity),
                 max_pods: self.config.max_pods as usize,
                 allocatable: node::allocatable(&self.config),
             },

@@ -22,6 +22,9 @@ pub struct Config {
     pub max_pods: u32,
     /// Extra node labels.
     pub node_labels: Vec<(String, String)>,
+    /// Taints the node registers with besides its `krustlet/arch` taint
+    /// (`--register-with-taints`).
+    pub register_with_taints: Vec<k8s_openapi::api::core::v1::Taint>,
     /// Registries reached over plain HTTP.
     pub insecure_registries: Vec<String>,
     /// Docker config files with the node's own registry credentials.

@@ -25,7 +25,8 @@ pub struct NodeArgs {
     /// A kubeconfig holding a bootstrap token. When the --kubeconfig file does not exist, the
     /// node requests its client certificate with a CSR (signer
     /// kubernetes.io/kube-apiserver-client-kubelet), waits until it is issued, and writes it.
-    #[arg(long, env = "KRUSTLET_BOOTSTRAP_FILE")]
+    /// Also `--bootstrap-kubeconfig`, the kubelet's name.
+    #[arg(long, env = "KRUSTLET_BOOTSTRAP_FILE", alias = "bootstrap-kubeconfig")]
     bootstrap_file: Option<PathBuf>,
     /// Run the pods of --pod-manifest-path without an API server, print their output, and exit
     /// when they have all finished.
@@ -38,8 +39,9 @@ pub struct NodeArgs {
     /// How often the static pod manifests are read again in a cluster, e.g. `20s`.
     #[arg(long, env = "KRUSTLET_FILE_CHECK_FREQUENCY", default_value = "20s", value_parser = parse_period)]
     file_check_frequency: std::time::Duration,
-    /// Name of the Node object (default: the hostname).
-    #[arg(long, env = "KRUSTLET_NODE_NAME")]
+    /// Name of the Node object (default: the hostname). Also `--hostname-override`, the
+    /// kubelet's name.
+    #[arg(long, env = "KRUSTLET_NODE_NAME", alias = "hostname-override")]
     node_name: Option<String>,
     /// IP address of the node, advertised as InternalIP and used as every pod's IP (default:
     /// the address of the default route).
@@ -54,8 +56,9 @@ pub struct NodeArgs {
     /// Port of the kubelet API (logs, pods), advertised in the Node's daemonEndpoints.
     #[arg(long, env = "KRUSTLET_PORT", default_value_t = 10250)]
     port: u16,
-    /// Directory for images, compiled modules, logs and pod files (default: ~/.krustlet).
-    #[arg(long, env = "KRUSTLET_DATA_DIR")]
+    /// Directory for images, compiled modules, logs and pod files (default: ~/.krustlet). Also
+    /// `--root-dir`, the kubelet's name.
+    #[arg(long, env = "KRUSTLET_DATA_DIR", alias = "root-dir")]
     data_dir: Option<PathBuf>,
     /// Most pods this node runs at once (the Node's pod capacity).
     #[arg(long, env = "KRUSTLET_MAX_PODS", default_value_t = 110)]
@@ -63,6 +66,15 @@ pub struct NodeArgs {
     /// Extra node labels, `key=value[,key=value...]`.
     #[arg(long, env = "KRUSTLET_NODE_LABELS", value_delimiter = ',', value_parser = parse_label)]
     node_labels: Vec<(String, String)>,
+    /// Taints the node registers with besides its `krustlet/arch=<arch>:NoExecute` taint, as
+    /// the kubelet's flag: `key[=value]:effect[,...]`, effect NoSchedule, PreferNoSchedule or
+    /// NoExecute.
+    #[arg(long, env = "KRUSTLET_REGISTER_WITH_TAINTS", value_delimiter = ',', value_parser = parse_taint)]
+    register_with_taints: Vec<k8s_openapi::api::core::v1::Taint>,
+    /// The kubelet's CRI endpoint (kubeadm passes it): accepted so that kubeadm's unit starts
+    /// this node unchanged, and ignored (a wasm node runs its guests itself), with a log line.
+    #[arg(long, env = "KRUSTLET_CONTAINER_RUNTIME_ENDPOINT", hide = true)]
+    container_runtime_endpoint: Option<String>,
     /// Registries to reach over plain HTTP, `host[:port][,...]`.
     #[arg(
         long,
@@ -288,6 +300,31 @@ fn parse_bytes_or_zero(text: &str) -> Result<u64, String> {
     parse_bytes(text)
 }
 
+/// A taint as the kubelet's `--register-with-taints` takes it: `key[=value]:effect`.
+fn parse_taint(text: &str) -> Result<k8s_openapi::api::core::v1::Taint, String> {
+    let (key_value, effect) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{text:?} is not key[=value]:effect"))?;
+    if !matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
+        return Err(format!(
+            "{text:?}: the effect {effect:?} is none of NoSchedule, PreferNoSchedule, NoExecute"
+        ));
+    }
+    let (key, value) = match key_value.split_once('=') {
+        Some((key, value)) => (key, Some(value.to_string())),
+        None => (key_value, None),
+    };
+    if key.is_empty() {
+        return Err(format!("{text:?} has no key"));
+    }
+    Ok(k8s_openapi::api::core::v1::Taint {
+        key: key.to_string(),
+        value,
+        effect: effect.to_string(),
+        time_added: None,
+    })
+}
+
 fn parse_label(text: &str) -> Result<(String, String), String> {
     text.split_once('=')
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
@@ -338,6 +375,7 @@ impl NodeArgs {
             data_dir,
             max_pods: self.max_pods,
             node_labels: self.node_labels.clone(),
+            register_with_taints: self.register_with_taints.clone(),
             insecure_registries: self.insecure_registries.clone(),
             image_credentials: self.image_credentials(),
             tls: self.cert_file.clone().zip(self.private_key_file.clone()),
@@ -530,6 +568,9 @@ pub async fn run<R: Runtime>(
     make_runtime: impl FnOnce(&Config) -> anyhow::Result<R>,
 ) -> anyhow::Result<()> {
     let config = args.config()?;
+    if let Some(endpoint) = &args.container_runtime_endpoint {
+        tracing::info!(%endpoint, "--container-runtime-endpoint names a CRI runtime for the kubelet; this node runs its wasm guests itself and does not use it");
+    }
     match command {
         Some(Command::Push { module, image }) => return push(module, image, &args).await,
         Some(Command::Worker { socket }) => {
@@ -643,6 +684,60 @@ mod tests {
         let refused = super::parse_period("0s").unwrap_err();
         assert!(refused.contains("above zero"), "{refused}");
         assert!(super::parse_period("-1s").is_err());
+    }
+
+    /// The node's configuration from a command line.
+    fn config(args: &[&str]) -> kubelet::config::Config {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            node: super::NodeArgs,
+        }
+        use clap::Parser;
+        let cli = Cli::try_parse_from(std::iter::once("krustlet-wasi").chain(args.iter().copied()))
+            .expect("the flags parse");
+        cli.node.config().expect("a configuration")
+    }
+
+    #[test]
+    fn the_kubelets_flag_names_give_the_same_node_as_ours() {
+        let ours = config(&["--node-name", "n1", "--data-dir", "/var/lib/krustlet"]);
+        let kubelets = config(&[
+            "--hostname-override",
+            "n1",
+            "--root-dir",
+            "/var/lib/krustlet",
+            "--container-runtime-endpoint",
+            "unix:///var/run/containerd/containerd.sock",
+        ]);
+        assert_eq!(
+            (&ours.node_name, &ours.data_dir),
+            (&kubelets.node_name, &kubelets.data_dir)
+        );
+        assert_eq!(ours.node_name, "n1");
+    }
+
+    #[test]
+    fn taints_to_register_parse_as_the_kubelets() {
+        let config = config(&[
+            "--register-with-taints",
+            "dedicated=wasm:NoSchedule,example.com/gpu:NoExecute",
+        ]);
+        let taints: Vec<(String, Option<String>, String)> = config
+            .register_with_taints
+            .iter()
+            .map(|t| (t.key.clone(), t.value.clone(), t.effect.clone()))
+            .collect();
+        assert_eq!(
+            taints,
+            [
+                ("dedicated".into(), Some("wasm".into()), "NoSchedule".into()),
+                ("example.com/gpu".into(), None, "NoExecute".into()),
+            ]
+        );
+        assert!(super::parse_taint("k=v:Sometimes").is_err());
+        assert!(super::parse_taint("k=v").is_err());
+        assert!(super::parse_taint("=v:NoSchedule").is_err());
     }
 
     #[test]

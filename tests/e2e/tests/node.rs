@@ -295,3 +295,49 @@ async fn a_silent_node_in_a_mostly_down_zone_is_unknown_but_not_tainted_for_evic
     .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn kubeadms_flags_register_the_nodes_taints_beside_its_own() -> anyhow::Result<()> {
+    let cluster = Cluster::new("kubeadm-flags").await?;
+    // As kubeadm's drop-in and kubeadm-flags.env pass them.
+    let agent = cluster
+        .start_node_with(&[
+            "--register-with-taints",
+            "e2e.example/dedicated=wasm:NoSchedule,krustlet/arch=other:NoExecute",
+            "--container-runtime-endpoint",
+            "unix:///var/run/containerd/containerd.sock",
+        ])
+        .await?;
+    let node = Api::<Node>::all(cluster.client.clone())
+        .get(&agent.name)
+        .await?;
+    let taints: Vec<(String, Option<String>, String)> = node
+        .spec
+        .and_then(|s| s.taints)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|t| (t.key, t.value, t.effect))
+        .collect();
+    // The arch taint stays whatever else is registered.
+    assert!(
+        taints.contains(&(
+            "krustlet/arch".into(),
+            Some("wasm32-wasi".into()),
+            "NoExecute".into()
+        )),
+        "{taints:?}"
+    );
+    assert!(
+        taints.contains(&(
+            "e2e.example/dedicated".into(),
+            Some("wasm".into()),
+            "NoSchedule".into()
+        )),
+        "{taints:?}"
+    );
+    assert!(
+        !taints.iter().any(|t| t.1.as_deref() == Some("other")),
+        "{taints:?}"
+    );
+    Ok(())
+}

@@ -74,14 +74,25 @@ pub fn labels(config: &Config, identity: &Identity) -> BTreeMap<String, String> 
     labels
 }
 
-/// The taints a krustlet node registers with.
-pub fn taints(identity: &Identity) -> Vec<Taint> {
-    vec![Taint {
+/// The taints a krustlet node registers with: its `krustlet/arch=<arch>:NoExecute` taint,
+/// whatever else `--register-with-taints` adds (one of those with the same key and effect does
+/// not replace it).
+pub fn taints(config: &Config, identity: &Identity) -> Vec<Taint> {
+    let mut taints = vec![Taint {
         key: ARCH_TAINT_KEY.into(),
         value: Some(identity.arch.clone()),
         effect: "NoExecute".into(),
         time_added: None,
-    }]
+    }];
+    for extra in &config.register_with_taints {
+        if !taints
+            .iter()
+            .any(|t| t.key == extra.key && t.effect == extra.effect)
+        {
+            taints.push(extra.clone());
+        }
+    }
+    taints
 }
 
 fn condition(kind: &str, status: bool, reason: &str, message: &str) -> NodeCondition {
@@ -281,7 +292,7 @@ pub async fn register(
             ..Default::default()
         },
         spec: Some(NodeSpec {
-            taints: Some(taints(identity)),
+            taints: Some(taints(config, identity)),
             ..Default::default()
         }),
         status: Some(node_status.clone()),
