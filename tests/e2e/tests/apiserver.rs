@@ -376,23 +376,53 @@ async fn deleting_a_namespace_removes_what_it_holds() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A node identity that registered its own Node, beside a Node with no agent; both are
+/// deleted when dropped.
+struct NodePair<'a> {
+    /// The node's name.
+    mine: String,
+    /// The other Node's name.
+    theirs: String,
+    /// A client with the node's credentials.
+    client: kube::Client,
+    /// The node's Node, as created.
+    node: Node,
+    _cleanup: (DeleteNode<'a>, DeleteNode<'a>),
+}
+
+impl<'a> NodePair<'a> {
+    async fn register(cluster: &'a Cluster, dir: &std::path::Path) -> anyhow::Result<Self> {
+        let (mine, theirs) = (
+            format!("mine-{}", cluster.id),
+            format!("theirs-{}", cluster.id),
+        );
+        fake_node(cluster, &theirs, "e2e").await?;
+        let cleanup = (
+            DeleteNode(cluster, theirs.clone()),
+            DeleteNode(cluster, mine.clone()),
+        );
+        let client = e2e::client_for(&node_credentials(cluster, &mine, dir).await?).await?;
+        let node: Node = serde_json::from_value(json!({"metadata": {"name": mine}}))?;
+        let node = Api::<Node>::all(client.clone())
+            .create(&PostParams::default(), &node)
+            .await?;
+        Ok(Self {
+            mine,
+            theirs,
+            client,
+            node,
+            _cleanup: cleanup,
+        })
+    }
+}
+
 #[tokio::test]
 async fn a_node_may_write_its_own_objects_and_no_other_nodes() -> anyhow::Result<()> {
     let cluster = Cluster::new("nodeauthz").await?;
     let dir = tempfile::tempdir()?;
-    let (mine, theirs) = (
-        format!("mine-{}", cluster.id),
-        format!("theirs-{}", cluster.id),
-    );
-    fake_node(&cluster, &theirs, "e2e").await?;
-    let _cleanup = (
-        DeleteNode(&cluster, theirs.clone()),
-        DeleteNode(&cluster, mine.clone()),
-    );
-    let as_node = e2e::client_for(&node_credentials(&cluster, &mine, dir.path()).await?).await?;
+    let pair = NodePair::register(&cluster, dir.path()).await?;
+    let (mine, theirs, as_node) = (pair.mine.clone(), pair.theirs.clone(), pair.client.clone());
     let nodes: Api<Node> = Api::all(as_node.clone());
-    let node: Node = serde_json::from_value(json!({"metadata": {"name": mine}}))?;
-    nodes.create(&PostParams::default(), &node).await?;
     let status = json!({"status": {"conditions": [{"type": "Ready", "status": "False", "reason": "E2E", "message": "testing"}]}});
     nodes
         .patch_status(&mine, &PatchParams::default(), &Patch::Strategic(&status))
@@ -453,19 +483,10 @@ async fn a_node_reads_only_its_own_node_and_the_pods_bound_to_it() -> anyhow::Re
     // 1.32's Node authorizer (AuthorizeNodeWithSelectors, on by default).
     let cluster = Cluster::new("nodereads").await?;
     let dir = tempfile::tempdir()?;
-    let (mine, theirs) = (
-        format!("reader-{}", cluster.id),
-        format!("other-{}", cluster.id),
-    );
-    fake_node(&cluster, &theirs, "e2e").await?;
-    let _cleanup = (
-        DeleteNode(&cluster, theirs.clone()),
-        DeleteNode(&cluster, mine.clone()),
-    );
-    let as_node = e2e::client_for(&node_credentials(&cluster, &mine, dir.path()).await?).await?;
+    let pair = NodePair::register(&cluster, dir.path()).await?;
+    let (mine, theirs, as_node) = (pair.mine.clone(), pair.theirs.clone(), pair.client.clone());
     let nodes: Api<Node> = Api::all(as_node.clone());
-    let node: Node = serde_json::from_value(json!({"metadata": {"name": mine}}))?;
-    let my_node = nodes.create(&PostParams::default(), &node).await?;
+    let my_node = pair.node.clone();
     // Its own Node, and no other, not even in a list.
     nodes.get(&mine).await?;
     let (code, message) = refusal(nodes.get(&theirs).await);
