@@ -4,8 +4,8 @@
 //! `/status/CODE` answers with that status; `/file/PATH` answers 200 when the file `/PATH`
 //! exists in the guest's filesystem (its mounts) and 503 when not; `/sleep/MS` answers after
 //! that many milliseconds; `/both...` answers as `/` and logs on stderr too; `/trap` traps;
-//! `/linger` answers, then does not return for an hour; `/alloc/MIB` holds that many MiB for a
-//! second, then answers.
+//! `/linger` answers, then does not return for an hour; `/alloc/MIB` holds that many MiB for 3 s,
+//! then answers.
 //! Every request is logged on stdout.
 
 use std::io::{Read as _, Write as _};
@@ -49,9 +49,9 @@ impl wasip2::exports::http::incoming_handler::Guest for Probe {
             },
             p if p.starts_with("/alloc/") => match p["/alloc/".len()..].parse::<usize>() {
                 Ok(mib) => {
-                    // Holds that much memory (touched) for a second, then answers.
+                    // Holds that much memory (touched) for 3 s, then answers.
                     let held = vec![1u8; mib << 20];
-                    std::thread::sleep(std::time::Duration::from_secs(1));
+                    std::thread::sleep(std::time::Duration::from_secs(3));
                     (200, format!("held {} MiB\n", held.iter().filter(|b| **b == 1).count() >> 20))
                 }
                 Err(_) => (400, "not a number of MiB\n".to_string()),

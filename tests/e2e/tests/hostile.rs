@@ -177,10 +177,13 @@ async fn decompression_bombs_pulled_at_once_are_unpacked_to_disk_not_memory() ->
             "{message}"
         );
     }
-    // What each held in memory is a buffer, not what it unpacked (old: 48 MiB per pull).
+    // What each held in memory is a buffer, not what it unpacked (old: 48 MiB per pull, 192
+    // MiB for the four).
     let grew = e2e::peak_rss_kib(agent.pid()).saturating_sub(peak_before);
+    eprintln!("peak RSS grew by {grew} KiB while {PULLS} bombs were unpacked");
+    // (About 20 MiB measured here, for buffers of 4 pulls at once; 228 MB with the old code.)
     assert!(
-        grew < 32 << 10,
+        grew < 64 << 10,
         "the agent's peak RSS grew by {grew} KiB while {PULLS} bombs were unpacked"
     );
     let tmp = agent.data_dir.path().join("images/tmp");
