@@ -442,3 +442,84 @@ async fn actor_replicas_serve_one_port_on_their_own_ips() -> anyhow::Result<()> 
     assert!(network.attached_interfaces().is_empty(), "no veth is left");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_pod_whose_cni_plugin_hangs_shows_container_creating_and_can_be_deleted()
+-> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = testkit::scratch::tempdir("krustlet-cni-hang")?;
+    let (bin, conf) = (dir.path().join("bin"), dir.path().join("net.d"));
+    std::fs::create_dir_all(&bin)?;
+    std::fs::create_dir_all(&conf)?;
+    // A plugin that starts a child and never answers.
+    let pids = dir.path().join("pids");
+    let plugin = bin.join("hang");
+    std::fs::write(
+        &plugin,
+        format!(
+            "#!/bin/sh\nsleep 3600 &\necho $! >> {pids}\necho $$ >> {pids}\nsleep 3600\n",
+            pids = pids.display()
+        ),
+    )?;
+    std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::write(
+        conf.join("10-hang.conflist"),
+        serde_json::to_vec(&serde_json::json!({
+            "cniVersion": "1.0.0", "name": "hang", "plugins": [{"type": "hang"}]
+        }))?,
+    )?;
+    let cluster = Cluster::new("cni-hang").await?;
+    let (conf, bin) = (conf.display().to_string(), bin.display().to_string());
+    let agent = cluster
+        .start_node_with(&["--cni-conf-dir", &conf, "--cni-bin-dir", &bin])
+        .await?;
+    // A pod that serves a port: it gets a network of its own.
+    let image = cluster.push_component("http_probe").await?;
+    let [port] = free_ports()?;
+    cluster
+        .create_pod(http_pod(
+            "stuck",
+            &image,
+            &agent.name,
+            port,
+            serde_json::json!({}),
+        ))
+        .await?;
+    // While the plugin hangs (up to its 60 s deadline), the pod says what it waits for.
+    let pod = cluster
+        .wait_pod(
+            "stuck",
+            "ContainerCreating",
+            e2e::is_waiting("ContainerCreating"),
+        )
+        .await?;
+    assert_eq!(pod.status.and_then(|s| s.phase).as_deref(), Some("Pending"));
+    // A deletion stops waiting for the ADD; its DEL hangs too and is given up after the
+    // plugin deadline (60 s); every process the plugin started goes with it.
+    cluster
+        .pods()
+        .delete("stuck", &kube::api::DeleteParams::default())
+        .await?;
+    e2e::wait_for_within(
+        cluster.pods(),
+        "stuck",
+        std::time::Duration::from_secs(150),
+        |pod: Option<&Pod>| pod.is_none(),
+    )
+    .await?;
+    let started = std::fs::read_to_string(&pids)?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let alive = |pid: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| !stat.rsplit(") ").next().is_some_and(|s| s.starts_with('Z')))
+    };
+    while started.lines().any(alive) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let left: Vec<&str> = started.lines().filter(|p| alive(p)).collect();
+    assert!(
+        left.is_empty(),
+        "the plugin's processes outlived it: {left:?}"
+    );
+    Ok(())
+}

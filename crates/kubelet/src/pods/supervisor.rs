@@ -212,6 +212,12 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         self.ctx.registry.upsert(&ns, &name, self.pod.clone());
         let terminal = matches!(recorded.phase.as_deref(), Some("Succeeded" | "Failed"));
         if !Self::is_deleting(&self.pod) && !terminal {
+            if !ran_before && self.placement.is_none() && self.attaches_own_network() {
+                // A new pod shows Pending, its containers ContainerCreating, while its network
+                // is attached (a CNI plugin may take up to its deadline), as the kubelet shows
+                // a sandbox being made.
+                self.publish().await;
+            }
             // The pod's network comes first, as the kubelet's sandbox does: containers that
             // outlived the agent are followed at their pod's IP again, and a new pod's first
             // start finds it ready. A failure is retried (and reported) by that start.
@@ -751,7 +757,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             return Ok(placement.clone());
         }
         let placement = match &self.ctx.networks {
-            Some(networks) if network::wants_own_network(&self.pod) => {
+            Some(networks) if self.attaches_own_network() => {
                 let (networks, pod) = (networks.clone(), self.pod.clone());
                 let attach = async move { networks.attach(&pod).await };
                 let address = Self::unless_deleted(&mut self.updates, attach).await??;
@@ -762,6 +768,11 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         };
         self.placement = Some(placement.clone());
         Ok(placement)
+    }
+
+    /// Whether the pod gets a network of its own through the node's CNI network.
+    fn attaches_own_network(&self) -> bool {
+        self.ctx.networks.is_some() && network::wants_own_network(&self.pod)
     }
 
     /// How the pod's names resolve ([`crate::pods::dns`]): formed once, at its first start,
