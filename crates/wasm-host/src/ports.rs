@@ -70,6 +70,12 @@ pub fn bind(
 const ACCEPT_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 /// How long an idle connection asked to close may take to do so.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// Connections past the cap that are being told so at once, per container; more are closed
+/// without an answer.
+const MAX_REFUSING: usize = 64;
+/// How long a connection past the cap is given to send its request before it is answered
+/// (an answer before the request confuses HTTP clients), and to take the answer.
+const REFUSAL_WAIT: Duration = Duration::from_secs(1);
 
 /// Serves HTTP/1.1 on every listener, within `limits`: `handle` answers each request (its body
 /// fails a read that brings nothing for `limits.body_read_timeout`), given the address the
@@ -93,10 +99,17 @@ pub async fn serve_http<F, Fut, B, E>(
 {
     let handle = Arc::new(handle);
     let open = Arc::new(Semaphore::new(limits.max_connections));
-    let busy = Arc::new(busy_answer(limits.max_connections));
+    let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
+    let busy: Arc<[u8]> = busy_answer(limits.max_connections).into();
     let mut accepts = JoinSet::new();
     for listener in listeners {
-        let (handle, stop, open, busy) = (handle.clone(), stop.clone(), open.clone(), busy.clone());
+        let (handle, stop, open, refusing, busy) = (
+            handle.clone(),
+            stop.clone(),
+            open.clone(),
+            refusing.clone(),
+            busy.clone(),
+        );
         accepts.spawn(async move {
             let mut connections = JoinSet::new();
             loop {
@@ -107,8 +120,14 @@ pub async fn serve_http<F, Fut, B, E>(
                 match accepted {
                     Ok((stream, _)) => {
                         let Ok(permit) = open.clone().try_acquire_owned() else {
-                            // At the cap: said and closed at once, never waited on.
-                            let _ = stream.try_write(&busy);
+                            // At the cap: told so and closed, a few at a time, briefly.
+                            if let Ok(slot) = refusing.clone().try_acquire_owned() {
+                                let busy = busy.clone();
+                                connections.spawn(async move {
+                                    let _slot = slot;
+                                    refuse(stream, &busy).await;
+                                });
+                            }
                             continue;
                         };
                         // Answers go out as soon as they are written, as `wasmtime serve`
@@ -164,6 +183,23 @@ pub async fn serve_http<F, Fut, B, E>(
         });
     }
     while accepts.join_next().await.is_some() {}
+}
+
+/// Answers a connection past the cap with `busy` once its request has begun (or after
+/// [`REFUSAL_WAIT`]), then closes it.
+async fn refuse(mut stream: tokio::net::TcpStream, busy: &[u8]) {
+    use tokio::io::AsyncWriteExt;
+    if tokio::time::timeout(REFUSAL_WAIT, stream.readable())
+        .await
+        .is_ok()
+    {
+        let _ = stream.try_read(&mut [0u8; 4096]);
+    }
+    let _ = tokio::time::timeout(REFUSAL_WAIT, async {
+        stream.write_all(busy).await?;
+        stream.shutdown().await
+    })
+    .await;
 }
 
 /// What a connection past the cap is told before it is closed.
@@ -313,13 +349,22 @@ mod tests {
             tokio::net::TcpStream::connect(addr).await.unwrap(),
             tokio::net::TcpStream::connect(addr).await.unwrap(),
         ];
-        let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (answer, _) = until_closed(&mut third, Duration::from_secs(5)).await;
+        // A client that sends its request is answered after it (an answer before the request
+        // is one an HTTP client refuses), and so is one that sends nothing.
+        let mut asking = tokio::net::TcpStream::connect(addr).await.unwrap();
+        asking
+            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let (answer, _) = until_closed(&mut asking, Duration::from_secs(5)).await;
         assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
         assert!(
             answer.contains("--http-max-connections-per-container"),
             "{answer}"
         );
+        let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (answer, _) = until_closed(&mut silent, Duration::from_secs(5)).await;
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
         // A held connection closed frees its place.
         drop(_held);
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
