@@ -5,7 +5,7 @@
 use e2e::{Cluster, bootstrap_kubeconfig};
 use kube::api::{Api, DeleteParams};
 
-/// Kills an agent started by hand (and its process group's workers) when dropped.
+/// Kills an agent started by hand when dropped.
 struct Started(std::process::Child);
 
 impl Drop for Started {
@@ -40,6 +40,8 @@ async fn an_exported_kubeconfig_is_neither_read_nor_written_by_a_bootstrapping_n
         .arg(data_dir.path())
         .arg("--cni-conf-dir")
         .arg(data_dir.path().join("no-cni"))
+        // No runtime workers: killing the agent ends everything it started.
+        .args(["--runtime-workers", "0"])
         .env("KUBECONFIG", &admin)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
