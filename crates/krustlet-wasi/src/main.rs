@@ -23,7 +23,11 @@ async fn main() -> anyhow::Result<()> {
         Ok(wasi_runtime::WasiRuntime::new(
             config.data_dir.join("compiled"),
             wasi_runtime::Bounds {
+                pool_instances: config.http_pool_instances,
+                guaranteed_requests: config.http_guaranteed_requests_per_container,
                 requests_per_container: config.max_http_requests_per_container,
+                outgoing_connections_per_container: config
+                    .max_outgoing_http_connections_per_container,
                 handles_per_instance: config.max_guest_handles,
                 lookups_per_container: config.max_name_lookups_per_container,
                 keep_resident: config.http_instance_keep_resident,
@@ -31,6 +35,7 @@ async fn main() -> anyhow::Result<()> {
                 request_deadlines: wasi_runtime::RequestDeadlines {
                     timeout: config.http_request_timeout,
                     return_grace: config.http_return_grace,
+                    cpu_time: config.http_request_cpu_time,
                 },
             },
         )?)

@@ -63,6 +63,16 @@ pub struct Config {
     pub image_pull: crate::images::PullLimits,
     /// Requests one container serving HTTP may have in flight; more are answered 503.
     pub max_http_requests_per_container: usize,
+    /// Slots of each runtime's pool of HTTP instances (`--http-pool-instances`).
+    pub http_pool_instances: u32,
+    /// Requests of each HTTP container whose instances are reserved for it
+    /// (`--http-guaranteed-requests-per-container`).
+    pub http_guaranteed_requests_per_container: u32,
+    /// CPU time one HTTP request's instance may use (`--http-request-cpu-time`).
+    pub http_request_cpu_time: std::time::Duration,
+    /// Connections one container's outgoing HTTP requests may hold open at once
+    /// (`--max-outgoing-http-connections-per-container`).
+    pub max_outgoing_http_connections_per_container: usize,
     /// WASI handles (open files, sockets, streams...) one guest instance may hold at once.
     pub max_guest_handles: usize,
     /// Name lookups one container's guests may have asking name servers at once.

@@ -398,6 +398,11 @@ pub enum StartError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The runtime has no room for the container now (its pool of HTTP instances is promised
+    /// to other containers). Retried with back-off, in another runtime worker first: room may
+    /// be made.
+    #[error("{0}")]
+    Full(String),
     /// The container's own settings can never start it (an environment variable the guest
     /// needs is invalid). As a process containerd cannot start, the container is terminated
     /// (`StartError`, exit code 128) and its restart policy decides what follows.

@@ -169,10 +169,31 @@ pub struct NodeArgs {
     #[arg(long, env = "KRUSTLET_IMAGE_PULL_PROGRESS_DEADLINE", default_value = "1m", value_parser = parse_duration, global = true)]
     image_pull_progress_deadline: std::time::Duration,
     /// Requests one container serving HTTP (a wasi-http component) may have in flight, each
-    /// holding an instance of the node's pool of 1000; more are answered 503 at once, so that
-    /// one pod's clients cannot take every instance.
-    #[arg(long, env = "KRUSTLET_MAX_HTTP_REQUESTS_PER_CONTAINER", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    /// holding instances of its runtime's pool; more are answered 503 at once, so that one
+    /// pod's clients cannot take every instance.
+    #[arg(long, env = "KRUSTLET_MAX_HTTP_REQUESTS_PER_CONTAINER", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     max_http_requests_per_container: u32,
+    /// Slots of each runtime's pool of HTTP instances (the agent's, or each runtime worker's):
+    /// of component instances, core instances, memories, tables and stacks each. A request
+    /// takes one slot per core module its component instantiates (three for most components);
+    /// each slot reserves 6 GiB of address space, none of memory until used.
+    #[arg(long, env = "KRUSTLET_HTTP_POOL_INSTANCES", default_value_t = 4000, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    http_pool_instances: u32,
+    /// Requests of each HTTP container whose instances are reserved for it alone: however
+    /// busy the other pods are, it can serve this many at once. A container is started only
+    /// when its runtime's pool can hold this beside every other container's reservation
+    /// (else it waits in CreateContainerError); requests past it borrow unreserved instances.
+    #[arg(long, env = "KRUSTLET_HTTP_GUARANTEED_REQUESTS_PER_CONTAINER", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    http_guaranteed_requests_per_container: u32,
+    /// CPU time one HTTP request's instance may use (its wasm running, not its waiting); past
+    /// it the instance is stopped and its request answered 500 (or its streaming answer cut).
+    #[arg(long, env = "KRUSTLET_HTTP_REQUEST_CPU_TIME", default_value = "1m", value_parser = parse_period)]
+    http_request_cpu_time: std::time::Duration,
+    /// Connections one container's outgoing HTTP requests (wasi:http/outgoing-handler) may
+    /// hold open at once; a request past it fails with connection-limit-reached, so that one
+    /// pod cannot take its runtime process's file descriptors.
+    #[arg(long, env = "KRUSTLET_MAX_OUTGOING_HTTP_CONNECTIONS_PER_CONTAINER", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    max_outgoing_http_connections_per_container: u32,
     /// WASI handles one guest instance (a module, a command, one HTTP request's instance) may
     /// hold at once: open files and directories, sockets, streams, pollables, HTTP requests.
     /// Past it, the call that would open one more traps the guest, so that no guest can take
@@ -406,6 +427,12 @@ impl NodeArgs {
             },
             image_gc_period: self.image_gc_period,
             max_http_requests_per_container: self.max_http_requests_per_container as usize,
+            http_pool_instances: self.http_pool_instances,
+            http_guaranteed_requests_per_container: self.http_guaranteed_requests_per_container,
+            http_request_cpu_time: self.http_request_cpu_time,
+            max_outgoing_http_connections_per_container: self
+                .max_outgoing_http_connections_per_container
+                as usize,
             max_guest_handles: self.max_guest_handles as usize,
             max_name_lookups_per_container: self.max_name_lookups_per_container as usize,
             http_instance_keep_resident: usize::try_from(self.http_instance_keep_resident)

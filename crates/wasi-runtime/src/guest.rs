@@ -38,6 +38,8 @@ pub struct GuestSetup {
     netns: Option<Arc<PodNetns>>,
     /// WASI handles one instance may hold at once (`--max-guest-handles`).
     max_handles: usize,
+    /// CPU time one HTTP request's instance may use (`--http-request-cpu-time`).
+    request_cpu_time: std::time::Duration,
 }
 
 /// Store state of a preview 1 module.
@@ -107,14 +109,9 @@ impl Limited for ComponentState {
 
 impl GuestSetup {
     /// The setup for `run` (its log writers become the container's shared streams); the
-    /// pod's network namespace, if it has one, is opened.
-    /// Its guests' instances hold at most `max_handles` WASI handles each, and its name
-    /// lookups ask `max_lookups` at a time.
-    pub fn new(
-        run: ContainerRun,
-        max_handles: usize,
-        max_lookups: usize,
-    ) -> Result<Self, StartError> {
+    /// pod's network namespace, if it has one, is opened. Its guests hold what `bounds` allow
+    /// of WASI handles, name lookups and outgoing connections.
+    pub fn new(run: ContainerRun, bounds: &crate::Bounds) -> Result<Self, StartError> {
         let netns = wasm_host::ports::pod_netns(&run.network)?;
         Ok(Self {
             args: run.args,
@@ -127,11 +124,13 @@ impl GuestSetup {
             outbound: OutboundPolicy::new(
                 &run.network.allowed_outbound,
                 netns.clone(),
-                PodResolver::new(run.network.dns, netns.clone(), max_lookups),
+                PodResolver::new(run.network.dns, netns.clone(), bounds.lookups_per_container),
+                bounds.outgoing_connections_per_container,
             ),
             warnings: run.warnings,
             netns,
-            max_handles,
+            max_handles: bounds.handles_per_instance,
+            request_cpu_time: bounds.request_deadlines.cpu_time,
         })
     }
 
@@ -199,8 +198,23 @@ impl GuestSetup {
         Ok(limited_store(engine, state))
     }
 
-    /// A store for one run of a component (a command, or one HTTP request).
+    /// A store for one run of a command component.
     pub fn component_store(&self, engine: &Engine) -> Result<Store<ComponentState>, StartError> {
+        self.component_store_limited(engine, self.limits()?)
+    }
+
+    /// A store for one HTTP request's instance: the container's limits, and at most its CPU
+    /// time per request.
+    pub fn request_store(&self, engine: &Engine) -> Result<Store<ComponentState>, StartError> {
+        let limits = self.limits()?.with_cpu_time(self.request_cpu_time);
+        self.component_store_limited(engine, limits)
+    }
+
+    fn component_store_limited(
+        &self,
+        engine: &Engine,
+        limits: GuestLimits,
+    ) -> Result<Store<ComponentState>, StartError> {
         let mut table = ResourceTable::new();
         table.set_max_capacity(self.max_handles);
         let state = ComponentState {
@@ -208,7 +222,7 @@ impl GuestSetup {
             table,
             http: WasiHttpCtx::new(),
             outbound: self.outbound.clone(),
-            limits: self.limits()?,
+            limits,
         };
         Ok(limited_store(engine, state))
     }

@@ -5,11 +5,13 @@
 //! serving. An instance runs until its handler returns, which
 //! is after it has written its answer's body (as under `wasmtime serve`), unless its client
 //! goes away first, the container stops, or a deadline passes ([`RequestDeadlines`]: the
-//! request's own, and a grace once its answer is complete). A container holds at most its share of the node's
-//! instance pool at once (`--max-http-requests-per-container`): a request past it is answered
-//! 503 at once, so one pod's slow clients cannot take the instances every pod shares.
+//! request's own, and a grace once its answer is complete). A container holds at most its share of the
+//! runtime's instance pool at once ([`ContainerShare`]: its guaranteed requests, then what it
+//! may borrow up to `--max-http-requests-per-container`): a request past it is answered 503 at
+//! once, so one pod's slow clients cannot take the instances every pod shares.
 
 use crate::guest::{ComponentState, GuestSetup};
+use crate::shares::{ContainerShare, NoSlot};
 use http_body_util::BodyExt;
 use kubelet::runtime::{Exit, ServeLimits};
 use std::sync::Arc;
@@ -27,9 +29,8 @@ pub struct Server {
     engine: Engine,
     pre: ProxyPre<ComponentState>,
     setup: GuestSetup,
-    /// Instances this container may hold at once.
-    in_flight: Arc<tokio::sync::Semaphore>,
-    max_in_flight: usize,
+    /// What this container may hold of the instance pool.
+    share: ContainerShare,
     /// How long a request's instance may run, and may run on once its answer is complete.
     deadlines: RequestDeadlines,
     /// The instances handling requests: each runs until its handler returns (after its answer's
@@ -39,28 +40,27 @@ pub struct Server {
 
 /// What a request that could not be handled is answered.
 enum Refused {
-    /// 503: the container has as many requests in flight as it may.
-    Busy(usize),
+    /// 503: the container has no place for another request.
+    Busy(NoSlot),
     /// 500: the guest failed; what happened went to the container's log and events.
     Failed,
 }
 
 impl Server {
-    /// A server handling requests with `pre`, at most `max_in_flight` at once, each instance
-    /// stopped at `deadlines`.
+    /// A server handling requests with `pre`, as many at once as `share` has places for, each
+    /// instance stopped at `deadlines`.
     pub fn new(
         engine: Engine,
         pre: ProxyPre<ComponentState>,
         setup: GuestSetup,
-        max_in_flight: usize,
+        share: ContainerShare,
         deadlines: RequestDeadlines,
     ) -> Arc<Self> {
         Arc::new(Self {
             engine,
             pre,
             setup,
-            in_flight: Arc::new(tokio::sync::Semaphore::new(max_in_flight)),
-            max_in_flight,
+            share,
             deadlines,
             guests: Default::default(),
         })
@@ -95,12 +95,7 @@ impl Server {
     ) -> Result<hyper::Response<HyperOutgoingBody>, ErrorCode> {
         let (status, message) = match self.call(request).await {
             Ok(response) => return Ok(response),
-            Err(Refused::Busy(limit)) => (
-                503,
-                format!(
-                    "this container has {limit} requests in flight, the most it may (--max-http-requests-per-container); try again"
-                ),
-            ),
+            Err(Refused::Busy(why)) => (503, why.to_string()),
             Err(Refused::Failed) => (500, FAILED_BODY.to_string()),
         };
         let body = http_body_util::Full::new(bytes::Bytes::from(message))
@@ -117,13 +112,9 @@ impl Server {
         request: hyper::Request<ReadDeadline<hyper::body::Incoming>>,
     ) -> Result<hyper::Response<HyperOutgoingBody>, Refused> {
         // Held by the instance until it ends, streaming body included.
-        let permit = self
-            .in_flight
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| Refused::Busy(self.max_in_flight))?;
+        let permit = self.share.try_take().map_err(Refused::Busy)?;
         let report = self.setup.failures();
-        let mut store = self.setup.component_store(&self.engine).map_err(|e| {
+        let mut store = self.setup.request_store(&self.engine).map_err(|e| {
             report.failed(&format!("setting up an instance for a request failed: {e}"));
             Refused::Failed
         })?;
@@ -234,6 +225,9 @@ pub struct RequestDeadlines {
     pub timeout: std::time::Duration,
     /// After the answer's body is complete (`--http-return-grace`).
     pub return_grace: std::time::Duration,
+    /// The CPU time the instance may use (`--http-request-cpu-time`), counted at the
+    /// engine's epoch ticks.
+    pub cpu_time: std::time::Duration,
 }
 
 impl RequestDeadlines {
@@ -314,6 +308,7 @@ mod tests {
     const DEADLINES: RequestDeadlines = RequestDeadlines {
         timeout: Duration::from_secs(600),
         return_grace: Duration::from_secs(30),
+        cpu_time: Duration::from_secs(60),
     };
 
     #[tokio::test(start_paused = true)]

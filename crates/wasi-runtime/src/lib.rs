@@ -12,6 +12,8 @@ mod http;
 pub use http::RequestDeadlines;
 mod outbound;
 mod outgoing;
+mod shares;
+pub use shares::PoolFull;
 mod world;
 
 use guest::{ComponentState, GuestSetup, ModuleState};
@@ -42,13 +44,10 @@ enum Guest {
     Module(InstancePre<ModuleState>),
     /// A component exporting `wasi:cli/run`.
     Command(CommandPre<ComponentState>),
-    /// A component exporting `wasi:http/incoming-handler`.
-    Http(ProxyPre<ComponentState>),
+    /// A component exporting `wasi:http/incoming-handler`, and what each of its requests
+    /// takes of the instance pool.
+    Http(ProxyPre<ComponentState>, shares::RequestCost),
 }
-
-/// Concurrent instances the pooling allocator of wasi-http components holds (each request
-/// takes one component instance, and a core instance, memory and table per core module in it).
-pub const HTTP_POOL_INSTANCES: u32 = 1000;
 
 /// The `wasm32-wasi` runtime.
 pub struct WasiRuntime {
@@ -57,20 +56,31 @@ pub struct WasiRuntime {
     components: wasmtime::component::Linker<ComponentState>,
     cache: cache::ModuleCache,
     http: HttpEngine,
-    /// Requests one wasi-http container may have in flight.
+    /// What one container may hold of what the runtime shares.
     bounds: Bounds,
+    /// The HTTP instance pool's slots, shared among the wasi-http containers.
+    pool: std::sync::Arc<shares::InstancePool>,
 }
 
 /// What one container may hold of what its runtime shares.
 #[derive(Debug, Clone, Copy)]
 pub struct Bounds {
-    /// HTTP requests in flight to one wasi-http container (at most the node's pool of
-    /// [`HTTP_POOL_INSTANCES`]); more are answered 503.
+    /// Slots of the pooling allocator of wasi-http components (`--http-pool-instances`): of
+    /// component instances, core instances, memories, tables and stacks each. A request takes
+    /// one of each per core module of its component.
+    pub pool_instances: u32,
+    /// HTTP requests of one wasi-http container whose instances are reserved for it
+    /// (`--http-guaranteed-requests-per-container`): a container is started only when the
+    /// pool can hold them beside every other container's.
+    pub guaranteed_requests: u32,
+    /// HTTP requests in flight to one wasi-http container; more are answered 503.
     pub requests_per_container: usize,
     /// WASI handles (open files, sockets, streams...) one guest instance may hold at once.
     pub handles_per_instance: usize,
     /// Name lookups one container's guests may have asking name servers at once.
     pub lookups_per_container: usize,
+    /// Connections one container's outgoing HTTP requests may hold open at once.
+    pub outgoing_connections_per_container: usize,
     /// Bytes of a pooled memory or table a finished request's instance leaves resident
     /// (`--http-instance-keep-resident`). The pages it wrote (found with the PAGEMAP_SCAN
     /// ioctl, Linux 6.7 and later) are reset in place up to this much, so the next request in
@@ -80,7 +90,8 @@ pub struct Bounds {
     pub keep_resident: usize,
     /// Bounds on the clients of a wasi-http container's ports.
     pub serving: kubelet::runtime::ServeLimits,
-    /// How long a request's instance may run, in all and once it has answered.
+    /// How long a request's instance may run, in all and once it has answered, and the CPU
+    /// time it may use.
     pub request_deadlines: http::RequestDeadlines,
 }
 
@@ -114,13 +125,14 @@ impl WasiRuntime {
         wasmtime_wasi::p1::add_to_linker_async(&mut modules, ModuleState::wasi)?;
         let components = component_linker(engine.engine())?;
         let cache = cache::ModuleCache::new(engine.engine().clone(), cache_dir.clone());
+        let pool_instances = bounds.pool_instances.max(1);
         let mut pooling = PoolingAllocationConfig::default();
         pooling
-            .total_component_instances(HTTP_POOL_INSTANCES)
-            .total_core_instances(HTTP_POOL_INSTANCES)
-            .total_memories(HTTP_POOL_INSTANCES)
-            .total_tables(HTTP_POOL_INSTANCES)
-            .total_stacks(HTTP_POOL_INSTANCES)
+            .total_component_instances(pool_instances)
+            .total_core_instances(pool_instances)
+            .total_memories(pool_instances)
+            .total_tables(pool_instances)
+            .total_stacks(pool_instances)
             .linear_memory_keep_resident(bounds.keep_resident)
             .table_keep_resident(bounds.keep_resident)
             .pagemap_scan(wasmtime::Enabled::Auto);
@@ -138,12 +150,18 @@ impl WasiRuntime {
             components,
             cache,
             http,
+            pool: shares::InstancePool::new(pool_instances, bounds.guaranteed_requests),
             bounds: Bounds {
+                pool_instances,
+                guaranteed_requests: bounds.guaranteed_requests.max(1),
                 requests_per_container: bounds
                     .requests_per_container
-                    .clamp(1, HTTP_POOL_INSTANCES as usize),
+                    .clamp(1, pool_instances as usize),
                 handles_per_instance: bounds.handles_per_instance.max(1),
                 lookups_per_container: bounds.lookups_per_container.max(1),
+                outgoing_connections_per_container: bounds
+                    .outgoing_connections_per_container
+                    .max(1),
                 keep_resident: bounds.keep_resident,
                 serving: bounds.serving,
                 request_deadlines: bounds.request_deadlines,
@@ -187,7 +205,10 @@ impl WasiRuntime {
             .instantiate_pre(&component)
             .map_err(missing_imports)?;
         let proxy = ProxyPre::new(pre).map_err(|e| PrepareError::not_runnable(format!("{e:#}")))?;
-        Ok(Guest::Http(proxy))
+        Ok(Guest::Http(
+            proxy,
+            shares::RequestCost::of_component(&module.bytes),
+        ))
     }
 }
 
@@ -245,11 +266,7 @@ impl Runtime for WasiRuntime {
     ) -> Result<RunningContainer, StartError> {
         let network = run.network.clone();
         let stop = run.stop.clone();
-        let setup = GuestSetup::new(
-            run,
-            self.bounds.handles_per_instance,
-            self.bounds.lookups_per_container,
-        )?;
+        let setup = GuestSetup::new(run, &self.bounds)?;
         let netns = setup.netns();
         // The guest runs inside its pod's network: every socket it makes is the pod's.
         let task = match &prepared.0 {
@@ -261,7 +278,16 @@ impl Runtime for WasiRuntime {
                 let store = setup.component_store(self.engine.engine())?;
                 tokio::spawn(InNetns::new(netns, run_command(store, pre.clone())))
             }
-            Guest::Http(pre) => {
+            Guest::Http(pre, cost) => {
+                let share = self
+                    .pool
+                    .reserve(
+                        *cost,
+                        self.bounds.requests_per_container,
+                        shares::RESERVATION_WAIT,
+                    )
+                    .await
+                    .map_err(|e| StartError::Full(e.to_string()))?;
                 let ports = if network.ports.is_empty() {
                     vec![DEFAULT_HTTP_PORT]
                 } else {
@@ -276,7 +302,7 @@ impl Runtime for WasiRuntime {
                     self.http.engine.engine().clone(),
                     pre.clone(),
                     setup,
-                    self.bounds.requests_per_container,
+                    share,
                     self.bounds.request_deadlines,
                 );
                 return Ok(RunningContainer::graceful(tokio::spawn(server.serve(

@@ -47,21 +47,25 @@ impl Destination {
 }
 
 /// The destinations a pod allows; empty denies everything. Connections are made in the pod's
-/// network namespace when it has one, to addresses its resolver gives.
+/// network namespace when it has one, to addresses its resolver gives, and at most so many at
+/// once for the whole container (each holds a file descriptor of the runtime's process).
 #[derive(Debug, Clone)]
 pub struct OutboundPolicy {
     allowed: Arc<[Destination]>,
     netns: Option<Arc<PodNetns>>,
     resolver: Arc<PodResolver>,
+    connections: Arc<tokio::sync::Semaphore>,
 }
 
 impl OutboundPolicy {
     /// The policy for allow-list entries `host`, `host:port` or `*`, connecting from inside
-    /// `netns` (the pod's network) when there is one, to the addresses `resolver` gives.
+    /// `netns` (the pod's network) when there is one, to the addresses `resolver` gives, with at
+    /// most `max_connections` outgoing HTTP connections open at once.
     pub fn new(
         entries: &[String],
         netns: Option<Arc<PodNetns>>,
         resolver: Arc<PodResolver>,
+        max_connections: usize,
     ) -> Self {
         Self {
             allowed: entries
@@ -71,6 +75,7 @@ impl OutboundPolicy {
                 .collect(),
             netns,
             resolver,
+            connections: Arc::new(tokio::sync::Semaphore::new(max_connections.max(1))),
         }
     }
 
@@ -137,7 +142,12 @@ impl WasiHttpHooks for OutboundPolicy {
             tracing::info!(%host, port, "outgoing HTTP request denied: the destination is not in the pod's allowed outbound hosts");
             return Box::new(async { Err(Error::HttpRequestDenied) });
         }
-        let send = crate::outgoing::send(request, options, self.resolver.clone());
+        // Held by the connection until it closes; none free fails the request at once.
+        let Ok(connection) = self.connections.clone().try_acquire_owned() else {
+            tracing::info!(%host, port, "outgoing HTTP request refused: the container holds as many connections as it may (--max-outgoing-http-connections-per-container)");
+            return Box::new(async { Err(Error::ConnectionLimitReached) });
+        };
+        let send = crate::outgoing::send(request, options, self.resolver.clone(), connection);
         Box::new(InNetns::new(self.netns.clone(), send))
     }
 }
@@ -152,6 +162,7 @@ mod tests {
             &entries,
             None,
             PodResolver::new(Default::default(), None, 1),
+            8,
         )
     }
 

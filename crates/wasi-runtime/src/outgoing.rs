@@ -32,11 +32,13 @@ pub type Sent = (
     Box<dyn Future<Output = Result<(), Error>> + Send>,
 );
 
-/// Sends `request` to the host its URI names, resolved by `resolver`.
+/// Sends `request` to the host its URI names, resolved by `resolver`; the connection holds
+/// `permit` (its place among the container's connections) until it closes.
 pub async fn send(
     mut request: http::Request<WasiBody>,
     options: Option<RequestOptions>,
     resolver: Arc<PodResolver>,
+    permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<Sent, Error> {
     let timeout = |pick: fn(&RequestOptions) -> Option<Duration>| {
         options.as_ref().and_then(pick).unwrap_or(DEFAULT_TIMEOUT)
@@ -104,6 +106,7 @@ pub async fn send(
         TimedBody { incoming, timeout }.boxed_unsync()
     });
     let io = async move {
+        let _permit = permit;
         match conn {
             Some(io) => io.await.map_err(|e| {
                 if e.is_timeout() {

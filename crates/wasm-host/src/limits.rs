@@ -22,8 +22,26 @@ const MAX_SLICE: Duration = Duration::from_millis(20);
 pub struct GuestLimits {
     memory: MemoryLimit,
     cpu: Option<CpuShare>,
+    cpu_time: Option<CpuTime>,
     usage: Arc<Usage>,
     resumed: Instant,
+}
+
+/// The CPU time one store may use in all (an HTTP request's instance): what it may, and what it
+/// has used.
+#[derive(Debug, Clone, Copy)]
+struct CpuTime {
+    limit: Duration,
+    used: Duration,
+}
+
+/// A store used all the CPU time it may.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the instance used {limit:?} of CPU time, the most one request may (--http-request-cpu-time); it was stopped"
+)]
+pub struct CpuTimeExhausted {
+    limit: Duration,
 }
 
 impl GuestLimits {
@@ -33,6 +51,7 @@ impl GuestLimits {
         Ok(Self {
             memory: MemoryLimit::new(limits.memory_bytes, usage.clone(), MappingBudget::process())?,
             cpu: limits.cpu_cores.and_then(CpuShare::new),
+            cpu_time: None,
             usage,
             resumed: Instant::now(),
         })
@@ -43,18 +62,33 @@ impl GuestLimits {
         &mut self.memory
     }
 
+    /// These limits, and at most `limit` of CPU time for the store in all.
+    pub fn with_cpu_time(mut self, limit: Duration) -> Self {
+        self.cpu_time = Some(CpuTime {
+            limit,
+            used: Duration::ZERO,
+        });
+        self
+    }
+
     /// At an epoch tick: charges the run since the guest last resumed; returns how long it
-    /// must now pause to stay within its CPU share.
-    pub fn tick(&mut self) -> Duration {
+    /// must now pause to stay within its CPU share, or that it has used all its CPU time.
+    pub fn tick(&mut self) -> Result<Duration, CpuTimeExhausted> {
         let now = Instant::now();
         let slice = now.saturating_duration_since(self.resumed).min(MAX_SLICE);
         self.usage.add_cpu(slice);
+        if let Some(time) = &mut self.cpu_time {
+            time.used = time.used.saturating_add(slice);
+            if time.used > time.limit {
+                return Err(CpuTimeExhausted { limit: time.limit });
+            }
+        }
         let pause = self
             .cpu
             .as_mut()
             .map_or(Duration::ZERO, |cpu| cpu.charge(slice, now));
         self.resumed = now + pause;
-        pause
+        Ok(pause)
     }
 }
 
@@ -324,7 +358,25 @@ mod tests {
         };
         let mut guest = GuestLimits::new(limits, usage.clone()).unwrap();
         guest.resumed -= Duration::from_secs(5);
-        assert_eq!(guest.tick(), Duration::ZERO);
+        assert_eq!(guest.tick().unwrap(), Duration::ZERO);
         assert_eq!(usage.cpu_nanos(), MAX_SLICE.as_nanos() as u64);
+    }
+
+    #[test]
+    fn a_store_past_its_cpu_time_is_told_so() {
+        let limits = Limits {
+            memory_bytes: None,
+            cpu_cores: None,
+        };
+        let mut guest = GuestLimits::new(limits, Arc::default())
+            .unwrap()
+            .with_cpu_time(MAX_SLICE * 2);
+        for _ in 0..2 {
+            guest.resumed -= MAX_SLICE;
+            assert!(guest.tick().is_ok());
+        }
+        guest.resumed -= MAX_SLICE;
+        let stopped = guest.tick().unwrap_err().to_string();
+        assert!(stopped.contains("--http-request-cpu-time"), "{stopped}");
     }
 }

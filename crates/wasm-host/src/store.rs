@@ -20,7 +20,7 @@ pub fn limited_store<T: Limited>(engine: &Engine, state: T) -> Store<T> {
     store.limiter(|state| state.limits().memory());
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(|mut cx| {
-        let pause = cx.data_mut().limits().tick();
+        let pause = cx.data_mut().limits().tick()?;
         Ok(if pause.is_zero() {
             UpdateDeadline::Yield(1)
         } else {

@@ -5,7 +5,7 @@
 //! exists in the guest's filesystem (its mounts) and 503 when not; `/sleep/MS` answers after
 //! that many milliseconds; `/both...` answers as `/` and logs on stderr too; `/trap` traps;
 //! `/linger` answers, then does not return for an hour; `/alloc/MIB` holds that many MiB for 3 s,
-//! then answers.
+//! then answers; `/spin/MS` computes for that many milliseconds, then answers.
 //! Every request is logged on stdout.
 
 use std::io::{Read as _, Write as _};
@@ -44,6 +44,17 @@ impl wasip2::exports::http::incoming_handler::Guest for Probe {
                 Ok(ms) => {
                     std::thread::sleep(std::time::Duration::from_millis(ms));
                     (200, format!("slept {ms} ms\n"))
+                }
+                Err(_) => (400, "not a number of milliseconds\n".to_string()),
+            },
+            p if p.starts_with("/spin/") => match p["/spin/".len()..].parse() {
+                Ok(ms) => {
+                    let start = std::time::Instant::now();
+                    let mut rounds = 0u64;
+                    while start.elapsed() < std::time::Duration::from_millis(ms) {
+                        rounds = std::hint::black_box(rounds.wrapping_add(1));
+                    }
+                    (200, format!("computed {ms} ms\n"))
                 }
                 Err(_) => (400, "not a number of milliseconds\n".to_string()),
             },

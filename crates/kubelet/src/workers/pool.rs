@@ -146,6 +146,54 @@ impl WorkerPool {
         }
     }
 
+    /// Starts the container of `run` in `link`: what it answers when it exits, and whether it
+    /// stops gracefully.
+    async fn start_in(
+        link: &Arc<Link>,
+        module: &ModuleBytes,
+        run: &ContainerRun,
+    ) -> Result<(oneshot::Receiver<Exit>, bool), StartError> {
+        // The home worker compiled it; this one loads the compiled code from disk.
+        Self::prepare_in(link, module).await.map_err(|e| {
+            StartError::node(
+                format!("preparing the module in runtime worker {}", link.index),
+                e.message,
+            )
+        })?;
+        let log = run.stdout.file().clone();
+        let spec = StartSpec::new(
+            run.id.clone(),
+            module.digest.clone(),
+            run,
+            log.path().to_path_buf(),
+        );
+        let (exit_tx, exit_rx) = oneshot::channel();
+        link.follow(
+            &run.id,
+            Followed {
+                exit: Some(exit_tx),
+                usage: run.usage.clone(),
+                warnings: run.warnings.clone(),
+                log,
+            },
+        );
+        match link.request(Request::Start(Box::new(spec)), None).await {
+            Ok(Reply::Started { graceful }) => Ok((exit_rx, graceful)),
+            failed => {
+                link.release(&run.id);
+                Err(match failed {
+                    Ok(Reply::StartFailed(e)) => e.into(),
+                    Ok(other) => {
+                        StartError::node("starting the container", unexpected(link, &other))
+                    }
+                    Err(e @ LinkError::Down { .. }) => {
+                        StartError::node("starting the container", e)
+                    }
+                })
+            }
+        }
+    }
+
     /// Follows container `id` in `link` until it exits; dropping the returned future (the
     /// agent stops the container) stops it in the worker, unless the agent is detaching.
     fn follow(
@@ -262,58 +310,34 @@ impl Runtime for WorkerPool {
         // A pod with a network of its own runs only where the worker can enter it (a worker
         // of an older build would run the guest on the node's network).
         let needs = run.network.netns.as_ref().map(|_| protocol::FEATURE_NETNS);
-        let link = self
+        let mut candidates: Vec<&Arc<Link>> = self
             .links
             .iter()
             .filter(|link| needs.is_none_or(|feature| link.supports(feature)))
-            .min_by_key(|link| link.load())
-            .ok_or_else(|| {
-                StartError::node(
-                    "choosing a runtime worker",
-                    "no runtime worker of this node runs pods in network namespaces of their own yet (they are from an older build); restart the agent with --runtime-workers changed, or wait until the old workers have no pods and exit",
-                )
-            })?;
-        // The home worker compiled it; this one loads the compiled code from disk.
-        Self::prepare_in(link, module).await.map_err(|e| {
-            StartError::node(
-                format!("preparing the module in runtime worker {}", link.index),
-                e.message,
-            )
-        })?;
-        let log = run.stdout.file().clone();
-        let spec = StartSpec::new(
-            run.id.clone(),
-            module.digest.clone(),
-            &run,
-            log.path().to_path_buf(),
-        );
-        let (exit_tx, exit_rx) = oneshot::channel();
-        link.follow(
-            &run.id,
-            Followed {
-                exit: Some(exit_tx),
-                usage: run.usage.clone(),
-                warnings: run.warnings.clone(),
-                log,
-            },
-        );
-        let reply = link.request(Request::Start(Box::new(spec)), None).await;
-        let graceful = match reply {
-            Ok(Reply::Started { graceful }) => graceful,
-            failed => {
-                link.release(&run.id);
-                return Err(match failed {
-                    Ok(Reply::StartFailed(e)) => e.into(),
-                    Ok(other) => {
-                        StartError::node("starting the container", unexpected(link, &other))
-                    }
-                    Err(e @ LinkError::Down { .. }) => {
-                        StartError::node("starting the container", e)
-                    }
-                });
+            .collect();
+        candidates.sort_by_key(|link| link.load());
+        let mut full = None;
+        // The least loaded worker first; one with no room for it, then the next.
+        for link in candidates {
+            match Self::start_in(link, module, &run).await {
+                Ok((exit, graceful)) => {
+                    return Ok(self.follow(link, run.id, exit, run.stop, graceful));
+                }
+                Err(StartError::Full(message)) => {
+                    full = Some(StartError::Full(format!(
+                        "runtime worker {}: {message}",
+                        link.index
+                    )));
+                }
+                Err(e) => return Err(e),
             }
-        };
-        Ok(self.follow(link, run.id, exit_rx, run.stop, graceful))
+        }
+        Err(full.unwrap_or_else(|| {
+            StartError::node(
+                "choosing a runtime worker",
+                "no runtime worker of this node runs pods in network namespaces of their own yet (they are from an older build); restart the agent with --runtime-workers changed, or wait until the old workers have no pods and exit",
+            )
+        }))
     }
 
     fn reattach(&self, container: Reattach) -> Option<Reattached> {

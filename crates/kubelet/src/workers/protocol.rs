@@ -269,6 +269,11 @@ pub enum WireStartError {
         /// What went wrong.
         message: String,
     },
+    /// The runtime has no room for the container now.
+    Full {
+        /// Why.
+        message: String,
+    },
     /// The container's own settings can never start it.
     Invalid {
         /// What is wrong.
@@ -288,6 +293,7 @@ impl From<crate::runtime::StartError> for WireStartError {
                 what,
                 message: source.to_string(),
             },
+            StartError::Full(message) => Self::Full { message },
             StartError::Invalid(message) => Self::Invalid { message },
         }
     }
@@ -301,6 +307,7 @@ impl From<WireStartError> for crate::runtime::StartError {
                 source: std::io::Error::new(std::io::ErrorKind::AddrInUse, message),
             },
             WireStartError::Node { what, message } => Self::node(what, message),
+            WireStartError::Full { message } => Self::Full(message),
             WireStartError::Invalid { message } => Self::Invalid(message),
         }
     }
