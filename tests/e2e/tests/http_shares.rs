@@ -1,0 +1,193 @@
+//! What one HTTP pod may take of what its runtime shares with every other pod: its guaranteed
+//! share of the instance pool (and a node that admits no more HTTP pods than it can
+//! guarantee), CPU time per request, outgoing connections. Each test keeps a bystander that
+//! must answer throughout.
+
+use e2e::{Cluster, free_ports, http_get, http_pod, is_waiting, node_ip, waiting_message};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::DeleteParams;
+use std::time::Duration;
+
+/// Creates a serving pod and waits until it is Ready.
+async fn serve(cluster: &Cluster, pod: Pod) -> anyhow::Result<()> {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    cluster.create_pod(pod).await?;
+    cluster
+        .wait_pod(&name, "Ready", e2e::is_pod_ready())
+        .await?;
+    Ok(())
+}
+
+/// Waits until pod `name`'s log holds `needle` `times` times.
+async fn logged(cluster: &Cluster, name: &str, needle: &str, times: usize) -> anyhow::Result<()> {
+    cluster
+        .eventually(
+            &format!("{times} x {needle:?} in {name}'s log"),
+            async || {
+                let logs = cluster.kubectl(&["logs", name])?;
+                Ok((logs.matches(needle).count() >= times).then_some(()))
+            },
+        )
+        .await
+}
+
+#[tokio::test]
+async fn a_pod_keeps_its_guaranteed_share_and_the_node_admits_no_more_than_it_can_guarantee()
+-> anyhow::Result<()> {
+    let cluster = Cluster::new("http-pool").await?;
+    // A pool of 9 instances; the probe's requests take 3 each (its core modules), one request
+    // is guaranteed per container: three containers fit.
+    let agent = cluster
+        .start_node_with(&[
+            "--runtime-workers",
+            "1",
+            "--http-pool-instances",
+            "9",
+            "--http-guaranteed-requests-per-container",
+            "1",
+        ])
+        .await?;
+    let image = cluster.push_component("http_probe").await?;
+    let [noisy, quiet, third, fourth] = free_ports()?;
+    for (name, port) in [("noisy", noisy), ("quiet", quiet)] {
+        serve(
+            &cluster,
+            http_pod(name, &image, &agent.name, port, serde_json::json!({})),
+        )
+        .await?;
+    }
+    // The noisy pod's slow requests take its own instance and borrow every one not promised.
+    let slow: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(http_get(noisy, "/sleep/6000")))
+        .collect();
+    logged(&cluster, "noisy", "/sleep/6000", 2).await?;
+    let (code, body) = http_get(noisy, "/").await?;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("--http-pool-instances"), "{body}");
+    // The quiet one serves from its own share meanwhile.
+    let (code, body) = http_get(quiet, "/").await?;
+    assert_eq!((code, body.as_str()), (200, "hello from wasi-http\n"));
+    // A third pod can be guaranteed its share: it gets the borrowed instances as they come back.
+    serve(
+        &cluster,
+        http_pod("third", &image, &agent.name, third, serde_json::json!({})),
+    )
+    .await?;
+    for request in slow {
+        assert_eq!(request.await??.0, 200);
+    }
+    // A fourth cannot: it waits, saying why, and the pods already running serve on.
+    cluster
+        .create_pod(http_pod(
+            "fourth",
+            &image,
+            &agent.name,
+            fourth,
+            serde_json::json!({}),
+        ))
+        .await?;
+    let refused = cluster
+        .wait_pod("fourth", "refused", is_waiting("CreateContainerError"))
+        .await?;
+    let message = waiting_message(&refused);
+    assert!(message.contains("--http-pool-instances"), "{message}");
+    assert!(message.contains("guaranteed"), "{message}");
+    for port in [noisy, quiet, third] {
+        assert_eq!(http_get(port, "/").await?.0, 200);
+    }
+    // Once a pod goes, its share is free and the fourth starts.
+    cluster
+        .pods()
+        .delete("third", &DeleteParams::default())
+        .await?;
+    cluster.wait_port_closed(third).await?;
+    cluster
+        .wait_pod("fourth", "Ready", e2e::is_pod_ready())
+        .await?;
+    assert_eq!(http_get(fourth, "/").await?.0, 200);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_request_past_its_cpu_time_is_stopped_and_its_pod_serves_on() -> anyhow::Result<()> {
+    let cluster = Cluster::new("http-cpu").await?;
+    let agent = cluster
+        .start_node_with(&["--http-request-cpu-time", "1s"])
+        .await?;
+    let image = cluster.push_component("http_probe").await?;
+    let [busy, bystander] = free_ports()?;
+    for (name, port) in [("busy", busy), ("bystander", bystander)] {
+        serve(
+            &cluster,
+            http_pod(name, &image, &agent.name, port, serde_json::json!({})),
+        )
+        .await?;
+    }
+    let (code, body) = http_get(busy, "/spin/100").await?;
+    assert_eq!((code, body.as_str()), (200, "computed 100 ms\n"));
+    let spinning = tokio::spawn(http_get(busy, "/spin/20000"));
+    logged(&cluster, "busy", "/spin/20000", 1).await?;
+    let started = std::time::Instant::now();
+    assert_eq!(http_get(bystander, "/").await?.0, 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "the bystander answered within its usual latency"
+    );
+    let (code, _) = spinning.await??;
+    assert_eq!(code, 500, "the request's instance was stopped");
+    logged(&cluster, "busy", "--http-request-cpu-time", 1).await?;
+    assert_eq!(http_get(busy, "/").await?.0, 200);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_pods_outgoing_connections_are_capped() -> anyhow::Result<()> {
+    let cluster = Cluster::new("http-outgoing").await?;
+    let agent = cluster
+        .start_node_with(&["--max-outgoing-http-connections-per-container", "1"])
+        .await?;
+    let image = cluster.push_component("http_probe").await?;
+    // A server that takes connections and never answers.
+    let silent = tokio::net::TcpListener::bind((node_ip().as_str(), 0)).await?;
+    let silent_host = format!("{}:{}", node_ip(), silent.local_addr()?.port());
+    let [caller, bystander] = free_ports()?;
+    let allowed = serde_json::json!({"krustlet.dev/allowed-outbound-hosts": silent_host});
+    serve(
+        &cluster,
+        http_pod("caller", &image, &agent.name, caller, allowed),
+    )
+    .await?;
+    serve(
+        &cluster,
+        http_pod(
+            "bystander",
+            &image,
+            &agent.name,
+            bystander,
+            serde_json::json!({}),
+        ),
+    )
+    .await?;
+    let fetch = format!("/fetch/{silent_host}/");
+    let waiting = tokio::spawn({
+        let fetch = fetch.clone();
+        async move { http_get(caller, &fetch).await }
+    });
+    let (held, _) = tokio::time::timeout(Duration::from_secs(30), silent.accept()).await??;
+    // The container's one connection is held: the next outgoing request fails at once.
+    let (code, body) = http_get(caller, &fetch).await?;
+    assert_eq!(code, 502, "{body}");
+    assert!(body.contains("ConnectionLimitReached"), "{body}");
+    assert_eq!(http_get(bystander, "/").await?.0, 200);
+    // The held connection closes: its request fails, and the place is free again.
+    drop(held);
+    let (code, body) = waiting.await??;
+    assert_eq!(code, 502, "{body}");
+    let again = tokio::spawn({
+        let fetch = fetch.clone();
+        async move { http_get(caller, &fetch).await }
+    });
+    let (_held, _) = tokio::time::timeout(Duration::from_secs(30), silent.accept()).await??;
+    again.abort();
+    Ok(())
+}
