@@ -443,3 +443,98 @@ async fn a_static_pod_runs_on_through_an_agent_crash() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Sends one frame of the workers' protocol (a 4-byte big-endian length, then JSON).
+async fn send_frame(
+    stream: &mut tokio::net::UnixStream,
+    json: &serde_json::Value,
+) -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let body = serde_json::to_vec(json)?;
+    stream
+        .write_all(&u32::try_from(body.len())?.to_be_bytes())
+        .await?;
+    stream.write_all(&body).await?;
+    Ok(())
+}
+
+/// Reads what a worker says on `stream` until it closes it (within [`SOON`]).
+async fn read_until_closed(stream: &mut tokio::net::UnixStream) -> anyhow::Result<String> {
+    use tokio::io::AsyncReadExt;
+    let mut said = Vec::new();
+    tokio::time::timeout(SOON, stream.read_to_end(&mut said)).await??;
+    Ok(String::from_utf8_lossy(&said).into_owned())
+}
+
+#[tokio::test]
+async fn a_stray_client_of_a_workers_socket_cannot_displace_the_agent() -> anyhow::Result<()> {
+    let cluster = Cluster::new("worker-stray").await?;
+    let mut agent = cluster.start_node_with(&["--runtime-workers", "1"]).await?;
+    let image = cluster.push_guest("wasi-probe").await?;
+    let component = cluster.push_component("http_probe").await?;
+    let [port] = free_ports()?;
+    cluster.run_forever("ticker", &image, &agent.name).await?;
+    cluster
+        .create_pod(http_pod(
+            "web",
+            &component,
+            &agent.name,
+            port,
+            serde_json::json!({}),
+        ))
+        .await?;
+    cluster
+        .wait_pod("web", "Ready", e2e::is_pod_ready())
+        .await?;
+    let pods = cluster.pods();
+    let ticker = identity(&pods.get("ticker").await?);
+    let socket = agent.data_dir.path().join("workers/0.sock");
+
+    // A client that greets as an agent without the agent's key is refused and closed...
+    let mut impostor = tokio::net::UnixStream::connect(&socket).await?;
+    send_frame(
+        &mut impostor,
+        &serde_json::json!({"id": 1, "request": {"op": "hello", "protocol": 1}}),
+    )
+    .await?;
+    let said = read_until_closed(&mut impostor).await?;
+    assert!(said.contains("only the node agent may connect"), "{said:?}");
+    // ...one that asks to drain the guests is refused the same...
+    let mut drainer = tokio::net::UnixStream::connect(&socket).await?;
+    send_frame(
+        &mut drainer,
+        &serde_json::json!({"id": 1, "request": {"op": "drain", "grace_seconds": 0}}),
+    )
+    .await?;
+    let said = read_until_closed(&mut drainer).await?;
+    assert!(said.contains("only the node agent may connect"), "{said:?}");
+    // ...and one that says nothing is closed after the greeting's deadline, while the agent
+    // still drives its worker: a pod deleted is stopped there, a new one started.
+    let mut silent = tokio::net::UnixStream::connect(&socket).await?;
+    pods.delete("web", &Default::default()).await?;
+    cluster.wait_port_closed(port).await?;
+    cluster.run_forever("newcomer", &image, &agent.name).await?;
+    assert_eq!(read_until_closed(&mut silent).await?, "");
+    assert_eq!(
+        identity(&pods.get("ticker").await?),
+        ticker,
+        "the guest ran on untouched"
+    );
+    // The next agent takes its worker over at once (the stray clients left no link behind)
+    // and drives it: a pod deleted now is stopped there and goes.
+    let started = std::time::Instant::now();
+    agent.restart().await?;
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "the restart took {:?}",
+        started.elapsed()
+    );
+    pods.delete("newcomer", &Default::default()).await?;
+    cluster
+        .eventually("the deleted pod gone", async || {
+            Ok(pods.get_opt("newcomer").await?.is_none().then_some(()))
+        })
+        .await?;
+    assert_eq!(identity(&pods.get("ticker").await?), ticker);
+    Ok(())
+}
