@@ -6,6 +6,7 @@
 
 mod http_load;
 mod lease;
+mod noisy;
 
 use anyhow::Context;
 use clap::Parser;
@@ -57,9 +58,13 @@ struct Args {
     /// turn, of which the HTTP scenario reports medians.
     #[arg(long, default_value_t = 7)]
     cold_http_runs: usize,
-    /// Runs the HTTP load scenario only.
+    /// Runs the HTTP load scenarios only.
     #[arg(long)]
     http_load_only: bool,
+    /// Load connections to the quiet pod of the noisy-neighbour scenario (run after the HTTP
+    /// load scenario, for `--http-seconds` each way); 0 skips it.
+    #[arg(long, default_value_t = 16)]
+    noisy_connections: usize,
     /// `--runtime-workers` of the node agent, one full run of the node scenarios per value
     /// (comma-separated; 0 runs the guests in the agent's process), then the two compared. The
     /// HTTP load scenario runs with the last value.
@@ -770,12 +775,16 @@ async fn main() -> anyhow::Result<()> {
     let last = args.runtime_workers.last().copied().unwrap_or(0);
     if args.http_load_only {
         let bench = Bench::start(last).await?;
-        return http_load_scenario(
+        http_load_scenario(
             &bench,
             &args.http_connections,
             (args.http_seconds, args.cold_http_runs),
         )
-        .await;
+        .await?;
+        if args.noisy_connections > 0 {
+            noisy::scenario(&bench, args.noisy_connections, args.http_seconds).await?;
+        }
+        return Ok(());
     }
     let mut summaries = Vec::new();
     for &workers in &args.runtime_workers {
@@ -789,6 +798,9 @@ async fn main() -> anyhow::Result<()> {
                 (args.http_seconds, args.cold_http_runs),
             )
             .await?;
+        }
+        if workers == last && args.noisy_connections > 0 {
+            noisy::scenario(&bench, args.noisy_connections, args.http_seconds).await?;
         }
     }
     compare(&summaries);
