@@ -20,7 +20,7 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     node_cli::init();
-    let cli = Cli::parse();
+    let cli: Cli = node_cli::parse_args()?;
     node_cli::run(cli.node, cli.command, |config| {
         Ok(wascc_runtime::WasccRuntime::new(
             config.data_dir.join("compiled"),

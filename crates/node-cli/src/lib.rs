@@ -13,9 +13,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
+pub mod config_file;
+
 /// The node agent's flags, flattened into each binary's command line.
 #[derive(Debug, clap::Args)]
 pub struct NodeArgs {
+    /// A configuration file (YAML or JSON): the kubelet's `KubeletConfiguration`
+    /// (kubelet.config.k8s.io/v1beta1, as kubeadm writes /var/lib/kubelet/config.yaml) and, in
+    /// the same file, this node's own settings as a `KrustletConfiguration`
+    /// (krustlet.dev/v1alpha1: any flag by its camelCase name). Flags on the command line win
+    /// over the file, and the file over KRUSTLET_* variables; see docs/operations.md.
+    #[arg(long, env = "KRUSTLET_CONFIG")]
+    config: Option<PathBuf>,
     /// The node's kubeconfig (default <data-dir>/kubeconfig; with --bootstrap-file, written by
     /// the TLS bootstrap when missing). As on the kubelet, the KUBECONFIG environment variable
     /// is not read: an administrator's kubeconfig is never the node's by accident, and the
@@ -584,6 +593,27 @@ pub fn init() {
         .init();
     let _ = rustls::crypto::ring::default_provider().install_default();
     raise_open_files_limit();
+}
+
+/// The command line of a node binary `C`, with the settings of its `--config` file (if any)
+/// placed before the real flags; the file's fields that do not apply here are named in one
+/// warning line.
+pub fn parse_args<C: clap::Parser>() -> anyhow::Result<C> {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let Some(path) = config_file::config_path(&args) else {
+        return Ok(C::parse_from(args));
+    };
+    let file = config_file::load::<C>(&path)?;
+    config_file::check::<C>(&path, &file)?;
+    let (args, not_applied) = config_file::with_file_args::<C>(args, file);
+    if !not_applied.is_empty() {
+        tracing::warn!(
+            file = %path.display(),
+            "these configuration fields do not apply to this node and were not used: {}",
+            not_applied.join(", ")
+        );
+    }
+    Ok(C::parse_from(args))
 }
 
 /// Runs what the command line asks with the runtime `make_runtime` builds from the

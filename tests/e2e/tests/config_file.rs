@@ -1,0 +1,159 @@
+//! `--config`: the node reads the kubelet's configuration file as kubeadm writes it, with its
+//! own settings beside it in the same file; flags win over the file; a bad file stops the start
+//! naming the field.
+
+use e2e::{Cluster, Provider, is_running_after_restarts, run_binary, wasm_pod};
+use k8s_openapi::api::core::v1::Node;
+use kube::Api;
+
+/// What kubeadm 1.32 writes to /var/lib/kubelet/config.yaml, with the static pod directory
+/// and the pod capacity a test can see.
+fn kubeadm_config(static_pod_path: &str) -> String {
+    format!(
+        r#"apiVersion: kubelet.config.k8s.io/v1beta1
+authentication:
+  anonymous:
+    enabled: false
+  webhook:
+    cacheTTL: 0s
+    enabled: true
+  x509:
+    clientCAFile: /etc/kubernetes/pki/ca.crt
+authorization:
+  mode: Webhook
+  webhook:
+    cacheAuthorizedTTL: 0s
+    cacheUnauthorizedTTL: 0s
+cgroupDriver: systemd
+clusterDNS:
+- 10.96.0.10
+clusterDomain: cluster.local
+containerRuntimeEndpoint: ""
+cpuManagerReconcilePeriod: 0s
+evictionPressureTransitionPeriod: 0s
+fileCheckFrequency: 0s
+healthzBindAddress: 127.0.0.1
+healthzPort: 10248
+httpCheckFrequency: 0s
+imageMaximumGCAge: 0s
+imageMinimumGCAge: 0s
+kind: KubeletConfiguration
+logging:
+  flushFrequency: 0
+  options:
+    json:
+      infoBufferSize: "0"
+    text:
+      infoBufferSize: "0"
+  verbosity: 0
+maxPods: 33
+memorySwap: {{}}
+nodeStatusReportFrequency: 0s
+nodeStatusUpdateFrequency: 0s
+rotateCertificates: true
+runtimeRequestTimeout: 0s
+shutdownGracePeriod: 0s
+shutdownGracePeriodCriticalPods: 0s
+staticPodPath: {static_pod_path}
+streamingConnectionIdleTimeout: 0s
+syncFrequency: 0s
+volumeStatsAggPeriod: 0s
+---
+apiVersion: krustlet.dev/v1alpha1
+kind: KrustletConfiguration
+fileCheckFrequency: 2s
+nodeLabels:
+- example.com/from-file=yes
+"#
+    )
+}
+
+#[tokio::test]
+async fn a_kubeadm_configuration_file_configures_the_node_and_flags_win_over_it()
+-> anyhow::Result<()> {
+    let cluster = Cluster::new("config-file").await?;
+    let image = cluster.push_guest("wasi-probe").await?;
+    let dir = testkit::scratch::tempdir("config-file")?;
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir(&manifests)?;
+    let mut manifest = wasm_pod("web", &image, "", &["forever"], "Always");
+    manifest.metadata.namespace = Some(cluster.namespace.clone());
+    let spec = manifest.spec.as_mut().expect("spec");
+    spec.node_name = None;
+    spec.tolerations = None;
+    std::fs::write(manifests.join("web.json"), serde_json::to_vec(&manifest)?)?;
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        kubeadm_config(manifests.to_str().expect("utf-8 path")),
+    )?;
+    // The harness's own flags (its client CA among them) win over the file's, and so does
+    // this one: the file's labels are replaced by the command line's, as on the kubelet.
+    let agent = cluster
+        .start_node_with(&[
+            "--config",
+            config.to_str().expect("utf-8 path"),
+            "--node-labels",
+            "example.com/from-flag=yes",
+        ])
+        .await?;
+    let node = Api::<Node>::all(cluster.client.clone())
+        .get(&agent.name)
+        .await?;
+    let pods = node
+        .status
+        .as_ref()
+        .and_then(|s| s.capacity.as_ref())
+        .and_then(|c| c.get("pods"))
+        .map(|q| q.0.clone());
+    assert_eq!(pods.as_deref(), Some("33"), "maxPods from the file");
+    let labels = node.metadata.labels.unwrap_or_default();
+    assert_eq!(
+        labels.get("example.com/from-flag").map(String::as_str),
+        Some("yes")
+    );
+    assert!(
+        !labels.contains_key("example.com/from-file"),
+        "the flag replaced the file's labels: {labels:?}"
+    );
+    // staticPodPath: the static pod runs, mirrored.
+    cluster
+        .wait_pod(
+            &format!("web-{}", agent.name),
+            "mirrored and running",
+            is_running_after_restarts(0),
+        )
+        .await?;
+    // What does not apply here is named once, in one line.
+    let log = agent.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("do not apply to this node"))
+        .unwrap_or_default();
+    assert!(line.contains("cgroupDriver=systemd"), "{log}");
+    assert!(!line.contains("maxPods") && !line.contains("0s"), "{line}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_field_of_the_wrong_type_stops_the_start_naming_it() -> anyhow::Result<()> {
+    let dir = testkit::scratch::tempdir("config-file-bad")?;
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nmaxPods: lots\n",
+    )?;
+    let output = run_binary(
+        Provider::Wasi,
+        &[
+            "--config".as_ref(),
+            config.as_os_str(),
+            "--standalone".as_ref(),
+        ],
+    )?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("field maxPods"), "{stderr}");
+    assert!(stderr.contains("'lots'"), "{stderr}");
+    Ok(())
+}
