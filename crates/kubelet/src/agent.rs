@@ -267,6 +267,9 @@ pub async fn run_node<R: Runtime>(
     let pods_stop = CancellationToken::new();
     let rest_stop = CancellationToken::new();
     let mut server = parts.serve(client.clone(), rest_stop.clone())?;
+    if let Some(addr) = parts.config.healthz {
+        tokio::spawn(server::healthz::serve(addr, rest_stop.clone()));
+    }
     // The pods bound to the node, kept by its pod watch: all a node may list or read of pods.
     let (node_pods, node_pods_writer) = kube::runtime::reflector::store();
     let host = Arc::new(ApiHost::new(

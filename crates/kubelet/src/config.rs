@@ -16,6 +16,9 @@ pub struct Config {
     pub addr: IpAddr,
     /// Port of the kubelet API (advertised in `daemonEndpoints`).
     pub port: u16,
+    /// Where the plain-HTTP `/healthz` is served (`--healthz-bind-address`:`--healthz-port`);
+    /// `None`: nowhere.
+    pub healthz: Option<std::net::SocketAddr>,
     /// Where images, compiled modules, logs and pod files live.
     pub data_dir: PathBuf,
     /// The node's `pods` capacity.

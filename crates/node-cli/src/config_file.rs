@@ -91,8 +91,8 @@ const KUBELET_FIELDS: &[(&str, Field)] = &[
     ("nodeStatusUpdateFrequency", Field::Fixed("10s")),
     ("nodeStatusReportFrequency", Field::Fixed("5m0s")),
     ("nodeLeaseDurationSeconds", Field::Fixed("40")),
-    ("healthzBindAddress", Field::Fixed("127.0.0.1")),
-    ("healthzPort", Field::Fixed("10248")),
+    ("healthzBindAddress", Field::Flag("healthz-bind-address")),
+    ("healthzPort", Field::Flag("healthz-port")),
 ];
 
 /// The configuration file could not be used.

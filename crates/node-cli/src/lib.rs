@@ -65,6 +65,18 @@ pub struct NodeArgs {
     /// Port of the kubelet API (logs, pods), advertised in the Node's daemonEndpoints.
     #[arg(long, env = "KRUSTLET_PORT", default_value_t = 10250)]
     port: u16,
+    /// Port of the plain-HTTP health endpoint (`GET /healthz` answers `ok`), which `kubeadm
+    /// join` waits on; 0 serves none. As on the kubelet, a port that cannot be bound is logged
+    /// and tried again every 5 s.
+    #[arg(long, env = "KRUSTLET_HEALTHZ_PORT", default_value_t = 10248)]
+    healthz_port: u16,
+    /// Address of the health endpoint.
+    #[arg(
+        long,
+        env = "KRUSTLET_HEALTHZ_BIND_ADDRESS",
+        default_value = "127.0.0.1"
+    )]
+    healthz_bind_address: IpAddr,
     /// Directory for images, compiled modules, logs and pod files (default: ~/.krustlet). Also
     /// `--root-dir`, the kubelet's name.
     #[arg(long, env = "KRUSTLET_DATA_DIR", alias = "root-dir")]
@@ -402,6 +414,8 @@ impl NodeArgs {
             hostname,
             addr: self.addr,
             port: self.port,
+            healthz: (self.healthz_port != 0)
+                .then(|| std::net::SocketAddr::new(self.healthz_bind_address, self.healthz_port)),
             data_dir,
             max_pods: self.max_pods,
             node_labels: self.node_labels.clone(),

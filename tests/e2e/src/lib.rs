@@ -951,6 +951,13 @@ impl NodeAgent {
         if ca.exists() {
             command.arg("--client-ca-file").arg(ca);
         }
+        if !extra
+            .iter()
+            .any(|a| a == "--healthz-port" || a == "--config")
+        {
+            // Many agents share the test's machine: none takes the kubelet's health port.
+            command.args(["--healthz-port", "0"]);
+        }
         if !extra.iter().any(|a| a == "--cni-conf-dir") {
             // Pods share the node's network unless a test gives the node a CNI network (a
             // machine's own /etc/cni/net.d is not the test's).

@@ -6,9 +6,9 @@ use e2e::{Cluster, Provider, is_running_after_restarts, run_binary, wasm_pod};
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 
-/// What kubeadm 1.32 writes to /var/lib/kubelet/config.yaml, with the static pod directory
-/// and the pod capacity a test can see.
-fn kubeadm_config(static_pod_path: &str) -> String {
+/// What kubeadm 1.32 writes to /var/lib/kubelet/config.yaml, with the static pod directory, the
+/// health port and the pod capacity a test can see.
+fn kubeadm_config(static_pod_path: &str, healthz_port: u16) -> String {
     format!(
         r#"apiVersion: kubelet.config.k8s.io/v1beta1
 authentication:
@@ -33,7 +33,7 @@ cpuManagerReconcilePeriod: 0s
 evictionPressureTransitionPeriod: 0s
 fileCheckFrequency: 0s
 healthzBindAddress: 127.0.0.1
-healthzPort: 10248
+healthzPort: {healthz_port}
 httpCheckFrequency: 0s
 imageMaximumGCAge: 0s
 imageMinimumGCAge: 0s
@@ -82,10 +82,11 @@ async fn a_kubeadm_configuration_file_configures_the_node_and_flags_win_over_it(
     spec.node_name = None;
     spec.tolerations = None;
     std::fs::write(manifests.join("web.json"), serde_json::to_vec(&manifest)?)?;
+    let [healthz_port] = e2e::free_ports()?;
     let config = dir.path().join("config.yaml");
     std::fs::write(
         &config,
-        kubeadm_config(manifests.to_str().expect("utf-8 path")),
+        kubeadm_config(manifests.to_str().expect("utf-8 path"), healthz_port),
     )?;
     // The harness's own flags (its client CA among them) win over the file's, and so does
     // this one: the file's labels are replaced by the command line's, as on the kubelet.
@@ -124,6 +125,9 @@ async fn a_kubeadm_configuration_file_configures_the_node_and_flags_win_over_it(
             is_running_after_restarts(0),
         )
         .await?;
+    // The health endpoint kubeadm waits on, where the file puts it.
+    let (code, body) = e2e::http_get_at("127.0.0.1", healthz_port, "/healthz").await?;
+    assert_eq!((code, body.as_str()), (200, "ok"));
     // What does not apply here is named once, in one line.
     let log = agent.log();
     let line = log

@@ -6,6 +6,7 @@
 
 pub mod auth;
 mod connection;
+pub mod healthz;
 pub mod stats;
 
 pub use connection::ApiLimits;
