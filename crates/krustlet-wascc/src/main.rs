@@ -19,8 +19,9 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    node_cli::init();
-    let cli: Cli = node_cli::parse_args()?;
+    let (cli, notes): (Cli, _) = node_cli::parse_args()?;
+    node_cli::init(&cli.node);
+    notes.log();
     node_cli::run(cli.node, cli.command, |config| {
         Ok(wascc_runtime::WasccRuntime::new(
             config.data_dir.join("compiled"),

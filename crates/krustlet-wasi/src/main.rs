@@ -17,8 +17,9 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    node_cli::init();
-    let cli: Cli = node_cli::parse_args()?;
+    let (cli, notes): (Cli, _) = node_cli::parse_args()?;
+    node_cli::init(&cli.node);
+    notes.log();
     node_cli::run(cli.node, cli.command, |config| {
         Ok(wasi_runtime::WasiRuntime::new(
             config.data_dir.join("compiled"),

@@ -91,6 +91,8 @@ const KUBELET_FIELDS: &[(&str, Field)] = &[
     ("nodeStatusUpdateFrequency", Field::Fixed("10s")),
     ("nodeStatusReportFrequency", Field::Fixed("5m0s")),
     ("nodeLeaseDurationSeconds", Field::Fixed("40")),
+    ("logging.format", Field::Flag("logging-format")),
+    ("logging.verbosity", Field::Flag("v")),
     ("healthzBindAddress", Field::Flag("healthz-bind-address")),
     ("healthzPort", Field::Flag("healthz-port")),
 ];
@@ -337,7 +339,11 @@ fn kubelet_field(
     };
     match *mapping {
         Field::Flag(flag) | Field::Switch(flag) | Field::List(flag) => {
-            let delimiter = delimiters.get(flag).copied().unwrap_or(',');
+            let Some(delimiter) = delimiters.get(flag).copied() else {
+                // This binary has no such setting.
+                out.not_applied.push(format!("{field}={}", brief(&value)));
+                return Ok(());
+            };
             flag_args(flag, field, value, delimiter, out)
         }
         Field::Taints => {
@@ -557,6 +563,10 @@ mod tests {
         runtime_workers: Option<usize>,
         #[arg(long, value_delimiter = ':')]
         cni_bin_dir: Vec<PathBuf>,
+        #[arg(long, default_value_t = 10248)]
+        healthz_port: u16,
+        #[arg(long, default_value = "127.0.0.1")]
+        healthz_bind_address: std::net::IpAddr,
     }
 
     /// What kubeadm 1.32 writes to /var/lib/kubelet/config.yaml.

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 pub mod config_file;
+pub mod logging;
 
 /// The node agent's flags, flattened into each binary's command line.
 #[derive(Debug, clap::Args)]
@@ -25,6 +26,8 @@ pub struct NodeArgs {
     /// over the file, and the file over KRUSTLET_* variables; see docs/operations.md.
     #[arg(long, env = "KRUSTLET_CONFIG")]
     config: Option<PathBuf>,
+    #[command(flatten)]
+    logging: logging::LoggingArgs,
     /// The node's kubeconfig (default <data-dir>/kubeconfig; with --bootstrap-file, written by
     /// the TLS bootstrap when missing). As on the kubelet, the KUBECONFIG environment variable
     /// is not read: an administrator's kubeconfig is never the node's by accident, and the
@@ -593,41 +596,54 @@ async fn push(module: PathBuf, image: String, args: &NodeArgs) -> anyhow::Result
     Ok(())
 }
 
-/// Sets up what every binary needs before parsing flags: logging to stderr (`RUST_LOG`,
-/// default `info`), the TLS crypto provider, the open-file limit.
-pub fn init() {
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        // Colours for a person at a terminal; none in a file or the journal.
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+/// Sets up what every binary needs once its flags are read: logging to stderr as `args` say
+/// (`RUST_LOG` wins over `-v`), the TLS crypto provider, the open-file limit.
+pub fn init(args: &NodeArgs) {
+    logging::init(&args.logging);
     let _ = rustls::crypto::ring::default_provider().install_default();
     raise_open_files_limit();
 }
 
+/// What reading the configuration file found to say, once logging is set up.
+#[derive(Debug, Default)]
+pub struct ConfigNotes {
+    path: Option<PathBuf>,
+    not_applied: Vec<String>,
+}
+
+impl ConfigNotes {
+    /// Names, in one warning line, the file's fields that do not apply to this node.
+    pub fn log(&self) {
+        if let Some(path) = &self.path
+            && !self.not_applied.is_empty()
+        {
+            tracing::warn!(
+                file = %path.display(),
+                "these configuration fields do not apply to this node and were not used: {}",
+                self.not_applied.join(", ")
+            );
+        }
+    }
+}
+
 /// The command line of a node binary `C`, with the settings of its `--config` file (if any)
-/// placed before the real flags; the file's fields that do not apply here are named in one
-/// warning line.
-pub fn parse_args<C: clap::Parser>() -> anyhow::Result<C> {
+/// placed before the real flags; and what is to be said about the file ([`ConfigNotes::log`],
+/// once logging is set up with [`init`]).
+pub fn parse_args<C: clap::Parser>() -> anyhow::Result<(C, ConfigNotes)> {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let Some(path) = config_file::config_path(&args) else {
-        return Ok(C::parse_from(args));
+        return Ok((C::parse_from(args), ConfigNotes::default()));
     };
     let file = config_file::load::<C>(&path)?;
     config_file::check::<C>(&path, &file)?;
     let (args, not_applied) = config_file::with_file_args::<C>(args, file);
-    if !not_applied.is_empty() {
-        tracing::warn!(
-            file = %path.display(),
-            "these configuration fields do not apply to this node and were not used: {}",
-            not_applied.join(", ")
-        );
-    }
-    Ok(C::parse_from(args))
+    Ok((
+        C::parse_from(args),
+        ConfigNotes {
+            path: Some(path),
+            not_applied,
+        },
+    ))
 }
 
 /// Runs what the command line asks with the runtime `make_runtime` builds from the

@@ -938,7 +938,6 @@ impl NodeAgent {
             ])
             .arg("--data-dir")
             .arg(data_dir)
-            .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(
@@ -947,6 +946,12 @@ impl NodeAgent {
                     .append(true)
                     .open(log)?,
             );
+        if extra.iter().any(|a| a == "-v" || a == "--v") {
+            // The test sets the agent's verbosity.
+            command.env_remove("RUST_LOG");
+        } else {
+            command.env("RUST_LOG", "info");
+        }
         let ca = data_dir.join("client-ca.pem");
         if ca.exists() {
             command.arg("--client-ca-file").arg(ca);

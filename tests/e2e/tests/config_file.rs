@@ -161,3 +161,37 @@ async fn a_field_of_the_wrong_type_stops_the_start_naming_it() -> anyhow::Result
     assert!(stderr.contains("'lots'"), "{stderr}");
     Ok(())
 }
+
+#[tokio::test]
+async fn json_logs_parse_and_carry_each_pods_fields() -> anyhow::Result<()> {
+    let cluster = Cluster::new("json-logs").await?;
+    let agent = cluster
+        .start_node_with(&["--logging-format", "json", "-v", "4"])
+        .await?;
+    let image = cluster.push_guest("wasi-probe").await?;
+    cluster.run_forever("logged", &image, &agent.name).await?;
+    let line = cluster
+        .eventually("a line about the pod in the agent's log", async || {
+            let log = agent.log();
+            for line in log.lines() {
+                let parsed: serde_json::Value = serde_json::from_str(line)
+                    .map_err(|e| anyhow::anyhow!("{e}: a line that is not JSON: {line:?}"))?;
+                if parsed["pod"] == "logged" {
+                    return Ok(Some(parsed));
+                }
+            }
+            Ok(None)
+        })
+        .await?;
+    assert_eq!(line["namespace"], cluster.namespace.as_str(), "{line}");
+    assert!(
+        line["uid"].as_str().is_some_and(|u| !u.is_empty()),
+        "{line}"
+    );
+    assert!(line["msg"].is_string() && line["ts"].is_string(), "{line}");
+    assert!(
+        !agent.log().contains('\u{1b}'),
+        "no escape codes in a log file"
+    );
+    Ok(())
+}

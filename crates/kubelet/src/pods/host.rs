@@ -221,6 +221,15 @@ impl PodHost for ApiHost {
     }
 
     async fn record(&self, pod: &Pod, event: PodEvent) {
+        // In the journal too, with the pod's span, for `-v 3` and up (the kubelet logs its
+        // events at -v 3 and 4 as well).
+        tracing::debug!(
+            kind = event.kind,
+            reason = %event.reason,
+            container = event.container.as_deref().unwrap_or_default(),
+            "{}",
+            event.message
+        );
         self.events.record(pod, event);
     }
 

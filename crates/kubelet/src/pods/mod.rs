@@ -150,7 +150,7 @@ impl<R: Runtime, H: PodHost> Supervisors<R, H> {
         let span = tracing::info_span!(
             "pod",
             namespace = %pod.namespace().unwrap_or_default(),
-            name = %pod.name_any(),
+            pod = %pod.name_any(),
             uid = %uid
         );
         let supervisor = supervisor::Supervisor::new(self.ctx.clone(), pod, updates);

@@ -594,7 +594,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
             .filter(|id| self.slot(*id).due().is_some_and(|d| d <= now))
             .collect();
         for id in due {
-            let span = tracing::info_span!("container", name = %self.slot(id).name());
+            let span = tracing::info_span!("container", container = %self.slot(id).name());
             match self.start(id).instrument(span.clone()).await {
                 Ok(()) => {}
                 Err(StartFailure::Deleted) => return Err(Interrupt::Deleted),

@@ -444,7 +444,7 @@ async fn a_running_containers_warning_is_an_event_and_a_log_line_naming_the_pod(
         .find(|l| l.contains("a request failed"))
         .unwrap_or_else(|| panic!("the warning in the agent's log: {log}"));
     assert!(
-        line.contains("pod{namespace=default name=p uid=uid-1}") && line.contains("container=web"),
+        line.contains("pod{namespace=default pod=p uid=uid-1}") && line.contains("container=web"),
         "the line names its pod and container: {line}"
     );
     supervisors.remove("uid-1");
