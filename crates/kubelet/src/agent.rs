@@ -262,14 +262,16 @@ pub async fn run_node<R: Runtime>(
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
     let parts = Parts::new(config, runtime, false)?;
-    let registered = node::register(&client, &parts.config, &parts.identity).await?;
     // Pods stop first (after the node is cordoned, with --drain-on-shutdown), then the rest.
     let pods_stop = CancellationToken::new();
     let rest_stop = CancellationToken::new();
-    let mut server = parts.serve(client.clone(), rest_stop.clone())?;
+    // Healthy from the start, as the kubelet (kubeadm waits on it while the node registers).
+    let _rest_stopped_on_error = rest_stop.clone().drop_guard();
     if let Some(addr) = parts.config.healthz {
         tokio::spawn(server::healthz::serve(addr, rest_stop.clone()));
     }
+    let registered = node::register(&client, &parts.config, &parts.identity).await?;
+    let mut server = parts.serve(client.clone(), rest_stop.clone())?;
     // The pods bound to the node, kept by its pod watch: all a node may list or read of pods.
     let (node_pods, node_pods_writer) = kube::runtime::reflector::store();
     let host = Arc::new(ApiHost::new(

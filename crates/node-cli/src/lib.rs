@@ -99,6 +99,10 @@ pub struct NodeArgs {
     /// this node unchanged, and ignored (a wasm node runs its guests itself), with a log line.
     #[arg(long, env = "KRUSTLET_CONTAINER_RUNTIME_ENDPOINT", hide = true)]
     container_runtime_endpoint: Option<String>,
+    /// The kubelet's sandbox image (kubeadm up to 1.34 writes it into kubeadm-flags.env):
+    /// accepted and ignored as the kubelet 1.32 does (a no-op there too), with a log line.
+    #[arg(long, hide = true)]
+    pod_infra_container_image: Option<String>,
     /// Registries to reach over plain HTTP, `host[:port][,...]`.
     #[arg(
         long,
@@ -655,6 +659,9 @@ pub async fn run<R: Runtime>(
     make_runtime: impl FnOnce(&Config) -> anyhow::Result<R>,
 ) -> anyhow::Result<()> {
     let config = args.config()?;
+    if let Some(image) = &args.pod_infra_container_image {
+        tracing::info!(%image, "--pod-infra-container-image names a sandbox image for a CRI runtime; this node has no sandboxes and does not use it");
+    }
     if let Some(endpoint) = &args.container_runtime_endpoint {
         tracing::info!(%endpoint, "--container-runtime-endpoint names a CRI runtime for the kubelet; this node runs its wasm guests itself and does not use it");
     }

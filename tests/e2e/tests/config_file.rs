@@ -126,8 +126,14 @@ async fn a_kubeadm_configuration_file_configures_the_node_and_flags_win_over_it(
         )
         .await?;
     // The health endpoint kubeadm waits on, where the file puts it.
-    let (code, body) = e2e::http_get_at("127.0.0.1", healthz_port, "/healthz").await?;
-    assert_eq!((code, body.as_str()), (200, "ok"));
+    let healthz = cluster
+        .eventually("the health endpoint answering", async || {
+            Ok(e2e::http_get_at("127.0.0.1", healthz_port, "/healthz")
+                .await
+                .ok())
+        })
+        .await?;
+    assert_eq!((healthz.0, healthz.1.as_str()), (200, "ok"));
     // What does not apply here is named once, in one line.
     let log = agent.log();
     let line = log
