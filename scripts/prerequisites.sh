@@ -7,13 +7,18 @@
 # Sourced by scripts/test.sh and .ci/run.
 set -euo pipefail
 
+# Whether command $1 is on PATH or in the system directories (/usr/sbin is not on every PATH).
+have() {
+  command -v "$1" >/dev/null || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]
+}
+
 check_test_prerequisites() {
   local packages=() missing=()
-  command -v docker-registry >/dev/null || packages+=(docker-registry)
+  have docker-registry || packages+=(docker-registry)
   [ -x /usr/lib/cni/bridge ] || [ -x /opt/cni/bin/bridge ] || packages+=(containernetworking-plugins)
-  command -v ip >/dev/null || packages+=(iproute2)
-  command -v iptables >/dev/null || packages+=(iptables)
-  command -v systemd-analyze >/dev/null || packages+=(systemd)
+  have ip || packages+=(iproute2)
+  have iptables || packages+=(iptables)
+  have systemd-analyze || packages+=(systemd)
   if [ ${#packages[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
       echo "installing what the tests need: ${packages[*]}" >&2
