@@ -6,6 +6,7 @@
 pub mod apiserver;
 pub mod dns;
 pub mod fixtures;
+pub mod ports;
 pub mod process;
 pub mod proxy;
 pub mod registry;

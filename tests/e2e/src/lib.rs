@@ -534,13 +534,9 @@ pub fn node_ip() -> String {
 
 /// `N` distinct TCP ports free on the node's address right now (for pods to serve on).
 pub fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
-    let listeners = (0..N)
-        .map(|_| std::net::TcpListener::bind((node_ip().as_str(), 0)))
-        .collect::<Result<Vec<_>, _>>()
-        .context("finding free ports on the node's address")?;
     let mut ports = [0; N];
-    for (port, listener) in ports.iter_mut().zip(&listeners) {
-        *port = listener.local_addr()?.port();
+    for port in &mut ports {
+        *port = testkit::ports::free_port().context("finding a free port")?;
     }
     Ok(ports)
 }
