@@ -9,7 +9,7 @@ use kubelet::netns::PodNetns;
 use kubelet::runtime::{ContainerRun, Exit, Limits, Mount, StartError, Usage, Warnings};
 use std::sync::Arc;
 use wasm_host::failures::FailureReport;
-use wasm_host::limits::GuestLimits;
+use wasm_host::limits::{ContainerCpu, GuestLimits};
 use wasm_host::store::{Limited, limited_store};
 use wasmtime::component::{ResourceTable, ResourceTableError};
 use wasmtime::{Engine, Store};
@@ -32,6 +32,8 @@ pub struct GuestSetup {
     stderr: LogWriter,
     limits: Limits,
     usage: Arc<Usage>,
+    /// The container's CPU share, charged by all its stores together.
+    cpu: ContainerCpu,
     outbound: OutboundPolicy,
     warnings: Warnings,
     /// The pod's network namespace, when it has one of its own.
@@ -120,6 +122,7 @@ impl GuestSetup {
             stdout: run.stdout,
             stderr: run.stderr,
             limits: run.limits,
+            cpu: ContainerCpu::new(run.limits.cpu_cores),
             usage: run.usage,
             outbound: OutboundPolicy::new(
                 &run.network.allowed_outbound,
@@ -183,7 +186,7 @@ impl GuestSetup {
     }
 
     fn limits(&self) -> Result<GuestLimits, StartError> {
-        GuestLimits::new(self.limits, self.usage.clone())
+        GuestLimits::sharing(self.limits, self.usage.clone(), self.cpu.clone())
             .map_err(|e| StartError::node("reserving the guest's memory", e))
     }
 

@@ -21,7 +21,7 @@ const MAX_SLICE: Duration = Duration::from_millis(20);
 #[derive(Debug)]
 pub struct GuestLimits {
     memory: MemoryLimit,
-    cpu: Option<CpuShare>,
+    cpu: ContainerCpu,
     cpu_time: Option<CpuTime>,
     usage: Arc<Usage>,
     resumed: Instant,
@@ -45,12 +45,23 @@ pub struct CpuTimeExhausted {
 }
 
 impl GuestLimits {
-    /// Limits for one store of a container with `limits`, accounting to `usage`; fails when
-    /// the process's mapping budget has no room for another guest.
+    /// Limits for the one store of a container with `limits`, accounting to `usage`; fails
+    /// when the process's mapping budget has no room for another guest.
     pub fn new(limits: Limits, usage: Arc<Usage>) -> Result<Self, MappingsExhausted> {
+        Self::sharing(limits, usage, ContainerCpu::new(limits.cpu_cores))
+    }
+
+    /// Limits for one of the stores of a container with `limits` (an HTTP request's instance),
+    /// accounting to `usage` and charging `cpu`, the container's CPU share, with its other
+    /// stores.
+    pub fn sharing(
+        limits: Limits,
+        usage: Arc<Usage>,
+        cpu: ContainerCpu,
+    ) -> Result<Self, MappingsExhausted> {
         Ok(Self {
             memory: MemoryLimit::new(limits.memory_bytes, usage.clone(), MappingBudget::process())?,
-            cpu: limits.cpu_cores.and_then(CpuShare::new),
+            cpu,
             cpu_time: None,
             usage,
             resumed: Instant::now(),
@@ -83,10 +94,7 @@ impl GuestLimits {
                 return Err(CpuTimeExhausted { limit: time.limit });
             }
         }
-        let pause = self
-            .cpu
-            .as_mut()
-            .map_or(Duration::ZERO, |cpu| cpu.charge(slice, now));
+        let pause = self.cpu.charge(slice, now);
         self.resumed = now + pause;
         Ok(pause)
     }
@@ -189,8 +197,35 @@ impl ResourceLimiter for MemoryLimit {
     }
 }
 
-/// A share of one core: within each 100 ms period the guest runs at most its quota, then waits
-/// for the next period (as a CFS quota throttles a container).
+/// A container's share of one core (`resources.limits.cpu` below a core), charged by all its
+/// stores together: an HTTP container's concurrent instances share one quota, as a container's
+/// processes share its CFS quota. Cheap to clone; clones share the quota.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerCpu(Option<Arc<std::sync::Mutex<CpuShare>>>);
+
+impl ContainerCpu {
+    /// The share of `cores` (none for a whole core or more, or no limit).
+    pub fn new(cores: Option<f64>) -> Self {
+        Self(
+            cores
+                .and_then(CpuShare::new)
+                .map(|share| Arc::new(std::sync::Mutex::new(share))),
+        )
+    }
+
+    /// Charges `slice` of run time at `now`; returns how long the store must now pause.
+    fn charge(&self, slice: Duration, now: Instant) -> Duration {
+        self.0.as_ref().map_or(Duration::ZERO, |share| {
+            share
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .charge(slice, now)
+        })
+    }
+}
+
+/// A share of one core: within each 100 ms period the guests of a container run at most its
+/// quota together, then each waits for the period's end (as a CFS quota throttles a container).
 #[derive(Debug)]
 pub struct CpuShare {
     quota: Duration,
@@ -212,21 +247,18 @@ impl CpuShare {
         })
     }
 
-    /// Charges `slice` of run time at `now`; returns how long the guest must now pause.
+    /// Charges `slice` of run time at `now`; returns how long the guest must now pause: until
+    /// the period's end once the quota is used.
     pub fn charge(&mut self, slice: Duration, now: Instant) -> Duration {
         if now >= self.period_end {
             self.period_end = now + CPU_PERIOD;
-            self.used = slice;
-        } else {
-            self.used += slice;
+            self.used = Duration::ZERO;
         }
+        self.used = self.used.saturating_add(slice);
         if self.used < self.quota {
             return Duration::ZERO;
         }
-        let pause = self.period_end.saturating_duration_since(now);
-        self.period_end += CPU_PERIOD;
-        self.used = Duration::ZERO;
-        pause
+        self.period_end.saturating_duration_since(now)
     }
 }
 
@@ -311,6 +343,34 @@ mod tests {
         let mut limit = MemoryLimit::new(None, Arc::default(), unbounded()).unwrap();
         assert!(limit.memory_growing(0, 1 << 32, None).unwrap());
         assert_eq!(limit.exceeded(), None);
+    }
+
+    #[test]
+    fn a_containers_stores_share_one_quota() {
+        let cpu = ContainerCpu::new(Some(0.2));
+        let now = Instant::now();
+        // Two stores of the container run 10 ms each: its 20 ms quota is used.
+        assert_eq!(
+            cpu.clone().charge(Duration::from_millis(10), now),
+            Duration::ZERO
+        );
+        let pause = cpu.charge(Duration::from_millis(10), now);
+        assert!(pause > Duration::from_millis(50), "paused only {pause:?}");
+        // Either store ticking again in the period waits for its end too.
+        assert!(
+            cpu.clone()
+                .charge(Duration::ZERO, now + Duration::from_millis(1))
+                > Duration::ZERO
+        );
+        // The next period starts afresh.
+        assert_eq!(
+            cpu.charge(Duration::from_millis(5), now + CPU_PERIOD * 2),
+            Duration::ZERO
+        );
+        assert_eq!(
+            ContainerCpu::new(None).charge(Duration::from_secs(1), now),
+            Duration::ZERO
+        );
     }
 
     #[test]

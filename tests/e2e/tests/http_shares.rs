@@ -191,3 +191,49 @@ async fn a_pods_outgoing_connections_are_capped() -> anyhow::Result<()> {
     again.abort();
     Ok(())
 }
+
+#[tokio::test]
+async fn a_pods_cpu_limit_bounds_all_its_requests_together() -> anyhow::Result<()> {
+    let cluster = Cluster::new("http-cpu-share").await?;
+    let agent = cluster.start_node().await?;
+    let image = cluster.push_component("http_probe").await?;
+    let [port] = free_ports()?;
+    let mut pod = http_pod("limited", &image, &agent.name, port, serde_json::json!({}));
+    pod.spec.as_mut().expect("spec").containers[0].resources = Some(serde_json::from_value(
+        serde_json::json!({"limits": {"cpu": "200m"}}),
+    )?);
+    serve(&cluster, pod).await?;
+    // Four requests computing at once: each an instance of its own, all of them the container's.
+    let spinning: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(http_get(port, "/spin/30000")))
+        .collect();
+    logged(&cluster, "limited", "/spin/30000", 4).await?;
+    // The container's rate, between samples a second apart, is near its limit (one sample may
+    // run over on a loaded machine); instances each given the limit would show 800m or more in
+    // every sample.
+    let mut seen = Vec::new();
+    let within = cluster
+        .eventually("the container's CPU rate within its limit", async || {
+            let raw = cluster.kubectl(&[
+                "get",
+                "--raw",
+                &format!("/api/v1/nodes/{}/proxy/stats/summary", agent.name),
+            ])?;
+            let rate = e2e::metrics_server::scrape(&raw)?
+                .pods
+                .into_iter()
+                .find(|p| p.name == "limited" && p.namespace == cluster.namespace)
+                .and_then(|p| p.containers.into_iter().next())
+                .map(|(_, usage)| usage.nano_cores)
+                .filter(|cores| *cores > 0);
+            seen.extend(rate);
+            Ok(rate.filter(|cores| *cores <= 300_000_000))
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}: four requests limited to 200m used {seen:?}"))?;
+    assert!(within > 0);
+    for request in spinning {
+        request.abort();
+    }
+    Ok(())
+}
