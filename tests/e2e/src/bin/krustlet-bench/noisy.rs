@@ -15,6 +15,8 @@ const IDLE_CONNECTIONS: usize = 900;
 const SLOW_REQUESTS: usize = 120;
 /// Clients sending requests that compute, one after another.
 const SPINNERS: usize = 4;
+/// How long a noisy client waits after a refusal before it asks again.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// What the noisy pod's clients saw.
 #[derive(Default)]
@@ -87,7 +89,7 @@ pub async fn scenario(bench: &Bench, connections: usize, seconds: u64) -> anyhow
         "## Noisy neighbour: a quiet wasi-http pod, {connections} connections for {seconds} s, alone and beside a noisy pod\n"
     );
     println!(
-        "The noisy pod (`limits.cpu: 500m`) meanwhile: {IDLE_CONNECTIONS} idle connections held, {SLOW_REQUESTS} clients sending `/sleep/5000` one after another, {SPINNERS} sending `/spin/200` (computing 200 ms).\n"
+        "The noisy pod (`limits.cpu: 500m`) meanwhile: {IDLE_CONNECTIONS} idle connections held, {SLOW_REQUESTS} clients sending `/sleep/5000` one after another, {SPINNERS} sending `/spin/200` (computing 200 ms); a refused client asks again after {RETRY_PAUSE:?}.\n"
     );
     println!("| quiet pod | requests/s | p50 | p99 | max | errors |");
     println!("|---|---|---|---|---|---|");
@@ -134,7 +136,13 @@ async fn requests(addr: SocketAddr, path: &'static str, until: Instant) -> Noisy
         )
         .await
         {
-            Ok(Ok((status, _))) => *answers.by_status.entry(status).or_default() += 1,
+            Ok(Ok((status, _))) => {
+                *answers.by_status.entry(status).or_default() += 1;
+                if status != 200 {
+                    // Refused: tried again shortly, as a retrying client does.
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+            }
             Ok(Err(_)) => {
                 answers.failed += 1;
                 tokio::time::sleep(Duration::from_millis(50)).await;
