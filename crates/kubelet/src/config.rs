@@ -58,6 +58,8 @@ pub struct Config {
     pub pod_manifest_path: Option<PathBuf>,
     /// How often the static pod manifests are read again.
     pub file_check_frequency: std::time::Duration,
+    /// How the node's Lease and status are kept.
+    pub heartbeat: crate::node::Heartbeat,
     /// When unused images are removed.
     pub image_gc: crate::images::gc::GcPolicy,
     /// How often image garbage collection runs.

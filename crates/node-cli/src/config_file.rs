@@ -88,9 +88,18 @@ const KUBELET_FIELDS: &[(&str, Field)] = &[
         "containerRuntimeEndpoint",
         Field::Flag("container-runtime-endpoint"),
     ),
-    ("nodeStatusUpdateFrequency", Field::Fixed("10s")),
-    ("nodeStatusReportFrequency", Field::Fixed("5m0s")),
-    ("nodeLeaseDurationSeconds", Field::Fixed("40")),
+    (
+        "nodeStatusUpdateFrequency",
+        Field::Flag("node-status-update-frequency"),
+    ),
+    (
+        "nodeStatusReportFrequency",
+        Field::Flag("node-status-report-frequency"),
+    ),
+    (
+        "nodeLeaseDurationSeconds",
+        Field::Flag("node-lease-duration-seconds"),
+    ),
     ("logging.format", Field::Flag("logging-format")),
     ("logging.verbosity", Field::Flag("v")),
     ("healthzBindAddress", Field::Flag("healthz-bind-address")),

@@ -51,6 +51,18 @@ pub struct NodeArgs {
     /// How often the static pod manifests are read again in a cluster, e.g. `20s`.
     #[arg(long, env = "KRUSTLET_FILE_CHECK_FREQUENCY", default_value = "20s", value_parser = parse_period)]
     file_check_frequency: std::time::Duration,
+    /// How often the node's status is computed and posted when it changed, as the kubelet's
+    /// flag.
+    #[arg(long, env = "KRUSTLET_NODE_STATUS_UPDATE_FREQUENCY", default_value = "10s", value_parser = parse_period)]
+    node_status_update_frequency: std::time::Duration,
+    /// The longest time between node status posts when nothing changed (the kubelet's
+    /// nodeStatusReportFrequency).
+    #[arg(long, env = "KRUSTLET_NODE_STATUS_REPORT_FREQUENCY", default_value = "5m", value_parser = parse_period)]
+    node_status_report_frequency: std::time::Duration,
+    /// The node Lease's duration in seconds (the kubelet's nodeLeaseDurationSeconds); it is
+    /// renewed every quarter of it.
+    #[arg(long, env = "KRUSTLET_NODE_LEASE_DURATION_SECONDS", default_value_t = 40, value_parser = clap::value_parser!(u32).range(4..=3600))]
+    node_lease_duration_seconds: u32,
     /// Name of the Node object (default: the hostname). Also `--hostname-override`, the
     /// kubelet's name.
     #[arg(long, env = "KRUSTLET_NODE_NAME", alias = "hostname-override")]
@@ -437,6 +449,13 @@ impl NodeArgs {
             sync_frequency: self.sync_frequency,
             pod_manifest_path: self.pod_manifest_path.clone(),
             file_check_frequency: self.file_check_frequency,
+            heartbeat: kubelet::node::Heartbeat {
+                status_update_frequency: self.node_status_update_frequency,
+                status_report_frequency: self.node_status_report_frequency,
+                lease_duration: std::time::Duration::from_secs(u64::from(
+                    self.node_lease_duration_seconds,
+                )),
+            },
             allowed_host_paths: self.allowed_host_paths.clone(),
             event_rate: kubelet::pods::EventRate {
                 qps: self.event_qps,

@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 
 /// What kubeadm 1.32 writes to /var/lib/kubelet/config.yaml, with the static pod directory, the
-/// health port and the pod capacity a test can see.
+/// health port, the Lease's duration and the pod capacity a test can see.
 fn kubeadm_config(static_pod_path: &str, healthz_port: u16) -> String {
     format!(
         r#"apiVersion: kubelet.config.k8s.io/v1beta1
@@ -48,6 +48,7 @@ logging:
   verbosity: 0
 maxPods: 33
 memorySwap: {{}}
+nodeLeaseDurationSeconds: 60
 nodeStatusReportFrequency: 0s
 nodeStatusUpdateFrequency: 0s
 rotateCertificates: true
@@ -117,6 +118,20 @@ async fn a_kubeadm_configuration_file_configures_the_node_and_flags_win_over_it(
         !labels.contains_key("example.com/from-file"),
         "the flag replaced the file's labels: {labels:?}"
     );
+    // nodeLeaseDurationSeconds.
+    let lease = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
+        cluster.client.clone(),
+        "kube-node-lease",
+    );
+    let duration = cluster
+        .eventually("the node's Lease", async || {
+            Ok(lease
+                .get_opt(&agent.name)
+                .await?
+                .and_then(|l| l.spec?.lease_duration_seconds))
+        })
+        .await?;
+    assert_eq!(duration, 60);
     // staticPodPath: the static pod runs, mirrored.
     cluster
         .wait_pod(

@@ -5,8 +5,6 @@ use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference};
 use kube::api::{Api, PostParams};
 
-/// Lease duration the kubelet uses.
-pub const LEASE_DURATION_SECONDS: i32 = 40;
 const NAMESPACE: &str = "kube-node-lease";
 
 /// The node's lease, created on first renewal.
@@ -14,12 +12,14 @@ pub struct Lease {
     api: Api<LeaseObject>,
     name: String,
     owner: OwnerReference,
+    /// `spec.leaseDurationSeconds`.
+    duration_seconds: i32,
     current: Option<LeaseObject>,
 }
 
 impl Lease {
-    /// The lease for `node`, owned by it (so it goes when the Node goes).
-    pub fn new(client: kube::Client, node: &Node) -> Self {
+    /// The lease for `node`, owned by it (so it goes when the Node goes), of `duration`.
+    pub fn new(client: kube::Client, node: &Node, duration: std::time::Duration) -> Self {
         let name = node.metadata.name.clone().unwrap_or_default();
         let owner = OwnerReference {
             api_version: "v1".into(),
@@ -32,6 +32,7 @@ impl Lease {
             api: Api::namespaced(client, NAMESPACE),
             name,
             owner,
+            duration_seconds: i32::try_from(duration.as_secs()).unwrap_or(i32::MAX),
             current: None,
         }
     }
@@ -48,7 +49,7 @@ impl Lease {
                 let spec = lease.spec.get_or_insert_with(Default::default);
                 spec.renew_time = Some(now);
                 spec.holder_identity = Some(self.name.clone());
-                spec.lease_duration_seconds = Some(LEASE_DURATION_SECONDS);
+                spec.lease_duration_seconds = Some(self.duration_seconds);
                 self.api
                     .replace(&self.name, &PostParams::default(), &lease)
                     .await
@@ -62,7 +63,7 @@ impl Lease {
                     },
                     spec: Some(LeaseSpec {
                         holder_identity: Some(self.name.clone()),
-                        lease_duration_seconds: Some(LEASE_DURATION_SECONDS),
+                        lease_duration_seconds: Some(self.duration_seconds),
                         renew_time: Some(now),
                         ..Default::default()
                     }),

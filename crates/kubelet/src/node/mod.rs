@@ -19,15 +19,47 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// How often the Lease is renewed and the status checked (the kubelet's defaults).
-pub const HEARTBEAT: Duration = Duration::from_secs(10);
-/// The longest time between status posts when nothing changes.
-pub const STATUS_REPORT: Duration = Duration::from_secs(300);
-/// A Lease not renewed for this long may have let the node lifecycle controller mark the node
-/// Unknown and taint it unreachable (its grace period is 40 s, or 50 s since Kubernetes 1.32):
-/// the status is then posted at the next renewal, changed or not, so that the node is Ready
-/// again at once rather than after [`STATUS_REPORT`].
-pub const SILENCE: Duration = Duration::from_secs(30);
+/// How the node reports that it lives: its Lease and its status, as the kubelet's settings of
+/// the same names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// How often the status is computed and posted when it changed
+    /// (`--node-status-update-frequency`, 10 s).
+    pub status_update_frequency: Duration,
+    /// The longest time between status posts when nothing changes
+    /// (`--node-status-report-frequency`, 5 min).
+    pub status_report_frequency: Duration,
+    /// The Lease's duration (`--node-lease-duration-seconds`, 40): it is renewed every quarter
+    /// of it, as the kubelet renews it.
+    pub lease_duration: Duration,
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Self {
+            status_update_frequency: Duration::from_secs(10),
+            status_report_frequency: Duration::from_secs(300),
+            lease_duration: Duration::from_secs(40),
+        }
+    }
+}
+
+impl Heartbeat {
+    /// How often the Lease is renewed: a quarter of its duration (10 s of 40).
+    fn lease_renewal(&self) -> Duration {
+        (self.lease_duration / 4).max(Duration::from_secs(1))
+    }
+
+    /// A Lease not renewed for this long (three quarters of its duration, 30 s of 40) may have
+    /// let the node lifecycle controller mark the node Unknown and taint it unreachable (its
+    /// grace period is 40 s, or 50 s since Kubernetes 1.32): the status is then posted at the
+    /// next renewal, changed or not, so that the node is Ready again at once rather than after
+    /// the report frequency.
+    fn silence(&self) -> Duration {
+        self.lease_duration * 3 / 4
+    }
+}
+
 /// The taint key every krustlet node carries.
 pub const ARCH_TAINT_KEY: &str = "krustlet/arch";
 
@@ -332,8 +364,9 @@ pub async fn register(
     }
 }
 
-/// Renews the Lease every [`HEARTBEAT`] and posts the status when it changes, every
-/// [`STATUS_REPORT`], and after a [`SILENCE`], until `shutdown`.
+/// Renews the Lease every quarter of its duration, and posts the status when it changes (looked
+/// at every status update period), every report period, and after a silence
+/// ([`Heartbeat`]), until `shutdown`.
 pub async fn heartbeat(
     client: kube::Client,
     config: Config,
@@ -341,37 +374,46 @@ pub async fn heartbeat(
     registered: Node,
     shutdown: CancellationToken,
 ) {
+    let timing = config.heartbeat;
     let nodes: Api<Node> = Api::all(client.clone());
-    let mut lease = lease::Lease::new(client, &registered);
+    let mut lease = lease::Lease::new(client, &registered, timing.lease_duration);
     let mut posted = registered.status.unwrap_or_default();
     let mut posted_at = Instant::now();
     let mut renewed_at = Instant::now();
     let mut after_silence = false;
-    let mut tick = tokio::time::interval(HEARTBEAT);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut renewal = tokio::time::interval(timing.lease_renewal());
+    renewal.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut status_update = tokio::time::interval(timing.status_update_frequency);
+    status_update.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        match lease.renew().await {
-            Ok(()) => {
-                if renewed_at.elapsed() >= SILENCE {
-                    tracing::info!(
-                        silent_for = ?renewed_at.elapsed(),
-                        "the node lease was renewed after a silence; posting the node status"
-                    );
-                    after_silence = true;
+            _ = renewal.tick() => {
+                match lease.renew().await {
+                    Ok(()) => {
+                        if renewed_at.elapsed() >= timing.silence() {
+                            tracing::info!(
+                                silent_for = ?renewed_at.elapsed(),
+                                "the node lease was renewed after a silence; posting the node status"
+                            );
+                            after_silence = true;
+                        }
+                        renewed_at = Instant::now();
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "renewing the node lease failed; retrying at the next renewal");
+                        continue;
+                    }
                 }
-                renewed_at = Instant::now();
+                if !after_silence {
+                    continue;
+                }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "renewing the node lease failed; retrying at the next heartbeat")
-            }
+            _ = status_update.tick() => {}
         }
         let mut current = status(&config, &identity, &Machine::read(&config.data_dir));
         if without_times(&current) == without_times(&posted)
-            && posted_at.elapsed() < STATUS_REPORT
+            && posted_at.elapsed() < timing.status_report_frequency
             && !after_silence
         {
             continue;
@@ -392,7 +434,7 @@ pub async fn heartbeat(
                 after_silence = false;
             }
             Err(e) => {
-                tracing::warn!(error = %e, "posting node status failed; retrying at the next heartbeat")
+                tracing::warn!(error = %e, "posting node status failed; retrying at the next status update")
             }
         }
     }
