@@ -174,6 +174,7 @@ impl<R: Runtime> Parts<R> {
             sync_frequency: self.config.sync_frequency,
             allowed_host_paths: self.config.allowed_host_paths.clone(),
             dns: self.config.dns.clone(),
+            runtime_handlers: self.config.runtime_handlers(&self.identity.arch).into(),
         })
     }
 

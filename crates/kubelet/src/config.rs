@@ -60,6 +60,9 @@ pub struct Config {
     pub file_check_frequency: std::time::Duration,
     /// How the node's Lease and status are kept.
     pub heartbeat: crate::node::Heartbeat,
+    /// The RuntimeClass handlers the node runs (`--runtime-handlers`); empty: those of its
+    /// runtime ([`Config::runtime_handlers`]).
+    pub runtime_handlers: Vec<String>,
     /// When unused images are removed.
     pub image_gc: crate::images::gc::GcPolicy,
     /// How often image garbage collection runs.
@@ -102,6 +105,20 @@ pub struct Config {
 }
 
 impl Config {
+    /// The RuntimeClass handlers the node runs: `--runtime-handlers`, else those a runtime of
+    /// `arch` answers to (the names runwasi's shims and SpinKube give them: `spin` for Spin
+    /// apps, `wasmtime` for WASI; `wascc` for actors).
+    pub fn runtime_handlers(&self, arch: &str) -> Vec<String> {
+        if !self.runtime_handlers.is_empty() {
+            return self.runtime_handlers.clone();
+        }
+        let defaults: &[&str] = match arch {
+            "wasm32-wascc" => &["wascc"],
+            _ => &["wasmtime", "spin", "wasi"],
+        };
+        defaults.iter().map(|h| h.to_string()).collect()
+    }
+
     /// The hostname of this machine, lowercased as Kubernetes wants node names.
     pub fn detect_hostname() -> String {
         rustix::system::uname()

@@ -176,6 +176,12 @@ impl PodHost for LocalHost {
 
     async fn finish_deletion(&self, _pod: &Pod) {}
 
+    async fn runtime_handler(&self, name: &str) -> Result<Option<String>, String> {
+        Err(format!(
+            "standalone mode has no API server to read RuntimeClass {name:?} from"
+        ))
+    }
+
     async fn config_map(&self, ns: &str, name: &str) -> Result<Option<Arc<ConfigMap>>, String> {
         Err(format!(
             "standalone mode has no API server to read configmap {ns}/{name} from"

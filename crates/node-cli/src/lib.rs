@@ -111,6 +111,12 @@ pub struct NodeArgs {
     /// this node unchanged, and ignored (a wasm node runs its guests itself), with a log line.
     #[arg(long, env = "KRUSTLET_CONTAINER_RUNTIME_ENDPOINT", hide = true)]
     container_runtime_endpoint: Option<String>,
+    /// The RuntimeClass handlers this node runs, `name[,name...]`: a pod whose RuntimeClass
+    /// names another is not started (FailedCreatePodSandBox, as containerd refuses a handler it
+    /// has no runtime for). Default: `wasmtime,spin,wasi` for krustlet-wasi (SpinKube's
+    /// RuntimeClass names the handler `spin`), `wascc` for krustlet-wascc.
+    #[arg(long, env = "KRUSTLET_RUNTIME_HANDLERS", value_delimiter = ',')]
+    runtime_handlers: Vec<String>,
     /// The kubelet's sandbox image (kubeadm up to 1.34 writes it into kubeadm-flags.env):
     /// accepted and ignored as the kubelet 1.32 does (a no-op there too), with a log line.
     #[arg(long, hide = true)]
@@ -449,6 +455,7 @@ impl NodeArgs {
             sync_frequency: self.sync_frequency,
             pod_manifest_path: self.pod_manifest_path.clone(),
             file_check_frequency: self.file_check_frequency,
+            runtime_handlers: self.runtime_handlers.clone(),
             heartbeat: kubelet::node::Heartbeat {
                 status_update_frequency: self.node_status_update_frequency,
                 status_report_frequency: self.node_status_report_frequency,

@@ -74,6 +74,11 @@ pub trait PodHost: Send + Sync + 'static {
     fn record(&self, pod: &Pod, event: PodEvent) -> impl Future<Output = ()> + Send;
     /// Removes a pod whose containers have stopped (delete with grace 0).
     fn finish_deletion(&self, pod: &Pod) -> impl Future<Output = ()> + Send;
+    /// The handler of RuntimeClass `name` (`node.k8s.io/v1`), `None` if it does not exist.
+    fn runtime_handler(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<String>, String>> + Send;
     /// A ConfigMap in the pod's namespace, `None` if it does not exist.
     fn config_map(
         &self,
@@ -250,6 +255,14 @@ impl PodHost for ApiHost {
             Err(e) => tracing::warn!(error = %e, pod = %pod.name_any(), "deleting the pod failed"),
         }
         self.events.forget(pod.uid().unwrap_or_default());
+    }
+
+    async fn runtime_handler(&self, name: &str) -> Result<Option<String>, String> {
+        let classes: Api<k8s_openapi::api::node::v1::RuntimeClass> = Api::all(self.client.clone());
+        match classes.get_opt(name).await {
+            Ok(class) => Ok(class.map(|c| c.handler)),
+            Err(e) => Err(format!("reading RuntimeClass {name:?}: {e}")),
+        }
     }
 
     async fn config_map(&self, ns: &str, name: &str) -> Result<Option<Arc<ConfigMap>>, String> {

@@ -80,6 +80,10 @@ pub struct PodContext<R: Runtime, H: PodHost> {
     pub allowed_host_paths: Vec<PathBuf>,
     /// The node's DNS settings, which pods' DNS configurations are formed from.
     pub dns: dns::NodeDns,
+    /// The RuntimeClass handlers this node runs (`--runtime-handlers`): a pod whose
+    /// `runtimeClassName` names another is not started, as containerd refuses a handler it has
+    /// no runtime for.
+    pub runtime_handlers: Arc<[String]>,
 }
 
 impl<R: Runtime, H: PodHost> PodContext<R, H> {

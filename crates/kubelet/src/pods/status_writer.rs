@@ -167,6 +167,9 @@ mod tests {
         }
         async fn record(&self, _: &Pod, _: PodEvent) {}
         async fn finish_deletion(&self, _: &Pod) {}
+        async fn runtime_handler(&self, _: &str) -> Result<Option<String>, String> {
+            Ok(None)
+        }
         async fn config_map(
             &self,
             _: &str,

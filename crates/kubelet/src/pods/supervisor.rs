@@ -228,7 +228,9 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
                         self.pod = latest;
                     }
                 }
-                Err(e) => tracing::info!(error = %e, "the pod's network is not ready yet"),
+                Err(e) => {
+                    tracing::info!(error = %e, "the pod's sandbox (its RuntimeClass, its network) is not ready yet")
+                }
             }
         }
         if ran_before {
@@ -756,6 +758,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         if let Some(placement) = &self.placement {
             return Ok(placement.clone());
         }
+        self.check_runtime_class().await?;
         let placement = match &self.ctx.networks {
             Some(networks) if self.attaches_own_network() => {
                 let (networks, pod) = (networks.clone(), self.pod.clone());
@@ -768,6 +771,38 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
         };
         self.placement = Some(placement.clone());
         Ok(placement)
+    }
+
+    /// The pod's RuntimeClass, if it names one, must name a handler this node runs: as the
+    /// kubelet looks the handler up and containerd refuses one it has no runtime for, the
+    /// sandbox is not made (the pod stays Pending, its containers ContainerCreating, with a
+    /// FailedCreatePodSandBox event, tried again with back-off).
+    async fn check_runtime_class(&self) -> Result<(), StartFailure> {
+        let Some(class) = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.runtime_class_name.as_deref())
+            .filter(|c| !c.is_empty())
+        else {
+            return Ok(());
+        };
+        let handler = self
+            .ctx
+            .host
+            .runtime_handler(class)
+            .await
+            .map_err(StartFailure::RuntimeClass)?
+            .ok_or_else(|| {
+                StartFailure::RuntimeClass(format!("RuntimeClass {class:?} not found"))
+            })?;
+        if self.ctx.runtime_handlers.contains(&handler) {
+            return Ok(());
+        }
+        Err(StartFailure::RuntimeClass(format!(
+            "failed to get sandbox runtime: no runtime for {handler:?} is configured (RuntimeClass {class:?}); this node runs the handlers {} (--runtime-handlers)",
+            self.ctx.runtime_handlers.join(", ")
+        )))
     }
 
     /// Whether the pod gets a network of its own through the node's CNI network.
@@ -858,7 +893,7 @@ impl<R: Runtime, H: PodHost> Supervisor<R, H> {
                 self.failed_to_create(id, WaitReason::CreateContainerConfigError, message)
                     .await;
             }
-            StartFailure::Network(_) | StartFailure::Dns(_) => {
+            StartFailure::RuntimeClass(_) | StartFailure::Network(_) | StartFailure::Dns(_) => {
                 let delay = self.network_backoff.next(Duration::ZERO).max(MOUNT_RETRY);
                 self.slot_mut(id).retry_at(crate::time::deadline_in(delay));
                 self.event(PodEvent::warning(

@@ -234,6 +234,14 @@ impl PodHost for FakeHost {
     async fn finish_deletion(&self, _pod: &Pod) {
         *self.deleted.lock().unwrap() = Some(tokio::time::Instant::now());
     }
+    async fn runtime_handler(&self, name: &str) -> Result<Option<String>, String> {
+        // Two RuntimeClasses exist: one of a handler this node runs, one of containerd's.
+        Ok(match name {
+            "wasm" => Some("wasmtime".into()),
+            "containers" => Some("runc".into()),
+            _ => None,
+        })
+    }
     async fn config_map(&self, _ns: &str, _name: &str) -> Result<Option<Arc<ConfigMap>>, String> {
         Ok(None)
     }
@@ -284,6 +292,7 @@ fn context(
         sync_frequency: Duration::from_secs(60),
         allowed_host_paths: Vec::new(),
         dns: Default::default(),
+        runtime_handlers: Arc::from(["wasmtime".to_string()]),
     })
 }
 
@@ -1090,5 +1099,55 @@ async fn a_start_error_that_cannot_be_retried_terminates_the_container_and_one_t
             assert_eq!(terminated.message.as_deref(), Some(message.as_str()));
         }
         h.supervisors.remove("uid-1");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pod_of_a_runtime_class_the_node_does_not_run_gets_no_sandbox_and_one_it_runs_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("m.wasm");
+    std::fs::write(&module, b"\0asm\x01\0\0\0").unwrap();
+    for (class, starts, says) in [
+        ("wasm", true, ""),
+        ("containers", false, "no runtime for \"runc\" is configured"),
+        ("missing", false, "RuntimeClass \"missing\" not found"),
+    ] {
+        let host = Arc::new(FakeHost::default());
+        let runtime = FakeRuntime::new(Arc::default());
+        let mut supervisors = Supervisors::new(context(dir.path(), runtime, host.clone()));
+        let mut spec = pod(&format!("file://{}", module.display()), &["main"]);
+        spec.spec.as_mut().unwrap().runtime_class_name = Some(class.into());
+        supervisors.apply(spec);
+        if starts {
+            drive_until(&mut supervisors, "the container running", || {
+                only_container(&host)
+                    .is_some_and(|(_, c)| c.state.and_then(|s| s.running).is_some())
+            })
+            .await;
+            continue;
+        }
+        let refused = || {
+            host.events
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|e| e.reason == "FailedCreatePodSandBox")
+                .cloned()
+        };
+        drive_until(&mut supervisors, "the sandbox refused", || {
+            refused().is_some()
+        })
+        .await;
+        let event = refused().unwrap();
+        assert!(event.message.contains(says), "{class}: {}", event.message);
+        let (phase, container) = only_container(&host).expect("a status");
+        assert_eq!(phase.as_deref(), Some("Pending"), "{class}");
+        let waiting = container.state.and_then(|s| s.waiting).expect("waiting");
+        assert_eq!(
+            waiting.reason.as_deref(),
+            Some("ContainerCreating"),
+            "{class}"
+        );
+        supervisors.remove("uid-1");
     }
 }

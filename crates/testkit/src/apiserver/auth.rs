@@ -215,6 +215,8 @@ fn authorize_node(
         }
         // For the containers' service variables (the system:node role reads every Service).
         ("", "services") if read => Decision::Allow,
+        // The system:node role reads RuntimeClasses (a pod's handler).
+        ("node.k8s.io", "runtimeclasses") if read => Decision::Allow,
         // Mirror pods; NodeRestriction (objects.rs) decides which.
         ("", "pods") if attrs.verb == "create" => Decision::Allow,
         ("", "pods/status") | ("", "pods")

@@ -17,6 +17,7 @@ mod proxy;
 mod resources;
 mod response;
 mod reviews;
+mod runtime_class;
 mod selectors;
 mod semantics;
 mod store;

@@ -161,6 +161,7 @@ pub fn create(
     semantics::default_on_create(def, &mut object);
     if def.kind == "Pod" {
         super::admission::service_account(state, namespace, &name, &mut object)?;
+        super::runtime_class::admit(state, &name, &mut object)?;
     }
     if def.kind == "CertificateSigningRequest" {
         super::csr::prepare_create(&mut object, who)

@@ -203,6 +203,18 @@ pub static RESOURCES: &[ResourceDef] = &[
         "events"
     ),
     resource!(
+        "node.k8s.io",
+        "v1",
+        "runtimeclasses",
+        "runtimeclass",
+        "RuntimeClass",
+        false,
+        &[],
+        &[],
+        CRUD,
+        "runtimeclasses"
+    ),
+    resource!(
         "certificates.k8s.io",
         "v1",
         "certificatesigningrequests",

@@ -34,6 +34,10 @@ pub enum StartFailure {
     /// Its module cannot run on this node, now or ever.
     #[error("the image's module cannot run on this node: {0}")]
     Prepare(#[from] PrepareError),
+    /// The pod's RuntimeClass names no handler this node runs, or could not be read: its
+    /// sandbox cannot be made, as containerd's cannot.
+    #[error("{0}")]
+    RuntimeClass(String),
     /// The pod's own network could not be attached.
     #[error("setting up the pod's network failed: {0}")]
     Network(#[from] crate::cni::CniError),
