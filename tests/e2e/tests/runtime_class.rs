@@ -7,7 +7,7 @@ use e2e::{Cluster, free_ports, http_get};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::node::v1::RuntimeClass;
 use kube::Api;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::PostParams;
 
 /// Deletes the test's RuntimeClasses (cluster-wide objects) when dropped.
 struct Classes {
