@@ -110,9 +110,7 @@ impl ModuleCache {
                 Kind::Module => Module::new(&engine, &bytes).map(Compiled::Module),
                 Kind::Component => Component::new(&engine, &bytes).map(Compiled::Component),
             }
-            .map_err(|e| {
-                PrepareError::not_runnable(format!("the module is not valid WebAssembly: {e:#}"))
-            })?;
+            .map_err(|e| compile_failure(kind, &e))?;
             if let Ok(artifact) = compiled.serialize()
                 && let Err(e) = kubelet::images::write_atomic(&path, &artifact)
             {
@@ -154,9 +152,67 @@ fn kind(bytes: &[u8]) -> Result<Kind, PrepareError> {
     }
 }
 
+/// Why `kind` could not be compiled, for the container's status: a feature this node's engine
+/// does not have (named as the validator names it), or bytes that are not valid.
+fn compile_failure(kind: Kind, error: &wasmtime::Error) -> PrepareError {
+    let detail = format!("{error:#}");
+    let needs_feature = detail.contains("feature") || detail.contains("is not enabled");
+    let what = match kind {
+        Kind::Module => "module",
+        Kind::Component => "component",
+    };
+    PrepareError::not_runnable(if !needs_feature {
+        match kind {
+            Kind::Module => format!("the module is not valid WebAssembly: {detail}"),
+            Kind::Component => format!("the image is not a valid WebAssembly component: {detail}"),
+        }
+    } else if kind == Kind::Component && detail.contains("async") {
+        format!(
+            "the image is a WebAssembly component that uses the component model's async ABI (WASI 0.3), which this node does not run yet: {detail}"
+        )
+    } else {
+        format!(
+            "the image is a WebAssembly {what} that needs a feature this node does not run: {detail}"
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_component_needing_a_feature_the_node_lacks_is_named_a_component_and_the_feature() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ModuleCache::new(Engine::default(), dir.path().into());
+        // The smallest component of the async ABI: one `backpressure.inc`.
+        let mut canon = wasm_encoder::CanonicalFunctionSection::new();
+        canon.backpressure_inc();
+        let mut component = wasm_encoder::Component::new();
+        component.section(&canon);
+        let bytes = component.finish();
+        let refused = cache
+            .get(&ModuleBytes {
+                digest: "sha256:async".into(),
+                bytes: Arc::from(bytes),
+            })
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(refused.kind, kubelet::runtime::PrepareFailure::NotRunnable);
+        assert!(
+            refused.message.contains("WebAssembly component"),
+            "{}",
+            refused.message
+        );
+        assert!(refused.message.contains("WASI 0.3"), "{}", refused.message);
+        assert!(refused.message.contains("async"), "{}", refused.message);
+        assert!(
+            !refused.message.contains("not valid"),
+            "{}",
+            refused.message
+        );
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn pods_asking_at_once_share_one_compilation() {
