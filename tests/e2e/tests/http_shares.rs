@@ -237,3 +237,59 @@ async fn a_pods_cpu_limit_bounds_all_its_requests_together() -> anyhow::Result<(
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_container_its_worker_cannot_guarantee_starts_in_another_or_waits() -> anyhow::Result<()>
+{
+    let cluster = Cluster::new("http-pool-workers").await?;
+    // Two runtime workers, each with a pool that guarantees one container of the probe.
+    let agent = cluster
+        .start_node_with(&[
+            "--runtime-workers",
+            "2",
+            "--http-pool-instances",
+            "3",
+            "--http-guaranteed-requests-per-container",
+            "1",
+        ])
+        .await?;
+    let image = cluster.push_component("http_probe").await?;
+    let command = cluster.push_guest("wasi-probe").await?;
+    let [first, second, third] = free_ports()?;
+    // The first goes to worker 0 (both idle), a command pod to worker 1 (the less loaded): the
+    // second server finds worker 0 first (the loads are equal), whose pool is promised, and
+    // starts in worker 1.
+    serve(
+        &cluster,
+        http_pod("first", &image, &agent.name, first, serde_json::json!({})),
+    )
+    .await?;
+    cluster
+        .run_forever("command", &command, &agent.name)
+        .await?;
+    serve(
+        &cluster,
+        http_pod("second", &image, &agent.name, second, serde_json::json!({})),
+    )
+    .await?;
+    // No worker can guarantee a third.
+    cluster
+        .create_pod(http_pod(
+            "third",
+            &image,
+            &agent.name,
+            third,
+            serde_json::json!({}),
+        ))
+        .await?;
+    let refused = cluster
+        .wait_pod("third", "refused", is_waiting("CreateContainerError"))
+        .await?;
+    let message = waiting_message(&refused);
+    assert!(message.contains("runtime worker"), "{message}");
+    assert!(message.contains("--http-pool-instances"), "{message}");
+    for port in [first, second] {
+        assert_eq!(http_get(port, "/").await?.0, 200);
+    }
+    Ok(())
+}
