@@ -248,17 +248,30 @@ impl CpuShare {
     }
 
     /// Charges `slice` of run time at `now`; returns how long the guest must now pause: until
-    /// the period's end once the quota is used.
+    /// the period's end once the quota is used. What the container ran past its quota (its
+    /// stores each run to their next tick before they see it used) is a debt the next periods
+    /// pay first, as a CFS quota's runtime goes negative: over time it gets its share, however
+    /// many stores it runs at once.
     pub fn charge(&mut self, slice: Duration, now: Instant) -> Duration {
         if now >= self.period_end {
-            self.period_end = now + CPU_PERIOD;
-            self.used = Duration::ZERO;
+            let periods = now.saturating_duration_since(self.period_end).as_nanos()
+                / CPU_PERIOD.as_nanos()
+                + 1;
+            let periods = u32::try_from(periods).unwrap_or(u32::MAX);
+            self.period_end += CPU_PERIOD.saturating_mul(periods);
+            self.used = self.used.saturating_sub(self.quota.saturating_mul(periods));
         }
         self.used = self.used.saturating_add(slice);
         if self.used < self.quota {
             return Duration::ZERO;
         }
-        self.period_end.saturating_duration_since(now)
+        // Until the end of this period, and of as many more as the debt takes to pay: a store
+        // resumed earlier would run a whole tick before it saw the debt.
+        let owed = (self.used - self.quota).as_nanos() / self.quota.as_nanos().max(1);
+        let owed = u32::try_from(owed).unwrap_or(u32::MAX);
+        self.period_end
+            .saturating_duration_since(now)
+            .saturating_add(CPU_PERIOD.saturating_mul(owed))
     }
 }
 
@@ -369,6 +382,28 @@ mod tests {
         );
         assert_eq!(
             ContainerCpu::new(None).charge(Duration::from_secs(1), now),
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn what_a_container_ran_past_its_quota_is_paid_by_the_next_periods() {
+        let mut share = CpuShare::new(0.2).expect("a fraction of a core");
+        let start = Instant::now();
+        // Four stores resumed together each ran a 10 ms tick: twice the 20 ms quota. The last
+        // pauses past this period's end and the next one, which pays the debt.
+        let mut pause = Duration::ZERO;
+        for _ in 0..4 {
+            pause = share.charge(Duration::from_millis(10), start);
+        }
+        assert!(pause > CPU_PERIOD, "paused only {pause:?}");
+        // The next period is spent paying the debt...
+        let next = start + CPU_PERIOD + Duration::from_millis(1);
+        assert!(share.charge(Duration::ZERO, next) > Duration::ZERO);
+        // ...and the one after it runs again.
+        let after = start + CPU_PERIOD * 2 + Duration::from_millis(1);
+        assert_eq!(
+            share.charge(Duration::from_millis(1), after),
             Duration::ZERO
         );
     }
