@@ -314,6 +314,15 @@ impl Cluster {
         )
     }
 
+    /// Waits until an agent's plain-HTTP health endpoint on 127.0.0.1:`port` answers; returns
+    /// its status and body.
+    pub async fn wait_healthz(&self, port: u16) -> anyhow::Result<(u16, String)> {
+        self.eventually("the health endpoint answering", async || {
+            Ok(http_get_at("127.0.0.1", port, "/healthz").await.ok())
+        })
+        .await
+    }
+
     /// Waits until `port` of the node IP takes no new connections (a deleted pod's server
     /// closing it).
     pub async fn wait_port_closed(&self, port: u16) -> anyhow::Result<()> {
@@ -731,6 +740,43 @@ pub fn run_binary(
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(child.wait_with_output()?)
+}
+
+/// What `kubeadm join` (1.32) writes to /var/lib/kubelet/config.yaml (deploy/kubeadm), with the
+/// paths and port a test on a shared machine gives it: the client CA, the static pod directory
+/// and the health port.
+pub fn kubeadm_kubelet_config(
+    client_ca: &Path,
+    static_pod_path: &Path,
+    healthz_port: u16,
+) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(
+        testkit::fixtures::repo_root().join("deploy/kubeadm/kubelet-config-1.32.yaml"),
+    )?;
+    Ok(text
+        .replace(
+            "clientCAFile: /etc/kubernetes/pki/ca.crt",
+            &format!("clientCAFile: {}", client_ca.display()),
+        )
+        .replace(
+            "staticPodPath: /etc/kubernetes/manifests",
+            &format!("staticPodPath: {}", static_pod_path.display()),
+        )
+        .replace(
+            "healthzPort: 10248",
+            &format!("healthzPort: {healthz_port}"),
+        ))
+}
+
+/// A process a test started by hand, killed and reaped when dropped (also while a failed test
+/// unwinds).
+pub struct KilledOnDrop(pub std::process::Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// How a node agent authenticates.

@@ -6,67 +6,18 @@ use e2e::{Cluster, Provider, is_running_after_restarts, run_binary, wasm_pod};
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 
-/// What kubeadm 1.32 writes to /var/lib/kubelet/config.yaml, with the static pod directory, the
-/// health port, the Lease's duration and the pod capacity a test can see.
-fn kubeadm_config(static_pod_path: &str, healthz_port: u16) -> String {
-    format!(
-        r#"apiVersion: kubelet.config.k8s.io/v1beta1
-authentication:
-  anonymous:
-    enabled: false
-  webhook:
-    cacheTTL: 0s
-    enabled: true
-  x509:
-    clientCAFile: /etc/kubernetes/pki/ca.crt
-authorization:
-  mode: Webhook
-  webhook:
-    cacheAuthorizedTTL: 0s
-    cacheUnauthorizedTTL: 0s
-cgroupDriver: systemd
-clusterDNS:
-- 10.96.0.10
-clusterDomain: cluster.local
-containerRuntimeEndpoint: ""
-cpuManagerReconcilePeriod: 0s
-evictionPressureTransitionPeriod: 0s
-fileCheckFrequency: 0s
-healthzBindAddress: 127.0.0.1
-healthzPort: {healthz_port}
-httpCheckFrequency: 0s
-imageMaximumGCAge: 0s
-imageMinimumGCAge: 0s
-kind: KubeletConfiguration
-logging:
-  flushFrequency: 0
-  options:
-    json:
-      infoBufferSize: "0"
-    text:
-      infoBufferSize: "0"
-  verbosity: 0
-maxPods: 33
-memorySwap: {{}}
-nodeLeaseDurationSeconds: 60
-nodeStatusReportFrequency: 0s
-nodeStatusUpdateFrequency: 0s
-rotateCertificates: true
-runtimeRequestTimeout: 0s
-shutdownGracePeriod: 0s
-shutdownGracePeriodCriticalPods: 0s
-staticPodPath: {static_pod_path}
-streamingConnectionIdleTimeout: 0s
-syncFrequency: 0s
-volumeStatsAggPeriod: 0s
----
-apiVersion: krustlet.dev/v1alpha1
-kind: KrustletConfiguration
-fileCheckFrequency: 2s
-nodeLabels:
-- example.com/from-file=yes
-"#
-    )
+/// kubeadm's configuration file with the pod capacity and Lease duration a test can see, and
+/// this node's own settings beside it.
+fn kubeadm_config(static_pod_path: &std::path::Path, healthz_port: u16) -> anyhow::Result<String> {
+    // The harness's own --client-ca-file wins over the file's.
+    let kubeadm = e2e::kubeadm_kubelet_config(
+        std::path::Path::new("/etc/kubernetes/pki/ca.crt"),
+        static_pod_path,
+        healthz_port,
+    )?;
+    Ok(format!(
+        "{kubeadm}maxPods: 33\nnodeLeaseDurationSeconds: 60\n---\napiVersion: krustlet.dev/v1alpha1\nkind: KrustletConfiguration\nfileCheckFrequency: 2s\nnodeLabels:\n- example.com/from-file=yes\n"
+    ))
 }
 
 #[tokio::test]
@@ -85,10 +36,7 @@ async fn a_kubeadm_configuration_file_configures_the_node_and_flags_win_over_it(
     std::fs::write(manifests.join("web.json"), serde_json::to_vec(&manifest)?)?;
     let [healthz_port] = e2e::free_ports()?;
     let config = dir.path().join("config.yaml");
-    std::fs::write(
-        &config,
-        kubeadm_config(manifests.to_str().expect("utf-8 path"), healthz_port),
-    )?;
+    std::fs::write(&config, kubeadm_config(&manifests, healthz_port)?)?;
     // The harness's own flags (its client CA among them) win over the file's, and so does
     // this one: the file's labels are replaced by the command line's, as on the kubelet.
     let agent = cluster
@@ -141,14 +89,8 @@ async fn a_kubeadm_configuration_file_configures_the_node_and_flags_win_over_it(
         )
         .await?;
     // The health endpoint kubeadm waits on, where the file puts it.
-    let healthz = cluster
-        .eventually("the health endpoint answering", async || {
-            Ok(e2e::http_get_at("127.0.0.1", healthz_port, "/healthz")
-                .await
-                .ok())
-        })
-        .await?;
-    assert_eq!((healthz.0, healthz.1.as_str()), (200, "ok"));
+    let (code, body) = cluster.wait_healthz(healthz_port).await?;
+    assert_eq!((code, body.as_str()), (200, "ok"));
     // What does not apply here is named once, in one line.
     let log = agent.log();
     let line = log

@@ -5,16 +5,6 @@
 use e2e::{Cluster, bootstrap_kubeconfig};
 use kube::api::{Api, DeleteParams};
 
-/// Kills an agent started by hand when dropped.
-struct Started(std::process::Child);
-
-impl Drop for Started {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn an_exported_kubeconfig_is_neither_read_nor_written_by_a_bootstrapping_node()
 -> anyhow::Result<()> {
@@ -46,7 +36,7 @@ async fn an_exported_kubeconfig_is_neither_read_nor_written_by_a_bootstrapping_n
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(log);
-    let _agent = Started(testkit::process::spawn_owned(command)?);
+    let _agent = e2e::KilledOnDrop(testkit::process::spawn_owned(command)?);
     let nodes: Api<Node> = Api::all(cluster.client.clone());
     let joined = wait_for(nodes.clone(), &name, is_node_ready()).await;
     let log = std::fs::read_to_string(data_dir.path().join("agent.log"))?;

@@ -91,16 +91,6 @@ fn expand(command: &str, environment: &HashMap<String, String>) -> Vec<String> {
         .collect()
 }
 
-/// Kills the started node agent when dropped.
-struct Started(std::process::Child);
-
-impl Drop for Started {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn the_kubeadm_drop_in_joins_the_node_with_the_files_kubeadm_writes() -> anyhow::Result<()> {
     let cluster = Cluster::new("kubeadm-join").await?;
@@ -116,11 +106,11 @@ async fn the_kubeadm_drop_in_joins_the_node_with_the_files_kubeadm_writes() -> a
     let [healthz_port] = e2e::free_ports()?;
     std::fs::write(
         var_lib_kubelet.join("config.yaml"),
-        format!(
-            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nauthentication:\n  anonymous:\n    enabled: false\n  webhook:\n    cacheTTL: 0s\n    enabled: true\n  x509:\n    clientCAFile: {ca}\nauthorization:\n  mode: Webhook\ncgroupDriver: systemd\nclusterDNS:\n- 10.96.0.10\nclusterDomain: cluster.local\nhealthzBindAddress: 127.0.0.1\nhealthzPort: {healthz_port}\nrotateCertificates: true\nstaticPodPath: {manifests}\nsyncFrequency: 0s\n",
-            ca = etc_kubernetes.join("ca.crt").display(),
-            manifests = etc_kubernetes.join("manifests").display(),
-        ),
+        e2e::kubeadm_kubelet_config(
+            &etc_kubernetes.join("ca.crt"),
+            &etc_kubernetes.join("manifests"),
+            healthz_port,
+        )?,
     )?;
     // kubeadm 1.32's kubeadm-flags.env, and an operator's extra flags (the node's name, IP and
     // ports on a machine the test shares).
@@ -168,7 +158,7 @@ async fn the_kubeadm_drop_in_joins_the_node_with_the_files_kubeadm_writes() -> a
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&log_path)?);
-    let _agent = Started(testkit::process::spawn_owned(command)?);
+    let _agent = e2e::KilledOnDrop(testkit::process::spawn_owned(command)?);
     let nodes: Api<Node> = Api::all(cluster.client.clone());
     let joined = wait_for(nodes.clone(), &name, is_node_ready()).await;
     let log = std::fs::read_to_string(&log_path)?;
@@ -177,14 +167,8 @@ async fn the_kubeadm_drop_in_joins_the_node_with_the_files_kubeadm_writes() -> a
     // waits on, the CRI flags noted and ignored.
     let kubeconfig = std::fs::read_to_string(etc_kubernetes.join("kubelet.conf"))?;
     assert!(kubeconfig.contains("client-certificate"), "{kubeconfig}");
-    let healthz = cluster
-        .eventually("the health endpoint answering", async || {
-            Ok(e2e::http_get_at("127.0.0.1", healthz_port, "/healthz")
-                .await
-                .ok())
-        })
-        .await?;
-    assert_eq!((healthz.0, healthz.1.as_str()), (200, "ok"));
+    let (code, body) = cluster.wait_healthz(healthz_port).await?;
+    assert_eq!((code, body.as_str()), (200, "ok"));
     assert!(log.contains("--pod-infra-container-image"), "{log}");
     let _ = nodes.delete(&name, &DeleteParams::default()).await;
     Ok(())
