@@ -490,24 +490,21 @@ async fn a_stray_client_of_a_workers_socket_cannot_displace_the_agent() -> anyho
     let ticker = identity(&pods.get("ticker").await?);
     let socket = agent.data_dir.path().join("workers/0.sock");
 
-    // A client that greets as an agent without the agent's key is refused and closed...
-    let mut impostor = tokio::net::UnixStream::connect(&socket).await?;
-    send_frame(
-        &mut impostor,
-        &serde_json::json!({"id": 1, "request": {"op": "hello", "protocol": 1}}),
-    )
-    .await?;
-    let said = read_until_closed(&mut impostor).await?;
-    assert!(said.contains("only the node agent may connect"), "{said:?}");
-    // ...one that asks to drain the guests is refused the same...
-    let mut drainer = tokio::net::UnixStream::connect(&socket).await?;
-    send_frame(
-        &mut drainer,
-        &serde_json::json!({"id": 1, "request": {"op": "drain", "grace_seconds": 0}}),
-    )
-    .await?;
-    let said = read_until_closed(&mut drainer).await?;
-    assert!(said.contains("only the node agent may connect"), "{said:?}");
+    // A client that greets as an agent without the agent's key, and one that asks to drain the
+    // guests, are refused and closed...
+    for request in [
+        serde_json::json!({"op": "hello", "protocol": 1}),
+        serde_json::json!({"op": "drain", "grace_seconds": 0}),
+    ] {
+        let mut stray = tokio::net::UnixStream::connect(&socket).await?;
+        send_frame(
+            &mut stray,
+            &serde_json::json!({"id": 1, "request": request}),
+        )
+        .await?;
+        let said = read_until_closed(&mut stray).await?;
+        assert!(said.contains("only the node agent may connect"), "{said:?}");
+    }
     // ...and one that says nothing is closed after the greeting's deadline, while the agent
     // still drives its worker: a pod deleted is stopped there, a new one started.
     let mut silent = tokio::net::UnixStream::connect(&socket).await?;
