@@ -155,6 +155,13 @@ impl Cluster {
             .with_context(|| format!("creating pod {name}"))
     }
 
+    /// Creates a serving pod and waits until it is Ready.
+    pub async fn serve(&self, pod: Pod) -> anyhow::Result<Pod> {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        self.create_pod(pod).await?;
+        self.wait_pod(&name, "Ready", is_pod_ready()).await
+    }
+
     /// Creates pod `name` on `node` running the `wasi-probe` guest `image` for ever
     /// (restartPolicy Always), and waits until its container runs.
     pub async fn run_forever(&self, name: &str, image: &str, node: &str) -> anyhow::Result<Pod> {

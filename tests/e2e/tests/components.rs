@@ -7,16 +7,6 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::api::{ListParams, PostParams};
 
-/// Creates a serving pod and waits until it is Ready.
-async fn serve(cluster: &Cluster, pod: Pod) -> anyhow::Result<()> {
-    let name = pod.metadata.name.clone().unwrap_or_default();
-    cluster.create_pod(pod).await?;
-    cluster
-        .wait_pod(&name, "Ready", e2e::is_pod_ready())
-        .await?;
-    Ok(())
-}
-
 #[tokio::test]
 async fn a_component_command_runs_with_args_env_and_logs() -> anyhow::Result<()> {
     let cluster = Cluster::new("p2-command").await?;
@@ -233,11 +223,15 @@ async fn sockets_are_denied_unless_the_pod_allows_the_destination() -> anyhow::R
     let client = cluster.push_component("wasi-probe").await?;
     let [port] = free_ports()?;
     let target = format!("{}:{port}", node_ip());
-    serve(
-        &cluster,
-        http_pod("server", &server, &agent.name, port, serde_json::json!({})),
-    )
-    .await?;
+    cluster
+        .serve(http_pod(
+            "server",
+            &server,
+            &agent.name,
+            port,
+            serde_json::json!({}),
+        ))
+        .await?;
     cluster
         .create_pod(wasm_pod(
             "closed",
@@ -275,11 +269,15 @@ async fn deleting_a_serving_pod_finishes_its_requests_in_flight() -> anyhow::Res
     let agent = cluster.start_node().await?;
     let image = cluster.push_component("http_probe").await?;
     let [port] = free_ports()?;
-    serve(
-        &cluster,
-        http_pod("web", &image, &agent.name, port, serde_json::json!({})),
-    )
-    .await?;
+    cluster
+        .serve(http_pod(
+            "web",
+            &image,
+            &agent.name,
+            port,
+            serde_json::json!({}),
+        ))
+        .await?;
     // A slow request is in flight when the pod is deleted...
     let slow = tokio::spawn(http_get(port, "/sleep/3000"));
     cluster
@@ -366,7 +364,7 @@ async fn one_pods_slow_clients_hold_only_its_share_of_instances() -> anyhow::Res
     let [busy_port, other_port] = free_ports()?;
     for (name, port) in [("busy", busy_port), ("other", other_port)] {
         let pod = http_pod(name, &image, &agent.name, port, serde_json::json!({}));
-        serve(&cluster, pod).await?;
+        cluster.serve(pod).await?;
     }
     // Two slow requests take everything one container may hold...
     let slow: Vec<_> = (0..2)
@@ -399,11 +397,15 @@ async fn concurrent_requests_each_log_whole_lines_and_all_succeed() -> anyhow::R
         .await?;
     let image = cluster.push_component("http_probe").await?;
     let [port] = free_ports()?;
-    serve(
-        &cluster,
-        http_pod("chatty", &image, &agent.name, port, serde_json::json!({})),
-    )
-    .await?;
+    cluster
+        .serve(http_pod(
+            "chatty",
+            &image,
+            &agent.name,
+            port,
+            serde_json::json!({}),
+        ))
+        .await?;
     // 300 requests at once, each of which writes a line to stdout and one to stderr from its
     // own instance.
     const REQUESTS: usize = 300;
@@ -463,11 +465,15 @@ async fn idle_and_slow_connections_to_one_pod_leave_its_neighbour_serving() -> a
     let image = cluster.push_component("http_probe").await?;
     let [noisy_port, quiet_port] = free_ports()?;
     for (name, port) in [("noisy", noisy_port), ("quiet", quiet_port)] {
-        serve(
-            &cluster,
-            http_pod(name, &image, &agent.name, port, serde_json::json!({})),
-        )
-        .await?;
+        cluster
+            .serve(http_pod(
+                name,
+                &image,
+                &agent.name,
+                port,
+                serde_json::json!({}),
+            ))
+            .await?;
     }
     let host = e2e::node_ip();
     let mut usual = Duration::ZERO;
@@ -549,11 +555,15 @@ async fn a_guest_that_answers_and_never_returns_gives_its_place_back() -> anyhow
         .await?;
     let image = cluster.push_component("http_probe").await?;
     let [port] = free_ports()?;
-    serve(
-        &cluster,
-        http_pod("linger", &image, &agent.name, port, serde_json::json!({})),
-    )
-    .await?;
+    cluster
+        .serve(http_pod(
+            "linger",
+            &image,
+            &agent.name,
+            port,
+            serde_json::json!({}),
+        ))
+        .await?;
     // Rounds of as many lingering requests as the container may have in flight: each is
     // answered, and each instance is stopped after its grace, so none keeps a place for good.
     for _ in 0..3 {
@@ -591,7 +601,7 @@ async fn a_containers_memory_limit_bounds_all_its_requests_together() -> anyhow:
     pod.spec.as_mut().expect("spec").containers[0].resources = Some(serde_json::from_value(
         serde_json::json!({"limits": {"memory": "24Mi"}}),
     )?);
-    serve(&cluster, pod).await?;
+    cluster.serve(pod).await?;
     // One request holding 8 MiB fits...
     assert_eq!(http_get(port, "/alloc/8").await?.0, 200);
     // ...four at once (each an instance of its own) do not: the limit is the container's.

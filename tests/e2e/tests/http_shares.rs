@@ -4,19 +4,8 @@
 //! must answer throughout.
 
 use e2e::{Cluster, free_ports, http_get, http_pod, is_waiting, node_ip, waiting_message};
-use k8s_openapi::api::core::v1::Pod;
 use kube::api::DeleteParams;
 use std::time::Duration;
-
-/// Creates a serving pod and waits until it is Ready.
-async fn serve(cluster: &Cluster, pod: Pod) -> anyhow::Result<()> {
-    let name = pod.metadata.name.clone().unwrap_or_default();
-    cluster.create_pod(pod).await?;
-    cluster
-        .wait_pod(&name, "Ready", e2e::is_pod_ready())
-        .await?;
-    Ok(())
-}
 
 /// Waits until pod `name`'s log holds `needle` `times` times.
 async fn logged(cluster: &Cluster, name: &str, needle: &str, times: usize) -> anyhow::Result<()> {
@@ -50,11 +39,15 @@ async fn a_pod_keeps_its_guaranteed_share_and_the_node_admits_no_more_than_it_ca
     let image = cluster.push_component("http_probe").await?;
     let [noisy, quiet, third, fourth] = free_ports()?;
     for (name, port) in [("noisy", noisy), ("quiet", quiet)] {
-        serve(
-            &cluster,
-            http_pod(name, &image, &agent.name, port, serde_json::json!({})),
-        )
-        .await?;
+        cluster
+            .serve(http_pod(
+                name,
+                &image,
+                &agent.name,
+                port,
+                serde_json::json!({}),
+            ))
+            .await?;
     }
     // The noisy pod's slow requests take its own instance and borrow every one not promised.
     let slow: Vec<_> = (0..2)
@@ -68,11 +61,15 @@ async fn a_pod_keeps_its_guaranteed_share_and_the_node_admits_no_more_than_it_ca
     let (code, body) = http_get(quiet, "/").await?;
     assert_eq!((code, body.as_str()), (200, "hello from wasi-http\n"));
     // A third pod can be guaranteed its share: it gets the borrowed instances as they come back.
-    serve(
-        &cluster,
-        http_pod("third", &image, &agent.name, third, serde_json::json!({})),
-    )
-    .await?;
+    cluster
+        .serve(http_pod(
+            "third",
+            &image,
+            &agent.name,
+            third,
+            serde_json::json!({}),
+        ))
+        .await?;
     for request in slow {
         assert_eq!(request.await??.0, 200);
     }
@@ -117,11 +114,15 @@ async fn a_request_past_its_cpu_time_is_stopped_and_its_pod_serves_on() -> anyho
     let image = cluster.push_component("http_probe").await?;
     let [busy, bystander] = free_ports()?;
     for (name, port) in [("busy", busy), ("bystander", bystander)] {
-        serve(
-            &cluster,
-            http_pod(name, &image, &agent.name, port, serde_json::json!({})),
-        )
-        .await?;
+        cluster
+            .serve(http_pod(
+                name,
+                &image,
+                &agent.name,
+                port,
+                serde_json::json!({}),
+            ))
+            .await?;
     }
     let (code, body) = http_get(busy, "/spin/100").await?;
     assert_eq!((code, body.as_str()), (200, "computed 100 ms\n"));
@@ -152,22 +153,18 @@ async fn a_pods_outgoing_connections_are_capped() -> anyhow::Result<()> {
     let silent_host = format!("{}:{}", node_ip(), silent.local_addr()?.port());
     let [caller, bystander] = free_ports()?;
     let allowed = serde_json::json!({"krustlet.dev/allowed-outbound-hosts": silent_host});
-    serve(
-        &cluster,
-        http_pod("caller", &image, &agent.name, caller, allowed),
-    )
-    .await?;
-    serve(
-        &cluster,
-        http_pod(
+    cluster
+        .serve(http_pod("caller", &image, &agent.name, caller, allowed))
+        .await?;
+    cluster
+        .serve(http_pod(
             "bystander",
             &image,
             &agent.name,
             bystander,
             serde_json::json!({}),
-        ),
-    )
-    .await?;
+        ))
+        .await?;
     let fetch = format!("/fetch/{silent_host}/");
     let waiting = tokio::spawn({
         let fetch = fetch.clone();
@@ -202,7 +199,7 @@ async fn a_pods_cpu_limit_bounds_all_its_requests_together() -> anyhow::Result<(
     pod.spec.as_mut().expect("spec").containers[0].resources = Some(serde_json::from_value(
         serde_json::json!({"limits": {"cpu": "200m"}}),
     )?);
-    serve(&cluster, pod).await?;
+    cluster.serve(pod).await?;
     // Four requests computing at once: each an instance of its own, all of them the container's.
     let spinning: Vec<_> = (0..4)
         .map(|_| tokio::spawn(http_get(port, "/spin/30000")))
@@ -259,19 +256,27 @@ async fn a_container_its_worker_cannot_guarantee_starts_in_another_or_waits() ->
     // The first goes to worker 0 (both idle), a command pod to worker 1 (the less loaded): the
     // second server finds worker 0 first (the loads are equal), whose pool is promised, and
     // starts in worker 1.
-    serve(
-        &cluster,
-        http_pod("first", &image, &agent.name, first, serde_json::json!({})),
-    )
-    .await?;
+    cluster
+        .serve(http_pod(
+            "first",
+            &image,
+            &agent.name,
+            first,
+            serde_json::json!({}),
+        ))
+        .await?;
     cluster
         .run_forever("command", &command, &agent.name)
         .await?;
-    serve(
-        &cluster,
-        http_pod("second", &image, &agent.name, second, serde_json::json!({})),
-    )
-    .await?;
+    cluster
+        .serve(http_pod(
+            "second",
+            &image,
+            &agent.name,
+            second,
+            serde_json::json!({}),
+        ))
+        .await?;
     // No worker can guarantee a third.
     cluster
         .create_pod(http_pod(
