@@ -1,0 +1,34 @@
+//! The end-to-end suite: one test binary, so that the wasm fixtures, the registry and the API
+//! server stand-in are set up once and the suite links once (each of these modules was a
+//! binary of its own, about 86 MB each in a debug build). Run one area with
+//! `cargo test -p e2e --test suite <module>::`.
+//!
+//! Certificate rotation (`tests/rotation.rs`) stays a binary of its own: it shortens the
+//! stand-in's signing duration for its whole process.
+
+mod apiserver;
+mod bootstrap;
+mod compaction;
+mod components;
+mod config_file;
+mod dns;
+mod hello;
+mod hostile;
+mod http_shares;
+mod images;
+mod kubeconfig;
+mod kubelet_api;
+mod lifecycle;
+mod limits;
+mod networking;
+mod node;
+mod operations;
+mod outage;
+mod pods;
+mod probes;
+mod runtime_class;
+mod standalone;
+mod static_pods;
+mod volumes;
+mod wascc;
+mod workers;
