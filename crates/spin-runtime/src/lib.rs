@@ -1,0 +1,13 @@
+//! Spin applications, as SpinKube ships them: the app model that a `spin.toml` and a locked app
+//! both become, Spin's HTTP routes and its variables.
+
+#![warn(missing_docs)]
+
+pub mod app;
+pub mod componentize;
+pub mod locked;
+pub mod manifest;
+pub mod routes;
+pub mod variables;
+
+pub use app::{App, AppError};
