@@ -43,18 +43,25 @@ fn archive<'a>(
             ));
         }
     };
-    Ok(Box::new(Capped {
-        inner: unpacked,
-        left: limit,
-        limit,
-    }))
+    Ok(Box::new(Capped::new(unpacked, limit)))
 }
 
 /// A reader that fails past a number of bytes.
-struct Capped<R> {
+pub(super) struct Capped<R> {
     inner: R,
     left: u64,
     limit: u64,
+}
+
+impl<R> Capped<R> {
+    /// `inner`, failing once it has given more than `limit` bytes.
+    pub(super) fn new(inner: R, limit: u64) -> Self {
+        Self {
+            inner,
+            left: limit,
+            limit,
+        }
+    }
 }
 
 impl<R: Read> Read for Capped<R> {
@@ -83,6 +90,53 @@ fn normalized(path: &Path) -> PathBuf {
         .collect()
 }
 
+/// One change a layer makes to the filesystem below it.
+pub enum Change<'a> {
+    /// A regular file at a path (normalized, relative), with its content.
+    File(PathBuf, &'a mut dyn Read),
+    /// Whatever lower layers have at or beneath a path is gone (a whiteout).
+    Delete(PathBuf),
+    /// An entry that is neither a regular file nor a directory (a link, a device...): it
+    /// replaces what lower layers have there, and is not followed or kept.
+    Other(PathBuf),
+    /// What lower layers have beneath a directory is gone (an opaque directory).
+    Opaque(PathBuf),
+}
+
+/// Calls `change` for each change `blob` (a layer of `media_type`, unpacking to at most
+/// `limit` bytes) makes, in the layer's order; directories make none.
+pub fn for_each_entry(
+    media_type: &str,
+    blob: impl Read,
+    limit: u64,
+    mut change: impl FnMut(Change<'_>) -> Result<(), String>,
+) -> Result<(), String> {
+    let mut entries = tar::Archive::new(archive(media_type, blob, limit)?);
+    for entry in entries
+        .entries()
+        .map_err(|e| format!("reading a layer: {e}"))?
+    {
+        let mut entry = entry.map_err(|e| format!("reading a layer: {e}"))?;
+        let path = normalized(&entry.path().map_err(|e| format!("reading a layer: {e}"))?);
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let dir = path.parent().unwrap_or(Path::new("")).to_path_buf();
+        let kind = entry.header().entry_type();
+        if name == ".wh..wh..opq" {
+            change(Change::Opaque(dir))?;
+        } else if let Some(hidden) = name.strip_prefix(".wh.") {
+            change(Change::Delete(dir.join(hidden)))?;
+        } else if kind.is_file() {
+            change(Change::File(path, &mut entry))?;
+        } else if !kind.is_dir() {
+            change(Change::Other(path))?;
+        }
+    }
+    Ok(())
+}
+
 /// What a layer says about `target`: its content (unpacked into a file in the scratch
 /// directory), that it was deleted (a whiteout), or nothing.
 enum Found {
@@ -98,44 +152,35 @@ fn search_layer(
     limit: u64,
     scratch: &Path,
 ) -> Result<Found, String> {
-    let mut entries = tar::Archive::new(archive(media_type, blob, limit)?);
     let mut found = Found::Absent;
-    for entry in entries
-        .entries()
-        .map_err(|e| format!("reading a layer: {e}"))?
-    {
-        let mut entry = entry.map_err(|e| format!("reading a layer: {e}"))?;
-        let path = normalized(&entry.path().map_err(|e| format!("reading a layer: {e}"))?);
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
-        let dir = path.parent().unwrap_or(Path::new(""));
-        // A whiteout of the file or of a directory above it, or an opaque directory above it,
-        // hides what lower layers have there.
-        let hides = match name {
-            ".wh..wh..opq" => target.starts_with(dir) && target != dir,
-            _ => name
-                .strip_prefix(".wh.")
-                .is_some_and(|hidden| target.starts_with(dir.join(hidden))),
-        };
-        if hides {
-            found = Found::Deleted;
-        } else if path == target {
-            if !entry.header().entry_type().is_file() {
+    for_each_entry(media_type, blob, limit, |change| {
+        match change {
+            // A whiteout of the file or of a directory above it, or an opaque directory above
+            // it, hides what lower layers have there.
+            Change::Opaque(dir) if target.starts_with(&dir) && target != dir => {
+                found = Found::Deleted;
+            }
+            Change::Other(path) if path == target => {
                 return Err(format!(
                     "{} in the image is not a regular file",
                     target.display()
                 ));
             }
-            // To disk as it unpacks, never whole in memory: the cap counts every byte.
-            let mut file = tempfile::NamedTempFile::new_in(scratch)
-                .map_err(|e| format!("making a file in {}: {e}", scratch.display()))?;
-            std::io::copy(&mut entry, &mut file)
-                .map_err(|e| format!("reading {}: {e}", target.display()))?;
-            found = Found::File(file);
+            Change::Delete(path) | Change::Other(path) if target.starts_with(&path) => {
+                found = Found::Deleted;
+            }
+            Change::File(path, content) if path == target => {
+                // To disk as it unpacks, never whole in memory: the cap counts every byte.
+                let mut file = tempfile::NamedTempFile::new_in(scratch)
+                    .map_err(|e| format!("making a file in {}: {e}", scratch.display()))?;
+                std::io::copy(content, &mut file)
+                    .map_err(|e| format!("reading {}: {e}", target.display()))?;
+                found = Found::File(file);
+            }
+            _ => {}
         }
-    }
+        Ok(())
+    })?;
     Ok(found)
 }
 

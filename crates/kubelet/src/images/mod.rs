@@ -8,6 +8,7 @@
 //! the store's `tmp/` and are renamed into place only once verified, and only regular files are
 //! ever opened from the store.
 
+pub mod bundle;
 pub mod credentials;
 pub mod digest;
 pub mod gc;
@@ -390,6 +391,10 @@ impl ImageStore {
             }
         };
         let module = match media::wasm_layer(&manifest) {
+            // A Spin app has wasm layers too: its components.
+            _ if bundle::is_spin_artifact(&manifest) => {
+                self.spin_artifact(&mut session, image, &manifest).await?
+            }
             Some(layer) => {
                 let stored = match layer.digest.parse::<Digest>() {
                     Ok(d) => self.load_module(&d)?,
@@ -451,34 +456,18 @@ impl ImageStore {
                 platform.as_deref(),
             )));
         };
-        let entrypoint = layers::entrypoint(&config).ok_or_else(|| {
-            PullError::NotWasm(format!(
-                "image \"{image}\" is built for wasi/wasm but its config names no Entrypoint or Cmd, so the module in its layers is unknown; set ENTRYPOINT to the .wasm file"
-            ))
-        })?;
+        // spin-operator's pods run Spin apps with the command `/`.
+        let entrypoint = layers::entrypoint(&config).filter(|path| path != "/");
+        let blobs = self
+            .download_layers(session, image, &manifest.layers)
+            .await?;
         let limit = self.registry.limits().max_image_size;
-        let total = manifest.layers.iter().fold(0u64, |sum, l| {
-            sum.saturating_add(u64::try_from(l.size).unwrap_or(u64::MAX))
-        });
-        if total > limit {
-            return Err(registry(RegistryError::TooLarge {
-                what: format!("the image's layers ({total} bytes)"),
-                limit,
-                flag: "--max-image-size",
-            }));
-        }
-        let mut blobs = Vec::with_capacity(manifest.layers.len().min(256));
-        for layer in &manifest.layers {
-            let download = self.download(session, layer).await.map_err(registry)?;
-            blobs.push((layer.media_type.clone(), download));
-        }
         let scratch = self.root.join("tmp");
+        let Some(entrypoint) = entrypoint else {
+            return self.filesystem_app(image, blobs).await;
+        };
         let found = tokio::task::spawn_blocking(move || {
-            let readers = blobs
-                .iter()
-                .map(|(media_type, file)| Ok((media_type.clone(), file.reopen()?)))
-                .collect::<std::io::Result<Vec<_>>>()
-                .map_err(|e| format!("reading a downloaded layer: {e}"))?;
+            let readers = reopen_all(&blobs)?;
             layers::find_file(readers.into_iter(), &entrypoint, limit, &scratch)
                 .map(|found| (found, entrypoint))
         })
@@ -494,6 +483,120 @@ impl ImageStore {
             ))
         })?;
         self.keep_module(module)
+    }
+
+    /// Downloads every layer of `layers` (their sizes together at most `--max-image-size`),
+    /// each with its media type.
+    async fn download_layers(
+        &self,
+        session: &mut Session<'_>,
+        image: &str,
+        layers: &[OciDescriptor],
+    ) -> Result<Vec<(OciDescriptor, tempfile::NamedTempFile)>, PullError> {
+        let registry =
+            |e: RegistryError| PullError::Registry(media::explain_registry_error(image, &e));
+        let limit = self.registry.limits().max_image_size;
+        let total = layers.iter().fold(0u64, |sum, l| {
+            sum.saturating_add(u64::try_from(l.size).unwrap_or(u64::MAX))
+        });
+        if total > limit {
+            return Err(registry(RegistryError::TooLarge {
+                what: format!("the image's layers ({total} bytes)"),
+                limit,
+                flag: "--max-image-size",
+            }));
+        }
+        let mut blobs = Vec::with_capacity(layers.len().min(bundle::MAX_LAYERS));
+        for layer in layers {
+            let download = self.download(session, layer).await.map_err(registry)?;
+            blobs.push((layer.clone(), download));
+        }
+        Ok(blobs)
+    }
+
+    /// A filesystem image without an entrypoint: a Spin app when `spin.toml` is at its root
+    /// (its files become a bundle, [`bundle`]), else an image whose module is unknown.
+    async fn filesystem_app(
+        &self,
+        image: &str,
+        blobs: Vec<(OciDescriptor, tempfile::NamedTempFile)>,
+    ) -> Result<ModuleBytes, PullError> {
+        let limit = self.registry.limits().max_image_size;
+        let scratch = self.root.join("tmp");
+        let written = tokio::task::spawn_blocking(move || {
+            let scratch_dir = tempfile::tempdir_in(&scratch)
+                .map_err(|e| format!("making a directory in {}: {e}", scratch.display()))?;
+            if !bundle::has_spin_manifest(
+                reopen_all(&blobs)?.into_iter(),
+                limit,
+                scratch_dir.path(),
+            )? {
+                return Ok(None);
+            }
+            let output = tempfile::NamedTempFile::new_in(&scratch)
+                .map_err(|e| format!("making a file in {}: {e}", scratch.display()))?;
+            let file = output
+                .reopen()
+                .map_err(|e| format!("writing the bundle: {e}"))?;
+            let mut writer = bundle::BundleWriter::new(file, limit);
+            bundle::write_filesystem(
+                reopen_all(&blobs)?.into_iter(),
+                &mut writer,
+                scratch_dir.path(),
+            )?;
+            writer.finish()?;
+            Ok(Some(output))
+        })
+        .await
+        .map_err(|e| {
+            PullError::Registry(format!("image \"{image}\": reading its layers failed: {e}"))
+        })?
+        .map_err(|e: String| PullError::Registry(format!("image \"{image}\": {e}")))?;
+        match written {
+            Some(bundle) => self.keep_module(bundle),
+            None => Err(PullError::NotWasm(format!(
+                "image \"{image}\" is built for wasi/wasm but its config names no Entrypoint or Cmd and it has no spin.toml at its root, so the module in its layers is unknown; set ENTRYPOINT to the .wasm file"
+            ))),
+        }
+    }
+
+    /// A pushed Spin app: its locked app and content layers, as one bundle ([`bundle`]).
+    async fn spin_artifact(
+        &self,
+        session: &mut Session<'_>,
+        image: &str,
+        manifest: &OciImageManifest,
+    ) -> Result<ModuleBytes, PullError> {
+        let layers: Vec<OciDescriptor> = bundle::artifact_layers(manifest)
+            .map_err(|e| PullError::Registry(format!("image \"{image}\": {e}")))?
+            .into_iter()
+            .cloned()
+            .collect();
+        let blobs = self.download_layers(session, image, &layers).await?;
+        let limit = self.registry.limits().max_image_size;
+        let scratch = self.root.join("tmp");
+        let written = tokio::task::spawn_blocking(move || {
+            let output = tempfile::NamedTempFile::new_in(&scratch)
+                .map_err(|e| format!("making a file in {}: {e}", scratch.display()))?;
+            let file = output
+                .reopen()
+                .map_err(|e| format!("writing the bundle: {e}"))?;
+            let mut writer = bundle::BundleWriter::new(file, limit);
+            let opened = blobs
+                .iter()
+                .map(|(descriptor, blob)| Ok((descriptor, blob.reopen()?)))
+                .collect::<std::io::Result<Vec<_>>>()
+                .map_err(|e| format!("reading a downloaded layer: {e}"))?;
+            bundle::write_artifact(opened, &mut writer)?;
+            writer.finish()?;
+            Ok(output)
+        })
+        .await
+        .map_err(|e| {
+            PullError::Registry(format!("image \"{image}\": reading its layers failed: {e}"))
+        })?
+        .map_err(|e: String| PullError::Registry(format!("image \"{image}\": {e}")))?;
+        self.keep_module(written)
     }
 
     /// Streams a blob into a file in the store's `tmp/`, checked against its descriptor; the
@@ -540,6 +643,17 @@ impl ImageStore {
             bytes,
         }
     }
+}
+
+/// Readers of downloaded layers, each with its media type, bottom layer first.
+fn reopen_all(
+    blobs: &[(OciDescriptor, tempfile::NamedTempFile)],
+) -> Result<Vec<(String, std::fs::File)>, String> {
+    blobs
+        .iter()
+        .map(|(descriptor, file)| Ok((descriptor.media_type.clone(), file.reopen()?)))
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(|e| format!("reading a downloaded layer: {e}"))
 }
 
 /// The most a reference record may be.
