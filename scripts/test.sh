@@ -6,5 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/prerequisites.sh
 check_test_prerequisites
-cargo build --locked --workspace --bins
+# The binaries the end-to-end tests start, with the features the tests are built with (one
+# build of every dependency, not two), then the tests themselves.
+cargo build --locked --workspace --bins --tests
 cargo test --locked --workspace --no-fail-fast

@@ -4,7 +4,9 @@
 #![warn(missing_docs)]
 
 pub mod app;
+pub mod bundle;
 pub mod componentize;
+pub mod host;
 pub mod locked;
 pub mod manifest;
 pub mod routes;

@@ -50,13 +50,33 @@ pub struct ModuleState {
     limits: GuestLimits,
 }
 
-/// Store state of a component: WASI preview 2 and wasi-http.
+/// Store state of a component: WASI preview 2 and wasi-http, and Spin's host interfaces for a
+/// Spin app's component.
 pub struct ComponentState {
     wasi: WasiCtx,
     table: ResourceTable,
     http: WasiHttpCtx,
     outbound: OutboundPolicy,
     limits: GuestLimits,
+    spin: Option<spin_runtime::host::SpinContext>,
+}
+
+/// What one component of a Spin app sees instead of its container's own: no argv, its
+/// environment and files as the app gives them, and its variables.
+pub struct ComponentGuest {
+    /// Its environment variables (`environment` in `spin.toml`).
+    pub env: Vec<(String, String)>,
+    /// Its files, read-only at `/`, when it has any.
+    pub files: Option<Mount>,
+    /// Its variables and grants.
+    pub spin: spin_runtime::host::SpinContext,
+}
+
+impl ComponentState {
+    /// The Spin context of a Spin app's component.
+    pub fn spin(&self) -> Option<&spin_runtime::host::SpinContext> {
+        self.spin.as_ref()
+    }
 }
 
 impl ModuleState {
@@ -148,13 +168,23 @@ impl GuestSetup {
     }
 
     fn wasi(&self) -> Result<WasiCtxBuilder, StartError> {
+        self.wasi_with(&self.args, &self.env, &self.mounts)
+    }
+
+    /// The container's WASI context with `args`, `env` and `mounts` of a guest's own.
+    fn wasi_with(
+        &self,
+        args: &[String],
+        env: &[(String, String)],
+        mounts: &[Mount],
+    ) -> Result<WasiCtxBuilder, StartError> {
         let mut wasi = WasiCtxBuilder::new();
-        wasi.args(&self.args).envs(&self.env);
+        wasi.args(args).envs(env);
         // A stream per store: instances serving requests side by side never share one (a
         // stream refuses a write while another is in progress, which trapped the guest).
         wasi.stdout(AsyncStdoutStream::new(OUTPUT_BUDGET, self.stdout.another()))
             .stderr(AsyncStdoutStream::new(OUTPUT_BUDGET, self.stderr.another()));
-        for mount in &self.mounts {
+        for mount in mounts {
             let perms = if mount.read_only {
                 FsPerms::ReadOnly
             } else {
@@ -203,29 +233,45 @@ impl GuestSetup {
 
     /// A store for one run of a command component.
     pub fn component_store(&self, engine: &Engine) -> Result<Store<ComponentState>, StartError> {
-        self.component_store_limited(engine, self.limits()?)
+        self.component_store_limited(engine, self.limits()?, self.wasi()?, None)
     }
 
     /// A store for one HTTP request's instance: the container's limits, and at most its CPU
     /// time per request.
     pub fn request_store(&self, engine: &Engine) -> Result<Store<ComponentState>, StartError> {
         let limits = self.limits()?.with_cpu_time(self.request_cpu_time);
-        self.component_store_limited(engine, limits)
+        self.component_store_limited(engine, limits, self.wasi()?, None)
+    }
+
+    /// A store for one HTTP request's instance of a Spin app's component: the container's
+    /// limits, network and logs, and what `guest` sees instead of the container's argv,
+    /// environment and mounts.
+    pub fn spin_request_store(
+        &self,
+        engine: &Engine,
+        guest: &ComponentGuest,
+    ) -> Result<Store<ComponentState>, StartError> {
+        let limits = self.limits()?.with_cpu_time(self.request_cpu_time);
+        let wasi = self.wasi_with(&[], &guest.env, guest.files.as_slice())?;
+        self.component_store_limited(engine, limits, wasi, Some(guest.spin.clone()))
     }
 
     fn component_store_limited(
         &self,
         engine: &Engine,
         limits: GuestLimits,
+        mut wasi: WasiCtxBuilder,
+        spin: Option<spin_runtime::host::SpinContext>,
     ) -> Result<Store<ComponentState>, StartError> {
         let mut table = ResourceTable::new();
         table.set_max_capacity(self.max_handles);
         let state = ComponentState {
-            wasi: self.wasi()?.build(),
+            wasi: wasi.build(),
             table,
             http: WasiHttpCtx::new(),
             outbound: self.outbound.clone(),
             limits,
+            spin,
         };
         Ok(limited_store(engine, state))
     }

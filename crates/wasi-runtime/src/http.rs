@@ -24,10 +24,18 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
+/// What answers a server's requests.
+pub enum Handlers {
+    /// One wasi-http component answers every request.
+    Component(ProxyPre<ComponentState>),
+    /// A Spin app: its routes choose the component, or the host answers.
+    Spin(crate::spin::Serving),
+}
+
 /// One HTTP server for a container.
 pub struct Server {
     engine: Engine,
-    pre: ProxyPre<ComponentState>,
+    handlers: Handlers,
     setup: GuestSetup,
     /// What this container may hold of the instance pool.
     share: ContainerShare,
@@ -38,8 +46,10 @@ pub struct Server {
     guests: std::sync::Mutex<tokio::task::JoinSet<()>>,
 }
 
-/// What a request that could not be handled is answered.
+/// What a request no guest answered is answered.
 enum Refused {
+    /// Answered by the host itself (a Spin app's health and info endpoints, no route).
+    Host(u16, String),
     /// 503: the container has no place for another request.
     Busy(NoSlot),
     /// 500: the guest failed; what happened went to the container's log and events.
@@ -47,18 +57,18 @@ enum Refused {
 }
 
 impl Server {
-    /// A server handling requests with `pre`, as many at once as `share` has places for, each
-    /// instance stopped at `deadlines`.
+    /// A server handling requests with `handlers`, as many at once as `share` has places for,
+    /// each instance stopped at `deadlines`.
     pub fn new(
         engine: Engine,
-        pre: ProxyPre<ComponentState>,
+        handlers: Handlers,
         setup: GuestSetup,
         share: ContainerShare,
         deadlines: RequestDeadlines,
     ) -> Arc<Self> {
         Arc::new(Self {
             engine,
-            pre,
+            handlers,
             setup,
             share,
             deadlines,
@@ -74,16 +84,16 @@ impl Server {
         limits: ServeLimits,
         stop: tokio_util::sync::CancellationToken,
     ) -> Exit {
-        wasm_host::ports::serve_http(listeners, limits, stop, move |mut request, local| {
+        wasm_host::ports::serve_http(listeners, limits, stop, move |mut request, addresses| {
             let server = self.clone();
             // An HTTP/1.0 request may name no host; the guest sees the address it reached.
             if request.uri().authority().is_none()
                 && !request.headers().contains_key(http::header::HOST)
-                && let Some(value) = local.and_then(|a| a.to_string().parse().ok())
+                && let Some(value) = addresses.local.and_then(|a| a.to_string().parse().ok())
             {
                 request.headers_mut().insert(http::header::HOST, value);
             }
-            async move { server.handle(request).await }
+            async move { server.handle(request, addresses.remote).await }
         })
         .await;
         Exit::stopped()
@@ -92,9 +102,11 @@ impl Server {
     async fn handle(
         &self,
         request: hyper::Request<ReadDeadline<hyper::body::Incoming>>,
+        client: std::net::SocketAddr,
     ) -> Result<hyper::Response<HyperOutgoingBody>, ErrorCode> {
-        let (status, message) = match self.call(request).await {
+        let (status, message) = match self.call(request, client).await {
             Ok(response) => return Ok(response),
+            Err(Refused::Host(status, body)) => (status, body),
             Err(Refused::Busy(why)) => (503, why.to_string()),
             Err(Refused::Failed) => (500, FAILED_BODY.to_string()),
         };
@@ -109,12 +121,39 @@ impl Server {
 
     async fn call(
         &self,
-        request: hyper::Request<ReadDeadline<hyper::body::Incoming>>,
+        mut request: hyper::Request<ReadDeadline<hyper::body::Incoming>>,
+        client: std::net::SocketAddr,
     ) -> Result<hyper::Response<HyperOutgoingBody>, Refused> {
+        let (pre, guest) = match &self.handlers {
+            Handlers::Component(pre) => (pre, None),
+            Handlers::Spin(app) => {
+                let full_url = full_url(&request);
+                match app.dispatch(request.uri().path(), &full_url, client) {
+                    crate::spin::Dispatch::Host(status, body) => {
+                        return Err(Refused::Host(status, body));
+                    }
+                    crate::spin::Dispatch::Component(component, headers) => {
+                        for (name, value) in headers {
+                            if let (Ok(name), Ok(value)) = (
+                                http::HeaderName::try_from(name),
+                                http::HeaderValue::try_from(value),
+                            ) {
+                                request.headers_mut().insert(name, value);
+                            }
+                        }
+                        (&component.pre, Some(&component.guest))
+                    }
+                }
+            }
+        };
         // Held by the instance until it ends, streaming body included.
         let permit = self.share.try_take().map_err(Refused::Busy)?;
         let report = self.setup.failures();
-        let mut store = self.setup.request_store(&self.engine).map_err(|e| {
+        let store = match guest {
+            None => self.setup.request_store(&self.engine),
+            Some(guest) => self.setup.spin_request_store(&self.engine, guest),
+        };
+        let mut store = store.map_err(|e| {
             report.failed(&format!("setting up an instance for a request failed: {e}"));
             Refused::Failed
         })?;
@@ -127,7 +166,7 @@ impl Server {
             report.failed(&format!("handing the request to the guest failed: {e:#}"));
             Refused::Failed
         })?;
-        let pre = self.pre.clone();
+        let pre = pre.clone();
         let (exit_tx, exit_rx) = tokio::sync::oneshot::channel();
         let (answered_tx, answered_rx) = tokio::sync::oneshot::channel();
         let deadlines = self.deadlines;
@@ -290,6 +329,24 @@ impl hyper::body::Body for GuestBody {
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.body.size_hint()
     }
+}
+
+/// The URL a request asked for, as Spin gives it to a component (`spin-full-url`).
+fn full_url<B>(request: &hyper::Request<B>) -> String {
+    let host = request
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            request
+                .headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "localhost".to_owned());
+    let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    format!("http://{host}{path}")
 }
 
 /// What the guest is told when reading its request's body failed.

@@ -14,6 +14,7 @@ mod outbound;
 mod outgoing;
 mod shares;
 pub use shares::PoolFull;
+mod spin;
 mod world;
 
 use guest::{ComponentState, GuestSetup, ModuleState};
@@ -21,8 +22,10 @@ use kubelet::netns::InNetns;
 use kubelet::runtime::{
     ContainerRun, Exit, ModuleBytes, PrepareError, RunningContainer, Runtime, StartError,
 };
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use wasm_host::{SetupError, TickingEngine, cache};
 use wasmtime::component::Component;
 use wasmtime::{
@@ -47,6 +50,8 @@ enum Guest {
     /// A component exporting `wasi:http/incoming-handler`, and what each of its requests
     /// takes of the instance pool.
     Http(ProxyPre<ComponentState>, shares::RequestCost),
+    /// A Spin app.
+    Spin(Arc<spin::SpinApp>),
 }
 
 /// The `wasm32-wasi` runtime.
@@ -60,6 +65,10 @@ pub struct WasiRuntime {
     bounds: Bounds,
     /// The HTTP instance pool's slots, shared among the wasi-http containers.
     pool: std::sync::Arc<shares::InstancePool>,
+    /// Spin apps prepared, by their bundle's digest.
+    spin_apps: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Arc<spin::SpinApp>>>>>,
+    /// Where Spin apps' components' files are written.
+    spin_files: PathBuf,
 }
 
 /// What one container may hold of what its runtime shares.
@@ -113,6 +122,7 @@ fn component_linker(
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     dns::add_to_linker(&mut linker)?;
+    spin_runtime::host::add_to_linker(&mut linker, ComponentState::spin)?;
     Ok(linker)
 }
 
@@ -141,7 +151,7 @@ impl WasiRuntime {
         let http_engine = TickingEngine::new(http_config)?;
         let http = HttpEngine {
             linker: component_linker(http_engine.engine())?,
-            cache: cache::ModuleCache::new(http_engine.engine().clone(), cache_dir),
+            cache: cache::ModuleCache::new(http_engine.engine().clone(), cache_dir.clone()),
             engine: http_engine,
         };
         Ok(Self {
@@ -151,6 +161,8 @@ impl WasiRuntime {
             cache,
             http,
             pool: shares::InstancePool::new(pool_instances, bounds.guaranteed_requests),
+            spin_apps: Mutex::default(),
+            spin_files: cache_dir.join("spin-files"),
             bounds: Bounds {
                 pool_instances,
                 guaranteed_requests: bounds.guaranteed_requests.max(1),
@@ -194,21 +206,47 @@ impl WasiRuntime {
     /// Compiles (once, then cached) and links an HTTP handler for the pooling engine that
     /// serves it.
     async fn prepare_http(&self, module: &ModuleBytes) -> Result<Guest, PrepareError> {
-        let cache::Compiled::Component(component) = self.http.cache.get(module).await? else {
+        let cost = shares::RequestCost::of_component(&module.bytes);
+        let proxy = spin::Compile::compile(&self.http, module.clone()).await?;
+        Ok(Guest::Http(proxy, cost))
+    }
+
+    /// Prepares the Spin app in `module` (a bundle) once; later containers of it share it.
+    async fn prepare_spin(&self, module: &ModuleBytes) -> Result<Guest, PrepareError> {
+        let cell = self
+            .spin_apps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(module.digest.clone())
+            .or_default()
+            .clone();
+        let app = cell
+            .get_or_try_init(|| async {
+                spin::SpinApp::prepare(module, &self.http, &self.spin_files)
+                    .await
+                    .map(Arc::new)
+            })
+            .await?;
+        Ok(Guest::Spin(app.clone()))
+    }
+}
+
+impl spin::Compile for HttpEngine {
+    async fn compile(&self, module: ModuleBytes) -> Result<ProxyPre<ComponentState>, PrepareError> {
+        let cache::Compiled::Component(component) = self.cache.get(&module).await? else {
             return Err(PrepareError::not_runnable(
                 "the component compiled as a core module",
             ));
         };
         let pre = self
-            .http
             .linker
             .instantiate_pre(&component)
             .map_err(missing_imports)?;
-        let proxy = ProxyPre::new(pre).map_err(|e| PrepareError::not_runnable(format!("{e:#}")))?;
-        Ok(Guest::Http(
-            proxy,
-            shares::RequestCost::of_component(&module.bytes),
-        ))
+        ProxyPre::new(pre).map_err(|e| {
+            PrepareError::not_runnable(format!(
+                "the component exports no HTTP handler (wasi:http/incoming-handler): {e:#}"
+            ))
+        })
     }
 }
 
@@ -237,9 +275,23 @@ impl Runtime for WasiRuntime {
     fn forget(&self, digest: &str) {
         self.cache.forget(digest);
         self.http.cache.forget(digest);
+        let spin_app = self
+            .spin_apps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(digest);
+        if let Some(app) = spin_app.as_ref().and_then(|cell| cell.get()) {
+            for component in &app.component_digests {
+                self.http.cache.forget(component);
+            }
+            let _ = std::fs::remove_dir_all(self.spin_files.join(digest.replace(':', "-")));
+        }
     }
 
     async fn prepare(&self, module: ModuleBytes) -> Result<Prepared, PrepareError> {
+        if kubelet::images::bundle::is_bundle(&module.bytes) {
+            return Ok(Prepared(self.prepare_spin(&module).await?));
+        }
         // An HTTP handler is compiled for the engine that serves it, and only for it.
         if world::of(&module.bytes) == world::World::Http {
             return Ok(Prepared(self.prepare_http(&module).await?));
@@ -266,6 +318,13 @@ impl Runtime for WasiRuntime {
     ) -> Result<RunningContainer, StartError> {
         let network = run.network.clone();
         let stop = run.stop.clone();
+        let spin = match &prepared.0 {
+            Guest::Spin(app) => Some((
+                app.start(&run.env)?,
+                spin::SpinApp::port(&run.env, &network.ports)?,
+            )),
+            _ => None,
+        };
         let setup = GuestSetup::new(run, &self.bounds)?;
         let netns = setup.netns();
         // The guest runs inside its pod's network: every socket it makes is the pod's.
@@ -279,40 +338,66 @@ impl Runtime for WasiRuntime {
                 tokio::spawn(InNetns::new(netns, run_command(store, pre.clone())))
             }
             Guest::Http(pre, cost) => {
-                let share = self
-                    .pool
-                    .reserve(
-                        *cost,
-                        self.bounds.requests_per_container,
-                        shares::RESERVATION_WAIT,
-                    )
-                    .await
-                    .map_err(|e| StartError::Full(e.to_string()))?;
                 let ports = if network.ports.is_empty() {
                     vec![DEFAULT_HTTP_PORT]
                 } else {
                     network.ports.clone()
                 };
-                let addrs: Vec<SocketAddr> = ports
-                    .iter()
-                    .map(|port| SocketAddr::new(network.listen_ip, *port))
-                    .collect();
-                let listeners = wasm_host::ports::bind(&addrs, netns.as_deref())?;
-                let server = http::Server::new(
-                    self.http.engine.engine().clone(),
-                    pre.clone(),
-                    setup,
-                    share,
-                    self.bounds.request_deadlines,
-                );
-                return Ok(RunningContainer::graceful(tokio::spawn(server.serve(
-                    listeners,
-                    self.bounds.serving,
-                    stop,
-                ))));
+                let handlers = http::Handlers::Component(pre.clone());
+                return self
+                    .serve(setup, handlers, *cost, &ports, network.listen_ip, stop)
+                    .await;
+            }
+            Guest::Spin(app) => {
+                let (serving, port) = spin.expect("a Spin app is started above");
+                let handlers = http::Handlers::Spin(serving);
+                return self
+                    .serve(setup, handlers, app.cost, &[port], network.listen_ip, stop)
+                    .await;
             }
         };
         Ok(RunningContainer::new(task))
+    }
+}
+
+impl WasiRuntime {
+    /// Serves `handlers` on `ports` once the container's share of the instance pool (each
+    /// request costing `cost`) is reserved.
+    async fn serve(
+        &self,
+        setup: GuestSetup,
+        handlers: http::Handlers,
+        cost: shares::RequestCost,
+        ports: &[u16],
+        listen_ip: std::net::IpAddr,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> Result<RunningContainer, StartError> {
+        let share = self
+            .pool
+            .reserve(
+                cost,
+                self.bounds.requests_per_container,
+                shares::RESERVATION_WAIT,
+            )
+            .await
+            .map_err(|e| StartError::Full(e.to_string()))?;
+        let addrs: Vec<SocketAddr> = ports
+            .iter()
+            .map(|port| SocketAddr::new(listen_ip, *port))
+            .collect();
+        let listeners = wasm_host::ports::bind(&addrs, setup.netns().as_deref())?;
+        let server = http::Server::new(
+            self.http.engine.engine().clone(),
+            handlers,
+            setup,
+            share,
+            self.bounds.request_deadlines,
+        );
+        Ok(RunningContainer::graceful(tokio::spawn(server.serve(
+            listeners,
+            self.bounds.serving,
+            stop,
+        ))))
     }
 }
 

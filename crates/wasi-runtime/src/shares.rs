@@ -14,7 +14,7 @@ use wasmparser::{Parser, Payload};
 
 /// What one request's instance takes of each of the pool's kinds of slot, at most: a
 /// component instance and a stack, and this many core instances, memories and tables.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct RequestCost(u32);
 
 impl RequestCost {

@@ -77,9 +77,18 @@ const MAX_REFUSING: usize = 64;
 /// (an answer before the request confuses HTTP clients), and to take the answer.
 const REFUSAL_WAIT: Duration = Duration::from_secs(1);
 
+/// The two ends of a served connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Addresses {
+    /// The address the client reached.
+    pub local: Option<SocketAddr>,
+    /// The client's address.
+    pub remote: SocketAddr,
+}
+
 /// Serves HTTP/1.1 on every listener, within `limits`: `handle` answers each request (its body
-/// fails a read that brings nothing for `limits.body_read_timeout`), given the address the
-/// client reached. A connection past `limits.max_connections` is answered 503 and closed; one
+/// fails a read that brings nothing for `limits.body_read_timeout`), given the connection's
+/// [`Addresses`]. A connection past `limits.max_connections` is answered 503 and closed; one
 /// whose client takes longer than `limits.header_read_timeout` to send its headers, or that has
 /// no request in flight for `limits.idle_timeout`, is closed. When `stop` is cancelled the
 /// listeners close (the ports are free again), open connections finish the request in flight
@@ -90,7 +99,7 @@ pub async fn serve_http<F, Fut, B, E>(
     stop: CancellationToken,
     handle: F,
 ) where
-    F: Fn(Request<ReadDeadline<Incoming>>, Option<SocketAddr>) -> Fut + Send + Sync + 'static,
+    F: Fn(Request<ReadDeadline<Incoming>>, Addresses) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Response<B>, E>> + Send + 'static,
     B: hyper::body::Body + Send + 'static,
     B::Data: Send,
@@ -118,7 +127,7 @@ pub async fn serve_http<F, Fut, B, E>(
                     () = stop.cancelled() => break,
                 };
                 match accepted {
-                    Ok((stream, _)) => {
+                    Ok((stream, remote)) => {
                         let Ok(permit) = open.clone().try_acquire_owned() else {
                             // At the cap: told so and closed, a few at a time, briefly.
                             if let Ok(slot) = refusing.clone().try_acquire_owned() {
@@ -136,7 +145,10 @@ pub async fn serve_http<F, Fut, B, E>(
                         if let Err(e) = stream.set_nodelay(true) {
                             tracing::debug!(error = %e, "setting TCP_NODELAY failed");
                         }
-                        let local = stream.local_addr().ok();
+                        let addresses = Addresses {
+                            local: stream.local_addr().ok(),
+                            remote,
+                        };
                         let handle = handle.clone();
                         let activity = Arc::new(Activity::default());
                         let tracked = activity.clone();
@@ -145,7 +157,7 @@ pub async fn serve_http<F, Fut, B, E>(
                                 let busy = Busy::new(tracked.clone());
                                 let request = request
                                     .map(|body| ReadDeadline::new(body, limits.body_read_timeout));
-                                let answered = handle(request, local);
+                                let answered = handle(request, addresses);
                                 async move {
                                     let response = answered.await?;
                                     Ok::<_, E>(response.map(|body| Tracked::new(body, busy)))

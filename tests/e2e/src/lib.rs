@@ -664,7 +664,8 @@ impl Provider {
 }
 
 /// The node binary of `provider`, built by cargo if needed (both binaries in one build, a
-/// no-op when they are up to date).
+/// no-op when they are up to date: in a debug build, with the workspace's tests, as
+/// `scripts/test.sh` builds them).
 pub fn agent_binary(provider: Provider) -> anyhow::Result<PathBuf> {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     let dir = BUILT
@@ -695,14 +696,21 @@ pub fn agent_binary(provider: Provider) -> anyhow::Result<PathBuf> {
                     command.env_remove(&name);
                 }
             }
-            let status = command
-                .args(["build", "--quiet", "--profile", profile])
-                .args([
+            command.args(["build", "--quiet", "--profile", profile]);
+            if cfg!(debug_assertions) {
+                // With the features `cargo test --workspace` builds with (dev-dependencies'
+                // included, e.g. tokio's test-util): a no-op after it, where a build of the two
+                // packages alone would build every dependency of theirs a second time.
+                command.args(["--workspace", "--bins", "--tests"]);
+            } else {
+                command.args([
                     "-p",
                     Provider::Wasi.binary(),
                     "-p",
                     Provider::Wascc.binary(),
-                ])
+                ]);
+            }
+            let status = command
                 .arg("--manifest-path")
                 .arg(root.join("Cargo.toml"))
                 .status()

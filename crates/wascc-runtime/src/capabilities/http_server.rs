@@ -54,7 +54,7 @@ pub async fn serve(
     stop: tokio_util::sync::CancellationToken,
 ) {
     let failures = Arc::new(failures);
-    wasm_host::ports::serve_http(listeners, limits, stop, move |request, _| {
+    wasm_host::ports::serve_http(listeners, limits, stop, move |request, _addresses| {
         let (deliveries, failures) = (deliveries.clone(), failures.clone());
         async move { Ok::<_, Infallible>(handle(request, deliveries, &failures).await) }
     })

@@ -290,20 +290,38 @@ async fn a_worker_crash_restarts_only_its_own_guests() -> anyhow::Result<()> {
         .status()?;
     assert!(status.success());
 
-    // Its guests are reported lost and run again; the other worker's are untouched.
+    // Its guests are reported lost and run again; the other worker's are untouched. The lost
+    // ones are reported together but their statuses are written one by one: the set of
+    // restarted pods counts once it has held for a few seconds.
+    const SETTLED: Duration = Duration::from_secs(5);
+    let mut seen: Option<(Vec<&str>, tokio::time::Instant)> = None;
     let restarted = cluster
-        .eventually("the crashed worker's pods running again", async || {
-            let mut restarted = Vec::new();
-            for name in names {
-                let pod = pods.get(name).await?;
-                match identity(&pod) {
-                    (_, Some(_), 1) => restarted.push(name),
-                    (_, _, 0) => {}
-                    _ => return Ok(None),
+        .eventually(
+            "the crashed worker's pods running again, and no others",
+            async || {
+                let mut restarted = Vec::new();
+                for name in names {
+                    let pod = pods.get(name).await?;
+                    match identity(&pod) {
+                        (_, Some(_), 1) => restarted.push(name),
+                        (_, _, 0) => {}
+                        _ => return Ok(None),
+                    }
                 }
-            }
-            Ok((!restarted.is_empty()).then_some(restarted))
-        })
+                if restarted.is_empty() {
+                    return Ok(None);
+                }
+                match &seen {
+                    Some((set, since)) if *set == restarted => {
+                        Ok((since.elapsed() >= SETTLED).then_some(restarted))
+                    }
+                    _ => {
+                        seen = Some((restarted, tokio::time::Instant::now()));
+                        Ok(None)
+                    }
+                }
+            },
+        )
         .await?;
     assert!(
         restarted.len() < names.len(),
