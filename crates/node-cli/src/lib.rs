@@ -591,10 +591,11 @@ fn raise_open_files_limit() {
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
     /// Push a .wasm module or component to a registry as a wasm OCI artifact (CNCF layout),
-    /// with the registry credentials of --image-credentials (default ~/.docker/config.json)
-    /// and the plain-HTTP registries of --insecure-registries.
+    /// or a Spin app (a directory with spin.toml, or the spin.toml) as `spin registry push`
+    /// does, with the registry credentials of --image-credentials (default
+    /// ~/.docker/config.json) and the plain-HTTP registries of --insecure-registries.
     Push {
-        /// The .wasm file.
+        /// The .wasm file, or the Spin app's directory or spin.toml.
         module: PathBuf,
         /// Where to push it, `registry/repository:tag`.
         image: String,
@@ -609,9 +610,9 @@ pub enum Command {
     },
 }
 
-/// Pushes `module` to `image` with the flags' credentials and registries.
+/// Pushes `module` (a .wasm file, or a Spin app's directory or spin.toml) to `image` with the
+/// flags' credentials and registries.
 async fn push(module: PathBuf, image: String, args: &NodeArgs) -> anyhow::Result<()> {
-    let bytes = std::fs::read(&module).with_context(|| format!("reading {}", module.display()))?;
     let mut keyring = kubelet::images::credentials::Keyring::default();
     for path in args.image_credentials() {
         let text = std::fs::read(&path)
@@ -620,8 +621,35 @@ async fn push(module: PathBuf, image: String, args: &NodeArgs) -> anyhow::Result
             .add_docker_config(&text)
             .map_err(|e| anyhow::anyhow!("registry credentials in {}: {}", path.display(), e.0))?;
     }
-    let url =
-        kubelet::images::push_module(&image, bytes, &keyring, &args.insecure_registries).await?;
+    let spin_app_dir = if module.is_dir() {
+        Some(module.clone())
+    } else if module.file_name().is_some_and(|name| name == "spin.toml") {
+        Some(
+            module
+                .parent()
+                .map_or_else(|| PathBuf::from("."), PathBuf::from),
+        )
+    } else {
+        None
+    };
+    let url = match spin_app_dir {
+        Some(dir) => {
+            let locked = spin_runtime::lock::lock_dir(&dir)
+                .with_context(|| format!("reading the Spin app in {}", dir.display()))?;
+            let layers = kubelet::images::SpinAppLayers {
+                locked: locked.json,
+                components: locked.components,
+                files: locked.files,
+            };
+            kubelet::images::push_spin_app(&image, layers, &keyring, &args.insecure_registries)
+                .await?
+        }
+        None => {
+            let bytes =
+                std::fs::read(&module).with_context(|| format!("reading {}", module.display()))?;
+            kubelet::images::push_module(&image, bytes, &keyring, &args.insecure_registries).await?
+        }
+    };
     println!("pushed {} to {image} ({url})", module.display());
     Ok(())
 }

@@ -192,20 +192,36 @@ pub async fn push_wasi_platform_image(
     path: &str,
     entrypoint: &[&str],
 ) -> anyhow::Result<String> {
+    push_wasi_filesystem_image(reference, &[(path, module)], entrypoint).await
+}
+
+/// Pushes an ordinary OCI image for platform wasi/wasm whose one gzipped filesystem layer holds
+/// `files` (absolute paths and contents), with `entrypoint` in its config (none: a Spin app's
+/// image, `FROM scratch` with `spin.toml` at its root).
+pub async fn push_wasi_filesystem_image(
+    reference: &str,
+    files: &[(&str, &[u8])],
+    entrypoint: &[&str],
+) -> anyhow::Result<String> {
     use sha2::Digest as _;
     let mut archive = tar::Builder::new(Vec::new());
-    let mut header = tar::Header::new_gnu();
-    header.set_size(module.len() as u64);
-    header.set_mode(0o755);
-    header.set_cksum();
-    archive.append_data(&mut header, path.trim_start_matches('/'), module)?;
+    for (path, content) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(content.len() as u64);
+        header.set_mode(0o755);
+        header.set_cksum();
+        archive.append_data(&mut header, path.trim_start_matches('/'), *content)?;
+    }
     let tar = archive.into_inner()?;
     let diff_id = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&tar)));
-    let config = serde_json::json!({
+    let mut config = serde_json::json!({
         "architecture": "wasm", "os": "wasi",
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-        "config": {"Entrypoint": entrypoint},
+        "config": {},
     });
+    if !entrypoint.is_empty() {
+        config["config"]["Entrypoint"] = serde_json::json!(entrypoint);
+    }
     push(
         reference,
         gzip(&tar),

@@ -18,7 +18,7 @@ mod push;
 pub mod registry;
 
 pub use digest::Digest;
-pub use push::{PushError, push_module};
+pub use push::{PushError, SpinAppLayers, push_module, push_spin_app};
 pub use registry::PullLimits;
 
 use crate::runtime::ModuleBytes;

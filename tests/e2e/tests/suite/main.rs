@@ -27,6 +27,7 @@ mod outage;
 mod pods;
 mod probes;
 mod runtime_class;
+mod spin;
 mod standalone;
 mod static_pods;
 mod volumes;

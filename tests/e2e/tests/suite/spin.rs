@@ -1,0 +1,253 @@
+//! Spin apps as SpinKube ships them: an app built with spin-sdk 3 (a core wasip1 module the
+//! node componentizes), two components on two routes, variables from the pod's env and from
+//! defaults, static files; pushed as `spin registry push` lays it out (by `krustlet-wasi
+//! push`) and as a `FROM scratch` image with `spin.toml` at its root; run by pods shaped as
+//! spin-operator makes them.
+
+use e2e::{Cluster, container_state, free_ports, has_phase, http_get};
+use k8s_openapi::api::core::v1::Pod;
+use std::path::Path;
+
+/// The app: `hello` answers `/hello/...` with its `message` variable (a template over the
+/// app's `greeting`, which has a default, and `api_key`, which is required); `files` answers
+/// `/static/...` with the files of `assets/`.
+const SPIN_TOML: &str = r#"
+spin_manifest_version = 2
+
+[application]
+name = "spin-hello"
+version = "1.0.0"
+
+[variables]
+greeting = { default = "hello from the defaults" }
+api_key = { required = true, secret = true }
+
+[[trigger.http]]
+route = "/hello/..."
+component = "hello"
+
+[[trigger.http]]
+route = "/static/..."
+component = "files"
+
+[component.hello]
+source = "spin_hello.wasm"
+[component.hello.variables]
+message = "{{ greeting }} (key {{ api_key }})"
+
+[component.files]
+source = "spin_hello.wasm"
+files = [{ source = "assets", destination = "/" }]
+"#;
+
+/// A file larger than a locked app inlines (its own layer when pushed).
+fn big_file() -> String {
+    "spin static file\n".repeat(20)
+}
+
+/// The app's files: `(path beneath the app's root, content)`.
+fn app_files() -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    let module = std::fs::read(testkit::fixtures::wasm_module("spin_hello")?)?;
+    Ok(vec![
+        ("spin.toml".into(), SPIN_TOML.as_bytes().to_vec()),
+        ("spin_hello.wasm".into(), module),
+        ("assets/big.txt".into(), big_file().into_bytes()),
+        ("assets/small.txt".into(), b"small".to_vec()),
+    ])
+}
+
+fn write_app(dir: &Path) -> anyhow::Result<()> {
+    for (path, content) in app_files()? {
+        let path = dir.join(path);
+        std::fs::create_dir_all(path.parent().expect("a parent"))?;
+        std::fs::write(path, content)?;
+    }
+    Ok(())
+}
+
+/// A pod as spin-operator makes one for a SpinApp (command `/`, port `http-app`, the listen
+/// address and variables in its env, probes on Spin's health endpoint), placed on `node` as
+/// the RuntimeClass's scheduling would (`runtime_class.rs` covers that), listening on `port`.
+fn operator_pod(name: &str, image: &str, node: &str, port: u16, api_key: Option<&str>) -> Pod {
+    let mut env = vec![
+        serde_json::json!({"name": "SPIN_HTTP_LISTEN_ADDR", "value": format!("0.0.0.0:{port}")}),
+    ];
+    if let Some(key) = api_key {
+        env.push(serde_json::json!({"name": "SPIN_VARIABLE_API_KEY", "value": key}));
+    }
+    let probe = serde_json::json!({"httpGet": {"path": "/.well-known/spin/health", "port": "http-app"}, "periodSeconds": 1});
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": {"core.spinkube.dev/app-name": "spin-hello"}},
+        "spec": {
+            "nodeName": node,
+            "restartPolicy": "Never",
+            "containers": [{
+                "name": "spin-hello", "image": image, "command": ["/"],
+                "ports": [{"name": "http-app", "containerPort": port}],
+                "env": env, "readinessProbe": probe, "livenessProbe": probe,
+            }],
+            "tolerations": [{"key": "krustlet/arch", "operator": "Equal", "value": "wasm32-wasi", "effect": "NoExecute"}],
+        }
+    }))
+    .expect("a valid pod")
+}
+
+#[tokio::test]
+async fn a_pushed_spin_app_serves_its_routes_variables_and_files() -> anyhow::Result<()> {
+    let cluster = Cluster::new("spin-app").await?;
+    let agent = cluster.start_node().await?;
+    let dir = tempfile::tempdir()?;
+    write_app(dir.path())?;
+    let image = format!("{}/{}/spin-hello:v1", cluster.registry(), cluster.id);
+    let pushed = e2e::run_binary(
+        e2e::Provider::Wasi,
+        &[
+            "push".as_ref(),
+            dir.path().as_os_str(),
+            image.as_ref(),
+            "--insecure-registries".as_ref(),
+            cluster.registry().as_ref(),
+        ],
+    )?;
+    assert!(
+        pushed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pushed.stderr)
+    );
+
+    // Two replicas, as the SpinApp's Deployment makes them.
+    let ports = free_ports::<2>()?;
+    for (replica, port) in ["spin-hello-a", "spin-hello-b"].iter().zip(ports) {
+        cluster
+            .serve(operator_pod(
+                replica,
+                &image,
+                &agent.name,
+                port,
+                Some("k-123"),
+            ))
+            .await?;
+    }
+    for port in ports {
+        let (status, body) = http_get(port, "/hello/there").await?;
+        assert_eq!(status, 200, "{body}");
+        for expected in [
+            "message=hello from the defaults (key k-123)",
+            "route=/hello",
+            "path_info=/there",
+            "matched=/hello/...",
+        ] {
+            assert!(body.contains(expected), "{expected:?} in {body}");
+        }
+    }
+    let port = ports[0];
+    // The other component, its own files at its root, the small one inlined in the lock.
+    assert_eq!(
+        http_get(port, "/static/file/big.txt").await?,
+        (200, big_file())
+    );
+    assert_eq!(
+        http_get(port, "/static/file/small.txt").await?,
+        (200, "small".to_owned())
+    );
+    // `hello` has no files of its own.
+    assert_eq!(http_get(port, "/hello/file/big.txt").await?.0, 404);
+    // No route, and the host's own endpoints.
+    assert_eq!(http_get(port, "/elsewhere").await?.0, 404);
+    assert_eq!(
+        http_get(port, "/.well-known/spin/health").await?,
+        (200, "OK".to_owned())
+    );
+    let (status, info) = http_get(port, "/.well-known/spin/info").await?;
+    assert_eq!(status, 200);
+    assert!(
+        info.contains("\"spin-hello\"") && info.contains("1.0.0"),
+        "{info}"
+    );
+    // The components' output is the container's log.
+    let logs = cluster.kubectl(&["logs", "spin-hello-a"])?;
+    assert!(logs.contains("spin-hello: GET /hello/there"), "{logs}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_scratch_spin_image_runs_and_a_missing_variable_or_component_is_named()
+-> anyhow::Result<()> {
+    let cluster = Cluster::new("spin-scratch").await?;
+    let agent = cluster.start_node().await?;
+    let files = app_files()?;
+    let push = async |name: &str, files: Vec<(String, Vec<u8>)>| {
+        let image = format!("{}/{}/{name}:v1", cluster.registry(), cluster.id);
+        let refs: Vec<(&str, &[u8])> = files
+            .iter()
+            .map(|(path, content)| (path.as_str(), content.as_slice()))
+            .collect();
+        testkit::fixtures::push_wasi_filesystem_image(&image, &refs, &[]).await?;
+        anyhow::Ok(image)
+    };
+    let image = push("spin-scratch", files.clone()).await?;
+    let [port, unset_port, broken_port] = free_ports()?;
+    cluster
+        .serve(operator_pod(
+            "scratch",
+            &image,
+            &agent.name,
+            port,
+            Some("k-9"),
+        ))
+        .await?;
+    let (status, body) = http_get(port, "/hello/x").await?;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("(key k-9)"), "{body}");
+    assert_eq!(http_get(port, "/static/file/small.txt").await?.1, "small");
+
+    // Without its required variable the container cannot start, and says which it lacks.
+    cluster
+        .create_pod(operator_pod("unset", &image, &agent.name, unset_port, None))
+        .await?;
+    let failed = cluster
+        .wait_pod("unset", "Failed", has_phase("Failed"))
+        .await?;
+    let terminated = container_state(&failed)
+        .and_then(|s| s.terminated)
+        .expect("terminated");
+    let message = terminated.message.unwrap_or_default();
+    assert_eq!(
+        terminated.reason.as_deref(),
+        Some("StartError"),
+        "{message}"
+    );
+    assert!(
+        message.contains("\"api_key\"") && message.contains("SPIN_VARIABLE_API_KEY"),
+        "{message}"
+    );
+
+    // A spin.toml naming a component file the image lacks (both components do).
+    let broken: Vec<(String, Vec<u8>)> = files
+        .into_iter()
+        .filter(|(path, _)| path != "spin_hello.wasm")
+        .collect();
+    let broken = push("spin-broken", broken).await?;
+    cluster
+        .create_pod(operator_pod(
+            "broken",
+            &broken,
+            &agent.name,
+            broken_port,
+            Some("k"),
+        ))
+        .await?;
+    let failed = cluster
+        .wait_pod("broken", "Failed", has_phase("Failed"))
+        .await?;
+    let message = container_state(&failed)
+        .and_then(|s| s.terminated)
+        .and_then(|t| t.message)
+        .unwrap_or_default();
+    assert!(
+        message.contains("spin_hello.wasm") && message.contains("is not in the image"),
+        "{message}"
+    );
+    Ok(())
+}
