@@ -1,6 +1,8 @@
-//! The EndpointSlice controller: one slice per Service with a selector, listing the matching
-//! pods that have an IP, with the ready/serving/terminating conditions the real controller
-//! derives from the pod's Ready condition and deletion.
+//! The EndpointSlice controller: for each Service with a selector, the matching pods that have
+//! an IP, in one slice per set of ports they resolve the Service's ports to (pods whose named
+//! ports have different numbers land in different slices, as with the real controller), with
+//! the ready/serving/terminating conditions it derives from the pod's Ready condition and
+//! deletion.
 
 use super::auth::Identity;
 use super::objects;
@@ -28,22 +30,25 @@ pub fn reconcile(state: &mut State) {
         let ns = service["metadata"]["namespace"]
             .as_str()
             .unwrap_or_default();
-        let name = service["metadata"]["name"].as_str().unwrap_or_default();
-        let slice_name = format!("{name}-{}", short_uid(service));
-        wanted.push((ns.to_string(), slice_name.clone()));
-        let desired = desired_slice(state, service, &slice_name);
-        match state.get("endpointslices", ns, &slice_name) {
-            Some(existing)
-                if existing["endpoints"] == desired["endpoints"]
-                    && existing["ports"] == desired["ports"] => {}
-            Some(existing) => {
-                let mut updated = existing.clone();
-                updated["endpoints"] = desired["endpoints"].clone();
-                updated["ports"] = desired["ports"].clone();
-                state.put("endpointslices", updated);
-            }
-            None => {
-                let _ = objects::create(state, def, ns, &system, desired);
+        for desired in desired_slices(state, service) {
+            let slice_name = desired["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            wanted.push((ns.to_string(), slice_name.clone()));
+            match state.get("endpointslices", ns, &slice_name) {
+                Some(existing)
+                    if existing["endpoints"] == desired["endpoints"]
+                        && existing["ports"] == desired["ports"] => {}
+                Some(existing) => {
+                    let mut updated = existing.clone();
+                    updated["endpoints"] = desired["endpoints"].clone();
+                    updated["ports"] = desired["ports"].clone();
+                    state.put("endpointslices", updated);
+                }
+                None => {
+                    let _ = objects::create(state, def, ns, &system, desired);
+                }
             }
         }
     }
@@ -98,16 +103,78 @@ fn target_port(port: &Value, pod: Option<&Value>) -> Option<i64> {
     }
 }
 
-fn desired_slice(state: &State, service: &Value, slice_name: &str) -> Value {
+/// The slices `service` should have: one per set of resolved ports (the first, or the only
+/// one, named `<service>-<uid>`, the others after their ports), none without pods but one.
+fn desired_slices(state: &State, service: &Value) -> Vec<Value> {
     let ns = service["metadata"]["namespace"]
         .as_str()
         .unwrap_or_default();
+    let name = service["metadata"]["name"].as_str().unwrap_or_default();
     let pods: Vec<&Value> = state
         .list("pods", Some(ns))
         .filter(|p| selects(&service["spec"]["selector"], p))
         .filter(|p| p["status"]["podIP"].is_string())
         .filter(|p| !matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed")))
         .collect();
+    let mut groups: std::collections::BTreeMap<String, (Vec<Value>, Vec<&Value>)> =
+        std::collections::BTreeMap::new();
+    for pod in &pods {
+        let ports = resolved_ports(service, Some(pod));
+        let key = Value::Array(ports.clone()).to_string();
+        groups
+            .entry(key)
+            .or_insert_with(|| (ports, Vec::new()))
+            .1
+            .push(pod);
+    }
+    if groups.is_empty() {
+        groups.insert(String::new(), (resolved_ports(service, None), Vec::new()));
+    }
+    let base = format!("{name}-{}", short_uid(service));
+    groups
+        .into_values()
+        .enumerate()
+        .map(|(index, (ports, pods))| {
+            let slice_name = match index {
+                0 => base.clone(),
+                _ => format!("{base}-{}", ports_suffix(&ports)),
+            };
+            slice(service, &slice_name, ports, &pods)
+        })
+        .collect()
+}
+
+/// The Service's ports as `pod` resolves them (named target ports to its numbers).
+fn resolved_ports(service: &Value, pod: Option<&Value>) -> Vec<Value> {
+    service["spec"]["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|port| {
+            let number = target_port(port, pod)?;
+            Some(json!({
+                "name": port["name"].as_str().unwrap_or_default(),
+                "port": number,
+                "protocol": port["protocol"],
+            }))
+        })
+        .collect()
+}
+
+/// A name part from a set of ports (`8080-9090`).
+fn ports_suffix(ports: &[Value]) -> String {
+    ports
+        .iter()
+        .filter_map(|p| p["port"].as_i64())
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+fn slice(service: &Value, slice_name: &str, ports: Vec<Value>, pods: &[&Value]) -> Value {
+    let ns = service["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or_default();
     let endpoints: Vec<Value> = pods
         .iter()
         .map(|pod| {
@@ -119,19 +186,6 @@ fn desired_slice(state: &State, service: &Value, slice_name: &str) -> Value {
                 "nodeName": pod["spec"]["nodeName"],
                 "targetRef": {"kind": "Pod", "namespace": ns, "name": pod["metadata"]["name"], "uid": pod["metadata"]["uid"]},
             })
-        })
-        .collect();
-    let ports: Vec<Value> = service["spec"]["ports"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|port| {
-            let number = target_port(port, pods.first().copied())?;
-            Some(json!({
-                "name": port["name"].as_str().unwrap_or_default(),
-                "port": number,
-                "protocol": port["protocol"],
-            }))
         })
         .collect();
     json!({

@@ -5,7 +5,10 @@
 //! spin-operator makes them.
 
 use e2e::{Cluster, container_state, free_ports, has_phase, http_get};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Api;
+use kube::api::{ListParams, PostParams};
 use std::path::Path;
 
 /// The app: `hello` answers `/hello/...` with its `message` variable (a template over the
@@ -67,14 +70,15 @@ fn write_app(dir: &Path) -> anyhow::Result<()> {
 
 /// A pod as spin-operator makes one for a SpinApp (command `/`, port `http-app`, the listen
 /// address and variables in its env, probes on Spin's health endpoint), placed on `node` as
-/// the RuntimeClass's scheduling would (`runtime_class.rs` covers that), listening on `port`.
-fn operator_pod(name: &str, image: &str, node: &str, port: u16, api_key: Option<&str>) -> Pod {
-    let mut env = vec![
-        serde_json::json!({"name": "SPIN_HTTP_LISTEN_ADDR", "value": format!("0.0.0.0:{port}")}),
-    ];
-    if let Some(key) = api_key {
-        env.push(serde_json::json!({"name": "SPIN_VARIABLE_API_KEY", "value": key}));
-    }
+/// the RuntimeClass's scheduling would (`runtime_class.rs` covers that), listening on `port`,
+/// with `env` besides.
+fn operator_pod(name: &str, image: &str, node: &str, port: u16, env: &[(&str, &str)]) -> Pod {
+    let listen = format!("0.0.0.0:{port}");
+    let env: Vec<serde_json::Value> = [("SPIN_HTTP_LISTEN_ADDR", listen.as_str())]
+        .iter()
+        .chain(env)
+        .map(|(name, value)| serde_json::json!({"name": name, "value": value}))
+        .collect();
     let probe = serde_json::json!({"httpGet": {"path": "/.well-known/spin/health", "port": "http-app"}, "periodSeconds": 1});
     serde_json::from_value(serde_json::json!({
         "apiVersion": "v1", "kind": "Pod",
@@ -125,7 +129,7 @@ async fn a_pushed_spin_app_serves_its_routes_variables_and_files() -> anyhow::Re
                 &image,
                 &agent.name,
                 port,
-                Some("k-123"),
+                &[("SPIN_VARIABLE_API_KEY", "k-123")],
             ))
             .await?;
     }
@@ -141,6 +145,42 @@ async fn a_pushed_spin_app_serves_its_routes_variables_and_files() -> anyhow::Re
             assert!(body.contains(expected), "{expected:?} in {body}");
         }
     }
+    // A Service selecting the app, as the operator makes one, lists both replicas at their
+    // named port.
+    let services: Api<Service> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    services
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({
+                "apiVersion": "v1", "kind": "Service", "metadata": {"name": "spin-hello"},
+                "spec": {"selector": {"core.spinkube.dev/app-name": "spin-hello"},
+                         "ports": [{"port": 80, "targetPort": "http-app"}]}
+            }))?,
+        )
+        .await?;
+    let slices: Api<EndpointSlice> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    cluster
+        .eventually("EndpointSlices listing both replicas", async || {
+            let list = slices
+                .list(&ListParams::default().labels("kubernetes.io/service-name=spin-hello"))
+                .await?;
+            let mut listed: Vec<i32> = list
+                .items
+                .iter()
+                .filter(|slice| {
+                    slice
+                        .endpoints
+                        .iter()
+                        .any(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+                })
+                .flat_map(|slice| slice.ports.iter().flatten().filter_map(|p| p.port))
+                .collect();
+            listed.sort();
+            let mut wanted: Vec<i32> = ports.iter().map(|p| i32::from(*p)).collect();
+            wanted.sort();
+            Ok((listed == wanted).then_some(()))
+        })
+        .await?;
     let port = ports[0];
     // The other component, its own files at its root, the small one inlined in the lock.
     assert_eq!(
@@ -187,14 +227,14 @@ async fn a_scratch_spin_image_runs_and_a_missing_variable_or_component_is_named(
         anyhow::Ok(image)
     };
     let image = push("spin-scratch", files.clone()).await?;
-    let [port, unset_port, broken_port] = free_ports()?;
+    let [port, unset_port, broken_port, retained_port] = free_ports()?;
     cluster
         .serve(operator_pod(
             "scratch",
             &image,
             &agent.name,
             port,
-            Some("k-9"),
+            &[("SPIN_VARIABLE_API_KEY", "k-9")],
         ))
         .await?;
     let (status, body) = http_get(port, "/hello/x").await?;
@@ -202,9 +242,30 @@ async fn a_scratch_spin_image_runs_and_a_missing_variable_or_component_is_named(
     assert!(body.contains("(key k-9)"), "{body}");
     assert_eq!(http_get(port, "/static/file/small.txt").await?.1, "small");
 
+    // A SpinApp's `components` select what a pod runs (SPIN_COMPONENTS_TO_RETAIN): the others'
+    // routes are gone, and so is their need of variables.
+    let retained = [
+        ("SPIN_VARIABLE_API_KEY", "k"),
+        ("SPIN_COMPONENTS_TO_RETAIN", "files"),
+    ];
+    cluster
+        .serve(operator_pod(
+            "retained",
+            &image,
+            &agent.name,
+            retained_port,
+            &retained,
+        ))
+        .await?;
+    assert_eq!(http_get(retained_port, "/hello/x").await?.0, 404);
+    assert_eq!(
+        http_get(retained_port, "/static/file/small.txt").await?.1,
+        "small"
+    );
+
     // Without its required variable the container cannot start, and says which it lacks.
     cluster
-        .create_pod(operator_pod("unset", &image, &agent.name, unset_port, None))
+        .create_pod(operator_pod("unset", &image, &agent.name, unset_port, &[]))
         .await?;
     let failed = cluster
         .wait_pod("unset", "Failed", has_phase("Failed"))
@@ -235,7 +296,7 @@ async fn a_scratch_spin_image_runs_and_a_missing_variable_or_component_is_named(
             &broken,
             &agent.name,
             broken_port,
-            Some("k"),
+            &[("SPIN_VARIABLE_API_KEY", "k")],
         ))
         .await?;
     let failed = cluster
