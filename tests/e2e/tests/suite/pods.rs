@@ -268,8 +268,13 @@ async fn bad_images_end_in_clear_statuses_and_events_while_the_node_stays_ready(
         (128, Some("StartError"))
     );
 
+    // Looked at after the others, by when its failure may have become the back-off.
     let missing = cluster
-        .wait_pod("noregistry", "ErrImagePull", is_waiting("ErrImagePull"))
+        .wait_pod(
+            "noregistry",
+            "ErrImagePull or ImagePullBackOff",
+            e2e::is_failing_to_pull(),
+        )
         .await?;
     let message = waiting_message(&missing);
     assert!(message.contains("127.0.0.1:1/nothing/here:v1"), "{message}");
