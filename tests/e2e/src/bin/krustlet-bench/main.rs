@@ -7,6 +7,7 @@
 mod http_load;
 mod lease;
 mod noisy;
+mod spin;
 
 use anyhow::Context;
 use clap::Parser;
@@ -65,6 +66,10 @@ struct Args {
     /// load scenario, for `--http-seconds` each way); 0 skips it.
     #[arg(long, default_value_t = 16)]
     noisy_connections: usize,
+    /// Load connections of the Spin scenario (a Spin app pod beside a wasi-http pod of the
+    /// same component, run after the noisy one, for `--http-seconds` each); 0 skips it.
+    #[arg(long, default_value_t = 16)]
+    spin_connections: usize,
     /// `--runtime-workers` of the node agent, one full run of the node scenarios per value
     /// (comma-separated; 0 runs the guests in the agent's process), then the two compared. The
     /// HTTP load scenario runs with the last value.
@@ -784,6 +789,9 @@ async fn main() -> anyhow::Result<()> {
         if args.noisy_connections > 0 {
             noisy::scenario(&bench, args.noisy_connections, args.http_seconds).await?;
         }
+        if args.spin_connections > 0 {
+            spin::scenario(&bench, args.spin_connections, args.http_seconds).await?;
+        }
         return Ok(());
     }
     let mut summaries = Vec::new();
@@ -801,6 +809,9 @@ async fn main() -> anyhow::Result<()> {
         }
         if workers == last && args.noisy_connections > 0 {
             noisy::scenario(&bench, args.noisy_connections, args.http_seconds).await?;
+        }
+        if workers == last && args.spin_connections > 0 {
+            spin::scenario(&bench, args.spin_connections, args.http_seconds).await?;
         }
     }
     compare(&summaries);
