@@ -12,5 +12,6 @@ pub mod locked;
 pub mod manifest;
 pub mod routes;
 pub mod variables;
+pub mod wagi;
 
 pub use app::{App, AppError};

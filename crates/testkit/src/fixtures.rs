@@ -30,7 +30,10 @@ static BUILT: Mutex<bool> = Mutex::new(false);
 /// Preview 1 modules, preview 2 components and waSCC actors built from examples/ (package
 /// names).
 const BUILDS: [(&str, &[&str]); 3] = [
-    ("wasm32-wasip1", &["hello-wasm", "wasi-probe", "spin-hello"]),
+    (
+        "wasm32-wasip1",
+        &["hello-wasm", "wasi-probe", "spin-hello", "wagi-hello"],
+    ),
     ("wasm32-wasip2", &["wasi-probe", "http-probe"]),
     ("wasm32-unknown-unknown", &["http-actor"]),
 ];

@@ -256,6 +256,27 @@ impl GuestSetup {
         self.component_store_limited(engine, limits, wasi, Some(guest.spin.clone()))
     }
 
+    /// A store for one WAGI run of a Spin app's component: as [`Self::spin_request_store`],
+    /// with `args`, the CGI variables in `cgi_env` besides the component's own, the request's
+    /// body on stdin and stdout into `stdout`.
+    pub fn wagi_request_store(
+        &self,
+        engine: &Engine,
+        guest: &ComponentGuest,
+        args: &[String],
+        cgi_env: Vec<(String, String)>,
+        stdin: bytes::Bytes,
+        stdout: wasmtime_wasi::p2::pipe::MemoryOutputPipe,
+    ) -> Result<Store<ComponentState>, StartError> {
+        let limits = self.limits()?.with_cpu_time(self.request_cpu_time);
+        let mut env = guest.env.clone();
+        env.extend(cgi_env);
+        let mut wasi = self.wasi_with(args, &env, guest.files.as_slice())?;
+        wasi.stdin(wasmtime_wasi::p2::pipe::MemoryInputPipe::new(stdin))
+            .stdout(stdout);
+        self.component_store_limited(engine, limits, wasi, Some(guest.spin.clone()))
+    }
+
     fn component_store_limited(
         &self,
         engine: &Engine,

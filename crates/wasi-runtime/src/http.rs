@@ -128,12 +128,26 @@ impl Server {
             Handlers::Component(pre) => (pre, None),
             Handlers::Spin(app) => {
                 let full_url = full_url(&request);
-                match app.dispatch(request.uri().path(), &full_url, client) {
+                let (component, matched) = match app.dispatch(request.uri().path()) {
                     crate::spin::Dispatch::Host(status, body) => {
                         return Err(Refused::Host(status, body));
                     }
-                    crate::spin::Dispatch::Component(component, headers) => {
-                        for (name, value) in headers {
+                    crate::spin::Dispatch::Component(component, matched) => (component, matched),
+                };
+                match &component.handler {
+                    crate::spin::Handler::Wagi(command, argv) => {
+                        let run = WagiRun {
+                            command,
+                            argv,
+                            guest: &component.guest,
+                            matched: &matched,
+                            full_url: &full_url,
+                            client,
+                        };
+                        return self.call_wagi(request, run).await;
+                    }
+                    crate::spin::Handler::Http(pre) => {
+                        for (name, value) in matched.spin_headers(&full_url, client) {
                             if let (Ok(name), Ok(value)) = (
                                 http::HeaderName::try_from(name),
                                 http::HeaderValue::try_from(value),
@@ -141,7 +155,7 @@ impl Server {
                                 request.headers_mut().insert(name, value);
                             }
                         }
-                        (&component.pre, Some(&component.guest))
+                        (pre, Some(&component.guest))
                     }
                 }
             }
@@ -223,6 +237,120 @@ impl Server {
                 if exit_rx.await == Ok(0) {
                     report.failed("the guest's handler returned without answering the request");
                 }
+                Err(Refused::Failed)
+            }
+        }
+    }
+}
+
+/// One request to a Spin app's WAGI component.
+struct WagiRun<'a> {
+    command: &'a wasmtime_wasi::p2::bindings::CommandPre<ComponentState>,
+    argv: &'a str,
+    guest: &'a crate::guest::ComponentGuest,
+    matched: &'a spin_runtime::routes::RouteMatch<'a>,
+    full_url: &'a str,
+    client: std::net::SocketAddr,
+}
+
+impl Server {
+    /// Runs a WAGI component for `request`: its body (at most [`wagi::MAX_BODY`]) on stdin, the
+    /// CGI variables in its environment, its stdout parsed as the response. It runs within the
+    /// request deadlines and holds a place of the container's share while it runs.
+    async fn call_wagi(
+        &self,
+        request: hyper::Request<ReadDeadline<hyper::body::Incoming>>,
+        run: WagiRun<'_>,
+    ) -> Result<hyper::Response<HyperOutgoingBody>, Refused> {
+        use spin_runtime::wagi;
+        let permit = self.share.try_take().map_err(Refused::Busy)?;
+        let report = self.setup.failures();
+        let (parts, body) = request.into_parts();
+        let body = match http_body_util::Limited::new(body, wagi::MAX_BODY)
+            .collect()
+            .await
+        {
+            Ok(body) => body.to_bytes(),
+            Err(e) => {
+                return Err(Refused::Host(
+                    413,
+                    format!(
+                        "the request's body could not be read whole (a WAGI component takes at most {} bytes): {e}\n",
+                        wagi::MAX_BODY
+                    ),
+                ));
+            }
+        };
+        let version = format!("{:?}", parts.version);
+        let cgi = wagi::CgiRequest {
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            query: parts.uri.query().unwrap_or_default(),
+            version: &version,
+            headers: parts
+                .headers
+                .iter()
+                .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)))
+                .collect(),
+            content_length: body.len(),
+            client: run.client,
+            full_url: run.full_url,
+        };
+        let args = wagi::argv(run.argv, &cgi);
+        let env = wagi::environment(&cgi, run.matched);
+        let stdout = wasmtime_wasi::p2::pipe::MemoryOutputPipe::new(wagi::MAX_BODY);
+        let mut store = self
+            .setup
+            .wagi_request_store(&self.engine, run.guest, &args, env, body, stdout.clone())
+            .map_err(|e| {
+                report.failed(&format!("setting up an instance for a request failed: {e}"));
+                Refused::Failed
+            })?;
+        let command = run.command.clone();
+        let deadlines = self.deadlines;
+        let outcome = kubelet::netns::InNetns::new(self.setup.netns(), async move {
+            let _permit = permit;
+            let ran = async {
+                let instance = command.instantiate_async(&mut store).await?;
+                instance.wasi_cli_run().call_run(&mut store).await
+            };
+            // The answer is complete when the run ends: no return grace.
+            let (_, never_answered) = tokio::sync::oneshot::channel();
+            let outcome = deadlines
+                .enforce(async { ran.await.map(|_| ()) }, never_answered)
+                .await;
+            let outcome = outcome.map(|()| 0);
+            let exit = crate::guest::exit(&mut store, &outcome);
+            (outcome, exit)
+        })
+        .await;
+        let (outcome, exit) = outcome;
+        if exit.code != 0 {
+            let error = outcome
+                .as_ref()
+                .err()
+                .filter(|e| e.downcast_ref::<wasmtime_wasi::I32Exit>().is_none());
+            report.guest_failed(&exit, error);
+            return Err(Refused::Failed);
+        }
+        match wagi::response(&stdout.contents()) {
+            Ok(cgi) => {
+                let mut response = hyper::Response::builder().status(cgi.status);
+                for (name, value) in &cgi.headers {
+                    response = response.header(name.as_str(), value.as_str());
+                }
+                let body = http_body_util::Full::new(bytes::Bytes::from(cgi.body))
+                    .map_err(|never| match never {})
+                    .boxed_unsync();
+                response.body(body).map_err(|e| {
+                    report.failed(&format!(
+                        "the WAGI component's response is not valid HTTP: {e}"
+                    ));
+                    Refused::Failed
+                })
+            }
+            Err(e) => {
+                report.failed(&e.to_string());
                 Err(Refused::Failed)
             }
         }

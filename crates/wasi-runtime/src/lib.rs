@@ -231,20 +231,39 @@ impl WasiRuntime {
     }
 }
 
-impl spin::Compile for HttpEngine {
-    async fn compile(&self, module: ModuleBytes) -> Result<ProxyPre<ComponentState>, PrepareError> {
-        let cache::Compiled::Component(component) = self.cache.get(&module).await? else {
+impl HttpEngine {
+    /// The component `module`, compiled (once, then cached) for this engine and linked.
+    async fn linked(
+        &self,
+        module: &ModuleBytes,
+    ) -> Result<wasmtime::component::InstancePre<ComponentState>, PrepareError> {
+        let cache::Compiled::Component(component) = self.cache.get(module).await? else {
             return Err(PrepareError::not_runnable(
                 "the component compiled as a core module",
             ));
         };
-        let pre = self
-            .linker
+        self.linker
             .instantiate_pre(&component)
-            .map_err(missing_imports)?;
-        ProxyPre::new(pre).map_err(|e| {
+            .map_err(missing_imports)
+    }
+}
+
+impl spin::Compile for HttpEngine {
+    async fn compile(&self, module: ModuleBytes) -> Result<ProxyPre<ComponentState>, PrepareError> {
+        ProxyPre::new(self.linked(&module).await?).map_err(|e| {
             PrepareError::not_runnable(format!(
                 "the component exports no HTTP handler (wasi:http/incoming-handler): {e:#}"
+            ))
+        })
+    }
+
+    async fn compile_command(
+        &self,
+        module: ModuleBytes,
+    ) -> Result<CommandPre<ComponentState>, PrepareError> {
+        CommandPre::new(self.linked(&module).await?).map_err(|e| {
+            PrepareError::not_runnable(format!(
+                "the component is not a WASI command (wasi:cli/run), as a WAGI component must be: {e:#}"
             ))
         })
     }

@@ -10,11 +10,12 @@ use crate::shares::RequestCost;
 use kubelet::runtime::{ModuleBytes, Mount, PrepareError, StartError};
 use spin_runtime::app::{App, Component, Executor};
 use spin_runtime::bundle::Bundle;
-use spin_runtime::routes::{Router, WELL_KNOWN_PREFIX};
+use spin_runtime::routes::{RouteMatch, Router, WELL_KNOWN_PREFIX};
 use spin_runtime::variables::Values;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 /// The environment variable naming the components a container runs (comma-separated IDs);
@@ -36,20 +37,35 @@ pub struct SpinApp {
 }
 
 struct PreparedComponent {
-    pre: ProxyPre<ComponentState>,
+    handler: Handler,
     component: Arc<Component>,
     /// Its files, written once under the runtime's cache directory.
     files: Option<PathBuf>,
 }
 
-/// Turns a component's source into a compiled, linked HTTP handler (the runtime's pooling
-/// engine, cache and linker).
+/// How a component answers its requests.
+#[derive(Clone)]
+pub enum Handler {
+    /// It exports an HTTP handler.
+    Http(ProxyPre<ComponentState>),
+    /// It is a WAGI command, run once per request with this argv template.
+    Wagi(CommandPre<ComponentState>, String),
+}
+
+/// Turns a component's source into a compiled, linked guest (the runtime's pooling engine,
+/// cache and linker).
 pub trait Compile {
     /// Compiles (or finds cached) the component `bytes` and links it as an HTTP handler.
     fn compile(
         &self,
         component: ModuleBytes,
     ) -> impl Future<Output = Result<ProxyPre<ComponentState>, PrepareError>> + Send;
+
+    /// Compiles (or finds cached) the component `bytes` and links it as a command.
+    fn compile_command(
+        &self,
+        component: ModuleBytes,
+    ) -> impl Future<Output = Result<CommandPre<ComponentState>, PrepareError>> + Send;
 }
 
 impl SpinApp {
@@ -66,15 +82,8 @@ impl SpinApp {
         let mut components = BTreeMap::new();
         let mut cost = RequestCost::of_component(&[]);
         let mut component_digests = Vec::new();
-        for trigger in &bundle.app.http_triggers {
-            if let Executor::Wagi { .. } = trigger.executor {
-                return Err(PrepareError::not_runnable(format!(
-                    "component {:?} is a WAGI component (executor wagi), which this node does not run yet: build it as an HTTP component with a Spin SDK",
-                    trigger.component
-                )));
-            }
-        }
         for component in &bundle.app.components {
+            let executor = executor_of(&bundle.app, &component.id)?;
             let not_runnable = |e: &dyn std::fmt::Display| {
                 PrepareError::not_runnable(format!(
                     "component {:?} of the Spin app cannot run: {e}",
@@ -96,9 +105,21 @@ impl SpinApp {
                 bytes: componentized,
             };
             component_digests.push(bytes.digest.clone());
-            let pre = compiler.compile(bytes).await.map_err(|e| {
+            let in_component = |e: PrepareError| {
                 PrepareError::not_runnable(format!("component {:?}: {e}", component.id))
-            })?;
+            };
+            let handler = match executor {
+                Executor::Http => {
+                    Handler::Http(compiler.compile(bytes).await.map_err(in_component)?)
+                }
+                Executor::Wagi { argv } => Handler::Wagi(
+                    compiler
+                        .compile_command(bytes)
+                        .await
+                        .map_err(in_component)?,
+                    argv,
+                ),
+            };
             let files = bundle.files(component).map_err(|e| not_runnable(&e))?;
             let files = if files.is_empty() {
                 None
@@ -124,7 +145,7 @@ impl SpinApp {
             components.insert(
                 component.id.clone(),
                 PreparedComponent {
-                    pre,
+                    handler,
                     component: Arc::new(component.clone()),
                     files,
                 },
@@ -194,7 +215,7 @@ impl SpinApp {
                 (
                     id.clone(),
                     ServingComponent {
-                        pre: prepared.pre.clone(),
+                        handler: prepared.handler.clone(),
                         guest,
                     },
                 )
@@ -238,28 +259,23 @@ pub struct Serving {
 
 /// One component as a container serves it.
 pub struct ServingComponent {
-    /// The linked handler.
-    pub pre: ProxyPre<ComponentState>,
+    /// How it answers.
+    pub handler: Handler,
     /// What its instances see.
     pub guest: ComponentGuest,
 }
 
 /// Where a request goes.
 pub enum Dispatch<'a> {
-    /// To an instance of this component, with these headers added.
-    Component(&'a ServingComponent, Vec<(String, String)>),
+    /// To an instance of this component, by this match of its routes.
+    Component(&'a ServingComponent, RouteMatch<'a>),
     /// The host answers it itself: a status and a body.
     Host(u16, String),
 }
 
 impl Serving {
-    /// Where `path` goes, for a request to `full_url` from `client`.
-    pub fn dispatch(
-        &self,
-        path: &str,
-        full_url: &str,
-        client: std::net::SocketAddr,
-    ) -> Dispatch<'_> {
+    /// Where a request for `path` goes.
+    pub fn dispatch(&self, path: &str) -> Dispatch<'_> {
         if let Some(well_known) = path.strip_prefix(WELL_KNOWN_PREFIX) {
             return match well_known {
                 "health" => Dispatch::Host(200, "OK".to_owned()),
@@ -271,10 +287,27 @@ impl Serving {
             return Dispatch::Host(404, String::new());
         };
         match self.components.get(found.component) {
-            Some(component) => Dispatch::Component(component, found.spin_headers(full_url, client)),
+            Some(component) => Dispatch::Component(component, found),
             None => Dispatch::Host(404, String::new()),
         }
     }
+}
+
+/// How the app's triggers call component `id`: one executor, or an error when its triggers
+/// disagree.
+fn executor_of(app: &App, id: &str) -> Result<Executor, PrepareError> {
+    let mut executors = app
+        .http_triggers
+        .iter()
+        .filter(|t| t.component == id)
+        .map(|t| &t.executor);
+    let first = executors.next().cloned().unwrap_or(Executor::Http);
+    if executors.any(|other| std::mem::discriminant(other) != std::mem::discriminant(&first)) {
+        return Err(PrepareError::not_runnable(format!(
+            "component {id:?} is called by both the HTTP and the WAGI executor; give each executor a component of its own"
+        )));
+    }
+    Ok(first)
 }
 
 /// Writes `files` (paths relative to `dir`) into `dir` unless an earlier preparation did: into

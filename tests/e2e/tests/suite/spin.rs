@@ -4,7 +4,7 @@
 //! push`) and as a `FROM scratch` image with `spin.toml` at its root; run by pods shaped as
 //! spin-operator makes them.
 
-use e2e::{Cluster, container_state, free_ports, has_phase, http_get};
+use e2e::{Cluster, container_state, free_ports, has_phase, http_get, http_request};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
@@ -13,7 +13,7 @@ use std::path::Path;
 
 /// The app: `hello` answers `/hello/...` with its `message` variable (a template over the
 /// app's `greeting`, which has a default, and `api_key`, which is required); `files` answers
-/// `/static/...` with the files of `assets/`.
+/// `/static/...` with the files of `assets/`; `cgi`, a WAGI program, answers `/cgi/...`.
 const SPIN_TOML: &str = r#"
 spin_manifest_version = 2
 
@@ -33,6 +33,11 @@ component = "hello"
 route = "/static/..."
 component = "files"
 
+[[trigger.http]]
+route = "/cgi/..."
+component = "cgi"
+executor = { type = "wagi" }
+
 [component.hello]
 source = "spin_hello.wasm"
 [component.hello.variables]
@@ -41,6 +46,9 @@ message = "{{ greeting }} (key {{ api_key }})"
 [component.files]
 source = "spin_hello.wasm"
 files = [{ source = "assets", destination = "/" }]
+
+[component.cgi]
+source = "wagi-hello.wasm"
 "#;
 
 /// A file larger than a locked app inlines (its own layer when pushed).
@@ -51,9 +59,11 @@ fn big_file() -> String {
 /// The app's files: `(path beneath the app's root, content)`.
 fn app_files() -> anyhow::Result<Vec<(String, Vec<u8>)>> {
     let module = std::fs::read(testkit::fixtures::wasm_module("spin_hello")?)?;
+    let wagi = std::fs::read(testkit::fixtures::wasm_module("wagi-hello")?)?;
     Ok(vec![
         ("spin.toml".into(), SPIN_TOML.as_bytes().to_vec()),
         ("spin_hello.wasm".into(), module),
+        ("wagi-hello.wasm".into(), wagi),
         ("assets/big.txt".into(), big_file().into_bytes()),
         ("assets/small.txt".into(), b"small".to_vec()),
     ])
@@ -193,6 +203,18 @@ async fn a_pushed_spin_app_serves_its_routes_variables_and_files() -> anyhow::Re
     );
     // `hello` has no files of its own.
     assert_eq!(http_get(port, "/hello/file/big.txt").await?.0, 404);
+    // The WAGI component: the body on its stdin, the CGI variables and argv as Spin sets them.
+    let (status, body) = http_request(port, "POST", "/cgi/run/it?a=1&b=2", "the body").await?;
+    assert_eq!(status, 200, "{body}");
+    for expected in [
+        "method=POST",
+        "path_info=/run/it",
+        "query=a=1&b=2",
+        "argv=/cgi/run/it,a=1,b=2",
+        "body=the body",
+    ] {
+        assert!(body.contains(expected), "{expected:?} in {body}");
+    }
     // No route, and the host's own endpoints.
     assert_eq!(http_get(port, "/elsewhere").await?.0, 404);
     assert_eq!(
