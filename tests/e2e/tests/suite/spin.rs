@@ -13,7 +13,8 @@ use std::path::Path;
 
 /// The app: `hello` answers `/hello/...` with its `message` variable (a template over the
 /// app's `greeting`, which has a default, and `api_key`, which is required); `files` answers
-/// `/static/...` with the files of `assets/`; `cgi`, a WAGI program, answers `/cgi/...`.
+/// `/static/...` with the files of `assets/`; `hello-sdk5`, the same source built with
+/// spin-sdk 5.1, answers `/v5/...`; `cgi`, a WAGI program, answers `/cgi/...`.
 const SPIN_TOML: &str = r#"
 spin_manifest_version = 2
 
@@ -34,6 +35,10 @@ route = "/static/..."
 component = "files"
 
 [[trigger.http]]
+route = "/v5/..."
+component = "hello-sdk5"
+
+[[trigger.http]]
 route = "/cgi/..."
 component = "cgi"
 executor = { type = "wagi" }
@@ -47,6 +52,11 @@ message = "{{ greeting }} (key {{ api_key }})"
 source = "spin_hello.wasm"
 files = [{ source = "assets", destination = "/" }]
 
+[component.hello-sdk5]
+source = "spin_hello_sdk5.wasm"
+[component.hello-sdk5.variables]
+message = "sdk5 says {{ greeting }}"
+
 [component.cgi]
 source = "wagi-hello.wasm"
 "#;
@@ -59,10 +69,12 @@ fn big_file() -> String {
 /// The app's files: `(path beneath the app's root, content)`.
 fn app_files() -> anyhow::Result<Vec<(String, Vec<u8>)>> {
     let module = std::fs::read(testkit::fixtures::wasm_module("spin_hello")?)?;
+    let sdk5 = std::fs::read(testkit::fixtures::wasm_module("spin_hello_sdk5")?)?;
     let wagi = std::fs::read(testkit::fixtures::wasm_module("wagi-hello")?)?;
     Ok(vec![
         ("spin.toml".into(), SPIN_TOML.as_bytes().to_vec()),
         ("spin_hello.wasm".into(), module),
+        ("spin_hello_sdk5.wasm".into(), sdk5),
         ("wagi-hello.wasm".into(), wagi),
         ("assets/big.txt".into(), big_file().into_bytes()),
         ("assets/small.txt".into(), b"small".to_vec()),
@@ -203,6 +215,13 @@ async fn a_pushed_spin_app_serves_its_routes_variables_and_files() -> anyhow::Re
     );
     // `hello` has no files of its own.
     assert_eq!(http_get(port, "/hello/file/big.txt").await?.0, 404);
+    // The same source built with a newer SDK.
+    let (status, body) = http_get(port, "/v5/x").await?;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("message=sdk5 says hello from the defaults"),
+        "{body}"
+    );
     // The WAGI component: the body on its stdin, the CGI variables and argv as Spin sets them.
     let (status, body) = http_request(port, "POST", "/cgi/run/it?a=1&b=2", "the body").await?;
     assert_eq!(status, 200, "{body}");
