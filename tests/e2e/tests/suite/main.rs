@@ -3,8 +3,9 @@
 //! binary of its own, about 86 MB each in a debug build). Run one area with
 //! `cargo test -p e2e --test suite <module>::`.
 //!
-//! Certificate rotation (`tests/rotation.rs`) stays a binary of its own: it shortens the
-//! stand-in's signing duration for its whole process.
+//! Two areas stay binaries of their own: certificate rotation (`tests/rotation.rs`) shortens
+//! the stand-in's signing duration for its whole process, and a user's first pod
+//! (`tests/hello.rs`) is placed by the scheduler, so its node must be the only wasm node up.
 
 mod apiserver;
 mod bootstrap;
@@ -12,7 +13,6 @@ mod compaction;
 mod components;
 mod config_file;
 mod dns;
-mod hello;
 mod hostile;
 mod http_shares;
 mod images;
