@@ -32,7 +32,13 @@ static BUILT: Mutex<bool> = Mutex::new(false);
 const BUILDS: [(&str, &[&str]); 3] = [
     (
         "wasm32-wasip1",
-        &["hello-wasm", "wasi-probe", "spin-hello", "wagi-hello"],
+        &[
+            "hello-wasm",
+            "wasi-probe",
+            "spin-hello",
+            "spin-hello-sdk5",
+            "wagi-hello",
+        ],
     ),
     ("wasm32-wasip2", &["wasi-probe", "http-probe"]),
     ("wasm32-unknown-unknown", &["http-actor"]),

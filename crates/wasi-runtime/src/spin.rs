@@ -83,73 +83,11 @@ impl SpinApp {
         let mut cost = RequestCost::of_component(&[]);
         let mut component_digests = Vec::new();
         for component in &bundle.app.components {
-            let executor = executor_of(&bundle.app, &component.id)?;
-            let not_runnable = |e: &dyn std::fmt::Display| {
-                PrepareError::not_runnable(format!(
-                    "component {:?} of the Spin app cannot run: {e}",
-                    component.id
-                ))
-            };
-            let source = bundle.source(component).map_err(|e| not_runnable(&e))?;
-            let source: Arc<[u8]> = Arc::from(source);
-            let componentized = tokio::task::spawn_blocking(move || {
-                spin_runtime::componentize::componentize(&source)
-                    .map(|c| Arc::<[u8]>::from(c.as_ref()))
-            })
-            .await
-            .map_err(|e| not_runnable(&e))?
-            .map_err(|e| not_runnable(&e))?;
-            cost = cost.max(RequestCost::of_component(&componentized));
-            let bytes = ModuleBytes {
-                digest: kubelet::images::digest_of(&componentized),
-                bytes: componentized,
-            };
-            component_digests.push(bytes.digest.clone());
-            let in_component = |e: PrepareError| {
-                PrepareError::not_runnable(format!("component {:?}: {e}", component.id))
-            };
-            let handler = match executor {
-                Executor::Http => {
-                    Handler::Http(compiler.compile(bytes).await.map_err(in_component)?)
-                }
-                Executor::Wagi { argv } => Handler::Wagi(
-                    compiler
-                        .compile_command(bytes)
-                        .await
-                        .map_err(in_component)?,
-                    argv,
-                ),
-            };
-            let files = bundle.files(component).map_err(|e| not_runnable(&e))?;
-            let files = if files.is_empty() {
-                None
-            } else {
-                let dir = app_dir.join(&component.id);
-                let owned: Vec<(String, Vec<u8>)> = files
-                    .into_iter()
-                    .map(|f| (f.path, f.content.to_vec()))
-                    .collect();
-                let target = dir.clone();
-                tokio::task::spawn_blocking(move || write_files_once(&target, &owned))
-                    .await
-                    .map_err(|e| not_runnable(&e))?
-                    .map_err(|e| {
-                        PrepareError::not_runnable(format!(
-                            "writing the files of component {:?} to {}: {e}",
-                            component.id,
-                            dir.display()
-                        ))
-                    })?;
-                Some(dir)
-            };
-            components.insert(
-                component.id.clone(),
-                PreparedComponent {
-                    handler,
-                    component: Arc::new(component.clone()),
-                    files,
-                },
-            );
+            let (prepared, compiled) =
+                prepare_component(&bundle, component, compiler, &app_dir).await?;
+            cost = cost.max(RequestCost::of_component(&compiled.bytes));
+            component_digests.push(compiled.digest);
+            components.insert(component.id.clone(), prepared);
         }
         Ok(Self {
             app: Arc::new(bundle.app),
@@ -291,6 +229,79 @@ impl Serving {
             None => Dispatch::Host(404, String::new()),
         }
     }
+}
+
+/// Prepares one component of `bundle`: componentized, compiled and linked for its executor,
+/// its files written beneath `app_dir`; also returns the component it compiled.
+async fn prepare_component(
+    bundle: &Bundle,
+    component: &Component,
+    compiler: &impl Compile,
+    app_dir: &Path,
+) -> Result<(PreparedComponent, ModuleBytes), PrepareError> {
+    let executor = executor_of(&bundle.app, &component.id)?;
+    let not_runnable = |e: &dyn std::fmt::Display| {
+        PrepareError::not_runnable(format!(
+            "component {:?} of the Spin app cannot run: {e}",
+            component.id
+        ))
+    };
+    let source: Arc<[u8]> = Arc::from(bundle.source(component).map_err(|e| not_runnable(&e))?);
+    let componentized = tokio::task::spawn_blocking(move || {
+        spin_runtime::componentize::componentize(&source).map(|c| Arc::<[u8]>::from(c.as_ref()))
+    })
+    .await
+    .map_err(|e| not_runnable(&e))?
+    .map_err(|e| not_runnable(&e))?;
+    let compiled = ModuleBytes {
+        digest: kubelet::images::digest_of(&componentized),
+        bytes: componentized,
+    };
+    let in_component =
+        |e: PrepareError| PrepareError::not_runnable(format!("component {:?}: {e}", component.id));
+    let handler = match executor {
+        Executor::Http => Handler::Http(
+            compiler
+                .compile(compiled.clone())
+                .await
+                .map_err(in_component)?,
+        ),
+        Executor::Wagi { argv } => Handler::Wagi(
+            compiler
+                .compile_command(compiled.clone())
+                .await
+                .map_err(in_component)?,
+            argv,
+        ),
+    };
+    let files = bundle.files(component).map_err(|e| not_runnable(&e))?;
+    let files = if files.is_empty() {
+        None
+    } else {
+        let dir = app_dir.join(&component.id);
+        let owned: Vec<(String, Vec<u8>)> = files
+            .into_iter()
+            .map(|f| (f.path, f.content.to_vec()))
+            .collect();
+        let target = dir.clone();
+        tokio::task::spawn_blocking(move || write_files_once(&target, &owned))
+            .await
+            .map_err(|e| not_runnable(&e))?
+            .map_err(|e| {
+                PrepareError::not_runnable(format!(
+                    "writing the files of component {:?} to {}: {e}",
+                    component.id,
+                    dir.display()
+                ))
+            })?;
+        Some(dir)
+    };
+    let prepared = PreparedComponent {
+        handler,
+        component: Arc::new(component.clone()),
+        files,
+    };
+    Ok((prepared, compiled))
 }
 
 /// How the app's triggers call component `id`: one executor, or an error when its triggers

@@ -275,23 +275,8 @@ impl<W: Write> Write for HashingWriter<W> {
 
 #[cfg(test)]
 mod tests {
+    use super::layers::test_layer as layer;
     use super::*;
-    use oci_client::manifest::IMAGE_LAYER_MEDIA_TYPE;
-
-    fn layer(files: &[(&str, &[u8])]) -> (String, Vec<u8>) {
-        let mut archive = tar::Builder::new(Vec::new());
-        for (path, content) in files {
-            let mut header = tar::Header::new_gnu();
-            header.set_size(content.len() as u64);
-            header.set_mode(0o644);
-            header.set_cksum();
-            archive.append_data(&mut header, path, *content).unwrap();
-        }
-        (
-            IMAGE_LAYER_MEDIA_TYPE.to_string(),
-            archive.into_inner().unwrap(),
-        )
-    }
 
     /// The bundle's entries and contents.
     fn entries(bundle: &[u8]) -> Vec<(String, Vec<u8>)> {

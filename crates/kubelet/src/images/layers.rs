@@ -205,24 +205,27 @@ pub fn find_file<R: Read>(
     Ok(None)
 }
 
+/// A tar layer of `files` (path and content), with its media type, for tests.
+#[cfg(test)]
+pub(super) fn test_layer(files: &[(&str, &[u8])]) -> (String, Vec<u8>) {
+    let mut archive = tar::Builder::new(Vec::new());
+    for (path, content) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(content.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        archive.append_data(&mut header, path, *content).unwrap();
+    }
+    (
+        IMAGE_LAYER_MEDIA_TYPE.to_string(),
+        archive.into_inner().unwrap(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_layer as layer;
     use super::*;
-
-    fn layer(files: &[(&str, &[u8])]) -> (String, Vec<u8>) {
-        let mut archive = tar::Builder::new(Vec::new());
-        for (path, content) in files {
-            let mut header = tar::Header::new_gnu();
-            header.set_size(content.len() as u64);
-            header.set_mode(0o644);
-            header.set_cksum();
-            archive.append_data(&mut header, path, *content).unwrap();
-        }
-        (
-            IMAGE_LAYER_MEDIA_TYPE.to_string(),
-            archive.into_inner().unwrap(),
-        )
-    }
 
     fn find(layers: &[(String, Vec<u8>)], path: &str) -> Result<Option<Vec<u8>>, String> {
         let readers = layers.iter().map(|(t, b)| (t.clone(), b.as_slice()));

@@ -284,7 +284,7 @@ async fn a_scratch_spin_image_runs_and_a_missing_variable_or_component_is_named(
     assert_eq!(http_get(port, "/static/file/small.txt").await?.1, "small");
 
     // A SpinApp's `components` select what a pod runs (SPIN_COMPONENTS_TO_RETAIN): the others'
-    // routes are gone, and so is their need of variables.
+    // routes are gone.
     let retained = [
         ("SPIN_VARIABLE_API_KEY", "k"),
         ("SPIN_COMPONENTS_TO_RETAIN", "files"),
