@@ -72,6 +72,19 @@ pub struct ComponentGuest {
     pub spin: spin_runtime::host::SpinContext,
 }
 
+/// Memory a container holds outside its guests' linear memories (a WAGI request's buffered
+/// body and output), charged to its usage and memory limit until dropped.
+pub struct HeldMemory {
+    usage: Arc<Usage>,
+    bytes: u64,
+}
+
+impl Drop for HeldMemory {
+    fn drop(&mut self) {
+        self.usage.release_memory(self.bytes);
+    }
+}
+
 impl ComponentState {
     /// The Spin context of a Spin app's component.
     pub fn spin(&self) -> Option<&spin_runtime::host::SpinContext> {
@@ -160,6 +173,17 @@ impl GuestSetup {
     /// The pod's network namespace, which the guest's work runs in; `None`: the node's network.
     pub fn netns(&self) -> Option<Arc<PodNetns>> {
         self.netns.clone()
+    }
+
+    /// Holds `bytes` of the container's memory (its limit counts all its instances and this
+    /// together); `None` when that would take it past its limit.
+    pub fn hold_memory(&self, bytes: u64) -> Option<HeldMemory> {
+        self.usage
+            .try_grow_memory(bytes, self.limits.memory_bytes)
+            .then(|| HeldMemory {
+                usage: self.usage.clone(),
+                bytes,
+            })
     }
 
     /// Where the container's failed requests are reported.

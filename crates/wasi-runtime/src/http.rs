@@ -256,7 +256,8 @@ struct WagiRun<'a> {
 impl Server {
     /// Runs a WAGI component for `request`: its body (at most [`wagi::MAX_BODY`]) on stdin, the
     /// CGI variables in its environment, its stdout parsed as the response. It runs within the
-    /// request deadlines and holds a place of the container's share while it runs.
+    /// request deadlines, holds a place of the container's share, and its body and output
+    /// count against the container's memory limit.
     async fn call_wagi(
         &self,
         request: hyper::Request<ReadDeadline<hyper::body::Incoming>>,
@@ -280,6 +281,17 @@ impl Server {
                     ),
                 ));
             }
+        };
+        // The body and the most output the run may write are held in memory: charged to the
+        // container, as its instances' memories are.
+        let held = u64::try_from(body.len() + wagi::MAX_BODY).unwrap_or(u64::MAX);
+        let Some(_held) = self.setup.hold_memory(held) else {
+            return Err(Refused::Host(
+                503,
+                format!(
+                    "the container's memory limit has no room for this request's body and output ({held} bytes) beside its other requests\n"
+                ),
+            ));
         };
         let version = format!("{:?}", parts.version);
         let cgi = wagi::CgiRequest {
