@@ -37,6 +37,7 @@ const BUILDS: [(&str, &[&str]); 3] = [
             "wasi-probe",
             "spin-hello",
             "spin-hello-sdk5",
+            "spin-kv",
             "wagi-hello",
         ],
     ),

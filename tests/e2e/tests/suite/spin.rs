@@ -253,7 +253,7 @@ async fn a_pushed_spin_app_serves_its_routes_variables_and_files() -> anyhow::Re
 }
 
 #[tokio::test]
-async fn a_scratch_spin_image_runs_and_a_missing_variable_or_component_is_named()
+async fn a_scratch_spin_image_runs_and_a_missing_variable_component_or_interface_is_named()
 -> anyhow::Result<()> {
     let cluster = Cluster::new("spin-scratch").await?;
     let agent = cluster.start_node().await?;
@@ -268,7 +268,7 @@ async fn a_scratch_spin_image_runs_and_a_missing_variable_or_component_is_named(
         anyhow::Ok(image)
     };
     let image = push("spin-scratch", files.clone()).await?;
-    let [port, unset_port, broken_port, retained_port] = free_ports()?;
+    let [port, unset_port, broken_port, retained_port, kv_port] = free_ports()?;
     cluster
         .serve(operator_pod(
             "scratch",
@@ -349,6 +349,44 @@ async fn a_scratch_spin_image_runs_and_a_missing_variable_or_component_is_named(
         .unwrap_or_default();
     assert!(
         message.contains("spin_hello.wasm") && message.contains("is not in the image"),
+        "{message}"
+    );
+
+    // A component using a Spin host interface this node does not have yet is refused, naming
+    // the interface.
+    let kv_app = vec![
+        (
+            "spin.toml".to_owned(),
+            br#"spin_manifest_version = 2
+[application]
+name = "counter"
+[[trigger.http]]
+route = "/..."
+component = "counter"
+[component.counter]
+source = "spin_kv.wasm"
+key_value_stores = ["default"]
+"#
+            .to_vec(),
+        ),
+        (
+            "spin_kv.wasm".to_owned(),
+            std::fs::read(testkit::fixtures::wasm_module("spin_kv")?)?,
+        ),
+    ];
+    let kv = push("spin-kv", kv_app).await?;
+    cluster
+        .create_pod(operator_pod("kv", &kv, &agent.name, kv_port, &[]))
+        .await?;
+    let failed = cluster
+        .wait_pod("kv", "Failed", has_phase("Failed"))
+        .await?;
+    let message = container_state(&failed)
+        .and_then(|s| s.terminated)
+        .and_then(|t| t.message)
+        .unwrap_or_default();
+    assert!(
+        message.contains("fermyon:spin/key-value@2.0.0"),
         "{message}"
     );
     Ok(())
