@@ -119,6 +119,24 @@ fn operator_pod(name: &str, image: &str, node: &str, port: u16, env: &[(&str, &s
     .expect("a valid pod")
 }
 
+/// Waits until pod `name` (restartPolicy Never) has failed to start, as a container that can
+/// never run does (`StartError`); its message.
+async fn start_failure(cluster: &Cluster, name: &str) -> anyhow::Result<String> {
+    let failed = cluster
+        .wait_pod(name, "Failed", has_phase("Failed"))
+        .await?;
+    let terminated = container_state(&failed)
+        .and_then(|s| s.terminated)
+        .ok_or_else(|| anyhow::anyhow!("pod {name} failed without a terminated container"))?;
+    let message = terminated.message.unwrap_or_default();
+    anyhow::ensure!(
+        terminated.reason.as_deref() == Some("StartError"),
+        "pod {name}: {:?}, not StartError: {message}",
+        terminated.reason
+    );
+    Ok(message)
+}
+
 #[tokio::test]
 async fn a_pushed_spin_app_serves_its_routes_variables_and_files() -> anyhow::Result<()> {
     let cluster = Cluster::new("spin-app").await?;
@@ -308,18 +326,7 @@ async fn a_scratch_spin_image_runs_and_a_missing_variable_component_or_interface
     cluster
         .create_pod(operator_pod("unset", &image, &agent.name, unset_port, &[]))
         .await?;
-    let failed = cluster
-        .wait_pod("unset", "Failed", has_phase("Failed"))
-        .await?;
-    let terminated = container_state(&failed)
-        .and_then(|s| s.terminated)
-        .expect("terminated");
-    let message = terminated.message.unwrap_or_default();
-    assert_eq!(
-        terminated.reason.as_deref(),
-        Some("StartError"),
-        "{message}"
-    );
+    let message = start_failure(&cluster, "unset").await?;
     assert!(
         message.contains("\"api_key\"") && message.contains("SPIN_VARIABLE_API_KEY"),
         "{message}"
@@ -340,13 +347,7 @@ async fn a_scratch_spin_image_runs_and_a_missing_variable_component_or_interface
             &[("SPIN_VARIABLE_API_KEY", "k")],
         ))
         .await?;
-    let failed = cluster
-        .wait_pod("broken", "Failed", has_phase("Failed"))
-        .await?;
-    let message = container_state(&failed)
-        .and_then(|s| s.terminated)
-        .and_then(|t| t.message)
-        .unwrap_or_default();
+    let message = start_failure(&cluster, "broken").await?;
     assert!(
         message.contains("spin_hello.wasm") && message.contains("is not in the image"),
         "{message}"
@@ -378,13 +379,7 @@ key_value_stores = ["default"]
     cluster
         .create_pod(operator_pod("kv", &kv, &agent.name, kv_port, &[]))
         .await?;
-    let failed = cluster
-        .wait_pod("kv", "Failed", has_phase("Failed"))
-        .await?;
-    let message = container_state(&failed)
-        .and_then(|s| s.terminated)
-        .and_then(|t| t.message)
-        .unwrap_or_default();
+    let message = start_failure(&cluster, "kv").await?;
     assert!(
         message.contains("fermyon:spin/key-value@2.0.0"),
         "{message}"
