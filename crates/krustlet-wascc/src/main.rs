@@ -26,6 +26,7 @@ async fn main() -> anyhow::Result<()> {
         Ok(wascc_runtime::WasccRuntime::new(
             config.data_dir.join("compiled"),
             config.http_serving,
+            config.descriptors,
         )?)
     })
     .await

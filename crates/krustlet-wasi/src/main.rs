@@ -33,6 +33,7 @@ async fn main() -> anyhow::Result<()> {
                 lookups_per_container: config.max_name_lookups_per_container,
                 keep_resident: config.http_instance_keep_resident,
                 serving: config.http_serving,
+                descriptors: config.descriptors,
                 request_deadlines: wasi_runtime::RequestDeadlines {
                     timeout: config.http_request_timeout,
                     return_grace: config.http_return_grace,

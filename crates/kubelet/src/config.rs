@@ -89,6 +89,8 @@ pub struct Config {
     pub http_instance_keep_resident: usize,
     /// Bounds on the clients of the ports each container serves.
     pub http_serving: crate::runtime::ServeLimits,
+    /// What each runtime's containers may hold of its file descriptors.
+    pub descriptors: crate::runtime::DescriptorLimits,
     /// How long one HTTP request's instance may run (`--http-request-timeout`).
     pub http_request_timeout: std::time::Duration,
     /// How long a request's instance may run on once its answer is complete

@@ -161,6 +161,33 @@ impl Default for ServeLimits {
     }
 }
 
+/// What a runtime's containers may hold of its process's file descriptors: connections to
+/// served ports, outgoing connections, name lookups' sockets and the files, directories and
+/// sockets guests open are all charged to the container they serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DescriptorLimits {
+    /// Descriptors all containers of a runtime process together may hold
+    /// (`--max-pod-descriptors`); `None`: three quarters of the process's open-file limit,
+    /// the rest left to the node's own work.
+    pub total: Option<u32>,
+    /// Descriptors each container is guaranteed (`--guaranteed-descriptors-per-container`); a
+    /// container the runtime cannot guarantee is not started.
+    pub guaranteed_per_container: u32,
+    /// Files, directories and sockets one container's guests may have open at once, all its
+    /// instances together (`--max-open-files-per-container`).
+    pub open_files_per_container: u32,
+}
+
+impl Default for DescriptorLimits {
+    fn default() -> Self {
+        Self {
+            total: None,
+            guaranteed_per_container: 16,
+            open_files_per_container: 1024,
+        }
+    }
+}
+
 /// The container's network: the node's, or its pod's own network namespace (CNI).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Network {

@@ -257,6 +257,26 @@ pub struct NodeArgs {
     /// shootdowns; the rest is given back. `0` gives everything back, as `wasmtime serve` does.
     #[arg(long, env = "KRUSTLET_HTTP_INSTANCE_KEEP_RESIDENT", default_value = "1Mi", value_parser = parse_bytes_or_zero)]
     http_instance_keep_resident: u64,
+    /// File descriptors all containers of a runtime process together may hold: connections to
+    /// their served ports, their outgoing connections and name lookups, the files, directories
+    /// and sockets their guests open. Default: three quarters of the process's open-file
+    /// limit, the rest left to the node's own work.
+    #[arg(long, env = "KRUSTLET_MAX_POD_DESCRIPTORS", value_parser = clap::value_parser!(u32).range(1..))]
+    max_pod_descriptors: Option<u32>,
+    /// File descriptors each container is guaranteed whatever other pods hold (its first
+    /// connections, lookups and open files); a container a runtime cannot guarantee this is not
+    /// started until it can.
+    #[arg(
+        long,
+        env = "KRUSTLET_GUARANTEED_DESCRIPTORS_PER_CONTAINER",
+        default_value_t = 16
+    )]
+    guaranteed_descriptors_per_container: u32,
+    /// Files, directories and sockets one container's guests may have open at once, all its
+    /// instances together (as a container's RLIMIT_NOFILE: containerd's default soft limit);
+    /// one more fails for the guest with a "too many open files" error.
+    #[arg(long, env = "KRUSTLET_MAX_OPEN_FILES_PER_CONTAINER", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    max_open_files_per_container: u32,
     /// Connections open at once on the ports one container serves (wasi-http, waSCC
     /// http_server); one more is answered 503 and closed, so that one pod's clients cannot
     /// take the runtime process's file descriptors from the other pods.
@@ -500,6 +520,11 @@ impl NodeArgs {
                 header_read_timeout: self.http_header_read_timeout,
                 idle_timeout: self.http_idle_timeout,
                 body_read_timeout: self.http_body_read_timeout,
+            },
+            descriptors: kubelet::runtime::DescriptorLimits {
+                total: self.max_pod_descriptors,
+                guaranteed_per_container: self.guaranteed_descriptors_per_container,
+                open_files_per_container: self.max_open_files_per_container,
             },
             container_logs: kubelet::logs::LogPolicy {
                 max_size: self.container_log_max_size,

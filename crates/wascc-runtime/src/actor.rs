@@ -251,6 +251,9 @@ mod tests {
             task: AbortOnDropHandle::new(tokio::spawn(http_server::serve(
                 vec![listener],
                 kubelet::runtime::ServeLimits::default(),
+                wasm_host::descriptors::DescriptorBudget::new(Default::default())
+                    .reserve()
+                    .unwrap(),
                 sender,
                 FailureReport::new(log.writer("stderr"), Warnings::new("trapper", warnings_tx)),
                 server_stop.clone(),

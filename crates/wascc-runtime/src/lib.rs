@@ -27,6 +27,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::task::AbortOnDropHandle;
 use wapc::ActorState;
+use wasm_host::descriptors::DescriptorBudget;
 use wasm_host::failures::FailureReport;
 use wasm_host::limits::GuestLimits;
 use wasm_host::{SetupError, TickingEngine, cache};
@@ -49,14 +50,17 @@ pub struct WasccRuntime {
     cache: cache::ModuleCache,
     /// Bounds on the clients of an actor's `http_server` ports.
     serving: kubelet::runtime::ServeLimits,
+    /// The file descriptors actors' clients may hold, and each actor's share.
+    descriptors: Arc<DescriptorBudget>,
 }
 
 impl WasccRuntime {
     /// A runtime caching compiled actors under `cache_dir`, their `http_server` ports served
-    /// within `serving`.
+    /// within `serving` and `descriptors`.
     pub fn new(
         cache_dir: PathBuf,
         serving: kubelet::runtime::ServeLimits,
+        descriptors: kubelet::runtime::DescriptorLimits,
     ) -> Result<Self, SetupError> {
         let engine = TickingEngine::new(wasm_host::capacity::dense_config())?;
         let mut linker = Linker::new(engine.engine());
@@ -67,6 +71,7 @@ impl WasccRuntime {
             linker,
             cache,
             serving,
+            descriptors: DescriptorBudget::new(descriptors),
         })
     }
 }
@@ -137,11 +142,16 @@ impl Runtime for WasccRuntime {
             // An actor makes no connections of its own: only its served ports need to be in
             // its pod's network.
             let netns = wasm_host::ports::pod_netns(&run.network)?;
+            let descriptors = self
+                .descriptors
+                .reserve()
+                .map_err(|e| StartError::Full(e.to_string()))?;
             let listeners = wasm_host::ports::bind(&addrs, netns.as_deref())?;
             let stop = run.stop.child_token();
             let task = tokio::spawn(capabilities::http_server::serve(
                 listeners,
                 self.serving,
+                descriptors,
                 sender.clone(),
                 FailureReport::new(run.stderr.another(), run.warnings.clone()),
                 stop.clone(),

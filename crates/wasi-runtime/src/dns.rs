@@ -19,6 +19,7 @@ use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio_util::task::AbortOnDropHandle;
+use wasm_host::descriptors::ContainerDescriptors;
 use wasmtime::component::{HasData, Linker, Resource};
 use wasmtime_wasi::p2::SocketError;
 use wasmtime_wasi::p2::bindings::sockets::network::{self, ErrorCode, IpAddress, Network};
@@ -59,6 +60,9 @@ const CACHE_RESPONSES: u64 = 64;
 const MAX_NDOTS: usize = 15;
 const MAX_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_ATTEMPTS: usize = 5;
+/// Descriptors a lookup asking the name servers holds: a UDP socket, and a TCP one when an
+/// answer comes truncated.
+const SOCKETS_PER_LOOKUP: u32 = 2;
 
 /// How one pod's guests resolve names. The resolver behind it is made at the first lookup
 /// that needs a name server, and shared by every instance of the container.
@@ -69,6 +73,8 @@ pub struct PodResolver {
     /// Lookups that may ask the name servers at once; the others wait their turn holding no
     /// socket (`--max-name-lookups-per-container`).
     asking: Arc<tokio::sync::Semaphore>,
+    /// The container's descriptors, which a lookup asking the name servers holds two of.
+    descriptors: Arc<ContainerDescriptors>,
 }
 
 impl std::fmt::Debug for PodResolver {
@@ -90,13 +96,19 @@ fn lookup_error(error: &hickory_resolver::net::NetError) -> ErrorCode {
 
 impl PodResolver {
     /// The resolver for `dns`, sending queries from `netns` (the node's network without one),
-    /// at most `max_asking` lookups at a time.
-    pub fn new(dns: Dns, netns: Option<Arc<PodNetns>>, max_asking: usize) -> Arc<Self> {
+    /// at most `max_asking` lookups at a time, each holding descriptors of `descriptors`.
+    pub fn new(
+        dns: Dns,
+        netns: Option<Arc<PodNetns>>,
+        max_asking: usize,
+        descriptors: Arc<ContainerDescriptors>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             dns,
             netns,
             resolver: OnceLock::new(),
             asking: Arc::new(tokio::sync::Semaphore::new(max_asking.max(1))),
+            descriptors,
         })
     }
 
@@ -125,6 +137,11 @@ impl PodResolver {
                 .acquire()
                 .await
                 .map_err(|_| ErrorCode::TemporaryResolverFailure)?;
+            // Its sockets (UDP, and TCP for a truncated answer) are the container's.
+            let _descriptors = this.descriptors.try_take(SOCKETS_PER_LOOKUP).map_err(|e| {
+                tracing::debug!(%domain, error = %e, "a guest's name lookup found no descriptor");
+                ErrorCode::NewSocketLimit
+            })?;
             let found = this
                 .resolver()
                 .lookup_ip(domain.as_str())
@@ -455,6 +472,12 @@ mod tests {
     use super::*;
     use kubelet::runtime::HostEntry;
     use testkit::dns::DnsServer;
+    use wasm_host::descriptors::DescriptorBudget;
+
+    /// A container's share of a runtime's default descriptor budget.
+    fn descriptors() -> Arc<ContainerDescriptors> {
+        DescriptorBudget::new(Default::default()).reserve().unwrap()
+    }
 
     /// A name server on port 53 of a loopback address of its own (binding port 53 needs root).
     async fn name_server(records: &[(&str, IpAddr)]) -> Option<DnsServer> {
@@ -493,6 +516,7 @@ mod tests {
             },
             None,
             32,
+            descriptors(),
         );
         assert_eq!(resolver.lookup("web").await, Ok(vec![ip("10.0.0.7")]));
         assert!(
@@ -539,6 +563,7 @@ mod tests {
             },
             None,
             32,
+            descriptors(),
         );
         assert_eq!(
             resolver.lookup("DB.local.").await,
@@ -573,6 +598,7 @@ mod tests {
             },
             None,
             2,
+            descriptors(),
         );
         let lookups: Vec<_> = (0..6)
             .map(|i| tokio::spawn(resolver.lookup(&format!("host-{i}.example"))))
@@ -599,6 +625,41 @@ mod tests {
             "hosts asked about while 6 lookups were pending: {asked:?}"
         );
         lookups.iter().for_each(|l| l.abort());
+    }
+
+    #[tokio::test]
+    async fn a_lookup_that_finds_no_descriptor_fails_at_once() {
+        let budget = DescriptorBudget::new(kubelet::runtime::DescriptorLimits {
+            total: Some(4),
+            guaranteed_per_container: 1,
+            ..Default::default()
+        });
+        let (container, other) = (budget.reserve().unwrap(), budget.reserve().unwrap());
+        // The other container borrows what no one reserved; this one's guarantee is less than
+        // a lookup takes.
+        let _held = other.try_take(2).unwrap();
+        let resolver = PodResolver::new(
+            Dns {
+                // Nothing answers there: a query would wait for its timeout.
+                nameservers: vec![ip("127.0.0.1")],
+                options: vec!["timeout:5".into(), "attempts:1".into()],
+                ..Dns::default()
+            },
+            None,
+            32,
+            container,
+        );
+        let started = std::time::Instant::now();
+        assert_eq!(
+            resolver.lookup("example.com").await,
+            Err(ErrorCode::NewSocketLimit)
+        );
+        assert!(started.elapsed() < Duration::from_secs(1));
+        // Addresses need no name server, so no descriptor.
+        assert_eq!(
+            resolver.lookup("192.0.2.1").await,
+            Ok(vec![ip("192.0.2.1")])
+        );
     }
 
     #[test]

@@ -3,11 +3,13 @@
 //! component (one store per command run, one per HTTP request).
 
 use crate::dns::{LookupState, LookupView, PodResolver};
+use crate::open_files::{HoldsOpenFiles, OpenFiles};
 use crate::outbound::OutboundPolicy;
 use kubelet::logs::LogWriter;
 use kubelet::netns::PodNetns;
 use kubelet::runtime::{ContainerRun, Exit, Limits, Mount, StartError, Usage, Warnings};
 use std::sync::Arc;
+use wasm_host::descriptors::{ContainerDescriptors, DescriptorBudget};
 use wasm_host::failures::FailureReport;
 use wasm_host::limits::{ContainerCpu, GuestLimits};
 use wasm_host::store::{Limited, limited_store};
@@ -38,6 +40,8 @@ pub struct GuestSetup {
     warnings: Warnings,
     /// The pod's network namespace, when it has one of its own.
     netns: Option<Arc<PodNetns>>,
+    /// The container's share of the runtime's file descriptors.
+    descriptors: Arc<ContainerDescriptors>,
     /// WASI handles one instance may hold at once (`--max-guest-handles`).
     max_handles: usize,
     /// CPU time one HTTP request's instance may use (`--http-request-cpu-time`).
@@ -48,6 +52,7 @@ pub struct GuestSetup {
 pub struct ModuleState {
     wasi: WasiP1Ctx,
     limits: GuestLimits,
+    files: OpenFiles,
 }
 
 /// Store state of a component: WASI preview 2 and wasi-http, and Spin's host interfaces for a
@@ -59,6 +64,7 @@ pub struct ComponentState {
     outbound: OutboundPolicy,
     limits: GuestLimits,
     spin: Option<spin_runtime::host::SpinContext>,
+    files: OpenFiles,
 }
 
 /// What one component of a Spin app sees instead of its container's own: no argv, its
@@ -97,6 +103,11 @@ impl ModuleState {
     pub fn wasi(&mut self) -> &mut WasiP1Ctx {
         &mut self.wasi
     }
+
+    /// The module's WASI context and the descriptors it holds, together.
+    pub fn split(&mut self) -> (&mut WasiP1Ctx, &mut OpenFiles) {
+        (&mut self.wasi, &mut self.files)
+    }
 }
 
 impl WasiView for ComponentState {
@@ -130,6 +141,18 @@ impl LookupState for ComponentState {
     }
 }
 
+impl HoldsOpenFiles for ModuleState {
+    fn open_files(&mut self) -> &mut OpenFiles {
+        &mut self.files
+    }
+}
+
+impl HoldsOpenFiles for ComponentState {
+    fn open_files(&mut self) -> &mut OpenFiles {
+        &mut self.files
+    }
+}
+
 impl Limited for ModuleState {
     fn limits(&mut self) -> &mut GuestLimits {
         &mut self.limits
@@ -145,8 +168,16 @@ impl Limited for ComponentState {
 impl GuestSetup {
     /// The setup for `run` (its log writers become the container's shared streams); the
     /// pod's network namespace, if it has one, is opened. Its guests hold what `bounds` allow
-    /// of WASI handles, name lookups and outgoing connections.
-    pub fn new(run: ContainerRun, bounds: &crate::Bounds) -> Result<Self, StartError> {
+    /// of WASI handles, name lookups and outgoing connections, and its share of `descriptors`
+    /// (reserved now: refused when the runtime cannot guarantee it).
+    pub fn new(
+        run: ContainerRun,
+        bounds: &crate::Bounds,
+        descriptors: &Arc<DescriptorBudget>,
+    ) -> Result<Self, StartError> {
+        let descriptors = descriptors
+            .reserve()
+            .map_err(|e| StartError::Full(e.to_string()))?;
         let netns = wasm_host::ports::pod_netns(&run.network)?;
         Ok(Self {
             args: run.args,
@@ -160,11 +191,18 @@ impl GuestSetup {
             outbound: OutboundPolicy::new(
                 &run.network.allowed_outbound,
                 netns.clone(),
-                PodResolver::new(run.network.dns, netns.clone(), bounds.lookups_per_container),
+                PodResolver::new(
+                    run.network.dns,
+                    netns.clone(),
+                    bounds.lookups_per_container,
+                    descriptors.clone(),
+                ),
                 bounds.outgoing_connections_per_container,
+                descriptors.clone(),
             ),
             warnings: run.warnings,
             netns,
+            descriptors,
             max_handles: bounds.handles_per_instance,
             request_cpu_time: bounds.request_deadlines.cpu_time,
         })
@@ -184,6 +222,17 @@ impl GuestSetup {
                 usage: self.usage.clone(),
                 bytes,
             })
+    }
+
+    /// The container's share of the runtime's file descriptors.
+    pub fn descriptors(&self) -> &Arc<ContainerDescriptors> {
+        &self.descriptors
+    }
+
+    /// What a new instance with `mounts` preopened holds of the container's descriptors.
+    fn open_files(&self, mounts: &[Mount]) -> Result<OpenFiles, StartError> {
+        OpenFiles::new(self.descriptors.clone(), mounts.len())
+            .map_err(|e| StartError::Full(e.to_string()))
     }
 
     /// Where the container's failed requests are reported.
@@ -246,25 +295,29 @@ impl GuestSetup {
 
     /// A store for one run of a preview 1 module.
     pub fn module_store(&self, engine: &Engine) -> Result<Store<ModuleState>, StartError> {
+        let files = self.open_files(&self.mounts)?;
         let mut wasi = self.wasi()?.build_p1();
         wasi.ctx().table.set_max_capacity(self.max_handles);
         let state = ModuleState {
             wasi,
             limits: self.limits()?,
+            files,
         };
         Ok(limited_store(engine, state))
     }
 
     /// A store for one run of a command component.
     pub fn component_store(&self, engine: &Engine) -> Result<Store<ComponentState>, StartError> {
-        self.component_store_limited(engine, self.limits()?, self.wasi()?, None)
+        let files = self.open_files(&self.mounts)?;
+        self.component_store_limited(engine, self.limits()?, self.wasi()?, files, None)
     }
 
     /// A store for one HTTP request's instance: the container's limits, and at most its CPU
     /// time per request.
     pub fn request_store(&self, engine: &Engine) -> Result<Store<ComponentState>, StartError> {
         let limits = self.limits()?.with_cpu_time(self.request_cpu_time);
-        self.component_store_limited(engine, limits, self.wasi()?, None)
+        let files = self.open_files(&self.mounts)?;
+        self.component_store_limited(engine, limits, self.wasi()?, files, None)
     }
 
     /// A store for one HTTP request's instance of a Spin app's component: the container's
@@ -276,8 +329,9 @@ impl GuestSetup {
         guest: &ComponentGuest,
     ) -> Result<Store<ComponentState>, StartError> {
         let limits = self.limits()?.with_cpu_time(self.request_cpu_time);
+        let files = self.open_files(guest.files.as_slice())?;
         let wasi = self.wasi_with(&[], &guest.env, guest.files.as_slice())?;
-        self.component_store_limited(engine, limits, wasi, Some(guest.spin.clone()))
+        self.component_store_limited(engine, limits, wasi, files, Some(guest.spin.clone()))
     }
 
     /// A store for one WAGI run of a Spin app's component: as [`Self::spin_request_store`],
@@ -295,10 +349,11 @@ impl GuestSetup {
         let limits = self.limits()?.with_cpu_time(self.request_cpu_time);
         let mut env = guest.env.clone();
         env.extend(cgi_env);
+        let files = self.open_files(guest.files.as_slice())?;
         let mut wasi = self.wasi_with(args, &env, guest.files.as_slice())?;
         wasi.stdin(wasmtime_wasi::p2::pipe::MemoryInputPipe::new(stdin))
             .stdout(stdout);
-        self.component_store_limited(engine, limits, wasi, Some(guest.spin.clone()))
+        self.component_store_limited(engine, limits, wasi, files, Some(guest.spin.clone()))
     }
 
     fn component_store_limited(
@@ -306,6 +361,7 @@ impl GuestSetup {
         engine: &Engine,
         limits: GuestLimits,
         mut wasi: WasiCtxBuilder,
+        files: OpenFiles,
         spin: Option<spin_runtime::host::SpinContext>,
     ) -> Result<Store<ComponentState>, StartError> {
         let mut table = ResourceTable::new();
@@ -317,6 +373,7 @@ impl GuestSetup {
             outbound: self.outbound.clone(),
             limits,
             spin,
+            files,
         };
         Ok(limited_store(engine, state))
     }

@@ -84,17 +84,24 @@ impl Server {
         limits: ServeLimits,
         stop: tokio_util::sync::CancellationToken,
     ) -> Exit {
-        wasm_host::ports::serve_http(listeners, limits, stop, move |mut request, addresses| {
-            let server = self.clone();
-            // An HTTP/1.0 request may name no host; the guest sees the address it reached.
-            if request.uri().authority().is_none()
-                && !request.headers().contains_key(http::header::HOST)
-                && let Some(value) = addresses.local.and_then(|a| a.to_string().parse().ok())
-            {
-                request.headers_mut().insert(http::header::HOST, value);
-            }
-            async move { server.handle(request, addresses.remote).await }
-        })
+        let descriptors = self.setup.descriptors().clone();
+        wasm_host::ports::serve_http(
+            listeners,
+            limits,
+            descriptors,
+            stop,
+            move |mut request, addresses| {
+                let server = self.clone();
+                // An HTTP/1.0 request may name no host; the guest sees the address it reached.
+                if request.uri().authority().is_none()
+                    && !request.headers().contains_key(http::header::HOST)
+                    && let Some(value) = addresses.local.and_then(|a| a.to_string().parse().ok())
+                {
+                    request.headers_mut().insert(http::header::HOST, value);
+                }
+                async move { server.handle(request, addresses.remote).await }
+            },
+        )
         .await;
         Exit::stopped()
     }

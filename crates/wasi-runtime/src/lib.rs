@@ -10,6 +10,7 @@ mod dns;
 mod guest;
 mod http;
 pub use http::RequestDeadlines;
+mod open_files;
 mod outbound;
 mod outgoing;
 mod shares;
@@ -26,6 +27,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use wasm_host::descriptors::DescriptorBudget;
 use wasm_host::{SetupError, TickingEngine, cache};
 use wasmtime::component::Component;
 use wasmtime::{
@@ -63,6 +65,8 @@ pub struct WasiRuntime {
     http: HttpEngine,
     /// What one container may hold of what the runtime shares.
     bounds: Bounds,
+    /// The file descriptors containers may hold, and each one's share.
+    descriptors: Arc<DescriptorBudget>,
     /// The HTTP instance pool's slots, shared among the wasi-http containers.
     pool: std::sync::Arc<shares::InstancePool>,
     /// Spin apps prepared, by their bundle's digest.
@@ -102,6 +106,8 @@ pub struct Bounds {
     /// How long a request's instance may run, in all and once it has answered, and the CPU
     /// time it may use.
     pub request_deadlines: http::RequestDeadlines,
+    /// What the runtime's containers may hold of its file descriptors.
+    pub descriptors: kubelet::runtime::DescriptorLimits,
 }
 
 /// wasi-http components run on an engine of their own with the pooling allocator, as
@@ -122,6 +128,7 @@ fn component_linker(
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     dns::add_to_linker(&mut linker)?;
+    open_files::add_to_component_linker(&mut linker)?;
     spin_runtime::host::add_to_linker(&mut linker, ComponentState::spin)?;
     Ok(linker)
 }
@@ -133,6 +140,7 @@ impl WasiRuntime {
         let engine = TickingEngine::new(wasm_host::capacity::dense_config())?;
         let mut modules = Linker::new(engine.engine());
         wasmtime_wasi::p1::add_to_linker_async(&mut modules, ModuleState::wasi)?;
+        open_files::add_to_module_linker(&mut modules)?;
         let components = component_linker(engine.engine())?;
         let cache = cache::ModuleCache::new(engine.engine().clone(), cache_dir.clone());
         let pool_instances = bounds.pool_instances.max(1);
@@ -161,6 +169,7 @@ impl WasiRuntime {
             cache,
             http,
             pool: shares::InstancePool::new(pool_instances, bounds.guaranteed_requests),
+            descriptors: DescriptorBudget::new(bounds.descriptors),
             spin_apps: Mutex::default(),
             spin_files: cache_dir.join("spin-files"),
             bounds: Bounds {
@@ -177,6 +186,7 @@ impl WasiRuntime {
                 keep_resident: bounds.keep_resident,
                 serving: bounds.serving,
                 request_deadlines: bounds.request_deadlines,
+                descriptors: bounds.descriptors,
             },
         })
     }
@@ -344,7 +354,7 @@ impl Runtime for WasiRuntime {
             )),
             _ => None,
         };
-        let setup = GuestSetup::new(run, &self.bounds)?;
+        let setup = GuestSetup::new(run, &self.bounds, &self.descriptors)?;
         let netns = setup.netns();
         // The guest runs inside its pod's network: every socket it makes is the pod's.
         let task = match &prepared.0 {

@@ -5,6 +5,7 @@ use crate::dns::PodResolver;
 use kubelet::netns::{InNetns, PodNetns};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use wasm_host::descriptors::ContainerDescriptors;
 use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
@@ -55,17 +56,20 @@ pub struct OutboundPolicy {
     netns: Option<Arc<PodNetns>>,
     resolver: Arc<PodResolver>,
     connections: Arc<tokio::sync::Semaphore>,
+    descriptors: Arc<ContainerDescriptors>,
 }
 
 impl OutboundPolicy {
     /// The policy for allow-list entries `host`, `host:port` or `*`, connecting from inside
     /// `netns` (the pod's network) when there is one, to the addresses `resolver` gives, with at
-    /// most `max_connections` outgoing HTTP connections open at once.
+    /// most `max_connections` outgoing HTTP connections open at once, each holding a
+    /// descriptor of `descriptors`.
     pub fn new(
         entries: &[String],
         netns: Option<Arc<PodNetns>>,
         resolver: Arc<PodResolver>,
         max_connections: usize,
+        descriptors: Arc<ContainerDescriptors>,
     ) -> Self {
         Self {
             allowed: entries
@@ -76,6 +80,7 @@ impl OutboundPolicy {
             netns,
             resolver,
             connections: Arc::new(tokio::sync::Semaphore::new(max_connections.max(1))),
+            descriptors,
         }
     }
 
@@ -147,7 +152,19 @@ impl WasiHttpHooks for OutboundPolicy {
             tracing::info!(%host, port, "outgoing HTTP request refused: the container holds as many connections as it may (--max-outgoing-http-connections-per-container)");
             return Box::new(async { Err(Error::ConnectionLimitReached) });
         };
-        let send = crate::outgoing::send(request, options, self.resolver.clone(), connection);
+        let descriptor = match self.descriptors.try_take(1) {
+            Ok(descriptor) => descriptor,
+            Err(e) => {
+                tracing::info!(%host, port, error = %e, "outgoing HTTP request refused");
+                return Box::new(async { Err(Error::ConnectionLimitReached) });
+            }
+        };
+        let send = crate::outgoing::send(
+            request,
+            options,
+            self.resolver.clone(),
+            (connection, descriptor),
+        );
         Box::new(InNetns::new(self.netns.clone(), send))
     }
 }
@@ -158,11 +175,15 @@ mod tests {
 
     fn policy(entries: &[&str]) -> OutboundPolicy {
         let entries: Vec<String> = entries.iter().map(|e| e.to_string()).collect();
+        let descriptors = wasm_host::descriptors::DescriptorBudget::new(Default::default())
+            .reserve()
+            .unwrap();
         OutboundPolicy::new(
             &entries,
             None,
-            PodResolver::new(Default::default(), None, 1),
+            PodResolver::new(Default::default(), None, 1, descriptors.clone()),
             8,
+            descriptors,
         )
     }
 

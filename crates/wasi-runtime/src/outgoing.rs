@@ -15,6 +15,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use wasm_host::descriptors::DescriptorPermit;
 use wasmtime_wasi::p2::bindings::sockets::network::ErrorCode;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody};
 
@@ -32,13 +33,17 @@ pub type Sent = (
     Box<dyn Future<Output = Result<(), Error>> + Send>,
 );
 
+/// What an outgoing connection holds until it closes: its place among the container's
+/// connections, and its descriptor.
+pub type ConnectionPermit = (tokio::sync::OwnedSemaphorePermit, DescriptorPermit);
+
 /// Sends `request` to the host its URI names, resolved by `resolver`; the connection holds
-/// `permit` (its place among the container's connections) until it closes.
+/// `permit` until it closes.
 pub async fn send(
     mut request: http::Request<WasiBody>,
     options: Option<RequestOptions>,
     resolver: Arc<PodResolver>,
-    permit: tokio::sync::OwnedSemaphorePermit,
+    permit: ConnectionPermit,
 ) -> Result<Sent, Error> {
     let timeout = |pick: fn(&RequestOptions) -> Option<Duration>| {
         options.as_ref().and_then(pick).unwrap_or(DEFAULT_TIMEOUT)

@@ -2,6 +2,7 @@
 //! network shares its ports with every other such pod, so a port another pod holds is a clear
 //! start failure rather than a surprise; a pod in a network namespace of its own listens there.
 
+use crate::descriptors::ContainerDescriptors;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::{Request, Response};
@@ -88,14 +89,16 @@ pub struct Addresses {
 
 /// Serves HTTP/1.1 on every listener, within `limits`: `handle` answers each request (its body
 /// fails a read that brings nothing for `limits.body_read_timeout`), given the connection's
-/// [`Addresses`]. A connection past `limits.max_connections` is answered 503 and closed; one
-/// whose client takes longer than `limits.header_read_timeout` to send its headers, or that has
+/// [`Addresses`]. Each connection holds a descriptor of the container's `descriptors`. A
+/// connection past `limits.max_connections`, or that finds no descriptor, is answered 503 and
+/// closed; one whose client takes longer than `limits.header_read_timeout` to send its headers, or that has
 /// no request in flight for `limits.idle_timeout`, is closed. When `stop` is cancelled the
 /// listeners close (the ports are free again), open connections finish the request in flight
 /// and close, and this returns; aborting the task ends everything at once.
 pub async fn serve_http<F, Fut, B, E>(
     listeners: Vec<TcpListener>,
     limits: ServeLimits,
+    descriptors: Arc<ContainerDescriptors>,
     stop: CancellationToken,
     handle: F,
 ) where
@@ -109,15 +112,19 @@ pub async fn serve_http<F, Fut, B, E>(
     let handle = Arc::new(handle);
     let open = Arc::new(Semaphore::new(limits.max_connections));
     let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
-    let busy: Arc<[u8]> = busy_answer(limits.max_connections).into();
+    let busy = busy_answer(&format!(
+        "this container has {} connections open, the most it may (--http-max-connections-per-container)",
+        limits.max_connections
+    ));
     let mut accepts = JoinSet::new();
     for listener in listeners {
-        let (handle, stop, open, refusing, busy) = (
+        let (handle, stop, open, refusing, busy, descriptors) = (
             handle.clone(),
             stop.clone(),
             open.clone(),
             refusing.clone(),
             busy.clone(),
+            descriptors.clone(),
         );
         accepts.spawn(async move {
             let mut connections = JoinSet::new();
@@ -128,16 +135,28 @@ pub async fn serve_http<F, Fut, B, E>(
                 };
                 match accepted {
                     Ok((stream, remote)) => {
-                        let Ok(permit) = open.clone().try_acquire_owned() else {
-                            // At the cap: told so and closed, a few at a time, briefly.
-                            if let Ok(slot) = refusing.clone().try_acquire_owned() {
-                                let busy = busy.clone();
-                                connections.spawn(async move {
-                                    let _slot = slot;
-                                    refuse(stream, &busy).await;
-                                });
+                        let held = open
+                            .clone()
+                            .try_acquire_owned()
+                            .map_err(|_| busy.clone())
+                            .and_then(|permit| {
+                                let descriptor = descriptors
+                                    .try_take(1)
+                                    .map_err(|e| busy_answer(&e.to_string()))?;
+                                Ok((permit, descriptor))
+                            });
+                        let permit = match held {
+                            Ok(permit) => permit,
+                            Err(answer) => {
+                                // At a cap: told so and closed, a few at a time, briefly.
+                                if let Ok(slot) = refusing.clone().try_acquire_owned() {
+                                    connections.spawn(async move {
+                                        let _slot = slot;
+                                        refuse(stream, &answer).await;
+                                    });
+                                }
+                                continue;
                             }
-                            continue;
                         };
                         // Answers go out as soon as they are written, as `wasmtime serve`
                         // sends them: Nagle's algorithm would hold a small chunk back until
@@ -214,16 +233,15 @@ async fn refuse(mut stream: tokio::net::TcpStream, busy: &[u8]) {
     .await;
 }
 
-/// What a connection past the cap is told before it is closed.
-fn busy_answer(max_connections: usize) -> Vec<u8> {
-    let body = format!(
-        "this container has {max_connections} connections open, the most it may (--http-max-connections-per-container); try again\n"
-    );
+/// What a connection past a cap is told (`why`) before it is closed.
+fn busy_answer(why: &str) -> Arc<[u8]> {
+    let body = format!("{why}; try again\n");
     format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     )
     .into_bytes()
+    .into()
 }
 
 pin_project_lite::pin_project! {
@@ -294,18 +312,29 @@ impl<B: http_body::Body> http_body::Body for ReadDeadline<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::descriptors::{DescriptorBudget, DescriptorLimits};
     use http_body_util::BodyExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A server whose handler reads the whole request body and answers how much it read (or
     /// 408 with why it could not), within `limits`; its address.
     async fn server(limits: ServeLimits) -> (SocketAddr, CancellationToken) {
+        let descriptors = DescriptorBudget::new(DescriptorLimits::default());
+        server_holding(limits, descriptors.reserve().unwrap()).await
+    }
+
+    /// As [`server`], its connections charged to `descriptors`.
+    async fn server_holding(
+        limits: ServeLimits,
+        descriptors: Arc<ContainerDescriptors>,
+    ) -> (SocketAddr, CancellationToken) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
         tokio::spawn(serve_http(
             vec![listener],
             limits,
+            descriptors,
             stop.clone(),
             |request, _| async move {
                 let (status, text) = match request.into_body().collect().await {
@@ -392,6 +421,30 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "{answer}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_finds_no_descriptor_is_answered_503_naming_the_budget() {
+        let budget = DescriptorBudget::new(DescriptorLimits {
+            total: Some(3),
+            guaranteed_per_container: 1,
+            ..DescriptorLimits::default()
+        });
+        let (addr, _stop) = server_holding(limits(), budget.reserve().unwrap()).await;
+        // Another container holds its guarantee and the one descriptor no one reserved.
+        let other = budget.reserve().unwrap();
+        let _others = [other.try_take(1).unwrap(), other.try_take(1).unwrap()];
+        // This one's guarantee is one connection.
+        let held = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut asking = tokio::net::TcpStream::connect(addr).await.unwrap();
+        asking
+            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let (answer, _) = until_closed(&mut asking, Duration::from_secs(5)).await;
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert!(answer.contains("--max-pod-descriptors"), "{answer}");
+        drop(held);
     }
 
     #[tokio::test]

@@ -14,6 +14,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
+use wasm_host::descriptors::ContainerDescriptors;
 use wasm_host::failures::{FAILED_BODY, FailureReport};
 use wasm_host::ports::{BodyReadError, ReadDeadline};
 
@@ -43,21 +44,28 @@ struct ActorResponse {
     body: Vec<u8>,
 }
 
-/// Serves `listeners`, handing requests to the actor through `deliveries`, until `stop` (then
+/// Serves `listeners` (each connection charged to `descriptors`), handing requests to the actor through `deliveries`, until `stop` (then
 /// the requests in flight are finished) or the task is aborted. A request the actor fails is
 /// answered 500 with a generic body and reported to `failures`.
 pub async fn serve(
     listeners: Vec<TcpListener>,
     limits: ServeLimits,
+    descriptors: Arc<ContainerDescriptors>,
     deliveries: mpsc::Sender<Delivery>,
     failures: FailureReport,
     stop: tokio_util::sync::CancellationToken,
 ) {
     let failures = Arc::new(failures);
-    wasm_host::ports::serve_http(listeners, limits, stop, move |request, _addresses| {
-        let (deliveries, failures) = (deliveries.clone(), failures.clone());
-        async move { Ok::<_, Infallible>(handle(request, deliveries, &failures).await) }
-    })
+    wasm_host::ports::serve_http(
+        listeners,
+        limits,
+        descriptors,
+        stop,
+        move |request, _addresses| {
+            let (deliveries, failures) = (deliveries.clone(), failures.clone());
+            async move { Ok::<_, Infallible>(handle(request, deliveries, &failures).await) }
+        },
+    )
     .await;
 }
 
