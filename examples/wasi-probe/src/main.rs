@@ -8,7 +8,7 @@
 //! changes, without end), `spew MIB` (write that many MiB to stdout as one line, without a
 //! newline until the end), `tick MS` (print `tick N`, N counting from 0, every MS milliseconds,
 //! without end), `await PATH` (wait until the path exists), `open DIR N` (create N files in DIR
-//! and keep them all open).
+//! and keep them all open), `churn DIR N` (create, write and close a file in DIR, N times).
 //! A step that fails prints why on stderr and exits 2.
 
 use std::io::Write;
@@ -62,6 +62,15 @@ fn main() {
                     .collect();
                 println!("holding {} open files", files.len());
                 std::mem::forget(files);
+            }
+            "churn" => {
+                let dir = next("churn");
+                let count: usize = next("churn").parse().unwrap_or_else(|e| fail("churn", e));
+                for i in 0..count {
+                    let path = format!("{dir}/churn-{}", i % 8);
+                    std::fs::write(&path, i.to_string()).unwrap_or_else(|e| fail(&format!("churn {path}"), e));
+                }
+                println!("opened and closed {count} files");
             }
             "exit" => std::process::exit(next("exit").parse().unwrap_or_else(|e| fail("exit", e))),
             "trap" => core::arch::wasm32::unreachable(),

@@ -1321,6 +1321,20 @@ pub fn actor_pod(
     .expect("a valid pod")
 }
 
+/// `pod` with an emptyDir mounted at /scratch in its container.
+pub fn with_scratch(mut pod: Pod) -> Pod {
+    let spec = pod.spec.as_mut().expect("spec");
+    spec.volumes = Some(vec![
+        serde_json::from_value(serde_json::json!({"name": "scratch", "emptyDir": {}}))
+            .expect("a volume"),
+    ]);
+    spec.containers[0].volume_mounts = Some(vec![
+        serde_json::from_value(serde_json::json!({"name": "scratch", "mountPath": "/scratch"}))
+            .expect("a mount"),
+    ]);
+    pod
+}
+
 /// A wasm pod bound to `node` (as a DaemonSet's pods are, without the scheduler) that tolerates
 /// the node's taint and runs `image` with `args`.
 pub fn wasm_pod(name: &str, image: &str, node: &str, args: &[&str], restart_policy: &str) -> Pod {

@@ -6,7 +6,7 @@
 
 use e2e::{
     Cluster, has_phase, is_node_ready, is_waiting, rss_kib, wait_for, waiting_message,
-    waiting_reason, wasm_pod,
+    waiting_reason, wasm_pod, with_scratch,
 };
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
@@ -287,20 +287,6 @@ async fn extreme_pod_specs_neither_panic_nor_wedge_their_pods() -> anyhow::Resul
     let after = rss_kib(agent.pid());
     assert!(after > 0, "the agent is alive");
     Ok(())
-}
-
-/// `pod` with an emptyDir mounted at /scratch in its container.
-fn with_scratch(mut pod: Pod) -> Pod {
-    let spec = pod.spec.as_mut().expect("spec");
-    spec.volumes = Some(vec![
-        serde_json::from_value(serde_json::json!({"name": "scratch", "emptyDir": {}}))
-            .expect("a volume"),
-    ]);
-    spec.containers[0].volume_mounts = Some(vec![
-        serde_json::from_value(serde_json::json!({"name": "scratch", "mountPath": "/scratch"}))
-            .expect("a mount"),
-    ]);
-    pod
 }
 
 #[tokio::test]

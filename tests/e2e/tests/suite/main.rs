@@ -12,6 +12,7 @@ mod bootstrap;
 mod compaction;
 mod components;
 mod config_file;
+mod descriptors;
 mod dns;
 mod hostile;
 mod http_shares;
