@@ -101,6 +101,7 @@ impl<R: Runtime> Parts<R> {
         let networks = PodNetworks::load(
             &config.cni_conf_dir,
             config.cni_bin_dirs.clone(),
+            config.cni_plugin_timeout,
             config.data_dir.join("netns"),
         )?
         .map(Arc::new);

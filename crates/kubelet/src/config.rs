@@ -104,6 +104,8 @@ pub struct Config {
     pub cni_conf_dir: PathBuf,
     /// Where CNI plugin binaries are looked for, in order (`--cni-bin-dir`).
     pub cni_bin_dirs: Vec<PathBuf>,
+    /// How long one CNI plugin call may take before it is killed (`--cni-plugin-timeout`).
+    pub cni_plugin_timeout: std::time::Duration,
 }
 
 impl Config {

@@ -344,6 +344,10 @@ pub struct NodeArgs {
         value_delimiter = ':'
     )]
     cni_bin_dir: Vec<PathBuf>,
+    /// How long one CNI plugin call (ADD, CHECK, DEL) may take; past it the plugin is killed
+    /// with everything it started, and the pod's start fails and is tried again with back-off.
+    #[arg(long, env = "KRUSTLET_CNI_PLUGIN_TIMEOUT", default_value = "60s", value_parser = parse_period)]
+    cni_plugin_timeout: std::time::Duration,
 }
 
 impl NodeArgs {
@@ -540,6 +544,7 @@ impl NodeArgs {
             },
             cni_conf_dir: self.cni_conf_dir.clone(),
             cni_bin_dirs: self.cni_bin_dir.clone(),
+            cni_plugin_timeout: self.cni_plugin_timeout,
         })
     }
 }

@@ -112,14 +112,18 @@ pub struct PodNetworks {
     dir: PathBuf,
     /// Turns to run plugins ([`MAX_PARALLEL_ATTACHMENTS`]).
     turns: tokio::sync::Semaphore,
+    /// How long each plugin call may take.
+    plugin_timeout: std::time::Duration,
 }
 
 impl PodNetworks {
     /// The network configured in `conf_dir` (`None` when there is none: pods then use the
-    /// node's network), with plugins in `bin_dirs` and pods' namespaces in `dir`.
+    /// node's network), with plugins in `bin_dirs`, each call given `plugin_timeout`, and pods'
+    /// namespaces in `dir`.
     pub fn load(
         conf_dir: &Path,
         bin_dirs: Vec<PathBuf>,
+        plugin_timeout: std::time::Duration,
         dir: PathBuf,
     ) -> Result<Option<Self>, CniError> {
         let Some(network) = config::load(conf_dir) else {
@@ -132,6 +136,7 @@ impl PodNetworks {
             bin_dirs,
             dir,
             turns: tokio::sync::Semaphore::new(MAX_PARALLEL_ATTACHMENTS),
+            plugin_timeout,
         }))
     }
 
@@ -313,6 +318,7 @@ impl PodNetworks {
             ifname: POD_INTERFACE,
             args,
             bin_dirs: &self.bin_dirs,
+            timeout: self.plugin_timeout,
         }
     }
 }

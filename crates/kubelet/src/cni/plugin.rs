@@ -10,8 +10,6 @@ use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-/// How long one plugin call may take before it is killed and the call fails.
-pub const PLUGIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// The most a plugin's answer (stdout) may hold; more fails the call.
 pub const MAX_RESULT_BYTES: u64 = 1024 * 1024;
 /// The most of a plugin's stderr kept for an error message.
@@ -51,27 +49,21 @@ pub struct Attachment<'a> {
     pub args: &'a str,
     /// Where plugins are looked for (`CNI_PATH`).
     pub bin_dirs: &'a [PathBuf],
+    /// How long each plugin has to answer (`--cni-plugin-timeout`).
+    pub timeout: Duration,
 }
 
 /// Runs one plugin with `config` (already carrying `name`, `cniVersion`, and for ADD after the
 /// first plugin, DEL and CHECK, `prevResult`). Returns its result (none for DEL and CHECK).
+/// The plugin runs in a process group of its own, killed whole when the call fails (no answer
+/// within `who.timeout`, an answer past [`MAX_RESULT_BYTES`]) or is dropped, so that nothing it
+/// started outlives it.
 pub async fn call(
     command: Command,
     config: &Map<String, Value>,
     who: &Attachment<'_>,
 ) -> Result<Option<Value>, CniError> {
-    call_within(command, config, who, PLUGIN_TIMEOUT).await
-}
-
-/// [`call`], the plugin given `timeout` to answer. The plugin runs in a process group of its
-/// own, killed whole when the call fails (timeout, an answer past [`MAX_RESULT_BYTES`]) or is
-/// dropped, so that nothing it started outlives it.
-async fn call_within(
-    command: Command,
-    config: &Map<String, Value>,
-    who: &Attachment<'_>,
-    timeout: Duration,
-) -> Result<Option<Value>, CniError> {
+    let timeout = who.timeout;
     let kind = config
         .get("type")
         .and_then(Value::as_str)
@@ -272,13 +264,14 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
 
-    fn attachment(bin_dirs: &[PathBuf]) -> Attachment<'_> {
+    fn attachment(bin_dirs: &[PathBuf], timeout: Duration) -> Attachment<'_> {
         Attachment {
             container_id: "c",
             netns: Path::new("/nonexistent"),
             ifname: "eth0",
             args: "",
             bin_dirs,
+            timeout,
         }
     }
 
@@ -306,11 +299,10 @@ mod tests {
             &format!("sleep 1000 &\necho $! > {}\nsleep 1000", pid_file.display()),
         );
         let bin_dirs = [dir.path().to_path_buf()];
-        let error = call_within(
+        let error = call(
             Command::Add,
             &config("hang"),
-            &attachment(&bin_dirs),
-            Duration::from_secs(2),
+            &attachment(&bin_dirs, Duration::from_secs(2)),
         )
         .await
         .unwrap_err();
@@ -333,11 +325,10 @@ mod tests {
         plugin(dir.path(), "talker", "exec yes 0123456789abcdef");
         let bin_dirs = [dir.path().to_path_buf()];
         let started = std::time::Instant::now();
-        let error = call_within(
+        let error = call(
             Command::Add,
             &config("talker"),
-            &attachment(&bin_dirs),
-            Duration::from_secs(30),
+            &attachment(&bin_dirs, Duration::from_secs(30)),
         )
         .await
         .unwrap_err();
@@ -359,11 +350,10 @@ mod tests {
             "head -c 8388608 /dev/zero >&2\necho '{\"cniVersion\":\"1.0.0\",\"ips\":[{\"address\":\"10.1.2.3/24\"}]}'",
         );
         let bin_dirs = [dir.path().to_path_buf()];
-        let result = call_within(
+        let result = call(
             Command::Add,
             &config("chatty"),
-            &attachment(&bin_dirs),
-            Duration::from_secs(30),
+            &attachment(&bin_dirs, Duration::from_secs(30)),
         )
         .await
         .unwrap()
@@ -383,6 +373,7 @@ mod tests {
             ifname: "eth0",
             args: "",
             bin_dirs: &[PathBuf::from("/nonexistent/bin")],
+            timeout: Duration::from_secs(60),
         };
         let error = call(Command::Add, config.as_object().unwrap(), &who)
             .await

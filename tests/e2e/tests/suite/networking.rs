@@ -471,7 +471,14 @@ async fn a_pod_whose_cni_plugin_hangs_shows_container_creating_and_can_be_delete
     let cluster = Cluster::new("cni-hang").await?;
     let (conf, bin) = (conf.display().to_string(), bin.display().to_string());
     let agent = cluster
-        .start_node_with(&["--cni-conf-dir", &conf, "--cni-bin-dir", &bin])
+        .start_node_with(&[
+            "--cni-conf-dir",
+            &conf,
+            "--cni-bin-dir",
+            &bin,
+            "--cni-plugin-timeout",
+            "5s",
+        ])
         .await?;
     // A pod that serves a port: it gets a network of its own.
     let image = cluster.push_component("http_probe").await?;
@@ -485,7 +492,8 @@ async fn a_pod_whose_cni_plugin_hangs_shows_container_creating_and_can_be_delete
             serde_json::json!({}),
         ))
         .await?;
-    // While the plugin hangs (up to its 60 s deadline), the pod says what it waits for.
+    // While the plugin hangs (up to its deadline, then again after a back-off), the pod says
+    // what it waits for.
     let pod = cluster
         .wait_pod(
             "stuck",
@@ -495,7 +503,9 @@ async fn a_pod_whose_cni_plugin_hangs_shows_container_creating_and_can_be_delete
         .await?;
     assert_eq!(pod.status.and_then(|s| s.phase).as_deref(), Some("Pending"));
     // A deletion stops waiting for the ADD; its DEL hangs too and is given up after the
-    // plugin deadline (60 s); every process the plugin started goes with it.
+    // plugin deadline (5 s here, 60 s by default); every process the plugin started goes with
+    // it.
+    let deleting = std::time::Instant::now();
     cluster
         .pods()
         .delete("stuck", &kube::api::DeleteParams::default())
@@ -507,6 +517,11 @@ async fn a_pod_whose_cni_plugin_hangs_shows_container_creating_and_can_be_delete
         |pod: Option<&Pod>| pod.is_none(),
     )
     .await?;
+    assert!(
+        deleting.elapsed() < std::time::Duration::from_secs(45),
+        "the deletion waited {:?}, longer than --cni-plugin-timeout allows",
+        deleting.elapsed()
+    );
     let started = std::fs::read_to_string(&pids)?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let alive = |pid: &str| {
