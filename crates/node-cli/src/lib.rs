@@ -246,9 +246,10 @@ pub struct NodeArgs {
     /// its process's file descriptors from the others (as a container's RLIMIT_NOFILE).
     #[arg(long, env = "KRUSTLET_MAX_GUEST_HANDLES", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(64..))]
     max_guest_handles: u32,
-    /// Name lookups one container's guests may have asking name servers at once (each holds a
-    /// socket or two until it is answered or times out); more wait their turn holding none, so
-    /// that one pod's unanswered lookups cannot take its runtime process's file descriptors.
+    /// Name lookups one container's guests may have asking name servers at once (each asks
+    /// with a few sockets, each one of the container's file descriptors, until it is answered
+    /// or times out); more wait their turn holding none, so that one pod's unanswered lookups
+    /// cannot take its runtime process's file descriptors.
     #[arg(long, env = "KRUSTLET_MAX_NAME_LOOKUPS_PER_CONTAINER", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
     max_name_lookups_per_container: u32,
     /// Memory each pooled HTTP instance's slot keeps between requests, per linear memory and

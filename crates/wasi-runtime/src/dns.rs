@@ -19,7 +19,7 @@ use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio_util::task::AbortOnDropHandle;
-use wasm_host::descriptors::ContainerDescriptors;
+use wasm_host::descriptors::{ContainerDescriptors, DescriptorPermit};
 use wasmtime::component::{HasData, Linker, Resource};
 use wasmtime_wasi::p2::SocketError;
 use wasmtime_wasi::p2::bindings::sockets::network::{self, ErrorCode, IpAddress, Network};
@@ -31,7 +31,7 @@ use hickory_resolver::config::{
     LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
 };
 use hickory_resolver::net::runtime::iocompat::AsyncIoTokioAsStd;
-use hickory_resolver::net::runtime::{RuntimeProvider, TokioHandle, TokioTime};
+use hickory_resolver::net::runtime::{DnsUdpSocket, RuntimeProvider, TokioHandle, TokioTime};
 use hickory_resolver::proto::rr::Name;
 
 mod bindings {
@@ -60,9 +60,6 @@ const CACHE_RESPONSES: u64 = 64;
 const MAX_NDOTS: usize = 15;
 const MAX_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_ATTEMPTS: usize = 5;
-/// Descriptors a lookup asking the name servers holds: a UDP socket, and a TCP one when an
-/// answer comes truncated.
-const SOCKETS_PER_LOOKUP: u32 = 2;
 
 /// How one pod's guests resolve names. The resolver behind it is made at the first lookup
 /// that needs a name server, and shared by every instance of the container.
@@ -73,7 +70,7 @@ pub struct PodResolver {
     /// Lookups that may ask the name servers at once; the others wait their turn holding no
     /// socket (`--max-name-lookups-per-container`).
     asking: Arc<tokio::sync::Semaphore>,
-    /// The container's descriptors, which a lookup asking the name servers holds two of.
+    /// The container's descriptors, one held by each socket a lookup asks with.
     descriptors: Arc<ContainerDescriptors>,
 }
 
@@ -96,7 +93,8 @@ fn lookup_error(error: &hickory_resolver::net::NetError) -> ErrorCode {
 
 impl PodResolver {
     /// The resolver for `dns`, sending queries from `netns` (the node's network without one),
-    /// at most `max_asking` lookups at a time, each holding descriptors of `descriptors`.
+    /// at most `max_asking` lookups at a time, each socket holding a descriptor of
+    /// `descriptors`.
     pub fn new(
         dns: Dns,
         netns: Option<Arc<PodNetns>>,
@@ -137,18 +135,18 @@ impl PodResolver {
                 .acquire()
                 .await
                 .map_err(|_| ErrorCode::TemporaryResolverFailure)?;
-            // Its sockets (UDP, and TCP for a truncated answer) are the container's.
-            let _descriptors = this.descriptors.try_take(SOCKETS_PER_LOOKUP).map_err(|e| {
-                tracing::debug!(%domain, error = %e, "a guest's name lookup found no descriptor");
-                ErrorCode::NewSocketLimit
-            })?;
             let found = this
                 .resolver()
                 .lookup_ip(domain.as_str())
                 .await
                 .map_err(|e| {
                     tracing::debug!(%domain, error = %e, "a guest's name lookup failed");
-                    lookup_error(&e)
+                    // Its sockets are the container's: with none left, that is why.
+                    if this.descriptors.try_take(1).is_err() {
+                        ErrorCode::NewSocketLimit
+                    } else {
+                        lookup_error(&e)
+                    }
                 })?;
             let mut ips: Vec<IpAddr> = Vec::new();
             for ip in found.iter().map(|ip| ip.to_canonical()) {
@@ -193,6 +191,7 @@ impl PodResolver {
             let config = ResolverConfig::from_parts(None, searches, nameservers);
             let provider = PodNet {
                 netns: self.netns.clone(),
+                descriptors: self.descriptors.clone(),
                 handle: TokioHandle::default(),
             };
             let mut builder = Resolver::builder_with_config(config, provider);
@@ -248,28 +247,100 @@ fn parse_name(name: &str) -> Result<Parsed, ErrorCode> {
     }
 }
 
-/// hickory's I/O for one pod: its sockets are made inside the pod's network namespace.
+/// hickory's I/O for one pod: its sockets are made inside the pod's network namespace, each
+/// holding a descriptor of the container's.
 #[derive(Clone)]
 struct PodNet {
     netns: Option<Arc<PodNetns>>,
+    descriptors: Arc<ContainerDescriptors>,
     handle: TokioHandle,
 }
 
 impl PodNet {
-    /// Runs `make` (which creates a socket) inside the pod's namespace, if it has one.
-    fn inside<T>(&self, make: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
-        match &self.netns {
-            Some(netns) => netns.enter(make)?,
-            None => make(),
-        }
+    /// Runs `make` (which creates a socket) inside the pod's namespace, if it has one, once the
+    /// container has a descriptor for it.
+    fn inside<T>(&self, make: impl FnOnce() -> io::Result<T>) -> io::Result<Charged<T>> {
+        let descriptor = self
+            .descriptors
+            .try_take(1)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        let socket = match &self.netns {
+            Some(netns) => netns.enter(make)??,
+            None => make()?,
+        };
+        Ok(Charged {
+            socket,
+            _descriptor: descriptor,
+        })
+    }
+}
+
+/// A socket a lookup asks with, and the container's descriptor it holds.
+struct Charged<S> {
+    socket: S,
+    _descriptor: DescriptorPermit,
+}
+
+impl DnsUdpSocket for Charged<tokio::net::UdpSocket> {
+    type Time = TokioTime;
+
+    fn poll_recv_from(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<io::Result<(usize, SocketAddr)>> {
+        DnsUdpSocket::poll_recv_from(&self.socket, cx, buf)
+    }
+
+    fn poll_send_to(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+        target: SocketAddr,
+    ) -> std::task::Poll<io::Result<usize>> {
+        DnsUdpSocket::poll_send_to(&self.socket, cx, buf, target)
+    }
+}
+
+impl tokio::io::AsyncRead for Charged<tokio::net::TcpStream> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().socket).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Charged<tokio::net::TcpStream> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().socket).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().socket).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().socket).poll_shutdown(cx)
     }
 }
 
 impl RuntimeProvider for PodNet {
     type Handle = TokioHandle;
     type Timer = TokioTime;
-    type Udp = tokio::net::UdpSocket;
-    type Tcp = AsyncIoTokioAsStd<tokio::net::TcpStream>;
+    type Udp = Charged<tokio::net::UdpSocket>;
+    type Tcp = AsyncIoTokioAsStd<Charged<tokio::net::TcpStream>>;
 
     fn create_handle(&self) -> Self::Handle {
         self.handle.clone()
@@ -292,11 +363,17 @@ impl RuntimeProvider for PodNet {
             Ok(socket)
         });
         Box::pin(async move {
-            let socket = socket?;
+            let Charged {
+                socket,
+                _descriptor: descriptor,
+            } = socket?;
             socket.set_nodelay(true)?;
             let wait_for = wait_for.unwrap_or(Duration::from_secs(5));
             match tokio::time::timeout(wait_for, socket.connect(server_addr)).await {
-                Ok(stream) => Ok(AsyncIoTokioAsStd(stream?)),
+                Ok(stream) => Ok(AsyncIoTokioAsStd(Charged {
+                    socket: stream?,
+                    _descriptor: descriptor,
+                })),
                 Err(_) => Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!("connecting to the name server {server_addr} timed out"),
@@ -315,7 +392,16 @@ impl RuntimeProvider for PodNet {
             socket.set_nonblocking(true)?;
             Ok(socket)
         });
-        Box::pin(async move { tokio::net::UdpSocket::from_std(socket?) })
+        Box::pin(async move {
+            let Charged {
+                socket,
+                _descriptor: descriptor,
+            } = socket?;
+            Ok(Charged {
+                socket: tokio::net::UdpSocket::from_std(socket)?,
+                _descriptor: descriptor,
+            })
+        })
     }
 }
 
@@ -631,13 +717,12 @@ mod tests {
     async fn a_lookup_that_finds_no_descriptor_fails_at_once() {
         let budget = DescriptorBudget::new(kubelet::runtime::DescriptorLimits {
             total: Some(4),
-            guaranteed_per_container: 1,
+            guaranteed_per_container: 0,
             ..Default::default()
         });
         let (container, other) = (budget.reserve().unwrap(), budget.reserve().unwrap());
-        // The other container borrows what no one reserved; this one's guarantee is less than
-        // a lookup takes.
-        let _held = other.try_take(2).unwrap();
+        // The other container holds every descriptor.
+        let _held = other.try_take(4).unwrap();
         let resolver = PodResolver::new(
             Dns {
                 // Nothing answers there: a query would wait for its timeout.

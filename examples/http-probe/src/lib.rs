@@ -5,7 +5,9 @@
 //! exists in the guest's filesystem (its mounts) and 503 when not; `/sleep/MS` answers after
 //! that many milliseconds; `/both...` answers as `/` and logs on stderr too; `/trap` traps;
 //! `/linger` answers, then does not return for an hour; `/alloc/MIB` holds that many MiB for 3 s,
-//! then answers; `/spin/MS` computes for that many milliseconds, then answers.
+//! then answers; `/spin/MS` computes for that many milliseconds, then answers;
+//! `/lookups/N/NAME` starts N lookups of `NAME-<i>` (wasi:sockets/ip-name-lookup) and never
+//! polls them, answers how many were started, then holds them without returning.
 //! Every request is logged on stdout.
 
 use std::io::{Read as _, Write as _};
@@ -23,6 +25,10 @@ impl wasip2::exports::http::incoming_handler::Guest for Probe {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
         let path = request.path_with_query().unwrap_or_default();
         println!("http-probe: {:?} {path}", request.method());
+        if let Some(rest) = path.strip_prefix("/lookups/") {
+            hold_lookups(rest, response_out);
+            return;
+        }
         if path == "/linger" {
             // Answers, then never returns.
             respond(response_out, 200, "answered, lingering\n");
@@ -78,6 +84,29 @@ impl wasip2::exports::http::incoming_handler::Guest for Probe {
         };
         respond(response_out, status, &body);
     }
+}
+
+/// Starts `N` lookups for `N/NAME`, answers how many started, and holds them unpolled.
+fn hold_lookups(request: &str, out: ResponseOutparam) {
+    let Some((Ok(count), name)) = request
+        .split_once('/')
+        .map(|(count, name)| (count.parse::<usize>(), name))
+    else {
+        return respond(out, 400, "expected /lookups/N/NAME\n");
+    };
+    let network = wasip2::sockets::instance_network::instance_network();
+    let mut held = Vec::new();
+    let mut refused = None;
+    for i in 0..count {
+        match wasip2::sockets::ip_name_lookup::resolve_addresses(&network, &format!("{name}-{i}")) {
+            Ok(lookup) => held.push(lookup),
+            Err(e) => refused = Some(format!("{e:?}")),
+        }
+    }
+    let answer = format!("started {} lookups (refused: {refused:?})\n", held.len());
+    respond(out, 200, &answer);
+    std::thread::sleep(std::time::Duration::from_secs(3600));
+    drop(held);
 }
 
 fn respond(out: ResponseOutparam, status: u16, text: &str) {

@@ -217,3 +217,72 @@ async fn one_pods_idle_clients_cannot_take_the_connections_its_neighbour_is_guar
         .await?;
     Ok(())
 }
+
+/// Descriptors the process `pid` has open.
+fn open_descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |fds| fds.count())
+}
+
+#[tokio::test]
+async fn unpolled_name_lookups_hold_a_few_descriptors_and_leave_a_neighbour_serving()
+-> anyhow::Result<()> {
+    // A name server that never answers (port 53 needs root, as the other DNS tests).
+    let Ok(_silent) = std::net::UdpSocket::bind("127.0.0.78:53") else {
+        eprintln!("skipped: binding a name server on port 53 needs root");
+        return Ok(());
+    };
+    let cluster = Cluster::new("descriptor-lookups").await?;
+    let agent = cluster
+        .start_node_with(&["--runtime-workers", "1", "--max-pod-descriptors", "200"])
+        .await?;
+    let image = cluster.push_component("http_probe").await?;
+    let ports: [u16; 4] = free_ports()?;
+    let (quiet_port, noisy_ports) = (ports[0], &ports[1..]);
+    cluster
+        .serve(http_pod(
+            "quiet",
+            &image,
+            &agent.name,
+            quiet_port,
+            serde_json::json!({}),
+        ))
+        .await?;
+    for (i, port) in noisy_ports.iter().enumerate() {
+        let mut pod = http_pod(
+            &format!("asker-{i}"),
+            &image,
+            &agent.name,
+            *port,
+            serde_json::json!({"krustlet.dev/allowed-outbound-hosts": "*"}),
+        );
+        let spec = pod.spec.as_mut().expect("spec");
+        spec.dns_policy = Some("None".into());
+        spec.dns_config = Some(serde_json::from_value(serde_json::json!({
+            "nameservers": ["127.0.0.78"],
+            "options": [{"name": "timeout", "value": "30"}, {"name": "attempts", "value": "5"}],
+        }))?);
+        cluster.serve(pod).await?;
+    }
+    let host = e2e::node_ip();
+    let usual = usual_latency(&host, quiet_port).await?;
+    let [(_, worker)] = agent.worker_pids()[..] else {
+        anyhow::bail!("one runtime worker: {:?}", agent.worker_pids());
+    };
+    let before = open_descriptors(worker);
+    // 2,000 lookups per pod that nobody polls and no name server answers: each pod's guests
+    // ask 32 at a time (hickory asks each with a few sockets), the rest wait holding none, and
+    // every socket is one of the runtime's 200 descriptors for pods.
+    for (i, port) in noisy_ports.iter().enumerate() {
+        let (status, body) =
+            e2e::http_get_at(&host, *port, &format!("/lookups/2000/host{i}.example")).await?;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.starts_with("started 2000 lookups"), "{body}");
+    }
+    let held = open_descriptors(worker).saturating_sub(before);
+    assert!(
+        held <= 200,
+        "6,000 unanswered lookups hold {held} more descriptors in the worker"
+    );
+    answers_as_usual(&host, quiet_port, usual).await?;
+    Ok(())
+}
