@@ -443,33 +443,94 @@ async fn actor_replicas_serve_one_port_on_their_own_ips() -> anyhow::Result<()> 
     Ok(())
 }
 
+/// A CNI network of one plugin, `name`, whose program is the shell `script`, under `dir`: its
+/// configuration directory and its plugins' directory.
+fn one_plugin_network(
+    dir: &std::path::Path,
+    name: &str,
+    script: &str,
+) -> anyhow::Result<(String, String)> {
+    use std::os::unix::fs::PermissionsExt;
+    let (bin, conf) = (dir.join("bin"), dir.join("net.d"));
+    std::fs::create_dir_all(&bin)?;
+    std::fs::create_dir_all(&conf)?;
+    let plugin = bin.join(name);
+    std::fs::write(&plugin, format!("#!/bin/sh\n{script}\n"))?;
+    std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::write(
+        conf.join(format!("10-{name}.conflist")),
+        serde_json::to_vec(&serde_json::json!({
+            "cniVersion": "1.0.0", "name": name, "plugins": [{"type": name}]
+        }))?,
+    )?;
+    Ok((conf.display().to_string(), bin.display().to_string()))
+}
+
+#[tokio::test]
+async fn a_pod_whose_cni_plugin_talks_without_end_fails_at_once_and_alone() -> anyhow::Result<()> {
+    let dir = testkit::scratch::tempdir("krustlet-cni-talk")?;
+    let (conf, bin) = one_plugin_network(dir.path(), "talk", "exec yes 0123456789abcdef")?;
+    let cluster = Cluster::new("cni-talk").await?;
+    let agent = cluster
+        .start_node_with(&["--cni-conf-dir", &conf, "--cni-bin-dir", &bin])
+        .await?;
+    // A pod on the node's network needs no plugin, and runs beside.
+    let image = cluster.push_guest("wasi-probe").await?;
+    cluster
+        .run_forever("bystander", &image, &agent.name)
+        .await?;
+    // A pod that serves a port gets a network of its own: its plugin's endless answer fails
+    // the attempt once past 1 MiB, long before the plugin's 60 s deadline.
+    let server = cluster.push_component("http_probe").await?;
+    let [port] = free_ports()?;
+    let started = std::time::Instant::now();
+    cluster
+        .create_pod(http_pod(
+            "talked-over",
+            &server,
+            &agent.name,
+            port,
+            serde_json::json!({}),
+        ))
+        .await?;
+    let events = cluster
+        .wait_events("talked-over", &["FailedCreatePodSandBox"])
+        .await?;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "the answer was cut after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        events.iter().any(|e| e.contains("longer than")),
+        "the event says why: {events:?}"
+    );
+    let bystander = cluster.pods().get("bystander").await?;
+    assert!(
+        kube::runtime::wait::Condition::matches_object(
+            &e2e::is_running_after_restarts(0),
+            Some(&bystander)
+        ),
+        "the bystander runs on, never restarted"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_pod_whose_cni_plugin_hangs_shows_container_creating_and_can_be_deleted()
 -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
     let dir = testkit::scratch::tempdir("krustlet-cni-hang")?;
-    let (bin, conf) = (dir.path().join("bin"), dir.path().join("net.d"));
-    std::fs::create_dir_all(&bin)?;
-    std::fs::create_dir_all(&conf)?;
     // A plugin that starts a child and never answers.
     let pids = dir.path().join("pids");
-    let plugin = bin.join("hang");
-    std::fs::write(
-        &plugin,
-        format!(
-            "#!/bin/sh\nsleep 3600 &\necho $! >> {pids}\necho $$ >> {pids}\nsleep 3600\n",
+    let (conf, bin) = one_plugin_network(
+        dir.path(),
+        "hang",
+        &format!(
+            "sleep 3600 &\necho $! >> {pids}\necho $$ >> {pids}\nsleep 3600",
             pids = pids.display()
         ),
     )?;
-    std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755))?;
-    std::fs::write(
-        conf.join("10-hang.conflist"),
-        serde_json::to_vec(&serde_json::json!({
-            "cniVersion": "1.0.0", "name": "hang", "plugins": [{"type": "hang"}]
-        }))?,
-    )?;
     let cluster = Cluster::new("cni-hang").await?;
-    let (conf, bin) = (conf.display().to_string(), bin.display().to_string());
     let agent = cluster
         .start_node_with(&[
             "--cni-conf-dir",
