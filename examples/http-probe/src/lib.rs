@@ -7,7 +7,9 @@
 //! `/linger` answers, then does not return for an hour; `/alloc/MIB` holds that many MiB for 3 s,
 //! then answers; `/spin/MS` computes for that many milliseconds, then answers;
 //! `/lookups/N/NAME` starts N lookups of `NAME-<i>` (wasi:sockets/ip-name-lookup) and never
-//! polls them, answers how many were started, then holds them without returning.
+//! polls them, answers how many were started, then holds them without returning; `/count`
+//! reads the request's body and answers how many bytes it had; `/bytes/MIB` answers with that
+//! many MiB, written 64 KiB at a time.
 //! Every request is logged on stdout.
 
 use std::io::{Read as _, Write as _};
@@ -25,6 +27,13 @@ impl wasip2::exports::http::incoming_handler::Guest for Probe {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
         let path = request.path_with_query().unwrap_or_default();
         println!("http-probe: {:?} {path}", request.method());
+        if path == "/count" {
+            let counted = count_body(request);
+            return respond(response_out, 200, &format!("read {counted} bytes\n"));
+        }
+        if let Some(mib) = path.strip_prefix("/bytes/").and_then(|m| m.parse::<usize>().ok()) {
+            return stream_bytes(response_out, mib);
+        }
         if let Some(rest) = path.strip_prefix("/lookups/") {
             hold_lookups(rest, response_out);
             return;
@@ -107,6 +116,35 @@ fn hold_lookups(request: &str, out: ResponseOutparam) {
     respond(out, 200, &answer);
     std::thread::sleep(std::time::Duration::from_secs(3600));
     drop(held);
+}
+
+/// Reads the request's body 64 KiB at a time, keeping none of it; how many bytes it had.
+fn count_body(request: IncomingRequest) -> u64 {
+    let body = request.consume().expect("the body is taken once");
+    let stream = body.stream().expect("the stream is taken once");
+    let mut counted = 0u64;
+    // Ends with the body (a closed stream) or a failed read.
+    while let Ok(chunk) = stream.blocking_read(64 * 1024) {
+        counted += chunk.len() as u64;
+    }
+    counted
+}
+
+/// Answers with `mib` MiB of `x`, written 64 KiB at a time.
+fn stream_bytes(out: ResponseOutparam, mib: usize) {
+    let response = OutgoingResponse::new(Fields::new());
+    let body = response.body().expect("the body is taken once");
+    ResponseOutparam::set(out, Ok(response));
+    let mut stream = body.write().expect("the stream is taken once");
+    let chunk = vec![b'x'; 64 * 1024];
+    for _ in 0..mib * 16 {
+        if stream.write_all(&chunk).is_err() {
+            return;
+        }
+    }
+    stream.flush().expect("flushing the body");
+    drop(stream);
+    OutgoingBody::finish(body, None).expect("finishing the body");
 }
 
 fn respond(out: ResponseOutparam, status: u16, text: &str) {

@@ -628,3 +628,53 @@ async fn a_containers_memory_limit_bounds_all_its_requests_together() -> anyhow:
     assert_eq!(http_get(port, "/alloc/8").await?.0, 200);
     Ok(())
 }
+
+#[tokio::test]
+async fn large_bodies_stream_both_ways_under_a_small_memory_limit() -> anyhow::Result<()> {
+    const MIB: usize = 32;
+    let cluster = Cluster::new("http-bodies").await?;
+    let agent = cluster.start_node_with(&["--runtime-workers", "1"]).await?;
+    let image = cluster.push_component("http_probe").await?;
+    let [port] = free_ports()?;
+    let mut pod = http_pod("streamer", &image, &agent.name, port, serde_json::json!({}));
+    pod.spec.as_mut().expect("spec").containers[0].resources = Some(serde_json::from_value(
+        serde_json::json!({"limits": {"memory": "16Mi"}}),
+    )?);
+    cluster.serve(pod).await?;
+    // The guest is compiled and its first instance made before the worker's peak is read.
+    assert_eq!(http_get(port, "/").await?.0, 200);
+    let [(_, worker)] = agent.worker_pids()[..] else {
+        anyhow::bail!("one runtime worker: {:?}", agent.worker_pids());
+    };
+    let peak_before = e2e::peak_rss_kib(worker);
+    // Two 32 MiB request bodies the guest reads, and two 32 MiB answers it writes, at once:
+    // four times the container's memory limit passes through, 64 KiB at a time.
+    let body = "y".repeat(MIB << 20);
+    let uploads: Vec<_> = (0..2)
+        .map(|_| {
+            let body = body.clone();
+            tokio::spawn(async move { e2e::http_request(port, "POST", "/count", &body).await })
+        })
+        .collect();
+    let downloads: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(async move { http_get(port, &format!("/bytes/{MIB}")).await }))
+        .collect();
+    for upload in uploads {
+        let (status, answer) = upload.await??;
+        assert_eq!(
+            (status, answer.trim()),
+            (200, format!("read {} bytes", MIB << 20).as_str())
+        );
+    }
+    for download in downloads {
+        let (status, answer) = download.await??;
+        assert_eq!((status, answer.len()), (200, MIB << 20));
+    }
+    let growth_mib = e2e::peak_rss_kib(worker).saturating_sub(peak_before) >> 10;
+    assert!(
+        growth_mib < 40,
+        "{} MiB passed through, and the worker's peak grew by {growth_mib} MiB",
+        4 * MIB
+    );
+    Ok(())
+}
