@@ -34,6 +34,7 @@ async fn main() -> anyhow::Result<()> {
                 keep_resident: config.http_instance_keep_resident,
                 serving: config.http_serving,
                 descriptors: config.descriptors,
+                key_value_store_size: config.max_key_value_store_size,
                 request_deadlines: wasi_runtime::RequestDeadlines {
                     timeout: config.http_request_timeout,
                     return_grace: config.http_return_grace,

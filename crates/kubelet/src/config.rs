@@ -83,6 +83,9 @@ pub struct Config {
     pub max_outgoing_http_connections_per_container: usize,
     /// WASI handles (open files, sockets, streams...) one guest instance may hold at once.
     pub max_guest_handles: usize,
+    /// Bytes of keys and values each of a Spin app's key-value stores may hold
+    /// (`--max-key-value-store-size`).
+    pub max_key_value_store_size: u64,
     /// Name lookups one container's guests may have asking name servers at once.
     pub max_name_lookups_per_container: usize,
     /// Bytes of each pooled HTTP instance's memory and table kept between requests.

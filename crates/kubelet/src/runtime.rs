@@ -45,6 +45,9 @@ pub struct ContainerRun {
     pub env: Vec<(String, String)>,
     /// Directories to preopen.
     pub mounts: Vec<Mount>,
+    /// A directory the runtime may keep the container's state in (Spin's key-value stores):
+    /// kept across the container's restarts, removed with its pod. Made when first used.
+    pub state_dir: PathBuf,
     /// Where the guest's stdout goes.
     pub stdout: LogWriter,
     /// Where the guest's stderr goes.

@@ -258,6 +258,12 @@ pub struct NodeArgs {
     /// shootdowns; the rest is given back. `0` gives everything back, as `wasmtime serve` does.
     #[arg(long, env = "KRUSTLET_HTTP_INSTANCE_KEEP_RESIDENT", default_value = "1Mi", value_parser = parse_bytes_or_zero)]
     http_instance_keep_resident: u64,
+    /// Bytes of keys and values each key-value store of a Spin app may hold (a Kubernetes
+    /// quantity); a write past it fails in the guest with the store's size in the error. The
+    /// stores are kept in a SQLite file per container under the pod's directory in the data
+    /// dir, across the container's restarts.
+    #[arg(long, env = "KRUSTLET_MAX_KEY_VALUE_STORE_SIZE", default_value = "64Mi", value_parser = parse_bytes)]
+    max_key_value_store_size: u64,
     /// File descriptors all containers of a runtime process together may hold: connections to
     /// their served ports, their outgoing connections and name lookups, the files, directories
     /// and sockets their guests open. Default: three quarters of the process's open-file
@@ -516,6 +522,7 @@ impl NodeArgs {
                 as usize,
             max_guest_handles: self.max_guest_handles as usize,
             max_name_lookups_per_container: self.max_name_lookups_per_container as usize,
+            max_key_value_store_size: self.max_key_value_store_size,
             http_instance_keep_resident: usize::try_from(self.http_instance_keep_resident)
                 .unwrap_or(usize::MAX),
             http_request_timeout: self.http_request_timeout,

@@ -7,6 +7,7 @@ pub mod app;
 pub mod bundle;
 pub mod componentize;
 pub mod host;
+pub mod key_value;
 pub mod lock;
 pub mod locked;
 pub mod manifest;

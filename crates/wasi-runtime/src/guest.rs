@@ -92,9 +92,12 @@ impl Drop for HeldMemory {
 }
 
 impl ComponentState {
-    /// The Spin context of a Spin app's component.
-    pub fn spin(&self) -> Option<&spin_runtime::host::SpinContext> {
-        self.spin.as_ref()
+    /// What Spin's host interfaces see: a Spin app's component's context, and the resources.
+    pub fn spin(&mut self) -> spin_runtime::host::SpinView<'_> {
+        spin_runtime::host::SpinView {
+            context: self.spin.as_ref(),
+            table: &mut self.table,
+        }
     }
 }
 

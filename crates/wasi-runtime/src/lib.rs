@@ -23,6 +23,7 @@ use kubelet::netns::InNetns;
 use kubelet::runtime::{
     ContainerRun, Exit, ModuleBytes, PrepareError, RunningContainer, Runtime, StartError,
 };
+use spin_runtime::key_value::KeyValueStores;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -108,6 +109,8 @@ pub struct Bounds {
     pub request_deadlines: http::RequestDeadlines,
     /// What the runtime's containers may hold of its file descriptors.
     pub descriptors: kubelet::runtime::DescriptorLimits,
+    /// Bytes of keys and values each of a Spin app's key-value stores may hold.
+    pub key_value_store_size: u64,
 }
 
 /// wasi-http components run on an engine of their own with the pooling allocator, as
@@ -187,6 +190,7 @@ impl WasiRuntime {
                 serving: bounds.serving,
                 request_deadlines: bounds.request_deadlines,
                 descriptors: bounds.descriptors,
+                key_value_store_size: bounds.key_value_store_size,
             },
         })
     }
@@ -349,7 +353,13 @@ impl Runtime for WasiRuntime {
         let stop = run.stop.clone();
         let spin = match &prepared.0 {
             Guest::Spin(app) => Some((
-                app.start(&run.env)?,
+                app.start(
+                    &run.env,
+                    Arc::new(KeyValueStores::new(
+                        run.state_dir.clone(),
+                        self.bounds.key_value_store_size,
+                    )),
+                )?,
                 spin::SpinApp::port(&run.env, &network.ports)?,
             )),
             _ => None,

@@ -10,6 +10,7 @@ use crate::shares::RequestCost;
 use kubelet::runtime::{ModuleBytes, Mount, PrepareError, StartError};
 use spin_runtime::app::{App, Component, Executor};
 use spin_runtime::bundle::Bundle;
+use spin_runtime::key_value::KeyValueStores;
 use spin_runtime::routes::{RouteMatch, Router, WELL_KNOWN_PREFIX};
 use spin_runtime::variables::Values;
 use std::collections::BTreeMap;
@@ -98,8 +99,13 @@ impl SpinApp {
     }
 
     /// The app as one container runs it, with `env` (the container's environment: variables'
-    /// values, the components to retain, the listening address).
-    pub fn start(&self, env: &[(String, String)]) -> Result<Serving, StartError> {
+    /// values, the components to retain, the listening address) and its key-value stores in
+    /// `key_value` (shared by its components, as Spin's stores are by an app's).
+    pub fn start(
+        &self,
+        env: &[(String, String)],
+        key_value: Arc<KeyValueStores>,
+    ) -> Result<Serving, StartError> {
         let lookup = |name: &str| {
             env.iter()
                 .rev()
@@ -148,6 +154,7 @@ impl SpinApp {
                     spin: spin_runtime::host::SpinContext::new(
                         prepared.component.clone(),
                         values.clone(),
+                        key_value.clone(),
                     ),
                 };
                 (

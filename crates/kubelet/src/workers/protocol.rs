@@ -96,6 +96,9 @@ pub struct StartSpec {
     pub env: Vec<(String, String)>,
     /// Directories to preopen.
     pub mounts: Vec<Mount>,
+    /// Where the container's state is kept across its restarts (none from an older agent).
+    #[serde(default)]
+    pub state_dir: PathBuf,
     /// The CRI log file the worker writes the guest's output to.
     pub log: PathBuf,
     /// Memory and CPU limits.
@@ -117,6 +120,7 @@ impl StartSpec {
             args: run.args.clone(),
             env: run.env.clone(),
             mounts: run.mounts.clone(),
+            state_dir: run.state_dir.clone(),
             log,
             limits: run.limits,
             network: run.network.clone(),

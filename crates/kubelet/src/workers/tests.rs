@@ -112,6 +112,7 @@ impl Node {
             args: args.iter().map(|a| a.to_string()).collect(),
             env: Vec::new(),
             mounts: Vec::new(),
+            state_dir: self.dir.path().join("state").join(id),
             stdout: log.writer("stdout"),
             stderr: log.writer("stderr"),
             limits: Limits::default(),

@@ -191,6 +191,7 @@ impl<R: Runtime> Worker<R> {
             args: spec.args,
             env: spec.env,
             mounts: spec.mounts,
+            state_dir: spec.state_dir,
             stdout: log.writer("stdout"),
             stderr: log.writer("stderr"),
             limits: spec.limits,

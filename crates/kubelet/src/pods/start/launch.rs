@@ -15,6 +15,7 @@ use crate::runtime::{
 };
 use k8s_openapi::api::core::v1::{Container, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -86,6 +87,11 @@ pub async fn launch<R: Runtime, H: PodHost>(
         args: process.args,
         env: process.env,
         mounts,
+        state_dir: ctx
+            .pods_dir
+            .join(pod.uid().unwrap_or_default())
+            .join("state")
+            .join(&spec.name),
         stdout: log.writer("stdout"),
         stderr: log.writer("stderr"),
         limits: resources::limits(spec),

@@ -1,0 +1,298 @@
+//! Spin's key-value stores, kept as Spin keeps its default store: in a SQLite file, in Spin's
+//! own table (`spin_key_value`: store, key, value), so a file from Spin can be used here and the
+//! other way round. One file per container, in the directory the node keeps for it across its
+//! restarts; opened at the first use. Each store holds at most a configured number of bytes of
+//! keys and values together.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// The only store that exists without a runtime configuration (as on Spin).
+pub const DEFAULT_STORE: &str = "default";
+/// The file the stores are kept in, in the container's state directory.
+pub const FILE_NAME: &str = "key_value.db";
+/// How long a write waits for another connection to the same file.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A key-value operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyValueError {
+    /// The store is not one this node has.
+    #[error(
+        "there is no key-value store {0:?} (only \"default\" exists without a runtime configuration)"
+    )]
+    NoSuchStore(String),
+    /// The component's manifest does not grant it the store.
+    #[error(
+        "the component may not open key-value store {0:?} (its key_value_stores do not name it)"
+    )]
+    AccessDenied(String),
+    /// The write would take the store past its size.
+    #[error(
+        "key-value store {store:?} would hold {would} bytes of keys and values, more than its {limit} (--max-key-value-store-size)"
+    )]
+    Full {
+        /// The store.
+        store: String,
+        /// What it would hold.
+        would: u64,
+        /// What it may hold.
+        limit: u64,
+    },
+    /// The file could not be read or written.
+    #[error("key-value store file {path}: {message}")]
+    Storage {
+        /// The file.
+        path: String,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// One container's key-value stores.
+#[derive(Debug)]
+pub struct KeyValueStores {
+    path: PathBuf,
+    limit: u64,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// The open file; `None` until the first use.
+    db: Option<Connection>,
+    /// Bytes of keys and values each store holds, counted at its first use.
+    sizes: HashMap<String, u64>,
+}
+
+impl KeyValueStores {
+    /// The stores kept in `dir`, each holding at most `limit` bytes of keys and values.
+    pub fn new(dir: PathBuf, limit: u64) -> Self {
+        Self {
+            path: dir.join(FILE_NAME),
+            limit,
+            state: Mutex::default(),
+        }
+    }
+
+    /// Runs `work` with the open file and the store sizes.
+    fn with<R>(
+        &self,
+        work: impl FnOnce(&Connection, &mut HashMap<String, u64>) -> rusqlite::Result<R>,
+    ) -> Result<R, KeyValueError> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let state = &mut *state;
+        if state.db.is_none() {
+            state.db = Some(self.open()?);
+        }
+        let db = state.db.as_ref().expect("opened above");
+        work(db, &mut state.sizes).map_err(|e| self.storage(e))
+    }
+
+    /// Opens the file (made with its directory and Spin's table when new).
+    fn open(&self) -> Result<Connection, KeyValueError> {
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| self.storage(e))?;
+        }
+        let db = Connection::open(&self.path).map_err(|e| self.storage(e))?;
+        db.busy_timeout(BUSY_TIMEOUT)
+            .and_then(|()| {
+                db.execute_batch(
+                    "CREATE TABLE IF NOT EXISTS spin_key_value (
+                        store TEXT NOT NULL,
+                        key   TEXT NOT NULL,
+                        value BLOB NOT NULL,
+                        PRIMARY KEY (store, key)
+                    );",
+                )
+            })
+            .map_err(|e| self.storage(e))?;
+        Ok(db)
+    }
+
+    fn storage(&self, error: impl std::fmt::Display) -> KeyValueError {
+        KeyValueError::Storage {
+            path: self.path.display().to_string(),
+            message: error.to_string(),
+        }
+    }
+
+    /// The value of `key` in `store`.
+    pub fn get(&self, store: &str, key: &str) -> Result<Option<Vec<u8>>, KeyValueError> {
+        self.with(|db, _| {
+            db.query_row(
+                "SELECT value FROM spin_key_value WHERE store = ?1 AND key = ?2",
+                params![store, key],
+                |row| row.get(0),
+            )
+            .optional()
+        })
+    }
+
+    /// Sets `key` in `store` to `value`, unless the store would then hold more than its limit.
+    pub fn set(&self, store: &str, key: &str, value: &[u8]) -> Result<(), KeyValueError> {
+        let mut full = None;
+        self.with(|db, sizes| {
+            let held = size_of(db, sizes, store)?;
+            let old = db
+                .query_row(
+                    "SELECT length(value) FROM spin_key_value WHERE store = ?1 AND key = ?2",
+                    params![store, key],
+                    |row| row.get::<_, i64>(0),
+                )
+                .optional()?
+                .map(bytes);
+            let entry = (key.len() + value.len()) as u64;
+            let would = match old {
+                Some(old) => held.saturating_sub(key.len() as u64 + old),
+                None => held,
+            }
+            .saturating_add(entry);
+            if would > self.limit {
+                full = Some(would);
+                return Ok(());
+            }
+            db.execute(
+                "INSERT INTO spin_key_value (store, key, value) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (store, key) DO UPDATE SET value = excluded.value",
+                params![store, key, value],
+            )?;
+            sizes.insert(store.to_owned(), would);
+            Ok(())
+        })?;
+        match full {
+            Some(would) => Err(KeyValueError::Full {
+                store: store.to_owned(),
+                would,
+                limit: self.limit,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Deletes `key` from `store` (nothing when it is not there).
+    pub fn delete(&self, store: &str, key: &str) -> Result<(), KeyValueError> {
+        self.with(|db, sizes| {
+            let held = size_of(db, sizes, store)?;
+            let old = db
+                .query_row(
+                    "DELETE FROM spin_key_value WHERE store = ?1 AND key = ?2 RETURNING length(value)",
+                    params![store, key],
+                    |row| row.get::<_, i64>(0),
+                )
+                .optional()?
+                .map(bytes);
+            if let Some(old) = old {
+                sizes.insert(
+                    store.to_owned(),
+                    held.saturating_sub(key.len() as u64 + old),
+                );
+            }
+            Ok(())
+        })
+    }
+
+    /// Whether `store` has `key`.
+    pub fn exists(&self, store: &str, key: &str) -> Result<bool, KeyValueError> {
+        self.with(|db, _| {
+            db.query_row(
+                "SELECT EXISTS (SELECT 1 FROM spin_key_value WHERE store = ?1 AND key = ?2)",
+                params![store, key],
+                |row| row.get(0),
+            )
+        })
+    }
+
+    /// Every key of `store` (as many as its size allows).
+    pub fn keys(&self, store: &str) -> Result<Vec<String>, KeyValueError> {
+        self.with(|db, _| {
+            let mut query = db.prepare("SELECT key FROM spin_key_value WHERE store = ?1")?;
+            let keys = query
+                .query_map(params![store], |row| row.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
+            Ok(keys)
+        })
+    }
+}
+
+/// Bytes of keys and values `store` holds: counted in the file at its first use, then kept.
+fn size_of(
+    db: &Connection,
+    sizes: &mut HashMap<String, u64>,
+    store: &str,
+) -> rusqlite::Result<u64> {
+    if let Some(size) = sizes.get(store) {
+        return Ok(*size);
+    }
+    let size = bytes(db.query_row(
+        "SELECT COALESCE(SUM(length(CAST(key AS BLOB)) + length(value)), 0)
+         FROM spin_key_value WHERE store = ?1",
+        params![store],
+        |row| row.get::<_, i64>(0),
+    )?);
+    sizes.insert(store.to_owned(), size);
+    Ok(size)
+}
+
+/// A length SQLite counted (never negative).
+fn bytes(length: i64) -> u64 {
+    u64::try_from(length).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_kept_in_the_file_and_survive_a_new_opening() {
+        let dir = tempfile::tempdir().unwrap();
+        let stores = KeyValueStores::new(dir.path().join("state"), 1 << 20);
+        assert_eq!(stores.get("default", "count").unwrap(), None);
+        stores.set("default", "count", b"1").unwrap();
+        stores.set("default", "count", b"2").unwrap();
+        stores.set("other", "count", b"9").unwrap();
+        assert_eq!(stores.get("default", "count").unwrap(), Some(b"2".to_vec()));
+        assert!(stores.exists("default", "count").unwrap());
+        assert_eq!(stores.keys("default").unwrap(), vec!["count".to_owned()]);
+        drop(stores);
+        // A container started again finds what the last one stored.
+        let stores = KeyValueStores::new(dir.path().join("state"), 1 << 20);
+        assert_eq!(stores.get("default", "count").unwrap(), Some(b"2".to_vec()));
+        stores.delete("default", "count").unwrap();
+        stores.delete("default", "never").unwrap();
+        assert!(!stores.exists("default", "count").unwrap());
+        assert_eq!(stores.get("other", "count").unwrap(), Some(b"9".to_vec()));
+    }
+
+    #[test]
+    fn a_store_holds_at_most_its_limit_and_what_is_freed_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let stores = KeyValueStores::new(dir.path().to_path_buf(), 10);
+        stores.set("default", "a", b"1234").unwrap(); // 5 bytes
+        stores.set("default", "b", b"1234").unwrap(); // 10 bytes
+        assert_eq!(
+            stores.set("default", "c", b"1"),
+            Err(KeyValueError::Full {
+                store: "default".into(),
+                would: 12,
+                limit: 10
+            })
+        );
+        // Replacing a value counts the difference; deleting frees it.
+        stores.set("default", "a", b"12").unwrap();
+        stores.set("default", "c", b"1").unwrap();
+        stores.delete("default", "b").unwrap();
+        stores.set("default", "d", b"123").unwrap();
+        // The limit is per store; a new opening counts what the file holds.
+        stores.set("other", "x", b"123456789").unwrap();
+        drop(stores);
+        let stores = KeyValueStores::new(dir.path().to_path_buf(), 10);
+        assert!(matches!(
+            stores.set("default", "e", b"12"),
+            Err(KeyValueError::Full { would: 12, .. })
+        ));
+    }
+}
