@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::api::{ListParams, PostParams};
+use kube::runtime::wait::Condition;
 use std::path::Path;
 
 /// The app: `hello` answers `/hello/...` with its `message` variable (a template over the
@@ -270,23 +271,33 @@ async fn a_pushed_spin_app_serves_its_routes_variables_and_files() -> anyhow::Re
     Ok(())
 }
 
+/// Pushes `files` as a `FROM scratch` image named `name` (a Spin app when they hold
+/// `spin.toml`); its reference.
+async fn push_scratch_app(
+    cluster: &Cluster,
+    name: &str,
+    files: &[(String, Vec<u8>)],
+) -> anyhow::Result<String> {
+    let image = format!("{}/{}/{name}:v1", cluster.registry(), cluster.id);
+    let refs: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(path, content)| (path.as_str(), content.as_slice()))
+        .collect();
+    testkit::fixtures::push_wasi_filesystem_image(&image, &refs, &[]).await?;
+    Ok(image)
+}
+
 #[tokio::test]
-async fn a_scratch_spin_image_runs_and_a_missing_variable_component_or_interface_is_named()
+async fn a_scratch_spin_image_runs_and_a_missing_variable_or_component_is_named()
 -> anyhow::Result<()> {
     let cluster = Cluster::new("spin-scratch").await?;
     let agent = cluster.start_node().await?;
     let files = app_files()?;
     let push = async |name: &str, files: Vec<(String, Vec<u8>)>| {
-        let image = format!("{}/{}/{name}:v1", cluster.registry(), cluster.id);
-        let refs: Vec<(&str, &[u8])> = files
-            .iter()
-            .map(|(path, content)| (path.as_str(), content.as_slice()))
-            .collect();
-        testkit::fixtures::push_wasi_filesystem_image(&image, &refs, &[]).await?;
-        anyhow::Ok(image)
+        push_scratch_app(&cluster, name, &files).await
     };
     let image = push("spin-scratch", files.clone()).await?;
-    let [port, unset_port, broken_port, retained_port, kv_port] = free_ports()?;
+    let [port, unset_port, broken_port, retained_port] = free_ports()?;
     cluster
         .serve(operator_pod(
             "scratch",
@@ -353,12 +364,14 @@ async fn a_scratch_spin_image_runs_and_a_missing_variable_component_or_interface
         "{message}"
     );
 
-    // A component using a Spin host interface this node does not have yet is refused, naming
-    // the interface.
-    let kv_app = vec![
-        (
-            "spin.toml".to_owned(),
-            br#"spin_manifest_version = 2
+    Ok(())
+}
+
+/// A one-component app counting its requests in the key-value stores `granted`
+/// (`examples/spin-kv`), as a `FROM scratch` image's files.
+fn counter_app(granted: &[&str]) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    let manifest = format!(
+        r#"spin_manifest_version = 2
 [application]
 name = "counter"
 [[trigger.http]]
@@ -366,23 +379,72 @@ route = "/..."
 component = "counter"
 [component.counter]
 source = "spin_kv.wasm"
-key_value_stores = ["default"]
+key_value_stores = {granted:?}
 "#
-            .to_vec(),
-        ),
+    );
+    Ok(vec![
+        ("spin.toml".to_owned(), manifest.into_bytes()),
         (
             "spin_kv.wasm".to_owned(),
             std::fs::read(testkit::fixtures::wasm_module("spin_kv")?)?,
         ),
-    ];
-    let kv = push("spin-kv", kv_app).await?;
+    ])
+}
+
+#[tokio::test]
+async fn a_counter_in_the_default_store_survives_requests_and_a_container_restart()
+-> anyhow::Result<()> {
+    let cluster = Cluster::new("spin-kv").await?;
+    let agent = cluster.start_node_with(&["--runtime-workers", "1"]).await?;
+    let counter = push_scratch_app(&cluster, "spin-kv", &counter_app(&["default"])?).await?;
+    let ungranted = push_scratch_app(&cluster, "spin-kv-ungranted", &counter_app(&[])?).await?;
+    let [port, ungranted_port] = free_ports()?;
+    // As a Deployment's pod: restarted whenever its container ends.
+    let mut pod = operator_pod("counter", &counter, &agent.name, port, &[]);
+    pod.spec.as_mut().expect("spec").restart_policy = Some("Always".into());
+    cluster.serve(pod).await?;
     cluster
-        .create_pod(operator_pod("kv", &kv, &agent.name, kv_port, &[]))
+        .serve(operator_pod(
+            "ungranted",
+            &ungranted,
+            &agent.name,
+            ungranted_port,
+            &[],
+        ))
         .await?;
-    let message = start_failure(&cluster, "kv").await?;
-    assert!(
-        message.contains("fermyon:spin/key-value@2.0.0"),
-        "{message}"
-    );
+    for expected in ["1", "2", "3"] {
+        let (status, body) = http_get(port, "/").await?;
+        assert_eq!((status, body.trim()), (200, expected));
+    }
+    // A component whose manifest grants it no store is refused the default one.
+    assert_eq!(http_get(ungranted_port, "/").await?.0, 500);
+    let logs = cluster
+        .eventually("the refusal in the log", async || {
+            let logs = cluster.kubectl(&["logs", "ungranted"])?;
+            Ok(logs.contains("AccessDenied").then_some(logs))
+        })
+        .await?;
+    assert!(logs.contains("AccessDenied"), "{logs}");
+    // The runtime worker holding the container dies: the container is started again, and
+    // finds its store as it left it.
+    let [(_, worker)] = agent.worker_pids()[..] else {
+        anyhow::bail!("one runtime worker: {:?}", agent.worker_pids());
+    };
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &worker.to_string()])
+        .status()?;
+    assert!(killed.success());
+    cluster
+        .wait_pod("counter", "restarted and Ready", |pod: Option<&Pod>| {
+            let restarts = pod
+                .and_then(|p| p.status.as_ref())
+                .and_then(|s| s.container_statuses.as_ref())
+                .and_then(|c| c.first())
+                .map_or(0, |c| c.restart_count);
+            restarts == 1 && e2e::is_pod_ready().matches_object(pod)
+        })
+        .await?;
+    let (status, body) = http_get(port, "/").await?;
+    assert_eq!((status, body.trim()), (200, "4"));
     Ok(())
 }
