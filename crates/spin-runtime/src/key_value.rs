@@ -42,6 +42,20 @@ pub enum KeyValueError {
         /// What it may hold.
         limit: u64,
     },
+    /// An increment found a value that is not a number as Spin keeps one.
+    #[error("key {key:?} holds {length} bytes, not a number (eight little-endian bytes)")]
+    NotANumber {
+        /// The key.
+        key: String,
+        /// How long its value is.
+        length: usize,
+    },
+    /// An increment would overflow.
+    #[error("incrementing key {key:?} would overflow a signed 64-bit number")]
+    Overflow {
+        /// The key.
+        key: String,
+    },
     /// The file could not be read or written.
     #[error("key-value store file {path}: {message}")]
     Storage {
@@ -122,55 +136,96 @@ impl KeyValueStores {
 
     /// The value of `key` in `store`.
     pub fn get(&self, store: &str, key: &str) -> Result<Option<Vec<u8>>, KeyValueError> {
-        self.with(|db, _| {
-            db.query_row(
-                "SELECT value FROM spin_key_value WHERE store = ?1 AND key = ?2",
-                params![store, key],
-                |row| row.get(0),
-            )
-            .optional()
-        })
+        self.with(|db, _| read(db, store, key))
     }
 
     /// Sets `key` in `store` to `value`, unless the store would then hold more than its limit.
     pub fn set(&self, store: &str, key: &str, value: &[u8]) -> Result<(), KeyValueError> {
-        let mut full = None;
+        self.with(|db, sizes| self.put(db, sizes, store, key, value))?
+    }
+
+    /// Adds `delta` to the number `key` holds in `store` (0 when absent; kept as Spin keeps it,
+    /// eight little-endian bytes) and returns the sum.
+    pub fn increment(&self, store: &str, key: &str, delta: i64) -> Result<i64, KeyValueError> {
         self.with(|db, sizes| {
-            let held = size_of(db, sizes, store)?;
-            let old = db
-                .query_row(
-                    "SELECT length(value) FROM spin_key_value WHERE store = ?1 AND key = ?2",
-                    params![store, key],
-                    |row| row.get::<_, i64>(0),
-                )
-                .optional()?
-                .map(bytes);
-            let entry = (key.len() + value.len()) as u64;
-            let would = match old {
-                Some(old) => held.saturating_sub(key.len() as u64 + old),
-                None => held,
+            let current = match read(db, store, key)? {
+                None => 0,
+                Some(bytes) => match <[u8; 8]>::try_from(bytes.as_slice()) {
+                    Ok(number) => i64::from_le_bytes(number),
+                    Err(_) => {
+                        return Ok(Err(KeyValueError::NotANumber {
+                            key: key.to_owned(),
+                            length: bytes.len(),
+                        }));
+                    }
+                },
+            };
+            let Some(sum) = current.checked_add(delta) else {
+                return Ok(Err(KeyValueError::Overflow {
+                    key: key.to_owned(),
+                }));
+            };
+            Ok(self
+                .put(db, sizes, store, key, &sum.to_le_bytes())?
+                .map(|()| sum))
+        })?
+    }
+
+    /// Sets `key` in `store` to `value` if it still holds `expected` (`None`: absent);
+    /// whether it did.
+    pub fn compare_and_swap(
+        &self,
+        store: &str,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: &[u8],
+    ) -> Result<bool, KeyValueError> {
+        self.with(|db, sizes| {
+            if read(db, store, key)?.as_deref() != expected {
+                return Ok(Ok(false));
             }
-            .saturating_add(entry);
-            if would > self.limit {
-                full = Some(would);
-                return Ok(());
-            }
-            db.execute(
-                "INSERT INTO spin_key_value (store, key, value) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (store, key) DO UPDATE SET value = excluded.value",
-                params![store, key, value],
-            )?;
-            sizes.insert(store.to_owned(), would);
-            Ok(())
-        })?;
-        match full {
-            Some(would) => Err(KeyValueError::Full {
+            Ok(self.put(db, sizes, store, key, value)?.map(|()| true))
+        })?
+    }
+
+    /// Writes `key` in `store` within the store's limit, the file already locked.
+    fn put(
+        &self,
+        db: &Connection,
+        sizes: &mut HashMap<String, u64>,
+        store: &str,
+        key: &str,
+        value: &[u8],
+    ) -> rusqlite::Result<Result<(), KeyValueError>> {
+        let held = size_of(db, sizes, store)?;
+        let old = db
+            .query_row(
+                "SELECT length(value) FROM spin_key_value WHERE store = ?1 AND key = ?2",
+                params![store, key],
+                |row| row.get::<_, i64>(0),
+            )
+            .optional()?
+            .map(bytes);
+        let entry = (key.len() + value.len()) as u64;
+        let would = match old {
+            Some(old) => held.saturating_sub(key.len() as u64 + old),
+            None => held,
+        }
+        .saturating_add(entry);
+        if would > self.limit {
+            return Ok(Err(KeyValueError::Full {
                 store: store.to_owned(),
                 would,
                 limit: self.limit,
-            }),
-            None => Ok(()),
+            }));
         }
+        db.execute(
+            "INSERT INTO spin_key_value (store, key, value) VALUES (?1, ?2, ?3)
+             ON CONFLICT (store, key) DO UPDATE SET value = excluded.value",
+            params![store, key, value],
+        )?;
+        sizes.insert(store.to_owned(), would);
+        Ok(Ok(()))
     }
 
     /// Deletes `key` from `store` (nothing when it is not there).
@@ -216,6 +271,16 @@ impl KeyValueStores {
             Ok(keys)
         })
     }
+}
+
+/// The value of `key` in `store`.
+fn read(db: &Connection, store: &str, key: &str) -> rusqlite::Result<Option<Vec<u8>>> {
+    db.query_row(
+        "SELECT value FROM spin_key_value WHERE store = ?1 AND key = ?2",
+        params![store, key],
+        |row| row.get(0),
+    )
+    .optional()
 }
 
 /// Bytes of keys and values `store` holds: counted in the file at its first use, then kept.
@@ -265,6 +330,49 @@ mod tests {
         stores.delete("default", "never").unwrap();
         assert!(!stores.exists("default", "count").unwrap());
         assert_eq!(stores.get("other", "count").unwrap(), Some(b"9".to_vec()));
+    }
+
+    #[test]
+    fn increments_and_swaps_keep_numbers_as_spin_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let stores = KeyValueStores::new(dir.path().to_path_buf(), 1 << 10);
+        assert_eq!(stores.increment("default", "n", 5).unwrap(), 5);
+        assert_eq!(stores.increment("default", "n", -2).unwrap(), 3);
+        assert_eq!(
+            stores.get("default", "n").unwrap(),
+            Some(3i64.to_le_bytes().to_vec())
+        );
+        stores.set("default", "text", b"abc").unwrap();
+        assert!(matches!(
+            stores.increment("default", "text", 1),
+            Err(KeyValueError::NotANumber { length: 3, .. })
+        ));
+        stores
+            .set("default", "max", &i64::MAX.to_le_bytes())
+            .unwrap();
+        assert!(matches!(
+            stores.increment("default", "max", 1),
+            Err(KeyValueError::Overflow { .. })
+        ));
+        assert!(
+            !stores
+                .compare_and_swap("default", "text", Some(b"xyz"), b"new")
+                .unwrap()
+        );
+        assert!(
+            stores
+                .compare_and_swap("default", "text", Some(b"abc"), b"new")
+                .unwrap()
+        );
+        assert!(
+            stores
+                .compare_and_swap("default", "absent", None, b"1")
+                .unwrap()
+        );
+        assert_eq!(
+            stores.get("default", "text").unwrap(),
+            Some(b"new".to_vec())
+        );
     }
 
     #[test]

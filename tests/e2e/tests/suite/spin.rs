@@ -368,7 +368,8 @@ async fn a_scratch_spin_image_runs_and_a_missing_variable_or_component_is_named(
 }
 
 /// A one-component app counting its requests in the key-value stores `granted`
-/// (`examples/spin-kv`), as a `FROM scratch` image's files.
+/// (`examples/spin-kv`: `/` through `fermyon:spin/key-value`, `/wasi` through `wasi:keyvalue`),
+/// as a `FROM scratch` image's files.
 fn counter_app(granted: &[&str]) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
     let manifest = format!(
         r#"spin_manifest_version = 2
@@ -416,6 +417,14 @@ async fn a_counter_in_the_default_store_survives_requests_and_a_container_restar
         let (status, body) = http_get(port, "/").await?;
         assert_eq!((status, body.trim()), (200, expected));
     }
+    // The same store through wasi:keyvalue: an atomic increment, a batch written and read.
+    for hits in 1..=2 {
+        let (status, body) = http_get(port, "/wasi").await?;
+        assert_eq!(
+            (status, body.trim()),
+            (200, format!("hits {hits} last={hits} never=none").as_str())
+        );
+    }
     // A component whose manifest grants it no store is refused the default one.
     assert_eq!(http_get(ungranted_port, "/").await?.0, 500);
     let logs = cluster
@@ -446,5 +455,7 @@ async fn a_counter_in_the_default_store_survives_requests_and_a_container_restar
         .await?;
     let (status, body) = http_get(port, "/").await?;
     assert_eq!((status, body.trim()), (200, "4"));
+    let (status, body) = http_get(port, "/wasi").await?;
+    assert_eq!((status, body.trim()), (200, "hits 3 last=3 never=none"));
     Ok(())
 }

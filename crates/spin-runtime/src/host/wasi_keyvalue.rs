@@ -1,0 +1,273 @@
+//! `wasi:keyvalue` as Spin 3 exports it (its `0.2.0-draft2`): `store` (buckets are the stores
+//! the component's manifest grants), `atomics` (increment, compare-and-swap) and `batch`, over
+//! the same stores as `fermyon:spin/key-value`.
+
+use super::key_value::OpenStore;
+use super::{SpinView, not_spin};
+use crate::key_value::{KeyValueError, KeyValueStores};
+use wasmtime::component::{ComponentType, Linker, Lower, Resource, ResourceType};
+
+/// The interfaces.
+pub(super) const STORE: &str = "wasi:keyvalue/store@0.2.0-draft2";
+pub(super) const ATOMICS: &str = "wasi:keyvalue/atomics@0.2.0-draft2";
+pub(super) const BATCH: &str = "wasi:keyvalue/batch@0.2.0-draft2";
+
+/// An open bucket (`wasi:keyvalue/store`'s `bucket`).
+pub struct Bucket(OpenStore);
+
+/// A compare-and-swap in progress (`wasi:keyvalue/atomics`'s `cas`): the value its key held
+/// when it began.
+pub struct Cas {
+    store: OpenStore,
+    key: String,
+    seen: Option<Vec<u8>>,
+}
+
+/// `wasi:keyvalue/store`'s `error`.
+#[derive(ComponentType, Lower)]
+#[component(variant)]
+enum Error {
+    #[component(name = "no-such-store")]
+    NoSuchStore,
+    #[component(name = "access-denied")]
+    AccessDenied,
+    #[component(name = "other")]
+    Other(String),
+}
+
+impl From<KeyValueError> for Error {
+    fn from(error: KeyValueError) -> Self {
+        match error {
+            KeyValueError::NoSuchStore(_) => Self::NoSuchStore,
+            KeyValueError::AccessDenied(_) => Self::AccessDenied,
+            other => Self::Other(other.to_string()),
+        }
+    }
+}
+
+/// `wasi:keyvalue/store`'s `key-response`: every key at once, so no cursor.
+#[derive(ComponentType, Lower)]
+#[component(record)]
+struct KeyResponse {
+    keys: Vec<String>,
+    cursor: Option<String>,
+}
+
+/// `wasi:keyvalue/atomics`'s `cas-error`.
+#[derive(ComponentType, Lower)]
+#[component(variant)]
+enum CasError {
+    #[component(name = "store-error")]
+    StoreError(Error),
+    #[component(name = "cas-failed")]
+    CasFailed(Resource<Cas>),
+}
+
+/// Runs `op` on the stores behind bucket `this`.
+fn on<R>(
+    view: SpinView<'_>,
+    this: &Resource<Bucket>,
+    op: impl FnOnce(&KeyValueStores, &str) -> Result<R, KeyValueError>,
+) -> wasmtime::Result<Result<R, Error>> {
+    let Bucket(open) = view.table.get(this)?;
+    Ok(op(&open.stores, &open.label).map_err(Error::from))
+}
+
+/// Adds `wasi:keyvalue`'s `store`, `atomics` and `batch` to `linker`.
+pub(super) fn add_to_linker<T: 'static>(
+    linker: &mut Linker<T>,
+    view: fn(&mut T) -> SpinView<'_>,
+) -> wasmtime::Result<()> {
+    let mut store = linker.instance(STORE)?;
+    store.resource(
+        "bucket",
+        ResourceType::host::<Bucket>(),
+        move |mut cx, rep| {
+            view(cx.data_mut())
+                .table
+                .delete(Resource::<Bucket>::new_own(rep))?;
+            Ok(())
+        },
+    )?;
+    store.func_wrap("open", move |mut cx, (identifier,): (String,)| {
+        let view = view(cx.data_mut());
+        let opened = match view.context {
+            None => Err(Error::Other(not_spin())),
+            Some(spin) => spin.open_store(&identifier).map_err(Error::from),
+        };
+        let result = match opened {
+            Ok(open) => Ok(view.table.push(Bucket(open))?),
+            Err(e) => Err(e),
+        };
+        Ok((result,))
+    })?;
+    store.func_wrap(
+        "[method]bucket.get",
+        move |mut cx, (this, key): (Resource<Bucket>, String)| {
+            Ok((on(
+                view(cx.data_mut()),
+                &this,
+                |s: &KeyValueStores, label: &str| s.get(label, &key),
+            )?,))
+        },
+    )?;
+    store.func_wrap(
+        "[method]bucket.set",
+        move |mut cx, (this, key, value): (Resource<Bucket>, String, Vec<u8>)| {
+            Ok((on(
+                view(cx.data_mut()),
+                &this,
+                |s: &KeyValueStores, label: &str| s.set(label, &key, &value),
+            )?,))
+        },
+    )?;
+    store.func_wrap(
+        "[method]bucket.delete",
+        move |mut cx, (this, key): (Resource<Bucket>, String)| {
+            Ok((on(
+                view(cx.data_mut()),
+                &this,
+                |s: &KeyValueStores, label: &str| s.delete(label, &key),
+            )?,))
+        },
+    )?;
+    store.func_wrap(
+        "[method]bucket.exists",
+        move |mut cx, (this, key): (Resource<Bucket>, String)| {
+            Ok((on(
+                view(cx.data_mut()),
+                &this,
+                |s: &KeyValueStores, label: &str| s.exists(label, &key),
+            )?,))
+        },
+    )?;
+    store.func_wrap(
+        "[method]bucket.list-keys",
+        move |mut cx, (this, _cursor): (Resource<Bucket>, Option<String>)| {
+            Ok((on(
+                view(cx.data_mut()),
+                &this,
+                |s: &KeyValueStores, label: &str| {
+                    Ok(KeyResponse {
+                        keys: s.keys(label)?,
+                        cursor: None,
+                    })
+                },
+            )?,))
+        },
+    )?;
+
+    let mut atomics = linker.instance(ATOMICS)?;
+    atomics.resource("cas", ResourceType::host::<Cas>(), move |mut cx, rep| {
+        view(cx.data_mut())
+            .table
+            .delete(Resource::<Cas>::new_own(rep))?;
+        Ok(())
+    })?;
+    atomics.func_wrap(
+        "increment",
+        move |mut cx, (bucket, key, delta): (Resource<Bucket>, String, i64)| {
+            Ok((on(
+                view(cx.data_mut()),
+                &bucket,
+                |s: &KeyValueStores, label: &str| s.increment(label, &key, delta),
+            )?,))
+        },
+    )?;
+    atomics.func_wrap(
+        "[static]cas.new",
+        move |mut cx, (bucket, key): (Resource<Bucket>, String)| {
+            let view = view(cx.data_mut());
+            let Bucket(open) = view.table.get(&bucket)?;
+            let store = open.clone();
+            let result = match store.stores.get(&store.label, &key) {
+                Ok(seen) => Ok(view.table.push(Cas { store, key, seen })?),
+                Err(e) => Err(Error::from(e)),
+            };
+            Ok((result,))
+        },
+    )?;
+    atomics.func_wrap(
+        "[method]cas.current",
+        move |mut cx, (this,): (Resource<Cas>,)| {
+            let cas = view(cx.data_mut()).table.get(&this)?;
+            Ok((cas
+                .store
+                .stores
+                .get(&cas.store.label, &cas.key)
+                .map_err(Error::from),))
+        },
+    )?;
+    atomics.func_wrap(
+        "swap",
+        move |mut cx, (this, value): (Resource<Cas>, Vec<u8>)| {
+            let view = view(cx.data_mut());
+            let cas = view.table.get(&this)?;
+            let swapped = cas.store.stores.compare_and_swap(
+                &cas.store.label,
+                &cas.key,
+                cas.seen.as_deref(),
+                &value,
+            );
+            let result = match swapped {
+                Ok(true) => {
+                    view.table.delete(this)?;
+                    Ok(())
+                }
+                // The caller gets its cas back, to try again.
+                Ok(false) => Err(CasError::CasFailed(this)),
+                Err(e) => {
+                    view.table.delete(this)?;
+                    Err(CasError::StoreError(e.into()))
+                }
+            };
+            Ok((result,))
+        },
+    )?;
+
+    let mut batch = linker.instance(BATCH)?;
+    batch.func_wrap(
+        "get-many",
+        move |mut cx, (bucket, keys): (Resource<Bucket>, Vec<String>)| {
+            Ok((on(
+                view(cx.data_mut()),
+                &bucket,
+                |s: &KeyValueStores, label: &str| {
+                    keys.into_iter()
+                        .map(|key| {
+                            let value = s.get(label, &key)?;
+                            Ok((key, value))
+                        })
+                        .collect::<Result<Vec<(String, Option<Vec<u8>>)>, KeyValueError>>()
+                },
+            )?,))
+        },
+    )?;
+    batch.func_wrap(
+        "set-many",
+        move |mut cx, (bucket, entries): (Resource<Bucket>, Vec<(String, Vec<u8>)>)| {
+            Ok((on(
+                view(cx.data_mut()),
+                &bucket,
+                |s: &KeyValueStores, label: &str| {
+                    entries
+                        .iter()
+                        .try_for_each(|(key, value)| s.set(label, key, value))
+                },
+            )?,))
+        },
+    )?;
+    batch.func_wrap(
+        "delete-many",
+        move |mut cx, (bucket, keys): (Resource<Bucket>, Vec<String>)| {
+            Ok((on(
+                view(cx.data_mut()),
+                &bucket,
+                |s: &KeyValueStores, label: &str| {
+                    keys.iter().try_for_each(|key| s.delete(label, key))
+                },
+            )?,))
+        },
+    )?;
+    Ok(())
+}
