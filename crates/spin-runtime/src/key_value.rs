@@ -1,10 +1,11 @@
-//! Spin's key-value stores, kept as Spin keeps its default store: in a SQLite file, in Spin's
-//! own table (`spin_key_value`: store, key, value), so a file from Spin can be used here and the
-//! other way round. One file per container, in the directory the node keeps for it across its
-//! restarts; opened at the first use. Each store holds at most a configured number of bytes of
-//! keys and values together.
+//! Spin's key-value stores, kept as Spin keeps them: in SQLite databases, in Spin's own table
+//! (`spin_key_value`: store, key, value), so a file from Spin can be used here and the other way
+//! round. `default` is a file in the directory the node keeps for the container across its
+//! restarts, unless the runtime configuration puts it elsewhere; the runtime configuration's
+//! stores are files it names or in memory. Each database is opened at its first use; each store
+//! holds at most a configured number of bytes of keys and values together.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -66,10 +67,25 @@ pub enum KeyValueError {
     },
 }
 
-/// One container's key-value stores.
+/// One container's key-value stores, by name.
 #[derive(Debug)]
 pub struct KeyValueStores {
-    path: PathBuf,
+    databases: HashMap<String, Database>,
+}
+
+/// Where a store's database is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A SQLite file (made, with its directory, when it is not there).
+    File(PathBuf),
+    /// In memory, for the life of the container.
+    Memory,
+}
+
+/// The SQLite database one store is kept in.
+#[derive(Debug)]
+pub struct Database {
+    location: Location,
     limit: u64,
     state: Mutex<State>,
 }
@@ -83,10 +99,31 @@ struct State {
 }
 
 impl KeyValueStores {
-    /// The stores kept in `dir`, each holding at most `limit` bytes of keys and values.
-    pub fn new(dir: PathBuf, limit: u64) -> Self {
+    /// `default` in a file in `dir` and the `configured` ones (which may place `default`
+    /// elsewhere), each holding at most `limit` bytes of keys and values.
+    pub fn new(dir: PathBuf, limit: u64, configured: Vec<(String, Location)>) -> Self {
+        let mut databases = HashMap::from([(
+            DEFAULT_STORE.to_owned(),
+            Database::new(Location::File(dir.join(FILE_NAME)), limit),
+        )]);
+        for (name, location) in configured {
+            databases.insert(name, Database::new(location, limit));
+        }
+        Self { databases }
+    }
+
+    /// The database store `name` is kept in.
+    pub fn database(&self, name: &str) -> Result<&Database, KeyValueError> {
+        self.databases
+            .get(name)
+            .ok_or_else(|| KeyValueError::NoSuchStore(name.to_owned()))
+    }
+}
+
+impl Database {
+    fn new(location: Location, limit: u64) -> Self {
         Self {
-            path: dir.join(FILE_NAME),
+            location,
             limit,
             state: Mutex::default(),
         }
@@ -106,12 +143,22 @@ impl KeyValueStores {
         work(db, &mut state.sizes).map_err(|e| self.storage(e))
     }
 
-    /// Opens the file (made with its directory and Spin's table when new).
+    /// Opens the database (a file made with its directory, and Spin's table, when new).
     fn open(&self) -> Result<Connection, KeyValueError> {
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| self.storage(e))?;
+        let db = match &self.location {
+            Location::File(path) => {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).map_err(|e| self.storage(e))?;
+                }
+                // A symbolic link a guest left at the file's place is not followed.
+                Connection::open_with_flags(
+                    path,
+                    OpenFlags::default() | OpenFlags::SQLITE_OPEN_NOFOLLOW,
+                )
+            }
+            Location::Memory => Connection::open_in_memory(),
         }
-        let db = Connection::open(&self.path).map_err(|e| self.storage(e))?;
+        .map_err(|e| self.storage(e))?;
         db.busy_timeout(BUSY_TIMEOUT)
             .and_then(|()| {
                 db.execute_batch(
@@ -129,7 +176,10 @@ impl KeyValueStores {
 
     fn storage(&self, error: impl std::fmt::Display) -> KeyValueError {
         KeyValueError::Storage {
-            path: self.path.display().to_string(),
+            path: match &self.location {
+                Location::File(path) => path.display().to_string(),
+                Location::Memory => "(in memory)".to_owned(),
+            },
             message: error.to_string(),
         }
     }
@@ -314,7 +364,8 @@ mod tests {
     #[test]
     fn values_are_kept_in_the_file_and_survive_a_new_opening() {
         let dir = tempfile::tempdir().unwrap();
-        let stores = KeyValueStores::new(dir.path().join("state"), 1 << 20);
+        let all = KeyValueStores::new(dir.path().join("state"), 1 << 20, Vec::new());
+        let stores = all.database("default").unwrap();
         assert_eq!(stores.get("default", "count").unwrap(), None);
         stores.set("default", "count", b"1").unwrap();
         stores.set("default", "count", b"2").unwrap();
@@ -322,9 +373,10 @@ mod tests {
         assert_eq!(stores.get("default", "count").unwrap(), Some(b"2".to_vec()));
         assert!(stores.exists("default", "count").unwrap());
         assert_eq!(stores.keys("default").unwrap(), vec!["count".to_owned()]);
-        drop(stores);
+        drop(all);
         // A container started again finds what the last one stored.
-        let stores = KeyValueStores::new(dir.path().join("state"), 1 << 20);
+        let all = KeyValueStores::new(dir.path().join("state"), 1 << 20, Vec::new());
+        let stores = all.database("default").unwrap();
         assert_eq!(stores.get("default", "count").unwrap(), Some(b"2".to_vec()));
         stores.delete("default", "count").unwrap();
         stores.delete("default", "never").unwrap();
@@ -333,9 +385,42 @@ mod tests {
     }
 
     #[test]
+    fn configured_stores_are_kept_where_they_say_and_others_do_not_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = dir.path().join("volume/kv.db");
+        let all = KeyValueStores::new(
+            dir.path().join("state"),
+            1 << 10,
+            vec![
+                ("default".into(), Location::File(elsewhere.clone())),
+                ("cache".into(), Location::Memory),
+            ],
+        );
+        all.database("default")
+            .unwrap()
+            .set("default", "k", b"v")
+            .unwrap();
+        all.database("cache")
+            .unwrap()
+            .set("cache", "k", b"m")
+            .unwrap();
+        assert!(elsewhere.is_file());
+        assert!(!dir.path().join("state").join(FILE_NAME).exists());
+        assert_eq!(
+            all.database("cache").unwrap().get("cache", "k").unwrap(),
+            Some(b"m".to_vec())
+        );
+        assert_eq!(
+            all.database("nowhere").unwrap_err(),
+            KeyValueError::NoSuchStore("nowhere".into())
+        );
+    }
+
+    #[test]
     fn increments_and_swaps_keep_numbers_as_spin_does() {
         let dir = tempfile::tempdir().unwrap();
-        let stores = KeyValueStores::new(dir.path().to_path_buf(), 1 << 10);
+        let all = KeyValueStores::new(dir.path().to_path_buf(), 1 << 10, Vec::new());
+        let stores = all.database("default").unwrap();
         assert_eq!(stores.increment("default", "n", 5).unwrap(), 5);
         assert_eq!(stores.increment("default", "n", -2).unwrap(), 3);
         assert_eq!(
@@ -378,7 +463,8 @@ mod tests {
     #[test]
     fn a_store_holds_at_most_its_limit_and_what_is_freed_counts() {
         let dir = tempfile::tempdir().unwrap();
-        let stores = KeyValueStores::new(dir.path().to_path_buf(), 10);
+        let all = KeyValueStores::new(dir.path().to_path_buf(), 10, Vec::new());
+        let stores = all.database("default").unwrap();
         stores.set("default", "a", b"1234").unwrap(); // 5 bytes
         stores.set("default", "b", b"1234").unwrap(); // 10 bytes
         assert_eq!(
@@ -396,8 +482,9 @@ mod tests {
         stores.set("default", "d", b"123").unwrap();
         // The limit is per store; a new opening counts what the file holds.
         stores.set("other", "x", b"123456789").unwrap();
-        drop(stores);
-        let stores = KeyValueStores::new(dir.path().to_path_buf(), 10);
+        drop(all);
+        let all = KeyValueStores::new(dir.path().to_path_buf(), 10, Vec::new());
+        let stores = all.database("default").unwrap();
         assert!(matches!(
             stores.set("default", "e", b"12"),
             Err(KeyValueError::Full { would: 12, .. })

@@ -12,6 +12,7 @@ pub mod lock;
 pub mod locked;
 pub mod manifest;
 pub mod routes;
+pub mod runtime_config;
 pub mod variables;
 pub mod wagi;
 

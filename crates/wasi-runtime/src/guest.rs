@@ -261,6 +261,12 @@ impl GuestSetup {
         wasi.stdout(AsyncStdoutStream::new(OUTPUT_BUDGET, self.stdout.another()))
             .stderr(AsyncStdoutStream::new(OUTPUT_BUDGET, self.stderr.another()));
         for mount in mounts {
+            if mount.host_path.is_file() {
+                return Err(StartError::Invalid(format!(
+                    "the volume mounted at {} is a file; a WASI guest can only be given directories, so mount the directory that holds it",
+                    mount.guest_path
+                )));
+            }
             let perms = if mount.read_only {
                 FsPerms::ReadOnly
             } else {

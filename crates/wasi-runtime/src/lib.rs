@@ -16,6 +16,7 @@ mod outgoing;
 mod shares;
 pub use shares::PoolFull;
 mod spin;
+mod spin_stores;
 mod world;
 
 use guest::{ComponentState, GuestSetup, ModuleState};
@@ -23,7 +24,6 @@ use kubelet::netns::InNetns;
 use kubelet::runtime::{
     ContainerRun, Exit, ModuleBytes, PrepareError, RunningContainer, Runtime, StartError,
 };
-use spin_runtime::key_value::KeyValueStores;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -355,10 +355,11 @@ impl Runtime for WasiRuntime {
             Guest::Spin(app) => Some((
                 app.start(
                     &run.env,
-                    Arc::new(KeyValueStores::new(
-                        run.state_dir.clone(),
+                    Arc::new(spin_stores::key_value_stores(
+                        &run.mounts,
+                        &run.state_dir,
                         self.bounds.key_value_store_size,
-                    )),
+                    )?),
                 )?,
                 spin::SpinApp::port(&run.env, &network.ports)?,
             )),

@@ -360,7 +360,7 @@ pub fn mounts(
             _ => None,
         };
         let host_path = match sub_path {
-            Some(sub_path) => sub_directory(&base, &sub_path, !read_only)
+            Some(sub_path) => resolve_sub_path(&base, &sub_path, !read_only)
                 .map_err(|m| err(format!("subPath {sub_path:?}: {m}")))?,
             None => base,
         };
@@ -378,10 +378,12 @@ pub fn mounts(
     Ok(out)
 }
 
-/// The directory `sub_path` of the volume at `base`: relative, without `..`, and (through any
-/// symbolic link) inside the volume; created when missing and the volume is writable. A file
-/// cannot be given to a WASI guest, so a subPath naming one is refused.
-fn sub_directory(base: &Path, sub_path: &str, create: bool) -> Result<PathBuf, String> {
+/// The directory or file `sub_path` of the volume at `base`: relative, without `..`, and
+/// (through any symbolic link) inside the volume; a directory is created when missing and the
+/// volume is writable. A file is mounted as it is (spin-operator mounts Spin's runtime
+/// configuration so, for the host to read); a runtime that can give its guest only directories
+/// refuses it at start.
+fn resolve_sub_path(base: &Path, sub_path: &str, create: bool) -> Result<PathBuf, String> {
     let relative = Path::new(sub_path);
     if !relative.components().all(|c| {
         matches!(
@@ -408,9 +410,6 @@ fn sub_directory(base: &Path, sub_path: &str, create: bool) -> Result<PathBuf, S
         return Err("resolves outside the volume (through a symbolic link); it is refused".into());
     }
     if existing == path {
-        if !resolved.is_dir() {
-            return Err("is a file; a WASI guest can only be given directories, so mount the directory that holds it".into());
-        }
         return Ok(resolved);
     }
     if !create {
@@ -447,12 +446,16 @@ fn working_directory(mounts: &[Mount], working_dir: &str) -> Result<Option<Mount
     let host_path = if relative.as_os_str().is_empty() {
         holder.host_path.clone()
     } else {
-        sub_directory(
+        let dir = resolve_sub_path(
             &holder.host_path,
             &relative.to_string_lossy(),
             !holder.read_only,
         )
-        .map_err(|m| err(&m))?
+        .map_err(|m| err(&m))?;
+        if !dir.is_dir() {
+            return Err(err("is a file, not a directory"));
+        }
+        dir
     };
     Ok(Some(Mount {
         host_path,
@@ -476,20 +479,17 @@ mod tests {
     #[test]
     fn sub_paths_stay_inside_their_volume() {
         let volume = tempfile::tempdir().unwrap();
-        let made = sub_directory(volume.path(), "a/b", true).unwrap();
+        let made = resolve_sub_path(volume.path(), "a/b", true).unwrap();
         assert!(made.is_dir() && made.ends_with("a/b"));
-        assert!(sub_directory(volume.path(), "../x", true).is_err());
-        assert!(sub_directory(volume.path(), "/etc", true).is_err());
+        assert!(resolve_sub_path(volume.path(), "../x", true).is_err());
+        assert!(resolve_sub_path(volume.path(), "/etc", true).is_err());
         std::os::unix::fs::symlink("/etc", volume.path().join("out")).unwrap();
-        let escape = sub_directory(volume.path(), "out/new", true).unwrap_err();
+        let escape = resolve_sub_path(volume.path(), "out/new", true).unwrap_err();
         assert!(escape.contains("outside the volume"), "{escape}");
         std::fs::write(volume.path().join("file"), "x").unwrap();
-        assert!(
-            sub_directory(volume.path(), "file", true)
-                .unwrap_err()
-                .contains("is a file")
-        );
-        assert!(sub_directory(volume.path(), "missing", false).is_err());
+        let file = resolve_sub_path(volume.path(), "file", true).unwrap();
+        assert!(file.is_file() && file.ends_with("file"));
+        assert!(resolve_sub_path(volume.path(), "missing", false).is_err());
     }
 
     #[test]

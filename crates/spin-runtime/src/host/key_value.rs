@@ -2,7 +2,7 @@
 //! in the container's file.
 
 use super::{SpinContext, SpinView, not_spin};
-use crate::key_value::{DEFAULT_STORE, KeyValueError, KeyValueStores};
+use crate::key_value::{Database, KeyValueError, KeyValueStores};
 use std::sync::Arc;
 use wasmtime::component::{ComponentType, Linker, Lower, Resource, ResourceType};
 
@@ -15,9 +15,7 @@ impl SpinContext {
         if !self.component.key_value_stores.iter().any(|s| s == label) {
             return Err(KeyValueError::AccessDenied(label.to_owned()));
         }
-        if label != DEFAULT_STORE {
-            return Err(KeyValueError::NoSuchStore(label.to_owned()));
-        }
+        self.key_value.database(label)?;
         Ok(OpenStore {
             label: label.to_owned(),
             stores: self.key_value.clone(),
@@ -28,8 +26,18 @@ impl SpinContext {
 /// A key-value store a guest opened (`fermyon:spin/key-value`'s `store`).
 #[derive(Clone)]
 pub struct OpenStore {
-    pub(super) label: String,
-    pub(super) stores: Arc<KeyValueStores>,
+    label: String,
+    stores: Arc<KeyValueStores>,
+}
+
+impl OpenStore {
+    /// Runs `op` on the store's database, with the store's name.
+    pub(super) fn run<R>(
+        &self,
+        op: impl FnOnce(&Database, &str) -> Result<R, KeyValueError>,
+    ) -> Result<R, KeyValueError> {
+        op(self.stores.database(&self.label)?, &self.label)
+    }
 }
 
 /// `fermyon:spin/key-value@2.0.0`'s `error`.
@@ -95,10 +103,9 @@ pub(super) fn add_to_linker<T: 'static>(
     fn on<R>(
         view: SpinView<'_>,
         this: &Resource<OpenStore>,
-        op: impl FnOnce(&KeyValueStores, &str) -> Result<R, KeyValueError>,
+        op: impl FnOnce(&Database, &str) -> Result<R, KeyValueError>,
     ) -> wasmtime::Result<Result<R, KvError>> {
-        let open = view.table.get(this)?;
-        Ok(op(&open.stores, &open.label).map_err(KvError::from))
+        Ok(view.table.get(this)?.run(op).map_err(KvError::from))
     }
     kv.func_wrap(
         "[method]store.get",
@@ -106,7 +113,7 @@ pub(super) fn add_to_linker<T: 'static>(
             Ok((on(
                 view(store.data_mut()),
                 &this,
-                |s: &KeyValueStores, label: &str| s.get(label, &key),
+                |s: &Database, label: &str| s.get(label, &key),
             )?,))
         },
     )?;
@@ -116,7 +123,7 @@ pub(super) fn add_to_linker<T: 'static>(
             Ok((on(
                 view(store.data_mut()),
                 &this,
-                |s: &KeyValueStores, label: &str| s.set(label, &key, &value),
+                |s: &Database, label: &str| s.set(label, &key, &value),
             )?,))
         },
     )?;
@@ -126,7 +133,7 @@ pub(super) fn add_to_linker<T: 'static>(
             Ok((on(
                 view(store.data_mut()),
                 &this,
-                |s: &KeyValueStores, label: &str| s.delete(label, &key),
+                |s: &Database, label: &str| s.delete(label, &key),
             )?,))
         },
     )?;
@@ -136,7 +143,7 @@ pub(super) fn add_to_linker<T: 'static>(
             Ok((on(
                 view(store.data_mut()),
                 &this,
-                |s: &KeyValueStores, label: &str| s.exists(label, &key),
+                |s: &Database, label: &str| s.exists(label, &key),
             )?,))
         },
     )?;
@@ -146,7 +153,7 @@ pub(super) fn add_to_linker<T: 'static>(
             Ok((on(
                 view(store.data_mut()),
                 &this,
-                |s: &KeyValueStores, label: &str| s.keys(label),
+                |s: &Database, label: &str| s.keys(label),
             )?,))
         },
     )?;

@@ -4,7 +4,7 @@
 
 use super::key_value::OpenStore;
 use super::{SpinView, not_spin};
-use crate::key_value::{KeyValueError, KeyValueStores};
+use crate::key_value::{Database, KeyValueError};
 use wasmtime::component::{ComponentType, Linker, Lower, Resource, ResourceType};
 
 /// The interfaces.
@@ -67,10 +67,10 @@ enum CasError {
 fn on<R>(
     view: SpinView<'_>,
     this: &Resource<Bucket>,
-    op: impl FnOnce(&KeyValueStores, &str) -> Result<R, KeyValueError>,
+    op: impl FnOnce(&Database, &str) -> Result<R, KeyValueError>,
 ) -> wasmtime::Result<Result<R, Error>> {
     let Bucket(open) = view.table.get(this)?;
-    Ok(op(&open.stores, &open.label).map_err(Error::from))
+    Ok(open.run(op).map_err(Error::from))
 }
 
 /// Adds `wasi:keyvalue`'s `store`, `atomics` and `batch` to `linker`.
@@ -107,7 +107,7 @@ pub(super) fn add_to_linker<T: 'static>(
             Ok((on(
                 view(cx.data_mut()),
                 &this,
-                |s: &KeyValueStores, label: &str| s.get(label, &key),
+                |s: &Database, label: &str| s.get(label, &key),
             )?,))
         },
     )?;
@@ -117,7 +117,7 @@ pub(super) fn add_to_linker<T: 'static>(
             Ok((on(
                 view(cx.data_mut()),
                 &this,
-                |s: &KeyValueStores, label: &str| s.set(label, &key, &value),
+                |s: &Database, label: &str| s.set(label, &key, &value),
             )?,))
         },
     )?;
@@ -127,7 +127,7 @@ pub(super) fn add_to_linker<T: 'static>(
             Ok((on(
                 view(cx.data_mut()),
                 &this,
-                |s: &KeyValueStores, label: &str| s.delete(label, &key),
+                |s: &Database, label: &str| s.delete(label, &key),
             )?,))
         },
     )?;
@@ -137,7 +137,7 @@ pub(super) fn add_to_linker<T: 'static>(
             Ok((on(
                 view(cx.data_mut()),
                 &this,
-                |s: &KeyValueStores, label: &str| s.exists(label, &key),
+                |s: &Database, label: &str| s.exists(label, &key),
             )?,))
         },
     )?;
@@ -147,7 +147,7 @@ pub(super) fn add_to_linker<T: 'static>(
             Ok((on(
                 view(cx.data_mut()),
                 &this,
-                |s: &KeyValueStores, label: &str| {
+                |s: &Database, label: &str| {
                     Ok(KeyResponse {
                         keys: s.keys(label)?,
                         cursor: None,
@@ -170,7 +170,7 @@ pub(super) fn add_to_linker<T: 'static>(
             Ok((on(
                 view(cx.data_mut()),
                 &bucket,
-                |s: &KeyValueStores, label: &str| s.increment(label, &key, delta),
+                |s: &Database, label: &str| s.increment(label, &key, delta),
             )?,))
         },
     )?;
@@ -180,7 +180,7 @@ pub(super) fn add_to_linker<T: 'static>(
             let view = view(cx.data_mut());
             let Bucket(open) = view.table.get(&bucket)?;
             let store = open.clone();
-            let result = match store.stores.get(&store.label, &key) {
+            let result = match store.run(|db: &Database, label: &str| db.get(label, &key)) {
                 Ok(seen) => Ok(view.table.push(Cas { store, key, seen })?),
                 Err(e) => Err(Error::from(e)),
             };
@@ -193,8 +193,7 @@ pub(super) fn add_to_linker<T: 'static>(
             let cas = view(cx.data_mut()).table.get(&this)?;
             Ok((cas
                 .store
-                .stores
-                .get(&cas.store.label, &cas.key)
+                .run(|db: &Database, label: &str| db.get(label, &cas.key))
                 .map_err(Error::from),))
         },
     )?;
@@ -203,12 +202,9 @@ pub(super) fn add_to_linker<T: 'static>(
         move |mut cx, (this, value): (Resource<Cas>, Vec<u8>)| {
             let view = view(cx.data_mut());
             let cas = view.table.get(&this)?;
-            let swapped = cas.store.stores.compare_and_swap(
-                &cas.store.label,
-                &cas.key,
-                cas.seen.as_deref(),
-                &value,
-            );
+            let swapped = cas.store.run(|db: &Database, label: &str| {
+                db.compare_and_swap(label, &cas.key, cas.seen.as_deref(), &value)
+            });
             let result = match swapped {
                 Ok(true) => {
                     view.table.delete(this)?;
@@ -232,7 +228,7 @@ pub(super) fn add_to_linker<T: 'static>(
             Ok((on(
                 view(cx.data_mut()),
                 &bucket,
-                |s: &KeyValueStores, label: &str| {
+                |s: &Database, label: &str| {
                     keys.into_iter()
                         .map(|key| {
                             let value = s.get(label, &key)?;
@@ -249,7 +245,7 @@ pub(super) fn add_to_linker<T: 'static>(
             Ok((on(
                 view(cx.data_mut()),
                 &bucket,
-                |s: &KeyValueStores, label: &str| {
+                |s: &Database, label: &str| {
                     entries
                         .iter()
                         .try_for_each(|(key, value)| s.set(label, key, value))
@@ -263,9 +259,7 @@ pub(super) fn add_to_linker<T: 'static>(
             Ok((on(
                 view(cx.data_mut()),
                 &bucket,
-                |s: &KeyValueStores, label: &str| {
-                    keys.iter().try_for_each(|key| s.delete(label, key))
-                },
+                |s: &Database, label: &str| keys.iter().try_for_each(|key| s.delete(label, key)),
             )?,))
         },
     )?;

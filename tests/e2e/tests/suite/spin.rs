@@ -459,3 +459,98 @@ async fn a_counter_in_the_default_store_survives_requests_and_a_container_restar
     assert_eq!((status, body.trim()), (200, "hits 3 last=3 never=none"));
     Ok(())
 }
+
+/// `pod` with the runtime configuration in Secret `secret` mounted as spin-operator mounts it
+/// (`/runtime-config.toml`, through a subPath) and an emptyDir at `/data`.
+fn with_runtime_config(mut pod: Pod, secret: &str) -> Pod {
+    let spec = pod.spec.as_mut().expect("spec");
+    spec.volumes = Some(
+        serde_json::from_value(serde_json::json!([
+            {"name": "spin-runtime-config", "secret": {"secretName": secret}},
+            {"name": "data", "emptyDir": {}},
+        ]))
+        .expect("volumes"),
+    );
+    spec.containers[0].volume_mounts = Some(
+        serde_json::from_value(serde_json::json!([
+            {"name": "spin-runtime-config", "mountPath": "/runtime-config.toml", "subPath": "runtime-config.toml", "readOnly": true},
+            {"name": "data", "mountPath": "/data"},
+        ]))
+        .expect("mounts"),
+    );
+    pod
+}
+
+#[tokio::test]
+async fn the_runtime_configuration_places_the_default_store_on_a_volume() -> anyhow::Result<()> {
+    let cluster = Cluster::new("spin-runtime-config").await?;
+    let agent = cluster.start_node().await?;
+    let counter = push_scratch_app(&cluster, "spin-kv", &counter_app(&["default"])?).await?;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    for (name, config) in [
+        (
+            "on-volume",
+            "[key_value_store.default]\ntype = \"spin\"\npath = \"/data/kv/store.db\"\n",
+        ),
+        (
+            "redis",
+            "[key_value_store.default]\ntype = \"redis\"\nurl = \"redis://localhost\"\n",
+        ),
+    ] {
+        secrets
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": name},
+                    "stringData": {"runtime-config.toml": config},
+                }))?,
+            )
+            .await?;
+    }
+    let [port, redis_port] = free_ports()?;
+    cluster
+        .serve(with_runtime_config(
+            operator_pod("counter", &counter, &agent.name, port, &[]),
+            "on-volume",
+        ))
+        .await?;
+    for expected in ["1", "2"] {
+        let (status, body) = http_get(port, "/").await?;
+        assert_eq!((status, body.trim()), (200, expected));
+    }
+    // The store is the volume's file, not the container's own.
+    let files = files_named(agent.data_dir.path(), "store.db");
+    assert!(
+        files.len() == 1 && files[0].to_string_lossy().contains("volumes"),
+        "the store's file in the pod's emptyDir: {files:?}"
+    );
+    assert!(files_named(agent.data_dir.path(), "key_value.db").is_empty());
+    // A store of a type the node does not have: the container cannot start, and says why.
+    cluster
+        .create_pod(with_runtime_config(
+            operator_pod("redis", &counter, &agent.name, redis_port, &[]),
+            "redis",
+        ))
+        .await?;
+    let message = start_failure(&cluster, "redis").await?;
+    assert!(message.contains("\"redis\""), "{message}");
+    Ok(())
+}
+
+/// Every file named `name` beneath `dir`.
+fn files_named(dir: &Path, name: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() && !path.is_symlink() {
+                dirs.push(path);
+            } else if entry.file_name() == name {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
