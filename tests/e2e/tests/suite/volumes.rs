@@ -539,6 +539,32 @@ async fn escapes_from_volumes_and_disallowed_host_paths_are_refused() -> anyhow:
         let message = waiting_message(&pod);
         assert!(message.contains(expected), "{name}: {message}");
     }
+    // A file (a ConfigMap's key through a subPath) cannot be given to a WASI guest: the
+    // container cannot start, and says so. (A Spin app's host reads such a file instead.)
+    let config_maps: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    config_maps
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "one-file"}, "data": {"f": "x"}}))?,
+        )
+        .await?;
+    let pod = with_volumes(
+        wasm_pod("file", &image, &agent.name, &["ls", "/v"], "Never"),
+        json!([{"name": "v", "configMap": {"name": "one-file"}}]),
+        json!([{"name": "v", "mountPath": "/v", "subPath": "f"}]),
+    );
+    cluster.create_pod(pod).await?;
+    let failed = cluster
+        .wait_pod("file", "Failed", has_phase("Failed"))
+        .await?;
+    let message = container_state(&failed)
+        .and_then(|s| s.terminated)
+        .and_then(|t| t.message)
+        .unwrap_or_default();
+    assert!(
+        message.contains("/v is a file; a WASI guest can only be given directories"),
+        "{message}"
+    );
     // A guest given the directory cannot follow the link out of it.
     let pod = with_volumes(
         wasm_pod(
