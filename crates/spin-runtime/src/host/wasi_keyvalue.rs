@@ -2,8 +2,8 @@
 //! the component's manifest grants), `atomics` (increment, compare-and-swap) and `batch`, over
 //! the same stores as `fermyon:spin/key-value`.
 
-use super::key_value::OpenStore;
-use super::{SpinView, not_spin};
+use super::SpinView;
+use super::key_value::{OpenStore, StoreHandle, add_store, on};
 use crate::key_value::{Database, KeyValueError};
 use wasmtime::component::{ComponentType, Linker, Lower, Resource, ResourceType};
 
@@ -35,6 +35,22 @@ enum Error {
     Other(String),
 }
 
+impl From<String> for Error {
+    fn from(message: String) -> Self {
+        Self::Other(message)
+    }
+}
+
+impl StoreHandle for Bucket {
+    fn open(&self) -> &OpenStore {
+        &self.0
+    }
+
+    fn new(store: OpenStore) -> Self {
+        Self(store)
+    }
+}
+
 impl From<KeyValueError> for Error {
     fn from(error: KeyValueError) -> Self {
         match error {
@@ -63,88 +79,17 @@ enum CasError {
     CasFailed(Resource<Cas>),
 }
 
-/// Runs `op` on the stores behind bucket `this`.
-fn on<R>(
-    view: SpinView<'_>,
-    this: &Resource<Bucket>,
-    op: impl FnOnce(&Database, &str) -> Result<R, KeyValueError>,
-) -> wasmtime::Result<Result<R, Error>> {
-    let Bucket(open) = view.table.get(this)?;
-    Ok(open.run(op).map_err(Error::from))
-}
-
 /// Adds `wasi:keyvalue`'s `store`, `atomics` and `batch` to `linker`.
 pub(super) fn add_to_linker<T: 'static>(
     linker: &mut Linker<T>,
     view: fn(&mut T) -> SpinView<'_>,
 ) -> wasmtime::Result<()> {
     let mut store = linker.instance(STORE)?;
-    store.resource(
-        "bucket",
-        ResourceType::host::<Bucket>(),
-        move |mut cx, rep| {
-            view(cx.data_mut())
-                .table
-                .delete(Resource::<Bucket>::new_own(rep))?;
-            Ok(())
-        },
-    )?;
-    store.func_wrap("open", move |mut cx, (identifier,): (String,)| {
-        let view = view(cx.data_mut());
-        let opened = match view.context {
-            None => Err(Error::Other(not_spin())),
-            Some(spin) => spin.open_store(&identifier).map_err(Error::from),
-        };
-        let result = match opened {
-            Ok(open) => Ok(view.table.push(Bucket(open))?),
-            Err(e) => Err(e),
-        };
-        Ok((result,))
-    })?;
-    store.func_wrap(
-        "[method]bucket.get",
-        move |mut cx, (this, key): (Resource<Bucket>, String)| {
-            Ok((on(
-                view(cx.data_mut()),
-                &this,
-                |s: &Database, label: &str| s.get(label, &key),
-            )?,))
-        },
-    )?;
-    store.func_wrap(
-        "[method]bucket.set",
-        move |mut cx, (this, key, value): (Resource<Bucket>, String, Vec<u8>)| {
-            Ok((on(
-                view(cx.data_mut()),
-                &this,
-                |s: &Database, label: &str| s.set(label, &key, &value),
-            )?,))
-        },
-    )?;
-    store.func_wrap(
-        "[method]bucket.delete",
-        move |mut cx, (this, key): (Resource<Bucket>, String)| {
-            Ok((on(
-                view(cx.data_mut()),
-                &this,
-                |s: &Database, label: &str| s.delete(label, &key),
-            )?,))
-        },
-    )?;
-    store.func_wrap(
-        "[method]bucket.exists",
-        move |mut cx, (this, key): (Resource<Bucket>, String)| {
-            Ok((on(
-                view(cx.data_mut()),
-                &this,
-                |s: &Database, label: &str| s.exists(label, &key),
-            )?,))
-        },
-    )?;
+    add_store::<T, Bucket, Error>(&mut store, ("bucket", "open"), view)?;
     store.func_wrap(
         "[method]bucket.list-keys",
         move |mut cx, (this, _cursor): (Resource<Bucket>, Option<String>)| {
-            Ok((on(
+            Ok((on::<_, Error, _>(
                 view(cx.data_mut()),
                 &this,
                 |s: &Database, label: &str| {
@@ -167,7 +112,7 @@ pub(super) fn add_to_linker<T: 'static>(
     atomics.func_wrap(
         "increment",
         move |mut cx, (bucket, key, delta): (Resource<Bucket>, String, i64)| {
-            Ok((on(
+            Ok((on::<_, Error, _>(
                 view(cx.data_mut()),
                 &bucket,
                 |s: &Database, label: &str| s.increment(label, &key, delta),
@@ -225,7 +170,7 @@ pub(super) fn add_to_linker<T: 'static>(
     batch.func_wrap(
         "get-many",
         move |mut cx, (bucket, keys): (Resource<Bucket>, Vec<String>)| {
-            Ok((on(
+            Ok((on::<_, Error, _>(
                 view(cx.data_mut()),
                 &bucket,
                 |s: &Database, label: &str| {
@@ -242,7 +187,7 @@ pub(super) fn add_to_linker<T: 'static>(
     batch.func_wrap(
         "set-many",
         move |mut cx, (bucket, entries): (Resource<Bucket>, Vec<(String, Vec<u8>)>)| {
-            Ok((on(
+            Ok((on::<_, Error, _>(
                 view(cx.data_mut()),
                 &bucket,
                 |s: &Database, label: &str| {
@@ -256,7 +201,7 @@ pub(super) fn add_to_linker<T: 'static>(
     batch.func_wrap(
         "delete-many",
         move |mut cx, (bucket, keys): (Resource<Bucket>, Vec<String>)| {
-            Ok((on(
+            Ok((on::<_, Error, _>(
                 view(cx.data_mut()),
                 &bucket,
                 |s: &Database, label: &str| keys.iter().try_for_each(|key| s.delete(label, key)),
