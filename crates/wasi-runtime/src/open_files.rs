@@ -17,6 +17,7 @@ use wasm_host::descriptors::{ContainerDescriptors, DescriptorPermit, Descriptors
 use wasmtime::component::{Resource, ResourceType};
 use wasmtime::{AsContextMut, Caller, Extern, Linker};
 use wasmtime_wasi::filesystem::{Descriptor, WasiFilesystemView};
+use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p1::wasi_snapshot_preview1::{self as preview1, WasiSnapshotPreview1};
 use wasmtime_wasi::p2::bindings::filesystem::types::{
     self as fs, DescriptorFlags, HostDescriptor, HostDirectoryEntryStream, OpenFlags, PathFlags,
@@ -256,15 +257,10 @@ pub fn add_to_module_linker(linker: &mut Linker<ModuleState>) -> wasmtime::Resul
             i32,
         )| {
             Box::new(async move {
-                let fuel = caller.as_context_mut().hostcall_fuel();
-                let memory = guest_memory(&mut caller)?;
-                let (bytes, state) = memory.data_and_store_mut(&mut caller);
-                let (wasi, files) = state.split();
+                let (wasi, files, mut bytes) = preview1_call(&mut caller)?;
                 let Ok(permit) = files.open() else {
                     return Ok(ERRNO_MFILE);
                 };
-                wasi.set_hostcall_fuel(fuel);
-                let mut bytes = GuestMemory::Unshared(bytes);
                 let errno = preview1::path_open(
                     wasi, &mut bytes, dir, lookup, path, path_len, open, base, inheriting, flags,
                     opened_at,
@@ -283,12 +279,8 @@ pub fn add_to_module_linker(linker: &mut Linker<ModuleState>) -> wasmtime::Resul
         "fd_close",
         |mut caller: Caller<'_, ModuleState>, (fd,): (i32,)| {
             Box::new(async move {
-                let fuel = caller.as_context_mut().hostcall_fuel();
-                let memory = guest_memory(&mut caller)?;
-                let (bytes, state) = memory.data_and_store_mut(&mut caller);
-                let (wasi, files) = state.split();
-                wasi.set_hostcall_fuel(fuel);
-                let errno = preview1::fd_close(wasi, &mut GuestMemory::Unshared(bytes), fd).await?;
+                let (wasi, files, mut bytes) = preview1_call(&mut caller)?;
+                let errno = preview1::fd_close(wasi, &mut bytes, fd).await?;
                 if errno == 0 {
                     files.held.remove(&(fd as u32));
                 }
@@ -301,14 +293,8 @@ pub fn add_to_module_linker(linker: &mut Linker<ModuleState>) -> wasmtime::Resul
         "fd_renumber",
         |mut caller: Caller<'_, ModuleState>, (from, to): (i32, i32)| {
             Box::new(async move {
-                let fuel = caller.as_context_mut().hostcall_fuel();
-                let memory = guest_memory(&mut caller)?;
-                let (bytes, state) = memory.data_and_store_mut(&mut caller);
-                let (wasi, files) = state.split();
-                wasi.set_hostcall_fuel(fuel);
-                let errno =
-                    preview1::fd_renumber(wasi, &mut GuestMemory::Unshared(bytes), from, to)
-                        .await?;
+                let (wasi, files, mut bytes) = preview1_call(&mut caller)?;
+                let errno = preview1::fd_renumber(wasi, &mut bytes, from, to).await?;
                 if errno == 0 && from != to {
                     // `to` was closed, and `from` is known as `to` now.
                     files.held.remove(&(to as u32));
@@ -324,10 +310,18 @@ pub fn add_to_module_linker(linker: &mut Linker<ModuleState>) -> wasmtime::Resul
     Ok(())
 }
 
-/// The calling module's memory, as wasmtime-wasi's preview 1 functions find it.
-fn guest_memory(caller: &mut Caller<'_, ModuleState>) -> wasmtime::Result<wasmtime::Memory> {
-    match caller.get_export("memory") {
-        Some(Extern::Memory(memory)) => Ok(memory),
-        _ => wasmtime::bail!("missing required memory export"),
-    }
+/// What a call of wasmtime-wasi's preview 1 functions takes, found as its own linker finds it:
+/// the module's WASI context (given the call's fuel) and the calling module's memory; and the
+/// descriptors the module holds.
+fn preview1_call<'a>(
+    caller: &'a mut Caller<'_, ModuleState>,
+) -> wasmtime::Result<(&'a mut WasiP1Ctx, &'a mut OpenFiles, GuestMemory<'a>)> {
+    let fuel = caller.as_context_mut().hostcall_fuel();
+    let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
+        wasmtime::bail!("missing required memory export");
+    };
+    let (bytes, state) = memory.data_and_store_mut(caller);
+    let (wasi, files) = state.split();
+    wasi.set_hostcall_fuel(fuel);
+    Ok((wasi, files, GuestMemory::Unshared(bytes)))
 }
