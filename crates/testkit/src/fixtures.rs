@@ -38,6 +38,7 @@ const BUILDS: [(&str, &[&str]); 3] = [
             "spin-hello",
             "spin-hello-sdk5",
             "spin-kv",
+            "spin-sqlite",
             "wagi-hello",
         ],
     ),

@@ -285,9 +285,25 @@ impl spin::Compile for HttpEngine {
 
 /// A component's imports cannot all be linked.
 fn missing_imports(e: wasmtime::Error) -> PrepareError {
+    let message = format!("{e:#}");
+    let hint = missing_spin_interface(&message)
+        .map(|name| {
+            format!(
+                "; {name} is one of Spin's host interfaces, which this node does not provide yet (the README's section on Spin applications lists those it has)"
+            )
+        })
+        .unwrap_or_default();
     PrepareError::not_runnable(format!(
-        "the component needs imports this node does not provide: {e:#}"
+        "the component needs imports this node does not provide: {message}{hint}"
     ))
+}
+
+/// The Spin interface that wasmtime's linker `message` says is missing, if it is one of
+/// Spin's (`fermyon:spin/...`, `spin:...`).
+fn missing_spin_interface(message: &str) -> Option<&str> {
+    let (_, rest) = message.split_once("imports instance `")?;
+    let (name, _) = rest.split_once('`')?;
+    (name.starts_with("fermyon:spin/") || name.starts_with("spin:")).then_some(name)
 }
 
 impl Runtime for WasiRuntime {

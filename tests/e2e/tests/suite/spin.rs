@@ -288,7 +288,7 @@ async fn push_scratch_app(
 }
 
 #[tokio::test]
-async fn a_scratch_spin_image_runs_and_a_missing_variable_or_component_is_named()
+async fn a_scratch_spin_image_runs_and_a_missing_variable_component_or_interface_is_named()
 -> anyhow::Result<()> {
     let cluster = Cluster::new("spin-scratch").await?;
     let agent = cluster.start_node().await?;
@@ -297,7 +297,7 @@ async fn a_scratch_spin_image_runs_and_a_missing_variable_or_component_is_named(
         push_scratch_app(&cluster, name, &files).await
     };
     let image = push("spin-scratch", files.clone()).await?;
-    let [port, unset_port, broken_port, retained_port] = free_ports()?;
+    let [port, unset_port, broken_port, retained_port, sqlite_port] = free_ports()?;
     cluster
         .serve(operator_pod(
             "scratch",
@@ -361,6 +361,45 @@ async fn a_scratch_spin_image_runs_and_a_missing_variable_or_component_is_named(
     let message = start_failure(&cluster, "broken").await?;
     assert!(
         message.contains("spin_hello.wasm") && message.contains("is not in the image"),
+        "{message}"
+    );
+
+    // A component using a Spin host interface this node does not have yet (SQLite) is
+    // refused, naming the interface.
+    let sqlite_app = vec![
+        (
+            "spin.toml".to_owned(),
+            br#"spin_manifest_version = 2
+[application]
+name = "tables"
+[[trigger.http]]
+route = "/..."
+component = "tables"
+[component.tables]
+source = "spin_sqlite.wasm"
+sqlite_databases = ["default"]
+"#
+            .to_vec(),
+        ),
+        (
+            "spin_sqlite.wasm".to_owned(),
+            std::fs::read(testkit::fixtures::wasm_module("spin_sqlite")?)?,
+        ),
+    ];
+    let sqlite = push("spin-sqlite", sqlite_app).await?;
+    cluster
+        .create_pod(operator_pod(
+            "sqlite",
+            &sqlite,
+            &agent.name,
+            sqlite_port,
+            &[],
+        ))
+        .await?;
+    let message = start_failure(&cluster, "sqlite").await?;
+    assert!(
+        message.contains("fermyon:spin/sqlite@2.0.0")
+            && message.contains("which this node does not provide yet"),
         "{message}"
     );
 
