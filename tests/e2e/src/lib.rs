@@ -1321,6 +1321,60 @@ pub fn actor_pod(
     .expect("a valid pod")
 }
 
+/// The longest of five requests to `/` of the pod serving `port` on `host` took: its usual
+/// latency, for [`answers_as_usual`].
+pub async fn usual_latency(host: &str, port: u16) -> anyhow::Result<Duration> {
+    let mut usual = Duration::ZERO;
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        anyhow::ensure!(
+            http_get_at(host, port, "/").await?.0 == 200,
+            "{host}:{port} answers 200"
+        );
+        usual = usual.max(started.elapsed());
+    }
+    Ok(usual)
+}
+
+/// Asserts that the pod serving `port` on `host` still answers `/` within ten times its
+/// `usual` latency (and a second), five times.
+pub async fn answers_as_usual(host: &str, port: u16, usual: Duration) -> anyhow::Result<()> {
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        anyhow::ensure!(
+            http_get_at(host, port, "/").await?.0 == 200,
+            "{host}:{port} answers 200"
+        );
+        let took = started.elapsed();
+        anyhow::ensure!(
+            took < usual * 10 + Duration::from_secs(1),
+            "the pod at {host}:{port} took {took:?} (usually {usual:?})"
+        );
+    }
+    Ok(())
+}
+
+impl Cluster {
+    /// The 503 a new client of the pod serving `port` on `host` gets once one of the few
+    /// places for such answers is free (retried until then). A raw client: it sends its
+    /// request at once, however busy this test's runtime is.
+    pub async fn refusal(&self, host: &str, port: u16) -> anyhow::Result<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        self.eventually("a 503", async || {
+            let mut client = tokio::net::TcpStream::connect((host, port)).await?;
+            client
+                .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+                .await?;
+            let mut answer = Vec::new();
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut answer)).await;
+            let answer = String::from_utf8_lossy(&answer).into_owned();
+            Ok(answer.starts_with("HTTP/1.1 503").then_some(answer))
+        })
+        .await
+    }
+}
+
 /// `pod` with an emptyDir mounted at /scratch in its container.
 pub fn with_scratch(mut pod: Pod) -> Pod {
     let spec = pod.spec.as_mut().expect("spec");

@@ -448,7 +448,7 @@ async fn concurrent_requests_each_log_whole_lines_and_all_succeed() -> anyhow::R
 
 #[tokio::test]
 async fn idle_and_slow_connections_to_one_pod_leave_its_neighbour_serving() -> anyhow::Result<()> {
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let cluster = Cluster::new("http-conns").await?;
     let agent = cluster
@@ -476,12 +476,7 @@ async fn idle_and_slow_connections_to_one_pod_leave_its_neighbour_serving() -> a
             .await?;
     }
     let host = e2e::node_ip();
-    let mut usual = Duration::ZERO;
-    for _ in 0..5 {
-        let started = Instant::now();
-        assert_eq!(e2e::http_get_at(&host, quiet_port, "/").await?.0, 200);
-        usual = usual.max(started.elapsed());
-    }
+    let usual = e2e::usual_latency(&host, quiet_port).await?;
     // 1,000 connections that send nothing, and 50 that send headers and never finish them.
     let mut held = Vec::new();
     for _ in 0..1000 {
@@ -494,32 +489,11 @@ async fn idle_and_slow_connections_to_one_pod_leave_its_neighbour_serving() -> a
         held.push(slow);
     }
     // The neighbour answers as it did.
-    for _ in 0..10 {
-        let started = Instant::now();
-        assert_eq!(e2e::http_get_at(&host, quiet_port, "/").await?.0, 200);
-        let took = started.elapsed();
-        assert!(
-            took < usual * 10 + Duration::from_secs(1),
-            "the quiet pod took {took:?} (usually {usual:?})"
-        );
-    }
-    // A new client of the noisy pod is told which limit it met, once one of the few places
-    // for such answers is free (the held connections past the cap are being told so, at most
-    // 64 at a time, each within a second; the rest were closed). A raw client: it sends its
-    // request at once, however busy this test's runtime is.
-    let answer = cluster
-        .eventually("a 503 naming the limit", async || {
-            let mut client = tokio::net::TcpStream::connect((host.as_str(), noisy_port)).await?;
-            client
-                .write_all(b"GET / HTTP/1.1\r\nhost: noisy\r\n\r\n")
-                .await?;
-            let mut answer = Vec::new();
-            let _ =
-                tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut answer)).await;
-            let answer = String::from_utf8_lossy(&answer).into_owned();
-            Ok(answer.starts_with("HTTP/1.1 503").then_some(answer))
-        })
-        .await?;
+    e2e::answers_as_usual(&host, quiet_port, usual).await?;
+    e2e::answers_as_usual(&host, quiet_port, usual).await?;
+    // A new client of the noisy pod is told which limit it met (the held connections past the
+    // cap are being told so, at most 64 at a time, each within a second; the rest were closed).
+    let answer = cluster.refusal(&host, noisy_port).await?;
     assert!(
         answer.contains("--http-max-connections-per-container"),
         "{answer}"

@@ -8,39 +8,11 @@
 use e2e::{Cluster, free_ports, has_phase, http_pod, wait_for, wasm_pod, with_scratch};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::DeleteParams;
-use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The index `N` of the file `open /scratch/open-N` that `logs` say failed to open.
 fn failed_open(logs: &str) -> Option<usize> {
     let (_, rest) = logs.split_once("open /scratch/open-")?;
     rest.split(':').next()?.parse().ok()
-}
-
-/// The most requests to the quiet pod at `port` took, over five.
-async fn usual_latency(host: &str, port: u16) -> anyhow::Result<Duration> {
-    let mut usual = Duration::ZERO;
-    for _ in 0..5 {
-        let started = Instant::now();
-        assert_eq!(e2e::http_get_at(host, port, "/").await?.0, 200);
-        usual = usual.max(started.elapsed());
-    }
-    Ok(usual)
-}
-
-/// Asserts that the quiet pod at `port` still answers within ten times its `usual` latency
-/// (and a second).
-async fn answers_as_usual(host: &str, port: u16, usual: Duration) -> anyhow::Result<()> {
-    for _ in 0..5 {
-        let started = Instant::now();
-        assert_eq!(e2e::http_get_at(host, port, "/").await?.0, 200);
-        let took = started.elapsed();
-        assert!(
-            took < usual * 10 + Duration::from_secs(1),
-            "the quiet pod took {took:?} (usually {usual:?})"
-        );
-    }
-    Ok(())
 }
 
 #[tokio::test]
@@ -73,7 +45,7 @@ async fn guests_files_are_capped_per_pod_and_every_pod_keeps_its_guaranteed_shar
         ))
         .await?;
     let host = e2e::node_ip();
-    let usual = usual_latency(&host, port).await?;
+    let usual = e2e::usual_latency(&host, port).await?;
     let opener = |name: &str, image: &str, args: &[&str]| {
         with_scratch(wasm_pod(name, image, &agent.name, args, "Never"))
     };
@@ -138,7 +110,7 @@ async fn guests_files_are_capped_per_pod_and_every_pod_keeps_its_guaranteed_shar
     cluster
         .wait_pod("modest", "Succeeded", has_phase("Succeeded"))
         .await?;
-    answers_as_usual(&host, port, usual).await?;
+    e2e::answers_as_usual(&host, port, usual).await?;
 
     // Files closed are given back: a guest opening and closing many more than its cap.
     cluster
@@ -185,28 +157,16 @@ async fn one_pods_idle_clients_cannot_take_the_connections_its_neighbour_is_guar
             .await?;
     }
     let host = e2e::node_ip();
-    let usual = usual_latency(&host, quiet_port).await?;
+    let usual = e2e::usual_latency(&host, quiet_port).await?;
     // 200 idle connections: far below the per-container cap (1024), above what the runtime
     // has left once each pod's 16 are set aside.
     let mut held = Vec::new();
     for _ in 0..200 {
         held.push(tokio::net::TcpStream::connect((host.as_str(), noisy_port)).await?);
     }
-    answers_as_usual(&host, quiet_port, usual).await?;
+    e2e::answers_as_usual(&host, quiet_port, usual).await?;
     // A new client of the noisy pod is told which limit it met.
-    let answer = cluster
-        .eventually("a 503 naming the limit", async || {
-            let mut client = tokio::net::TcpStream::connect((host.as_str(), noisy_port)).await?;
-            client
-                .write_all(b"GET / HTTP/1.1\r\nhost: noisy\r\n\r\n")
-                .await?;
-            let mut answer = Vec::new();
-            let _ =
-                tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut answer)).await;
-            let answer = String::from_utf8_lossy(&answer).into_owned();
-            Ok(answer.starts_with("HTTP/1.1 503").then_some(answer))
-        })
-        .await?;
+    let answer = cluster.refusal(&host, noisy_port).await?;
     assert!(answer.contains("--max-pod-descriptors"), "{answer}");
     // Closed connections give their descriptors back.
     drop(held);
@@ -264,7 +224,7 @@ async fn unpolled_name_lookups_hold_a_few_descriptors_and_leave_a_neighbour_serv
         cluster.serve(pod).await?;
     }
     let host = e2e::node_ip();
-    let usual = usual_latency(&host, quiet_port).await?;
+    let usual = e2e::usual_latency(&host, quiet_port).await?;
     let [(_, worker)] = agent.worker_pids()[..] else {
         anyhow::bail!("one runtime worker: {:?}", agent.worker_pids());
     };
@@ -283,6 +243,6 @@ async fn unpolled_name_lookups_hold_a_few_descriptors_and_leave_a_neighbour_serv
         held <= 200,
         "6,000 unanswered lookups hold {held} more descriptors in the worker"
     );
-    answers_as_usual(&host, quiet_port, usual).await?;
+    e2e::answers_as_usual(&host, quiet_port, usual).await?;
     Ok(())
 }

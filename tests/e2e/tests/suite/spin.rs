@@ -366,26 +366,7 @@ async fn a_scratch_spin_image_runs_and_a_missing_variable_component_or_interface
 
     // A component using a Spin host interface this node does not have yet (SQLite) is
     // refused, naming the interface.
-    let sqlite_app = vec![
-        (
-            "spin.toml".to_owned(),
-            br#"spin_manifest_version = 2
-[application]
-name = "tables"
-[[trigger.http]]
-route = "/..."
-component = "tables"
-[component.tables]
-source = "spin_sqlite.wasm"
-sqlite_databases = ["default"]
-"#
-            .to_vec(),
-        ),
-        (
-            "spin_sqlite.wasm".to_owned(),
-            std::fs::read(testkit::fixtures::wasm_module("spin_sqlite")?)?,
-        ),
-    ];
+    let sqlite_app = one_component_app("spin_sqlite", r#"sqlite_databases = ["default"]"#)?;
     let sqlite = push("spin-sqlite", sqlite_app).await?;
     cluster
         .create_pod(operator_pod(
@@ -406,29 +387,34 @@ sqlite_databases = ["default"]
     Ok(())
 }
 
-/// A one-component app counting its requests in the key-value stores `granted`
-/// (`examples/spin-kv`: `/` through `fermyon:spin/key-value`, `/wasi` through `wasi:keyvalue`),
-/// as a `FROM scratch` image's files.
-fn counter_app(granted: &[&str]) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+/// An app of one component, fixture `module` (a spin-sdk build) on every route, with `grants`
+/// (manifest lines) besides, as a `FROM scratch` image's files.
+fn one_component_app(module: &str, grants: &str) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
     let manifest = format!(
         r#"spin_manifest_version = 2
 [application]
-name = "counter"
+name = "one"
 [[trigger.http]]
 route = "/..."
-component = "counter"
-[component.counter]
-source = "spin_kv.wasm"
-key_value_stores = {granted:?}
+component = "one"
+[component.one]
+source = "{module}.wasm"
+{grants}
 "#
     );
     Ok(vec![
         ("spin.toml".to_owned(), manifest.into_bytes()),
         (
-            "spin_kv.wasm".to_owned(),
-            std::fs::read(testkit::fixtures::wasm_module("spin_kv")?)?,
+            format!("{module}.wasm"),
+            std::fs::read(testkit::fixtures::wasm_module(module)?)?,
         ),
     ])
+}
+
+/// A one-component app counting its requests in the key-value stores `granted`
+/// (`examples/spin-kv`: `/` through `fermyon:spin/key-value`, `/wasi` through `wasi:keyvalue`).
+fn counter_app(granted: &[&str]) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    one_component_app("spin_kv", &format!("key_value_stores = {granted:?}"))
 }
 
 #[tokio::test]
