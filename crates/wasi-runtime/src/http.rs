@@ -13,10 +13,10 @@
 use crate::guest::{ComponentState, GuestSetup};
 use crate::shares::{ContainerShare, NoSlot};
 use http_body_util::BodyExt;
-use kubelet::runtime::{Exit, ServeLimits};
+use kubelet::runtime::{Exit, ServeLimits, StartError};
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use wasm_host::failures::FAILED_BODY;
+use wasm_host::failures::{FAILED_BODY, FailureReport};
 use wasm_host::ports::{BodyReadError, ReadDeadline};
 use wasmtime::Engine;
 use wasmtime_wasi_http::WasiHttpView;
@@ -52,6 +52,8 @@ enum Refused {
     Host(u16, String),
     /// 503: the container has no place for another request.
     Busy(NoSlot),
+    /// 503: the container holds all the descriptors it may (its instance's mounts found none).
+    Full(String),
     /// 500: the guest failed; what happened went to the container's log and events.
     Failed,
 }
@@ -115,6 +117,7 @@ impl Server {
             Ok(response) => return Ok(response),
             Err(Refused::Host(status, body)) => (status, body),
             Err(Refused::Busy(why)) => (503, why.to_string()),
+            Err(Refused::Full(why)) => (503, format!("{why}\n")),
             Err(Refused::Failed) => (500, FAILED_BODY.to_string()),
         };
         let body = http_body_util::Full::new(bytes::Bytes::from(message))
@@ -174,10 +177,7 @@ impl Server {
             None => self.setup.request_store(&self.engine),
             Some(guest) => self.setup.spin_request_store(&self.engine, guest),
         };
-        let mut store = store.map_err(|e| {
-            report.failed(&format!("setting up an instance for a request failed: {e}"));
-            Refused::Failed
-        })?;
+        let mut store = store.map_err(|e| setup_failed(&report, e))?;
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let mut http = store.data_mut().http();
         let handles = http
@@ -321,10 +321,7 @@ impl Server {
         let mut store = self
             .setup
             .wagi_request_store(&self.engine, run.guest, &args, env, body, stdout.clone())
-            .map_err(|e| {
-                report.failed(&format!("setting up an instance for a request failed: {e}"));
-                Refused::Failed
-            })?;
+            .map_err(|e| setup_failed(&report, e))?;
         let command = run.command.clone();
         let deadlines = self.deadlines;
         let outcome = kubelet::netns::InNetns::new(self.setup.netns(), async move {
@@ -475,6 +472,20 @@ impl hyper::body::Body for GuestBody {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.body.size_hint()
+    }
+}
+
+/// What a request whose instance could not be set up is answered: 503 saying why when the
+/// container is at a limit, else 500 with the failure in `report`.
+fn setup_failed(report: &FailureReport, error: StartError) -> Refused {
+    match error {
+        StartError::Full(why) => Refused::Full(why),
+        other => {
+            report.failed(&format!(
+                "setting up an instance for a request failed: {other}"
+            ));
+            Refused::Failed
+        }
     }
 }
 

@@ -91,8 +91,8 @@ pub struct Addresses {
 /// fails a read that brings nothing for `limits.body_read_timeout`), given the connection's
 /// [`Addresses`]. Each connection holds a descriptor of the container's `descriptors`. A
 /// connection past `limits.max_connections`, or that finds no descriptor, is answered 503 and
-/// closed; one whose client takes longer than `limits.header_read_timeout` to send its headers, or that has
-/// no request in flight for `limits.idle_timeout`, is closed. When `stop` is cancelled the
+/// closed; one whose client takes longer than `limits.header_read_timeout` to send its
+/// headers, or that has no request in flight for `limits.idle_timeout`, is closed. When `stop` is cancelled the
 /// listeners close (the ports are free again), open connections finish the request in flight
 /// and close, and this returns; aborting the task ends everything at once.
 pub async fn serve_http<F, Fut, B, E>(

@@ -246,3 +246,37 @@ async fn unpolled_name_lookups_hold_a_few_descriptors_and_leave_a_neighbour_serv
     e2e::answers_as_usual(&host, quiet_port, usual).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_request_whose_instance_finds_no_descriptor_is_answered_503_naming_the_limit()
+-> anyhow::Result<()> {
+    let cluster = Cluster::new("descriptor-requests").await?;
+    // Each request's instance opens its container's mounts: two here (an emptyDir, and the
+    // service account's volume where the API server adds it), one more than the cap.
+    let agent = cluster
+        .start_node_with(&["--max-open-files-per-container", "1"])
+        .await?;
+    let image = cluster.push_component("http_probe").await?;
+    let [port] = free_ports()?;
+    cluster
+        .create_pod(with_scratch(http_pod(
+            "mounted",
+            &image,
+            &agent.name,
+            port,
+            serde_json::json!({}),
+        )))
+        .await?;
+    cluster
+        .wait_pod("mounted", "running", e2e::is_running_after_restarts(0))
+        .await?;
+    let host = e2e::node_ip();
+    let (status, body) = cluster
+        .eventually("an answer", async || {
+            Ok(e2e::http_get_at(&host, port, "/").await.ok())
+        })
+        .await?;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("--max-open-files-per-container"), "{body}");
+    Ok(())
+}
