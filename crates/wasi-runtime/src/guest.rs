@@ -76,6 +76,8 @@ pub struct ComponentGuest {
     pub files: Option<Mount>,
     /// Its variables and grants.
     pub spin: spin_runtime::host::SpinContext,
+    /// What each of its instances may hold of memory by itself (`SPIN_MAX_INSTANCE_MEMORY`).
+    pub max_instance_memory: Option<u64>,
 }
 
 /// Memory a container holds outside its guests' linear memories (a WAGI request's buffered
@@ -297,6 +299,15 @@ impl GuestSetup {
         Ok(wasi)
     }
 
+    /// The limits of one request's instance of a Spin app's component `guest`.
+    fn guest_limits(&self, guest: &ComponentGuest) -> Result<GuestLimits, StartError> {
+        let limits = self.limits()?.with_cpu_time(self.request_cpu_time);
+        Ok(match guest.max_instance_memory {
+            Some(bytes) => limits.with_instance_memory(bytes),
+            None => limits,
+        })
+    }
+
     fn limits(&self) -> Result<GuestLimits, StartError> {
         GuestLimits::sharing(self.limits, self.usage.clone(), self.cpu.clone())
             .map_err(|e| StartError::node("reserving the guest's memory", e))
@@ -337,7 +348,7 @@ impl GuestSetup {
         engine: &Engine,
         guest: &ComponentGuest,
     ) -> Result<Store<ComponentState>, StartError> {
-        let limits = self.limits()?.with_cpu_time(self.request_cpu_time);
+        let limits = self.guest_limits(guest)?;
         let files = self.open_files(guest.files.as_slice())?;
         let wasi = self.wasi_with(&[], &guest.env, guest.files.as_slice())?;
         self.component_store_limited(engine, limits, wasi, files, Some(guest.spin.clone()))
@@ -355,7 +366,7 @@ impl GuestSetup {
         stdin: bytes::Bytes,
         stdout: wasmtime_wasi::p2::pipe::MemoryOutputPipe,
     ) -> Result<Store<ComponentState>, StartError> {
-        let limits = self.limits()?.with_cpu_time(self.request_cpu_time);
+        let limits = self.guest_limits(guest)?;
         let mut env = guest.env.clone();
         env.extend(cgi_env);
         let files = self.open_files(guest.files.as_slice())?;

@@ -24,6 +24,9 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 const COMPONENTS_TO_RETAIN: &str = "SPIN_COMPONENTS_TO_RETAIN";
 /// The environment variable with the address Spin listens on (spin-operator: `0.0.0.0:80`).
 const LISTEN_ADDR: &str = "SPIN_HTTP_LISTEN_ADDR";
+/// What each instance of a component may hold of memory, in bytes (spin-operator sets it from
+/// the SpinApp's executor; Spin's `--max-instance-memory`).
+const MAX_INSTANCE_MEMORY: &str = "SPIN_MAX_INSTANCE_MEMORY";
 /// The port Spin's HTTP trigger listens on when nothing says otherwise (spin-operator's).
 pub const DEFAULT_PORT: u16 = 80;
 
@@ -130,6 +133,15 @@ impl SpinApp {
                 "{COMPONENTS_TO_RETAIN} names component {unknown:?}, which the app does not have"
             )));
         }
+        let max_instance_memory = lookup(MAX_INSTANCE_MEMORY)
+            .map(|bytes| {
+                bytes.trim().parse::<u64>().map_err(|_| {
+                    StartError::Invalid(format!(
+                        "{MAX_INSTANCE_MEMORY} is {bytes:?}, not a number of bytes"
+                    ))
+                })
+            })
+            .transpose()?;
         let keeps = |id: &str| retained.as_ref().is_none_or(|ids| ids.contains(&id));
         let mut app = (*self.app).clone();
         app.http_triggers.retain(|t| keeps(&t.component));
@@ -156,6 +168,7 @@ impl SpinApp {
                         values.clone(),
                         key_value.clone(),
                     ),
+                    max_instance_memory,
                 };
                 (
                     id.clone(),

@@ -73,6 +73,13 @@ impl GuestLimits {
         &mut self.memory
     }
 
+    /// These limits, and at most `limit` bytes of memories and tables for this store's
+    /// instance (Spin's `SPIN_MAX_INSTANCE_MEMORY`), within the container's.
+    pub fn with_instance_memory(mut self, limit: u64) -> Self {
+        self.memory.instance_limit = Some(limit);
+        self
+    }
+
     /// These limits, and at most `limit` of CPU time for the store in all.
     pub fn with_cpu_time(mut self, limit: Duration) -> Self {
         self.cpu_time = Some(CpuTime {
@@ -106,6 +113,8 @@ impl GuestLimits {
 #[derive(Debug)]
 pub struct MemoryLimit {
     limit: Option<u64>,
+    /// What this store's instance may hold by itself, when that is less than the container.
+    instance_limit: Option<u64>,
     used: u64,
     exceeded: bool,
     usage: Arc<Usage>,
@@ -132,6 +141,7 @@ impl MemoryLimit {
         budget.take(MAPPINGS_PER_GUEST)?;
         Ok(Self {
             limit,
+            instance_limit: None,
             used: 0,
             exceeded: false,
             usage,
@@ -162,6 +172,13 @@ impl MemoryLimit {
     /// server's requests, each with an instance of its own, share their container's limit, as
     /// a container's processes share its cgroup's).
     fn grow(&mut self, bytes: u64) -> wasmtime::Result<bool> {
+        if let Some(limit) = self.instance_limit
+            && self.used.saturating_add(bytes) > limit
+        {
+            wasmtime::bail!(
+                "the instance's memory limit of {limit} bytes (SPIN_MAX_INSTANCE_MEMORY) is exhausted"
+            );
+        }
         if !self.usage.try_grow_memory(bytes, self.limit) {
             self.exceeded = true;
             wasmtime::bail!(

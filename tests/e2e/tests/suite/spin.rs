@@ -297,7 +297,14 @@ async fn a_scratch_spin_image_runs_and_a_missing_variable_component_or_interface
         push_scratch_app(&cluster, name, &files).await
     };
     let image = push("spin-scratch", files.clone()).await?;
-    let [port, unset_port, broken_port, retained_port, sqlite_port] = free_ports()?;
+    let [
+        port,
+        unset_port,
+        broken_port,
+        retained_port,
+        sqlite_port,
+        small_port,
+    ] = free_ports()?;
     cluster
         .serve(operator_pod(
             "scratch",
@@ -332,6 +339,29 @@ async fn a_scratch_spin_image_runs_and_a_missing_variable_component_or_interface
         http_get(retained_port, "/static/file/small.txt").await?.1,
         "small"
     );
+
+    // SPIN_MAX_INSTANCE_MEMORY bounds each instance by itself: a component that needs more
+    // than 64 KiB fails its requests, and the log says which limit.
+    let small = [
+        ("SPIN_VARIABLE_API_KEY", "k"),
+        ("SPIN_MAX_INSTANCE_MEMORY", "65536"),
+    ];
+    cluster
+        .serve(operator_pod(
+            "small",
+            &image,
+            &agent.name,
+            small_port,
+            &small,
+        ))
+        .await?;
+    assert_eq!(http_get(small_port, "/hello/x").await?.0, 500);
+    cluster
+        .eventually("the limit in the log", async || {
+            let logs = cluster.kubectl(&["logs", "small"])?;
+            Ok(logs.contains("SPIN_MAX_INSTANCE_MEMORY").then_some(()))
+        })
+        .await?;
 
     // Without its required variable the container cannot start, and says which it lacks.
     cluster
