@@ -318,6 +318,32 @@ mod tests {
     }
 
     #[test]
+    fn an_instance_holds_at_most_its_own_limit_within_the_containers() {
+        use wasmtime::{Engine, Instance, Module, Store};
+        let engine = Engine::new(&crate::capacity::dense_config()).unwrap();
+        let usage = Arc::new(Usage::default());
+        let instantiate = |instance_limit: Option<u64>| {
+            let mut limit = MemoryLimit::new(Some(1 << 20), usage.clone(), unbounded()).unwrap();
+            limit.instance_limit = instance_limit;
+            let module = Module::new(&engine, module_with_memories(2)).unwrap();
+            let mut store = Store::new(&engine, limit);
+            store.limiter(|limit| limit);
+            Instance::new(&mut store, &module, &[]).map(|_| store)
+        };
+        // Two pages: within the container's 1 MiB, past an instance's one page.
+        assert!(instantiate(None).is_ok());
+        let Err(refused) = instantiate(Some(65536)) else {
+            panic!("a second page does not fit the instance");
+        };
+        assert!(
+            format!("{refused:#}").contains("SPIN_MAX_INSTANCE_MEMORY"),
+            "{refused:#}"
+        );
+        // What the refused instance took is given back with it.
+        assert_eq!(usage.memory_bytes(), 0);
+    }
+
+    #[test]
     fn guests_and_memories_past_the_mapping_budget_are_refused_with_a_clear_error() {
         use wasmtime::{Engine, Instance, Module, Store};
         let engine = Engine::new(&crate::capacity::dense_config()).unwrap();
