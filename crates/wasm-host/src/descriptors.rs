@@ -40,7 +40,7 @@ pub enum DescriptorsExhausted {
     },
     /// The container's guests hold as many files and sockets as they may.
     #[error(
-        "this container's guests have {cap} files and sockets open, the most they may (--max-open-files-per-container)"
+        "this container's guests have {cap} files and sockets open, the most they may (--max-open-files-per-container): close some, or give the node a larger cap"
     )]
     ContainerFiles {
         /// The per-container cap.
@@ -48,7 +48,7 @@ pub enum DescriptorsExhausted {
     },
     /// The container has used its guarantee and the rest of the budget is held by others.
     #[error(
-        "this container holds its {guaranteed} guaranteed file descriptors and the node's other {size} for pods are all held (--max-pod-descriptors)"
+        "this container holds its {guaranteed} guaranteed file descriptors and all of the {size} this runtime has for pods are held (--max-pod-descriptors): try again when other pods hold fewer, or give the node a larger --max-pod-descriptors (and open-file limit) or more --runtime-workers"
     )]
     Budget {
         /// The runtime's budget.
